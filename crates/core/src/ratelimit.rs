@@ -1,0 +1,287 @@
+//! Client side of Twitch's token bucket. It trusts the `Ratelimit-*` headers
+//! over any documented number, never sends a request the bucket cannot pay
+//! for, and waits for just enough refill rather than for a full bucket.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The three `Ratelimit-*` headers of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSnapshot {
+    pub limit: u32,
+    pub remaining: u32,
+    /// Unix epoch seconds at which the bucket is full again.
+    pub reset: u64,
+}
+
+impl RateLimitSnapshot {
+    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
+        let num = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        Some(RateLimitSnapshot {
+            limit: num("ratelimit-limit")? as u32,
+            remaining: num("ratelimit-remaining")? as u32,
+            reset: num("ratelimit-reset")?,
+        })
+    }
+}
+
+/// Twitch documents its bucket as refilling over a minute; used only until
+/// headers tell better.
+const DOCUMENTED_PERIOD_SECS: f64 = 60.0;
+/// Refill estimates are shaded down by this factor so rounding never causes a 429.
+const SAFETY: f64 = 0.95;
+
+fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+#[derive(Debug)]
+struct State {
+    /// Points believed available now (None: nothing known yet, probe with one request).
+    points: Option<f64>,
+    limit: u32,
+    per_second: f64,
+    at: Instant,
+    in_flight: u32,
+    /// After a 429: send nothing until then.
+    paused_until: Option<Instant>,
+    /// Tickets handed out so far, and the newest ticket whose answer was applied.
+    issued: u64,
+    applied: u64,
+    last: Option<RateLimitSnapshot>,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    state: Mutex<State>,
+}
+
+impl RateLimiter {
+    /// Starts from what the last run saw (headers and when), or from nothing.
+    pub fn new(last_seen: Option<(RateLimitSnapshot, SystemTime)>) -> Self {
+        let now = Instant::now();
+        let mut st = State {
+            points: None,
+            limit: 800,
+            per_second: 800.0 / DOCUMENTED_PERIOD_SECS,
+            at: now,
+            in_flight: 0,
+            paused_until: None,
+            issued: 0,
+            applied: 0,
+            last: None,
+        };
+        if let Some((snap, seen_at)) = last_seen {
+            let seen = seen_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            st.limit = snap.limit;
+            st.per_second = rate_from(&snap, seen).unwrap_or(snap.limit as f64 / DOCUMENTED_PERIOD_SECS);
+            let elapsed = (epoch_now() - seen).max(0.0);
+            let points = if epoch_now() >= snap.reset as f64 {
+                snap.limit as f64
+            } else {
+                (snap.remaining as f64 + elapsed * st.per_second).min(snap.limit as f64)
+            };
+            st.points = Some(points);
+            st.last = Some(snap);
+        }
+        RateLimiter { state: Mutex::new(st) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until one request can be paid for, then reserves it and returns
+    /// its ticket. Returns `None` if that would mean waiting past `deadline`.
+    pub async fn acquire(&self, deadline: Instant) -> Option<Ticket> {
+        loop {
+            let wait = {
+                let mut st = self.lock();
+                let now = Instant::now();
+                match st.paused_until {
+                    Some(t) if t > now => Some(t - now),
+                    _ => {
+                        st.paused_until = None;
+                        refill(&mut st, now);
+                        match st.points {
+                            None if st.in_flight == 0 => return Some(issue(&mut st)),
+                            None => Some(Duration::from_millis(5)),
+                            Some(p) if p >= 1.0 => {
+                                st.points = Some(p - 1.0);
+                                return Some(issue(&mut st));
+                            }
+                            Some(p) => {
+                                let secs = (1.0 - p) / st.per_second.max(1e-6);
+                                Some(Duration::from_secs_f64(secs.clamp(0.005, 60.0)))
+                            }
+                        }
+                    }
+                }
+            };
+            let wait = wait.unwrap_or_default();
+            if Instant::now() + wait > deadline {
+                return None;
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Records the answer to the request of `ticket`.
+    pub fn observe(&self, ticket: Ticket, snap: Option<RateLimitSnapshot>, rate_limited: bool) {
+        let mut st = self.lock();
+        st.in_flight = st.in_flight.saturating_sub(1);
+        let now = Instant::now();
+        refill(&mut st, now);
+        let Some(snap) = snap else {
+            return;
+        };
+        if rate_limited {
+            st.points = Some(0.0);
+            let until = (snap.reset as f64 - epoch_now()).clamp(0.0, 120.0);
+            st.paused_until = Some(now + Duration::from_secs_f64(until.max(0.05)));
+        }
+        // An answer that was overtaken by the answer to a later request is stale.
+        if ticket.0 <= st.applied {
+            return;
+        }
+        st.applied = ticket.0;
+        st.limit = snap.limit;
+        if let Some(rate) = rate_from(&snap, epoch_now()) {
+            // Trust a rate measured over a mostly empty bucket; near-full readings are coarse.
+            if snap.remaining * 2 <= snap.limit || st.last.is_none() {
+                st.per_second = rate;
+            }
+        }
+        if !rate_limited {
+            // Requests sent after this one may not be counted in its answer yet.
+            let later = (st.issued - ticket.0) as f64;
+            st.points = Some((snap.remaining as f64 - later).max(0.0));
+        }
+        st.last = Some(snap);
+    }
+
+    /// The last headers seen.
+    pub fn last_seen(&self) -> Option<RateLimitSnapshot> {
+        self.lock().last
+    }
+}
+
+/// A reservation made by [`RateLimiter::acquire`], in the order they were made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+fn issue(st: &mut State) -> Ticket {
+    st.in_flight += 1;
+    st.issued += 1;
+    Ticket(st.issued)
+}
+
+fn refill(st: &mut State, now: Instant) {
+    let dt = now.duration_since(st.at).as_secs_f64();
+    st.at = now;
+    if let Some(p) = st.points.as_mut() {
+        *p = (*p + dt * st.per_second).min(st.limit as f64);
+    }
+}
+
+/// Points per second implied by a snapshot taken at `seen` (epoch seconds):
+/// the missing points come back by `reset`.
+fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
+    let missing = snap.limit.saturating_sub(snap.remaining) as f64;
+    let secs = snap.reset as f64 - seen;
+    if missing < 1.0 || secs <= 0.0 {
+        return None;
+    }
+    Some(missing / secs * SAFETY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn probes_with_one_request_when_nothing_is_known() {
+        let rl = RateLimiter::new(None);
+        let t = rl.acquire(far()).await.unwrap();
+        // A second reservation waits for the first answer.
+        let quick = Instant::now() + Duration::from_millis(30);
+        assert!(rl.acquire(quick).await.is_none());
+        let reset = epoch_now() as u64 + 60;
+        rl.observe(t, Some(RateLimitSnapshot { limit: 800, remaining: 799, reset }), false);
+        for _ in 0..799 {
+            assert!(rl.acquire(far()).await.is_some());
+        }
+        assert!(rl.acquire(quick).await.is_none());
+        assert_eq!(rl.last_seen().unwrap().remaining, 799);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn never_reserves_more_than_the_bucket_holds() {
+        let reset = epoch_now() as u64 + 60;
+        let snap = RateLimitSnapshot { limit: 800, remaining: 3, reset };
+        let rl = RateLimiter::new(Some((snap, SystemTime::now())));
+        for _ in 0..3 {
+            assert!(rl.acquire(far()).await.is_some());
+        }
+        // 797 points come back over ~60 s: about 13 per second, so the next one is ~75 ms away.
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert!(rl.acquire(soon).await.is_none());
+        let t = Instant::now();
+        assert!(rl.acquire(far()).await.is_some());
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(20) && waited < Duration::from_millis(400), "{waited:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_429_pauses_until_reset() {
+        let rl = RateLimiter::new(None);
+        let t = rl.acquire(far()).await.unwrap();
+        let reset = epoch_now() as u64 + 1;
+        rl.observe(t, Some(RateLimitSnapshot { limit: 800, remaining: 0, reset }), true);
+        let before_reset = Instant::now() + Duration::from_millis(10);
+        assert!(rl.acquire(before_reset).await.is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fresh_answers_correct_the_estimate_and_stale_ones_do_not() {
+        let reset = epoch_now() as u64 + 30;
+        let snap = RateLimitSnapshot { limit: 800, remaining: 10, reset };
+        let rl = RateLimiter::new(Some((snap, SystemTime::now())));
+        let a = rl.acquire(far()).await.unwrap();
+        let b = rl.acquire(far()).await.unwrap();
+        // b's answer says the bucket is fuller than we thought (someone refilled it).
+        rl.observe(b, Some(RateLimitSnapshot { limit: 800, remaining: 700, reset }), false);
+        // a's answer, older, arrives late and must not lower or raise it.
+        rl.observe(a, Some(RateLimitSnapshot { limit: 800, remaining: 5, reset }), false);
+        let p = rl.lock().points.unwrap();
+        assert!((699.0..=701.0).contains(&p), "{p}");
+    }
+
+    #[test]
+    fn a_full_bucket_from_an_old_run_is_full_again() {
+        let snap = RateLimitSnapshot { limit: 800, remaining: 0, reset: epoch_now() as u64 - 5 };
+        let rl = RateLimiter::new(Some((snap, SystemTime::now() - Duration::from_secs(70))));
+        assert_eq!(rl.lock().points, Some(800.0));
+    }
+
+    #[test]
+    fn reads_headers_case_insensitively() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("Ratelimit-Limit", "800".parse().unwrap());
+        h.insert("ratelimit-remaining", "12".parse().unwrap());
+        h.insert("RATELIMIT-RESET", "1700000000".parse().unwrap());
+        assert_eq!(
+            RateLimitSnapshot::from_headers(&h),
+            Some(RateLimitSnapshot { limit: 800, remaining: 12, reset: 1_700_000_000 })
+        );
+        h.remove("ratelimit-reset");
+        assert_eq!(RateLimitSnapshot::from_headers(&h), None);
+    }
+}
