@@ -1,2 +1,45 @@
-use pgrx::prelude::*;
+//! twitch_sync: keeps Twitch live-stream state and viewer counts current
+//! inside PostgreSQL.
+//!
+//! Layout, in the direction data flows:
+//! - `api`: the SQL-facing `twitch_sync.run()`;
+//! - `db`: every SPI call (read state, apply, record the run);
+//! - `twitch_sync_core` (crates/core): Helix client, rate limiter, batch
+//!   planner, parsing and the sync engine, with no Postgres in them;
+//! - `runtime`: the backend's tokio runtime and interruptible waiting;
+//! - `gucs`, `error`: settings and SQL errors.
+//!
+//! Tables and the SQL-side functions (track, untrack, set_credentials,
+//! status, apply_sync) are in sql/schema.sql.
+
+mod api;
+mod db;
+mod error;
+mod gucs;
+mod runtime;
+
 pgrx::pg_module_magic!();
+
+pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+#[path = "../pgrx-tests/mod.rs"]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,1 +1,264 @@
-//! harness
+//! End-to-end harness: a real PostgreSQL 15 cluster (run as the `postgres`
+//! user, pg_cron and twitch_sync preloaded, on a private port), a fresh
+//! database per test with the installed extension, and a Helix simulator per
+//! test on 127.0.0.1.
+//!
+//! The extension must be installed into the system PostgreSQL first
+//! (`scripts/test` does `cargo pgrx install`). One cluster serves a whole test
+//! binary; a watchdog process stops it and removes its directory when the test
+//! process ends, however it ends.
+
+use helix_sim::{Config as SimConfig, Simulator};
+use postgres::{Client, NoTls};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use helix_sim;
+pub use postgres;
+pub use serde_json;
+
+/// Where Debian's PostgreSQL 15 binaries are; override with TWITCH_SYNC_PG_BIN.
+pub fn pg_bin() -> PathBuf {
+    std::env::var_os("TWITCH_SYNC_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let mut c = if unsafe { libc_geteuid() } == 0 {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    c.env_remove("PGDATA");
+    c
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn run_checked(mut c: Command, what: &str) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    text
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running PostgreSQL cluster.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// The cluster of this test binary, started on first use.
+    pub fn shared() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(Cluster::start)
+    }
+
+    fn start() -> Cluster {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("twitch_sync_e2e_{}_{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        if unsafe { libc_geteuid() } == 0 {
+            run_checked(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown",
+            );
+        }
+        let data = dir.join("data");
+        let mut initdb = as_postgres(&pg_bin().join("initdb"));
+        initdb.args(["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "-D"]).arg(&data);
+        run_checked(initdb, "initdb");
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
+             shared_preload_libraries = 'pg_cron,twitch_sync'\ncron.database_name = 'postgres'\n\
+             max_connections = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
+             log_min_messages = info\nlog_line_prefix = '%m [%p] %d '\nlogging_collector = off\n",
+            dir = dir.display()
+        );
+        let conf_path = data.join("postgresql.auto.conf");
+        let mut auto = std::fs::read_to_string(&conf_path).unwrap_or_default();
+        auto.push_str(&conf);
+        std::fs::write(&conf_path, auto).expect("write postgresql.auto.conf");
+
+        let mut start = as_postgres(&pg_bin().join("pg_ctl"));
+        start
+            .args(["-w", "-t", "60", "-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .arg("start");
+        run_checked(start, "pg_ctl start");
+
+        // The watchdog: when this process ends, stop the cluster and remove its files.
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
+             {runas}{pg_ctl} -D '{data}' stop -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
+            pid = std::process::id(),
+            runas = if unsafe { libc_geteuid() } == 0 { "runuser -u postgres -- " } else { "" },
+            pg_ctl = pg_bin().join("pg_ctl").display(),
+            data = data.display(),
+            dir = dir.display(),
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the cluster watchdog");
+        Cluster { dir, port }
+    }
+
+    pub fn connect(&self, dbname: &str) -> Client {
+        Client::connect(
+            &format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"))
+    }
+
+    pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
+        Client::connect(
+            &format!("host=127.0.0.1 port={} user={user} dbname={dbname}", self.port),
+            NoTls,
+        )
+        .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+/// A fresh database with twitch_sync created and pointed at its own simulator.
+pub struct TestDb {
+    pub name: String,
+    pub sim: Simulator,
+    pub client: Client,
+}
+
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestDb {
+    /// A database with the extension, a simulator with `cfg`, the URL settings
+    /// pointing at it, and credentials set.
+    pub fn new(cfg: SimConfig) -> TestDb {
+        let db = Self::bare(cfg);
+        let mut db = db;
+        let (id, secret) = (db.sim.client_id(), db.sim.client_secret());
+        db.client
+            .execute("SELECT twitch_sync.set_credentials($1, $2)", &[&id, &secret])
+            .expect("set_credentials");
+        db
+    }
+
+    /// Like `new`, without credentials.
+    pub fn bare(cfg: SimConfig) -> TestDb {
+        let cluster = Cluster::shared();
+        let name = format!("t_{}_{}", std::process::id(), DB_COUNTER.fetch_add(1, Ordering::SeqCst));
+        let mut admin = cluster.connect("postgres");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        let sim = Simulator::start(cfg).expect("start simulator");
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {name} SET twitch_sync.helix_url = '{}';
+                 ALTER DATABASE {name} SET twitch_sync.auth_url = '{}';",
+                sim.helix_url(),
+                sim.auth_url()
+            ))
+            .expect("point the database at the simulator");
+        let mut client = cluster.connect(&name);
+        client.batch_execute("CREATE EXTENSION twitch_sync").expect("create extension");
+        TestDb { name, sim, client }
+    }
+
+    pub fn cluster(&self) -> &'static Cluster {
+        Cluster::shared()
+    }
+
+    /// Another connection to this database.
+    pub fn connect(&self) -> Client {
+        self.cluster().connect(&self.name)
+    }
+
+    /// Tracks the first `n` channels of the simulated world.
+    pub fn track_first(&mut self, n: usize) -> Vec<String> {
+        let ids: Vec<String> = self.sim.world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect());
+        self.client
+            .execute(
+                "INSERT INTO twitch_sync.channels (broadcaster_id) SELECT unnest($1::text[])",
+                &[&ids],
+            )
+            .expect("track channels");
+        ids
+    }
+
+    /// `SELECT twitch_sync.run()`, as a JSON document.
+    pub fn run(&mut self) -> serde_json::Value {
+        let row = self.client.query_one("SELECT twitch_sync.run()", &[]).expect("twitch_sync.run()");
+        row.get::<_, serde_json::Value>(0)
+    }
+
+    pub fn scalar_i64(&mut self, sql: &str) -> i64 {
+        self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The SQLSTATE of a failed statement.
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// The message, detail and hint of a failed statement, in one string.
+pub fn error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!(
+            "{} | {} | {}",
+            d.message(),
+            d.detail().unwrap_or_default(),
+            d.hint().unwrap_or_default()
+        ),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,151 @@
+//! The SQL-facing layer of run(): read state, run the core, apply, record,
+//! answer with a result document. Misuse raises; Twitch and network failures
+//! are recorded and returned (so the run's row survives pg_cron's transaction).
+
+use crate::db::{self, RunRecord};
+use crate::error::SyncError;
+use crate::{gucs, runtime};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::json;
+use std::time::{Instant, SystemTime};
+use twitch_sync_core::config::validate_base_url;
+use twitch_sync_core::{sync, SyncConfig, SyncInput};
+
+fn settings() -> Result<SyncConfig, SyncError> {
+    let url = |setting: &'static str, value: String| {
+        validate_base_url(&value).map_err(|reason| SyncError::BadSetting { setting, reason })
+    };
+    Ok(SyncConfig {
+        helix_url: url("twitch_sync.helix_url", gucs::helix_url())?,
+        auth_url: url("twitch_sync.auth_url", gucs::auth_url())?,
+        request_timeout: gucs::request_timeout(),
+        max_concurrent_requests: gucs::max_concurrent_requests(),
+        max_retries: gucs::max_retries(),
+        run_deadline: gucs::run_deadline(),
+        ..SyncConfig::default()
+    })
+}
+
+/// One sync pass; see README "SQL reference" for the result document.
+#[pg_extern(volatile, parallel_unsafe)]
+fn run() -> JsonB {
+    match run_pass() {
+        Ok(doc) => JsonB(doc),
+        Err(e) => e.raise(),
+    }
+}
+
+fn run_pass() -> Result<serde_json::Value, SyncError> {
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    if !db::try_lock_run()? {
+        let (run_id, finished) = db::record_run(&RunRecord {
+            started_at,
+            status: "skipped",
+            channels_checked: 0,
+            live: 0,
+            updated: 0,
+            started: 0,
+            ended: 0,
+            errors: 0,
+            helix_requests: 0,
+            retries: 0,
+            rate_limited: 0,
+            rate_limit_remaining: None,
+            error: Some("another twitch_sync.run() is in progress".into()),
+        })?;
+        pgrx::log!("twitch_sync: run {run_id} skipped: another run is in progress");
+        return Ok(json!({
+            "success": true, "skipped": true, "run_id": run_id, "status": "skipped",
+            "total_streams": 0, "updated": 0, "started": 0, "ended": 0, "errors": 0,
+            "helix_requests": 0, "retries": 0, "duration_ms": clock.elapsed().as_millis() as u64,
+            "rate_limit_remaining": null, "timestamp": finished,
+        }));
+    }
+    let config = settings()?;
+    let state = db::read_state()?;
+    pgrx::log!("twitch_sync: run started: {} channels to check", state.broadcaster_ids.len());
+
+    let outcome = runtime::block_on_interruptible(sync(SyncInput {
+        config,
+        credentials: state.credentials,
+        token: state.token,
+        broadcaster_ids: state.broadcaster_ids,
+        rate_limit: state.rate_limit,
+    }));
+
+    if outcome.token_changed {
+        if let Some(t) = &outcome.token {
+            db::save_token(t)?;
+        }
+    }
+    if let Some(s) = &outcome.rate_limit {
+        db::save_rate_limit(s)?;
+    }
+    let applied = if outcome.checked.is_empty() {
+        None
+    } else {
+        Some(db::apply(&outcome, gucs::offline_after_misses())?)
+    };
+    let status = if outcome.fatal.is_some() {
+        "failed"
+    } else if !outcome.failures.is_empty() {
+        "partial"
+    } else {
+        "ok"
+    };
+    let (updated, started, ended) = applied.as_ref().map_or((0, 0, 0), |a| (a.updated, a.started, a.ended));
+    let error = outcome.first_error();
+    let remaining = outcome.rate_limit.map(|s| s.remaining.min(i32::MAX as u32) as i32);
+    let (run_id, finished) = db::record_run(&RunRecord {
+        started_at,
+        status,
+        channels_checked: outcome.checked.len() as i64,
+        live: outcome.live.len() as i64,
+        updated,
+        started,
+        ended,
+        errors: outcome.failed_channels() as i64,
+        helix_requests: outcome.helix_requests as i64,
+        retries: outcome.retries as i64,
+        rate_limited: outcome.rate_limited as i64,
+        rate_limit_remaining: remaining,
+        error: error.clone(),
+    })?;
+    let failures: Vec<_> = outcome
+        .failures
+        .iter()
+        .map(|f| json!({"channels": f.channels, "error": f.error}))
+        .collect();
+    let doc = json!({
+        "success": status != "failed",
+        "status": status,
+        "run_id": run_id,
+        "total_streams": outcome.checked.len(),
+        "live": outcome.live.len(),
+        "updated": updated,
+        "started": started,
+        "ended": ended,
+        "errors": outcome.failed_channels(),
+        "error": error,
+        "failures": failures,
+        "warnings": outcome.warnings,
+        "helix_requests": outcome.helix_requests,
+        "retries": outcome.retries,
+        "rate_limited": outcome.rate_limited,
+        "rate_limit_remaining": remaining,
+        "duration_ms": clock.elapsed().as_millis() as u64,
+        "timestamp": finished,
+    });
+    if let Some(a) = &applied {
+        for change in a.changes.as_array().into_iter().flatten() {
+            pgrx::debug1!("twitch_sync: {change}");
+        }
+    }
+    for w in &outcome.warnings {
+        pgrx::warning!("twitch_sync: {w}");
+    }
+    pgrx::log!("twitch_sync: run {run_id} finished: {doc}");
+    Ok(doc)
+}

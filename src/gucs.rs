@@ -1,0 +1,113 @@
+//! twitch_sync's settings (GUCs): private statics, one `init()`, typed accessors.
+//! Every setting is superuser-only (`SUSET`): the URLs decide where the
+//! extension sends credentials, and the rest bound its load on Twitch.
+
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+use std::time::Duration;
+
+static HELIX_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"https://api.twitch.tv/helix"));
+static AUTH_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"https://id.twitch.tv/oauth2"));
+static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static MAX_CONCURRENT_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
+static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
+static RUN_DEADLINE_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
+static OFFLINE_AFTER_MISSES: GucSetting<i32> = GucSetting::<i32>::new(1);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"twitch_sync.helix_url",
+        c"Base URL of the Twitch Helix API.",
+        c"https:// required; http:// only for loopback hosts (a local simulator).",
+        &HELIX_URL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"twitch_sync.auth_url",
+        c"Base URL of Twitch's OAuth server.",
+        c"https:// required; http:// only for loopback hosts (a local simulator).",
+        &AUTH_URL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.request_timeout_ms",
+        c"Timeout of one HTTP request to Twitch, in milliseconds.",
+        c"",
+        &REQUEST_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.max_concurrent_requests",
+        c"Get Streams requests in flight at once during a run.",
+        c"",
+        &MAX_CONCURRENT_REQUESTS,
+        1,
+        256,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.max_retries",
+        c"Retries of a request after a timeout, dropped connection, 5xx or 429.",
+        c"",
+        &MAX_RETRIES,
+        0,
+        10,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.run_deadline_ms",
+        c"Longest time one twitch_sync.run() may spend talking to Twitch, in milliseconds.",
+        c"Batches not finished by then count as errors; their channels are left as they were.",
+        &RUN_DEADLINE_MS,
+        1_000,
+        3_600_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.offline_after_misses",
+        c"Consecutive successful checks a live stream must be missing from before it is ended.",
+        c"",
+        &OFFLINE_AFTER_MISSES,
+        1,
+        100,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+}
+
+fn string(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+pub fn helix_url() -> String {
+    string(&HELIX_URL)
+}
+pub fn auth_url() -> String {
+    string(&AUTH_URL)
+}
+pub fn request_timeout() -> Duration {
+    Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64)
+}
+pub fn max_concurrent_requests() -> usize {
+    MAX_CONCURRENT_REQUESTS.get() as usize
+}
+pub fn max_retries() -> u32 {
+    MAX_RETRIES.get() as u32
+}
+pub fn run_deadline() -> Duration {
+    Duration::from_millis(RUN_DEADLINE_MS.get() as u64)
+}
+pub fn offline_after_misses() -> i32 {
+    OFFLINE_AFTER_MISSES.get()
+}
