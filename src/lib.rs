@@ -28,10 +28,13 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
 }
 
+// The in-database suite lives in pgrx-tests/ and is compiled into the
+// extension for `cargo pgrx test` only.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
-#[path = "../pgrx-tests/mod.rs"]
-mod tests;
+mod tests {
+    include!("../pgrx-tests/tests.rs");
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]
