@@ -103,6 +103,9 @@ pub enum FaultKind {
     CursorLoop,
     /// Get Streams: each page starts with the last stream of the previous page.
     DuplicateAcrossPages,
+    /// Get Streams: pages hold at most `max` streams whatever `first` asks (as a
+    /// Helix stand-in that pages more eagerly might).
+    PageCap { max: usize },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -520,6 +523,10 @@ impl State {
             (std::cmp::Reverse(c.live.as_ref().map(|s| s.viewer_count).unwrap_or(0)), i)
         });
 
+        let first = match &fault {
+            Some(FaultKind::PageCap { max }) => first.min((*max).max(1)),
+            _ => first,
+        };
         let (start, end) = if before.is_some() {
             (offset.saturating_sub(first), offset.min(selected.len()))
         } else {
