@@ -65,7 +65,10 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     let config = settings()?;
     let state = db::read_state()?;
-    pgrx::log!("twitch_sync: run started: {} channels to check", state.broadcaster_ids.len());
+    pgrx::log!(
+        "twitch_sync: run started: {} channels to check",
+        state.broadcaster_ids.len()
+    );
 
     let outcome = runtime::block_on_interruptible(sync(SyncInput {
         config,
@@ -95,9 +98,13 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     } else {
         "ok"
     };
-    let (updated, started, ended) = applied.as_ref().map_or((0, 0, 0), |a| (a.updated, a.started, a.ended));
+    let (updated, started, ended) = applied
+        .as_ref()
+        .map_or((0, 0, 0), |a| (a.updated, a.started, a.ended));
     let error = outcome.first_error();
-    let remaining = outcome.rate_limit.map(|s| s.remaining.min(i32::MAX as u32) as i32);
+    let remaining = outcome
+        .rate_limit
+        .map(|s| s.remaining.min(i32::MAX as u32) as i32);
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status,

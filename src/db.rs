@@ -18,7 +18,9 @@ fn internal(e: pgrx::spi::Error) -> SyncError {
 }
 
 fn epoch(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    t.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn from_epoch(secs: f64) -> SystemTime {
@@ -168,16 +170,20 @@ pub struct Applied {
 /// twitch_sync.apply_sync (a handful of set-based statements).
 pub fn apply(outcome: &SyncOutcome, offline_after_misses: i32) -> Result<Applied, SyncError> {
     let live = &outcome.live;
-    let col = |f: fn(&twitch_sync_core::streams::LiveStream) -> Option<String>| -> Vec<Option<String>> {
-        live.iter().map(f).collect()
-    };
+    let col =
+        |f: fn(&twitch_sync_core::streams::LiveStream) -> Option<String>| -> Vec<Option<String>> {
+            live.iter().map(f).collect()
+        };
     let args: Vec<DatumWithOid> = vec![
         outcome.checked.clone().into(),
         offline_after_misses.into(),
         col(|s| Some(s.stream_id.clone())).into(),
         col(|s| Some(s.broadcaster_id.clone())).into(),
         col(|s| s.login.clone()).into(),
-        live.iter().map(|s| s.viewer_count).collect::<Vec<i32>>().into(),
+        live.iter()
+            .map(|s| s.viewer_count)
+            .collect::<Vec<i32>>()
+            .into(),
         col(|s| Some(s.title.clone())).into(),
         col(|s| Some(s.game_id.clone())).into(),
         col(|s| Some(s.game_name.clone())).into(),
@@ -196,7 +202,10 @@ pub fn apply(outcome: &SyncOutcome, offline_after_misses: i32) -> Result<Applied
         updated: n("updated"),
         started: n("started"),
         ended: n("ended"),
-        changes: doc.get("changes").cloned().unwrap_or(serde_json::Value::Array(vec![])),
+        changes: doc
+            .get("changes")
+            .cloned()
+            .unwrap_or(serde_json::Value::Array(vec![])),
     })
 }
 

@@ -10,7 +10,10 @@ pub enum SyncError {
     #[error("twitch_sync has no Twitch credentials")]
     NoCredentials,
     #[error("invalid value for {setting}: {reason}")]
-    BadSetting { setting: &'static str, reason: String },
+    BadSetting {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("twitch_sync internal error: {0}")]
     Internal(String),
 }

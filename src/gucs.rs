@@ -6,8 +6,10 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 use std::time::Duration;
 
-static HELIX_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"https://api.twitch.tv/helix"));
-static AUTH_URL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"https://id.twitch.tv/oauth2"));
+static HELIX_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://api.twitch.tv/helix"));
+static AUTH_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"https://id.twitch.tv/oauth2"));
 static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static MAX_CONCURRENT_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);

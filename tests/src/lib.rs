@@ -45,13 +45,19 @@ extern "C" {
 }
 
 fn run_checked(mut c: Command, what: &str) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -77,7 +83,8 @@ impl Cluster {
 
     fn start() -> Cluster {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("twitch_sync_e2e_{}_{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("twitch_sync_e2e_{}_{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cluster dir");
         if unsafe { libc_geteuid() } == 0 {
@@ -92,7 +99,16 @@ impl Cluster {
         }
         let data = dir.join("data");
         let mut initdb = as_postgres(&pg_bin().join("initdb"));
-        initdb.args(["--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "-D"]).arg(&data);
+        initdb
+            .args([
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "-U",
+                "postgres",
+                "-D",
+            ])
+            .arg(&data);
         run_checked(initdb, "initdb");
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
@@ -120,24 +136,36 @@ impl Cluster {
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
              {runas}{pg_ctl} -D '{data}' stop -m immediate >/dev/null 2>&1; rm -rf '{dir}'",
             pid = std::process::id(),
-            runas = if unsafe { libc_geteuid() } == 0 { "runuser -u postgres -- " } else { "" },
+            runas = if unsafe { libc_geteuid() } == 0 {
+                "runuser -u postgres -- "
+            } else {
+                ""
+            },
             pg_ctl = pg_bin().join("pg_ctl").display(),
             data = data.display(),
             dir = dir.display(),
         );
-        Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
+        // setsid + & : the watchdog outlives the shell that starts it and this process.
+        let status = Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "setsid sh -c \"{}\" </dev/null >/dev/null 2>&1 &",
+                    script.replace('"', "\\\"")
+                ),
+            ])
+            .status()
             .expect("start the cluster watchdog");
+        assert!(status.success(), "cluster watchdog");
         Cluster { dir, port }
     }
 
     pub fn connect(&self, dbname: &str) -> Client {
         Client::connect(
-            &format!("host=127.0.0.1 port={} user=postgres dbname={dbname}", self.port),
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+                self.port
+            ),
             NoTls,
         )
         .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"))
@@ -145,7 +173,10 @@ impl Cluster {
 
     pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
         Client::connect(
-            &format!("host=127.0.0.1 port={} user={user} dbname={dbname}", self.port),
+            &format!(
+                "host=127.0.0.1 port={} user={user} dbname={dbname}",
+                self.port
+            ),
             NoTls,
         )
         .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
@@ -174,7 +205,10 @@ impl TestDb {
         let mut db = db;
         let (id, secret) = (db.sim.client_id(), db.sim.client_secret());
         db.client
-            .execute("SELECT twitch_sync.set_credentials($1, $2)", &[&id, &secret])
+            .execute(
+                "SELECT twitch_sync.set_credentials($1, $2)",
+                &[&id, &secret],
+            )
             .expect("set_credentials");
         db
     }
@@ -182,9 +216,15 @@ impl TestDb {
     /// Like `new`, without credentials.
     pub fn bare(cfg: SimConfig) -> TestDb {
         let cluster = Cluster::shared();
-        let name = format!("t_{}_{}", std::process::id(), DB_COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "t_{}_{}",
+            std::process::id(),
+            DB_COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let mut admin = cluster.connect("postgres");
-        admin.batch_execute(&format!("CREATE DATABASE {name}")).expect("create database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create database");
         let sim = Simulator::start(cfg).expect("start simulator");
         admin
             .batch_execute(&format!(
@@ -195,7 +235,9 @@ impl TestDb {
             ))
             .expect("point the database at the simulator");
         let mut client = cluster.connect(&name);
-        client.batch_execute("CREATE EXTENSION twitch_sync").expect("create extension");
+        client
+            .batch_execute("CREATE EXTENSION twitch_sync")
+            .expect("create extension");
         TestDb { name, sim, client }
     }
 
@@ -210,7 +252,9 @@ impl TestDb {
 
     /// Tracks the first `n` channels of the simulated world.
     pub fn track_first(&mut self, n: usize) -> Vec<String> {
-        let ids: Vec<String> = self.sim.world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect());
+        let ids: Vec<String> = self
+            .sim
+            .world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect());
         self.client
             .execute(
                 "INSERT INTO twitch_sync.channels (broadcaster_id) SELECT unnest($1::text[])",
@@ -222,7 +266,10 @@ impl TestDb {
 
     /// `SELECT twitch_sync.run()`, as a JSON document.
     pub fn run(&mut self) -> serde_json::Value {
-        let row = self.client.query_one("SELECT twitch_sync.run()", &[]).expect("twitch_sync.run()");
+        let row = self
+            .client
+            .query_one("SELECT twitch_sync.run()", &[])
+            .expect("twitch_sync.run()");
         row.get::<_, serde_json::Value>(0)
     }
 
@@ -247,7 +294,9 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 
 /// The SQLSTATE of a failed statement.
 pub fn sqlstate(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
 
 /// The message, detail and hint of a failed statement, in one string.

@@ -32,7 +32,10 @@ fn first_run_then_transitions_restart_counts_and_peaks() {
     assert_eq!(doc["started"], 20);
     assert_eq!(doc["helix_requests"], 1);
     assert_eq!(live_count(&mut db), 20);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples"), 20);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples"),
+        20
+    );
     // the stored rows match what Helix says
     let (sid, viewers) = db.sim.world(|w| {
         let s = w.channels.iter().find_map(|c| c.live.clone()).unwrap();
@@ -40,14 +43,22 @@ fn first_run_then_transitions_restart_counts_and_peaks() {
     });
     let row = db
         .client
-        .query_one("SELECT viewer_count, peak_viewer_count FROM twitch_sync.streams WHERE stream_id = $1", &[&sid])
+        .query_one(
+            "SELECT viewer_count, peak_viewer_count FROM twitch_sync.streams WHERE stream_id = $1",
+            &[&sid],
+        )
         .unwrap();
     assert_eq!(row.get::<_, i32>(0) as i64, viewers);
     assert_eq!(row.get::<_, i32>(1) as i64, viewers);
 
     // one channel goes offline, one restarts, one goes live, one's audience jumps
-    let live_ids: Vec<String> =
-        db.sim.world(|w| w.channels.iter().filter(|c| c.live.is_some()).map(|c| c.id.clone()).collect());
+    let live_ids: Vec<String> = db.sim.world(|w| {
+        w.channels
+            .iter()
+            .filter(|c| c.live.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    });
     let offline_id = ids.iter().find(|i| !live_ids.contains(i)).unwrap().clone();
     db.sim.world(|w| {
         w.go_offline(&live_ids[0]);
@@ -72,7 +83,10 @@ fn first_run_then_transitions_restart_counts_and_peaks() {
     assert_eq!(ended, 2);
     assert_eq!(
         db.client
-            .query_one("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = $1", &[&live_ids[1]])
+            .query_one(
+                "SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = $1",
+                &[&live_ids[1]]
+            )
             .unwrap()
             .get::<_, i64>(0),
         2,
@@ -94,9 +108,13 @@ fn first_run_then_transitions_restart_counts_and_peaks() {
         )
         .unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (5, 1_000_000));
-    let stamped = db.scalar_i64("SELECT count(*) FROM twitch_sync.channels WHERE last_checked_at IS NOT NULL");
+    let stamped = db
+        .scalar_i64("SELECT count(*) FROM twitch_sync.channels WHERE last_checked_at IS NOT NULL");
     assert_eq!(stamped, 100);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'"), 3);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'"),
+        3
+    );
 }
 
 #[test]
@@ -112,9 +130,16 @@ fn requests_are_exactly_ceil_n_over_100() {
         assert_eq!(c.streams_requests, want as u64, "n={n}");
         assert!(c.ids_per_request.iter().all(|&k| k <= 100));
         assert_eq!(c.ids_per_request.iter().sum::<usize>(), n);
-        assert!(c.first_per_request.iter().all(|f| *f == Some(100)), "first=100 always sent");
+        assert!(
+            c.first_per_request.iter().all(|f| *f == Some(100)),
+            "first=100 always sent"
+        );
         assert_eq!(c.rate_limited, 0);
-        assert_eq!(live_count(&mut db) as usize, (n as f64 * 0.2).round() as usize, "n={n}");
+        assert_eq!(
+            live_count(&mut db) as usize,
+            (n as f64 * 0.2).round() as usize,
+            "n={n}"
+        );
     }
 }
 
@@ -139,7 +164,11 @@ fn pages_are_followed_when_helix_really_paginates() {
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(live_count(&mut db), 100);
-    assert!(db.sim.counters().streams_requests <= 1 + 1 + 3 + 11, "{:?}", db.sim.counters().streams_requests);
+    assert!(
+        db.sim.counters().streams_requests <= 1 + 1 + 3 + 11,
+        "{:?}",
+        db.sim.counters().streams_requests
+    );
 }
 
 #[test]
@@ -154,12 +183,17 @@ fn the_bucket_is_never_overdrawn_and_429s_wait_for_reset() {
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(doc["helix_requests"], 12);
-    assert_eq!(db.sim.counters().rate_limited, 0, "no request beyond the bucket");
+    assert_eq!(
+        db.sim.counters().rate_limited,
+        0,
+        "no request beyond the bucket"
+    );
     assert_eq!(live_count(&mut db), 120);
 
     // A 429 that comes anyway is waited out until Ratelimit-Reset, then retried.
     db.sim.set_bucket(800, Duration::from_secs(60));
-    db.sim.add_fault(Fault::new(FaultKind::Status { status: 429 }).times(1));
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 429 }).times(1));
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(doc["rate_limited"], 1);
@@ -174,23 +208,41 @@ fn the_token_is_cached_and_renewed_once_on_401() {
     db.run();
     db.run();
     assert_eq!(db.sim.counters().tokens_issued, 1, "cached across runs");
-    let token_before: String = db.client.query_one("SELECT access_token FROM twitch_sync.credentials", &[]).unwrap().get(0);
+    let token_before: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
     db.sim.expire_tokens();
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
-    assert_eq!(db.sim.counters().tokens_issued, 2, "one renewal shared by both batches");
-    let token_after: String = db.client.query_one("SELECT access_token FROM twitch_sync.credentials", &[]).unwrap().get(0);
+    assert_eq!(
+        db.sim.counters().tokens_issued,
+        2,
+        "one renewal shared by both batches"
+    );
+    let token_after: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
     assert_ne!(token_before, token_after);
 
     // A client id the token does not belong to: renewal once, then a clear failure.
     db.client
-        .execute("UPDATE twitch_sync.credentials SET client_id = 'wrongclient'", &[])
+        .execute(
+            "UPDATE twitch_sync.credentials SET client_id = 'wrongclient'",
+            &[],
+        )
         .unwrap();
     let doc = db.run();
     assert_eq!(doc["success"], false, "{doc}");
     assert_eq!(doc["status"], "failed");
     let err = doc["error"].as_str().unwrap();
-    assert!(err.contains("invalid client") || err.contains("401"), "{err}");
+    assert!(
+        err.contains("invalid client") || err.contains("401"),
+        "{err}"
+    );
     assert_eq!(live_count(&mut db), 100, "a failed run changes nothing");
 }
 
@@ -200,16 +252,26 @@ fn validation_happens_at_most_hourly() {
     db.track_first(10);
     db.run();
     db.run();
-    assert_eq!(db.sim.counters().validate_requests, 0, "a freshly minted token counts as validated");
+    assert_eq!(
+        db.sim.counters().validate_requests,
+        0,
+        "a freshly minted token counts as validated"
+    );
     db.client
-        .execute("UPDATE twitch_sync.credentials SET token_validated_at = now() - interval '61 minutes'", &[])
+        .execute(
+            "UPDATE twitch_sync.credentials SET token_validated_at = now() - interval '61 minutes'",
+            &[],
+        )
         .unwrap();
     db.run();
     db.run();
     assert_eq!(db.sim.counters().validate_requests, 1);
     let fresh: bool = db
         .client
-        .query_one("SELECT token_validated_at > now() - interval '1 minute' FROM twitch_sync.credentials", &[])
+        .query_one(
+            "SELECT token_validated_at > now() - interval '1 minute' FROM twitch_sync.credentials",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert!(fresh);
@@ -219,10 +281,15 @@ fn validation_happens_at_most_hourly() {
 fn transient_failures_are_retried() {
     let mut db = TestDb::new(world(300, 0.2));
     db.track_first(300);
-    db.client.batch_execute("SET twitch_sync.request_timeout_ms = 300").unwrap();
-    db.sim.add_fault(Fault::new(FaultKind::Status { status: 503 }).times(2));
-    db.sim.add_fault(Fault::new(FaultKind::Delay { ms: 1000 }).times(1));
-    db.sim.add_fault(Fault::new(FaultKind::DropMidBody).times(1));
+    db.client
+        .batch_execute("SET twitch_sync.request_timeout_ms = 300")
+        .unwrap();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 503 }).times(2));
+    db.sim
+        .add_fault(Fault::new(FaultKind::Delay { ms: 1000 }).times(1));
+    db.sim
+        .add_fault(Fault::new(FaultKind::DropMidBody).times(1));
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(doc["retries"], 4, "{doc}");
@@ -238,8 +305,13 @@ fn a_failed_batch_leaves_its_channels_exactly_as_they_were() {
     let snapshot = "SELECT string_agg(stream_id || ':' || viewer_count || ':' || is_live, ',' ORDER BY stream_id)
                       FROM twitch_sync.streams WHERE broadcaster_id = ANY($1)";
     let second_batch: Vec<String> = ids[100..].to_vec();
-    let before: String = db.client.query_one(snapshot, &[&second_batch]).unwrap().get(0);
-    db.sim.add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[150]));
+    let before: String = db
+        .client
+        .query_one(snapshot, &[&second_batch])
+        .unwrap()
+        .get(0);
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[150]));
     db.sim.world(|w| {
         w.go_offline(&ids[10]);
         w.go_offline(&ids[120]);
@@ -251,12 +323,23 @@ fn a_failed_batch_leaves_its_channels_exactly_as_they_were() {
     assert_eq!(doc["errors"], 100);
     assert_eq!(doc["total_streams"], 100);
     assert!(doc["error"].as_str().unwrap().contains("HTTP 500"), "{doc}");
-    let after: String = db.client.query_one(snapshot, &[&second_batch]).unwrap().get(0);
+    let after: String = db
+        .client
+        .query_one(snapshot, &[&second_batch])
+        .unwrap()
+        .get(0);
     assert_eq!(before, after, "never marked offline, counts untouched");
-    assert_eq!(live_count(&mut db), 199, "only the healthy batch's offline channel ended");
+    assert_eq!(
+        live_count(&mut db),
+        199,
+        "only the healthy batch's offline channel ended"
+    );
     let row = db
         .client
-        .query_one("SELECT status, errors, error FROM twitch_sync.runs ORDER BY run_id DESC LIMIT 1", &[])
+        .query_one(
+            "SELECT status, errors, error FROM twitch_sync.runs ORDER BY run_id DESC LIMIT 1",
+            &[],
+        )
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "partial");
     assert_eq!(row.get::<_, i32>(1), 100);
@@ -268,25 +351,36 @@ fn a_failed_batch_leaves_its_channels_exactly_as_they_were() {
     assert_eq!(live_count(&mut db), 198);
 
     // nothing usable at all: failed, and still recorded
-    db.sim.add_fault(Fault::new(FaultKind::Status { status: 500 }));
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }));
     let doc = db.run();
     assert_eq!(doc["status"], "failed", "{doc}");
     assert_eq!(doc["success"], false);
     assert_eq!(live_count(&mut db), 198);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"), 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"),
+        1
+    );
 }
 
 #[test]
 fn an_unreachable_auth_server_fails_the_run_without_raising() {
     let mut db = TestDb::new(world(10, 0.5));
     db.track_first(10);
-    db.sim.add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
     let doc = db.run();
     assert_eq!(doc["status"], "failed", "{doc}");
-    assert!(doc["error"].as_str().unwrap().contains("app access token"), "{doc}");
+    assert!(
+        doc["error"].as_str().unwrap().contains("app access token"),
+        "{doc}"
+    );
     let secret = db.sim.client_secret();
     assert!(!doc.to_string().contains(&secret));
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"), 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"),
+        1
+    );
 }
 
 #[test]
@@ -302,17 +396,30 @@ fn concurrent_runs_are_skipped() {
             .get::<_, twitch_sync_e2e::serde_json::Value>(0)
     });
     std::thread::sleep(Duration::from_millis(600));
-    let in_progress: bool = db.client.query_one("SELECT run_in_progress FROM twitch_sync.status()", &[]).unwrap().get(0);
+    let in_progress: bool = db
+        .client
+        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
     assert!(in_progress);
     let t = Instant::now();
     let doc = db.run();
-    assert!(t.elapsed() < Duration::from_millis(500), "skipping returns at once");
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "skipping returns at once"
+    );
     assert_eq!(doc["skipped"], true, "{doc}");
     assert_eq!(doc["status"], "skipped");
     let first = slow.join().unwrap();
     assert_eq!(first["status"], "ok", "{first}");
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'skipped'"), 1);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'"), 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'skipped'"),
+        1
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'"),
+        1
+    );
 }
 
 #[test]
@@ -322,29 +429,57 @@ fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_write_nothing() {
     db.run();
     let runs_before = db.scalar_i64("SELECT count(*) FROM twitch_sync.runs");
     db.sim.set_latency(Duration::from_secs(20));
-    db.client.batch_execute("SET twitch_sync.request_timeout_ms = 60000").unwrap();
+    db.client
+        .batch_execute("SET twitch_sync.request_timeout_ms = 60000")
+        .unwrap();
 
-    let pid: i32 = db.client.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let pid: i32 = db
+        .client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     let mut killer = db.connect();
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));
         let at = Instant::now();
-        killer.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+        killer
+            .execute("SELECT pg_cancel_backend($1)", &[&pid])
+            .unwrap();
         at
     });
-    let err = db.client.query_one("SELECT twitch_sync.run()", &[]).unwrap_err();
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.run()", &[])
+        .unwrap_err();
     let returned = Instant::now();
     let cancelled_at = canceller.join().unwrap();
     assert_eq!(sqlstate(&err), "57014", "{}", error_text(&err));
-    assert!(returned - cancelled_at < Duration::from_secs(1), "{:?}", returned - cancelled_at);
+    assert!(
+        returned - cancelled_at < Duration::from_secs(1),
+        "{:?}",
+        returned - cancelled_at
+    );
 
-    db.client.batch_execute("SET statement_timeout = '800ms'").unwrap();
+    db.client
+        .batch_execute("SET statement_timeout = '800ms'")
+        .unwrap();
     let t = Instant::now();
-    let err = db.client.query_one("SELECT twitch_sync.run()", &[]).unwrap_err();
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.run()", &[])
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "57014");
-    assert!(t.elapsed() < Duration::from_millis(1800), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        t.elapsed()
+    );
     db.client.batch_execute("RESET statement_timeout").unwrap();
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), runs_before, "all or nothing");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"),
+        runs_before,
+        "all or nothing"
+    );
 
     // the lock died with the transaction: the next run works
     db.sim.set_latency(Duration::ZERO);
@@ -356,13 +491,22 @@ fn the_run_deadline_bounds_the_pass() {
     let mut db = TestDb::new(world(300, 0.5));
     db.track_first(300);
     db.client
-        .batch_execute("SET twitch_sync.run_deadline_ms = 1500; SET twitch_sync.request_timeout_ms = 60000")
+        .batch_execute(
+            "SET twitch_sync.run_deadline_ms = 1500; SET twitch_sync.request_timeout_ms = 60000",
+        )
         .unwrap();
     db.run();
-    db.sim.add_fault(Fault::new(FaultKind::Delay { ms: 10_000 }).for_user(&db.sim.world(|w| w.channels[250].id.clone())));
+    db.sim.add_fault(
+        Fault::new(FaultKind::Delay { ms: 10_000 })
+            .for_user(&db.sim.world(|w| w.channels[250].id.clone())),
+    );
     let t = Instant::now();
     let doc = db.run();
-    assert!(t.elapsed() < Duration::from_millis(2500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        t.elapsed()
+    );
     assert_eq!(doc["status"], "partial", "{doc}");
     assert_eq!(doc["errors"], 100);
     assert!(doc["error"].as_str().unwrap().contains("deadline"), "{doc}");
@@ -372,15 +516,26 @@ fn the_run_deadline_bounds_the_pass() {
 fn secrets_never_show_in_results_status_runs_or_the_log() {
     let mut db = TestDb::new(world(100, 0.5));
     db.track_first(100);
-    db.client.batch_execute("SET client_min_messages = debug1").unwrap();
+    db.client
+        .batch_execute("SET client_min_messages = debug1")
+        .unwrap();
     db.run();
     db.sim.expire_tokens();
     db.run();
-    db.client.execute("UPDATE twitch_sync.credentials SET client_secret = 'wrongsecret_abcdef'", &[]).unwrap();
+    db.client
+        .execute(
+            "UPDATE twitch_sync.credentials SET client_secret = 'wrongsecret_abcdef'",
+            &[],
+        )
+        .unwrap();
     db.sim.expire_tokens();
     let failed = db.run();
     assert_eq!(failed["status"], "failed");
-    let token: String = db.client.query_one("SELECT access_token FROM twitch_sync.credentials", &[]).unwrap().get(0);
+    let token: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
     let mut seen = failed.to_string();
     for sql in [
         "SELECT row_to_json(s)::text FROM twitch_sync.status() s",
@@ -389,7 +544,11 @@ fn secrets_never_show_in_results_status_runs_or_the_log() {
         seen.push_str(&db.client.query_one(sql, &[]).unwrap().get::<_, String>(0));
     }
     seen.push_str(&db.cluster().log());
-    for secret in [db.sim.client_secret(), "wrongsecret_abcdef".to_string(), token] {
+    for secret in [
+        db.sim.client_secret(),
+        "wrongsecret_abcdef".to_string(),
+        token,
+    ] {
         assert!(!seen.contains(&secret), "secret leaked");
     }
 }

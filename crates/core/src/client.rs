@@ -36,7 +36,10 @@ pub struct TwitchClient {
 
 fn http_error(endpoint: &'static str, timeout_ms: u64, e: reqwest::Error) -> HelixError {
     if e.is_timeout() {
-        return HelixError::Timeout { endpoint, timeout_ms };
+        return HelixError::Timeout {
+            endpoint,
+            timeout_ms,
+        };
     }
     // reqwest's text names the URL; ours carry no secrets (the token is a header).
     let mut detail = e.to_string();
@@ -84,13 +87,21 @@ impl TwitchClient {
     }
 
     /// Reads a body, refusing to hold more than the cap.
-    async fn body(&self, endpoint: &'static str, mut resp: reqwest::Response) -> Result<Vec<u8>, HelixError> {
+    async fn body(
+        &self,
+        endpoint: &'static str,
+        mut resp: reqwest::Response,
+    ) -> Result<Vec<u8>, HelixError> {
         let limit = self.max_response_bytes;
         if resp.content_length().is_some_and(|n| n as usize > limit) {
             return Err(HelixError::TooLarge { endpoint, limit });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http_error(endpoint, self.timeout_ms, e))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| http_error(endpoint, self.timeout_ms, e))?
+        {
             if body.len() + chunk.len() > limit {
                 return Err(HelixError::TooLarge { endpoint, limit });
             }
@@ -100,7 +111,8 @@ impl TwitchClient {
     }
 
     fn bearer(token: &str) -> HeaderValue {
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or(HeaderValue::from_static("Bearer invalid"));
+        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+            .unwrap_or(HeaderValue::from_static("Bearer invalid"));
         v.set_sensitive(true);
         v
     }
@@ -154,7 +166,8 @@ impl TwitchClient {
         struct ValidBody {
             expires_in: u64,
         }
-        let mut auth = HeaderValue::from_str(&format!("OAuth {token}")).unwrap_or(HeaderValue::from_static("OAuth invalid"));
+        let mut auth = HeaderValue::from_str(&format!("OAuth {token}"))
+            .unwrap_or(HeaderValue::from_static("OAuth invalid"));
         auth.set_sensitive(true);
         let resp = self
             .http
@@ -167,10 +180,11 @@ impl TwitchClient {
         let body = self.body(VALIDATE, resp).await?;
         match status {
             200 => {
-                let v: ValidBody = serde_json::from_slice(&body).map_err(|e| HelixError::Malformed {
-                    endpoint: VALIDATE,
-                    detail: e.to_string(),
-                })?;
+                let v: ValidBody =
+                    serde_json::from_slice(&body).map_err(|e| HelixError::Malformed {
+                        endpoint: VALIDATE,
+                        detail: e.to_string(),
+                    })?;
                 Ok(Validation::Valid {
                     expires_in: Duration::from_secs(v.expires_in),
                 })

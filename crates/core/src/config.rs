@@ -49,7 +49,8 @@ impl Default for SyncConfig {
 /// for loopback hosts (127.0.0.0/8, `localhost`, `[::1]`); no userinfo, query
 /// or fragment. Returns the URL without a trailing slash, or what is wrong.
 pub fn validate_base_url(url: &str) -> Result<String, String> {
-    const ALLOWED: &str = "use https://host[/path], or http:// only for 127.0.0.1, localhost or [::1]";
+    const ALLOWED: &str =
+        "use https://host[/path], or http:// only for 127.0.0.1, localhost or [::1]";
     let url = url.trim();
     let (scheme, rest) = url
         .split_once("://")
@@ -59,13 +60,18 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
         return Err(format!("scheme \"{scheme}\" is not allowed: {ALLOWED}"));
     }
     if rest.contains(['?', '#']) {
-        return Err(format!("a query or fragment is not allowed in \"{url}\": {ALLOWED}"));
+        return Err(format!(
+            "a query or fragment is not allowed in \"{url}\": {ALLOWED}"
+        ));
     }
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.contains('@') {
         return Err(format!("credentials in the URL are not allowed: {ALLOWED}"));
     }
-    if authority.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if authority
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(format!("\"{url}\" has whitespace in its host: {ALLOWED}"));
     }
     let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
@@ -86,7 +92,9 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
         return Err(format!("\"{url}\" has an invalid port: {ALLOWED}"));
     }
     if scheme == "http" && !is_loopback_host(host) {
-        return Err(format!("plain http is only allowed for loopback hosts, not \"{host}\": {ALLOWED}"));
+        return Err(format!(
+            "plain http is only allowed for loopback hosts, not \"{host}\": {ALLOWED}"
+        ));
     }
     Ok(format!("{scheme}://{}", rest.trim_end_matches('/')))
 }
@@ -107,12 +115,30 @@ mod tests {
 
     #[test]
     fn accepts_https_and_loopback_http() {
-        assert_eq!(validate_base_url("https://api.twitch.tv/helix/").unwrap(), "https://api.twitch.tv/helix");
-        assert_eq!(validate_base_url("HTTPS://id.twitch.tv/oauth2").unwrap(), "https://id.twitch.tv/oauth2");
-        assert_eq!(validate_base_url("http://127.0.0.1:8080/helix").unwrap(), "http://127.0.0.1:8080/helix");
-        assert_eq!(validate_base_url("http://127.9.9.9/helix").unwrap(), "http://127.9.9.9/helix");
-        assert_eq!(validate_base_url("http://localhost:1/x").unwrap(), "http://localhost:1/x");
-        assert_eq!(validate_base_url("http://[::1]:9000/helix").unwrap(), "http://[::1]:9000/helix");
+        assert_eq!(
+            validate_base_url("https://api.twitch.tv/helix/").unwrap(),
+            "https://api.twitch.tv/helix"
+        );
+        assert_eq!(
+            validate_base_url("HTTPS://id.twitch.tv/oauth2").unwrap(),
+            "https://id.twitch.tv/oauth2"
+        );
+        assert_eq!(
+            validate_base_url("http://127.0.0.1:8080/helix").unwrap(),
+            "http://127.0.0.1:8080/helix"
+        );
+        assert_eq!(
+            validate_base_url("http://127.9.9.9/helix").unwrap(),
+            "http://127.9.9.9/helix"
+        );
+        assert_eq!(
+            validate_base_url("http://localhost:1/x").unwrap(),
+            "http://localhost:1/x"
+        );
+        assert_eq!(
+            validate_base_url("http://[::1]:9000/helix").unwrap(),
+            "http://[::1]:9000/helix"
+        );
     }
 
     #[test]
@@ -120,7 +146,10 @@ mod tests {
         for (url, why) in [
             ("http://api.twitch.tv/helix", "only allowed for loopback"),
             ("http://10.0.0.1/helix", "only allowed for loopback"),
-            ("http://127.0.0.1.evil.com/helix", "only allowed for loopback"),
+            (
+                "http://127.0.0.1.evil.com/helix",
+                "only allowed for loopback",
+            ),
             ("file:///etc/passwd", "scheme \"file\""),
             ("gopher://x", "scheme"),
             ("not a url", "not an absolute URL"),

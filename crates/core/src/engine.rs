@@ -74,7 +74,11 @@ impl SyncOutcome {
         self.fatal.clone().or_else(|| {
             self.failures.first().map(|f| {
                 if self.failures.len() > 1 {
-                    format!("{} (and {} more failed batches)", f.error, self.failures.len() - 1)
+                    format!(
+                        "{} (and {} more failed batches)",
+                        f.error,
+                        self.failures.len() - 1
+                    )
                 } else {
                     f.error.clone()
                 }
@@ -135,7 +139,9 @@ impl Pass {
             if t.renewed_after_401 {
                 return Err(HelixError::Unauthorized {
                     endpoint: "Helix Get Streams",
-                    message: "a freshly minted app access token was refused too; check the client id".into(),
+                    message:
+                        "a freshly minted app access token was refused too; check the client id"
+                            .into(),
                 });
             }
         }
@@ -156,14 +162,26 @@ impl Pass {
     }
 
     /// One page, with the retries, token renewal and rate-limit waits it needs.
-    async fn fetch_page(&self, ids: &[String], after: Option<&str>) -> Result<StreamsPage, HelixError> {
+    async fn fetch_page(
+        &self,
+        ids: &[String],
+        after: Option<&str>,
+    ) -> Result<StreamsPage, HelixError> {
         let mut failures = 0u32;
         let mut renewed = false;
         loop {
-            let ticket = self.limiter.acquire(self.deadline).await.ok_or(HelixError::Deadline)?;
+            let ticket = self
+                .limiter
+                .acquire(self.deadline)
+                .await
+                .ok_or(HelixError::Deadline)?;
             self.requests.fetch_add(1, Ordering::Relaxed);
             let (token, generation) = self.current_token();
-            let answer = tokio::time::timeout_at(self.deadline.into(), self.client.get_streams(&token, ids, after)).await;
+            let answer = tokio::time::timeout_at(
+                self.deadline.into(),
+                self.client.get_streams(&token, ids, after),
+            )
+            .await;
             let (result, snapshot) = match answer {
                 Ok(a) => a,
                 Err(_) => {
@@ -193,7 +211,8 @@ impl Pass {
                     failures += 1;
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     let backoff = Duration::from_millis(100 * (1u64 << failures.min(5)));
-                    self.sleep_or_deadline(backoff.min(Duration::from_secs(2))).await?;
+                    self.sleep_or_deadline(backoff.min(Duration::from_secs(2)))
+                        .await?;
                 }
                 e => {
                     if matches!(e, HelixError::RateLimited { .. }) {
@@ -214,7 +233,10 @@ impl Pass {
         for page_no in 0..=self.config.max_pages_per_batch {
             let page = self.fetch_page(ids, after.as_deref()).await?;
             let empty = page.streams.is_empty() && page.skipped_entries == 0;
-            after = page.cursor.clone().filter(|c| seen_cursors.insert(c.clone()));
+            after = page
+                .cursor
+                .clone()
+                .filter(|c| seen_cursors.insert(c.clone()));
             pages.push(page);
             if empty || after.is_none() || page_no == self.config.max_pages_per_batch {
                 break;
@@ -300,7 +322,13 @@ pub async fn sync(input: SyncInput) -> SyncOutcome {
     let mut warnings = Vec::new();
     let prepared = tokio::time::timeout_at(
         deadline.into(),
-        prepare_token(&client, &input.config, &input.credentials.client_secret, input.token.clone(), &mut warnings),
+        prepare_token(
+            &client,
+            &input.config,
+            &input.credentials.client_secret,
+            input.token.clone(),
+            &mut warnings,
+        ),
     )
     .await
     .unwrap_or(Err(HelixError::Deadline));
@@ -309,7 +337,10 @@ pub async fn sync(input: SyncInput) -> SyncOutcome {
         Err(e) => {
             let secrets = secrets_of(input.token.as_ref());
             let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            outcome.fatal = Some(redact(&format!("could not get an app access token: {e}"), &refs));
+            outcome.fatal = Some(redact(
+                &format!("could not get an app access token: {e}"),
+                &refs,
+            ));
             outcome.warnings = warnings;
             return outcome;
         }
@@ -331,7 +362,9 @@ pub async fn sync(input: SyncInput) -> SyncOutcome {
         retries: AtomicU32::new(0),
         rate_limited: AtomicU32::new(0),
     });
-    let permits = Arc::new(tokio::sync::Semaphore::new(input.config.max_concurrent_requests.max(1)));
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        input.config.max_concurrent_requests.max(1),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for ids in batches {
         let pass = pass.clone();

@@ -5,9 +5,15 @@ use crate::ratelimit::RateLimitSnapshot;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HelixError {
     #[error("could not reach {endpoint}: {detail}")]
-    Network { endpoint: &'static str, detail: String },
+    Network {
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error("{endpoint} did not answer within {timeout_ms} ms")]
-    Timeout { endpoint: &'static str, timeout_ms: u64 },
+    Timeout {
+        endpoint: &'static str,
+        timeout_ms: u64,
+    },
     #[error("{endpoint} answered HTTP {status}: {message}")]
     Status {
         endpoint: &'static str,
@@ -15,16 +21,25 @@ pub enum HelixError {
         message: String,
     },
     #[error("{endpoint} answered HTTP 401 (unauthorized): {message}")]
-    Unauthorized { endpoint: &'static str, message: String },
+    Unauthorized {
+        endpoint: &'static str,
+        message: String,
+    },
     #[error("{endpoint} answered HTTP 429 (rate limited)")]
     RateLimited {
         endpoint: &'static str,
         snapshot: Option<RateLimitSnapshot>,
     },
     #[error("{endpoint} sent an answer that is not the JSON Twitch documents: {detail}")]
-    Malformed { endpoint: &'static str, detail: String },
+    Malformed {
+        endpoint: &'static str,
+        detail: String,
+    },
     #[error("{endpoint} sent an answer larger than {limit} bytes")]
-    TooLarge { endpoint: &'static str, limit: usize },
+    TooLarge {
+        endpoint: &'static str,
+        limit: usize,
+    },
     #[error("the run deadline passed before this request could finish")]
     Deadline,
 }
@@ -33,7 +48,9 @@ impl HelixError {
     /// Timeouts, dropped connections, 5xx and garbled answers may go away on a retry.
     pub fn is_transient(&self) -> bool {
         match self {
-            HelixError::Network { .. } | HelixError::Timeout { .. } | HelixError::Malformed { .. } => true,
+            HelixError::Network { .. }
+            | HelixError::Timeout { .. }
+            | HelixError::Malformed { .. } => true,
             HelixError::Status { status, .. } => *status >= 500,
             _ => false,
         }
@@ -56,18 +73,33 @@ mod tests {
 
     #[test]
     fn transient_errors_are_the_retryable_ones() {
-        let e = |status| HelixError::Status { endpoint: "x", status, message: String::new() };
+        let e = |status| HelixError::Status {
+            endpoint: "x",
+            status,
+            message: String::new(),
+        };
         assert!(e(500).is_transient());
         assert!(e(503).is_transient());
         assert!(!e(400).is_transient());
         assert!(!e(404).is_transient());
-        assert!(HelixError::Timeout { endpoint: "x", timeout_ms: 1 }.is_transient());
+        assert!(HelixError::Timeout {
+            endpoint: "x",
+            timeout_ms: 1
+        }
+        .is_transient());
         assert!(!HelixError::Deadline.is_transient());
-        assert!(!HelixError::Unauthorized { endpoint: "x", message: String::new() }.is_transient());
+        assert!(!HelixError::Unauthorized {
+            endpoint: "x",
+            message: String::new()
+        }
+        .is_transient());
     }
 
     #[test]
     fn redacts_secrets() {
-        assert_eq!(redact("token abcd1234 and abcd1234", &["abcd1234", "", "ab"]), "token [redacted] and [redacted]");
+        assert_eq!(
+            redact("token abcd1234 and abcd1234", &["abcd1234", "", "ab"]),
+            "token [redacted] and [redacted]"
+        );
     }
 }

@@ -16,7 +16,8 @@ pub struct RateLimitSnapshot {
 
 impl RateLimitSnapshot {
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
-        let num = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let num =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
         Some(RateLimitSnapshot {
             limit: num("ratelimit-limit")? as u32,
             remaining: num("ratelimit-remaining")? as u32,
@@ -75,9 +76,13 @@ impl RateLimiter {
             last: None,
         };
         if let Some((snap, seen_at)) = last_seen {
-            let seen = seen_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let seen = seen_at
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
             st.limit = snap.limit;
-            st.per_second = rate_from(&snap, seen).unwrap_or(snap.limit as f64 / DOCUMENTED_PERIOD_SECS);
+            st.per_second =
+                rate_from(&snap, seen).unwrap_or(snap.limit as f64 / DOCUMENTED_PERIOD_SECS);
             let elapsed = (epoch_now() - seen).max(0.0);
             let points = if epoch_now() >= snap.reset as f64 {
                 snap.limit as f64
@@ -87,7 +92,9 @@ impl RateLimiter {
             st.points = Some(points);
             st.last = Some(snap);
         }
-        RateLimiter { state: Mutex::new(st) }
+        RateLimiter {
+            state: Mutex::new(st),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -214,7 +221,15 @@ mod tests {
         let quick = Instant::now() + Duration::from_millis(30);
         assert!(rl.acquire(quick).await.is_none());
         let reset = epoch_now() as u64 + 60;
-        rl.observe(t, Some(RateLimitSnapshot { limit: 800, remaining: 799, reset }), false);
+        rl.observe(
+            t,
+            Some(RateLimitSnapshot {
+                limit: 800,
+                remaining: 799,
+                reset,
+            }),
+            false,
+        );
         for _ in 0..799 {
             assert!(rl.acquire(far()).await.is_some());
         }
@@ -225,7 +240,11 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn never_reserves_more_than_the_bucket_holds() {
         let reset = epoch_now() as u64 + 60;
-        let snap = RateLimitSnapshot { limit: 800, remaining: 3, reset };
+        let snap = RateLimitSnapshot {
+            limit: 800,
+            remaining: 3,
+            reset,
+        };
         let rl = RateLimiter::new(Some((snap, SystemTime::now())));
         for _ in 0..3 {
             assert!(rl.acquire(far()).await.is_some());
@@ -236,7 +255,10 @@ mod tests {
         let t = Instant::now();
         assert!(rl.acquire(far()).await.is_some());
         let waited = t.elapsed();
-        assert!(waited >= Duration::from_millis(20) && waited < Duration::from_millis(400), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(20) && waited < Duration::from_millis(400),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -244,7 +266,15 @@ mod tests {
         let rl = RateLimiter::new(None);
         let t = rl.acquire(far()).await.unwrap();
         let reset = epoch_now() as u64 + 1;
-        rl.observe(t, Some(RateLimitSnapshot { limit: 800, remaining: 0, reset }), true);
+        rl.observe(
+            t,
+            Some(RateLimitSnapshot {
+                limit: 800,
+                remaining: 0,
+                reset,
+            }),
+            true,
+        );
         let before_reset = Instant::now() + Duration::from_millis(10);
         assert!(rl.acquire(before_reset).await.is_none());
     }
@@ -252,21 +282,45 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn fresh_answers_correct_the_estimate_and_stale_ones_do_not() {
         let reset = epoch_now() as u64 + 30;
-        let snap = RateLimitSnapshot { limit: 800, remaining: 10, reset };
+        let snap = RateLimitSnapshot {
+            limit: 800,
+            remaining: 10,
+            reset,
+        };
         let rl = RateLimiter::new(Some((snap, SystemTime::now())));
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
         // b's answer says the bucket is fuller than we thought (someone refilled it).
-        rl.observe(b, Some(RateLimitSnapshot { limit: 800, remaining: 700, reset }), false);
+        rl.observe(
+            b,
+            Some(RateLimitSnapshot {
+                limit: 800,
+                remaining: 700,
+                reset,
+            }),
+            false,
+        );
         // a's answer, older, arrives late and must not lower or raise it.
-        rl.observe(a, Some(RateLimitSnapshot { limit: 800, remaining: 5, reset }), false);
+        rl.observe(
+            a,
+            Some(RateLimitSnapshot {
+                limit: 800,
+                remaining: 5,
+                reset,
+            }),
+            false,
+        );
         let p = rl.lock().points.unwrap();
         assert!((699.0..=701.0).contains(&p), "{p}");
     }
 
     #[test]
     fn a_full_bucket_from_an_old_run_is_full_again() {
-        let snap = RateLimitSnapshot { limit: 800, remaining: 0, reset: epoch_now() as u64 - 5 };
+        let snap = RateLimitSnapshot {
+            limit: 800,
+            remaining: 0,
+            reset: epoch_now() as u64 - 5,
+        };
         let rl = RateLimiter::new(Some((snap, SystemTime::now() - Duration::from_secs(70))));
         assert_eq!(rl.lock().points, Some(800.0));
     }
@@ -279,7 +333,11 @@ mod tests {
         h.insert("RATELIMIT-RESET", "1700000000".parse().unwrap());
         assert_eq!(
             RateLimitSnapshot::from_headers(&h),
-            Some(RateLimitSnapshot { limit: 800, remaining: 12, reset: 1_700_000_000 })
+            Some(RateLimitSnapshot {
+                limit: 800,
+                remaining: 12,
+                reset: 1_700_000_000
+            })
         );
         h.remove("ratelimit-reset");
         assert_eq!(RateLimitSnapshot::from_headers(&h), None);

@@ -83,7 +83,8 @@ pub fn parse_streams_page(body: &[u8]) -> Result<StreamsPage, serde_json::Error>
         ..Default::default()
     };
     for entry in &raw.data {
-        let (Some(stream_id), Some(broadcaster_id)) = (text(entry, "id"), text(entry, "user_id")) else {
+        let (Some(stream_id), Some(broadcaster_id)) = (text(entry, "id"), text(entry, "user_id"))
+        else {
             page.skipped_entries += 1;
             continue;
         };
@@ -198,13 +199,25 @@ mod tests {
         let page = parse_streams_page(body).unwrap();
         assert_eq!(page.cursor, None);
         assert_eq!(page.skipped_entries, 2);
-        let counts: Vec<(String, i32)> = page.streams.iter().map(|s| (s.stream_id.clone(), s.viewer_count)).collect();
-        assert_eq!(counts, vec![("1".into(), 0), ("2".into(), i32::MAX), ("4".into(), 0)]);
+        let counts: Vec<(String, i32)> = page
+            .streams
+            .iter()
+            .map(|s| (s.stream_id.clone(), s.viewer_count))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("1".into(), 0), ("2".into(), i32::MAX), ("4".into(), 0)]
+        );
         assert_eq!(page.streams[0].title, "");
         assert_eq!(page.streams[2].broadcaster_id, "13");
         // pagination missing altogether, or an empty cursor: last page
         assert_eq!(parse_streams_page(br#"{"data":[]}"#).unwrap().cursor, None);
-        assert_eq!(parse_streams_page(br#"{"data":[],"pagination":{"cursor":""}}"#).unwrap().cursor, None);
+        assert_eq!(
+            parse_streams_page(br#"{"data":[],"pagination":{"cursor":""}}"#)
+                .unwrap()
+                .cursor,
+            None
+        );
         // not an answer at all
         assert!(parse_streams_page(b"<html>").is_err());
         assert!(parse_streams_page(br#"{"data":[{"id":"1""#).is_err());
@@ -224,10 +237,19 @@ mod tests {
             language: String::new(),
             started_at: Some(started.into()),
         };
-        let p1 = StreamsPage { streams: vec![s("a", "1", "t1"), s("b", "2", "t1")], ..Default::default() };
-        let p2 = StreamsPage { streams: vec![s("b", "2", "t1"), s("x", "99", "t1"), s("c", "1", "t2")], ..Default::default() };
+        let p1 = StreamsPage {
+            streams: vec![s("a", "1", "t1"), s("b", "2", "t1")],
+            ..Default::default()
+        };
+        let p2 = StreamsPage {
+            streams: vec![s("b", "2", "t1"), s("x", "99", "t1"), s("c", "1", "t2")],
+            ..Default::default()
+        };
         let merged = merge_batch(&["1".into(), "2".into()], vec![p1, p2]);
-        let got: Vec<(&str, &str)> = merged.iter().map(|s| (s.broadcaster_id.as_str(), s.stream_id.as_str())).collect();
+        let got: Vec<(&str, &str)> = merged
+            .iter()
+            .map(|s| (s.broadcaster_id.as_str(), s.stream_id.as_str()))
+            .collect();
         assert_eq!(got, vec![("1", "c"), ("2", "b")]);
     }
 }

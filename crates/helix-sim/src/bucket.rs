@@ -82,8 +82,15 @@ mod tests {
         assert!(!b.try_take(1));
         let s = b.snapshot();
         assert_eq!(s.remaining, 0);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert!(s.reset >= now && s.reset <= now + 2, "reset {} now {now}", s.reset);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            s.reset >= now && s.reset <= now + 2,
+            "reset {} now {now}",
+            s.reset
+        );
         std::thread::sleep(Duration::from_millis(120)); // 10 points/s → one point per 100 ms
         assert!(b.try_take(1));
         assert!(!b.try_take(1));

@@ -53,7 +53,10 @@ pub enum Delivery {
     /// Send headers (with the full Content-Length) and this many body bytes, then close.
     DropAfter(usize),
     /// Send the body in chunks of `chunk` bytes with `pause` between them.
-    Trickle { chunk: usize, pause: Duration },
+    Trickle {
+        chunk: usize,
+        pause: Duration,
+    },
 }
 
 #[derive(Debug, Clone)]

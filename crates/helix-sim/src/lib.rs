@@ -238,7 +238,7 @@ fn encode_cursor(offset: usize) -> String {
 }
 
 fn decode_cursor(c: &str) -> Option<usize> {
-    if c.len() % 2 != 0 {
+    if !c.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..c.len())
@@ -351,7 +351,10 @@ impl State {
         self.counters.validate_requests += 1;
         let token = req
             .header("authorization")
-            .and_then(|h| h.strip_prefix("OAuth ").or_else(|| h.strip_prefix("Bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("OAuth ")
+                    .or_else(|| h.strip_prefix("Bearer "))
+            })
             .map(str::trim);
         let Some(token) = token else {
             return oauth_error(401, "missing authorization token");
@@ -454,7 +457,11 @@ impl State {
         };
         if ids.len() + logins.len() > MAX_IDS {
             self.counters.bad_requests += 1;
-            let which = if ids.len() > logins.len() { "user_id" } else { "user_login" };
+            let which = if ids.len() > logins.len() {
+                "user_id"
+            } else {
+                "user_login"
+            };
             return with_limits(helix_error(
                 400,
                 &format!("The parameter \"{which}\" was malformed: the value must be less than or equal to 100"),
@@ -462,7 +469,10 @@ impl State {
         }
         if after.is_some() && before.is_some() {
             self.counters.bad_requests += 1;
-            return with_limits(helix_error(400, "Only one of the parameters \"after\" and \"before\" may be specified"));
+            return with_limits(helix_error(
+                400,
+                "Only one of the parameters \"after\" and \"before\" may be specified",
+            ));
         }
         match req.query_all("type").next() {
             None | Some("all") | Some("live") => {}
@@ -520,7 +530,10 @@ impl State {
         });
         selected.sort_by_key(|&i| {
             let c = &self.world.channels[i];
-            (std::cmp::Reverse(c.live.as_ref().map(|s| s.viewer_count).unwrap_or(0)), i)
+            (
+                std::cmp::Reverse(c.live.as_ref().map(|s| s.viewer_count).unwrap_or(0)),
+                i,
+            )
         });
 
         let first = match &fault {
@@ -530,13 +543,20 @@ impl State {
         let (start, end) = if before.is_some() {
             (offset.saturating_sub(first), offset.min(selected.len()))
         } else {
-            (offset.min(selected.len()), (offset + first).min(selected.len()))
+            (
+                offset.min(selected.len()),
+                (offset + first).min(selected.len()),
+            )
         };
         let mut data: Vec<Value> = selected[start..end]
             .iter()
             .map(|&i| self.world.stream_json(i))
             .collect();
-        let mut next = if end < selected.len() { Some(end) } else { None };
+        let mut next = if end < selected.len() {
+            Some(end)
+        } else {
+            None
+        };
         match &fault {
             Some(FaultKind::EmptyPage) => {
                 data.clear();
@@ -559,7 +579,9 @@ impl State {
 fn apply_body_fault(mut resp: Response, fault: Option<FaultKind>) -> Response {
     match fault {
         Some(FaultKind::DropMidBody) => resp.delivery = Delivery::DropAfter(resp.body.len() / 2),
-        Some(FaultKind::Malformed) => resp.body = b"<html><body>upstream error</body></html>".to_vec(),
+        Some(FaultKind::Malformed) => {
+            resp.body = b"<html><body>upstream error</body></html>".to_vec()
+        }
         Some(FaultKind::Truncated) => {
             let half = resp.body.len() / 2;
             resp.body.truncate(half);
@@ -618,8 +640,12 @@ fn handle_admin(shared: &Shared, req: &Request) -> Response {
                 Some("go_live") => st.world.go_live(&id),
                 Some("go_offline") => st.world.go_offline(&id),
                 Some("restart") => st.world.restart(&id),
-                Some("hide") => st.world.hide(&id, body["value"].as_u64().unwrap_or(1) as u32),
-                Some("set_viewers") => st.world.set_viewers(&id, body["value"].as_i64().unwrap_or(0)),
+                Some("hide") => st
+                    .world
+                    .hide(&id, body["value"].as_u64().unwrap_or(1) as u32),
+                Some("set_viewers") => st
+                    .world
+                    .set_viewers(&id, body["value"].as_i64().unwrap_or(0)),
                 _ => false,
             };
             Response::json(if ok { 200 } else { 404 }, &json!({"ok": ok}))

@@ -241,7 +241,10 @@ impl World {
     }
 
     pub fn set_viewers(&mut self, id: &str, n: i64) -> bool {
-        match self.index_of_id(id).and_then(|i| self.channels[i].live.as_mut()) {
+        match self
+            .index_of_id(id)
+            .and_then(|i| self.channels[i].live.as_mut())
+        {
             Some(s) => {
                 s.viewer_count = n;
                 true
@@ -251,7 +254,10 @@ impl World {
     }
 
     pub fn set_title(&mut self, id: &str, title: &str) -> bool {
-        match self.index_of_id(id).and_then(|i| self.channels[i].live.as_mut()) {
+        match self
+            .index_of_id(id)
+            .and_then(|i| self.channels[i].live.as_mut())
+        {
             Some(s) => {
                 s.title = title.to_string();
                 true
@@ -351,8 +357,18 @@ mod tests {
         let a = World::new(&cfg);
         let b = World::new(&cfg);
         assert_eq!(a.live_count(), 200);
-        let ids_a: Vec<_> = a.channels.iter().filter_map(|c| c.live.clone()).map(|s| s.id).collect();
-        let ids_b: Vec<_> = b.channels.iter().filter_map(|c| c.live.clone()).map(|s| s.id).collect();
+        let ids_a: Vec<_> = a
+            .channels
+            .iter()
+            .filter_map(|c| c.live.clone())
+            .map(|s| s.id)
+            .collect();
+        let ids_b: Vec<_> = b
+            .channels
+            .iter()
+            .filter_map(|c| c.live.clone())
+            .map(|s| s.id)
+            .collect();
         assert_eq!(ids_a, ids_b);
     }
 
@@ -367,9 +383,17 @@ mod tests {
         let before = w.stream_of(&id).unwrap().id.clone();
         assert!(w.restart(&id));
         assert_ne!(w.stream_of(&id).unwrap().id, before);
-        let counts: Vec<i64> = w.channels.iter().map(|c| c.live.as_ref().unwrap().viewer_count).collect();
+        let counts: Vec<i64> = w
+            .channels
+            .iter()
+            .map(|c| c.live.as_ref().unwrap().viewer_count)
+            .collect();
         w.tick();
-        let after: Vec<i64> = w.channels.iter().map(|c| c.live.as_ref().unwrap().viewer_count).collect();
+        let after: Vec<i64> = w
+            .channels
+            .iter()
+            .map(|c| c.live.as_ref().unwrap().viewer_count)
+            .collect();
         assert_ne!(counts, after);
         assert!(after.iter().all(|&n| n >= 0));
     }

@@ -19,7 +19,10 @@ fn start_sim(channels: usize, live_fraction: f64) -> Simulator {
 }
 
 fn http() -> Client {
-    Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
+    Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
 }
 
 fn token(sim: &Simulator) -> String {
@@ -67,24 +70,48 @@ fn by_ids(list: &[String]) -> Vec<(&'static str, String)> {
 #[test]
 fn token_endpoint_follows_the_client_credentials_grant() {
     let sim = start_sim(1, 0.0);
-    let post = |form: &[(&str, &str)]| http().post(format!("{}/token", sim.auth_url())).form(form).send().unwrap();
+    let post = |form: &[(&str, &str)]| {
+        http()
+            .post(format!("{}/token", sim.auth_url()))
+            .form(form)
+            .send()
+            .unwrap()
+    };
     let (id, secret) = (sim.client_id(), sim.client_secret());
-    let ok = post(&[("client_id", &id), ("client_secret", &secret), ("grant_type", "client_credentials")]);
+    let ok = post(&[
+        ("client_id", &id),
+        ("client_secret", &secret),
+        ("grant_type", "client_credentials"),
+    ]);
     assert_eq!(ok.status(), 200);
     let v = ok.json_value();
     assert_eq!(v["token_type"], "bearer");
     assert!(v["expires_in"].as_u64().unwrap() > 50 * 86_400);
     assert_eq!(v["access_token"].as_str().unwrap().len(), 30);
 
-    let bad_secret = post(&[("client_id", &id), ("client_secret", "nope"), ("grant_type", "client_credentials")]);
+    let bad_secret = post(&[
+        ("client_id", &id),
+        ("client_secret", "nope"),
+        ("grant_type", "client_credentials"),
+    ]);
     assert_eq!(bad_secret.status(), 403);
-    assert_eq!(bad_secret.json_value(), serde_json::json!({"status": 403, "message": "invalid client secret"}));
-    let bad_id = post(&[("client_id", "nope"), ("client_secret", &secret), ("grant_type", "client_credentials")]);
+    assert_eq!(
+        bad_secret.json_value(),
+        serde_json::json!({"status": 403, "message": "invalid client secret"})
+    );
+    let bad_id = post(&[
+        ("client_id", "nope"),
+        ("client_secret", &secret),
+        ("grant_type", "client_credentials"),
+    ]);
     assert_eq!(bad_id.status(), 400);
     assert_eq!(bad_id.json_value()["message"], "invalid client");
     let no_grant = post(&[("client_id", &id), ("client_secret", &secret)]);
     assert_eq!(no_grant.status(), 400);
-    let get = http().get(format!("{}/token", sim.auth_url())).send().unwrap();
+    let get = http()
+        .get(format!("{}/token", sim.auth_url()))
+        .send()
+        .unwrap();
     assert_eq!(get.status(), 404);
     assert_eq!(sim.counters().tokens_issued, 1);
 }
@@ -111,7 +138,10 @@ fn validate_answers_like_twitch_for_app_tokens() {
         .send()
         .unwrap();
     assert_eq!(bad.status(), 401);
-    assert_eq!(bad.json_value(), serde_json::json!({"status": 401, "message": "invalid access token"}));
+    assert_eq!(
+        bad.json_value(),
+        serde_json::json!({"status": 401, "message": "invalid access token"})
+    );
 }
 
 #[test]
@@ -119,11 +149,22 @@ fn get_streams_requires_client_id_and_a_matching_live_token() {
     let sim = start_sim(5, 1.0);
     let t = token(&sim);
     let url = format!("{}/streams", sim.helix_url());
-    let no_auth = http().get(&url).header("Client-Id", sim.client_id()).send().unwrap();
+    let no_auth = http()
+        .get(&url)
+        .header("Client-Id", sim.client_id())
+        .send()
+        .unwrap();
     assert_eq!(no_auth.status(), 401);
     let v = no_auth.json_value();
-    assert_eq!((v["error"].as_str(), v["status"].as_u64()), (Some("Unauthorized"), Some(401)));
-    let no_client = http().get(&url).header("Authorization", format!("Bearer {t}")).send().unwrap();
+    assert_eq!(
+        (v["error"].as_str(), v["status"].as_u64()),
+        (Some("Unauthorized"), Some(401))
+    );
+    let no_client = http()
+        .get(&url)
+        .header("Authorization", format!("Bearer {t}"))
+        .send()
+        .unwrap();
     assert_eq!(no_client.status(), 401);
     let mismatch = http()
         .get(&url)
@@ -132,8 +173,14 @@ fn get_streams_requires_client_id_and_a_matching_live_token() {
         .send()
         .unwrap();
     assert_eq!(mismatch.status(), 401);
-    assert_eq!(mismatch.json_value()["message"], "Client ID and OAuth token do not match");
-    assert_eq!(streams(&sim, "forged", &[]).json_value()["message"], "Invalid OAuth token");
+    assert_eq!(
+        mismatch.json_value()["message"],
+        "Client ID and OAuth token do not match"
+    );
+    assert_eq!(
+        streams(&sim, "forged", &[]).json_value()["message"],
+        "Invalid OAuth token"
+    );
     assert_eq!(streams(&sim, &t, &[]).status(), 200);
     sim.expire_tokens();
     let expired = streams(&sim, &t, &[]);
@@ -155,7 +202,10 @@ fn page_size_defaults_to_20_and_the_cursor_walks_every_page() {
         let data = v["data"].as_array().unwrap();
         pages += 1;
         assert!(data.len() <= 20);
-        seen.extend(data.iter().map(|s| s["user_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            data.iter()
+                .map(|s| s["user_id"].as_str().unwrap().to_string()),
+        );
         match v["pagination"]["cursor"].as_str() {
             Some(c) => {
                 q = by_ids(&all);
@@ -190,10 +240,27 @@ fn only_live_channels_are_listed_with_documented_fields() {
     let v = streams(&sim, &t, &q).json_value();
     let data = v["data"].as_array().unwrap();
     assert_eq!(data.len(), 5);
-    let live: Vec<String> = sim.world(|w| w.channels.iter().filter(|c| c.live.is_some()).map(|c| c.id.clone()).collect());
+    let live: Vec<String> = sim.world(|w| {
+        w.channels
+            .iter()
+            .filter(|c| c.live.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    });
     for s in data {
         assert!(live.contains(&s["user_id"].as_str().unwrap().to_string()));
-        for field in ["id", "user_login", "user_name", "game_id", "game_name", "type", "title", "language", "started_at", "thumbnail_url"] {
+        for field in [
+            "id",
+            "user_login",
+            "user_name",
+            "game_id",
+            "game_name",
+            "type",
+            "title",
+            "language",
+            "started_at",
+            "thumbnail_url",
+        ] {
             assert!(s[field].is_string(), "{field}");
         }
         assert!(s["viewer_count"].is_i64());
@@ -202,7 +269,10 @@ fn only_live_channels_are_listed_with_documented_fields() {
         assert!(s["started_at"].as_str().unwrap().ends_with('Z'));
     }
     // viewer count order, as Twitch lists
-    let counts: Vec<i64> = data.iter().map(|s| s["viewer_count"].as_i64().unwrap()).collect();
+    let counts: Vec<i64> = data
+        .iter()
+        .map(|s| s["viewer_count"].as_i64().unwrap())
+        .collect();
     assert!(counts.windows(2).all(|w| w[0] >= w[1]));
     // logins select too
     let v = streams(&sim, &t, &[("user_login", "sim_channel_0".into())]).json_value();
@@ -223,8 +293,14 @@ fn bad_parameters_get_400() {
     mixed.extend((0..51).map(|i| ("user_login", format!("sim_channel_{i}"))));
     assert_eq!(streams(&sim, &t, &mixed).status(), 400);
     assert_eq!(streams(&sim, &t, &by_ids(&ids(&sim, 100))).status(), 200);
-    assert_eq!(streams(&sim, &t, &[("after", "x".into()), ("before", "y".into())]).status(), 400);
-    assert_eq!(streams(&sim, &t, &[("after", "not-a-cursor".into())]).status(), 400);
+    assert_eq!(
+        streams(&sim, &t, &[("after", "x".into()), ("before", "y".into())]).status(),
+        400
+    );
+    assert_eq!(
+        streams(&sim, &t, &[("after", "not-a-cursor".into())]).status(),
+        400
+    );
     assert_eq!(streams(&sim, &t, &[("type", "vod".into())]).status(), 400);
     assert_eq!(streams(&sim, &t, &[("type", "live".into())]).status(), 200);
 }
@@ -238,15 +314,24 @@ fn the_bucket_sends_its_headers_and_429_when_empty() {
     })
     .unwrap();
     let t = token(&sim);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     for expect_remaining in (0..5).rev() {
         let r = streams(&sim, &t, &[]);
         assert_eq!(r.status(), 200);
         let h = r.headers();
         assert_eq!(h["ratelimit-limit"], "5");
-        assert_eq!(h["ratelimit-remaining"], expect_remaining.to_string().as_str());
+        assert_eq!(
+            h["ratelimit-remaining"],
+            expect_remaining.to_string().as_str()
+        );
         let reset: u64 = h["ratelimit-reset"].to_str().unwrap().parse().unwrap();
-        assert!(reset >= now && reset <= now + 61, "reset {reset}, now {now}");
+        assert!(
+            reset >= now && reset <= now + 61,
+            "reset {reset}, now {now}"
+        );
     }
     let r = streams(&sim, &t, &[]);
     assert_eq!(r.status(), 429);
@@ -300,7 +385,10 @@ fn a_429_fault_carries_rate_limit_headers() {
 #[test]
 fn delay_faults_outlast_a_client_timeout() {
     let (sim, t, q) = with_fault(FaultKind::Delay { ms: 800 });
-    let c = Client::builder().timeout(Duration::from_millis(200)).build().unwrap();
+    let c = Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
     let r = c
         .get(format!("{}/streams", sim.helix_url()))
         .query(&q)
@@ -334,11 +422,18 @@ fn oversized_and_trickled_bodies() {
     assert!(body.len() >= 2_999_000, "{}", body.len());
     assert!(serde_json::from_slice::<Value>(&body).unwrap()["data"].is_array());
 
-    let (sim, t, q) = with_fault(FaultKind::Trickle { chunk: 2000, pause_ms: 40 });
+    let (sim, t, q) = with_fault(FaultKind::Trickle {
+        chunk: 2000,
+        pause_ms: 40,
+    });
     let start = Instant::now();
     let body = streams(&sim, &t, &q).bytes().unwrap();
     let chunks = body.len().div_ceil(2000) as u32;
-    assert!(start.elapsed() >= Duration::from_millis(40) * (chunks - 1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(40) * (chunks - 1),
+        "{:?}",
+        start.elapsed()
+    );
     assert!(serde_json::from_slice::<Value>(&body).is_ok());
 }
 
@@ -363,7 +458,12 @@ fn listing_quirks_empty_page_cursor_loop_duplicates() {
     let sim3 = start_sim(100, 1.0);
     let t3 = token(&sim3);
     sim3.add_fault(Fault::new(FaultKind::DuplicateAcrossPages));
-    let v1 = streams(&sim3, &t3, &q2.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>()).json_value();
+    let v1 = streams(
+        &sim3,
+        &t3,
+        &q2.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>(),
+    )
+    .json_value();
     let mut q4 = q2.clone();
     q4.push(("after", v1["pagination"]["cursor"].as_str().unwrap().into()));
     let v2 = streams(&sim3, &t3, &q4).json_value();
@@ -381,7 +481,11 @@ fn faults_can_target_one_broadcaster_and_the_auth_server() {
     sim.add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
     let r = http()
         .post(format!("{}/token", sim.auth_url()))
-        .form(&[("client_id", sim.client_id()), ("client_secret", sim.client_secret()), ("grant_type", "client_credentials".into())])
+        .form(&[
+            ("client_id", sim.client_id()),
+            ("client_secret", sim.client_secret()),
+            ("grant_type", "client_credentials".into()),
+        ])
         .send()
         .unwrap();
     assert_eq!(r.status(), 503);
@@ -398,10 +502,28 @@ fn the_world_changes_restarts_and_hides() {
     let v = streams(&sim, &t, &q).json_value();
     assert_ne!(v["data"][0]["id"].as_str().unwrap(), before);
     sim.world(|w| w.hide(&id, 1));
-    assert_eq!(streams(&sim, &t, &q).json_value()["data"].as_array().unwrap().len(), 0);
-    assert_eq!(streams(&sim, &t, &q).json_value()["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        streams(&sim, &t, &q).json_value()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        streams(&sim, &t, &q).json_value()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     sim.world(|w| w.go_offline(&id));
-    assert_eq!(streams(&sim, &t, &q).json_value()["data"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        streams(&sim, &t, &q).json_value()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     assert_eq!(sim.counters().ids_per_request, vec![1, 1, 1, 1]);
 }
 
@@ -420,14 +542,26 @@ fn admin_routes_serve_the_binary() {
     let sim = start_sim(10, 0.5);
     let base = format!("http://{}", sim.addr());
     let c = http();
-    let r = c.post(format!("{base}/_sim/faults")).body(r#"{"kind":"status","status":502,"times":1}"#).send().unwrap();
+    let r = c
+        .post(format!("{base}/_sim/faults"))
+        .body(r#"{"kind":"status","status":502,"times":1}"#)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
     let t = token(&sim);
     assert_eq!(streams(&sim, &t, &[]).status(), 502);
     let id = ids(&sim, 1).remove(0);
-    let r = c.post(format!("{base}/_sim/world")).body(format!(r#"{{"op":"go_offline","id":"{id}"}}"#)).send().unwrap();
+    let r = c
+        .post(format!("{base}/_sim/world"))
+        .body(format!(r#"{{"op":"go_offline","id":"{id}"}}"#))
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let v = c.get(format!("{base}/_sim/counters")).send().unwrap().json_value();
+    let v = c
+        .get(format!("{base}/_sim/counters"))
+        .send()
+        .unwrap()
+        .json_value();
     assert_eq!(v["streams_requests"], 1);
     assert_eq!(v["tokens_issued"], 1);
 }

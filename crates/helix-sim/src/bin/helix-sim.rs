@@ -26,8 +26,16 @@ fn main() {
             eprintln!("{flag}: {what}, got {value:?}\n{USAGE}");
             std::process::exit(2)
         };
-        let num = || value.parse::<u64>().unwrap_or_else(|_| bad("expected a whole number"));
-        let frac = || value.parse::<f64>().unwrap_or_else(|_| bad("expected a number"));
+        let num = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| bad("expected a whole number"))
+        };
+        let frac = || {
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| bad("expected a number"))
+        };
         match flag.as_str() {
             "--port" => cfg.port = num() as u16,
             "--channels" => cfg.world.channels = num() as usize,
