@@ -1,12 +1,13 @@
 -- twitch_sync: tables, validation, and the SQL-side functions.
--- CREATE EXTENSION creates schema twitch_sync (twitch_sync.control: schema = twitch_sync);
--- DROP EXTENSION twitch_sync CASCADE removes it and everything below.
+-- The schema is a member of the extension: DROP EXTENSION twitch_sync CASCADE
+-- removes it and everything below. (run() is created in it by pgrx, src/api.rs.)
 --
 -- Privileges: nothing here is readable or executable by PUBLIC. Grant on purpose
 -- (README, "Privileges"). Functions that must read the credentials are
 -- SECURITY DEFINER with search_path pinned to pg_catalog, pg_temp, and every
 -- object they touch is schema-qualified.
 
+CREATE SCHEMA twitch_sync;
 REVOKE ALL ON SCHEMA twitch_sync FROM PUBLIC;
 
 -- Channels to keep current. Bulk-tracking with INSERT ... SELECT goes through

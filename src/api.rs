@@ -5,8 +5,6 @@
 use crate::db::{self, RunRecord};
 use crate::error::SyncError;
 use crate::{gucs, runtime};
-use pgrx::prelude::*;
-use pgrx::JsonB;
 use serde_json::json;
 use std::time::{Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
@@ -27,12 +25,18 @@ fn settings() -> Result<SyncConfig, SyncError> {
     })
 }
 
-/// One sync pass; see README "SQL reference" for the result document.
-#[pg_extern(volatile, parallel_unsafe)]
-fn run() -> JsonB {
-    match run_pass() {
-        Ok(doc) => JsonB(doc),
-        Err(e) => e.raise(),
+#[pgrx::pg_schema]
+mod twitch_sync {
+    use pgrx::prelude::*;
+    use pgrx::JsonB;
+
+    /// `twitch_sync.run()`: one sync pass; see README "SQL reference" for the result document.
+    #[pg_extern(volatile, parallel_unsafe)]
+    fn run() -> JsonB {
+        match super::run_pass() {
+            Ok(doc) => JsonB(doc),
+            Err(e) => e.raise(),
+        }
     }
 }
 
