@@ -1,5 +1,95 @@
 -- Runs after every object of the extension exists (pgrx "finalize").
 
+-- status(): one row an operator reads at psql. Says whether credentials are
+-- set and when the token expires, never the credentials themselves.
+CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
+    run_in_progress      boolean,
+    last_run_id          bigint,
+    last_run_at          timestamptz,
+    last_run_status      text,
+    last_run_error       text,
+    last_run_duration_ms bigint,
+    tracked_channels     bigint,
+    live_streams         bigint,
+    credentials_set      boolean,
+    token_expires_at     timestamptz,
+    rate_limit_remaining integer,
+    rate_limit_reset_at  timestamptz,
+    runs_24h             bigint,
+    failures_24h         bigint,
+    schedule             text,
+    schedule_active      boolean,
+    last_job_status      text,
+    last_job_at          timestamptz,
+    last_job_message     text,
+    next_run_at          timestamptz
+)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT
+        EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.granted
+                   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                      WHERE d.datname = pg_catalog.current_database())
+                   AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2),
+        r.run_id, r.started_at, r.status, r.error,
+        (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
+        (SELECT count(*) FROM twitch_sync.channels c WHERE c.enabled),
+        (SELECT count(*) FROM twitch_sync.streams s WHERE s.is_live),
+        EXISTS (SELECT 1 FROM twitch_sync.credentials),
+        (SELECT c.token_expires_at FROM twitch_sync.credentials c),
+        rl.remaining,
+        rl.reset_at,
+        (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'),
+        (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
+            AND x.status IN ('failed', 'partial')),
+        j.schedule, j.active, j.last_status, j.last_start, j.last_message,
+        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now()) END
+    FROM twitch_sync.cron_job() j
+    LEFT JOIN LATERAL (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped'
+                        ORDER BY x.run_id DESC LIMIT 1) r ON true
+    LEFT JOIN twitch_sync.rate_limit rl ON true
+$$;
+
+-- metrics(): Prometheus text exposition format (version 0.0.4), for an exporter
+-- (for example postgres_exporter's custom queries, or any scraper that can run SQL).
+CREATE FUNCTION twitch_sync.metrics() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH c AS (SELECT * FROM twitch_sync.counters),
+    last AS (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped' ORDER BY x.run_id DESC LIMIT 1),
+    m(name, kind, help, labels, value) AS (
+        SELECT 'twitch_sync_runs_total', 'counter', 'Runs of twitch_sync.run() by status.', 'status="ok"', c.runs_ok::float8 FROM c
+        UNION ALL SELECT 'twitch_sync_runs_total', 'counter', NULL, 'status="partial"', c.runs_partial FROM c
+        UNION ALL SELECT 'twitch_sync_runs_total', 'counter', NULL, 'status="failed"', c.runs_failed FROM c
+        UNION ALL SELECT 'twitch_sync_runs_total', 'counter', NULL, 'status="skipped"', c.runs_skipped FROM c
+        UNION ALL SELECT 'twitch_sync_helix_requests_total', 'counter', 'Get Streams requests sent.', NULL, c.helix_requests FROM c
+        UNION ALL SELECT 'twitch_sync_retries_total', 'counter', 'Requests retried.', NULL, c.retries FROM c
+        UNION ALL SELECT 'twitch_sync_rate_limited_total', 'counter', 'HTTP 429 answers received.', NULL, c.rate_limited FROM c
+        UNION ALL SELECT 'twitch_sync_streams_started_total', 'counter', 'Broadcasts that started (or came back).', NULL, c.streams_started FROM c
+        UNION ALL SELECT 'twitch_sync_streams_ended_total', 'counter', 'Broadcasts that ended.', NULL, c.streams_ended FROM c
+        UNION ALL SELECT 'twitch_sync_last_run_duration_seconds', 'gauge', 'Duration of the last run that was not skipped.', NULL,
+               (SELECT extract(epoch FROM l.finished_at - l.started_at)::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_last_run_age_seconds', 'gauge', 'Seconds since the last run that was not skipped finished.', NULL,
+               (SELECT extract(epoch FROM pg_catalog.now() - l.finished_at)::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_last_run_success', 'gauge', '1 if the last run was ok or partial, 0 if it failed.', NULL,
+               (SELECT (l.status <> 'failed')::int::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_last_run_errors', 'gauge', 'Channels in failed batches in the last run.', NULL,
+               (SELECT l.errors::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_live_streams', 'gauge', 'Streams live now.', NULL,
+               (SELECT count(*)::float8 FROM twitch_sync.streams s WHERE s.is_live)
+        UNION ALL SELECT 'twitch_sync_tracked_channels', 'gauge', 'Enabled tracked channels.', NULL,
+               (SELECT count(*)::float8 FROM twitch_sync.channels ch WHERE ch.enabled)
+        UNION ALL SELECT 'twitch_sync_token_expiry_seconds', 'gauge', 'Seconds until the cached app access token expires.', NULL,
+               (SELECT extract(epoch FROM cr.token_expires_at - pg_catalog.now())::float8 FROM twitch_sync.credentials cr)
+        UNION ALL SELECT 'twitch_sync_rate_limit_remaining', 'gauge', 'Ratelimit-Remaining of the last Helix answer.', NULL,
+               (SELECT rl.remaining::float8 FROM twitch_sync.rate_limit rl)
+    ),
+    numbered AS (SELECT m.*, row_number() OVER () AS n FROM m WHERE m.value IS NOT NULL)
+    SELECT pg_catalog.string_agg(
+               CASE WHEN help IS NOT NULL THEN '# HELP ' || name || ' ' || help || E'\n# TYPE ' || name || ' ' || kind || E'\n' ELSE '' END
+               || name || coalesce('{' || labels || '}', '') || ' ' || value::text || E'\n', '' ORDER BY n)
+      FROM numbered
+$$;
+
 -- run() reads the credentials: it runs as the extension's owner, with a pinned
 -- search_path (it schema-qualifies everything it touches).
 ALTER FUNCTION twitch_sync.run() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -76,6 +76,7 @@ CREATE TABLE twitch_sync.runs (
     error                text
 );
 CREATE INDEX runs_started_at ON twitch_sync.runs (started_at);
+CREATE INDEX runs_ok ON twitch_sync.runs (run_id) WHERE status = 'ok';
 
 -- The app's credentials and its cached app access token. Readable only by the
 -- extension's owner and superusers.
@@ -210,10 +211,15 @@ $$;
 -- apply_sync(): writes one run's answers with a handful of set-based statements.
 -- Called by run() only; p_checked are the channels whose batch got a complete
 -- answer, the other arrays describe their live streams (one per broadcaster).
--- Returns the counts and the list of streams that started, ended or restarted.
+-- Returns the counts and the events: `online` (a new broadcast, or an ended one
+-- whose stream id came back: "reopened": true), `restart` (a channel ended one
+-- broadcast and started another: "previous_stream_id"), `offline`. With
+-- p_notify, each event is also sent with NOTIFY twitch_sync (delivered only if
+-- the run's transaction commits).
 CREATE FUNCTION twitch_sync.apply_sync(
     p_checked text[],
     p_offline_after_misses integer,
+    p_notify boolean,
     p_stream_id text[], p_broadcaster_id text[], p_login text[], p_viewer_count integer[],
     p_title text[], p_game_id text[], p_game_name text[], p_language text[], p_started_at text[]
 ) RETURNS jsonb
@@ -222,7 +228,9 @@ DECLARE
     ts timestamptz := pg_catalog.clock_timestamp();
     n_updated integer; n_started integer; n_reopened integer;
     n_restart_ended integer; n_missed_ended integer;
-    changes jsonb;
+    previous jsonb;   -- broadcaster id -> stream id it restarted from
+    events jsonb;
+    offline jsonb;
 BEGIN
     -- The previous broadcast of a channel that restarted under a new stream id ends.
     WITH incoming AS (
@@ -232,12 +240,10 @@ BEGIN
            SET is_live = false, ended_at = ts, updated_at = ts
           FROM incoming i
          WHERE s.broadcaster_id = i.broadcaster_id AND s.is_live AND s.stream_id <> i.stream_id
-        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name, s.started_at
+        RETURNING s.stream_id, s.broadcaster_id
     )
-    SELECT count(*), coalesce(jsonb_agg(jsonb_build_object(
-               'event', 'ended', 'reason', 'restarted', 'stream_id', e.stream_id,
-               'broadcaster_id', e.broadcaster_id, 'viewer_count', e.viewer_count)), '[]')
-      INTO n_restart_ended, changes
+    SELECT count(*), coalesce(jsonb_object_agg(e.broadcaster_id, e.stream_id), '{}')
+      INTO n_restart_ended, previous
       FROM ended e;
 
     -- Live streams: update known rows (reopening one that was ended, same stream id),
@@ -265,13 +271,15 @@ BEGIN
     SELECT count(*) FILTER (WHERE p.stream_id IS NOT NULL AND p.is_live),
            count(*) FILTER (WHERE p.stream_id IS NULL),
            count(*) FILTER (WHERE p.stream_id IS NOT NULL AND NOT p.is_live),
-           changes || coalesce(jsonb_agg(jsonb_build_object(
-               'event', CASE WHEN p.stream_id IS NULL THEN 'started' ELSE 'reopened' END,
+           coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+               'event', CASE WHEN previous ? u.broadcaster_id THEN 'restart' ELSE 'online' END,
+               'reopened', CASE WHEN p.stream_id IS NOT NULL THEN true END,
+               'previous_stream_id', previous ->> u.broadcaster_id,
                'stream_id', u.stream_id, 'broadcaster_id', u.broadcaster_id,
-               'viewer_count', u.viewer_count, 'title', u.title, 'game_name', u.game_name,
-               'started_at', u.started_at))
+               'viewer_count', u.viewer_count, 'title', pg_catalog.left(u.title, 300),
+               'game_name', pg_catalog.left(u.game_name, 200), 'started_at', u.started_at, 'at', ts)))
                FILTER (WHERE p.stream_id IS NULL OR NOT p.is_live), '[]')
-      INTO n_updated, n_started, n_reopened, changes
+      INTO n_updated, n_started, n_reopened, events
       FROM upserted u LEFT JOIN prior p USING (stream_id);
 
     INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
@@ -304,63 +312,34 @@ BEGIN
          WHERE s.is_live AND c.broadcaster_id = s.broadcaster_id
            AND c.last_checked_at = ts  -- checked in this run (stamped just above)
            AND c.missed_polls >= greatest(p_offline_after_misses, 1)
-        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name, s.started_at
+        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name,
+                  s.started_at, s.ended_at, s.peak_viewer_count
     )
-    SELECT count(*), changes || coalesce(jsonb_agg(jsonb_build_object(
-               'event', 'ended', 'reason', 'offline', 'stream_id', e.stream_id,
-               'broadcaster_id', e.broadcaster_id, 'viewer_count', e.viewer_count)), '[]')
-      INTO n_missed_ended, changes
+    SELECT count(*), coalesce(jsonb_agg(jsonb_build_object(
+               'event', 'offline', 'stream_id', e.stream_id, 'broadcaster_id', e.broadcaster_id,
+               'viewer_count', e.viewer_count, 'peak_viewer_count', e.peak_viewer_count,
+               'title', pg_catalog.left(e.title, 300), 'game_name', pg_catalog.left(e.game_name, 200),
+               'started_at', e.started_at, 'ended_at', e.ended_at, 'at', ts)), '[]')
+      INTO n_missed_ended, offline
       FROM ended e;
+    events := events || offline;
 
     UPDATE twitch_sync.channels c SET missed_polls = 0
      WHERE c.last_checked_at = ts AND c.missed_polls >= greatest(p_offline_after_misses, 1);
+
+    -- Events carry the channel's login; sent at commit, never from a rolled-back run.
+    SELECT coalesce(jsonb_agg(ev || jsonb_build_object('login', c.login)), '[]')
+      INTO events
+      FROM jsonb_array_elements(events) ev
+      LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = ev ->> 'broadcaster_id';
+    IF p_notify THEN
+        PERFORM pg_catalog.pg_notify('twitch_sync', ev::text) FROM jsonb_array_elements(events) ev;
+    END IF;
 
     RETURN jsonb_build_object(
         'updated', n_updated, 'started', n_started + n_reopened,
         'ended', n_restart_ended + n_missed_ended,
         'live', coalesce(array_length(p_stream_id, 1), 0),
-        'changes', changes);
+        'changes', events);
 END
-$$;
-
--- status(): one row an operator reads at psql. Says whether credentials are
--- set and when the token expires, never the credentials themselves.
-CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
-    run_in_progress      boolean,
-    last_run_id          bigint,
-    last_run_at          timestamptz,
-    last_run_status      text,
-    last_run_error       text,
-    last_run_duration_ms bigint,
-    tracked_channels     bigint,
-    live_streams         bigint,
-    credentials_set      boolean,
-    token_expires_at     timestamptz,
-    rate_limit_remaining integer,
-    rate_limit_reset_at  timestamptz,
-    runs_24h             bigint,
-    failures_24h         bigint
-)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT
-        EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-                 WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                      WHERE d.datname = pg_catalog.current_database())
-                   AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2),
-        r.run_id, r.started_at, r.status, r.error,
-        (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
-        (SELECT count(*) FROM twitch_sync.channels c WHERE c.enabled),
-        (SELECT count(*) FROM twitch_sync.streams s WHERE s.is_live),
-        EXISTS (SELECT 1 FROM twitch_sync.credentials),
-        (SELECT c.token_expires_at FROM twitch_sync.credentials c),
-        rl.remaining,
-        rl.reset_at,
-        (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'),
-        (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
-            AND x.status IN ('failed', 'partial'))
-    FROM (SELECT 1) AS one
-    LEFT JOIN LATERAL (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped'
-                        ORDER BY x.run_id DESC LIMIT 1) r ON true
-    LEFT JOIN twitch_sync.rate_limit rl ON true
 $$;

@@ -30,6 +30,17 @@ mod twitch_sync {
     use pgrx::prelude::*;
     use pgrx::JsonB;
 
+    /// `twitch_sync.cron_next_run(schedule, after)`: when a pg_cron schedule next
+    /// fires after `after` (UTC, as pg_cron 1.4 evaluates it); NULL if never.
+    /// An invalid schedule raises 22023 saying what is wrong.
+    #[pg_extern(immutable, parallel_safe)]
+    fn cron_next_run(
+        schedule: &str,
+        after: pgrx::datum::TimestampWithTimeZone,
+    ) -> Option<pgrx::datum::TimestampWithTimeZone> {
+        super::cron_next_run(schedule, after)
+    }
+
     /// `twitch_sync.run()`: one sync pass; see README "SQL reference" for the result document.
     #[pg_extern(volatile, parallel_unsafe)]
     fn run() -> JsonB {
@@ -93,7 +104,11 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let applied = if outcome.checked.is_empty() {
         None
     } else {
-        Some(db::apply(&outcome, gucs::offline_after_misses())?)
+        Some(db::apply(
+            &outcome,
+            gucs::offline_after_misses(),
+            gucs::notify_events(),
+        )?)
     };
     let status = if outcome.fatal.is_some() {
         "failed"
@@ -124,6 +139,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         rate_limit_remaining: remaining,
         error: error.clone(),
     })?;
+    let (pruned_runs, pruned_samples) = db::prune()?;
     let failures: Vec<_> = outcome
         .failures
         .iter()
@@ -147,6 +163,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         "rate_limited": outcome.rate_limited,
         "rate_limit_remaining": remaining,
         "duration_ms": clock.elapsed().as_millis() as u64,
+        "pruned": {"runs": pruned_runs, "viewer_samples": pruned_samples},
         "timestamp": finished,
     });
     if let Some(a) = &applied {
@@ -159,4 +176,20 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     pgrx::log!("twitch_sync: run {run_id} finished: {doc}");
     Ok(doc)
+}
+
+fn cron_next_run(
+    schedule: &str,
+    after: pgrx::datum::TimestampWithTimeZone,
+) -> Option<pgrx::datum::TimestampWithTimeZone> {
+    let parsed = match twitch_sync_core::cron::CronSchedule::parse(schedule) {
+        Ok(p) => p,
+        Err(reason) => SyncError::BadSchedule(reason).raise(),
+    };
+    // TimestampWithTimeZone counts microseconds since 2000-01-01 (Unix 946684800).
+    const PG_EPOCH: i64 = 946_684_800;
+    let micros: i64 = after.into_inner();
+    let unix = micros.div_euclid(1_000_000) + PG_EPOCH;
+    let next = parsed.next_after(unix)?;
+    pgrx::datum::TimestampWithTimeZone::try_from((next - PG_EPOCH) * 1_000_000).ok()
 }

@@ -168,7 +168,11 @@ pub struct Applied {
 
 /// Writes the live streams and checked channels of a run in one call of
 /// twitch_sync.apply_sync (a handful of set-based statements).
-pub fn apply(outcome: &SyncOutcome, offline_after_misses: i32) -> Result<Applied, SyncError> {
+pub fn apply(
+    outcome: &SyncOutcome,
+    offline_after_misses: i32,
+    notify: bool,
+) -> Result<Applied, SyncError> {
     let live = &outcome.live;
     let col =
         |f: fn(&twitch_sync_core::streams::LiveStream) -> Option<String>| -> Vec<Option<String>> {
@@ -177,6 +181,7 @@ pub fn apply(outcome: &SyncOutcome, offline_after_misses: i32) -> Result<Applied
     let args: Vec<DatumWithOid> = vec![
         outcome.checked.clone().into(),
         offline_after_misses.into(),
+        notify.into(),
         col(|s| Some(s.stream_id.clone())).into(),
         col(|s| Some(s.broadcaster_id.clone())).into(),
         col(|s| s.login.clone()).into(),
@@ -191,7 +196,7 @@ pub fn apply(outcome: &SyncOutcome, offline_after_misses: i32) -> Result<Applied
         col(|s| s.started_at.clone()).into(),
     ];
     let doc = Spi::get_one_with_args::<JsonB>(
-        "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &args,
     )
     .map_err(internal)?
@@ -254,4 +259,12 @@ pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
     )
     .map_err(internal)
     .map(|(id, at)| (id.unwrap_or_default(), at.unwrap_or_default()))
+}
+
+/// Prunes runs and samples past their retention (bounded work per call);
+/// returns (runs, samples) deleted.
+pub fn prune() -> Result<(i64, i64), SyncError> {
+    Spi::get_two::<i64, i64>("SELECT runs_deleted, samples_deleted FROM twitch_sync.prune()")
+        .map_err(internal)
+        .map(|(r, s)| (r.unwrap_or(0), s.unwrap_or(0)))
 }

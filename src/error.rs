@@ -14,6 +14,8 @@ pub enum SyncError {
         setting: &'static str,
         reason: String,
     },
+    #[error("invalid schedule: {0}")]
+    BadSchedule(String),
     #[error("twitch_sync internal error: {0}")]
     Internal(String),
 }
@@ -22,7 +24,9 @@ impl SyncError {
     fn code(&self) -> PgSqlErrorCode {
         match self {
             SyncError::NoCredentials => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            SyncError::BadSetting { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            SyncError::BadSetting { .. } | SyncError::BadSchedule(_) => {
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
+            }
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -37,6 +41,11 @@ impl SyncError {
             SyncError::BadSetting { setting, .. } => Some(format!(
                 "Fix it with ALTER SYSTEM SET {setting} = '...' (or ALTER DATABASE ... SET), then SELECT pg_reload_conf();"
             )),
+            SyncError::BadSchedule(_) => Some(
+                "Use five cron fields in UTC (minute hour day-of-month month day-of-week), such as \
+                 '*/10 * * * *' for every ten minutes, or a macro such as '@hourly'."
+                    .into(),
+            ),
             SyncError::Internal(_) => None,
         }
     }

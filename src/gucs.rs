@@ -15,6 +15,10 @@ static MAX_CONCURRENT_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
 static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
 static RUN_DEADLINE_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
 static OFFLINE_AFTER_MISSES: GucSetting<i32> = GucSetting::<i32>::new(1);
+static NOTIFY_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static NOTIFY_ALERTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static RUNS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
+static SAMPLES_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -83,6 +87,42 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"twitch_sync.notify_events",
+        c"Send NOTIFY twitch_sync when a stream goes live, ends or restarts.",
+        c"",
+        &NOTIFY_EVENTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"twitch_sync.notify_alerts",
+        c"Send NOTIFY twitch_sync_alerts when a run fails or is partial.",
+        c"Read by the trigger on twitch_sync.runs.",
+        &NOTIFY_ALERTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.runs_retention_days",
+        c"Rows of twitch_sync.runs older than this many days are pruned (0 keeps them).",
+        c"Read by twitch_sync.prune(), which run() calls after each pass.",
+        &RUNS_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.samples_retention_days",
+        c"Rows of twitch_sync.viewer_samples older than this many days are pruned (0 keeps them).",
+        c"Read by twitch_sync.prune(), which run() calls after each pass.",
+        &SAMPLES_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> String {
@@ -112,4 +152,7 @@ pub fn run_deadline() -> Duration {
 }
 pub fn offline_after_misses() -> i32 {
     OFFLINE_AFTER_MISSES.get()
+}
+pub fn notify_events() -> bool {
+    NOTIFY_EVENTS.get()
 }

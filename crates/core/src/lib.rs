@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod config;
+pub mod cron;
 pub mod engine;
 pub mod error;
 pub mod ratelimit;

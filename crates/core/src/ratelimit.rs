@@ -49,7 +49,9 @@ struct State {
     in_flight: u32,
     /// After a 429: send nothing until then.
     paused_until: Option<Instant>,
-    /// Tickets handed out so far, and the newest ticket whose answer was applied.
+    /// Tickets handed out so far, and the newest ticket whose answer was applied:
+    /// an answer to an older request than one already applied is stale (the
+    /// server may have counted later requests in the newer answer only).
     issued: u64,
     applied: u64,
     last: Option<RateLimitSnapshot>,
@@ -163,9 +165,9 @@ impl RateLimiter {
             }
         }
         if !rate_limited {
-            // Requests sent after this one may not be counted in its answer yet.
-            let later = (st.issued - ticket.0) as f64;
-            st.points = Some((snap.remaining as f64 - later).max(0.0));
+            // Requests still unanswered, sent before or after this one, may or may
+            // not be counted in this answer yet: assume they are not.
+            st.points = Some((snap.remaining as f64 - st.in_flight as f64).max(0.0));
         }
         st.last = Some(snap);
     }
@@ -194,15 +196,17 @@ fn refill(st: &mut State, now: Instant) {
     }
 }
 
-/// Points per second implied by a snapshot taken at `seen` (epoch seconds):
-/// the missing points come back by `reset`.
+/// Points per second implied by a snapshot seen at `seen` (epoch seconds): the
+/// missing points come back by `reset`. `Ratelimit-Reset` is whole seconds and
+/// the answer was written a little before we read it, so the time left is
+/// taken as one second longer than it looks: the estimate errs slow, never fast.
 fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
     let missing = snap.limit.saturating_sub(snap.remaining) as f64;
     let secs = snap.reset as f64 - seen;
     if missing < 1.0 || secs <= 0.0 {
         return None;
     }
-    Some(missing / secs * SAFETY)
+    Some(missing / (secs + 1.0) * SAFETY)
 }
 
 #[cfg(test)]
@@ -249,7 +253,7 @@ mod tests {
         for _ in 0..3 {
             assert!(rl.acquire(far()).await.is_some());
         }
-        // 797 points come back over ~60 s: about 13 per second, so the next one is ~75 ms away.
+        // 797 points come back over ~60 s: about 12.5 per second (estimated slow), so the next one is ~80 ms away.
         let soon = Instant::now() + Duration::from_millis(20);
         assert!(rl.acquire(soon).await.is_none());
         let t = Instant::now();
@@ -341,5 +345,48 @@ mod tests {
         );
         h.remove("ratelimit-reset");
         assert_eq!(RateLimitSnapshot::from_headers(&h), None);
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn refill_rate_estimates_err_slow() {
+        let now = 1_000_000.0;
+        // 800 a minute, empty bucket: reset 60 s away
+        let r = rate_from(
+            &RateLimitSnapshot {
+                limit: 800,
+                remaining: 0,
+                reset: 1_000_060,
+            },
+            now,
+        )
+        .unwrap();
+        assert!(r <= 800.0 / 60.0 && r > 800.0 / 60.0 * 0.9, "{r}");
+        // nearly full, read late: the true rate (1 point in 0.075 s) must not be exceeded wildly
+        let r = rate_from(
+            &RateLimitSnapshot {
+                limit: 5,
+                remaining: 4,
+                reset: 1_000_001,
+            },
+            now + 0.9,
+        )
+        .unwrap();
+        assert!(r <= 1.0, "{r}");
+        assert_eq!(
+            rate_from(
+                &RateLimitSnapshot {
+                    limit: 800,
+                    remaining: 800,
+                    reset: 1_000_000
+                },
+                now
+            ),
+            None
+        );
     }
 }
