@@ -23,8 +23,8 @@ fn sqlstate_of(sql: &str) -> String {
 
 #[pg_test]
 fn schema_has_its_tables_and_functions() {
-    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 6);
-    for f in ["run", "status", "track", "untrack", "set_credentials"] {
+    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 7);
+    for f in ["run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune"] {
         let n = count(&format!(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = 'twitch_sync' AND p.proname = '{f}'"
@@ -164,7 +164,7 @@ fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> serde_jso
     let arr = |v: Vec<String>| format!("ARRAY[{}]::text[]", v.join(","));
     let q = |s: &str| format!("'{s}'");
     let sql = format!(
-        "SELECT twitch_sync.apply_sync({checked}, {misses}, {sid}, {bid}, {login}, ARRAY[{vc}]::int[],
+        "SELECT twitch_sync.apply_sync({checked}, {misses}, false, {sid}, {bid}, {login}, ARRAY[{vc}]::int[],
                 {title}, {gid}, {gname}, {lang}, {started})",
         checked = arr(checked.iter().map(|c| q(c)).collect()),
         sid = arr(live.iter().map(|l| q(l.0)).collect()),
@@ -252,4 +252,32 @@ fn a_role_without_grants_can_read_and_run_nothing() {
     ] {
         assert_eq!(sqlstate_of(sql), "42501", "{sql}");
     }
+}
+
+#[pg_test]
+fn schedule_without_pg_cron_loaded_says_how_to_load_it() {
+    // The pgrx test server does not preload pg_cron.
+    assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule()"), "55000");
+    assert_eq!(sqlstate_of("PERFORM twitch_sync.unschedule()"), "55000");
+    // the schedule is checked first
+    assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule('nope')"), "22023");
+}
+
+#[pg_test]
+fn cron_next_run_follows_pg_cron_in_utc() {
+    let next = Spi::get_one::<String>(
+        "SELECT twitch_sync.cron_next_run('*/10 * * * *', '2026-11-25 14:03:30+00')::timestamptz AT TIME ZONE 'UTC' || ''",
+    )
+    .unwrap();
+    assert_eq!(next.as_deref(), Some("2026-11-25 14:10:00"));
+    let never = Spi::get_one::<bool>("SELECT twitch_sync.cron_next_run('0 0 31 2 *', now()) IS NULL").unwrap();
+    assert_eq!(never, Some(true));
+}
+
+#[pg_test]
+fn metrics_on_a_fresh_install_are_zero_counters() {
+    let text = Spi::get_one::<String>("SELECT twitch_sync.metrics()").unwrap().unwrap();
+    assert!(text.contains("twitch_sync_runs_total{status=\"ok\"} 0\n"), "{text}");
+    assert!(text.contains("# TYPE twitch_sync_runs_total counter\n"), "{text}");
+    assert!(!text.contains("twitch_sync_last_run_age_seconds"), "no run, no age: {text}");
 }

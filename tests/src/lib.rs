@@ -113,6 +113,7 @@ impl Cluster {
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
              shared_preload_libraries = 'pg_cron,twitch_sync'\ncron.database_name = 'postgres'\n\
+             cron.use_background_workers = on\nmax_worker_processes = 32\n\
              max_connections = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              log_min_messages = info\nlog_line_prefix = '%m [%p] %d '\nlogging_collector = off\n",
             dir = dir.display()
@@ -215,18 +216,37 @@ impl TestDb {
 
     /// Like `new`, without credentials.
     pub fn bare(cfg: SimConfig) -> TestDb {
-        let cluster = Cluster::shared();
         let name = format!(
             "t_{}_{}",
             std::process::id(),
             DB_COUNTER.fetch_add(1, Ordering::SeqCst)
         );
-        let mut admin = cluster.connect("postgres");
-        admin
+        Cluster::shared()
+            .connect("postgres")
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create database");
+        Self::in_database(&name, cfg)
+    }
+
+    /// The extension in an existing database (such as `postgres`, where the
+    /// cluster's pg_cron runs), pointed at a new simulator, with credentials set.
+    pub fn existing(name: &str, cfg: SimConfig) -> TestDb {
+        let mut db = Self::in_database(name, cfg);
+        let (id, secret) = (db.sim.client_id(), db.sim.client_secret());
+        db.client
+            .execute(
+                "SELECT twitch_sync.set_credentials($1, $2)",
+                &[&id, &secret],
+            )
+            .expect("set_credentials");
+        db
+    }
+
+    fn in_database(name: &str, cfg: SimConfig) -> TestDb {
+        let cluster = Cluster::shared();
         let sim = Simulator::start(cfg).expect("start simulator");
-        admin
+        cluster
+            .connect("postgres")
             .batch_execute(&format!(
                 "ALTER DATABASE {name} SET twitch_sync.helix_url = '{}';
                  ALTER DATABASE {name} SET twitch_sync.auth_url = '{}';",
@@ -234,11 +254,15 @@ impl TestDb {
                 sim.auth_url()
             ))
             .expect("point the database at the simulator");
-        let mut client = cluster.connect(&name);
+        let mut client = cluster.connect(name);
         client
             .batch_execute("CREATE EXTENSION twitch_sync")
             .expect("create extension");
-        TestDb { name, sim, client }
+        TestDb {
+            name: name.to_string(),
+            sim,
+            client,
+        }
     }
 
     pub fn cluster(&self) -> &'static Cluster {

@@ -1,0 +1,441 @@
+//! Operations end to end: real pg_cron firing, a real LISTEN connection,
+//! alerts, pruning on data, and metrics read by a Prometheus text parser.
+
+use std::collections::HashMap;
+use std::time::Duration;
+use twitch_sync_e2e::helix_sim::world::WorldConfig;
+use twitch_sync_e2e::helix_sim::{Config, Fault, FaultKind};
+use twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator;
+use twitch_sync_e2e::postgres::{Client, Notification};
+use twitch_sync_e2e::serde_json::Value;
+use twitch_sync_e2e::{error_text, sqlstate, wait_for, TestDb};
+
+fn world(channels: usize, live_fraction: f64) -> Config {
+    Config {
+        world: WorldConfig {
+            channels,
+            live_fraction,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Notifications that arrive on `listener` within `wait`.
+fn drain(listener: &mut Client, wait: Duration) -> Vec<Notification> {
+    let mut out = Vec::new();
+    let mut n = listener.notifications();
+    let mut it = n.timeout_iter(wait);
+    while let Ok(Some(note)) = it.next() {
+        out.push(note);
+    }
+    out
+}
+
+fn payloads(notes: &[Notification], channel: &str) -> Vec<Value> {
+    notes
+        .iter()
+        .filter(|n| n.channel() == channel)
+        .map(|n| {
+            assert!(
+                n.payload().len() < 8000,
+                "NOTIFY payloads stay under the limit"
+            );
+            twitch_sync_e2e::serde_json::from_str(n.payload()).expect("payload is JSON")
+        })
+        .collect()
+}
+
+#[test]
+fn pg_cron_runs_the_scheduled_job_for_real() {
+    // pg_cron runs in the cluster's `postgres` database (cron.database_name).
+    let mut db = TestDb::existing("postgres", world(50, 0.4));
+    db.client.batch_execute("CREATE EXTENSION pg_cron").unwrap();
+    db.track_first(50);
+    let jobid: i64 = db
+        .client
+        .query_one("SELECT twitch_sync.schedule('* * * * *')", &[])
+        .unwrap()
+        .get(0);
+    assert!(jobid > 0);
+    // scheduling again updates the same job
+    let again: i64 = db
+        .client
+        .query_one("SELECT twitch_sync.schedule('* * * * *')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(again, jobid);
+    let row = db
+        .client
+        .query_one(
+            "SELECT schedule, schedule_active, extract(epoch FROM next_run_at - now())::float8 FROM twitch_sync.status()",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "* * * * *");
+    assert!(row.get::<_, bool>(1));
+    let due_in: f64 = row.get(2);
+    assert!((0.0..=60.0).contains(&due_in), "next run due in {due_in} s");
+
+    // The job fires at the next minute: wait for its run.
+    let fired = wait_for(Duration::from_secs(150), || {
+        let n = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0);
+        (n > 0).then_some(n)
+    });
+    assert!(
+        fired.is_some(),
+        "pg_cron ran twitch_sync.run(); server log:\n{}",
+        db.cluster().log()
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        20
+    );
+    let job = wait_for(Duration::from_secs(10), || {
+        let r = db
+            .client
+            .query_one("SELECT last_job_status FROM twitch_sync.status()", &[])
+            .unwrap();
+        r.get::<_, Option<String>>(0).filter(|s| s == "succeeded")
+    });
+    assert_eq!(job.as_deref(), Some("succeeded"));
+
+    assert!(db
+        .client
+        .query_one("SELECT twitch_sync.unschedule()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    assert!(!db
+        .client
+        .query_one("SELECT twitch_sync.unschedule()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+    let gone: Option<String> = db
+        .client
+        .query_one("SELECT schedule FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, None);
+}
+
+#[test]
+fn schedule_explains_what_is_missing_and_refuses_bad_schedules() {
+    let mut db = TestDb::new(world(1, 0.0));
+    // pg_cron runs in database `postgres`, not here
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.schedule()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "55000");
+    let text = error_text(&err);
+    assert!(text.contains("pg_cron runs in database postgres"), "{text}");
+    assert!(text.contains("cron.schedule_in_database"), "{text}");
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.unschedule()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "55000");
+    for bad in ["* * *", "61 * * * *", "every minute", ""] {
+        let err = db
+            .client
+            .query_one("SELECT twitch_sync.schedule($1)", &[&bad])
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "22023", "{bad}: {}", error_text(&err));
+        assert!(
+            error_text(&err).contains("*/10 * * * *"),
+            "the hint shows a valid schedule"
+        );
+    }
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.schedule(NULL)", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023");
+}
+
+#[test]
+fn listeners_hear_online_offline_and_restart_after_commit_only() {
+    let mut db = TestDb::new(world(100, 0.2));
+    db.track_first(100);
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN twitch_sync").unwrap();
+
+    // A run rolled back sends nothing.
+    db.client.batch_execute("BEGIN").unwrap();
+    db.run();
+    db.client.batch_execute("ROLLBACK").unwrap();
+    assert!(payloads(
+        &drain(&mut listener, Duration::from_millis(500)),
+        "twitch_sync"
+    )
+    .is_empty());
+
+    db.run();
+    let events = payloads(&drain(&mut listener, Duration::from_secs(1)), "twitch_sync");
+    assert_eq!(events.len(), 20);
+    assert!(events.iter().all(|e| e["event"] == "online"));
+    let e = &events[0];
+    for key in [
+        "broadcaster_id",
+        "login",
+        "stream_id",
+        "viewer_count",
+        "title",
+        "game_name",
+        "started_at",
+        "at",
+    ] {
+        assert!(!e[key].is_null(), "{key} in {e}");
+    }
+
+    let live: Vec<String> = db.sim.world(|w| {
+        w.channels
+            .iter()
+            .filter(|c| c.live.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    });
+    let old_stream = db.sim.world(|w| w.stream_of(&live[1]).unwrap().id.clone());
+    let long_title = "ü\"\\".repeat(5000);
+    db.sim.world(|w| {
+        w.go_offline(&live[0]);
+        w.restart(&live[1]);
+        w.set_title(&live[1], &long_title);
+    });
+    db.run();
+    let events = payloads(&drain(&mut listener, Duration::from_secs(1)), "twitch_sync");
+    let by_kind: HashMap<String, &Value> = events
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap().to_string(), e))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(by_kind["offline"]["broadcaster_id"], live[0].as_str());
+    assert!(!by_kind["offline"]["ended_at"].is_null());
+    assert_eq!(by_kind["restart"]["broadcaster_id"], live[1].as_str());
+    assert_eq!(
+        by_kind["restart"]["previous_stream_id"],
+        old_stream.as_str()
+    );
+    assert_eq!(
+        by_kind["restart"]["title"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        300
+    );
+
+    // turned off, nothing is sent
+    db.client
+        .batch_execute("SET twitch_sync.notify_events = off")
+        .unwrap();
+    db.sim.world(|w| w.go_live(&live[0]));
+    assert_eq!(db.run()["started"], 1);
+    assert!(payloads(
+        &drain(&mut listener, Duration::from_millis(500)),
+        "twitch_sync"
+    )
+    .is_empty());
+}
+
+#[test]
+fn alerts_on_partial_failed_and_repeated_failures() {
+    let mut db = TestDb::new(world(200, 0.2));
+    let ids = db.track_first(200);
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN twitch_sync_alerts").unwrap();
+    assert_eq!(db.run()["status"], "ok");
+    assert!(payloads(
+        &drain(&mut listener, Duration::from_millis(300)),
+        "twitch_sync_alerts"
+    )
+    .is_empty());
+
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[150]));
+    assert_eq!(db.run()["status"], "partial");
+    let alerts = payloads(
+        &drain(&mut listener, Duration::from_secs(1)),
+        "twitch_sync_alerts",
+    );
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0]["alert"], "run_partial");
+    assert_eq!(alerts[0]["errors"], 100);
+    assert!(
+        alerts[0]["check"]
+            .as_str()
+            .unwrap()
+            .contains("server errors"),
+        "{}",
+        alerts[0]
+    );
+
+    db.sim.clear_faults();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }));
+    db.run();
+    db.run();
+    let alerts = payloads(
+        &drain(&mut listener, Duration::from_secs(1)),
+        "twitch_sync_alerts",
+    );
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(alerts[0]["alert"], "run_failed");
+    assert_eq!(alerts[1]["alert"], "repeated_failures");
+    assert_eq!(alerts[1]["consecutive_failures"], 3);
+
+    db.sim.clear_faults();
+    assert_eq!(db.run()["status"], "ok");
+    db.client
+        .batch_execute("SET twitch_sync.notify_alerts = off")
+        .unwrap();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }));
+    db.run();
+    assert!(payloads(
+        &drain(&mut listener, Duration::from_millis(300)),
+        "twitch_sync_alerts"
+    )
+    .is_empty());
+}
+
+#[test]
+fn retention_prunes_old_rows_in_bounded_steps() {
+    let mut db = TestDb::new(world(10, 0.5));
+    db.track_first(10);
+    // A year of history: 1,000,000 old samples and 20,000 old runs, plus today's.
+    db.client
+        .batch_execute(
+            "SET session_replication_role = replica;  -- no counter triggers for fake history
+             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+             SELECT 's' || (g % 1000), '1', now() - interval '365 days' + g * interval '1 second', g % 5000
+               FROM generate_series(1, 1000000) g;
+             INSERT INTO twitch_sync.runs (started_at, finished_at, status)
+             SELECT now() - interval '200 days' + g * interval '1 minute', now() - interval '200 days' + g * interval '1 minute', 'ok'
+               FROM generate_series(1, 20000) g;
+             RESET session_replication_role;",
+        )
+        .unwrap();
+    db.run();
+    let recent_samples = db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at > now() - interval '1 day'");
+    assert_eq!(recent_samples, 5);
+
+    let row = db
+        .client
+        .query_one(
+            "SELECT runs_deleted, samples_deleted FROM twitch_sync.prune(100000)",
+            &[],
+        )
+        .unwrap();
+    // run() already pruned its 50,000-row share of each
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 100_000));
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 1);
+    loop {
+        let n: i64 = db
+            .client
+            .query_one("SELECT samples_deleted FROM twitch_sync.prune()", &[])
+            .unwrap()
+            .get(0);
+        assert!(n <= 50_000);
+        if n == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples"),
+        recent_samples
+    );
+
+    // 0 keeps everything
+    db.client
+        .batch_execute(
+            "SET twitch_sync.samples_retention_days = 0;
+             INSERT INTO twitch_sync.viewer_samples VALUES ('old', '1', now() - interval '10 years', 1);",
+        )
+        .unwrap();
+    db.client
+        .query_one("SELECT * FROM twitch_sync.prune()", &[])
+        .unwrap();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 'old'"),
+        1
+    );
+    let err = db
+        .client
+        .query_one("SELECT * FROM twitch_sync.prune(0)", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023");
+}
+
+#[test]
+fn metrics_are_valid_prometheus_text() {
+    let mut db = TestDb::new(world(300, 0.2));
+    let ids = db.track_first(300);
+    db.run();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[250]));
+    db.run();
+    db.sim.clear_faults();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 429 }).times(1));
+    db.run();
+    let text: String = db
+        .client
+        .query_one("SELECT twitch_sync.metrics()", &[])
+        .unwrap()
+        .get(0);
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("{name} in\n{text}"));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} has an unexpected type"),
+        }
+    };
+    assert_eq!(value("twitch_sync_runs_total", Some(("status", "ok"))), 2.0);
+    assert_eq!(
+        value("twitch_sync_runs_total", Some(("status", "partial"))),
+        1.0
+    );
+    assert_eq!(
+        value("twitch_sync_runs_total", Some(("status", "failed"))),
+        0.0
+    );
+    // run 1: 3 requests; run 2: 2 + 1 failing batch tried 1 + max_retries (3) times; run 3: 3 + one 429 retry
+    assert_eq!(
+        value("twitch_sync_helix_requests_total", None),
+        3.0 + 6.0 + 4.0
+    );
+    assert_eq!(value("twitch_sync_rate_limited_total", None), 1.0);
+    assert_eq!(value("twitch_sync_retries_total", None), 3.0 + 1.0);
+    assert_eq!(value("twitch_sync_live_streams", None), 60.0);
+    assert_eq!(value("twitch_sync_tracked_channels", None), 300.0);
+    assert!(value("twitch_sync_token_expiry_seconds", None) > 86_400.0);
+    assert!(value("twitch_sync_last_run_age_seconds", None) < 60.0);
+    assert!(value("twitch_sync_last_run_duration_seconds", None) > 0.0);
+    assert!(matches!(
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "twitch_sync_runs_total")
+            .unwrap()
+            .value,
+        prometheus_parse::Value::Counter(_)
+    ));
+    assert!(text.contains("# HELP twitch_sync_live_streams "));
+    assert!(!text.contains(&db.sim.client_secret()));
+}
