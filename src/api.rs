@@ -80,11 +80,13 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     let config = settings()?;
     let state = db::read_state()?;
+    let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
     pgrx::log!(
         "twitch_sync: run started: {} channels to check",
         state.broadcaster_ids.len()
     );
 
+    let http_clock = Instant::now();
     let outcome = runtime::block_on_interruptible(sync(SyncInput {
         config,
         credentials: state.credentials,
@@ -93,6 +95,8 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         rate_limit: state.rate_limit,
     }));
 
+    let http_ms = http_clock.elapsed().as_secs_f64() * 1000.0;
+    let apply_clock = Instant::now();
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
             db::save_token(t)?;
@@ -139,6 +143,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         rate_limit_remaining: remaining,
         error: error.clone(),
     })?;
+    let apply_ms = apply_clock.elapsed().as_secs_f64() * 1000.0;
     let (pruned_runs, pruned_samples) = db::prune()?;
     let failures: Vec<_> = outcome
         .failures
@@ -164,6 +169,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         "rate_limit_remaining": remaining,
         "duration_ms": clock.elapsed().as_millis() as u64,
         "pruned": {"runs": pruned_runs, "viewer_samples": pruned_samples},
+        "timings_ms": {"read": round2(read_ms), "http": round2(http_ms), "apply": round2(apply_ms)},
         "timestamp": finished,
     });
     if let Some(a) = &applied {
@@ -192,4 +198,8 @@ fn cron_next_run(
     let unix = micros.div_euclid(1_000_000) + PG_EPOCH;
     let next = parsed.next_after(unix)?;
     pgrx::datum::TimestampWithTimeZone::try_from((next - PG_EPOCH) * 1_000_000).ok()
+}
+
+fn round2(ms: f64) -> f64 {
+    (ms * 100.0).round() / 100.0
 }

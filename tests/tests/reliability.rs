@@ -1,0 +1,548 @@
+//! Reliability and security: every fault Helix can throw leaves failed
+//! channels exactly as they were; database faults lose nothing; objects
+//! planted in the caller's search_path cannot hijack the extension; TLS is
+//! verified; secrets never show.
+
+use std::time::{Duration, Instant};
+use twitch_sync_e2e::helix_sim::world::WorldConfig;
+use twitch_sync_e2e::helix_sim::{Config, Endpoint, Fault, FaultKind};
+use twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator;
+use twitch_sync_e2e::serde_json::Value;
+use twitch_sync_e2e::{error_text, sqlstate, wait_for, TestDb};
+
+fn world(channels: usize, live_fraction: f64) -> Config {
+    Config {
+        world: WorldConfig {
+            channels,
+            live_fraction,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+const SNAPSHOT: &str = "SELECT coalesce(string_agg(stream_id || ':' || viewer_count || ':' || peak_viewer_count || ':' || is_live
+                               || ':' || coalesce(ended_at::text, '-') || ':' || updated_at, ',' ORDER BY stream_id), '')
+                          || '|' || (SELECT coalesce(string_agg(broadcaster_id || ':' || coalesce(last_checked_at::text, '-')
+                                     || ':' || missed_polls, ',' ORDER BY broadcaster_id), '')
+                                       FROM twitch_sync.channels WHERE broadcaster_id = ANY($1))
+                     FROM twitch_sync.streams WHERE broadcaster_id = ANY($1)";
+
+/// The database agrees with the simulator: the same live streams with the same counts.
+fn assert_matches_world(db: &mut TestDb) {
+    let mut want: Vec<(String, i32)> = db.sim.world(|w| {
+        w.channels
+            .iter()
+            .filter_map(|c| {
+                c.live
+                    .as_ref()
+                    .map(|s| (s.id.clone(), s.viewer_count as i32))
+            })
+            .collect()
+    });
+    want.sort();
+    let got: Vec<(String, i32)> = db
+        .client
+        .query("SELECT stream_id, viewer_count FROM twitch_sync.streams WHERE is_live ORDER BY stream_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn every_helix_fault_leaves_the_failed_batch_untouched_and_the_next_run_catches_up() {
+    let faults: Vec<(&str, FaultKind)> = vec![
+        ("429 storm", FaultKind::Status { status: 429 }),
+        ("5xx", FaultKind::Status { status: 502 }),
+        ("timeout", FaultKind::Delay { ms: 3_000 }),
+        ("dropped mid-body", FaultKind::DropMidBody),
+        ("malformed JSON", FaultKind::Malformed),
+        ("truncated JSON", FaultKind::Truncated),
+        (
+            "oversized body",
+            FaultKind::Oversized {
+                bytes: 6 * 1024 * 1024,
+            },
+        ),
+        (
+            "trickling answer",
+            FaultKind::Trickle {
+                chunk: 64,
+                pause_ms: 50,
+            },
+        ),
+        ("400", FaultKind::Status { status: 400 }),
+    ];
+    for (name, kind) in faults {
+        let mut db = TestDb::new(world(200, 0.5));
+        let ids = db.track_first(200);
+        db.client
+            .batch_execute("SET twitch_sync.request_timeout_ms = 400; SET twitch_sync.max_retries = 2; SET twitch_sync.run_deadline_ms = 8000")
+            .unwrap();
+        assert_eq!(db.run()["status"], "ok", "{name}: first run");
+        let second: Vec<String> = ids[100..].to_vec();
+        let before: String = db.client.query_one(SNAPSHOT, &[&second]).unwrap().get(0);
+        // the world changes everywhere; the second batch's answers are broken
+        db.sim.world(|w| {
+            w.tick();
+            w.go_offline(&ids[0]);
+            w.go_offline(&ids[100]);
+            w.go_live(&ids[1]);
+            w.go_live(&ids[101]);
+        });
+        db.sim
+            .add_fault(Fault::new(kind.clone()).for_user(&ids[199]));
+        let t = Instant::now();
+        let doc = db.run();
+        assert!(
+            t.elapsed() < Duration::from_secs(9),
+            "{name}: within the deadline ({:?})",
+            t.elapsed()
+        );
+        assert_eq!(doc["status"], "partial", "{name}: {doc}");
+        assert_eq!(doc["errors"], 100, "{name}");
+        let after: String = db.client.query_one(SNAPSHOT, &[&second]).unwrap().get(0);
+        assert_eq!(
+            before, after,
+            "{name}: the failed batch's channels are exactly as they were"
+        );
+        let row = db
+            .client
+            .query_one(
+                "SELECT status, errors, error FROM twitch_sync.runs ORDER BY run_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "partial", "{name}");
+        assert!(
+            row.get::<_, Option<String>>(2).is_some(),
+            "{name}: the error is recorded"
+        );
+        // the healthy batch was applied
+        let first_ok: i64 = db
+            .client
+            .query_one(
+                "SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = $1 AND is_live",
+                &[&ids[1]],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(first_ok, 1, "{name}");
+        db.sim.clear_faults();
+        let doc = db.run();
+        assert_eq!(doc["status"], "ok", "{name}: recovery: {doc}");
+        assert_matches_world(&mut db);
+    }
+}
+
+#[test]
+fn a_401_in_the_middle_of_a_run_renews_the_token_once() {
+    let mut db = TestDb::new(world(500, 0.3));
+    db.track_first(500);
+    db.run();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 401 }).times(1));
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert_eq!(db.sim.counters().tokens_issued, 2);
+    assert_matches_world(&mut db);
+}
+
+#[test]
+fn an_auth_server_that_is_down_does_not_matter_while_the_token_is_good() {
+    let mut db = TestDb::new(world(100, 0.3));
+    db.track_first(100);
+    db.run();
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
+    db.sim
+        .add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Validate));
+    db.client
+        .execute(
+            "UPDATE twitch_sync.credentials SET token_validated_at = now() - interval '2 hours'",
+            &[],
+        )
+        .unwrap();
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert!(
+        doc["warnings"][0].as_str().unwrap().contains("validation"),
+        "{doc}"
+    );
+    // once the token is gone, the run fails clearly and changes nothing
+    db.sim.expire_tokens();
+    let before = db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live");
+    let doc = db.run();
+    assert_eq!(doc["status"], "failed", "{doc}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        before
+    );
+}
+
+#[test]
+fn imperfect_helix_answers_are_stored_as_decided() {
+    let mut db = TestDb::new(world(3, 0.0));
+    let ids = db.track_first(3);
+    let body = format!(
+        r#"{{"data":[
+            {{"id":"900","user_id":"{a}","user_login":"SIM_CHANNEL_0","viewer_count":-7,"type":"","title":null,"game_name":null,"surprise":[1,2]}},
+            {{"id":"900","user_id":"{a}","viewer_count":5,"type":"live"}},
+            {{"id":"901","user_id":"{b}","viewer_count":99999999999,"type":"rerun","started_at":"2026-11-25T10:00:00.123Z"}},
+            {{"id":"902","user_id":"55555","viewer_count":1}},
+            {{"user_id":"{c}","viewer_count":1}}
+        ],"pagination":{{}}}}"#,
+        a = ids[0],
+        b = ids[1],
+        c = ids[2]
+    );
+    db.sim.add_fault(Fault::new(FaultKind::Body { body }));
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert_eq!(doc["live"], 2);
+    let rows = db
+        .client
+        .query(
+            "SELECT stream_id, broadcaster_id, viewer_count, title, game_name, started_at::text FROM twitch_sync.streams ORDER BY stream_id",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        rows.len(),
+        2,
+        "unknown ids and entries without a stream id are not stored"
+    );
+    assert_eq!(
+        rows[0].get::<_, i32>(2),
+        0,
+        "negative counts are stored as 0"
+    );
+    assert_eq!(rows[0].get::<_, String>(3), "", "null title is ''");
+    assert_eq!(
+        rows[1].get::<_, i32>(2),
+        i32::MAX,
+        "huge counts are clamped"
+    );
+    assert_eq!(
+        rows[1].get::<_, Option<String>>(5).as_deref(),
+        Some("2026-11-25 10:00:00.123+00")
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '902'"),
+        0
+    );
+    let login: String = db
+        .client
+        .query_one(
+            "SELECT login FROM twitch_sync.channels WHERE broadcaster_id = $1",
+            &[&ids[0]],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(login, "sim_channel_0");
+}
+
+#[test]
+fn terminate_mid_run_leaves_no_lock_behind() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    db.sim.set_latency(Duration::from_secs(30));
+    let mut victim = db.connect();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let handle = std::thread::spawn(move || {
+        victim
+            .query_one("SELECT twitch_sync.run()", &[])
+            .map(|_| ())
+    });
+    let running = wait_for(Duration::from_secs(5), || {
+        let r: bool = db
+            .client
+            .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
+            .unwrap()
+            .get(0);
+        r.then_some(())
+    });
+    assert!(running.is_some());
+    let t = Instant::now();
+    db.client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let err = handle.join().unwrap().unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert!(err.is_closed() || sqlstate(&err) == "57P01", "{err}");
+    db.sim.set_latency(Duration::ZERO);
+    let in_progress: bool = db
+        .client
+        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
+    assert!(!in_progress);
+    assert_eq!(db.run()["status"], "ok");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"),
+        1,
+        "the terminated run wrote nothing"
+    );
+}
+
+#[test]
+fn many_concurrent_callers_one_works_the_rest_skip() {
+    let mut db = TestDb::new(world(300, 0.5));
+    db.track_first(300);
+    db.sim.set_latency(Duration::from_millis(700));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = db.connect();
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                c.query_one("SELECT twitch_sync.run()", &[])
+                    .unwrap()
+                    .get::<_, Value>(0)
+            })
+        })
+        .collect();
+    let docs: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = docs.iter().filter(|d| d["status"] == "ok").count();
+    let skipped = docs.iter().filter(|d| d["skipped"] == true).count();
+    assert_eq!((ok, skipped), (1, 7), "{docs:?}");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'skipped'"),
+        7
+    );
+}
+
+#[test]
+fn planted_objects_cannot_hijack_security_definer_functions() {
+    let mut db = TestDb::new(world(10, 0.5));
+    db.client
+        .batch_execute(
+            "CREATE ROLE tracker LOGIN;
+             GRANT USAGE ON SCHEMA twitch_sync TO tracker;
+             GRANT EXECUTE ON FUNCTION twitch_sync.track(text, text), twitch_sync.run(), twitch_sync.status() TO tracker;
+             GRANT CREATE ON SCHEMA public TO tracker;",
+        )
+        .unwrap();
+    let mut attacker = db.cluster().connect_as(&db.name, "tracker");
+    attacker
+        .batch_execute(
+            "SET search_path = pg_temp, public;
+             CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS $$ SELECT 'hijacked' $$;
+             CREATE TEMP TABLE channels (broadcaster_id text, login text);
+             CREATE TEMP TABLE credentials (client_id text, client_secret text);
+             CREATE FUNCTION pg_temp.now() RETURNS timestamptz LANGUAGE sql AS $$ SELECT '2000-01-01'::timestamptz $$;
+             CREATE FUNCTION public.pg_notify(text, text) RETURNS void LANGUAGE sql AS $$ SELECT NULL::void $$;",
+        )
+        .unwrap();
+    let added: bool = attacker
+        .query_one("SELECT twitch_sync.track('123456', 'MixedCase')", &[])
+        .unwrap()
+        .get(0);
+    assert!(added);
+    let row = db
+        .client
+        .query_one("SELECT login, added_at > now() - interval '1 hour' FROM twitch_sync.channels WHERE broadcaster_id = '123456'", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "mixedcase");
+    assert!(row.get::<_, bool>(1));
+    let temp_rows: i64 = attacker
+        .query_one("SELECT count(*) FROM pg_temp.channels", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(temp_rows, 0);
+    // run() works for it and reads the real credentials, never the planted table
+    let doc: Value = attacker
+        .query_one("SELECT twitch_sync.run()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(doc["status"], "ok", "{doc}");
+}
+
+#[test]
+fn a_reader_role_cannot_reach_credentials_by_any_path() {
+    let mut db = TestDb::new(world(10, 0.5));
+    db.track_first(10);
+    db.run();
+    db.client
+        .batch_execute(
+            "CREATE ROLE app_reader LOGIN;
+             GRANT USAGE ON SCHEMA twitch_sync TO app_reader;
+             GRANT SELECT ON twitch_sync.streams, twitch_sync.channels, twitch_sync.viewer_samples TO app_reader;",
+        )
+        .unwrap();
+    let mut reader = db.cluster().connect_as(&db.name, "app_reader");
+    let live: i64 = reader
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.streams WHERE is_live",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 5);
+    for sql in [
+        "SELECT * FROM twitch_sync.credentials",
+        "SELECT * FROM twitch_sync.rate_limit",
+        "SELECT * FROM twitch_sync.runs",
+        "SELECT twitch_sync.run()",
+        "SELECT * FROM twitch_sync.status()",
+        "SELECT twitch_sync.metrics()",
+        "SELECT twitch_sync.set_credentials('a', 'b')",
+        "SELECT twitch_sync.track('1')",
+        "SELECT * FROM twitch_sync.prune()",
+        "SELECT twitch_sync.schedule()",
+        "SELECT twitch_sync.apply_sync(NULL, 1, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "SET twitch_sync.helix_url = 'http://127.0.0.1:1/helix'",
+        "SET twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'",
+        "UPDATE twitch_sync.streams SET viewer_count = 0",
+        "DELETE FROM twitch_sync.channels",
+    ] {
+        let err = reader.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&err), "42501", "{sql}: {}", error_text(&err));
+    }
+    // the secret is in no function's source either
+    let secret = db.sim.client_secret();
+    let leaked: i64 = reader
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE prosrc LIKE '%' || $1 || '%'",
+            &[&secret],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, 0);
+}
+
+#[test]
+fn tls_certificates_are_verified() {
+    // A local HTTPS server with a self-signed certificate: twitch_sync must refuse it.
+    let dir = std::env::temp_dir().join(format!("twitch_sync_tls_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(dir.join("cert.pem"))
+        .arg("-key")
+        .arg(dir.join("key.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+
+    let mut db = TestDb::new(world(10, 0.5));
+    db.track_first(10);
+    db.client
+        .batch_execute(&format!(
+            "SET twitch_sync.auth_url = 'https://127.0.0.1:{port}/oauth2'; SET twitch_sync.helix_url = 'https://127.0.0.1:{port}/helix'"
+        ))
+        .unwrap();
+    let doc = db.run();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(doc["status"], "failed", "{doc}");
+    let err = doc["error"].as_str().unwrap().to_lowercase();
+    assert!(
+        err.contains("certificate") || err.contains("unknownissuer") || err.contains("tls"),
+        "{err}"
+    );
+}
+
+#[test]
+fn secrets_stay_out_of_verbose_logs_errors_and_alerts() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    let mut listener = db.connect();
+    listener
+        .batch_execute("LISTEN twitch_sync_alerts; LISTEN twitch_sync")
+        .unwrap();
+    db.client
+        .batch_execute("SET log_min_messages = debug2; SET client_min_messages = debug1; SET log_statement = 'none'")
+        .unwrap();
+    db.run();
+    let token: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
+    // (a parameter: Postgres itself logs statement text at debug2)
+    db.client
+        .execute(
+            "UPDATE twitch_sync.credentials SET client_secret = $1 WHERE true",
+            &[&"wrong-secret-7f3a9c"],
+        )
+        .unwrap();
+    db.sim.expire_tokens();
+    let failed = db.run();
+    assert_eq!(failed["status"], "failed");
+    let mut seen = failed.to_string();
+    {
+        let mut notes = listener.notifications();
+        let mut it = notes.timeout_iter(Duration::from_secs(1));
+        while let Ok(Some(n)) = it.next() {
+            seen.push_str(n.payload());
+        }
+    }
+    for sql in [
+        "SELECT row_to_json(s)::text FROM twitch_sync.status() s",
+        "SELECT coalesce(json_agg(r)::text, '') FROM twitch_sync.runs r",
+        "SELECT twitch_sync.metrics()",
+    ] {
+        seen.push_str(&db.client.query_one(sql, &[]).unwrap().get::<_, String>(0));
+    }
+    seen.push_str(&db.cluster().log());
+    assert!(
+        seen.contains("twitch_sync: run"),
+        "the server log has the run lines"
+    );
+    for secret in [
+        db.sim.client_secret(),
+        "wrong-secret-7f3a9c".to_string(),
+        token,
+    ] {
+        if let Some(at) = seen.find(&secret) {
+            let from = seen[..at]
+                .char_indices()
+                .rev()
+                .nth(300)
+                .map_or(0, |(i, _)| i);
+            panic!(
+                "a secret leaked: ...{}",
+                &seen[from..(at + secret.len() + 50).min(seen.len())]
+            );
+        }
+    }
+}
