@@ -183,6 +183,17 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
     }
 
+    /// Restarts the server (fast shutdown): every connection is closed.
+    pub fn restart(&self) {
+        let mut c = as_postgres(&pg_bin().join("pg_ctl"));
+        c.args(["-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("server.log"))
+            .arg("restart");
+        run_checked(c, "pg_ctl restart");
+    }
+
     /// The server log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
