@@ -23,21 +23,35 @@ fn runs_work_after_server_restarts() {
     db.client = db.connect();
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
-    assert_eq!(doc["helix_requests"], 2, "the cached token and rate-limit state survived");
+    assert_eq!(
+        doc["helix_requests"], 2,
+        "the cached token and rate-limit state survived"
+    );
     assert_eq!(db.sim.counters().tokens_issued, 1);
 
     // a restart while a run waits on Helix
     db.sim.set_latency(Duration::from_secs(30));
     let mut victim = db.connect();
-    let handle = std::thread::spawn(move || victim.query_one("SELECT twitch_sync.run()", &[]).map(|_| ()));
+    let handle = std::thread::spawn(move || {
+        victim
+            .query_one("SELECT twitch_sync.run()", &[])
+            .map(|_| ())
+    });
     std::thread::sleep(Duration::from_millis(500));
     db.cluster().restart();
     assert!(handle.join().unwrap().is_err());
     db.sim.set_latency(Duration::ZERO);
     db.client = db.connect();
-    let in_progress: bool = db.client.query_one("SELECT run_in_progress FROM twitch_sync.status()", &[]).unwrap().get(0);
+    let in_progress: bool = db
+        .client
+        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
     assert!(!in_progress);
     assert_eq!(db.run()["status"], "ok");
     assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 3);
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 50);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        50
+    );
 }

@@ -30,7 +30,9 @@ impl RateLimitSnapshot {
 /// headers tell better.
 const DOCUMENTED_PERIOD_SECS: f64 = 60.0;
 /// Refill estimates are shaded down by this factor so rounding never causes a 429.
-const SAFETY: f64 = 0.95;
+const SAFETY: f64 = 0.97;
+/// The longest a waiting request sleeps before looking at the estimate again.
+const RECHECK: Duration = Duration::from_millis(100);
 
 fn epoch_now() -> f64 {
     SystemTime::now()
@@ -130,7 +132,8 @@ impl RateLimiter {
                     }
                 }
             };
-            let wait = wait.unwrap_or_default();
+            // Look again soon: answers to other requests may correct the estimate.
+            let wait = wait.unwrap_or_default().min(RECHECK);
             if Instant::now() + wait > deadline {
                 return None;
             }
@@ -158,16 +161,16 @@ impl RateLimiter {
         }
         st.applied = ticket.0;
         st.limit = snap.limit;
-        if let Some(rate) = rate_from(&snap, epoch_now()) {
-            // Trust a rate measured over a mostly empty bucket; near-full readings are coarse.
-            if snap.remaining * 2 <= snap.limit || st.last.is_none() {
-                st.per_second = rate;
-            }
+        match rate_from(&snap, epoch_now()) {
+            Some(rate) => st.per_second = rate,
+            None if st.last.is_none() => st.per_second = snap.limit as f64 / DOCUMENTED_PERIOD_SECS,
+            None => {}
         }
         if !rate_limited {
-            // Requests still unanswered, sent before or after this one, may or may
-            // not be counted in this answer yet: assume they are not.
-            st.points = Some((snap.remaining as f64 - st.in_flight as f64).max(0.0));
+            // Requests still unanswered, sent before or after this one, may or may not
+            // be counted in this answer yet: assume they are not. The estimate may go
+            // below zero: that debt is paid by refill before anything else is sent.
+            st.points = Some(snap.remaining as f64 - st.in_flight as f64);
         }
         st.last = Some(snap);
     }
@@ -197,16 +200,16 @@ fn refill(st: &mut State, now: Instant) {
 }
 
 /// Points per second implied by a snapshot seen at `seen` (epoch seconds): the
-/// missing points come back by `reset`. `Ratelimit-Reset` is whole seconds and
-/// the answer was written a little before we read it, so the time left is
-/// taken as one second longer than it looks: the estimate errs slow, never fast.
+/// missing points come back by `reset`. Only a mostly empty bucket gives a
+/// usable reading: `Ratelimit-Reset` is whole seconds (rounded up, so the
+/// estimate errs slow), which near a full bucket is most of the interval.
 fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
     let missing = snap.limit.saturating_sub(snap.remaining) as f64;
     let secs = snap.reset as f64 - seen;
-    if missing < 1.0 || secs <= 0.0 {
+    if snap.remaining * 2 > snap.limit || secs < 1.0 {
         return None;
     }
-    Some(missing / (secs + 1.0) * SAFETY)
+    Some(missing / secs * SAFETY)
 }
 
 #[cfg(test)]
@@ -346,47 +349,66 @@ mod tests {
         h.remove("ratelimit-reset");
         assert_eq!(RateLimitSnapshot::from_headers(&h), None);
     }
-}
-
-#[cfg(test)]
-mod rate_tests {
-    use super::*;
 
     #[test]
-    fn refill_rate_estimates_err_slow() {
+    fn refill_rate_is_read_only_from_a_mostly_empty_bucket_and_errs_slow() {
         let now = 1_000_000.0;
+        let snap = |limit, remaining, reset| RateLimitSnapshot {
+            limit,
+            remaining,
+            reset,
+        };
         // 800 a minute, empty bucket: reset 60 s away
-        let r = rate_from(
-            &RateLimitSnapshot {
-                limit: 800,
-                remaining: 0,
-                reset: 1_000_060,
-            },
-            now,
-        )
-        .unwrap();
+        let r = rate_from(&snap(800, 0, 1_000_060), now).unwrap();
         assert!(r <= 800.0 / 60.0 && r > 800.0 / 60.0 * 0.9, "{r}");
-        // nearly full, read late: the true rate (1 point in 0.075 s) must not be exceeded wildly
-        let r = rate_from(
-            &RateLimitSnapshot {
-                limit: 5,
+        // half empty, 2 s to go: 2.5 points a second, shaded
+        let r = rate_from(&snap(10, 5, 1_000_002), now).unwrap();
+        assert!(r < 2.5 && r > 2.3, "{r}");
+        // nearly full, or under a second to go: too coarse to use
+        assert_eq!(rate_from(&snap(5, 4, 1_000_001), now + 0.9), None);
+        assert_eq!(rate_from(&snap(800, 0, 1_000_000), now - 0.5), None);
+        assert_eq!(rate_from(&snap(800, 800, 1_000_000), now), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn in_flight_requests_are_a_debt_paid_by_refill() {
+        // 10 points a second, bucket empty per the last answer, 3 requests still in flight:
+        // the next send waits for 4 points of refill (~0.4 s), not 1.
+        let reset = epoch_now() as u64 + 2;
+        let rl = RateLimiter::new(Some((
+            RateLimitSnapshot {
+                limit: 20,
                 remaining: 4,
-                reset: 1_000_001,
+                reset,
             },
-            now + 0.9,
-        )
-        .unwrap();
-        assert!(r <= 1.0, "{r}");
-        assert_eq!(
-            rate_from(
-                &RateLimitSnapshot {
-                    limit: 800,
-                    remaining: 800,
-                    reset: 1_000_000
-                },
-                now
-            ),
-            None
+            SystemTime::now(),
+        )));
+        let tickets: Vec<Ticket> = reserve(&rl, 4).await;
+        rl.observe(
+            tickets[0],
+            Some(RateLimitSnapshot {
+                limit: 20,
+                remaining: 0,
+                reset,
+            }),
+            false,
         );
+        let p = rl.lock().points.unwrap();
+        assert!((-3.01..=-2.9).contains(&p), "{p}");
+        let t = Instant::now();
+        assert!(rl.acquire(far()).await.is_some());
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    async fn reserve(rl: &RateLimiter, n: usize) -> Vec<Ticket> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(rl.acquire(far()).await.unwrap());
+        }
+        v
     }
 }
