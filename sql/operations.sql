@@ -85,7 +85,7 @@ CREATE TRIGGER runs_after_insert AFTER INSERT ON twitch_sync.runs
 -- run() calls it after every pass; call it yourself to catch up faster.
 CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
 RETURNS TABLE (runs_deleted bigint, samples_deleted bigint)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     runs_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.runs_retention_days', true), '')::integer, 30);
     samples_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.samples_retention_days', true), '')::integer, 90);

@@ -8,7 +8,50 @@ use crate::{gucs, runtime};
 use serde_json::json;
 use std::time::{Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
-use twitch_sync_core::{sync, SyncConfig, SyncInput};
+use twitch_sync_core::{sync_streaming, SyncConfig, SyncInput, SyncOutcome};
+
+/// run() writes answers in about this many chunks per run (plus the last) ...
+const APPLY_CHUNKS: usize = 16;
+/// ... of at least this many checked channels each.
+const MIN_APPLY_CHUNK: usize = 1000;
+
+/// What the chunks written so far add up to.
+#[derive(Default)]
+struct Totals {
+    checked: usize,
+    live: usize,
+    updated: i64,
+    started: i64,
+    ended: i64,
+    failures: Vec<twitch_sync_core::engine::BatchFailure>,
+}
+
+impl Totals {
+    /// Writes the pending answers (one call of twitch_sync.apply_sync) and empties them.
+    fn apply(
+        &mut self,
+        pending: &mut SyncOutcome,
+        misses: i32,
+        notify: bool,
+    ) -> Result<(), SyncError> {
+        self.failures.append(&mut pending.failures);
+        if pending.checked.is_empty() {
+            return Ok(());
+        }
+        let a = db::apply(&pending.checked, &pending.live, misses, notify)?;
+        for change in a.changes.as_array().into_iter().flatten() {
+            pgrx::debug1!("twitch_sync: {change}");
+        }
+        self.checked += pending.checked.len();
+        self.live += pending.live.len();
+        self.updated += a.updated;
+        self.started += a.started;
+        self.ended += a.ended;
+        pending.checked.clear();
+        pending.live.clear();
+        Ok(())
+    }
+}
 
 fn settings() -> Result<SyncConfig, SyncError> {
     let url = |setting: &'static str, value: String| {
@@ -81,22 +124,60 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let config = settings()?;
     let state = db::read_state()?;
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
-    pgrx::log!(
-        "twitch_sync: run started: {} channels to check",
-        state.broadcaster_ids.len()
-    );
+    let total = state.broadcaster_ids.len();
+    pgrx::log!("twitch_sync: run started: {total} channels to check");
 
-    let http_clock = Instant::now();
-    let outcome = runtime::block_on_interruptible(sync(SyncInput {
-        config,
-        credentials: state.credentials,
-        token: state.token,
-        broadcaster_ids: state.broadcaster_ids,
-        rate_limit: state.rate_limit,
-    }));
-
-    let http_ms = http_clock.elapsed().as_secs_f64() * 1000.0;
-    let apply_clock = Instant::now();
+    // Answers are written as they arrive, in a few chunks, while later requests
+    // are still in flight: the database work hides behind Helix's latency.
+    let chunk = (total / APPLY_CHUNKS).max(MIN_APPLY_CHUNK);
+    let (misses, notify) = (gucs::offline_after_misses(), gucs::notify_events());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut engine = Box::pin(sync_streaming(
+        SyncInput {
+            config,
+            credentials: state.credentials,
+            token: state.token,
+            broadcaster_ids: state.broadcaster_ids,
+            rate_limit: state.rate_limit,
+        },
+        tx,
+    ));
+    let mut pending = SyncOutcome::default();
+    let mut totals = Totals::default();
+    let mut apply_ms = 0.0;
+    let mut outcome = loop {
+        let step = runtime::block_on_interruptible(async {
+            tokio::select! {
+                biased;
+                Some(r) = rx.recv() => Err(r),
+                done = engine.as_mut() => Ok(done),
+            }
+        });
+        let done = match step {
+            Ok(done) => Some(done),
+            Err(first) => {
+                pending.absorb(first);
+                None
+            }
+        };
+        while let Ok(r) = rx.try_recv() {
+            pending.absorb(r);
+        }
+        if done.is_some() || pending.checked.len() >= chunk {
+            let t = Instant::now();
+            totals.apply(&mut pending, misses, notify)?;
+            apply_ms += t.elapsed().as_secs_f64() * 1000.0;
+        }
+        if let Some(done) = done {
+            break done;
+        }
+    };
+    let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
+    let finish_clock = Instant::now();
+    outcome.failures.append(&mut totals.failures);
+    if totals.checked == 0 && outcome.fatal.is_none() {
+        outcome.fatal = outcome.first_error();
+    }
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
             db::save_token(t)?;
@@ -105,15 +186,6 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     if let Some(s) = &outcome.rate_limit {
         db::save_rate_limit(s)?;
     }
-    let applied = if outcome.checked.is_empty() {
-        None
-    } else {
-        Some(db::apply(
-            &outcome,
-            gucs::offline_after_misses(),
-            gucs::notify_events(),
-        )?)
-    };
     let status = if outcome.fatal.is_some() {
         "failed"
     } else if !outcome.failures.is_empty() {
@@ -121,9 +193,6 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     } else {
         "ok"
     };
-    let (updated, started, ended) = applied
-        .as_ref()
-        .map_or((0, 0, 0), |a| (a.updated, a.started, a.ended));
     let error = outcome.first_error();
     let remaining = outcome
         .rate_limit
@@ -131,11 +200,11 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status,
-        channels_checked: outcome.checked.len() as i64,
-        live: outcome.live.len() as i64,
-        updated,
-        started,
-        ended,
+        channels_checked: totals.checked as i64,
+        live: totals.live as i64,
+        updated: totals.updated,
+        started: totals.started,
+        ended: totals.ended,
         errors: outcome.failed_channels() as i64,
         helix_requests: outcome.helix_requests as i64,
         retries: outcome.retries as i64,
@@ -143,7 +212,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         rate_limit_remaining: remaining,
         error: error.clone(),
     })?;
-    let apply_ms = apply_clock.elapsed().as_secs_f64() * 1000.0;
+    apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
     let (pruned_runs, pruned_samples) = db::prune()?;
     let failures: Vec<_> = outcome
         .failures
@@ -154,11 +223,11 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         "success": status != "failed",
         "status": status,
         "run_id": run_id,
-        "total_streams": outcome.checked.len(),
-        "live": outcome.live.len(),
-        "updated": updated,
-        "started": started,
-        "ended": ended,
+        "total_streams": totals.checked,
+        "live": totals.live,
+        "updated": totals.updated,
+        "started": totals.started,
+        "ended": totals.ended,
         "errors": outcome.failed_channels(),
         "error": error,
         "failures": failures,
@@ -172,11 +241,6 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         "timings_ms": {"read": round2(read_ms), "http": round2(http_ms), "apply": round2(apply_ms)},
         "timestamp": finished,
     });
-    if let Some(a) = &applied {
-        for change in a.changes.as_array().into_iter().flatten() {
-            pgrx::debug1!("twitch_sync: {change}");
-        }
-    }
     for w in &outcome.warnings {
         pgrx::warning!("twitch_sync: {w}");
     }

@@ -7,8 +7,9 @@ use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use twitch_sync_core::engine::{CachedToken, Credentials, SyncOutcome};
+use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
+use twitch_sync_core::streams::LiveStream;
 
 /// Advisory lock keys of the run lock ('twit', 1); status() looks for the same pair.
 const RUN_LOCK: (i32, i32) = (1_953_720_692, 1);
@@ -166,20 +167,19 @@ pub struct Applied {
     pub changes: serde_json::Value,
 }
 
-/// Writes the live streams and checked channels of a run in one call of
+/// Writes checked channels and their live streams with one call of
 /// twitch_sync.apply_sync (a handful of set-based statements).
 pub fn apply(
-    outcome: &SyncOutcome,
+    checked: &[String],
+    live: &[LiveStream],
     offline_after_misses: i32,
     notify: bool,
 ) -> Result<Applied, SyncError> {
-    let live = &outcome.live;
-    let col =
-        |f: fn(&twitch_sync_core::streams::LiveStream) -> Option<String>| -> Vec<Option<String>> {
-            live.iter().map(f).collect()
-        };
+    let col = |f: fn(&LiveStream) -> Option<String>| -> Vec<Option<String>> {
+        live.iter().map(f).collect()
+    };
     let args: Vec<DatumWithOid> = vec![
-        outcome.checked.clone().into(),
+        checked.to_vec().into(),
         offline_after_misses.into(),
         notify.into(),
         col(|s| Some(s.stream_id.clone())).into(),

@@ -293,16 +293,66 @@ async fn prepare_token(
     }
 }
 
-/// Runs one sync pass. Never panics on bad answers; every failure ends up in
-/// the outcome, with secrets redacted.
-pub async fn sync(input: SyncInput) -> SyncOutcome {
-    let secrets_of = |token: Option<&CachedToken>| -> Vec<String> {
-        let mut s = vec![input.credentials.client_secret.clone()];
-        if let Some(t) = token {
-            s.push(t.access_token.clone());
+/// One batch's answer, sent as soon as the batch is complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchResult {
+    /// The batch got a complete answer: channels absent from `live` are offline.
+    Checked {
+        broadcaster_ids: Vec<String>,
+        live: Vec<LiveStream>,
+        skipped_entries: usize,
+    },
+    /// The batch failed: its channels must be left as they were.
+    Failed(BatchFailure),
+}
+
+impl SyncOutcome {
+    /// Adds one batch's result.
+    pub fn absorb(&mut self, result: BatchResult) {
+        match result {
+            BatchResult::Checked {
+                broadcaster_ids,
+                live,
+                skipped_entries,
+            } => {
+                self.checked.extend(broadcaster_ids);
+                self.live.extend(live);
+                self.skipped_entries += skipped_entries;
+            }
+            BatchResult::Failed(f) => self.failures.push(f),
         }
-        s
-    };
+    }
+}
+
+/// Runs one sync pass and collects every batch's result. Never panics on bad
+/// answers; every failure ends up in the outcome, with secrets redacted.
+pub async fn sync(input: SyncInput) -> SyncOutcome {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut outcome = sync_streaming(input, tx).await;
+    let mut checked = 0;
+    while let Ok(r) = rx.try_recv() {
+        if let BatchResult::Checked {
+            broadcaster_ids, ..
+        } = &r
+        {
+            checked += broadcaster_ids.len();
+        }
+        outcome.absorb(r);
+    }
+    if checked == 0 && outcome.fatal.is_none() {
+        outcome.fatal = outcome.first_error();
+    }
+    outcome
+}
+
+/// Runs one sync pass, sending each batch's result to `results` as soon as it
+/// is complete (so the caller can write while other requests are in flight).
+/// The returned outcome holds everything but the batches: token, counters,
+/// rate-limit state, warnings, and `fatal` when no request could be made.
+pub async fn sync_streaming(
+    input: SyncInput,
+    results: tokio::sync::mpsc::UnboundedSender<BatchResult>,
+) -> SyncOutcome {
     let mut outcome = SyncOutcome {
         token: input.token.clone(),
         ..Default::default()
@@ -335,17 +385,18 @@ pub async fn sync(input: SyncInput) -> SyncOutcome {
     let (token, token_changed) = match prepared {
         Ok(t) => t,
         Err(e) => {
-            let secrets = secrets_of(input.token.as_ref());
-            let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let mut secrets = vec![input.credentials.client_secret.as_str()];
+            secrets.extend(input.token.iter().map(|t| t.access_token.as_str()));
             outcome.fatal = Some(redact(
                 &format!("could not get an app access token: {e}"),
-                &refs,
+                &secrets,
             ));
-            outcome.warnings = warnings;
+            outcome.warnings = warnings.iter().map(|w| redact(w, &secrets)).collect();
             return outcome;
         }
     };
 
+    let first_token = token.access_token.clone();
     let pass = Arc::new(Pass {
         client,
         config: input.config.clone(),
@@ -369,55 +420,52 @@ pub async fn sync(input: SyncInput) -> SyncOutcome {
     for ids in batches {
         let pass = pass.clone();
         let permits = permits.clone();
+        let results = results.clone();
+        let first_token = first_token.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let result = pass.fetch_batch(&ids).await;
-            (ids, result)
+            let result = match pass.fetch_batch(&ids).await {
+                Ok((live, skipped_entries)) => BatchResult::Checked {
+                    broadcaster_ids: ids,
+                    live,
+                    skipped_entries,
+                },
+                Err(e) => {
+                    let (current, _) = pass.current_token();
+                    let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
+                    BatchResult::Failed(BatchFailure {
+                        channels: ids.len(),
+                        error: redact(&e.to_string(), &secrets),
+                    })
+                }
+            };
+            // The receiver may be gone (the caller stopped listening): nothing to do then.
+            let _ = results.send(result);
         });
     }
-    let mut results = Vec::new();
+    drop(results);
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(r) => results.push(r),
-            Err(e) => outcome.failures.push(BatchFailure {
+        if let Err(e) = joined {
+            outcome.failures.push(BatchFailure {
                 channels: 0,
                 error: format!("internal error in a batch: {e}"),
-            }),
+            });
         }
     }
 
-    let state = lock(&pass.token);
-    let final_token = state.token.clone();
-    drop(state);
-    let secrets = {
-        let mut s = secrets_of(Some(&final_token));
-        s.extend(input.token.iter().map(|t| t.access_token.clone()));
-        s
-    };
-    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    results.sort_by(|a, b| a.0.first().cmp(&b.0.first()));
-    for (ids, result) in results {
-        match result {
-            Ok((streams, skipped)) => {
-                outcome.checked.extend(ids);
-                outcome.live.extend(streams);
-                outcome.skipped_entries += skipped;
-            }
-            Err(e) => outcome.failures.push(BatchFailure {
-                channels: ids.len(),
-                error: redact(&e.to_string(), &refs),
-            }),
-        }
-    }
+    let final_token = lock(&pass.token).token.clone();
+    let mut secrets = vec![
+        pass.secret.as_str(),
+        first_token.as_str(),
+        final_token.access_token.as_str(),
+    ];
+    secrets.extend(input.token.iter().map(|t| t.access_token.as_str()));
+    outcome.warnings = warnings.iter().map(|w| redact(w, &secrets)).collect();
     outcome.token_changed = token_changed || input.token.as_ref() != Some(&final_token);
     outcome.token = Some(final_token);
     outcome.helix_requests = pass.requests.load(Ordering::Relaxed);
     outcome.retries = pass.retries.load(Ordering::Relaxed);
     outcome.rate_limited = pass.rate_limited.load(Ordering::Relaxed);
     outcome.rate_limit = pass.limiter.last_seen();
-    outcome.warnings = warnings.iter().map(|w| redact(w, &refs)).collect();
-    if outcome.checked.is_empty() && outcome.fatal.is_none() {
-        outcome.fatal = outcome.first_error();
-    }
     outcome
 }

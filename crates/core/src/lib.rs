@@ -17,5 +17,7 @@ pub mod ratelimit;
 pub mod streams;
 
 pub use config::SyncConfig;
-pub use engine::{sync, CachedToken, Credentials, SyncInput, SyncOutcome};
+pub use engine::{
+    sync, sync_streaming, BatchResult, CachedToken, Credentials, SyncInput, SyncOutcome,
+};
 pub use error::HelixError;
