@@ -161,21 +161,23 @@ fn status_reads_well_on_a_fresh_install() {
 
 /// Feeds apply_sync one run's answer: `live` is (stream id, broadcaster id, viewers).
 fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> serde_json::Value {
-    let arr = |v: Vec<String>| format!("ARRAY[{}]::text[]", v.join(","));
+    let arr = |v: Vec<String>, ty: &str| format!("ARRAY[{}]::{ty}[]", v.join(","));
     let q = |s: &str| format!("'{s}'");
+    let listed: Vec<String> = checked.iter().map(|c| live.iter().any(|l| l.1 == *c).to_string()).collect();
     let sql = format!(
-        "SELECT twitch_sync.apply_sync({checked}, {misses}, false, {sid}, {bid}, {login}, ARRAY[{vc}]::int[],
-                {title}, {gid}, {gname}, {lang}, {started})",
-        checked = arr(checked.iter().map(|c| q(c)).collect()),
-        sid = arr(live.iter().map(|l| q(l.0)).collect()),
-        bid = arr(live.iter().map(|l| q(l.1)).collect()),
-        login = arr(live.iter().map(|_| "NULL".into()).collect()),
+        "SELECT twitch_sync.apply_sync({checked}, {listed}, {login}, {misses}, false, {sid}, {bid},
+                ARRAY[{vc}]::int[], {title}, {gid}, {gname}, {lang}, {started})",
+        checked = arr(checked.iter().map(|c| q(c)).collect(), "text"),
+        listed = arr(listed, "boolean"),
+        login = arr(checked.iter().map(|_| "NULL".into()).collect(), "text"),
+        sid = arr(live.iter().map(|l| q(l.0)).collect(), "text"),
+        bid = arr(live.iter().map(|l| q(l.1)).collect(), "text"),
         vc = live.iter().map(|l| l.2.to_string()).collect::<Vec<_>>().join(","),
-        title = arr(live.iter().map(|_| q("t")).collect()),
-        gid = arr(live.iter().map(|_| q("1")).collect()),
-        gname = arr(live.iter().map(|_| q("g")).collect()),
-        lang = arr(live.iter().map(|_| q("en")).collect()),
-        started = arr(live.iter().map(|_| q("2026-11-25T10:00:00Z")).collect()),
+        title = arr(live.iter().map(|_| q("t")).collect(), "text"),
+        gid = arr(live.iter().map(|_| q("1")).collect(), "text"),
+        gname = arr(live.iter().map(|_| q("g")).collect(), "text"),
+        lang = arr(live.iter().map(|_| q("en")).collect(), "text"),
+        started = arr(live.iter().map(|_| q("2026-11-25T10:00:00Z")).collect(), "text"),
     );
     Spi::get_one::<pgrx::JsonB>(&sql).unwrap().unwrap().0
 }

@@ -215,38 +215,48 @@ BEGIN
 END
 $$;
 
--- apply_sync(): writes one run's answers with a handful of set-based statements.
--- Called by run() only; p_checked are the channels whose batch got a complete
--- answer, the other arrays describe their live streams (one per broadcaster).
+-- apply_sync(): writes the answers of some checked channels with a handful of
+-- set-based statements. Called by run() (a few times per run, as answers
+-- arrive); p_checked are channels whose batch got a complete answer (with
+-- p_listed: whether Helix listed them live, and p_login: their login, if
+-- listed), the other arrays describe their live streams (one per broadcaster). Lookups go through
+-- indexes with the given ids, so a call costs about what its own channels cost.
 -- Returns the counts and the events: `online` (a new broadcast, or an ended one
 -- whose stream id came back: "reopened": true), `restart` (a channel ended one
 -- broadcast and started another: "previous_stream_id"), `offline`. With
 -- p_notify, each event is also sent with NOTIFY twitch_sync (delivered only if
 -- the run's transaction commits).
 CREATE FUNCTION twitch_sync.apply_sync(
-    p_checked text[],
+    p_checked text[], p_listed boolean[], p_login text[],
     p_offline_after_misses integer,
     p_notify boolean,
-    p_stream_id text[], p_broadcaster_id text[], p_login text[], p_viewer_count integer[],
+    p_stream_id text[], p_broadcaster_id text[], p_viewer_count integer[],
     p_title text[], p_game_id text[], p_game_name text[], p_language text[], p_started_at text[]
 ) RETURNS jsonb
 -- jit off: these are short OLTP statements; JIT compilation cost 250 ms for 10,000 channels.
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+-- No hash or merge joins: a call covers a few thousand channels of a table that may
+-- hold 100,000; index probes for those beat scanning the whole table on every call
+-- (measured: 20 ms instead of 130 ms per call of 6,250 channels).
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off
+    SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 DECLARE
     ts timestamptz := pg_catalog.clock_timestamp();
+    misses integer := greatest(p_offline_after_misses, 1);
     n_updated integer; n_started integer; n_reopened integer;
     n_restart_ended integer; n_missed_ended integer;
+    reopened text[];  -- stream ids that were ended and are listed live again
     previous jsonb;   -- broadcaster id -> stream id it restarted from
     events jsonb;
     offline jsonb;
 BEGIN
+    reopened := ARRAY(SELECT s.stream_id FROM twitch_sync.streams s
+                       WHERE s.stream_id = ANY (p_stream_id) AND NOT s.is_live);
+
     -- The previous broadcast of a channel that restarted under a new stream id ends.
-    WITH incoming AS (
-        SELECT * FROM unnest(p_stream_id, p_broadcaster_id) AS i(stream_id, broadcaster_id)
-    ), ended AS (
+    WITH ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = ts, updated_at = ts
-          FROM incoming i
+          FROM unnest(p_stream_id, p_broadcaster_id) AS i(stream_id, broadcaster_id)
          WHERE s.broadcaster_id = i.broadcaster_id AND s.is_live AND s.stream_id <> i.stream_id
         RETURNING s.stream_id, s.broadcaster_id
     )
@@ -256,69 +266,63 @@ BEGIN
 
     -- Live streams: update known rows (reopening one that was ended, same stream id),
     -- insert new broadcasts.
-    WITH incoming AS (
-        SELECT * FROM unnest(p_stream_id, p_broadcaster_id, p_viewer_count, p_title,
-                             p_game_id, p_game_name, p_language, p_started_at)
-            AS i(stream_id, broadcaster_id, viewer_count, title, game_id, game_name, language, started_at)
-    ), prior AS (
-        SELECT s.stream_id, s.is_live FROM twitch_sync.streams s JOIN incoming i USING (stream_id)
-    ), upserted AS (
+    WITH upserted AS (
         INSERT INTO twitch_sync.streams AS s
             (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
              game_id, game_name, language, started_at, ended_at, updated_at)
         SELECT i.stream_id, i.broadcaster_id, true, i.viewer_count, i.viewer_count, i.title,
                i.game_id, i.game_name, i.language, i.started_at::timestamptz, NULL, ts
-          FROM incoming i
+          FROM unnest(p_stream_id, p_broadcaster_id, p_viewer_count, p_title,
+                      p_game_id, p_game_name, p_language, p_started_at)
+            AS i(stream_id, broadcaster_id, viewer_count, title, game_id, game_name, language, started_at)
         ON CONFLICT (stream_id) DO UPDATE
            SET is_live = true, ended_at = NULL, viewer_count = EXCLUDED.viewer_count,
                peak_viewer_count = greatest(s.peak_viewer_count, EXCLUDED.viewer_count),
                title = EXCLUDED.title, game_id = EXCLUDED.game_id, game_name = EXCLUDED.game_name,
                language = EXCLUDED.language, updated_at = ts
-        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name, s.started_at
+        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name, s.started_at,
+                  s.xmax = 0 AS inserted, s.stream_id = ANY (reopened) AS came_back
     )
-    SELECT count(*) FILTER (WHERE p.stream_id IS NOT NULL AND p.is_live),
-           count(*) FILTER (WHERE p.stream_id IS NULL),
-           count(*) FILTER (WHERE p.stream_id IS NOT NULL AND NOT p.is_live),
+    SELECT count(*) FILTER (WHERE NOT u.inserted AND NOT u.came_back),
+           count(*) FILTER (WHERE u.inserted),
+           count(*) FILTER (WHERE u.came_back),
            coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                'event', CASE WHEN previous ? u.broadcaster_id THEN 'restart' ELSE 'online' END,
-               'reopened', CASE WHEN p.stream_id IS NOT NULL THEN true END,
+               'reopened', CASE WHEN u.came_back THEN true END,
                'previous_stream_id', previous ->> u.broadcaster_id,
                'stream_id', u.stream_id, 'broadcaster_id', u.broadcaster_id,
                'viewer_count', u.viewer_count, 'title', pg_catalog.left(u.title, 300),
                'game_name', pg_catalog.left(u.game_name, 200), 'started_at', u.started_at, 'at', ts)))
-               FILTER (WHERE p.stream_id IS NULL OR NOT p.is_live), '[]')
+               FILTER (WHERE u.inserted OR u.came_back), '[]')
       INTO n_updated, n_started, n_reopened, events
-      FROM upserted u LEFT JOIN prior p USING (stream_id);
+      FROM upserted u;
 
     INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
     SELECT i.stream_id, i.broadcaster_id, ts, i.viewer_count
       FROM unnest(p_stream_id, p_broadcaster_id, p_viewer_count) AS i(stream_id, broadcaster_id, viewer_count);
 
-    -- Checked channels: stamp them; count a miss where a live stream was not listed.
-    WITH live AS (
-        SELECT * FROM unnest(p_broadcaster_id, p_login) AS l(broadcaster_id, login)
-    )
-    UPDATE twitch_sync.channels c
-       SET last_checked_at = ts,
-           last_live_at = CASE WHEN l.broadcaster_id IS NOT NULL THEN ts ELSE c.last_live_at END,
-           login = coalesce(l.login, c.login),
-           missed_polls = CASE
-               WHEN l.broadcaster_id IS NOT NULL THEN 0
-               WHEN c.broadcaster_id IN (SELECT s.broadcaster_id FROM twitch_sync.streams s WHERE s.is_live)
-                   THEN c.missed_polls + 1
-               ELSE 0 END
-      FROM unnest(p_checked) AS k(broadcaster_id)
-      LEFT JOIN live l USING (broadcaster_id)
-     WHERE c.broadcaster_id = k.broadcaster_id;
-
-    -- Live rows of checked channels missed often enough end now.
-    WITH ended AS (
+    -- Checked channels: stamp them and count a miss where a live row was not listed;
+    -- a live row missed `misses` times in a row ends (and the count starts over).
+    WITH checked AS (
+        SELECT k.broadcaster_id, k.login, coalesce(k.listed, false) AS listed,
+               r.stream_id IS NOT NULL AS has_live_row
+          FROM unnest(p_checked, p_login, p_listed) AS k(broadcaster_id, login, listed)
+          LEFT JOIN twitch_sync.streams r ON r.broadcaster_id = k.broadcaster_id AND r.is_live
+    ), stamped AS (
+        UPDATE twitch_sync.channels c
+           SET last_checked_at = ts,
+               last_live_at = CASE WHEN x.listed THEN ts ELSE c.last_live_at END,
+               login = coalesce(x.login, c.login),
+               missed_polls = CASE WHEN x.has_live_row AND NOT x.listed AND c.missed_polls + 1 < misses
+                                   THEN c.missed_polls + 1 ELSE 0 END
+          FROM checked x
+         WHERE c.broadcaster_id = x.broadcaster_id
+        RETURNING c.broadcaster_id, x.has_live_row AND NOT x.listed AND c.missed_polls = 0 AS ends
+    ), ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = ts, updated_at = ts
-          FROM twitch_sync.channels c
-         WHERE s.is_live AND c.broadcaster_id = s.broadcaster_id
-           AND c.last_checked_at = ts  -- checked in this run (stamped just above)
-           AND c.missed_polls >= greatest(p_offline_after_misses, 1)
+          FROM stamped st
+         WHERE st.ends AND s.broadcaster_id = st.broadcaster_id AND s.is_live
         RETURNING s.stream_id, s.broadcaster_id, s.viewer_count, s.title, s.game_name,
                   s.started_at, s.ended_at, s.peak_viewer_count
     )
@@ -331,16 +335,15 @@ BEGIN
       FROM ended e;
     events := events || offline;
 
-    UPDATE twitch_sync.channels c SET missed_polls = 0
-     WHERE c.last_checked_at = ts AND c.missed_polls >= greatest(p_offline_after_misses, 1);
-
     -- Events carry the channel's login; sent at commit, never from a rolled-back run.
-    SELECT coalesce(jsonb_agg(ev || jsonb_build_object('login', c.login)), '[]')
-      INTO events
-      FROM jsonb_array_elements(events) ev
-      LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = ev ->> 'broadcaster_id';
-    IF p_notify THEN
-        PERFORM pg_catalog.pg_notify('twitch_sync', ev::text) FROM jsonb_array_elements(events) ev;
+    IF jsonb_array_length(events) > 0 THEN
+        SELECT coalesce(jsonb_agg(ev || jsonb_build_object('login', c.login)), '[]')
+          INTO events
+          FROM jsonb_array_elements(events) ev
+          LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = ev ->> 'broadcaster_id';
+        IF p_notify THEN
+            PERFORM pg_catalog.pg_notify('twitch_sync', ev::text) FROM jsonb_array_elements(events) ev;
+        END IF;
     END IF;
 
     RETURN jsonb_build_object(

@@ -6,12 +6,12 @@ use crate::db::{self, RunRecord};
 use crate::error::SyncError;
 use crate::{gucs, runtime};
 use serde_json::json;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
 use twitch_sync_core::{sync_streaming, SyncConfig, SyncInput, SyncOutcome};
 
 /// run() writes answers in about this many chunks per run (plus the last) ...
-const APPLY_CHUNKS: usize = 16;
+const APPLY_CHUNKS: usize = 32;
 /// ... of at least this many checked channels each.
 const MIN_APPLY_CHUNK: usize = 1000;
 
@@ -164,6 +164,16 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
             pending.absorb(r);
         }
         if done.is_some() || pending.checked.len() >= chunk {
+            if done.is_none() {
+                // Let the runtime put the next requests on the wire first, so they
+                // travel while this backend writes.
+                runtime::block_on_interruptible(async {
+                    tokio::time::sleep(Duration::from_millis(1)).await
+                });
+                while let Ok(r) = rx.try_recv() {
+                    pending.absorb(r);
+                }
+            }
             let t = Instant::now();
             totals.apply(&mut pending, misses, notify)?;
             apply_ms += t.elapsed().as_secs_f64() * 1000.0;

@@ -6,6 +6,7 @@ use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
@@ -178,13 +179,33 @@ pub fn apply(
     let col = |f: fn(&LiveStream) -> Option<String>| -> Vec<Option<String>> {
         live.iter().map(f).collect()
     };
+    // Per checked channel: listed live by Helix, and its login if so.
+    let logins: HashMap<&str, Option<&str>> = live
+        .iter()
+        .map(|s| (s.broadcaster_id.as_str(), s.login.as_deref()))
+        .collect();
+    let listed: Vec<bool> = checked
+        .iter()
+        .map(|id| logins.contains_key(id.as_str()))
+        .collect();
+    let login: Vec<Option<String>> = checked
+        .iter()
+        .map(|id| {
+            logins
+                .get(id.as_str())
+                .copied()
+                .flatten()
+                .map(str::to_string)
+        })
+        .collect();
     let args: Vec<DatumWithOid> = vec![
         checked.to_vec().into(),
+        listed.into(),
+        login.into(),
         offline_after_misses.into(),
         notify.into(),
         col(|s| Some(s.stream_id.clone())).into(),
         col(|s| Some(s.broadcaster_id.clone())).into(),
-        col(|s| s.login.clone()).into(),
         live.iter()
             .map(|s| s.viewer_count)
             .collect::<Vec<i32>>()
@@ -196,7 +217,7 @@ pub fn apply(
         col(|s| s.started_at.clone()).into(),
     ];
     let doc = Spi::get_one_with_args::<JsonB>(
-        "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &args,
     )
     .map_err(internal)?

@@ -396,7 +396,7 @@ fn a_reader_role_cannot_reach_credentials_by_any_path() {
         "SELECT twitch_sync.track('1')",
         "SELECT * FROM twitch_sync.prune()",
         "SELECT twitch_sync.schedule()",
-        "SELECT twitch_sync.apply_sync(NULL, 1, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "SELECT twitch_sync.apply_sync(NULL, NULL, NULL, 1, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
         "SET twitch_sync.helix_url = 'http://127.0.0.1:1/helix'",
         "SET twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'",
         "UPDATE twitch_sync.streams SET viewer_count = 0",

@@ -265,7 +265,7 @@ fn main() {
         rows.push(measure(s));
     }
     println!(
-        "| scenario | run() wall | HTTP | DB (read+apply) | requests / min | 429s | rows applied/s (apply) | backend mem growth | vs old design | vs network/bucket floor | DB vs bare-SQL floor | target |"
+        "| scenario | run() wall | not in the database (HTTP, waits) | DB (read+apply) | requests / min | 429s | rows applied/s (apply) | backend mem growth | vs old design | vs network/bucket floor | DB vs bare-SQL floor | target |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_ok = true;
