@@ -161,7 +161,9 @@ impl RateLimiter {
         }
         st.applied = ticket.0;
         st.limit = snap.limit;
-        match rate_from(&snap, epoch_now()) {
+        // Time left until reset, counted from when the request was sent: the server
+        // answered later than that, so this errs long (slow), however late we read it.
+        match rate_from(&snap, ticket.1) {
             Some(rate) => st.per_second = rate,
             None if st.last.is_none() => st.per_second = snap.limit as f64 / DOCUMENTED_PERIOD_SECS,
             None => {}
@@ -181,14 +183,15 @@ impl RateLimiter {
     }
 }
 
-/// A reservation made by [`RateLimiter::acquire`], in the order they were made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ticket(u64);
+/// A reservation made by [`RateLimiter::acquire`]: its order, and when it was made
+/// (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ticket(u64, f64);
 
 fn issue(st: &mut State) -> Ticket {
     st.in_flight += 1;
     st.issued += 1;
-    Ticket(st.issued)
+    Ticket(st.issued, epoch_now())
 }
 
 fn refill(st: &mut State, now: Instant) {
@@ -203,10 +206,12 @@ fn refill(st: &mut State, now: Instant) {
 /// missing points come back by `reset`. Only a mostly empty bucket gives a
 /// usable reading: `Ratelimit-Reset` is whole seconds (rounded up, so the
 /// estimate errs slow), which near a full bucket is most of the interval.
+/// `seen` is when the request was sent, so a late read cannot make it fast.
 fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
-    let missing = snap.limit.saturating_sub(snap.remaining) as f64;
+    // `Ratelimit-Remaining` is rounded down: up to one point more may be there.
+    let missing = snap.limit.saturating_sub(snap.remaining) as f64 - 1.0;
     let secs = snap.reset as f64 - seen;
-    if snap.remaining * 2 > snap.limit || secs < 1.0 {
+    if snap.remaining * 2 > snap.limit || secs < 1.0 || missing < 1.0 {
         return None;
     }
     Some(missing / secs * SAFETY)
@@ -361,9 +366,9 @@ mod tests {
         // 800 a minute, empty bucket: reset 60 s away
         let r = rate_from(&snap(800, 0, 1_000_060), now).unwrap();
         assert!(r <= 800.0 / 60.0 && r > 800.0 / 60.0 * 0.9, "{r}");
-        // half empty, 2 s to go: 2.5 points a second, shaded
+        // half empty, 2 s to go: 2.5 points a second, less the point rounding may hide
         let r = rate_from(&snap(10, 5, 1_000_002), now).unwrap();
-        assert!(r < 2.5 && r > 2.3, "{r}");
+        assert!(r < 2.0 && r > 1.9, "{r}");
         // nearly full, or under a second to go: too coarse to use
         assert_eq!(rate_from(&snap(5, 4, 1_000_001), now + 0.9), None);
         assert_eq!(rate_from(&snap(800, 0, 1_000_000), now - 0.5), None);
@@ -372,9 +377,10 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn in_flight_requests_are_a_debt_paid_by_refill() {
-        // 10 points a second, bucket empty per the last answer, 3 requests still in flight:
-        // the next send waits for 4 points of refill (~0.4 s), not 1.
-        let reset = epoch_now() as u64 + 2;
+        // Bucket empty per the last answer, 3 requests still in flight: the next send
+        // waits for 4 points of refill (over 0.4 s), not 1.
+        // reset 2-3 s away: 20 points in that time is 6.5-10 a second, shaded
+        let reset = (epoch_now() + 2.0).ceil() as u64;
         let rl = RateLimiter::new(Some((
             RateLimitSnapshot {
                 limit: 20,
