@@ -308,8 +308,43 @@ impl TestDb {
         row.get::<_, serde_json::Value>(0)
     }
 
+    /// Asserts that the live streams stored are exactly the simulator's, with the same counts.
+    pub fn assert_matches_world(&mut self) {
+        let mut want: Vec<(String, i32)> = self.sim.world(|w| {
+            w.channels
+                .iter()
+                .filter_map(|c| {
+                    c.live
+                        .as_ref()
+                        .map(|s| (s.id.clone(), s.viewer_count as i32))
+                })
+                .collect()
+        });
+        want.sort();
+        let got: Vec<(String, i32)> = self
+            .client
+            .query("SELECT stream_id, viewer_count FROM twitch_sync.streams WHERE is_live ORDER BY stream_id", &[])
+            .expect("read live streams")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(got, want, "the live streams stored are the simulator's");
+    }
+
     pub fn scalar_i64(&mut self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
+    }
+}
+
+/// A simulator config with `channels` channels, `live_fraction` of them live.
+pub fn world(channels: usize, live_fraction: f64) -> SimConfig {
+    SimConfig {
+        world: helix_sim::world::WorldConfig {
+            channels,
+            live_fraction,
+            ..Default::default()
+        },
+        ..Default::default()
     }
 }
 

@@ -3,23 +3,11 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use twitch_sync_e2e::helix_sim::world::WorldConfig;
-use twitch_sync_e2e::helix_sim::{Config, Fault, FaultKind};
+use twitch_sync_e2e::helix_sim::{Fault, FaultKind};
 use twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator;
 use twitch_sync_e2e::postgres::{Client, Notification};
 use twitch_sync_e2e::serde_json::Value;
-use twitch_sync_e2e::{error_text, sqlstate, wait_for, TestDb};
-
-fn world(channels: usize, live_fraction: f64) -> Config {
-    Config {
-        world: WorldConfig {
-            channels,
-            live_fraction,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use twitch_sync_e2e::{error_text, sqlstate, wait_for, world, TestDb};
 
 /// Notifications that arrive on `listener` within `wait`.
 fn drain(listener: &mut Client, wait: Duration) -> Vec<Notification> {

@@ -4,22 +4,10 @@
 //! verified; secrets never show.
 
 use std::time::{Duration, Instant};
-use twitch_sync_e2e::helix_sim::world::WorldConfig;
-use twitch_sync_e2e::helix_sim::{Config, Endpoint, Fault, FaultKind};
+use twitch_sync_e2e::helix_sim::{Endpoint, Fault, FaultKind};
 use twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator;
 use twitch_sync_e2e::serde_json::Value;
-use twitch_sync_e2e::{error_text, sqlstate, wait_for, TestDb};
-
-fn world(channels: usize, live_fraction: f64) -> Config {
-    Config {
-        world: WorldConfig {
-            channels,
-            live_fraction,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use twitch_sync_e2e::{error_text, sqlstate, wait_for, world, TestDb};
 
 const SNAPSHOT: &str = "SELECT coalesce(string_agg(stream_id || ':' || viewer_count || ':' || peak_viewer_count || ':' || is_live
                                || ':' || coalesce(ended_at::text, '-') || ':' || updated_at, ',' ORDER BY stream_id), '')
@@ -27,29 +15,6 @@ const SNAPSHOT: &str = "SELECT coalesce(string_agg(stream_id || ':' || viewer_co
                                      || ':' || missed_polls, ',' ORDER BY broadcaster_id), '')
                                        FROM twitch_sync.channels WHERE broadcaster_id = ANY($1))
                      FROM twitch_sync.streams WHERE broadcaster_id = ANY($1)";
-
-/// The database agrees with the simulator: the same live streams with the same counts.
-fn assert_matches_world(db: &mut TestDb) {
-    let mut want: Vec<(String, i32)> = db.sim.world(|w| {
-        w.channels
-            .iter()
-            .filter_map(|c| {
-                c.live
-                    .as_ref()
-                    .map(|s| (s.id.clone(), s.viewer_count as i32))
-            })
-            .collect()
-    });
-    want.sort();
-    let got: Vec<(String, i32)> = db
-        .client
-        .query("SELECT stream_id, viewer_count FROM twitch_sync.streams WHERE is_live ORDER BY stream_id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(got, want);
-}
 
 #[test]
 fn every_helix_fault_leaves_the_failed_batch_untouched_and_the_next_run_catches_up() {
@@ -133,7 +98,7 @@ fn every_helix_fault_leaves_the_failed_batch_untouched_and_the_next_run_catches_
         db.sim.clear_faults();
         let doc = db.run();
         assert_eq!(doc["status"], "ok", "{name}: recovery: {doc}");
-        assert_matches_world(&mut db);
+        db.assert_matches_world();
     }
 }
 
@@ -147,7 +112,7 @@ fn a_401_in_the_middle_of_a_run_renews_the_token_once() {
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     assert_eq!(db.sim.counters().tokens_issued, 2);
-    assert_matches_world(&mut db);
+    db.assert_matches_world();
 }
 
 #[test]

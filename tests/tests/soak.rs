@@ -177,23 +177,5 @@ fn soak_random_faults_and_world_changes_keep_every_invariant() {
     std::thread::sleep(Duration::from_millis(10));
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
-    let mut want: Vec<(String, i32)> = db.sim.world(|w| {
-        w.channels
-            .iter()
-            .filter_map(|c| {
-                c.live
-                    .as_ref()
-                    .map(|s| (s.id.clone(), s.viewer_count as i32))
-            })
-            .collect()
-    });
-    want.sort();
-    let got: Vec<(String, i32)> = db
-        .client
-        .query("SELECT stream_id, viewer_count FROM twitch_sync.streams WHERE is_live ORDER BY stream_id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_eq!(got, want);
+    db.assert_matches_world();
 }

@@ -2,20 +2,8 @@
 //! simulator over loopback HTTP. Assertions are on tables and result documents.
 
 use std::time::{Duration, Instant};
-use twitch_sync_e2e::helix_sim::world::WorldConfig;
 use twitch_sync_e2e::helix_sim::{Config, Endpoint, Fault, FaultKind};
-use twitch_sync_e2e::{error_text, sqlstate, TestDb};
-
-fn world(channels: usize, live_fraction: f64) -> Config {
-    Config {
-        world: WorldConfig {
-            channels,
-            live_fraction,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
+use twitch_sync_e2e::{error_text, sqlstate, world, TestDb};
 
 fn live_count(db: &mut TestDb) -> i64 {
     db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live")
