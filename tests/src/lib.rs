@@ -213,16 +213,19 @@ impl TestDb {
     /// A database with the extension, a simulator with `cfg`, the URL settings
     /// pointing at it, and credentials set.
     pub fn new(cfg: SimConfig) -> TestDb {
-        let db = Self::bare(cfg);
-        let mut db = db;
-        let (id, secret) = (db.sim.client_id(), db.sim.client_secret());
-        db.client
+        Self::bare(cfg).with_credentials()
+    }
+
+    /// Sets the simulator's credentials.
+    fn with_credentials(mut self) -> TestDb {
+        let (id, secret) = (self.sim.client_id(), self.sim.client_secret());
+        self.client
             .execute(
                 "SELECT twitch_sync.set_credentials($1, $2)",
                 &[&id, &secret],
             )
             .expect("set_credentials");
-        db
+        self
     }
 
     /// Like `new`, without credentials.
@@ -242,15 +245,7 @@ impl TestDb {
     /// The extension in an existing database (such as `postgres`, where the
     /// cluster's pg_cron runs), pointed at a new simulator, with credentials set.
     pub fn existing(name: &str, cfg: SimConfig) -> TestDb {
-        let mut db = Self::in_database(name, cfg);
-        let (id, secret) = (db.sim.client_id(), db.sim.client_secret());
-        db.client
-            .execute(
-                "SELECT twitch_sync.set_credentials($1, $2)",
-                &[&id, &secret],
-            )
-            .expect("set_credentials");
-        db
+        Self::in_database(name, cfg).with_credentials()
     }
 
     fn in_database(name: &str, cfg: SimConfig) -> TestDb {

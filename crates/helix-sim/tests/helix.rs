@@ -25,8 +25,9 @@ fn http() -> Client {
         .unwrap()
 }
 
-fn token(sim: &Simulator) -> String {
-    let r = http()
+/// The client-credentials grant with the simulator's own credentials.
+fn post_token(sim: &Simulator) -> Response {
+    http()
         .post(format!("{}/token", sim.auth_url()))
         .form(&[
             ("client_id", sim.client_id()),
@@ -34,7 +35,11 @@ fn token(sim: &Simulator) -> String {
             ("grant_type", "client_credentials".into()),
         ])
         .send()
-        .unwrap();
+        .unwrap()
+}
+
+fn token(sim: &Simulator) -> String {
+    let r = post_token(sim);
     assert_eq!(r.status(), 200);
     let v: Value = r.json_value();
     v["access_token"].as_str().unwrap().to_string()
@@ -479,16 +484,7 @@ fn faults_can_target_one_broadcaster_and_the_auth_server() {
     assert_eq!(streams(&sim, &t, &by_ids(&all[..100])).status(), 200);
     assert_eq!(streams(&sim, &t, &by_ids(&all[100..])).status(), 500);
     sim.add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
-    let r = http()
-        .post(format!("{}/token", sim.auth_url()))
-        .form(&[
-            ("client_id", sim.client_id()),
-            ("client_secret", sim.client_secret()),
-            ("grant_type", "client_credentials".into()),
-        ])
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 503);
+    assert_eq!(post_token(&sim).status(), 503);
 }
 
 #[test]
