@@ -8,12 +8,18 @@ use crate::{gucs, runtime};
 use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
-use twitch_sync_core::{sync_streaming, SyncConfig, SyncInput, SyncOutcome};
+use twitch_sync_core::{sync_streaming, BatchResult, SyncConfig, SyncInput, SyncOutcome};
 
 /// run() writes answers in about this many chunks per run (plus the last) ...
 const APPLY_CHUNKS: usize = 32;
 /// ... of at least this many checked channels each.
 const MIN_APPLY_CHUNK: usize = 1000;
+
+/// What waiting on the engine brought: a batch's answer, or the end of the pass.
+enum Step {
+    Batch(BatchResult),
+    Done(SyncOutcome),
+}
 
 /// What the chunks written so far add up to.
 #[derive(Default)]
@@ -149,13 +155,13 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         let step = runtime::block_on_interruptible(async {
             tokio::select! {
                 biased;
-                Some(r) = rx.recv() => Err(r),
-                done = engine.as_mut() => Ok(done),
+                Some(r) = rx.recv() => Step::Batch(r),
+                done = engine.as_mut() => Step::Done(done),
             }
         });
         let done = match step {
-            Ok(done) => Some(done),
-            Err(first) => {
+            Step::Done(done) => Some(done),
+            Step::Batch(first) => {
                 pending.absorb(first);
                 None
             }
