@@ -326,9 +326,37 @@ impl TestDb {
         assert_eq!(got, want, "the live streams stored are the simulator's");
     }
 
+    /// The process id of this database's main connection's backend.
+    pub fn backend_pid(&mut self) -> i32 {
+        self.client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .expect("pg_backend_pid")
+            .get(0)
+    }
+
+    /// `status().run_in_progress`.
+    pub fn run_in_progress(&mut self) -> bool {
+        self.client
+            .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
+            .expect("status()")
+            .get(0)
+    }
+
     pub fn scalar_i64(&mut self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
     }
+}
+
+/// A backend's private memory in KiB (RssAnon): VmRSS would also count the
+/// shared buffers it touches, which grow with the tables, not with leaks.
+pub fn backend_private_memory_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("RssAnon:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A simulator config with `channels` channels, `live_fraction` of them live.

@@ -225,12 +225,7 @@ fn terminate_mid_run_leaves_no_lock_behind() {
             .map(|_| ())
     });
     let running = wait_for(Duration::from_secs(5), || {
-        let r: bool = db
-            .client
-            .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
-            .unwrap()
-            .get(0);
-        r.then_some(())
+        db.run_in_progress().then_some(())
     });
     assert!(running.is_some());
     let t = Instant::now();
@@ -241,12 +236,7 @@ fn terminate_mid_run_leaves_no_lock_behind() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     assert!(err.is_closed() || sqlstate(&err) == "57P01", "{err}");
     db.sim.set_latency(Duration::ZERO);
-    let in_progress: bool = db
-        .client
-        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
-        .unwrap()
-        .get(0);
-    assert!(!in_progress);
+    assert!(!db.run_in_progress());
     assert_eq!(db.run()["status"], "ok");
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"),

@@ -42,12 +42,7 @@ fn runs_work_after_server_restarts() {
     assert!(handle.join().unwrap().is_err());
     db.sim.set_latency(Duration::ZERO);
     db.client = db.connect();
-    let in_progress: bool = db
-        .client
-        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
-        .unwrap()
-        .get(0);
-    assert!(!in_progress);
+    assert!(!db.run_in_progress());
     assert_eq!(db.run()["status"], "ok");
     assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 3);
     assert_eq!(

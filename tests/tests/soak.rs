@@ -6,19 +6,7 @@
 use std::time::Duration;
 use twitch_sync_e2e::helix_sim::world::{Rng, WorldConfig};
 use twitch_sync_e2e::helix_sim::{Config, Endpoint, Fault, FaultKind};
-use twitch_sync_e2e::TestDb;
-
-/// The backend's private memory (RssAnon): VmRSS would also count the shared
-/// buffers it touches, which grow with the tables, not with leaks.
-fn backend_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+use twitch_sync_e2e::{backend_private_memory_kib, TestDb};
 
 #[test]
 fn soak_random_faults_and_world_changes_keep_every_invariant() {
@@ -44,11 +32,7 @@ fn soak_random_faults_and_world_changes_keep_every_invariant() {
              SET twitch_sync.run_deadline_ms = 3000; SET twitch_sync.notify_events = on",
         )
         .unwrap();
-    let pid: i32 = db
-        .client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let pid = db.backend_pid();
     let mut rng = Rng::new(2026);
     let kinds = [
         FaultKind::Status { status: 500 },
@@ -145,14 +129,14 @@ fn soak_random_faults_and_world_changes_keep_every_invariant() {
         if i % 50 == 0 {
             println!(
                 "soak: run {i}: backend private memory {} KiB",
-                backend_rss_kib(pid)
+                backend_private_memory_kib(pid)
             );
         }
         if i == 30.min(runs - 1) {
-            rss_after_warmup = backend_rss_kib(pid);
+            rss_after_warmup = backend_private_memory_kib(pid);
         }
     }
-    let rss_end = backend_rss_kib(pid);
+    let rss_end = backend_private_memory_kib(pid);
     println!("soak: {runs} runs {statuses:?}; backend private memory {rss_after_warmup} KiB after warm-up, {rss_end} KiB at the end");
     assert!(
         statuses.get("ok").copied().unwrap_or(0) > runs / 4,

@@ -384,12 +384,7 @@ fn concurrent_runs_are_skipped() {
             .get::<_, twitch_sync_e2e::serde_json::Value>(0)
     });
     std::thread::sleep(Duration::from_millis(600));
-    let in_progress: bool = db
-        .client
-        .query_one("SELECT run_in_progress FROM twitch_sync.status()", &[])
-        .unwrap()
-        .get(0);
-    assert!(in_progress);
+    assert!(db.run_in_progress());
     let t = Instant::now();
     let doc = db.run();
     assert!(
@@ -421,11 +416,7 @@ fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_write_nothing() {
         .batch_execute("SET twitch_sync.request_timeout_ms = 60000")
         .unwrap();
 
-    let pid: i32 = db
-        .client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
+    let pid = db.backend_pid();
     let mut killer = db.connect();
     let canceller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(700));

@@ -117,16 +117,6 @@ impl Pass {
         (t.token.access_token.clone(), t.generation)
     }
 
-    async fn mint(&self) -> Result<CachedToken, HelixError> {
-        let t = self.client.mint_token(&self.secret).await?;
-        let now = SystemTime::now();
-        Ok(CachedToken {
-            access_token: t.access_token,
-            expires_at: now + t.expires_in,
-            validated_at: Some(now),
-        })
-    }
-
     /// After a 401 with token `generation`: mint a new token, once per pass.
     /// Concurrent batches that saw the same 401 share the one renewal.
     async fn renew_after_401(&self, generation: u64) -> Result<(), HelixError> {
@@ -145,7 +135,7 @@ impl Pass {
                 });
             }
         }
-        let fresh = self.mint().await?;
+        let fresh = mint(&self.client, &self.secret).await?;
         let mut t = lock(&self.token);
         t.token = fresh;
         t.generation += 1;
@@ -247,6 +237,17 @@ impl Pass {
     }
 }
 
+/// A new app access token, as cached (a fresh token counts as validated).
+async fn mint(client: &TwitchClient, secret: &str) -> Result<CachedToken, HelixError> {
+    let t = client.mint_token(secret).await?;
+    let now = SystemTime::now();
+    Ok(CachedToken {
+        access_token: t.access_token,
+        expires_at: now + t.expires_in,
+        validated_at: Some(now),
+    })
+}
+
 /// Gets a usable token: the cached one if it is far from expiry and (hourly)
 /// still valid, else a new one.
 async fn prepare_token(
@@ -257,14 +258,7 @@ async fn prepare_token(
     warnings: &mut Vec<String>,
 ) -> Result<(CachedToken, bool), HelixError> {
     let now = SystemTime::now();
-    let mint = || async {
-        let t = client.mint_token(secret).await?;
-        Ok::<_, HelixError>(CachedToken {
-            access_token: t.access_token,
-            expires_at: now + t.expires_in,
-            validated_at: Some(now),
-        })
-    };
+    let mint = || mint(client, secret);
     let Some(mut token) = cached.filter(|t| t.expires_at > now + cfg.renew_before_expiry) else {
         return Ok((mint().await?, true));
     };

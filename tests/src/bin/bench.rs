@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use twitch_sync_e2e::helix_sim::world::WorldConfig;
 use twitch_sync_e2e::helix_sim::Config;
 use twitch_sync_e2e::serde_json::Value;
-use twitch_sync_e2e::TestDb;
+use twitch_sync_e2e::{backend_private_memory_kib, TestDb};
 
 struct Scenario {
     name: &'static str,
@@ -27,16 +27,6 @@ struct Scenario {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn private_memory_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 struct Row {
@@ -78,12 +68,8 @@ fn measure(s: &Scenario) -> Row {
         )
         .unwrap()
         .get::<_, i64>(0) as u64;
-    let pid: i32 = db
-        .client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let mem_before = private_memory_kib(pid);
+    let pid = db.backend_pid();
+    let mem_before = backend_private_memory_kib(pid);
     // Warm-up: mints the token, inserts every stream once (later runs update them).
     let warm = db.run();
     assert_eq!(warm["status"], "ok", "{}: warm-up {warm}", s.name);
@@ -105,7 +91,7 @@ fn measure(s: &Scenario) -> Row {
         dbs.push(db_s);
         rows_rates.push((2.0 * live + s.channels as f64) / timing("apply").max(1e-6));
     }
-    let mem_after = private_memory_kib(pid);
+    let mem_after = backend_private_memory_kib(pid);
     let counters = db.sim.counters();
     let requests = (counters.streams_requests - requests_before) / s.runs as u64;
     let live = db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live") as f64;
