@@ -51,11 +51,8 @@ struct State {
     in_flight: u32,
     /// After a 429: send nothing until then.
     paused_until: Option<Instant>,
-    /// Tickets handed out so far, and the newest ticket whose answer was applied:
-    /// an answer to an older request than one already applied is stale (the
-    /// server may have counted later requests in the newer answer only).
+    /// Tickets handed out so far.
     issued: u64,
-    applied: u64,
     last: Option<RateLimitSnapshot>,
 }
 
@@ -76,7 +73,6 @@ impl RateLimiter {
             in_flight: 0,
             paused_until: None,
             issued: 0,
-            applied: 0,
             last: None,
         };
         if let Some((snap, seen_at)) = last_seen {
@@ -151,15 +147,11 @@ impl RateLimiter {
             return;
         };
         if rate_limited {
-            st.points = Some(0.0);
+            // Empty, and whatever is still in flight will be paid for too.
+            st.points = Some(-(st.in_flight as f64));
             let until = (snap.reset as f64 - epoch_now()).clamp(0.0, 120.0);
             st.paused_until = Some(now + Duration::from_secs_f64(until.max(0.05)));
         }
-        // An answer that was overtaken by the answer to a later request is stale.
-        if ticket.0 <= st.applied {
-            return;
-        }
-        st.applied = ticket.0;
         st.limit = snap.limit;
         // Time left until reset, counted from when the request was sent: the server
         // answered later than that, so this errs long (slow), however late we read it.
@@ -172,7 +164,16 @@ impl RateLimiter {
             // Requests still unanswered, sent before or after this one, may or may not
             // be counted in this answer yet: assume they are not. The estimate may go
             // below zero: that debt is paid by refill before anything else is sent.
-            st.points = Some(snap.remaining as f64 - st.in_flight as f64);
+            let from_header = snap.remaining as f64 - st.in_flight as f64;
+            // Concurrent requests reach the server in any order, so an answer may
+            // predate requests sent before it: it can only lower the estimate. Only
+            // a request sent alone, with nothing sent since, is answered after every
+            // request we made: its answer may raise it (to correct a pessimistic start).
+            let accounts_for_all = ticket.2 && ticket.0 == st.issued;
+            st.points = Some(match st.points {
+                Some(p) if !accounts_for_all => p.min(from_header),
+                _ => from_header,
+            });
         }
         st.last = Some(snap);
     }
@@ -183,15 +184,16 @@ impl RateLimiter {
     }
 }
 
-/// A reservation made by [`RateLimiter::acquire`]: its order, and when it was made
-/// (Unix seconds).
+/// A reservation made by [`RateLimiter::acquire`]: its order, when it was made
+/// (Unix seconds), and whether nothing else was in flight then.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Ticket(u64, f64);
+pub struct Ticket(u64, f64, bool);
 
 fn issue(st: &mut State) -> Ticket {
+    let alone = st.in_flight == 0;
     st.in_flight += 1;
     st.issued += 1;
-    Ticket(st.issued, epoch_now())
+    Ticket(st.issued, epoch_now(), alone)
 }
 
 fn refill(st: &mut State, now: Instant) {
@@ -292,38 +294,49 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn fresh_answers_correct_the_estimate_and_stale_ones_do_not() {
+    async fn only_an_answer_that_accounts_for_every_request_raises_the_estimate() {
         let reset = epoch_now() as u64 + 30;
-        let snap = RateLimitSnapshot {
+        let snap = |remaining| RateLimitSnapshot {
             limit: 800,
-            remaining: 10,
+            remaining,
             reset,
         };
-        let rl = RateLimiter::new(Some((snap, SystemTime::now())));
+        let rl = RateLimiter::new(Some((snap(10), SystemTime::now())));
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
-        // b's answer says the bucket is fuller than we thought (someone refilled it).
-        rl.observe(
-            b,
-            Some(RateLimitSnapshot {
-                limit: 800,
-                remaining: 700,
-                reset,
-            }),
-            false,
-        );
-        // a's answer, older, arrives late and must not lower or raise it.
-        rl.observe(
-            a,
-            Some(RateLimitSnapshot {
-                limit: 800,
-                remaining: 5,
-                reset,
-            }),
-            false,
-        );
+        // b reached the server before a and says 700: a may not be counted yet,
+        // so the estimate must not rise.
+        rl.observe(b, Some(snap(700)), false);
         let p = rl.lock().points.unwrap();
-        assert!((699.0..=701.0).contains(&p), "{p}");
+        assert!(p < 10.0, "{p}");
+        // a, processed after b, lowers it.
+        rl.observe(a, Some(snap(5)), false);
+        let p = rl.lock().points.unwrap();
+        assert!((4.9..=5.1).contains(&p), "{p}");
+        // A request alone in flight: its answer counts everything, and raises it.
+        let c = rl.acquire(far()).await.unwrap();
+        rl.observe(c, Some(snap(700)), false);
+        let p = rl.lock().points.unwrap();
+        assert!((699.9..=700.1).contains(&p), "{p}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_overtaken_on_the_server_cannot_overdraw() {
+        // Two requests with one point left: t2 is processed first (remaining 1),
+        // then t1 (remaining 0); t1's answer arrives first.
+        let reset = epoch_now() as u64 + 30;
+        let snap = |remaining| RateLimitSnapshot {
+            limit: 800,
+            remaining,
+            reset,
+        };
+        let rl = RateLimiter::new(Some((snap(2), SystemTime::now())));
+        let t1 = rl.acquire(far()).await.unwrap();
+        let t2 = rl.acquire(far()).await.unwrap();
+        rl.observe(t1, Some(snap(0)), false);
+        rl.observe(t2, Some(snap(1)), false);
+        let p = rl.lock().points.unwrap();
+        assert!(p < 0.5, "the server holds no point, the estimate says {p}");
     }
 
     #[test]
