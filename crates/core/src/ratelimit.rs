@@ -29,8 +29,9 @@ impl RateLimitSnapshot {
 /// Twitch documents its bucket as refilling over a minute; used only until
 /// headers tell better.
 const DOCUMENTED_PERIOD_SECS: f64 = 60.0;
-/// Refill estimates are shaded down by this factor so rounding never causes a 429.
-const SAFETY: f64 = 0.97;
+/// Refill estimates are already slow by construction (send time, rounded-down
+/// remaining, rounded-up reset); this shades them a little more for clock jitter.
+const SAFETY: f64 = 0.99;
 /// The longest a waiting request sleeps before looking at the estimate again.
 const RECHECK: Duration = Duration::from_millis(100);
 
