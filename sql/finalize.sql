@@ -45,8 +45,10 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
         CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now()) END
     FROM twitch_sync.cron_job() j
+    -- "last run" is the latest by time, never the highest id (ids are not
+    -- ordered across a dump and restore that followed pruning).
     LEFT JOIN LATERAL (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped'
-                        ORDER BY x.run_id DESC LIMIT 1) r ON true
+                        ORDER BY x.started_at DESC, x.run_id DESC LIMIT 1) r ON true
     LEFT JOIN twitch_sync.rate_limit rl ON true
 $$;
 
@@ -54,8 +56,16 @@ $$;
 -- (for example postgres_exporter's custom queries, or any scraper that can run SQL).
 CREATE FUNCTION twitch_sync.metrics() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    WITH c AS (SELECT * FROM twitch_sync.counters),
-    last AS (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped' ORDER BY x.run_id DESC LIMIT 1),
+    -- The counters row appears with the first recorded run: zeros until then.
+    WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
+                      coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0) AS runs_skipped,
+                      coalesce(k.helix_requests, 0) AS helix_requests, coalesce(k.retries, 0) AS retries,
+                      coalesce(k.rate_limited, 0) AS rate_limited,
+                      coalesce(k.streams_started, 0) AS streams_started,
+                      coalesce(k.streams_ended, 0) AS streams_ended
+                 FROM (SELECT 1) one LEFT JOIN twitch_sync.counters k ON true),
+    last AS (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped'
+              ORDER BY x.started_at DESC, x.run_id DESC LIMIT 1),
     m(name, kind, help, labels, value) AS (
         SELECT 'twitch_sync_runs_total', 'counter', 'Runs of twitch_sync.run() by status.', 'status="ok"', c.runs_ok::float8 FROM c
         UNION ALL SELECT 'twitch_sync_runs_total', 'counter', NULL, 'status="partial"', c.runs_partial FROM c
@@ -89,10 +99,6 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                || name || coalesce('{' || labels || '}', '') || ' ' || value::text || E'\n', '' ORDER BY n)
       FROM numbered
 $$;
-
--- run() reads the credentials: it runs as the extension's owner, with a pinned
--- search_path (it schema-qualifies everything it touches).
-ALTER FUNCTION twitch_sync.run() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Nothing is executable by PUBLIC; grant on purpose (README, "Privileges").
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;

@@ -2,7 +2,8 @@
 -- retention. (status() and metrics() are in finalize.sql: they call a Rust function.)
 
 -- Totals since the extension was created, for metrics(): never pruned, so
--- they can be Prometheus counters.
+-- they can be Prometheus counters. The one row appears with the first recorded
+-- run (so a dump and restore carries it without colliding with a fresh row).
 CREATE TABLE twitch_sync.counters (
     singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     runs_ok         bigint NOT NULL DEFAULT 0,
@@ -15,8 +16,8 @@ CREATE TABLE twitch_sync.counters (
     streams_started bigint NOT NULL DEFAULT 0,
     streams_ended   bigint NOT NULL DEFAULT 0
 );
-INSERT INTO twitch_sync.counters DEFAULT VALUES;
 REVOKE ALL ON twitch_sync.counters FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 
 -- What an operator should check, from a run's error text.
 CREATE FUNCTION twitch_sync.alert_hint(error text) RETURNS text
@@ -41,43 +42,66 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
--- After each recorded run: add it to the counters, and alert on failure with
+-- record_run(): the one way a run is recorded. Inserts its row into
+-- twitch_sync.runs, adds it to the counters, and alerts on failure with
 -- NOTIFY twitch_sync_alerts (delivered when the run's transaction commits).
-CREATE FUNCTION twitch_sync.runs_after_insert() RETURNS trigger
+-- A function, not a trigger on runs: restoring a dump inserts historical runs,
+-- and those must neither count again nor alert again.
+CREATE FUNCTION twitch_sync.record_run(
+    started_at timestamptz, status text, channels_checked integer, live integer,
+    updated integer, started integer, ended integer, errors integer,
+    helix_requests integer, retries integer, rate_limited integer,
+    rate_limit_remaining integer, error text,
+    OUT run_id bigint, OUT finished_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    r twitch_sync.runs;
     consecutive bigint;
 BEGIN
-    UPDATE twitch_sync.counters SET
-        runs_ok = runs_ok + (NEW.status = 'ok')::int,
-        runs_partial = runs_partial + (NEW.status = 'partial')::int,
-        runs_failed = runs_failed + (NEW.status = 'failed')::int,
-        runs_skipped = runs_skipped + (NEW.status = 'skipped')::int,
-        helix_requests = helix_requests + NEW.helix_requests,
-        retries = retries + NEW.retries,
-        rate_limited = rate_limited + NEW.rate_limited,
-        streams_started = streams_started + NEW.started,
-        streams_ended = streams_ended + NEW.ended;
-    IF NEW.status IN ('failed', 'partial')
+    INSERT INTO twitch_sync.runs AS x (started_at, finished_at, status, channels_checked, live,
+            updated, started, ended, errors, helix_requests, retries, rate_limited,
+            rate_limit_remaining, error)
+    VALUES (record_run.started_at, pg_catalog.clock_timestamp(), record_run.status,
+            record_run.channels_checked, record_run.live, record_run.updated, record_run.started,
+            record_run.ended, record_run.errors, record_run.helix_requests, record_run.retries,
+            record_run.rate_limited, record_run.rate_limit_remaining, record_run.error)
+    RETURNING x.* INTO r;
+    INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed, runs_skipped,
+            helix_requests, retries, rate_limited, streams_started, streams_ended)
+    VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
+            (r.status = 'skipped')::int, r.helix_requests, r.retries, r.rate_limited, r.started, r.ended)
+    ON CONFLICT (singleton) DO UPDATE SET
+        runs_ok = c.runs_ok + EXCLUDED.runs_ok,
+        runs_partial = c.runs_partial + EXCLUDED.runs_partial,
+        runs_failed = c.runs_failed + EXCLUDED.runs_failed,
+        runs_skipped = c.runs_skipped + EXCLUDED.runs_skipped,
+        helix_requests = c.helix_requests + EXCLUDED.helix_requests,
+        retries = c.retries + EXCLUDED.retries,
+        rate_limited = c.rate_limited + EXCLUDED.rate_limited,
+        streams_started = c.streams_started + EXCLUDED.streams_started,
+        streams_ended = c.streams_ended + EXCLUDED.streams_ended;
+    IF r.status IN ('failed', 'partial')
        AND coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
-        SELECT count(*) INTO consecutive FROM twitch_sync.runs r
-         WHERE r.status IN ('failed', 'partial')
-           AND r.run_id > coalesce((SELECT max(o.run_id) FROM twitch_sync.runs o WHERE o.status = 'ok'), 0);
+        -- Failed or partial runs since the latest ok one, by time (never by id:
+        -- ids are not ordered across a dump and restore).
+        SELECT count(*) INTO consecutive FROM twitch_sync.runs x
+         WHERE x.status IN ('failed', 'partial')
+           AND x.started_at > coalesce((SELECT max(o.started_at) FROM twitch_sync.runs o
+                                         WHERE o.status = 'ok'), '-infinity');
         PERFORM pg_catalog.pg_notify('twitch_sync_alerts', jsonb_build_object(
-            'alert', CASE WHEN consecutive >= 3 THEN 'repeated_failures' ELSE 'run_' || NEW.status END,
-            'run_id', NEW.run_id,
-            'status', NEW.status,
-            'errors', NEW.errors,
+            'alert', CASE WHEN consecutive >= 3 THEN 'repeated_failures' ELSE 'run_' || r.status END,
+            'run_id', r.run_id,
+            'status', r.status,
+            'errors', r.errors,
             'consecutive_failures', consecutive,
-            'error', pg_catalog.left(NEW.error, 1000),
-            'check', twitch_sync.alert_hint(NEW.error),
-            'at', NEW.finished_at)::text);
+            'error', pg_catalog.left(r.error, 1000),
+            'check', twitch_sync.alert_hint(r.error),
+            'at', r.finished_at)::text);
     END IF;
-    RETURN NULL;
+    run_id := r.run_id;
+    finished_at := r.finished_at;
 END
 $$;
-CREATE TRIGGER runs_after_insert AFTER INSERT ON twitch_sync.runs
-    FOR EACH ROW EXECUTE FUNCTION twitch_sync.runs_after_insert();
 
 -- prune(): deletes runs and viewer samples older than their retention
 -- (twitch_sync.runs_retention_days, twitch_sync.samples_retention_days; 0

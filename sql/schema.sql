@@ -76,7 +76,7 @@ CREATE TABLE twitch_sync.runs (
     error                text
 );
 CREATE INDEX runs_started_at ON twitch_sync.runs (started_at);
-CREATE INDEX runs_ok ON twitch_sync.runs (run_id) WHERE status = 'ok';
+CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
 
 -- The app's credentials and its cached app access token. Readable only by the
 -- extension's owner and superusers.
@@ -106,7 +106,11 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channels', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.viewer_samples', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.runs', '');
+-- The sequence too: without it a restored database restarts run ids at 1 and
+-- collides with the restored rows.
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.runs_run_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.credentials', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rate_limit', '');
 
 -- Validation of channels, for track() and direct INSERT/UPDATE alike: SQLSTATE
 -- 22023 with a message that says what a valid value looks like.

@@ -91,7 +91,10 @@ mod twitch_sync {
     }
 
     /// `twitch_sync.run()`: one sync pass; see README "SQL reference" for the result document.
-    #[pg_extern(volatile, parallel_unsafe)]
+    /// It reads the credentials, so it runs as the extension's owner with a pinned
+    /// search_path (declared here, so every install and upgrade script carries it).
+    #[pg_extern(volatile, parallel_unsafe, security_definer)]
+    #[search_path(pg_catalog, pg_temp)]
     fn run() -> JsonB {
         match super::run_pass() {
             Ok(doc) => JsonB(doc),
@@ -103,6 +106,7 @@ mod twitch_sync {
 fn run_pass() -> Result<serde_json::Value, SyncError> {
     let started_at = SystemTime::now();
     let clock = Instant::now();
+    db::check_schema_version()?;
     if !db::try_lock_run()? {
         let (run_id, finished) = db::record_run(&RunRecord {
             started_at,

@@ -7,6 +7,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
 use pgrx::JsonB;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
@@ -27,6 +28,36 @@ fn epoch(t: SystemTime) -> f64 {
 
 fn from_epoch(secs: f64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+}
+
+/// The schema version this library is built for: `extversion` must equal it.
+pub const SCHEMA_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Set once this backend has seen the schema at [`SCHEMA_VERSION`].
+static SCHEMA_CHECKED: AtomicBool = AtomicBool::new(false);
+
+/// Checks, once per backend, that the installed extension's version (its SQL
+/// objects) is the one this library is built for. After new binaries are
+/// installed and before `ALTER EXTENSION twitch_sync UPDATE`, every call that
+/// touches the schema stops here with SQLSTATE 55000 and the fix, instead of
+/// failing deep inside on a function whose signature changed.
+pub fn check_schema_version() -> Result<(), SyncError> {
+    if SCHEMA_CHECKED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let installed = Spi::get_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'twitch_sync'",
+    )
+    .map_err(internal)?
+    .unwrap_or_default();
+    if installed != SCHEMA_VERSION {
+        return Err(SyncError::SchemaVersionMismatch {
+            installed,
+            library: SCHEMA_VERSION,
+        });
+    }
+    SCHEMA_CHECKED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Takes the run lock for the rest of the transaction, if no other run holds it.
@@ -252,16 +283,14 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
-/// Inserts the run's row; returns its run_id and finished_at (RFC 3339).
+/// Records the run with twitch_sync.record_run (its row, the counters, the
+/// alert); returns its run_id and finished_at (RFC 3339).
 pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
     let to_i32 = |v: i64| v.clamp(0, i32::MAX as i64) as i32;
     Spi::get_two_with_args::<i64, String>(
-        "INSERT INTO twitch_sync.runs (started_at, finished_at, status, channels_checked, live,
-                 updated, started, ended, errors, helix_requests, retries, rate_limited,
-                 rate_limit_remaining, error)
-         VALUES (pg_catalog.to_timestamp($1), pg_catalog.clock_timestamp(), $2, $3, $4, $5, $6,
-                 $7, $8, $9, $10, $11, $12, $13)
-         RETURNING run_id, pg_catalog.to_json(finished_at) #>> '{}'",
+        "SELECT run_id, pg_catalog.to_json(finished_at) #>> '{}'
+           FROM twitch_sync.record_run(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6, $7, $8,
+                                       $9, $10, $11, $12, $13)",
         &[
             epoch(r.started_at).into(),
             r.status.into(),

@@ -16,6 +16,14 @@ pub enum SyncError {
     },
     #[error("invalid schedule: {0}")]
     BadSchedule(String),
+    #[error(
+        "the twitch_sync library is version {library} but the extension in this database is \
+         version {installed}"
+    )]
+    SchemaVersionMismatch {
+        installed: String,
+        library: &'static str,
+    },
     #[error("twitch_sync internal error: {0}")]
     Internal(String),
 }
@@ -23,7 +31,9 @@ pub enum SyncError {
 impl SyncError {
     fn code(&self) -> PgSqlErrorCode {
         match self {
-            SyncError::NoCredentials => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SyncError::NoCredentials | SyncError::SchemaVersionMismatch { .. } => {
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
+            }
             SyncError::BadSetting { .. } | SyncError::BadSchedule(_) => {
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
             }
@@ -44,6 +54,11 @@ impl SyncError {
             SyncError::BadSchedule(_) => Some(
                 "Use five cron fields in UTC (minute hour day-of-month month day-of-week), such as \
                  '*/10 * * * *' for every ten minutes, or a macro such as '@hourly'."
+                    .into(),
+            ),
+            SyncError::SchemaVersionMismatch { .. } => Some(
+                "New twitch_sync binaries were installed: run ALTER EXTENSION twitch_sync UPDATE; \
+                 as a superuser in this database (and in every other database that has it)."
                     .into(),
             ),
             SyncError::Internal(_) => None,

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod catalog;
+
 pub use helix_sim;
 pub use postgres;
 pub use serde_json;
@@ -345,6 +347,38 @@ impl TestDb {
     pub fn scalar_i64(&mut self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
     }
+}
+
+/// A user's data, table by table, as text rows (tables separated by `--`):
+/// what an upgrade or a dump and restore must keep exactly.
+pub fn user_data(client: &mut Client) -> Vec<String> {
+    let queries = [
+        "SELECT broadcaster_id || ' ' || coalesce(login, '-') || ' ' || enabled || ' ' || added_at
+           FROM twitch_sync.channels ORDER BY 1",
+        "SELECT stream_id || ' ' || broadcaster_id || ' ' || is_live || ' ' || viewer_count || ' '
+                || peak_viewer_count || ' ' || title || ' ' || coalesce(started_at::text, '-') || ' '
+                || coalesce(ended_at::text, '-')
+           FROM twitch_sync.streams ORDER BY 1",
+        "SELECT stream_id || ' ' || broadcaster_id || ' ' || sampled_at || ' ' || viewer_count
+           FROM twitch_sync.viewer_samples ORDER BY 1",
+        "SELECT run_id || ' ' || status || ' ' || started_at || ' ' || channels_checked || ' ' || live
+                || ' ' || coalesce(error, '-')
+           FROM twitch_sync.runs ORDER BY run_id",
+        "SELECT client_id || ' ' || client_secret || ' ' || coalesce(access_token, '-')
+           FROM twitch_sync.credentials",
+        "SELECT runs_ok || ' ' || runs_partial || ' ' || runs_failed || ' ' || runs_skipped || ' '
+                || helix_requests || ' ' || streams_started || ' ' || streams_ended
+           FROM twitch_sync.counters",
+        "SELECT bucket_limit || ' ' || remaining || ' ' || reset_at FROM twitch_sync.rate_limit",
+    ];
+    let mut out = Vec::new();
+    for q in queries {
+        for row in client.query(q, &[]).unwrap_or_else(|e| panic!("{q}: {e}")) {
+            out.push(row.get::<_, String>(0));
+        }
+        out.push("--".into());
+    }
+    out
 }
 
 /// A backend's private memory in KiB (RssAnon): VmRSS would also count the

@@ -1,0 +1,117 @@
+//! Upgrading in place: a database filled by 0.1.0 through real runs, then the
+//! current binaries, then `ALTER EXTENSION twitch_sync UPDATE`.
+//!
+//! This test reinstalls the extension into the system PostgreSQL (0.1.0 first,
+//! the current tree last), so it is `#[ignore]`d in the ordinary suite and run
+//! by scripts/test as a step of its own:
+//! `cargo test -p twitch_sync_e2e --test upgrade -- --ignored`.
+
+use twitch_sync_e2e::catalog::{self, V0_1_0};
+use twitch_sync_e2e::{error_text, sqlstate, user_data, world, Cluster, TestDb};
+
+#[test]
+#[ignore = "reinstalls the extension; scripts/test runs it as its own step"]
+fn upgrade_from_0_1_0_equals_a_fresh_install() {
+    catalog::install_release(V0_1_0);
+    let cluster = Cluster::shared();
+
+    // A database on 0.1.0, filled through real runs against the simulator.
+    let mut old = TestDb::new(world(300, 0.3));
+    let version: String = old
+        .client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'twitch_sync'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.1.0");
+    old.track_first(300);
+    for _ in 0..3 {
+        old.sim.tick();
+        let doc = old.run();
+        assert_eq!(doc["status"], "ok", "{doc}");
+    }
+    old.assert_matches_world();
+    let before = user_data(&mut old.client);
+    assert!(
+        before.len() > 300,
+        "the old database holds data: {}",
+        before.len()
+    );
+    drop(old.client);
+
+    // New binaries, then a restart (the library is preloaded).
+    catalog::install_current();
+    cluster.restart();
+
+    // Binary and schema out of step: a clear error with the fix, nothing written.
+    let mut client = cluster.connect(&old.name);
+    let err = client
+        .query_one("SELECT twitch_sync.run()", &[])
+        .expect_err("run() against a 0.1.0 schema");
+    assert_eq!(sqlstate(&err), "55000", "{}", error_text(&err));
+    let text = error_text(&err);
+    assert!(
+        text.contains("0.1.0") && text.contains("ALTER EXTENSION twitch_sync UPDATE"),
+        "the error says what is wrong and how to fix it: {text}"
+    );
+    assert_eq!(
+        user_data(&mut client),
+        before,
+        "a refused run writes nothing"
+    );
+
+    client
+        .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
+        .expect("ALTER EXTENSION twitch_sync UPDATE");
+    let version: String = client
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'twitch_sync'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, catalog::current_version());
+
+    // The upgraded catalog equals a fresh install's.
+    let upgraded = catalog::describe(&mut client);
+    let mut fresh = TestDb::new(world(10, 0.5));
+    let want = catalog::describe(&mut fresh.client);
+    let diff = catalog::diff(&upgraded, &want);
+    assert!(
+        diff.is_empty(),
+        "the upgraded catalog differs from a fresh install (- upgraded only, + fresh only):\n{diff}"
+    );
+    assert!(
+        want.len() > 50,
+        "the description covers the catalog: {want:?}"
+    );
+
+    // The data is intact, and the upgraded extension works.
+    assert_eq!(
+        user_data(&mut client),
+        before,
+        "the upgrade keeps every row"
+    );
+    old.client = client;
+    old.sim.tick();
+    let doc = old.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    old.assert_matches_world();
+    let last: i64 = old
+        .client
+        .query_one("SELECT last_run_id FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(Some(last), doc["run_id"].as_i64());
+    let metrics: String = old
+        .client
+        .query_one("SELECT twitch_sync.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("twitch_sync_runs_total{status=\"ok\"} 4"),
+        "counters carried over: {metrics}"
+    );
+}
