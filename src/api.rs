@@ -5,10 +5,13 @@
 use crate::db::{self, RunRecord};
 use crate::error::SyncError;
 use crate::{gucs, runtime};
-use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
-use twitch_sync_core::{sync_streaming, BatchResult, SyncConfig, SyncInput, SyncOutcome};
+use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
+use twitch_sync_core::{
+    sync_streaming, Applied, BatchBuffer, BatchResult, PassSummary, RunReport, RunStatus,
+    SyncConfig, SyncInput,
+};
 
 /// run() writes answers in about this many chunks per run (plus the last) ...
 const APPLY_CHUNKS: usize = 32;
@@ -18,7 +21,7 @@ const MIN_APPLY_CHUNK: usize = 1000;
 /// What waiting on the engine brought: a batch's answer, or the end of the pass.
 enum Step {
     Batch(BatchResult),
-    Done(SyncOutcome),
+    Done(PassSummary),
 }
 
 /// What the chunks written so far add up to.
@@ -29,19 +32,19 @@ struct Totals {
     updated: i64,
     started: i64,
     ended: i64,
-    failures: Vec<twitch_sync_core::engine::BatchFailure>,
 }
 
 impl Totals {
     /// Writes the pending answers (one call of twitch_sync.apply_sync) and empties them.
     fn apply(
         &mut self,
-        pending: &mut SyncOutcome,
+        pending: &mut BatchBuffer,
         misses: i32,
         notify: bool,
     ) -> Result<(), SyncError> {
-        self.failures.append(&mut pending.failures);
+        // Unknown channels (an entry about them was dropped) are left as they were.
         if pending.checked.is_empty() {
+            pending.clear();
             return Ok(());
         }
         let a = db::apply(&pending.checked, &pending.live, misses, notify)?;
@@ -53,8 +56,7 @@ impl Totals {
         self.updated += a.updated;
         self.started += a.started;
         self.ended += a.ended;
-        pending.checked.clear();
-        pending.live.clear();
+        pending.clear();
         Ok(())
     }
 }
@@ -121,15 +123,12 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
             retries: 0,
             rate_limited: 0,
             rate_limit_remaining: None,
-            error: Some("another twitch_sync.run() is in progress".into()),
+            error: Some(SKIPPED_ERROR.into()),
         })?;
         pgrx::log!("twitch_sync: run {run_id} skipped: another run is in progress");
-        return Ok(json!({
-            "success": true, "skipped": true, "run_id": run_id, "status": "skipped",
-            "total_streams": 0, "updated": 0, "started": 0, "ended": 0, "errors": 0,
-            "helix_requests": 0, "retries": 0, "duration_ms": clock.elapsed().as_millis() as u64,
-            "rate_limit_remaining": null, "timestamp": finished,
-        }));
+        return Ok(
+            RunReport::skipped(run_id, clock.elapsed().as_millis() as u64, finished).to_json(),
+        );
     }
     let config = settings()?;
     let state = db::read_state()?;
@@ -152,10 +151,10 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         },
         tx,
     ));
-    let mut pending = SyncOutcome::default();
+    let mut pending = BatchBuffer::default();
     let mut totals = Totals::default();
     let mut apply_ms = 0.0;
-    let mut outcome = loop {
+    let outcome = loop {
         let step = runtime::block_on_interruptible(async {
             tokio::select! {
                 biased;
@@ -194,10 +193,6 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     };
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
     let finish_clock = Instant::now();
-    outcome.failures.append(&mut totals.failures);
-    if totals.checked == 0 && outcome.fatal.is_none() {
-        outcome.fatal = outcome.first_error();
-    }
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
             db::save_token(t)?;
@@ -206,20 +201,11 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     if let Some(s) = &outcome.rate_limit {
         db::save_rate_limit(s)?;
     }
-    let status = if outcome.fatal.is_some() {
-        "failed"
-    } else if !outcome.failures.is_empty() {
-        "partial"
-    } else {
-        "ok"
-    };
-    let error = outcome.first_error();
-    let remaining = outcome
-        .rate_limit
-        .map(|s| s.remaining.min(i32::MAX as u32) as i32);
+    let status = RunStatus::of(&outcome, totals.checked > 0);
+    let remaining = remaining(&outcome);
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
-        status,
+        status: status.as_str(),
         channels_checked: totals.checked as i64,
         live: totals.live as i64,
         updated: totals.updated,
@@ -230,37 +216,32 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         retries: outcome.retries as i64,
         rate_limited: outcome.rate_limited as i64,
         rate_limit_remaining: remaining,
-        error: error.clone(),
+        error: outcome.first_error(),
     })?;
     apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
     let (pruned_runs, pruned_samples) = db::prune()?;
-    let failures: Vec<_> = outcome
-        .failures
-        .iter()
-        .map(|f| json!({"channels": f.channels, "error": f.error}))
-        .collect();
-    let doc = json!({
-        "success": status != "failed",
-        "status": status,
-        "run_id": run_id,
-        "total_streams": totals.checked,
-        "live": totals.live,
-        "updated": totals.updated,
-        "started": totals.started,
-        "ended": totals.ended,
-        "errors": outcome.failed_channels(),
-        "error": error,
-        "failures": failures,
-        "warnings": outcome.warnings,
-        "helix_requests": outcome.helix_requests,
-        "retries": outcome.retries,
-        "rate_limited": outcome.rate_limited,
-        "rate_limit_remaining": remaining,
-        "duration_ms": clock.elapsed().as_millis() as u64,
-        "pruned": {"runs": pruned_runs, "viewer_samples": pruned_samples},
-        "timings_ms": {"read": round2(read_ms), "http": round2(http_ms), "apply": round2(apply_ms)},
-        "timestamp": finished,
+    let mut report = RunReport::finished(
+        &outcome,
+        Applied {
+            updated: totals.updated,
+            started: totals.started,
+            ended: totals.ended,
+        },
+        run_id,
+        finished,
+    );
+    // The status and counts written to twitch_sync.runs above.
+    report.status = status;
+    report.success = status.success();
+    report.total_streams = totals.checked as u64;
+    report.live = totals.live as u64;
+    report.duration_ms = clock.elapsed().as_millis() as u64;
+    report.pruned = Some(Pruned {
+        runs: pruned_runs,
+        viewer_samples: pruned_samples,
     });
+    report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms));
+    let doc = report.to_json();
     for w in &outcome.warnings {
         pgrx::warning!("twitch_sync: {w}");
     }
@@ -282,8 +263,4 @@ fn cron_next_run(
     let unix = micros.div_euclid(1_000_000) + PG_EPOCH;
     let next = parsed.next_after(unix)?;
     pgrx::datum::TimestampWithTimeZone::try_from((next - PG_EPOCH) * 1_000_000).ok()
-}
-
-fn round2(ms: f64) -> f64 {
-    (ms * 100.0).round() / 100.0
 }

@@ -245,7 +245,8 @@ pub fn apply(
         col(|s| Some(s.game_id.clone())).into(),
         col(|s| Some(s.game_name.clone())).into(),
         col(|s| Some(s.language.clone())).into(),
-        col(|s| s.started_at.clone()).into(),
+        // RFC 3339 produced by the core from the checked value, never Helix's text.
+        col(|s| s.started_at_rfc3339()).into(),
     ];
     let doc = Spi::get_one_with_args::<JsonB>(
         "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",

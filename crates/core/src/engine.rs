@@ -6,7 +6,11 @@ use crate::client::{TwitchClient, Validation};
 use crate::config::SyncConfig;
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{RateLimitSnapshot, RateLimiter};
-use crate::streams::{merge_batch, plan_batches, LiveStream, StreamsPage};
+use crate::report::RunStatus;
+use crate::streams::{
+    merge_batch, plan_batches, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
+};
+use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,35 +41,47 @@ pub struct SyncInput {
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A batch whose request failed: its channels are left as they were.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BatchFailure {
+    /// How many channels the batch held.
     pub channels: usize,
+    /// What went wrong, secrets redacted.
     pub error: String,
 }
 
+/// Everything a pass returns but the batches' answers (those arrive one by one
+/// as [`BatchResult`]s while the pass runs; collect them in a [`BatchBuffer`]).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct SyncOutcome {
-    /// Channels whose batch got a complete answer: absent from `live` means offline.
-    pub checked: Vec<String>,
-    /// Live streams of checked channels, one per broadcaster.
-    pub live: Vec<LiveStream>,
-    pub failures: Vec<BatchFailure>,
-    pub helix_requests: u32,
-    pub retries: u32,
-    pub rate_limited: u32,
-    /// Entries Helix listed without the fields needed to store them.
-    pub skipped_entries: usize,
+pub struct PassSummary {
     /// The token to cache after this pass (changed when minted or validated).
     pub token: Option<CachedToken>,
     pub token_changed: bool,
+    /// Get Streams requests sent (pages and retries included).
+    pub helix_requests: u32,
+    pub retries: u32,
+    /// 429s received.
+    pub rate_limited: u32,
+    /// The last `Ratelimit-*` headers seen.
     pub rate_limit: Option<RateLimitSnapshot>,
-    /// Set when nothing could be checked at all (no token, say).
+    /// Set when no request could be made at all (no token, say).
     pub fatal: Option<String>,
     /// Problems that did not stop the pass (a failed hourly validation, say).
     pub warnings: Vec<String>,
+    /// Each failed batch (also sent as [`BatchResult::Failed`]).
+    pub failures: Vec<BatchFailure>,
+    /// Channels checked, over all batches (the `broadcaster_ids` sent).
+    pub checked: usize,
+    /// Live streams, over all batches.
+    pub live: usize,
+    /// Channels left as they were because an entry about them was dropped.
+    pub unknown: usize,
+    /// Entries dropped and fields cleaned, over all batches that got an answer.
+    pub stats: EntryStats,
 }
 
-impl SyncOutcome {
+impl PassSummary {
+    /// Channels in failed batches.
     pub fn failed_channels(&self) -> usize {
         self.failures.iter().map(|f| f.channels).sum()
     }
@@ -84,6 +100,49 @@ impl SyncOutcome {
                 }
             })
         })
+    }
+    /// The run's status by [`RunStatus::of`], "anything checked" taken from `checked`.
+    pub fn status(&self) -> RunStatus {
+        RunStatus::of(self, self.checked > 0)
+    }
+}
+
+/// Answers of batches not yet written: the extension fills it as
+/// [`BatchResult`]s arrive, writes it, and clears it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchBuffer {
+    /// Channels whose state is known: absent from `live` means not listed (offline).
+    pub checked: Vec<String>,
+    /// Live streams of checked channels, one per broadcaster.
+    pub live: Vec<LiveStream>,
+    /// Channels whose state is unknown this run (an entry about them was
+    /// dropped): leave them exactly as they were. Never in `checked`.
+    pub unknown: Vec<String>,
+}
+
+impl BatchBuffer {
+    /// Adds one batch's answer. A failed batch adds nothing: its channels are
+    /// left as they were, and the failure is in the [`PassSummary`].
+    pub fn absorb(&mut self, result: BatchResult) {
+        if let BatchResult::Checked {
+            broadcaster_ids,
+            live,
+            unknown,
+        } = result
+        {
+            self.checked.extend(broadcaster_ids);
+            self.live.extend(live);
+            self.unknown.extend(unknown);
+        }
+    }
+    /// Nothing to write: no checked and no unknown channel.
+    pub fn is_empty(&self) -> bool {
+        self.checked.is_empty() && self.unknown.is_empty()
+    }
+    pub fn clear(&mut self) {
+        self.checked.clear();
+        self.live.clear();
+        self.unknown.clear();
     }
 }
 
@@ -105,6 +164,8 @@ struct Pass {
     requests: AtomicU32,
     retries: AtomicU32,
     rate_limited: AtomicU32,
+    /// Stream ids listed so far in this pass, and for whom (first claim wins).
+    claims: Mutex<StreamClaims>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -216,13 +277,13 @@ impl Pass {
 
     /// A batch of up to 100 ids: the first page and any further pages Helix
     /// really has, stopping on an empty page, a cursor seen before, or the cap.
-    async fn fetch_batch(&self, ids: &[String]) -> Result<(Vec<LiveStream>, usize), HelixError> {
+    async fn fetch_batch(&self, ids: &[String]) -> Result<MergedBatch, HelixError> {
         let mut pages = Vec::new();
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         for page_no in 0..=self.config.max_pages_per_batch {
             let page = self.fetch_page(ids, after.as_deref()).await?;
-            let empty = page.streams.is_empty() && page.skipped_entries == 0;
+            let empty = page.entries == 0;
             after = page
                 .cursor
                 .clone()
@@ -232,8 +293,8 @@ impl Pass {
                 break;
             }
         }
-        let skipped = pages.iter().map(|p| p.skipped_entries).sum();
-        Ok((merge_batch(ids, pages), skipped))
+        // Under one lock, so that the first batch to list a stream id claims it whole.
+        Ok(merge_batch(ids, pages, &mut lock(&self.claims)))
     }
 }
 
@@ -290,64 +351,43 @@ async fn prepare_token(
 /// One batch's answer, sent as soon as the batch is complete.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BatchResult {
-    /// The batch got a complete answer: channels absent from `live` are offline.
+    /// The batch got a complete answer.
     Checked {
+        /// Channels whose state is known: absent from `live` means not listed (offline).
         broadcaster_ids: Vec<String>,
+        /// Live streams of those channels, one per broadcaster.
         live: Vec<LiveStream>,
-        skipped_entries: usize,
+        /// Asked channels whose state is unknown this run (an entry about them
+        /// was dropped): leave them exactly as they were. Not in `broadcaster_ids`.
+        unknown: Vec<String>,
     },
     /// The batch failed: its channels must be left as they were.
     Failed(BatchFailure),
 }
 
-impl SyncOutcome {
-    /// Adds one batch's result.
-    pub fn absorb(&mut self, result: BatchResult) {
-        match result {
-            BatchResult::Checked {
-                broadcaster_ids,
-                live,
-                skipped_entries,
-            } => {
-                self.checked.extend(broadcaster_ids);
-                self.live.extend(live);
-                self.skipped_entries += skipped_entries;
-            }
-            BatchResult::Failed(f) => self.failures.push(f),
-        }
-    }
-}
-
-/// Runs one sync pass and collects every batch's result. Never panics on bad
-/// answers; every failure ends up in the outcome, with secrets redacted.
-pub async fn sync(input: SyncInput) -> SyncOutcome {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut outcome = sync_streaming(input, tx).await;
-    let mut checked = 0;
-    while let Ok(r) = rx.try_recv() {
-        if let BatchResult::Checked {
-            broadcaster_ids, ..
-        } = &r
-        {
-            checked += broadcaster_ids.len();
-        }
-        outcome.absorb(r);
-    }
-    if checked == 0 && outcome.fatal.is_none() {
-        outcome.fatal = outcome.first_error();
-    }
-    outcome
+/// What the batches added up to, kept by the pass for its summary.
+#[derive(Default)]
+struct Tally {
+    failures: Vec<BatchFailure>,
+    checked: usize,
+    live: usize,
+    unknown: usize,
+    stats: EntryStats,
 }
 
 /// Runs one sync pass, sending each batch's result to `results` as soon as it
 /// is complete (so the caller can write while other requests are in flight).
-/// The returned outcome holds everything but the batches: token, counters,
-/// rate-limit state, warnings, and `fatal` when no request could be made.
+/// The returned summary holds everything but the batches' answers: token,
+/// counters, rate-limit state, warnings, failures, entry statistics, and
+/// `fatal` when no request could be made. A stream id is listed once per pass:
+/// the first batch to list it claims it for its broadcaster (see
+/// [`merge_batch`]). Never panics on bad answers; every failure ends up in the
+/// summary, with secrets redacted.
 pub async fn sync_streaming(
     input: SyncInput,
     results: tokio::sync::mpsc::UnboundedSender<BatchResult>,
-) -> SyncOutcome {
-    let mut outcome = SyncOutcome {
+) -> PassSummary {
+    let mut outcome = PassSummary {
         token: input.token.clone(),
         ..Default::default()
     };
@@ -406,7 +446,9 @@ pub async fn sync_streaming(
         requests: AtomicU32::new(0),
         retries: AtomicU32::new(0),
         rate_limited: AtomicU32::new(0),
+        claims: Mutex::new(StreamClaims::new()),
     });
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let permits = Arc::new(tokio::sync::Semaphore::new(
         input.config.max_concurrent_requests.max(1),
     ));
@@ -416,21 +458,31 @@ pub async fn sync_streaming(
         let permits = permits.clone();
         let results = results.clone();
         let first_token = first_token.clone();
+        let tally = tally.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let result = match pass.fetch_batch(&ids).await {
-                Ok((live, skipped_entries)) => BatchResult::Checked {
-                    broadcaster_ids: ids,
-                    live,
-                    skipped_entries,
-                },
+                Ok(m) => {
+                    let mut t = lock(&tally);
+                    t.checked += m.checked.len();
+                    t.live += m.live.len();
+                    t.unknown += m.unknown.len();
+                    t.stats.add(&m.stats);
+                    BatchResult::Checked {
+                        broadcaster_ids: m.checked,
+                        live: m.live,
+                        unknown: m.unknown,
+                    }
+                }
                 Err(e) => {
                     let (current, _) = pass.current_token();
                     let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
-                    BatchResult::Failed(BatchFailure {
+                    let failure = BatchFailure {
                         channels: ids.len(),
                         error: redact(&e.to_string(), &secrets),
-                    })
+                    };
+                    lock(&tally).failures.push(failure.clone());
+                    BatchResult::Failed(failure)
                 }
             };
             // The receiver may be gone (the caller stopped listening): nothing to do then.
@@ -445,6 +497,16 @@ pub async fn sync_streaming(
                 error: format!("internal error in a batch: {e}"),
             });
         }
+    }
+    {
+        let mut t = lock(&tally);
+        let mut failures = std::mem::take(&mut t.failures);
+        failures.append(&mut outcome.failures);
+        outcome.failures = failures;
+        outcome.checked = t.checked;
+        outcome.live = t.live;
+        outcome.unknown = t.unknown;
+        outcome.stats = t.stats;
     }
 
     let final_token = lock(&pass.token).token.clone();

@@ -4,7 +4,10 @@
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Fault, FaultKind, Simulator};
 use std::time::{Duration, Instant};
-use twitch_sync_core::{sync, Credentials, SyncConfig, SyncInput, SyncOutcome};
+use twitch_sync_core::{
+    sync_streaming, BatchBuffer, BatchResult, Credentials, PassSummary, RunStatus, SyncConfig,
+    SyncInput,
+};
 
 fn start(channels: usize, live_fraction: f64, cfg: Config) -> Simulator {
     Simulator::start(Config {
@@ -35,24 +38,52 @@ fn input(sim: &Simulator, n: usize) -> SyncInput {
     }
 }
 
-fn run(input: SyncInput) -> SyncOutcome {
-    tokio::runtime::Builder::new_current_thread()
+/// One pass, every batch result collected as the extension does.
+struct Out {
+    summary: PassSummary,
+    buffer: BatchBuffer,
+    /// Batch results received, failed ones included.
+    results: usize,
+}
+
+fn run(input: SyncInput) -> Out {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BatchResult>();
+    let summary = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(sync(input))
+        .block_on(sync_streaming(input, tx));
+    let mut buffer = BatchBuffer::default();
+    let mut results = 0;
+    while let Ok(r) = rx.try_recv() {
+        results += 1;
+        buffer.absorb(r);
+    }
+    Out {
+        summary,
+        buffer,
+        results,
+    }
 }
 
 #[test]
 fn checks_every_channel_in_ceil_n_over_100_requests() {
     let sim = start(1000, 0.3, Config::default());
     let out = run(input(&sim, 1000));
-    assert_eq!(out.fatal, None);
-    assert_eq!(out.checked.len(), 1000);
-    assert_eq!(out.live.len(), 300);
-    assert_eq!(out.helix_requests, 10);
+    assert_eq!(out.summary.fatal, None);
+    assert_eq!(out.results, 10);
+    assert_eq!(out.buffer.checked.len(), 1000);
+    assert_eq!(out.buffer.live.len(), 300);
+    assert_eq!(out.buffer.unknown, Vec::<String>::new());
+    assert_eq!(
+        (out.summary.checked, out.summary.live, out.summary.unknown),
+        (1000, 300, 0)
+    );
+    assert_eq!(out.summary.stats, Default::default());
+    assert_eq!(out.summary.status(), RunStatus::Ok);
+    assert_eq!(out.summary.helix_requests, 10);
     assert_eq!(sim.counters().streams_requests, 10);
-    assert!(out.token_changed);
+    assert!(out.summary.token_changed);
 }
 
 #[test]
@@ -69,7 +100,7 @@ fn a_small_bucket_is_used_at_its_refill_rate_without_a_429() {
         },
     );
     let t = Instant::now();
-    let out = run(input(&sim, 1200));
+    let out = run(input(&sim, 1200)).summary;
     let took = t.elapsed();
     assert_eq!(out.failures, vec![]);
     assert_eq!(out.helix_requests, 12);
@@ -81,11 +112,11 @@ fn a_small_bucket_is_used_at_its_refill_rate_without_a_429() {
 #[test]
 fn a_reused_token_and_rate_limit_state_save_requests() {
     let sim = start(300, 0.3, Config::default());
-    let first = run(input(&sim, 300));
+    let first = run(input(&sim, 300)).summary;
     let mut next = input(&sim, 300);
     next.token = first.token.clone();
     next.rate_limit = first.rate_limit.map(|s| (s, std::time::SystemTime::now()));
-    let second = run(next);
+    let second = run(next).summary;
     assert!(!second.token_changed);
     assert_eq!(sim.counters().tokens_issued, 1);
     assert_eq!(second.helix_requests, 3);
@@ -96,9 +127,16 @@ fn failures_are_per_batch_and_redacted() {
     let sim = start(300, 0.3, Config::default());
     let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
     sim.add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[299]));
-    let out = run(input(&sim, 300));
-    assert_eq!(out.checked.len(), 200);
+    let Out {
+        summary: out,
+        buffer,
+        results,
+    } = run(input(&sim, 300));
+    assert_eq!(results, 3);
+    assert_eq!(buffer.checked.len(), 200);
+    assert_eq!(out.checked, 200);
     assert_eq!(out.failed_channels(), 100);
+    assert_eq!(out.status(), RunStatus::Partial);
     assert!(out.failures[0].error.contains("HTTP 500"));
     assert!(out
         .failures
@@ -108,9 +146,108 @@ fn failures_are_per_batch_and_redacted() {
     // a wrong secret: the token cannot be had, and the error says so without the secret
     let mut bad = input(&sim, 300);
     bad.credentials.client_secret = "not-the-secret-0123".into();
-    let out = run(bad);
+    let Out {
+        summary: out,
+        buffer,
+        results,
+    } = run(bad);
+    assert_eq!(out.status(), RunStatus::Failed);
     let fatal = out.fatal.unwrap();
     assert!(fatal.contains("invalid client secret"), "{fatal}");
     assert!(!fatal.contains("not-the-secret-0123"));
-    assert!(out.checked.is_empty());
+    assert_eq!((results, buffer.checked.len(), out.checked), (0, 0, 0));
+}
+
+#[test]
+fn hostile_answers_reach_nobody_unchecked() {
+    let sim = start(200, 0.0, Config::default());
+    let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+    let (a, b) = (&ids[..100], &ids[100..]);
+    // Batch a: stream 777 for a[0]; a NUL stream id for a[1]; an entry for b[5]
+    // (not asked in this batch); a title cut in UTF-16.
+    let body_a = format!(
+        r#"{{"data":[
+            {{"id":"777","user_id":"{}","title":"x\ud800","viewer_count":5,"started_at":"2021-03-10T03:18:11Z"}},
+            {{"id":"1\u0000","user_id":"{}","viewer_count":5}},
+            {{"id":"900","user_id":"{}","viewer_count":5}},
+            {{"id":"901","user_id":"{}","user_login":"Not A Login","game_id":"x","viewer_count":6}}
+        ],"pagination":{{}}}}"#,
+        a[0], a[1], b[5], a[2]
+    );
+    // Batch b: the same stream 777 for b[0]; a good stream for b[1], listed twice.
+    let body_b = format!(
+        r#"{{"data":[
+            {{"id":"777","user_id":"{}","viewer_count":9}},
+            {{"id":"778","user_id":"{}","viewer_count":9}},
+            {{"id":"778","user_id":"{}","viewer_count":9}}
+        ],"pagination":{{}}}}"#,
+        b[0], b[1], b[1]
+    );
+    sim.add_fault(Fault::new(FaultKind::Body { body: body_a }).for_user(&a[0]));
+    sim.add_fault(Fault::new(FaultKind::Body { body: body_b }).for_user(&b[0]));
+    let mut inp = input(&sim, 200);
+    inp.config.max_concurrent_requests = 1;
+    let Out {
+        summary, buffer, ..
+    } = run(inp);
+    assert_eq!(summary.failures, vec![]);
+    assert_eq!(summary.status(), RunStatus::Ok);
+    let live: Vec<(&str, &str)> = buffer
+        .live
+        .iter()
+        .map(|s| (s.broadcaster_id.as_str(), s.stream_id.as_str()))
+        .collect();
+    // The first batch to list 777 claims it; the other broadcaster is unknown.
+    let (winner, loser) = if live.contains(&(a[0].as_str(), "777")) {
+        (&a[0], &b[0])
+    } else {
+        (&b[0], &a[0])
+    };
+    let mut expected = vec![
+        (winner.as_str(), "777"),
+        (a[2].as_str(), "901"),
+        (b[1].as_str(), "778"),
+    ];
+    expected.sort();
+    let mut got = live.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    let mut unknown = buffer.unknown.clone();
+    unknown.sort();
+    let mut want_unknown = vec![a[1].clone(), loser.clone()];
+    want_unknown.sort();
+    assert_eq!(unknown, want_unknown);
+    // everyone else is checked (b[5] is offline: the entry for it came in a's batch)
+    assert_eq!(buffer.checked.len(), 198);
+    assert!(!buffer.checked.contains(&a[1]) && !buffer.checked.contains(loser));
+    assert!(buffer.checked.contains(&b[5]));
+    assert_eq!(
+        (summary.checked, summary.live, summary.unknown),
+        (198, 3, 2)
+    );
+    let s = &summary.stats;
+    assert_eq!(
+        (
+            s.bad.bad_stream_id,
+            s.bad.stream_id_conflict,
+            s.bad.foreign_broadcaster,
+            s.bad.total()
+        ),
+        (1, 1, 1, 3)
+    );
+    assert_eq!(
+        (s.cleaned.login, s.cleaned.game_id, s.cleaned.encoding),
+        (1, 1, 1)
+    );
+    assert_eq!(s.duplicates, 1);
+    let s901 = buffer.live.iter().find(|s| s.stream_id == "901").unwrap();
+    assert_eq!((s901.login.as_deref(), s901.game_id.as_str()), (None, ""));
+    if winner == &a[0] {
+        let s777 = buffer.live.iter().find(|s| s.stream_id == "777").unwrap();
+        assert_eq!(s777.title, "x\u{FFFD}");
+        assert_eq!(
+            s777.started_at_rfc3339().as_deref(),
+            Some("2021-03-10T03:18:11Z")
+        );
+    }
 }
