@@ -43,29 +43,40 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- record_run(): the one way a run is recorded. Inserts its row into
--- twitch_sync.runs, adds it to the counters, and alerts on failure with
--- NOTIFY twitch_sync_alerts (delivered when the run's transaction commits).
--- A function, not a trigger on runs: restoring a dump inserts historical runs,
--- and those must neither count again nor alert again.
+-- twitch_sync.runs and the channels it could not check into run_unchecked,
+-- adds it to the counters, and on failure writes an alert to
+-- twitch_sync.alerts with NOTIFY twitch_sync_alerts carrying its id (sent when
+-- the run's transaction commits). A function, not a trigger on runs:
+-- restoring a dump inserts historical runs, which must neither count nor alert again.
 CREATE FUNCTION twitch_sync.record_run(
     started_at timestamptz, status text, channels_checked integer, live integer,
     updated integer, started integer, ended integer, errors integer,
     helix_requests integer, retries integer, rate_limited integer,
-    rate_limit_remaining integer, error text,
+    rate_limit_remaining integer, error text, unknown integer, bad_entries integer,
+    failed_ids text[], unknown_ids text[],
     OUT run_id bigint, OUT finished_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r twitch_sync.runs;
     consecutive bigint;
+    alert_payload jsonb;
+    id bigint;
 BEGIN
     INSERT INTO twitch_sync.runs AS x (started_at, finished_at, status, channels_checked, live,
             updated, started, ended, errors, helix_requests, retries, rate_limited,
-            rate_limit_remaining, error)
+            rate_limit_remaining, error, unknown, bad_entries)
     VALUES (record_run.started_at, pg_catalog.clock_timestamp(), record_run.status,
             record_run.channels_checked, record_run.live, record_run.updated, record_run.started,
             record_run.ended, record_run.errors, record_run.helix_requests, record_run.retries,
-            record_run.rate_limited, record_run.rate_limit_remaining, record_run.error)
+            record_run.rate_limited, record_run.rate_limit_remaining, record_run.error,
+            record_run.unknown, record_run.bad_entries)
     RETURNING x.* INTO r;
+    INSERT INTO twitch_sync.run_unchecked (broadcaster_id, run_id, reason)
+    SELECT DISTINCT ON (u.id) u.id, r.run_id, u.reason
+      FROM (SELECT f, 'failed' FROM unnest(failed_ids) f
+            UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
+     WHERE u.id IS NOT NULL
+     ORDER BY u.id, u.reason;
     INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed, runs_skipped,
             helix_requests, retries, rate_limited, streams_started, streams_ended)
     VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
@@ -80,15 +91,14 @@ BEGIN
         rate_limited = c.rate_limited + EXCLUDED.rate_limited,
         streams_started = c.streams_started + EXCLUDED.streams_started,
         streams_ended = c.streams_ended + EXCLUDED.streams_ended;
-    IF r.status IN ('failed', 'partial')
-       AND coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+    IF r.status IN ('failed', 'partial') THEN
         -- Failed or partial runs since the latest ok one, by time (never by id:
         -- ids are not ordered across a dump and restore).
         SELECT count(*) INTO consecutive FROM twitch_sync.runs x
          WHERE x.status IN ('failed', 'partial')
            AND x.started_at > coalesce((SELECT max(o.started_at) FROM twitch_sync.runs o
                                          WHERE o.status = 'ok'), '-infinity');
-        PERFORM pg_catalog.pg_notify('twitch_sync_alerts', jsonb_build_object(
+        alert_payload := jsonb_build_object(
             'alert', CASE WHEN consecutive >= 3 THEN 'repeated_failures' ELSE 'run_' || r.status END,
             'run_id', r.run_id,
             'status', r.status,
@@ -96,23 +106,52 @@ BEGIN
             'consecutive_failures', consecutive,
             'error', pg_catalog.left(r.error, 1000),
             'check', twitch_sync.alert_hint(r.error),
-            'at', r.finished_at)::text);
+            'at', r.finished_at);
+        INSERT INTO twitch_sync.alerts AS a (run_id, alert, payload, created_at)
+        VALUES (r.run_id, alert_payload ->> 'alert', alert_payload, r.finished_at)
+        RETURNING a.alert_id INTO id;
+        IF coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+            PERFORM pg_catalog.pg_notify('twitch_sync_alerts', id::text);
+        END IF;
     END IF;
     run_id := r.run_id;
     finished_at := r.finished_at;
 END
 $$;
 
--- prune(): deletes runs and viewer samples older than their retention
--- (twitch_sync.runs_retention_days, twitch_sync.samples_retention_days; 0
--- keeps them), at most max_rows of each per call so no call holds locks long.
+-- channel_status: each tracked channel with what is known of it. Its last
+-- successful check is derived (runs write nothing per checked channel): the
+-- latest ok or partial run since it was added that did not list it in
+-- run_unchecked. NULL for disabled channels and channels no run has checked yet.
+CREATE VIEW twitch_sync.channel_status AS
+SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
+       CASE WHEN c.enabled THEN (
+           SELECT r.started_at FROM twitch_sync.runs r
+            WHERE r.status IN ('ok', 'partial') AND r.started_at >= c.added_at
+              AND NOT EXISTS (SELECT 1 FROM twitch_sync.run_unchecked u
+                               WHERE u.broadcaster_id = c.broadcaster_id AND u.run_id = r.run_id)
+            ORDER BY r.started_at DESC LIMIT 1) END AS last_checked_at,
+       (SELECT max(s.last_seen_at) FROM twitch_sync.streams s
+         WHERE s.broadcaster_id = c.broadcaster_id) AS last_live_at,
+       l.stream_id AS live_stream_id, l.viewer_count, l.title, l.game_name, l.started_at,
+       c.missed_polls
+  FROM twitch_sync.channels c
+  LEFT JOIN twitch_sync.streams l ON l.broadcaster_id = c.broadcaster_id AND l.is_live;
+COMMENT ON VIEW twitch_sync.channel_status IS 'Tracked channels: last successful check, last seen live, and the live stream if any.';
+
+-- prune(): deletes runs (with their run_unchecked rows), events, alerts and
+-- viewer samples older than their retention (twitch_sync.runs_retention_days
+-- for the first four, twitch_sync.samples_retention_days for samples; 0 keeps
+-- them), at most max_rows of each per call so no call holds locks long.
 -- run() calls it after every pass; call it yourself to catch up faster.
 CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
-RETURNS TABLE (runs_deleted bigint, samples_deleted bigint)
+RETURNS TABLE (runs_deleted bigint, samples_deleted bigint, events_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     runs_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.runs_retention_days', true), '')::integer, 30);
     samples_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.samples_retention_days', true), '')::integer, 90);
+    runs_cutoff timestamptz := pg_catalog.now() - pg_catalog.make_interval(days => runs_days);
+    n bigint;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
         RAISE EXCEPTION 'max_rows must be a positive number, not %', coalesce(max_rows::text, 'NULL')
@@ -120,12 +159,23 @@ BEGIN
     END IF;
     runs_deleted := 0;
     samples_deleted := 0;
+    events_deleted := 0;
     IF runs_days > 0 THEN
-        DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
-            SELECT x.ctid FROM twitch_sync.runs x
-             WHERE x.started_at < pg_catalog.now() - pg_catalog.make_interval(days => runs_days)
-             LIMIT max_rows));
-        GET DIAGNOSTICS runs_deleted = ROW_COUNT;
+        WITH gone AS (
+            DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
+                SELECT x.ctid FROM twitch_sync.runs x WHERE x.started_at < runs_cutoff LIMIT max_rows))
+            RETURNING r.run_id
+        ), unchecked AS (
+            DELETE FROM twitch_sync.run_unchecked u USING gone g WHERE u.run_id = g.run_id
+        )
+        SELECT count(*) INTO runs_deleted FROM gone;
+        DELETE FROM twitch_sync.events e WHERE e.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM twitch_sync.events x WHERE x.created_at < runs_cutoff LIMIT max_rows));
+        GET DIAGNOSTICS events_deleted = ROW_COUNT;
+        DELETE FROM twitch_sync.alerts a WHERE a.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM twitch_sync.alerts x WHERE x.created_at < runs_cutoff LIMIT max_rows));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        events_deleted := events_deleted + n;
     END IF;
     IF samples_days > 0 THEN
         DELETE FROM twitch_sync.viewer_samples v WHERE v.ctid = ANY (ARRAY(

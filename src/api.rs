@@ -8,6 +8,7 @@ use crate::{gucs, runtime};
 use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
+use twitch_sync_core::engine::BatchFailure;
 use twitch_sync_core::{
     sync_streaming, Applied, BatchBuffer, BatchResult, PassSummary, RunReport, RunStatus,
     SyncConfig, SyncInput,
@@ -24,38 +25,66 @@ enum Step {
     Done(PassSummary),
 }
 
-/// What the chunks written so far add up to.
+/// What the chunks written so far add up to, and the channels a run could not
+/// check (recorded in twitch_sync.run_unchecked).
 #[derive(Default)]
-struct Totals {
+struct Written {
     checked: usize,
     live: usize,
     updated: i64,
     started: i64,
     ended: i64,
+    events: i64,
+    /// Live observations the transition layer refused (stream id owned by another broadcaster).
+    conflicts: u32,
+    failed_ids: Vec<String>,
+    unknown_ids: Vec<String>,
+    /// Chunks whose write failed (their subtransaction was rolled back).
+    failures: Vec<BatchFailure>,
 }
 
-impl Totals {
-    /// Writes the pending answers (one call of twitch_sync.apply_sync) and empties them.
-    fn apply(
+impl Written {
+    /// Notes a batch's answer: a failed batch's channels are unchecked.
+    fn note(&mut self, result: &BatchResult) {
+        if let BatchResult::Failed(f) = result {
+            self.failed_ids.extend(f.broadcaster_ids.iter().cloned());
+        }
+    }
+
+    /// Writes the pending answers through the transition layer (one call of
+    /// twitch_sync.apply_chunk, a subtransaction) and empties them.
+    fn write(
         &mut self,
         pending: &mut BatchBuffer,
         misses: i32,
         notify: bool,
     ) -> Result<(), SyncError> {
         // Unknown channels (an entry about them was dropped) are left as they were.
+        self.unknown_ids.append(&mut pending.unknown);
         if pending.checked.is_empty() {
             pending.clear();
             return Ok(());
         }
-        let a = db::apply(&pending.checked, &pending.live, misses, notify)?;
-        for change in a.changes.as_array().into_iter().flatten() {
-            pgrx::debug1!("twitch_sync: {change}");
+        let r = db::apply_poll_chunk(&pending.checked, &pending.live, misses, notify)?;
+        if let Some(error) = r.error {
+            pgrx::warning!("twitch_sync: {error}");
+            self.failures.push(BatchFailure {
+                channels: pending.checked.len(),
+                broadcaster_ids: pending.checked.clone(),
+                error,
+            });
+            self.failed_ids.append(&mut pending.checked);
+        } else {
+            let conflicted = r.conflicted.len();
+            self.conflicts += conflicted as u32;
+            self.checked += pending.checked.len() - conflicted;
+            self.live += r.live as usize;
+            self.updated += r.updated;
+            self.started += r.started;
+            self.ended += r.ended;
+            self.events += r.events;
+            self.unknown_ids.extend(r.conflicted);
         }
-        self.checked += pending.checked.len();
-        self.live += pending.live.len();
-        self.updated += a.updated;
-        self.started += a.started;
-        self.ended += a.ended;
         pending.clear();
         Ok(())
     }
@@ -124,6 +153,10 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
             rate_limited: 0,
             rate_limit_remaining: None,
             error: Some(SKIPPED_ERROR.into()),
+            unknown: 0,
+            bad_entries: 0,
+            failed_ids: Vec::new(),
+            unknown_ids: Vec::new(),
         })?;
         pgrx::log!("twitch_sync: run {run_id} skipped: another run is in progress");
         return Ok(
@@ -152,9 +185,9 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         tx,
     ));
     let mut pending = BatchBuffer::default();
-    let mut totals = Totals::default();
+    let mut written = Written::default();
     let mut apply_ms = 0.0;
-    let outcome = loop {
+    let mut outcome = loop {
         let step = runtime::block_on_interruptible(async {
             tokio::select! {
                 biased;
@@ -165,11 +198,13 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         let done = match step {
             Step::Done(done) => Some(done),
             Step::Batch(first) => {
+                written.note(&first);
                 pending.absorb(first);
                 None
             }
         };
         while let Ok(r) = rx.try_recv() {
+            written.note(&r);
             pending.absorb(r);
         }
         if done.is_some() || pending.checked.len() >= chunk {
@@ -180,11 +215,12 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
                     tokio::time::sleep(Duration::from_millis(1)).await
                 });
                 while let Ok(r) = rx.try_recv() {
+                    written.note(&r);
                     pending.absorb(r);
                 }
             }
             let t = Instant::now();
-            totals.apply(&mut pending, misses, notify)?;
+            written.write(&mut pending, misses, notify)?;
             apply_ms += t.elapsed().as_secs_f64() * 1000.0;
         }
         if let Some(done) = done {
@@ -193,6 +229,12 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     };
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
     let finish_clock = Instant::now();
+    // A chunk whose write failed counts like a failed batch; a refused live
+    // observation like a dropped entry.
+    outcome.failures.append(&mut written.failures);
+    outcome.stats.bad.stream_id_conflict += written.conflicts;
+    outcome.checked = written.checked;
+    outcome.unknown = written.unknown_ids.len();
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
             db::save_token(t)?;
@@ -201,31 +243,35 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     if let Some(s) = &outcome.rate_limit {
         db::save_rate_limit(s)?;
     }
-    let status = RunStatus::of(&outcome, totals.checked > 0);
+    let status = RunStatus::of(&outcome, written.checked > 0);
     let remaining = remaining(&outcome);
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status: status.as_str(),
-        channels_checked: totals.checked as i64,
-        live: totals.live as i64,
-        updated: totals.updated,
-        started: totals.started,
-        ended: totals.ended,
+        channels_checked: written.checked as i64,
+        live: written.live as i64,
+        updated: written.updated,
+        started: written.started,
+        ended: written.ended,
         errors: outcome.failed_channels() as i64,
         helix_requests: outcome.helix_requests as i64,
         retries: outcome.retries as i64,
         rate_limited: outcome.rate_limited as i64,
         rate_limit_remaining: remaining,
         error: outcome.first_error(),
+        unknown: written.unknown_ids.len() as i64,
+        bad_entries: i64::from(outcome.stats.bad.total()),
+        failed_ids: std::mem::take(&mut written.failed_ids),
+        unknown_ids: std::mem::take(&mut written.unknown_ids),
     })?;
     apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
-    let (pruned_runs, pruned_samples) = db::prune()?;
+    let (pruned_runs, pruned_samples, pruned_events) = db::prune()?;
     let mut report = RunReport::finished(
         &outcome,
         Applied {
-            updated: totals.updated,
-            started: totals.started,
-            ended: totals.ended,
+            updated: written.updated,
+            started: written.started,
+            ended: written.ended,
         },
         run_id,
         finished,
@@ -233,12 +279,14 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     // The status and counts written to twitch_sync.runs above.
     report.status = status;
     report.success = status.success();
-    report.total_streams = totals.checked as u64;
-    report.live = totals.live as u64;
+    report.total_streams = written.checked as u64;
+    report.live = written.live as u64;
+    report.events = written.events;
     report.duration_ms = clock.elapsed().as_millis() as u64;
     report.pruned = Some(Pruned {
         runs: pruned_runs,
         viewer_samples: pruned_samples,
+        events: pruned_events,
     });
     report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms));
     let doc = report.to_json();

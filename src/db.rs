@@ -5,8 +5,7 @@
 use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
-use pgrx::JsonB;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::engine::{CachedToken, Credentials};
@@ -191,52 +190,42 @@ pub fn save_rate_limit(s: &RateLimitSnapshot) -> Result<(), SyncError> {
     .map_err(internal)
 }
 
-/// What twitch_sync.apply_sync reports back.
-pub struct Applied {
+/// What one chunk's write did: twitch_sync.apply_chunk's result.
+pub struct ChunkResult {
+    pub live: i64,
     pub updated: i64,
     pub started: i64,
     pub ended: i64,
-    pub changes: serde_json::Value,
+    /// Broadcasters left as they were: their live stream id belongs to another broadcaster.
+    pub conflicted: Vec<String>,
+    pub events: i64,
+    /// Set when the chunk's subtransaction failed: nothing of it was written.
+    pub error: Option<String>,
 }
 
-/// Writes checked channels and their live streams with one call of
-/// twitch_sync.apply_sync (a handful of set-based statements).
-pub fn apply(
+/// Writes one chunk of a poll through the transition layer
+/// (twitch_sync.poll_observations + twitch_sync.apply_chunk): the live streams
+/// listed, and the checked channels that were not listed.
+pub fn apply_poll_chunk(
     checked: &[String],
     live: &[LiveStream],
     offline_after_misses: i32,
     notify: bool,
-) -> Result<Applied, SyncError> {
+) -> Result<ChunkResult, SyncError> {
+    let listed: HashSet<&str> = live.iter().map(|s| s.broadcaster_id.as_str()).collect();
+    let not_listed: Vec<String> = checked
+        .iter()
+        .filter(|id| !listed.contains(id.as_str()))
+        .cloned()
+        .collect();
     let col = |f: fn(&LiveStream) -> Option<String>| -> Vec<Option<String>> {
         live.iter().map(f).collect()
     };
-    // Per checked channel: listed live by Helix, and its login if so.
-    let logins: HashMap<&str, Option<&str>> = live
-        .iter()
-        .map(|s| (s.broadcaster_id.as_str(), s.login.as_deref()))
-        .collect();
-    let listed: Vec<bool> = checked
-        .iter()
-        .map(|id| logins.contains_key(id.as_str()))
-        .collect();
-    let login: Vec<Option<String>> = checked
-        .iter()
-        .map(|id| {
-            logins
-                .get(id.as_str())
-                .copied()
-                .flatten()
-                .map(str::to_string)
-        })
-        .collect();
     let args: Vec<DatumWithOid> = vec![
-        checked.to_vec().into(),
-        listed.into(),
-        login.into(),
-        offline_after_misses.into(),
-        notify.into(),
-        col(|s| Some(s.stream_id.clone())).into(),
+        epoch(SystemTime::now()).into(),
         col(|s| Some(s.broadcaster_id.clone())).into(),
+        col(|s| Some(s.stream_id.clone())).into(),
+        col(|s| s.login.clone()).into(),
         live.iter()
             .map(|s| s.viewer_count)
             .collect::<Vec<i32>>()
@@ -245,25 +234,40 @@ pub fn apply(
         col(|s| Some(s.game_id.clone())).into(),
         col(|s| Some(s.game_name.clone())).into(),
         col(|s| Some(s.language.clone())).into(),
-        // RFC 3339 produced by the core from the checked value, never Helix's text.
         col(|s| s.started_at_rfc3339()).into(),
+        not_listed.into(),
+        offline_after_misses.into(),
+        notify.into(),
     ];
-    let doc = Spi::get_one_with_args::<JsonB>(
-        "SELECT twitch_sync.apply_sync($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        &args,
-    )
-    .map_err(internal)?
-    .map(|j| j.0)
-    .unwrap_or_default();
-    let n = |k: &str| doc.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
-    Ok(Applied {
-        updated: n("updated"),
-        started: n("started"),
-        ended: n("ended"),
-        changes: doc
-            .get("changes")
-            .cloned()
-            .unwrap_or(serde_json::Value::Array(vec![])),
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT (c.applied).live, (c.applied).updated, (c.applied).started,
+                        (c.applied).ended, (c.applied).conflicted, (c.applied).events, c.error
+                   FROM twitch_sync.apply_chunk(
+                            twitch_sync.poll_observations(pg_catalog.to_timestamp($1), $2, $3, $4,
+                                $5, $6, $7, $8, $9, $10::timestamptz[], $11),
+                            $12, $13) c",
+                None,
+                &args,
+            )
+            .map_err(internal)?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| SyncError::Internal("apply_chunk returned no row".into()))?;
+        let n = |i: usize| -> Result<i64, SyncError> {
+            Ok(i64::from(row.get::<i32>(i).map_err(internal)?.unwrap_or(0)))
+        };
+        Ok(ChunkResult {
+            live: n(1)?,
+            updated: n(2)?,
+            started: n(3)?,
+            ended: n(4)?,
+            conflicted: row.get::<Vec<String>>(5).map_err(internal)?.unwrap_or_default(),
+            events: n(6)?,
+            error: row.get::<String>(7).map_err(internal)?,
+        })
     })
 }
 
@@ -282,6 +286,12 @@ pub struct RunRecord {
     pub rate_limited: i64,
     pub rate_limit_remaining: Option<i32>,
     pub error: Option<String>,
+    pub unknown: i64,
+    pub bad_entries: i64,
+    /// Channels of failed batches and chunks, and channels whose state was
+    /// unknown: written to twitch_sync.run_unchecked.
+    pub failed_ids: Vec<String>,
+    pub unknown_ids: Vec<String>,
 }
 
 /// Records the run with twitch_sync.record_run (its row, the counters, the
@@ -291,7 +301,7 @@ pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
     Spi::get_two_with_args::<i64, String>(
         "SELECT run_id, pg_catalog.to_json(finished_at) #>> '{}'
            FROM twitch_sync.record_run(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6, $7, $8,
-                                       $9, $10, $11, $12, $13)",
+                                       $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         &[
             epoch(r.started_at).into(),
             r.status.into(),
@@ -306,16 +316,22 @@ pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
             to_i32(r.rate_limited).into(),
             r.rate_limit_remaining.into(),
             r.error.clone().into(),
+            to_i32(r.unknown).into(),
+            to_i32(r.bad_entries).into(),
+            r.failed_ids.clone().into(),
+            r.unknown_ids.clone().into(),
         ],
     )
     .map_err(internal)
     .map(|(id, at)| (id.unwrap_or_default(), at.unwrap_or_default()))
 }
 
-/// Prunes runs and samples past their retention (bounded work per call);
-/// returns (runs, samples) deleted.
-pub fn prune() -> Result<(i64, i64), SyncError> {
-    Spi::get_two::<i64, i64>("SELECT runs_deleted, samples_deleted FROM twitch_sync.prune()")
-        .map_err(internal)
-        .map(|(r, s)| (r.unwrap_or(0), s.unwrap_or(0)))
+/// Prunes runs, samples, events and alerts past their retention (bounded work
+/// per call); returns (runs, samples, events and alerts) deleted.
+pub fn prune() -> Result<(i64, i64, i64), SyncError> {
+    Spi::get_three::<i64, i64, i64>(
+        "SELECT runs_deleted, samples_deleted, events_deleted FROM twitch_sync.prune()",
+    )
+    .map_err(internal)
+    .map(|(r, s, e)| (r.unwrap_or(0), s.unwrap_or(0), e.unwrap_or(0)))
 }

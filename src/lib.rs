@@ -22,9 +22,14 @@ pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!(
+    "../sql/transitions.sql",
+    name = "transitions",
+    requires = ["schema"]
+);
+pgrx::extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
-    requires = ["schema"]
+    requires = ["schema", "transitions"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -13,7 +13,7 @@ fn drop_cascade_removes_everything_and_create_works_again() {
         .unwrap();
     let left = db.scalar_i64(
         "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'twitch_sync')
-              + (SELECT count(*) FROM pg_proc WHERE proname IN ('run', 'track', 'apply_sync', 'channels_validate')
+              + (SELECT count(*) FROM pg_proc WHERE proname IN ('run', 'track', 'apply_observations', 'channels_validate')
                   AND pronamespace NOT IN (SELECT oid FROM pg_namespace WHERE nspname = 'pg_catalog'))",
     );
     assert_eq!(left, 0);

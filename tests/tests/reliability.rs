@@ -11,7 +11,7 @@ use twitch_sync_e2e::{error_text, sqlstate, wait_for, world, TestDb};
 
 const SNAPSHOT: &str = "SELECT coalesce(string_agg(stream_id || ':' || viewer_count || ':' || peak_viewer_count || ':' || is_live
                                || ':' || coalesce(ended_at::text, '-') || ':' || updated_at, ',' ORDER BY stream_id), '')
-                          || '|' || (SELECT coalesce(string_agg(broadcaster_id || ':' || coalesce(last_checked_at::text, '-')
+                          || '|' || (SELECT coalesce(string_agg(broadcaster_id || ':' || coalesce(login, '-')
                                      || ':' || missed_polls, ',' ORDER BY broadcaster_id), '')
                                        FROM twitch_sync.channels WHERE broadcaster_id = ANY($1))
                      FROM twitch_sync.streams WHERE broadcaster_id = ANY($1)";
@@ -351,7 +351,11 @@ fn a_reader_role_cannot_reach_credentials_by_any_path() {
         "SELECT twitch_sync.track('1')",
         "SELECT * FROM twitch_sync.prune()",
         "SELECT twitch_sync.schedule()",
-        "SELECT twitch_sync.apply_sync(NULL, NULL, NULL, 1, false, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)",
+        "SELECT twitch_sync.apply_observations(NULL, 1, false)",
+        "SELECT * FROM twitch_sync.record_run(now(), 'ok', 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, 0, NULL, NULL)",
+        "SELECT * FROM twitch_sync.events",
+        "SELECT * FROM twitch_sync.alerts",
+        "SELECT * FROM twitch_sync.channel_status",
         "SET twitch_sync.helix_url = 'http://127.0.0.1:1/helix'",
         "SET twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'",
         "UPDATE twitch_sync.streams SET viewer_count = 0",

@@ -46,6 +46,9 @@ pub struct SyncInput {
 pub struct BatchFailure {
     /// How many channels the batch held.
     pub channels: usize,
+    /// The batch's channels (recorded as unchecked; not in the result document).
+    #[serde(skip)]
+    pub broadcaster_ids: Vec<String>,
     /// What went wrong, secrets redacted.
     pub error: String,
 }
@@ -479,6 +482,7 @@ pub async fn sync_streaming(
                     let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
                     let failure = BatchFailure {
                         channels: ids.len(),
+                        broadcaster_ids: ids.clone(),
                         error: redact(&e.to_string(), &secrets),
                     };
                     lock(&tally).failures.push(failure.clone());
@@ -494,6 +498,7 @@ pub async fn sync_streaming(
         if let Err(e) = joined {
             outcome.failures.push(BatchFailure {
                 channels: 0,
+                broadcaster_ids: Vec::new(),
                 error: format!("internal error in a batch: {e}"),
             });
         }

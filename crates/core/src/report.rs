@@ -66,6 +66,8 @@ pub struct Applied {
 pub struct Pruned {
     pub runs: i64,
     pub viewer_samples: i64,
+    /// Events and alerts.
+    pub events: i64,
 }
 
 /// Where the run's time went, in milliseconds (rounded to 0.01).
@@ -109,6 +111,8 @@ pub struct RunReport {
     pub updated: i64,
     pub started: i64,
     pub ended: i64,
+    /// Events written to twitch_sync.events (online, restart, offline).
+    pub events: i64,
     /// Channels left as they were because an entry about them was dropped (see `bad_entries`).
     pub unknown: u64,
     /// Channels in failed batches.
@@ -155,6 +159,7 @@ impl RunReport {
             updated: 0,
             started: 0,
             ended: 0,
+            events: 0,
             unknown: 0,
             errors: 0,
             error: Some(SKIPPED_ERROR.into()),
@@ -194,6 +199,7 @@ impl RunReport {
             updated: applied.updated,
             started: applied.started,
             ended: applied.ended,
+            events: 0,
             unknown: summary.unknown as u64,
             errors: summary.failed_channels() as u64,
             error: summary.first_error(),
@@ -245,6 +251,7 @@ mod tests {
         assert_eq!(RunStatus::of(&s, false), RunStatus::Ok, "nothing to check");
         assert_eq!(RunStatus::of(&s, true), RunStatus::Ok);
         s.failures.push(BatchFailure {
+            broadcaster_ids: Vec::new(),
             channels: 100,
             error: "HTTP 500".into(),
         });
@@ -288,7 +295,7 @@ mod tests {
             json!({
                 "success": true, "skipped": true, "status": "skipped", "run_id": 7,
                 "total_streams": 0, "live": 0, "updated": 0, "started": 0, "ended": 0,
-                "unknown": 0, "errors": 0, "error": "another twitch_sync.run() is in progress",
+                "events": 0, "unknown": 0, "errors": 0, "error": "another twitch_sync.run() is in progress",
                 "failures": [], "warnings": [],
                 "bad_entries": {"malformed": 0, "bad_stream_id": 0, "bad_broadcaster_id": 0,
                                 "stream_id_conflict": 0, "foreign_broadcaster": 0},
@@ -321,10 +328,12 @@ mod tests {
         };
         s.failures = vec![
             BatchFailure {
+            broadcaster_ids: Vec::new(),
                 channels: 100,
                 error: "HTTP 500".into(),
             },
             BatchFailure {
+            broadcaster_ids: Vec::new(),
                 channels: 50,
                 error: "timeout".into(),
             },
@@ -346,6 +355,7 @@ mod tests {
         r.pruned = Some(Pruned {
             runs: 1,
             viewer_samples: 2,
+            events: 3,
         });
         r.timings_ms = Some(Timings::new(1.234, 50.0, 9.999));
         let doc = r.to_json();
@@ -354,7 +364,7 @@ mod tests {
             json!({
                 "success": true, "status": "partial", "run_id": 42,
                 "total_streams": 200, "live": 60, "updated": 55, "started": 5, "ended": 3,
-                "unknown": 2, "errors": 150, "error": "HTTP 500 (and 1 more failed batches)",
+                "events": 0, "unknown": 2, "errors": 150, "error": "HTTP 500 (and 1 more failed batches)",
                 "failures": [{"channels": 100, "error": "HTTP 500"},
                              {"channels": 50, "error": "timeout"}],
                 "warnings": ["token validation skipped: x"],
@@ -365,7 +375,7 @@ mod tests {
                 "duplicate_entries": 4,
                 "helix_requests": 4, "retries": 1, "rate_limited": 1,
                 "rate_limit_remaining": 797, "duration_ms": 61,
-                "pruned": {"runs": 1, "viewer_samples": 2},
+                "pruned": {"runs": 1, "viewer_samples": 2, "events": 3},
                 "timings_ms": {"read": 1.23, "http": 50.0, "apply": 10.0},
                 "timestamp": "2026-11-25T14:00:47.305+00:00",
             })

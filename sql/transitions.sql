@@ -1,0 +1,338 @@
+-- twitch_sync: the transition layer. Every change of stream state, whatever
+-- its source (a poll batch, an EventSub event), goes through
+-- twitch_sync.apply_observations: typed observations in, named set-based steps,
+-- a typed result out. Only what changed is written: a channel that was offline
+-- and is still not listed costs no row write.
+--
+-- Observations reaching here were validated in Rust (crates/core/src/streams.rs:
+-- numeric ids, logins, cleaned text, bounded timestamps); the steps still guard
+-- what SQL alone can know (a stream id owned by another broadcaster).
+
+-- What a source saw of one channel at one time.
+CREATE TYPE twitch_sync.observation AS (
+    source         text,         -- 'poll' (a Get Streams batch) or 'eventsub' (one event)
+    observed_at    timestamptz,
+    broadcaster_id text,
+    state          text,         -- 'live', 'not_listed' (poll: absent from a complete answer), 'offline' (event)
+    stream_id      text,         -- live only
+    login          text,         -- when the source knows it
+    viewer_count   integer,      -- live; NULL when the source has no count (stream.online)
+    title          text,         -- live; NULL keeps the stored value
+    game_id        text,
+    game_name      text,
+    language       text,
+    started_at     timestamptz
+);
+COMMENT ON TYPE twitch_sync.observation IS 'What a source (poll or eventsub) saw of one channel at one time: the input of twitch_sync.apply_observations.';
+
+-- What one call of apply_observations did.
+CREATE TYPE twitch_sync.applied AS (
+    live      integer,  -- live observations applied
+    updated   integer,  -- live rows updated (same broadcast)
+    started   integer,  -- broadcasts started (new, or reopened)
+    ended     integer,  -- broadcasts ended (offline, missed, or superseded by a restart)
+    conflicted text[],  -- broadcasters left as they were: their live stream id belongs to another broadcaster
+    events    integer   -- events written to twitch_sync.events
+);
+
+-- One state change, as the steps report it to emit_events.
+CREATE TYPE twitch_sync.transition AS (
+    event              text,     -- 'online', 'restart', 'offline'
+    broadcaster_id     text,
+    stream_id          text,
+    reopened           boolean,
+    previous_stream_id text,
+    viewer_count       integer,
+    peak_viewer_count  integer,
+    title              text,
+    game_name          text,
+    started_at         timestamptz,
+    ended_at           timestamptz,
+    at                 timestamptz
+);
+
+-- Step 0: live observations whose stream id is stored under another
+-- broadcaster. A listing must match on stream id and broadcaster; such an
+-- observation is dropped, and its broadcaster is left as it was.
+CREATE FUNCTION twitch_sync.foreign_stream_ids(obs twitch_sync.observation[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT o.stream_id), '{}')
+      FROM unnest(obs) o
+      JOIN twitch_sync.streams s ON s.stream_id = o.stream_id AND s.broadcaster_id <> o.broadcaster_id
+     WHERE o.state = 'live'
+$$;
+
+-- Step 1: a channel seen live under a new stream id ends its previous broadcast.
+CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.streams s
+       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
+       AND s.stream_id <> o.stream_id
+    RETURNING (ROW('restart', s.broadcaster_id, s.stream_id, NULL, NULL, s.viewer_count,
+                  s.peak_viewer_count, s.title, s.game_name, s.started_at, s.ended_at,
+                  o.observed_at)::twitch_sync.transition).*
+$$;
+
+-- Step 2: live rows. Updates the known broadcast (reopening one that had
+-- ended: same stream id) and inserts new ones. Fields an observation lacks
+-- (NULL: an EventSub online event has no count or title) keep their stored
+-- values. Returns 'online' transitions for new and reopened broadcasts and a
+-- transition with event NULL for each broadcast that was live and is updated.
+CREATE FUNCTION twitch_sync.upsert_live(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    reopened text[];
+BEGIN
+    reopened := ARRAY(SELECT s.stream_id FROM unnest(obs) o
+                        JOIN twitch_sync.streams s
+                          ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+                       WHERE o.state = 'live' AND NOT s.is_live);
+    RETURN QUERY
+    UPDATE twitch_sync.streams s
+       SET is_live = true, ended_at = NULL,
+           viewer_count = coalesce(o.viewer_count, s.viewer_count),
+           peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+           title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
+           game_name = coalesce(o.game_name, s.game_name), language = coalesce(o.language, s.language),
+           started_at = coalesce(s.started_at, o.started_at),
+           updated_at = o.observed_at, last_seen_at = o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+    RETURNING (ROW(CASE WHEN s.stream_id = ANY (reopened) THEN 'online' END,
+                  s.broadcaster_id, s.stream_id, s.stream_id = ANY (reopened), NULL,
+                  s.viewer_count, s.peak_viewer_count, s.title, s.game_name, s.started_at,
+                  NULL, o.observed_at)::twitch_sync.transition).*;
+    RETURN QUERY
+    INSERT INTO twitch_sync.streams AS s
+        (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
+         game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at)
+    SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
+           coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
+           coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
+           o.observed_at, o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live'
+       AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
+                        WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
+    ON CONFLICT DO NOTHING
+    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, false, NULL, s.viewer_count,
+                  s.peak_viewer_count, s.title, s.game_name, s.started_at, NULL,
+                  s.updated_at)::twitch_sync.transition).*;
+END
+$$;
+
+-- Step 3: one viewer sample per live observation that carries a count.
+CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
+    SELECT o.broadcaster_id, o.stream_id, o.observed_at, o.viewer_count
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL
+    ON CONFLICT DO NOTHING
+$$;
+
+-- Step 4: misses. A live stream whose channel a poll checked without listing it
+-- counts a miss; `misses` in a row end it. Only channels with a live row (or a
+-- miss count to reset) are written: a channel offline before and after costs nothing.
+CREATE FUNCTION twitch_sync.count_misses(obs twitch_sync.observation[], misses integer)
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH missed AS (
+        SELECT o.broadcaster_id, o.observed_at
+          FROM unnest(obs) o
+          JOIN twitch_sync.streams r ON r.broadcaster_id = o.broadcaster_id AND r.is_live
+         WHERE o.state = 'not_listed'
+    ), counted AS (
+        UPDATE twitch_sync.channels c
+           SET missed_polls = CASE WHEN c.missed_polls + 1 >= greatest(misses, 1) THEN 0
+                                   ELSE c.missed_polls + 1 END
+          FROM missed m
+         WHERE c.broadcaster_id = m.broadcaster_id
+        RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
+    ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
+        -- listed again before the count ran out: start over
+        UPDATE twitch_sync.channels c SET missed_polls = 0
+          FROM unnest(obs) o
+         WHERE o.state = 'live' AND c.broadcaster_id = o.broadcaster_id AND c.missed_polls <> 0
+        RETURNING c.broadcaster_id
+    ), ended AS (
+        UPDATE twitch_sync.streams s
+           SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
+          FROM counted k
+         WHERE k.ends AND s.broadcaster_id = k.broadcaster_id AND s.is_live
+        RETURNING s.*
+    )
+    SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
+               e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
+               e.ended_at)::twitch_sync.transition).*
+      FROM ended e
+$$;
+
+-- Step 5: an 'offline' observation (EventSub stream.offline) ends the live
+-- broadcast at once.
+CREATE FUNCTION twitch_sync.apply_offline(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH ended AS (
+        UPDATE twitch_sync.streams s
+           SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+          FROM unnest(obs) o
+         WHERE o.state = 'offline' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
+        RETURNING s.*
+    ), reset AS (
+        UPDATE twitch_sync.channels c SET missed_polls = 0
+          FROM ended e
+         WHERE c.broadcaster_id = e.broadcaster_id AND c.missed_polls <> 0
+        RETURNING 1
+    )
+    SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
+               e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
+               e.ended_at)::twitch_sync.transition).*
+      FROM ended e
+$$;
+
+-- Step 6: logins Helix reports, where they differ from the stored one.
+CREATE FUNCTION twitch_sync.update_logins(obs twitch_sync.observation[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.channels c SET login = o.login
+      FROM unnest(obs) o
+     WHERE o.login IS NOT NULL AND c.broadcaster_id = o.broadcaster_id
+       AND c.login IS DISTINCT FROM o.login
+$$;
+
+-- Step 7: events. Each state change becomes a row of the outbox
+-- twitch_sync.events (readable only by granted roles); with `notify`, NOTIFY
+-- twitch_sync carries just its event id, sent when the transaction commits.
+CREATE FUNCTION twitch_sync.emit_events(changes twitch_sync.transition[], notify boolean)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    WITH written AS (
+        INSERT INTO twitch_sync.events AS e (broadcaster_id, event, stream_id, payload, created_at)
+        SELECT t.broadcaster_id, t.event, t.stream_id,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'event', t.event, 'broadcaster_id', t.broadcaster_id, 'login', c.login,
+                   'stream_id', t.stream_id,
+                   'reopened', CASE WHEN t.reopened THEN true END,
+                   'previous_stream_id', t.previous_stream_id,
+                   'viewer_count', t.viewer_count,
+                   'peak_viewer_count', CASE WHEN t.event = 'offline' THEN t.peak_viewer_count END,
+                   'title', pg_catalog.left(t.title, 300),
+                   'game_name', pg_catalog.left(t.game_name, 200),
+                   'started_at', t.started_at, 'ended_at', t.ended_at, 'at', t.at)),
+               t.at
+          FROM unnest(changes) t
+          LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = t.broadcaster_id
+         WHERE t.event IS NOT NULL
+         ORDER BY t.at, t.broadcaster_id
+        RETURNING e.event_id
+    )
+    SELECT coalesce(array_agg(w.event_id ORDER BY w.event_id), '{}') INTO ids FROM written w;
+    IF notify THEN
+        PERFORM pg_catalog.pg_notify('twitch_sync', i::text) FROM unnest(ids) i;
+    END IF;
+    RETURN coalesce(array_length(ids, 1), 0);
+END
+$$;
+
+-- The transition layer's entry point: applies observations in order of the
+-- steps above and says what it did. run() calls it once per chunk of answers;
+-- an EventSub consumer calls it with single events.
+CREATE FUNCTION twitch_sync.apply_observations(
+    obs twitch_sync.observation[], offline_after_misses integer, notify boolean)
+RETURNS twitch_sync.applied
+-- jit off: short OLTP statements, where JIT compilation costs more than it saves.
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    foreign_ids text[];
+    conflicted text[];
+    changes twitch_sync.transition[] := '{}';
+    live_changes twitch_sync.transition[];
+    result twitch_sync.applied;
+BEGIN
+    foreign_ids := twitch_sync.foreign_stream_ids(obs);
+    conflicted := ARRAY(SELECT DISTINCT x.broadcaster_id FROM unnest(obs) x
+                         WHERE x.state = 'live' AND x.stream_id = ANY (foreign_ids));
+    IF cardinality(conflicted) > 0 THEN
+        -- Their broadcasters are left as they were: drop every observation of them.
+        obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));
+    END IF;
+    changes := ARRAY(SELECT twitch_sync.end_superseded(obs));
+    live_changes := ARRAY(SELECT twitch_sync.upsert_live(obs));
+    PERFORM twitch_sync.record_samples(obs);
+    changes := changes
+        || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
+        || ARRAY(SELECT twitch_sync.count_misses(obs, offline_after_misses))
+        || ARRAY(SELECT twitch_sync.apply_offline(obs));
+    PERFORM twitch_sync.update_logins(obs);
+    -- A restart is reported once, as the new broadcast's 'restart' event
+    -- naming the broadcast it superseded.
+    changes := ARRAY(
+        SELECT CASE WHEN t.event = 'online' AND p.stream_id IS NOT NULL
+                    THEN ROW('restart', t.broadcaster_id, t.stream_id, t.reopened, p.stream_id,
+                             t.viewer_count, t.peak_viewer_count, t.title, t.game_name,
+                             t.started_at, NULL, t.at)::twitch_sync.transition
+                    ELSE t END
+          FROM unnest(changes) t
+          LEFT JOIN unnest(changes) p ON p.event = 'restart' AND p.broadcaster_id = t.broadcaster_id
+                                     AND t.event = 'online'
+         WHERE t.event <> 'restart');
+    result.live := (SELECT count(*) FROM unnest(obs) o WHERE o.state = 'live');
+    result.updated := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
+    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
+    result.ended := (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'offline')
+                  + (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'restart');
+    result.conflicted := conflicted;
+    result.events := twitch_sync.emit_events(changes, notify);
+    RETURN result;
+END
+$$;
+
+-- A poll chunk as observations: the live streams Helix listed (columns of
+-- the same length, one element per stream) and the checked channels it did
+-- not list. run() builds its chunks with this.
+CREATE FUNCTION twitch_sync.poll_observations(
+    observed_at timestamptz, broadcaster_id text[], stream_id text[], login text[],
+    viewer_count integer[], title text[], game_id text[], game_name text[], language text[],
+    started_at timestamptz[], not_listed text[])
+RETURNS twitch_sync.observation[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(
+        SELECT ROW('poll', observed_at, l.broadcaster_id, 'live', l.stream_id, l.login,
+                   l.viewer_count, l.title, l.game_id, l.game_name, l.language,
+                   l.started_at)::twitch_sync.observation
+          FROM unnest(broadcaster_id, stream_id, login, viewer_count, title, game_id,
+                      game_name, language, started_at)
+            AS l(broadcaster_id, stream_id, login, viewer_count, title, game_id, game_name,
+                 language, started_at)
+        UNION ALL
+        SELECT ROW('poll', observed_at, n.id, 'not_listed', NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL)::twitch_sync.observation
+          FROM unnest(not_listed) AS n(id))
+$$;
+
+-- apply_observations in a subtransaction: a chunk that still fails (the last
+-- line of defence behind the validation in Rust) is rolled back alone and
+-- reported with its error, so the run goes on and records itself. Query
+-- cancel is not caught.
+CREATE FUNCTION twitch_sync.apply_chunk(
+    obs twitch_sync.observation[], offline_after_misses integer, notify boolean,
+    OUT applied twitch_sync.applied, OUT error text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text;
+    message text;
+BEGIN
+    applied := twitch_sync.apply_observations(obs, offline_after_misses, notify);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+    error := pg_catalog.format('writing %s observations failed (SQLSTATE %s): %s',
+                               cardinality(obs), state, pg_catalog.left(message, 500));
+END
+$$;
