@@ -100,5 +100,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
       FROM numbered
 $$;
 
--- Nothing is executable by PUBLIC; grant on purpose (README, "Privileges").
+-- Nothing is readable or executable by PUBLIC; grant on purpose (README,
+-- "Privileges"). The upgrade scripts end with the same two lines.
+REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;

@@ -1,6 +1,9 @@
--- twitch_sync 0.1.0 -> 0.2.0 (hand-written; ALTER EXTENSION twitch_sync UPDATE runs it).
--- It carries every schema change of 0.2.0, so that an upgraded database equals
--- a fresh install of 0.2.0 (the upgrade test compares their catalogs).
+-- twitch_sync 0.1.0 -> 0.2.0 (ALTER EXTENSION twitch_sync UPDATE runs it).
+-- Hand-written: it carries every schema change of 0.2.0, so that an upgraded
+-- database equals a fresh install of 0.2.0 (tests/tests/upgrade.rs compares
+-- their catalogs and data). Functions new in 0.2.0 are created as in sql/*.sql;
+-- changed ones are replaced (CREATE OR REPLACE keeps grants a user added) or,
+-- where their signature changed (prune), dropped and created again.
 \echo Use "ALTER EXTENSION twitch_sync UPDATE" to load this file. \quit
 
 -- run(): SECURITY DEFINER and the pinned search_path are now part of its
@@ -11,34 +14,468 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'run_wrapper';
 
+---------------------------------------------------------------------------
+-- Tables
+---------------------------------------------------------------------------
+
+-- channels: runs no longer stamp every checked channel (view channel_status
+-- derives the last check); the last time a channel was seen live moves to
+-- streams.last_seen_at (filled below from these columns before they go).
+ALTER TABLE twitch_sync.streams ADD COLUMN last_seen_at timestamptz;
+UPDATE twitch_sync.streams s SET last_seen_at = s.updated_at WHERE s.is_live;
+UPDATE twitch_sync.streams s SET last_seen_at = c.last_live_at
+  FROM twitch_sync.channels c
+ WHERE s.broadcaster_id = c.broadcaster_id AND NOT s.is_live AND c.last_live_at IS NOT NULL
+   AND s.stream_id = (SELECT x.stream_id FROM twitch_sync.streams x
+                       WHERE x.broadcaster_id = s.broadcaster_id
+                       ORDER BY x.started_at DESC NULLS LAST, x.updated_at DESC LIMIT 1);
+ALTER TABLE twitch_sync.channels DROP COLUMN last_checked_at, DROP COLUMN last_live_at;
+
+-- Keys led by the broadcaster, so the tables can be distributed by it.
+ALTER TABLE twitch_sync.streams DROP CONSTRAINT streams_pkey,
+    ADD CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id);
+CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
+ALTER TABLE twitch_sync.viewer_samples DROP CONSTRAINT viewer_samples_pkey,
+    ADD CONSTRAINT viewer_samples_pkey PRIMARY KEY (broadcaster_id, stream_id, sampled_at);
+
+ALTER TABLE twitch_sync.runs
+    ADD COLUMN unknown integer NOT NULL DEFAULT 0,
+    ADD COLUMN bad_entries integer NOT NULL DEFAULT 0;
+-- "Consecutive failures" and "last run" go by time, not by id.
+DROP INDEX twitch_sync.runs_ok;
+CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
+
+-- Channels a run could not check (their batch failed, or an entry about them
+-- was dropped as bad): the only per-channel bookkeeping a run writes, so its
+-- cost grows with failures, not with tracked channels. A channel's last
+-- successful check is derived from runs and this (view channel_status).
+CREATE TABLE twitch_sync.run_unchecked (
+    broadcaster_id text NOT NULL,
+    run_id         bigint NOT NULL,
+    reason         text NOT NULL CHECK (reason IN ('failed', 'unknown')),
+    CONSTRAINT run_unchecked_pkey PRIMARY KEY (broadcaster_id, run_id)
+);
+CREATE INDEX run_unchecked_run_id ON twitch_sync.run_unchecked (run_id);
+
+-- The event outbox: one row per state change (online, restart, offline).
+-- NOTIFY twitch_sync carries only event_id; consumers read the event here, so
+-- a forged NOTIFY leads nowhere, and a consumer that was away catches up with
+-- WHERE event_id > last_seen. Readable only by roles granted SELECT.
+CREATE TABLE twitch_sync.events (
+    broadcaster_id text NOT NULL,
+    event_id       bigint GENERATED ALWAYS AS IDENTITY,
+    event          text NOT NULL CHECK (event IN ('online', 'restart', 'offline')),
+    stream_id      text,
+    payload        jsonb NOT NULL,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT events_pkey PRIMARY KEY (broadcaster_id, event_id)
+);
+CREATE INDEX events_event_id ON twitch_sync.events (event_id);
+CREATE INDEX events_created_at ON twitch_sync.events USING brin (created_at);
+COMMENT ON TABLE twitch_sync.events IS 'Outbox of stream events; NOTIFY twitch_sync carries the event_id.';
+
+-- Alerts about runs (run_failed, run_partial, repeated_failures); NOTIFY
+-- twitch_sync_alerts carries only alert_id.
+CREATE TABLE twitch_sync.alerts (
+    alert_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id     bigint NOT NULL,
+    alert      text NOT NULL,
+    payload    jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE twitch_sync.alerts IS 'Outbox of run alerts; NOTIFY twitch_sync_alerts carries the alert_id.';
+
+-- pg_dump keeps these too: the id sequences (restored ids must not collide
+-- with new ones), the rate-limit state, the counters and the new tables.
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.runs_run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rate_limit', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.run_unchecked', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.events', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.events_event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts_alert_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
+
+---------------------------------------------------------------------------
+-- The transition layer (new; replaces apply_sync)
+---------------------------------------------------------------------------
+DROP FUNCTION twitch_sync.apply_sync(text[], boolean[], text[], integer, boolean, text[], text[],
+                                     integer[], text[], text[], text[], text[], text[]);
+
+-- What a source saw of one channel at one time.
+CREATE TYPE twitch_sync.observation AS (
+    source         text,         -- 'poll' (a Get Streams batch) or 'eventsub' (one event)
+    observed_at    timestamptz,
+    broadcaster_id text,
+    state          text,         -- 'live', 'not_listed' (poll: absent from a complete answer), 'offline' (event)
+    stream_id      text,         -- live only
+    login          text,         -- when the source knows it
+    viewer_count   integer,      -- live; NULL when the source has no count (stream.online)
+    title          text,         -- live; NULL keeps the stored value
+    game_id        text,
+    game_name      text,
+    language       text,
+    started_at     timestamptz
+);
+COMMENT ON TYPE twitch_sync.observation IS 'What a source (poll or eventsub) saw of one channel at one time: the input of twitch_sync.apply_observations.';
+
+-- What one call of apply_observations did.
+CREATE TYPE twitch_sync.applied AS (
+    live      integer,  -- live observations applied
+    updated   integer,  -- live rows updated (same broadcast)
+    started   integer,  -- broadcasts started (new, or reopened)
+    ended     integer,  -- broadcasts ended (offline, missed, or superseded by a restart)
+    conflicted text[],  -- broadcasters left as they were: their live stream id belongs to another broadcaster
+    events    integer   -- events written to twitch_sync.events
+);
+
+-- One state change, as the steps report it to emit_events.
+CREATE TYPE twitch_sync.transition AS (
+    event              text,     -- 'online', 'restart', 'offline'
+    broadcaster_id     text,
+    stream_id          text,
+    reopened           boolean,
+    previous_stream_id text,
+    viewer_count       integer,
+    peak_viewer_count  integer,
+    title              text,
+    game_name          text,
+    started_at         timestamptz,
+    ended_at           timestamptz,
+    at                 timestamptz
+);
+
+-- Step 0: live observations whose stream id is stored under another
+-- broadcaster. A listing must match on stream id and broadcaster; such an
+-- observation is dropped, and its broadcaster is left as it was.
+CREATE FUNCTION twitch_sync.foreign_stream_ids(obs twitch_sync.observation[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT o.stream_id), '{}')
+      FROM unnest(obs) o
+      JOIN twitch_sync.streams s ON s.stream_id = o.stream_id AND s.broadcaster_id <> o.broadcaster_id
+     WHERE o.state = 'live'
+$$;
+
+-- Step 1: a channel seen live under a new stream id ends its previous broadcast.
+CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.streams s
+       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
+       AND s.stream_id <> o.stream_id
+    RETURNING (ROW('restart', s.broadcaster_id, s.stream_id, NULL, NULL, s.viewer_count,
+                  s.peak_viewer_count, s.title, s.game_name, s.started_at, s.ended_at,
+                  o.observed_at)::twitch_sync.transition).*
+$$;
+
+-- Step 2: live rows. Updates the known broadcast (reopening one that had
+-- ended: same stream id) and inserts new ones. Fields an observation lacks
+-- (NULL: an EventSub online event has no count or title) keep their stored
+-- values. Returns 'online' transitions for new and reopened broadcasts and a
+-- transition with event NULL for each broadcast that was live and is updated.
+CREATE FUNCTION twitch_sync.upsert_live(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    reopened text[];
+BEGIN
+    reopened := ARRAY(SELECT s.stream_id FROM unnest(obs) o
+                        JOIN twitch_sync.streams s
+                          ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+                       WHERE o.state = 'live' AND NOT s.is_live);
+    RETURN QUERY
+    UPDATE twitch_sync.streams s
+       SET is_live = true, ended_at = NULL,
+           viewer_count = coalesce(o.viewer_count, s.viewer_count),
+           peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+           title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
+           game_name = coalesce(o.game_name, s.game_name), language = coalesce(o.language, s.language),
+           started_at = coalesce(s.started_at, o.started_at),
+           updated_at = o.observed_at, last_seen_at = o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+    RETURNING (ROW(CASE WHEN s.stream_id = ANY (reopened) THEN 'online' END,
+                  s.broadcaster_id, s.stream_id, s.stream_id = ANY (reopened), NULL,
+                  s.viewer_count, s.peak_viewer_count, s.title, s.game_name, s.started_at,
+                  NULL, o.observed_at)::twitch_sync.transition).*;
+    RETURN QUERY
+    INSERT INTO twitch_sync.streams AS s
+        (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
+         game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at)
+    SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
+           coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
+           coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
+           o.observed_at, o.observed_at
+      FROM unnest(obs) o
+     WHERE o.state = 'live'
+       AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
+                        WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
+    ON CONFLICT DO NOTHING
+    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, false, NULL, s.viewer_count,
+                  s.peak_viewer_count, s.title, s.game_name, s.started_at, NULL,
+                  s.updated_at)::twitch_sync.transition).*;
+END
+$$;
+
+-- Step 3: one viewer sample per live observation that carries a count.
+CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
+    SELECT o.broadcaster_id, o.stream_id, o.observed_at, o.viewer_count
+      FROM unnest(obs) o
+     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL
+    ON CONFLICT DO NOTHING
+$$;
+
+-- Step 4: misses. A live stream whose channel a poll checked without listing it
+-- counts a miss; `misses` in a row end it. Only channels with a live row (or a
+-- miss count to reset) are written: a channel offline before and after costs nothing.
+CREATE FUNCTION twitch_sync.count_misses(obs twitch_sync.observation[], misses integer)
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH missed AS (
+        SELECT o.broadcaster_id, o.observed_at
+          FROM unnest(obs) o
+          JOIN twitch_sync.streams r ON r.broadcaster_id = o.broadcaster_id AND r.is_live
+         WHERE o.state = 'not_listed'
+    ), counted AS (
+        UPDATE twitch_sync.channels c
+           SET missed_polls = CASE WHEN c.missed_polls + 1 >= greatest(misses, 1) THEN 0
+                                   ELSE c.missed_polls + 1 END
+          FROM missed m
+         WHERE c.broadcaster_id = m.broadcaster_id
+        RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
+    ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
+        -- listed again before the count ran out: start over
+        UPDATE twitch_sync.channels c SET missed_polls = 0
+          FROM unnest(obs) o
+         WHERE o.state = 'live' AND c.broadcaster_id = o.broadcaster_id AND c.missed_polls <> 0
+        RETURNING c.broadcaster_id
+    ), ended AS (
+        UPDATE twitch_sync.streams s
+           SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
+          FROM counted k
+         WHERE k.ends AND s.broadcaster_id = k.broadcaster_id AND s.is_live
+        RETURNING s.*
+    )
+    SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
+               e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
+               e.ended_at)::twitch_sync.transition).*
+      FROM ended e
+$$;
+
+-- Step 5: an 'offline' observation (EventSub stream.offline) ends the live
+-- broadcast at once.
+CREATE FUNCTION twitch_sync.apply_offline(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH ended AS (
+        UPDATE twitch_sync.streams s
+           SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+          FROM unnest(obs) o
+         WHERE o.state = 'offline' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
+        RETURNING s.*
+    ), reset AS (
+        UPDATE twitch_sync.channels c SET missed_polls = 0
+          FROM ended e
+         WHERE c.broadcaster_id = e.broadcaster_id AND c.missed_polls <> 0
+        RETURNING 1
+    )
+    SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
+               e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
+               e.ended_at)::twitch_sync.transition).*
+      FROM ended e
+$$;
+
+-- Step 6: logins Helix reports, where they differ from the stored one.
+CREATE FUNCTION twitch_sync.update_logins(obs twitch_sync.observation[]) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.channels c SET login = o.login
+      FROM unnest(obs) o
+     WHERE o.login IS NOT NULL AND c.broadcaster_id = o.broadcaster_id
+       AND c.login IS DISTINCT FROM o.login
+$$;
+
+-- Step 7: events. Each state change becomes a row of the outbox
+-- twitch_sync.events (readable only by granted roles); with `notify`, NOTIFY
+-- twitch_sync carries just its event id, sent when the transaction commits.
+CREATE FUNCTION twitch_sync.emit_events(changes twitch_sync.transition[], notify boolean)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    WITH written AS (
+        INSERT INTO twitch_sync.events AS e (broadcaster_id, event, stream_id, payload, created_at)
+        SELECT t.broadcaster_id, t.event, t.stream_id,
+               jsonb_strip_nulls(jsonb_build_object(
+                   'event', t.event, 'broadcaster_id', t.broadcaster_id, 'login', c.login,
+                   'stream_id', t.stream_id,
+                   'reopened', CASE WHEN t.reopened THEN true END,
+                   'previous_stream_id', t.previous_stream_id,
+                   'viewer_count', t.viewer_count,
+                   'peak_viewer_count', CASE WHEN t.event = 'offline' THEN t.peak_viewer_count END,
+                   'title', pg_catalog.left(t.title, 300),
+                   'game_name', pg_catalog.left(t.game_name, 200),
+                   'started_at', t.started_at, 'ended_at', t.ended_at, 'at', t.at)),
+               t.at
+          FROM unnest(changes) t
+          LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = t.broadcaster_id
+         WHERE t.event IS NOT NULL
+         ORDER BY t.at, t.broadcaster_id
+        RETURNING e.event_id
+    )
+    SELECT coalesce(array_agg(w.event_id ORDER BY w.event_id), '{}') INTO ids FROM written w;
+    IF notify THEN
+        PERFORM pg_catalog.pg_notify('twitch_sync', i::text) FROM unnest(ids) i;
+    END IF;
+    RETURN coalesce(array_length(ids, 1), 0);
+END
+$$;
+
+-- The transition layer's entry point: applies observations in order of the
+-- steps above and says what it did. run() calls it once per chunk of answers;
+-- an EventSub consumer calls it with single events.
+CREATE FUNCTION twitch_sync.apply_observations(
+    obs twitch_sync.observation[], offline_after_misses integer, notify boolean)
+RETURNS twitch_sync.applied
+-- jit off: short OLTP statements, where JIT compilation costs more than it saves.
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    foreign_ids text[];
+    conflicted text[];
+    changes twitch_sync.transition[] := '{}';
+    live_changes twitch_sync.transition[];
+    result twitch_sync.applied;
+BEGIN
+    foreign_ids := twitch_sync.foreign_stream_ids(obs);
+    conflicted := ARRAY(SELECT DISTINCT x.broadcaster_id FROM unnest(obs) x
+                         WHERE x.state = 'live' AND x.stream_id = ANY (foreign_ids));
+    IF cardinality(conflicted) > 0 THEN
+        -- Their broadcasters are left as they were: drop every observation of them.
+        obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));
+    END IF;
+    changes := ARRAY(SELECT twitch_sync.end_superseded(obs));
+    live_changes := ARRAY(SELECT twitch_sync.upsert_live(obs));
+    PERFORM twitch_sync.record_samples(obs);
+    changes := changes
+        || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
+        || ARRAY(SELECT twitch_sync.count_misses(obs, offline_after_misses))
+        || ARRAY(SELECT twitch_sync.apply_offline(obs));
+    PERFORM twitch_sync.update_logins(obs);
+    -- A restart is reported once, as the new broadcast's 'restart' event
+    -- naming the broadcast it superseded.
+    changes := ARRAY(
+        SELECT CASE WHEN t.event = 'online' AND p.stream_id IS NOT NULL
+                    THEN ROW('restart', t.broadcaster_id, t.stream_id, t.reopened, p.stream_id,
+                             t.viewer_count, t.peak_viewer_count, t.title, t.game_name,
+                             t.started_at, NULL, t.at)::twitch_sync.transition
+                    ELSE t END
+          FROM unnest(changes) t
+          LEFT JOIN unnest(changes) p ON p.event = 'restart' AND p.broadcaster_id = t.broadcaster_id
+                                     AND t.event = 'online'
+         WHERE t.event <> 'restart');
+    result.live := (SELECT count(*) FROM unnest(obs) o WHERE o.state = 'live');
+    result.updated := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
+    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
+    result.ended := (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'offline')
+                  + (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'restart');
+    result.conflicted := conflicted;
+    result.events := twitch_sync.emit_events(changes, notify);
+    RETURN result;
+END
+$$;
+
+-- A poll chunk as observations: the live streams Helix listed (columns of
+-- the same length, one element per stream) and the checked channels it did
+-- not list. run() builds its chunks with this.
+CREATE FUNCTION twitch_sync.poll_observations(
+    observed_at timestamptz, broadcaster_id text[], stream_id text[], login text[],
+    viewer_count integer[], title text[], game_id text[], game_name text[], language text[],
+    started_at timestamptz[], not_listed text[])
+RETURNS twitch_sync.observation[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(
+        SELECT ROW('poll', observed_at, l.broadcaster_id, 'live', l.stream_id, l.login,
+                   l.viewer_count, l.title, l.game_id, l.game_name, l.language,
+                   l.started_at)::twitch_sync.observation
+          FROM unnest(broadcaster_id, stream_id, login, viewer_count, title, game_id,
+                      game_name, language, started_at)
+            AS l(broadcaster_id, stream_id, login, viewer_count, title, game_id, game_name,
+                 language, started_at)
+        UNION ALL
+        SELECT ROW('poll', observed_at, n.id, 'not_listed', NULL, NULL, NULL, NULL, NULL,
+                   NULL, NULL, NULL)::twitch_sync.observation
+          FROM unnest(not_listed) AS n(id))
+$$;
+
+-- apply_observations in a subtransaction: a chunk that still fails (the last
+-- line of defence behind the validation in Rust) is rolled back alone and
+-- reported with its error, so the run goes on and records itself. Query
+-- cancel is not caught.
+CREATE FUNCTION twitch_sync.apply_chunk(
+    obs twitch_sync.observation[], offline_after_misses integer, notify boolean,
+    OUT applied twitch_sync.applied, OUT error text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text;
+    message text;
+BEGIN
+    applied := twitch_sync.apply_observations(obs, offline_after_misses, notify);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+    error := pg_catalog.format('writing %s observations failed (SQLSTATE %s): %s',
+                               cardinality(obs), state, pg_catalog.left(message, 500));
+END
+$$;
+
+
+---------------------------------------------------------------------------
+-- Operations
+---------------------------------------------------------------------------
+
 -- Runs are recorded by record_run(), not counted and alerted by a trigger:
 -- a restore re-inserts historical runs, which must not count or alert again.
 DROP TRIGGER runs_after_insert ON twitch_sync.runs;
 DROP FUNCTION twitch_sync.runs_after_insert();
+
 -- record_run(): the one way a run is recorded. Inserts its row into
--- twitch_sync.runs, adds it to the counters, and alerts on failure with
--- NOTIFY twitch_sync_alerts (delivered when the run's transaction commits).
--- A function, not a trigger on runs: restoring a dump inserts historical runs,
--- and those must neither count again nor alert again.
-CREATE OR REPLACE FUNCTION twitch_sync.record_run(
+-- twitch_sync.runs and the channels it could not check into run_unchecked,
+-- adds it to the counters, and on failure writes an alert to
+-- twitch_sync.alerts with NOTIFY twitch_sync_alerts carrying its id (sent when
+-- the run's transaction commits). A function, not a trigger on runs:
+-- restoring a dump inserts historical runs, which must neither count nor alert again.
+CREATE FUNCTION twitch_sync.record_run(
     started_at timestamptz, status text, channels_checked integer, live integer,
     updated integer, started integer, ended integer, errors integer,
     helix_requests integer, retries integer, rate_limited integer,
-    rate_limit_remaining integer, error text,
+    rate_limit_remaining integer, error text, unknown integer, bad_entries integer,
+    failed_ids text[], unknown_ids text[],
     OUT run_id bigint, OUT finished_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r twitch_sync.runs;
     consecutive bigint;
+    alert_payload jsonb;
+    id bigint;
 BEGIN
     INSERT INTO twitch_sync.runs AS x (started_at, finished_at, status, channels_checked, live,
             updated, started, ended, errors, helix_requests, retries, rate_limited,
-            rate_limit_remaining, error)
+            rate_limit_remaining, error, unknown, bad_entries)
     VALUES (record_run.started_at, pg_catalog.clock_timestamp(), record_run.status,
             record_run.channels_checked, record_run.live, record_run.updated, record_run.started,
             record_run.ended, record_run.errors, record_run.helix_requests, record_run.retries,
-            record_run.rate_limited, record_run.rate_limit_remaining, record_run.error)
+            record_run.rate_limited, record_run.rate_limit_remaining, record_run.error,
+            record_run.unknown, record_run.bad_entries)
     RETURNING x.* INTO r;
+    INSERT INTO twitch_sync.run_unchecked (broadcaster_id, run_id, reason)
+    SELECT DISTINCT ON (u.id) u.id, r.run_id, u.reason
+      FROM (SELECT f, 'failed' FROM unnest(failed_ids) f
+            UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
+     WHERE u.id IS NOT NULL
+     ORDER BY u.id, u.reason;
     INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed, runs_skipped,
             helix_requests, retries, rate_limited, streams_started, streams_ended)
     VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
@@ -53,15 +490,14 @@ BEGIN
         rate_limited = c.rate_limited + EXCLUDED.rate_limited,
         streams_started = c.streams_started + EXCLUDED.streams_started,
         streams_ended = c.streams_ended + EXCLUDED.streams_ended;
-    IF r.status IN ('failed', 'partial')
-       AND coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+    IF r.status IN ('failed', 'partial') THEN
         -- Failed or partial runs since the latest ok one, by time (never by id:
         -- ids are not ordered across a dump and restore).
         SELECT count(*) INTO consecutive FROM twitch_sync.runs x
          WHERE x.status IN ('failed', 'partial')
            AND x.started_at > coalesce((SELECT max(o.started_at) FROM twitch_sync.runs o
                                          WHERE o.status = 'ok'), '-infinity');
-        PERFORM pg_catalog.pg_notify('twitch_sync_alerts', jsonb_build_object(
+        alert_payload := jsonb_build_object(
             'alert', CASE WHEN consecutive >= 3 THEN 'repeated_failures' ELSE 'run_' || r.status END,
             'run_id', r.run_id,
             'status', r.status,
@@ -69,22 +505,89 @@ BEGIN
             'consecutive_failures', consecutive,
             'error', pg_catalog.left(r.error, 1000),
             'check', twitch_sync.alert_hint(r.error),
-            'at', r.finished_at)::text);
+            'at', r.finished_at);
+        INSERT INTO twitch_sync.alerts AS a (run_id, alert, payload, created_at)
+        VALUES (r.run_id, alert_payload ->> 'alert', alert_payload, r.finished_at)
+        RETURNING a.alert_id INTO id;
+        IF coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+            PERFORM pg_catalog.pg_notify('twitch_sync_alerts', id::text);
+        END IF;
     END IF;
     run_id := r.run_id;
     finished_at := r.finished_at;
 END
 $$;
 
--- "Consecutive failures" and "last run" go by time, not by id.
-DROP INDEX twitch_sync.runs_ok;
-CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
+-- channel_status: each tracked channel with what is known of it. Its last
+-- successful check is derived (runs write nothing per checked channel): the
+-- latest ok or partial run since it was added that did not list it in
+-- run_unchecked. NULL for disabled channels and channels no run has checked yet.
+CREATE VIEW twitch_sync.channel_status AS
+SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
+       CASE WHEN c.enabled THEN (
+           SELECT r.started_at FROM twitch_sync.runs r
+            WHERE r.status IN ('ok', 'partial') AND r.started_at >= c.added_at
+              AND NOT EXISTS (SELECT 1 FROM twitch_sync.run_unchecked u
+                               WHERE u.broadcaster_id = c.broadcaster_id AND u.run_id = r.run_id)
+            ORDER BY r.started_at DESC LIMIT 1) END AS last_checked_at,
+       (SELECT max(s.last_seen_at) FROM twitch_sync.streams s
+         WHERE s.broadcaster_id = c.broadcaster_id) AS last_live_at,
+       l.stream_id AS live_stream_id, l.viewer_count, l.title, l.game_name, l.started_at,
+       c.missed_polls
+  FROM twitch_sync.channels c
+  LEFT JOIN twitch_sync.streams l ON l.broadcaster_id = c.broadcaster_id AND l.is_live;
+COMMENT ON VIEW twitch_sync.channel_status IS 'Tracked channels: last successful check, last seen live, and the live stream if any.';
 
--- pg_dump keeps these too: the run id sequence (restored ids must not collide
--- with new ones), the rate-limit state and the counters.
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.runs_run_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rate_limit', '');
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
+-- prune() also reports events and alerts deleted: a new result type.
+DROP FUNCTION twitch_sync.prune(integer);
+-- prune(): deletes runs (with their run_unchecked rows), events, alerts and
+-- viewer samples older than their retention (twitch_sync.runs_retention_days
+-- for the first four, twitch_sync.samples_retention_days for samples; 0 keeps
+-- them), at most max_rows of each per call so no call holds locks long.
+-- run() calls it after every pass; call it yourself to catch up faster.
+CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
+RETURNS TABLE (runs_deleted bigint, samples_deleted bigint, events_deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    runs_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.runs_retention_days', true), '')::integer, 30);
+    samples_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.samples_retention_days', true), '')::integer, 90);
+    runs_cutoff timestamptz := pg_catalog.now() - pg_catalog.make_interval(days => runs_days);
+    n bigint;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be a positive number, not %', coalesce(max_rows::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    runs_deleted := 0;
+    samples_deleted := 0;
+    events_deleted := 0;
+    IF runs_days > 0 THEN
+        WITH gone AS (
+            DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
+                SELECT x.ctid FROM twitch_sync.runs x WHERE x.started_at < runs_cutoff LIMIT max_rows))
+            RETURNING r.run_id
+        ), unchecked AS (
+            DELETE FROM twitch_sync.run_unchecked u USING gone g WHERE u.run_id = g.run_id
+        )
+        SELECT count(*) INTO runs_deleted FROM gone;
+        DELETE FROM twitch_sync.events e WHERE e.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM twitch_sync.events x WHERE x.created_at < runs_cutoff LIMIT max_rows));
+        GET DIAGNOSTICS events_deleted = ROW_COUNT;
+        DELETE FROM twitch_sync.alerts a WHERE a.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM twitch_sync.alerts x WHERE x.created_at < runs_cutoff LIMIT max_rows));
+        GET DIAGNOSTICS n = ROW_COUNT;
+        events_deleted := events_deleted + n;
+    END IF;
+    IF samples_days > 0 THEN
+        DELETE FROM twitch_sync.viewer_samples v WHERE v.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM twitch_sync.viewer_samples x
+             WHERE x.sampled_at < pg_catalog.now() - pg_catalog.make_interval(days => samples_days)
+             LIMIT max_rows));
+        GET DIAGNOSTICS samples_deleted = ROW_COUNT;
+    END IF;
+    RETURN NEXT;
+END
+$$;
 
 -- status(): one row an operator reads at psql. Says whether credentials are
 -- set and when the token expires, never the credentials themselves.
