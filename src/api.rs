@@ -7,8 +7,8 @@ use crate::error::SyncError;
 use crate::{gucs, runtime};
 use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::config::validate_base_url;
-use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::engine::BatchFailure;
+use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::{
     sync_streaming, Applied, BatchBuffer, BatchResult, PassSummary, RunReport, RunStatus,
     SyncConfig, SyncInput,

@@ -264,7 +264,10 @@ pub fn apply_poll_chunk(
             updated: n(2)?,
             started: n(3)?,
             ended: n(4)?,
-            conflicted: row.get::<Vec<String>>(5).map_err(internal)?.unwrap_or_default(),
+            conflicted: row
+                .get::<Vec<String>>(5)
+                .map_err(internal)?
+                .unwrap_or_default(),
             events: n(6)?,
             error: row.get::<String>(7).map_err(internal)?,
         })

@@ -20,16 +20,31 @@ fn drain(listener: &mut Client, wait: Duration) -> Vec<Notification> {
     out
 }
 
-fn payloads(notes: &[Notification], channel: &str) -> Vec<Value> {
+/// The events (`twitch_sync`) or alerts (`twitch_sync_alerts`) that the
+/// notifications on `channel` point to: a NOTIFY carries only an id, the
+/// consumer reads the row from the outbox table (as README "Events" shows).
+/// An id with no row (a forged NOTIFY) yields nothing.
+fn payloads(db: &mut TestDb, notes: &[Notification], channel: &str) -> Vec<Value> {
+    let sql = match channel {
+        "twitch_sync" => "SELECT payload FROM twitch_sync.events WHERE event_id = $1::text::bigint",
+        "twitch_sync_alerts" => {
+            "SELECT payload FROM twitch_sync.alerts WHERE alert_id = $1::text::bigint"
+        }
+        other => panic!("no outbox for {other}"),
+    };
     notes
         .iter()
         .filter(|n| n.channel() == channel)
-        .map(|n| {
+        .filter_map(|n| {
             assert!(
-                n.payload().len() < 8000,
-                "NOTIFY payloads stay under the limit"
+                n.payload().parse::<i64>().is_ok(),
+                "a NOTIFY carries only an id: {}",
+                n.payload()
             );
-            twitch_sync_e2e::serde_json::from_str(n.payload()).expect("payload is JSON")
+            db.client
+                .query_opt(sql, &[&n.payload()])
+                .expect("read the outbox")
+                .map(|r| r.get::<_, Value>(0))
         })
         .collect()
 }
@@ -160,13 +175,18 @@ fn listeners_hear_online_offline_and_restart_after_commit_only() {
     db.run();
     db.client.batch_execute("ROLLBACK").unwrap();
     assert!(payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_millis(500)),
         "twitch_sync"
     )
     .is_empty());
 
     db.run();
-    let events = payloads(&drain(&mut listener, Duration::from_secs(1)), "twitch_sync");
+    let events = payloads(
+        &mut db,
+        &drain(&mut listener, Duration::from_secs(1)),
+        "twitch_sync",
+    );
     assert_eq!(events.len(), 20);
     assert!(events.iter().all(|e| e["event"] == "online"));
     let e = &events[0];
@@ -198,7 +218,11 @@ fn listeners_hear_online_offline_and_restart_after_commit_only() {
         w.set_title(&live[1], &long_title);
     });
     db.run();
-    let events = payloads(&drain(&mut listener, Duration::from_secs(1)), "twitch_sync");
+    let events = payloads(
+        &mut db,
+        &drain(&mut listener, Duration::from_secs(1)),
+        "twitch_sync",
+    );
     let by_kind: HashMap<String, &Value> = events
         .iter()
         .map(|e| (e["event"].as_str().unwrap().to_string(), e))
@@ -227,10 +251,104 @@ fn listeners_hear_online_offline_and_restart_after_commit_only() {
     db.sim.world(|w| w.go_live(&live[0]));
     assert_eq!(db.run()["started"], 1);
     assert!(payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_millis(500)),
         "twitch_sync"
     )
     .is_empty());
+}
+
+#[test]
+fn events_are_an_outbox_a_stranger_can_neither_read_nor_forge() {
+    let mut db = TestDb::new(world(60, 0.3));
+    let ids = db.track_first(60);
+    let (outsider_role, consumer_role) = (
+        format!("{}_outsider", db.name),
+        format!("{}_consumer", db.name),
+    );
+    db.client
+        .batch_execute(&format!(
+            "CREATE ROLE {outsider_role} LOGIN; CREATE ROLE {consumer_role} LOGIN;
+             GRANT USAGE ON SCHEMA twitch_sync TO {consumer_role};
+             GRANT SELECT ON twitch_sync.events TO {consumer_role};"
+        ))
+        .unwrap();
+    let mut consumer = db.cluster().connect_as(&db.name, &consumer_role);
+    consumer.batch_execute("LISTEN twitch_sync").unwrap();
+    db.run();
+    let notes = drain(&mut consumer, Duration::from_secs(1));
+    assert_eq!(notes.len(), 18, "one NOTIFY per online event");
+    let last_seen: i64 = notes
+        .iter()
+        .map(|n| n.payload().parse::<i64>().unwrap())
+        .max()
+        .unwrap();
+
+    // A stranger can send a NOTIFY, but it points at no event: the consumer
+    // reads events from the table, which only granted roles can read.
+    let mut outsider = db.cluster().connect_as(&db.name, &outsider_role);
+    let err = outsider
+        .query("SELECT * FROM twitch_sync.events", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", error_text(&err));
+    outsider
+        .batch_execute(&format!(
+            "NOTIFY twitch_sync, '{}'; NOTIFY twitch_sync, '{{\"event\": \"online\", \"broadcaster_id\": \"{}\"}}'",
+            last_seen + 1000,
+            ids[0]
+        ))
+        .unwrap();
+    let forged = drain(&mut consumer, Duration::from_millis(500));
+    assert_eq!(forged.len(), 2, "NOTIFY itself cannot be restricted");
+    for n in &forged {
+        let found = match n.payload().parse::<i64>() {
+            Ok(id) => consumer
+                .query_opt(
+                    "SELECT payload FROM twitch_sync.events WHERE event_id = $1",
+                    &[&id],
+                )
+                .unwrap(),
+            Err(_) => None,
+        };
+        assert!(
+            found.is_none(),
+            "a forged NOTIFY leads nowhere: {}",
+            n.payload()
+        );
+    }
+
+    // A consumer that was away catches up from the table, in order.
+    drop(consumer);
+    let live: Vec<String> = db.sim.world(|w| {
+        w.channels
+            .iter()
+            .filter(|c| c.live.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    });
+    db.sim.world(|w| {
+        w.go_offline(&live[0]);
+        w.restart(&live[1]);
+    });
+    db.run();
+    let mut consumer = db.cluster().connect_as(&db.name, &consumer_role);
+    let missed: Vec<(i64, String, String)> = consumer
+        .query(
+            "SELECT event_id, event, broadcaster_id FROM twitch_sync.events
+              WHERE event_id > $1 ORDER BY event_id",
+            &[&last_seen],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let kinds: Vec<(&str, &str)> = missed
+        .iter()
+        .map(|(_, e, b)| (e.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{missed:?}");
+    assert!(kinds.contains(&("offline", live[0].as_str())), "{missed:?}");
+    assert!(kinds.contains(&("restart", live[1].as_str())), "{missed:?}");
 }
 
 #[test]
@@ -241,6 +359,7 @@ fn alerts_on_partial_failed_and_repeated_failures() {
     listener.batch_execute("LISTEN twitch_sync_alerts").unwrap();
     assert_eq!(db.run()["status"], "ok");
     assert!(payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_millis(300)),
         "twitch_sync_alerts"
     )
@@ -250,6 +369,7 @@ fn alerts_on_partial_failed_and_repeated_failures() {
         .add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[150]));
     assert_eq!(db.run()["status"], "partial");
     let alerts = payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_secs(1)),
         "twitch_sync_alerts",
     );
@@ -271,6 +391,7 @@ fn alerts_on_partial_failed_and_repeated_failures() {
     db.run();
     db.run();
     let alerts = payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_secs(1)),
         "twitch_sync_alerts",
     );
@@ -288,6 +409,7 @@ fn alerts_on_partial_failed_and_repeated_failures() {
         .add_fault(Fault::new(FaultKind::Status { status: 500 }));
     db.run();
     assert!(payloads(
+        &mut db,
         &drain(&mut listener, Duration::from_millis(300)),
         "twitch_sync_alerts"
     )

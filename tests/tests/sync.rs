@@ -96,8 +96,9 @@ fn first_run_then_transitions_restart_counts_and_peaks() {
         )
         .unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (5, 1_000_000));
-    let stamped = db
-        .scalar_i64("SELECT count(*) FROM twitch_sync.channel_status WHERE last_checked_at IS NOT NULL");
+    let stamped = db.scalar_i64(
+        "SELECT count(*) FROM twitch_sync.channel_status WHERE last_checked_at IS NOT NULL",
+    );
     assert_eq!(stamped, 100);
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'ok'"),

@@ -328,12 +328,12 @@ mod tests {
         };
         s.failures = vec![
             BatchFailure {
-            broadcaster_ids: Vec::new(),
+                broadcaster_ids: Vec::new(),
                 channels: 100,
                 error: "HTTP 500".into(),
             },
             BatchFailure {
-            broadcaster_ids: Vec::new(),
+                broadcaster_ids: Vec::new(),
                 channels: 50,
                 error: "timeout".into(),
             },
