@@ -26,11 +26,7 @@ CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT
-        EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-                 WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                      WHERE d.datname = pg_catalog.current_database())
-                   AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2),
+        twitch_sync.run_lock_holder() IS NOT NULL,
         r.run_id, r.started_at, r.status, r.error,
         (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
         (SELECT count(*) FROM twitch_sync.channels c WHERE c.enabled),

@@ -42,6 +42,25 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
+-- The run lock: one run() per database at a time. Its key ('twit', 1 as an
+-- advisory lock pair) is written only here. Transaction-level: it ends with the
+-- run's transaction, however the backend ends, so it cannot be orphaned.
+CREATE FUNCTION twitch_sync.try_run_lock() RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_try_advisory_xact_lock(1953720692, 1)
+$$;
+
+-- The backend holding the run lock in this database, or NULL.
+CREATE FUNCTION twitch_sync.run_lock_holder() RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT l.pid FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2
+     LIMIT 1
+$$;
+
 -- record_run(): the one way a run is recorded. Inserts its row into
 -- twitch_sync.runs and the channels it could not check into run_unchecked,
 -- adds it to the counters, and on failure writes an alert to

@@ -146,12 +146,12 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           FROM unnest(obs) o
           JOIN twitch_sync.streams r ON r.broadcaster_id = o.broadcaster_id AND r.is_live
          WHERE o.state = 'not_listed'
-    ), counted AS (
+    ), counted AS (  -- only when more than one miss is needed is there anything to count
         UPDATE twitch_sync.channels c
-           SET missed_polls = CASE WHEN c.missed_polls + 1 >= greatest(misses, 1) THEN 0
+           SET missed_polls = CASE WHEN c.missed_polls + 1 >= misses THEN 0
                                    ELSE c.missed_polls + 1 END
           FROM missed m
-         WHERE c.broadcaster_id = m.broadcaster_id
+         WHERE misses > 1 AND c.broadcaster_id = m.broadcaster_id
         RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
     ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
         -- listed again before the count ran out: start over
@@ -159,11 +159,15 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           FROM unnest(obs) o
          WHERE o.state = 'live' AND c.broadcaster_id = o.broadcaster_id AND c.missed_polls <> 0
         RETURNING c.broadcaster_id
+    ), ending AS (
+        SELECT m.broadcaster_id, m.observed_at FROM missed m WHERE misses <= 1
+        UNION ALL
+        SELECT k.broadcaster_id, k.observed_at FROM counted k WHERE k.ends
     ), ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
-          FROM counted k
-         WHERE k.ends AND s.broadcaster_id = k.broadcaster_id AND s.is_live
+          FROM ending k
+         WHERE s.broadcaster_id = k.broadcaster_id AND s.is_live
         RETURNING s.*
     )
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
@@ -268,7 +272,7 @@ BEGIN
     PERFORM twitch_sync.record_samples(obs);
     changes := changes
         || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
-        || ARRAY(SELECT twitch_sync.count_misses(obs, offline_after_misses))
+        || ARRAY(SELECT twitch_sync.count_misses(obs, greatest(coalesce(offline_after_misses, 1), 1)))
         || ARRAY(SELECT twitch_sync.apply_offline(obs));
     PERFORM twitch_sync.update_logins(obs);
     -- A restart is reported once, as the new broadcast's 'restart' event

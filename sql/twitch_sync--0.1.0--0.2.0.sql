@@ -240,12 +240,12 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           FROM unnest(obs) o
           JOIN twitch_sync.streams r ON r.broadcaster_id = o.broadcaster_id AND r.is_live
          WHERE o.state = 'not_listed'
-    ), counted AS (
+    ), counted AS (  -- only when more than one miss is needed is there anything to count
         UPDATE twitch_sync.channels c
-           SET missed_polls = CASE WHEN c.missed_polls + 1 >= greatest(misses, 1) THEN 0
+           SET missed_polls = CASE WHEN c.missed_polls + 1 >= misses THEN 0
                                    ELSE c.missed_polls + 1 END
           FROM missed m
-         WHERE c.broadcaster_id = m.broadcaster_id
+         WHERE misses > 1 AND c.broadcaster_id = m.broadcaster_id
         RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
     ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
         -- listed again before the count ran out: start over
@@ -253,11 +253,15 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           FROM unnest(obs) o
          WHERE o.state = 'live' AND c.broadcaster_id = o.broadcaster_id AND c.missed_polls <> 0
         RETURNING c.broadcaster_id
+    ), ending AS (
+        SELECT m.broadcaster_id, m.observed_at FROM missed m WHERE misses <= 1
+        UNION ALL
+        SELECT k.broadcaster_id, k.observed_at FROM counted k WHERE k.ends
     ), ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
-          FROM counted k
-         WHERE k.ends AND s.broadcaster_id = k.broadcaster_id AND s.is_live
+          FROM ending k
+         WHERE s.broadcaster_id = k.broadcaster_id AND s.is_live
         RETURNING s.*
     )
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
@@ -362,7 +366,7 @@ BEGIN
     PERFORM twitch_sync.record_samples(obs);
     changes := changes
         || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
-        || ARRAY(SELECT twitch_sync.count_misses(obs, offline_after_misses))
+        || ARRAY(SELECT twitch_sync.count_misses(obs, greatest(coalesce(offline_after_misses, 1), 1)))
         || ARRAY(SELECT twitch_sync.apply_offline(obs));
     PERFORM twitch_sync.update_logins(obs);
     -- A restart is reported once, as the new broadcast's 'restart' event
@@ -440,6 +444,25 @@ $$;
 -- a restore re-inserts historical runs, which must not count or alert again.
 DROP TRIGGER runs_after_insert ON twitch_sync.runs;
 DROP FUNCTION twitch_sync.runs_after_insert();
+
+-- The run lock: one run() per database at a time. Its key ('twit', 1 as an
+-- advisory lock pair) is written only here. Transaction-level: it ends with the
+-- run's transaction, however the backend ends, so it cannot be orphaned.
+CREATE FUNCTION twitch_sync.try_run_lock() RETURNS boolean
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.pg_try_advisory_xact_lock(1953720692, 1)
+$$;
+
+-- The backend holding the run lock in this database, or NULL.
+CREATE FUNCTION twitch_sync.run_lock_holder() RETURNS integer
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT l.pid FROM pg_catalog.pg_locks l
+     WHERE l.locktype = 'advisory' AND l.granted
+       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                          WHERE d.datname = pg_catalog.current_database())
+       AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2
+     LIMIT 1
+$$;
 
 -- record_run(): the one way a run is recorded. Inserts its row into
 -- twitch_sync.runs and the channels it could not check into run_unchecked,
@@ -615,11 +638,7 @@ CREATE OR REPLACE FUNCTION twitch_sync.status() RETURNS TABLE (
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT
-        EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
-                 WHERE l.locktype = 'advisory' AND l.granted
-                   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                      WHERE d.datname = pg_catalog.current_database())
-                   AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2),
+        twitch_sync.run_lock_holder() IS NOT NULL,
         r.run_id, r.started_at, r.status, r.error,
         (extract(epoch FROM r.finished_at - r.started_at) * 1000)::bigint,
         (SELECT count(*) FROM twitch_sync.channels c WHERE c.enabled),

@@ -12,9 +12,6 @@ use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
 use twitch_sync_core::streams::LiveStream;
 
-/// Advisory lock keys of the run lock ('twit', 1); status() looks for the same pair.
-const RUN_LOCK: (i32, i32) = (1_953_720_692, 1);
-
 fn internal(e: pgrx::spi::Error) -> SyncError {
     SyncError::Internal(e.to_string())
 }
@@ -59,13 +56,14 @@ pub fn check_schema_version() -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Takes the run lock for the rest of the transaction, if no other run holds it.
-/// A transaction-level lock cannot be orphaned: it ends with the transaction,
-/// however the backend ends.
+/// Takes the run lock (twitch_sync.try_run_lock) for the rest of the
+/// transaction, if no other run holds it. A run already holding it in this
+/// transaction (`SELECT twitch_sync.run() FROM generate_series(1, 3)`) counts
+/// as another run: advisory locks are re-entrant, so that is checked first.
 pub fn try_lock_run() -> Result<bool, SyncError> {
-    Spi::get_one_with_args::<bool>(
-        "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
-        &[RUN_LOCK.0.into(), RUN_LOCK.1.into()],
+    Spi::get_one::<bool>(
+        "SELECT CASE WHEN twitch_sync.run_lock_holder() = pg_catalog.pg_backend_pid() THEN false
+                     ELSE twitch_sync.try_run_lock() END",
     )
     .map(|v| v.unwrap_or(false))
     .map_err(internal)

@@ -126,6 +126,8 @@ impl Cluster {
         std::fs::write(&conf_path, auto).expect("write postgresql.auto.conf");
 
         let mut start = as_postgres(&pg_bin().join("pg_ctl"));
+        // As some servers run: errors must still reach users without a Rust backtrace.
+        start.env("RUST_BACKTRACE", "1");
         start
             .args(["-w", "-t", "60", "-D"])
             .arg(&data)
@@ -188,6 +190,7 @@ impl Cluster {
     /// Restarts the server (fast shutdown): every connection is closed.
     pub fn restart(&self) {
         let mut c = as_postgres(&pg_bin().join("pg_ctl"));
+        c.env("RUST_BACKTRACE", "1");
         c.args(["-w", "-t", "60", "-m", "fast", "-D"])
             .arg(self.dir.join("data"))
             .arg("-l")

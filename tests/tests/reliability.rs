@@ -505,3 +505,63 @@ fn secrets_stay_out_of_verbose_logs_errors_and_alerts() {
         }
     }
 }
+
+#[test]
+fn errors_reach_users_as_clean_sql_errors_without_a_rust_backtrace() {
+    // The harness starts the server with RUST_BACKTRACE=1, as some servers run.
+    let mut db = TestDb::bare(world(10, 0.5));
+    db.track_first(10);
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.run()", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{}", error_text(&err));
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.message(), "twitch_sync has no Twitch credentials");
+    assert!(
+        e.hint().unwrap_or_default().contains("set_credentials"),
+        "{}",
+        error_text(&err)
+    );
+    assert_eq!(
+        e.detail(),
+        None,
+        "no backtrace in DETAIL: {}",
+        error_text(&err)
+    );
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.track('12 34')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023");
+    assert!(
+        !error_text(&err).contains("rust_begin_unwind"),
+        "{}",
+        error_text(&err)
+    );
+}
+
+#[test]
+fn a_second_run_in_the_same_transaction_is_skipped() {
+    let mut db = TestDb::new(world(150, 0.3));
+    db.track_first(150);
+    let docs: Vec<Value> = db
+        .client
+        .query("SELECT twitch_sync.run() FROM generate_series(1, 3)", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let statuses: Vec<&str> = docs.iter().map(|d| d["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["ok", "skipped", "skipped"], "{docs:?}");
+    assert_eq!(
+        db.sim.counters().streams_requests,
+        2,
+        "one pass of 2 requests"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'skipped'"),
+        2
+    );
+    db.assert_matches_world();
+}
