@@ -127,10 +127,12 @@ mod twitch_sync {
     #[pg_extern(volatile, parallel_unsafe, security_definer)]
     #[search_path(pg_catalog, pg_temp)]
     fn run() -> JsonB {
-        match super::run_pass() {
+        PgTryBuilder::new(|| match super::run_pass() {
             Ok(doc) => JsonB(doc),
             Err(e) => e.raise(),
-        }
+        })
+        .catch_others(|e| crate::error::reraise_clean(e))
+        .execute()
     }
 }
 

@@ -2,7 +2,7 @@
 //! that says what to do. Failures of Twitch or the network are not raised:
 //! run() records them and returns them in its result document.
 
-use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::PgSqlErrorCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,4 +74,31 @@ impl SyncError {
         report.report(pgrx::PgLogLevel::ERROR);
         unreachable!("ERROR does not return")
     }
+}
+
+/// Raises a caught error again as a plain SQL error: the same SQLSTATE,
+/// message, detail and hint, and nothing else. pgrx attaches a Rust backtrace to
+/// errors it caught from Postgres (an SPI error, a statement_timeout while
+/// waiting) and shows it in DETAIL when RUST_BACKTRACE is set in the server's
+/// environment; users must never see one. Never returns.
+pub fn reraise_clean(e: CaughtError) -> ! {
+    let caught = match &e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    let (code, message) = (caught.sql_error_code(), caught.message().to_string());
+    let (detail, hint) = (
+        caught.detail().map(str::to_string),
+        caught.hint().map(str::to_string),
+    );
+    drop(e);
+    let mut report = ErrorReport::new(code, message, "twitch_sync");
+    if let Some(d) = detail {
+        report = report.set_detail(d);
+    }
+    if let Some(h) = hint {
+        report = report.set_hint(h);
+    }
+    report.report(pgrx::PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
 }

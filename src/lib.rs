@@ -35,15 +35,6 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    // pgrx captures a Rust backtrace with every error it reports and puts it in
-    // the error's DETAIL when RUST_BACKTRACE is set in the server's environment.
-    // Users must see a clean SQL error: turn library backtrace capture off
-    // (RUST_LIB_BACKTRACE wins over RUST_BACKTRACE for std::backtrace) unless an
-    // operator asked for it explicitly. This runs before anything captures one
-    // (the postmaster, or a backend loading the library), single-threaded.
-    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
-        std::env::set_var("RUST_LIB_BACKTRACE", "0");
-    }
     gucs::init();
 }
 
