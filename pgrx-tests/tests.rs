@@ -138,6 +138,18 @@ fn url_settings_must_be_https_or_loopback() {
 }
 
 #[pg_test]
+fn the_test_server_points_both_urls_at_a_closed_loopback_port() {
+    // set by pg_test::postgresql_conf_options() in src/lib.rs
+    for (setting, url) in [
+        ("twitch_sync.helix_url", "http://127.0.0.1:1/helix"),
+        ("twitch_sync.auth_url", "http://127.0.0.1:1/oauth2"),
+    ] {
+        let value = Spi::get_one::<String>(&format!("SELECT current_setting('{setting}')")).unwrap();
+        assert_eq!(value.as_deref(), Some(url), "{setting}");
+    }
+}
+
+#[pg_test]
 fn a_run_with_no_channels_succeeds_without_calling_twitch() {
     Spi::run("SELECT twitch_sync.set_credentials('cid', 'secret')").unwrap();
     // Unreachable URLs prove no request is made.
