@@ -128,9 +128,25 @@ fn url_settings_must_be_https_or_loopback() {
         Spi::run(&format!("SET LOCAL twitch_sync.helix_url = '{bad}'")).unwrap();
         assert_eq!(sqlstate_of("PERFORM twitch_sync.run()"), "22023", "{bad}");
     }
-    Spi::run("SET LOCAL twitch_sync.helix_url = 'https://api.twitch.tv/helix'").unwrap();
-    Spi::run("SET LOCAL twitch_sync.auth_url = 'http://10.1.2.3/oauth2'").unwrap();
-    assert_eq!(sqlstate_of("PERFORM twitch_sync.run()"), "22023");
+    // A bad auth_url is refused before anything is sent (helix_url is a closed
+    // loopback port, so a request could not leave this machine anyway).
+    Spi::run("SET LOCAL twitch_sync.helix_url = 'http://127.0.0.1:1/helix'").unwrap();
+    for bad in ["http://10.1.2.3/oauth2", "http://localhost@10.1.2.3/oauth2", "http://127.0.0.1.evil.example/oauth2"] {
+        Spi::run(&format!("SET LOCAL twitch_sync.auth_url = '{bad}'")).unwrap();
+        assert_eq!(sqlstate_of("PERFORM twitch_sync.run()"), "22023", "{bad}");
+    }
+}
+
+#[pg_test]
+fn the_test_server_points_both_urls_at_a_closed_loopback_port() {
+    // set by pg_test::postgresql_conf_options() in src/lib.rs
+    for (setting, url) in [
+        ("twitch_sync.helix_url", "http://127.0.0.1:1/helix"),
+        ("twitch_sync.auth_url", "http://127.0.0.1:1/oauth2"),
+    ] {
+        let value = Spi::get_one::<String>(&format!("SELECT current_setting('{setting}')")).unwrap();
+        assert_eq!(value.as_deref(), Some(url), "{setting}");
+    }
 }
 
 #[pg_test]
@@ -138,6 +154,7 @@ fn a_run_with_no_channels_succeeds_without_calling_twitch() {
     Spi::run("SELECT twitch_sync.set_credentials('cid', 'secret')").unwrap();
     // Unreachable URLs prove no request is made.
     Spi::run("SET LOCAL twitch_sync.helix_url = 'http://127.0.0.1:1/helix'").unwrap();
+    Spi::run("SET LOCAL twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'").unwrap();
     let doc = Spi::get_one::<pgrx::JsonB>("SELECT twitch_sync.run()").unwrap().unwrap().0;
     assert_eq!(doc["success"], true);
     assert_eq!(doc["status"], "ok");
@@ -261,19 +278,58 @@ fn schedule_without_pg_cron_loaded_says_how_to_load_it() {
     // The pgrx test server does not preload pg_cron.
     assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule()"), "55000");
     assert_eq!(sqlstate_of("PERFORM twitch_sync.unschedule()"), "55000");
-    // the schedule is checked first
-    assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule('nope')"), "22023");
+    // pg_cron validates schedules (the end-to-end suite checks its error);
+    // without pg_cron, what is missing is said first, whatever the schedule.
+    assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule('nope')"), "55000");
+    assert_eq!(sqlstate_of("PERFORM twitch_sync.schedule(NULL)"), "22023");
 }
 
 #[pg_test]
 fn cron_next_run_follows_pg_cron_in_utc() {
-    let next = Spi::get_one::<String>(
-        "SELECT twitch_sync.cron_next_run('*/10 * * * *', '2026-11-25 14:03:30+00')::timestamptz AT TIME ZONE 'UTC' || ''",
-    )
-    .unwrap();
-    assert_eq!(next.as_deref(), Some("2026-11-25 14:10:00"));
-    let never = Spi::get_one::<bool>("SELECT twitch_sync.cron_next_run('0 0 31 2 *', now()) IS NULL").unwrap();
-    assert_eq!(never, Some(true));
+    let utc = |sql: &str| {
+        Spi::get_one::<String>(&format!("SELECT ({sql}) AT TIME ZONE 'UTC' || ''")).unwrap()
+    };
+    assert_eq!(
+        utc("twitch_sync.cron_next_run('*/10 * * * *', '2026-11-25 14:03:30+00')").as_deref(),
+        Some("2026-11-25 14:10:00")
+    );
+    assert_eq!(
+        utc("twitch_sync.cron_next_run('@hourly', '2026-11-25 14:03:30+00')").as_deref(),
+        Some("2026-11-25 15:00:00")
+    );
+    // the session's time zone changes nothing: pg_cron evaluates in UTC
+    Spi::run("SET LOCAL TimeZone = 'America/New_York'").unwrap();
+    assert_eq!(
+        utc("twitch_sync.cron_next_run('0 12 * * *', '2026-11-25 14:03:30+00')").as_deref(),
+        Some("2026-11-26 12:00:00")
+    );
+    // pg_cron 1.5+'s interval schedules: the last start plus the interval
+    assert_eq!(
+        utc("twitch_sync.cron_next_run('30 seconds', now(), '2026-11-25 14:03:30.5+00')").as_deref(),
+        Some("2026-11-25 14:04:00.5")
+    );
+}
+
+#[pg_test]
+fn cron_next_run_never_raises_on_an_odd_schedule() {
+    for args in [
+        "'0 0 31 2 *', now()",
+        "'nope', now()",
+        "'61 * * * *', now()",
+        "'@reboot', now()",
+        "'30 seconds', now()",
+        "'30 seconds', now(), NULL",
+        "NULL, now()",
+        "'* * * * *', NULL",
+        "'* * * * *', 'infinity'",
+        "'30 seconds', now(), '-infinity'",
+    ] {
+        assert_eq!(
+            Spi::get_one::<bool>(&format!("SELECT twitch_sync.cron_next_run({args}) IS NULL")).unwrap(),
+            Some(true),
+            "{args}"
+        );
+    }
 }
 
 #[pg_test]

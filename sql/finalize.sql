@@ -39,7 +39,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
             AND x.status IN ('failed', 'partial')),
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
-        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now()) END
+        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END
     FROM twitch_sync.cron_job() j
     -- "last run" is the latest by time, never the highest id (ids are not
     -- ordered across a dump and restore that followed pruning).

@@ -258,22 +258,39 @@ $$;
 
 -- schedule(): creates or updates the pg_cron job 'twitch-viewer-count-sync'
 -- that runs SELECT twitch_sync.run() in this database; returns its job id.
+-- pg_cron itself validates the schedule, so whatever the installed pg_cron
+-- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
+-- '[1-59] seconds'); its refusal reaches the caller as SQLSTATE 22023 with a
+-- hint (pg_cron 1.4 gives none).
 -- SECURITY INVOKER: the caller needs pg_cron's privileges, and the job runs as
 -- the caller (who then needs EXECUTE on twitch_sync.run()).
 CREATE FUNCTION twitch_sync.schedule(schedule text DEFAULT '*/10 * * * *') RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
+    msg text;
+    hint text;
 BEGIN
     IF schedule IS NULL THEN
         RAISE EXCEPTION 'invalid schedule: NULL' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Pass a cron schedule such as ''*/10 * * * *'', or call twitch_sync.schedule() for that default.';
     END IF;
-    PERFORM twitch_sync.cron_next_run(schedule, pg_catalog.now());  -- raises 22023 for a bad schedule
     PERFORM twitch_sync.require_pg_cron();
-    EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
-       INTO id
-      USING 'twitch-viewer-count-sync', schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+    BEGIN
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+           INTO id
+          USING 'twitch-viewer-count-sync', schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        IF msg NOT LIKE 'invalid schedule%' THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg,
+            HINT = coalesce(nullif(hint, ''),
+                'Use five cron fields, evaluated in UTC (minute hour day-of-month month day-of-week), such as '
+                || '''*/10 * * * *'' for every ten minutes, or a macro such as ''@hourly''. '
+                || 'pg_cron 1.5 and later also take ''[1-59] seconds''.');
+    END;
     RETURN id;
 END
 $$;

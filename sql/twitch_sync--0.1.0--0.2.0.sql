@@ -14,6 +14,18 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'run_wrapper';
 
+-- cron_next_run(): evaluated with a maintained cron crate; takes the job's last
+-- start for pg_cron's '[1-59] seconds' schedules, and never raises.
+DROP FUNCTION twitch_sync.cron_next_run(text, timestamptz);
+CREATE FUNCTION twitch_sync."cron_next_run"(
+	"schedule" TEXT,
+	"after" timestamp with time zone,
+	"last_start" timestamp with time zone DEFAULT NULL
+) RETURNS timestamp with time zone
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'cron_next_run_wrapper';
+
 ---------------------------------------------------------------------------
 -- Tables
 ---------------------------------------------------------------------------
@@ -612,6 +624,45 @@ BEGIN
 END
 $$;
 
+-- schedule(): creates or updates the pg_cron job 'twitch-viewer-count-sync'
+-- that runs SELECT twitch_sync.run() in this database; returns its job id.
+-- pg_cron itself validates the schedule, so whatever the installed pg_cron
+-- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
+-- '[1-59] seconds'); its refusal reaches the caller as SQLSTATE 22023 with a
+-- hint (pg_cron 1.4 gives none).
+-- SECURITY INVOKER: the caller needs pg_cron's privileges, and the job runs as
+-- the caller (who then needs EXECUTE on twitch_sync.run()).
+CREATE OR REPLACE FUNCTION twitch_sync.schedule(schedule text DEFAULT '*/10 * * * *') RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id bigint;
+    msg text;
+    hint text;
+BEGIN
+    IF schedule IS NULL THEN
+        RAISE EXCEPTION 'invalid schedule: NULL' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass a cron schedule such as ''*/10 * * * *'', or call twitch_sync.schedule() for that default.';
+    END IF;
+    PERFORM twitch_sync.require_pg_cron();
+    BEGIN
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+           INTO id
+          USING 'twitch-viewer-count-sync', schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        IF msg NOT LIKE 'invalid schedule%' THEN
+            RAISE;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg,
+            HINT = coalesce(nullif(hint, ''),
+                'Use five cron fields, evaluated in UTC (minute hour day-of-month month day-of-week), such as '
+                || '''*/10 * * * *'' for every ten minutes, or a macro such as ''@hourly''. '
+                || 'pg_cron 1.5 and later also take ''[1-59] seconds''.');
+    END;
+    RETURN id;
+END
+$$;
+
 -- status(): one row an operator reads at psql. Says whether credentials are
 -- set and when the token expires, never the credentials themselves.
 CREATE OR REPLACE FUNCTION twitch_sync.status() RETURNS TABLE (
@@ -651,7 +702,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
             AND x.status IN ('failed', 'partial')),
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
-        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now()) END
+        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END
     FROM twitch_sync.cron_job() j
     -- "last run" is the latest by time, never the highest id (ids are not
     -- ordered across a dump and restore that followed pruning).

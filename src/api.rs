@@ -110,17 +110,6 @@ mod twitch_sync {
     use pgrx::prelude::*;
     use pgrx::JsonB;
 
-    /// `twitch_sync.cron_next_run(schedule, after)`: when a pg_cron schedule next
-    /// fires after `after` (UTC, as pg_cron 1.4 evaluates it); NULL if never.
-    /// An invalid schedule raises 22023 saying what is wrong.
-    #[pg_extern(immutable, parallel_safe)]
-    fn cron_next_run(
-        schedule: &str,
-        after: pgrx::datum::TimestampWithTimeZone,
-    ) -> Option<pgrx::datum::TimestampWithTimeZone> {
-        super::cron_next_run(schedule, after)
-    }
-
     /// `twitch_sync.run()`: one sync pass; see README "SQL reference" for the result document.
     /// It reads the credentials, so it runs as the extension's owner with a pinned
     /// search_path (declared here, so every install and upgrade script carries it).
@@ -297,20 +286,4 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     pgrx::log!("twitch_sync: run {run_id} finished: {doc}");
     Ok(doc)
-}
-
-fn cron_next_run(
-    schedule: &str,
-    after: pgrx::datum::TimestampWithTimeZone,
-) -> Option<pgrx::datum::TimestampWithTimeZone> {
-    let parsed = match twitch_sync_core::cron::CronSchedule::parse(schedule) {
-        Ok(p) => p,
-        Err(reason) => SyncError::BadSchedule(reason).raise(),
-    };
-    // TimestampWithTimeZone counts microseconds since 2000-01-01 (Unix 946684800).
-    const PG_EPOCH: i64 = 946_684_800;
-    let micros: i64 = after.into_inner();
-    let unix = micros.div_euclid(1_000_000) + PG_EPOCH;
-    let next = parsed.next_after(unix)?;
-    pgrx::datum::TimestampWithTimeZone::try_from((next - PG_EPOCH) * 1_000_000).ok()
 }

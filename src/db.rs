@@ -1,6 +1,7 @@
 //! Every SPI call of twitch_sync: reading state before a run, writing its
 //! outcome after. Statements are parameterised; the set-based writes live in
-//! sql/schema.sql (twitch_sync.apply_sync) and are called here once per run.
+//! sql/schema.sql (twitch_sync.apply_sync), called here once per chunk of
+//! answers (run() writes a run's answers in several chunks as they arrive).
 
 use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;

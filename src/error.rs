@@ -14,8 +14,6 @@ pub enum SyncError {
         setting: &'static str,
         reason: String,
     },
-    #[error("invalid schedule: {0}")]
-    BadSchedule(String),
     #[error(
         "the twitch_sync library is version {library} but the extension in this database is \
          version {installed}"
@@ -24,6 +22,10 @@ pub enum SyncError {
         installed: String,
         library: &'static str,
     },
+    /// A cancel, statement_timeout or terminate arrived while run() waited on
+    /// Twitch, and Postgres did not raise it itself (interrupts held off).
+    #[error("canceling statement: {0}")]
+    Interrupted(&'static str),
     #[error("twitch_sync internal error: {0}")]
     Internal(String),
 }
@@ -34,9 +36,8 @@ impl SyncError {
             SyncError::NoCredentials | SyncError::SchemaVersionMismatch { .. } => {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
-            SyncError::BadSetting { .. } | SyncError::BadSchedule(_) => {
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE
-            }
+            SyncError::BadSetting { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            SyncError::Interrupted(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -51,17 +52,12 @@ impl SyncError {
             SyncError::BadSetting { setting, .. } => Some(format!(
                 "Fix it with ALTER SYSTEM SET {setting} = '...' (or ALTER DATABASE ... SET), then SELECT pg_reload_conf();"
             )),
-            SyncError::BadSchedule(_) => Some(
-                "Use five cron fields in UTC (minute hour day-of-month month day-of-week), such as \
-                 '*/10 * * * *' for every ten minutes, or a macro such as '@hourly'."
-                    .into(),
-            ),
             SyncError::SchemaVersionMismatch { .. } => Some(
                 "New twitch_sync binaries were installed: run ALTER EXTENSION twitch_sync UPDATE; \
                  as a superuser in this database (and in every other database that has it)."
                     .into(),
             ),
-            SyncError::Internal(_) => None,
+            SyncError::Interrupted(_) | SyncError::Internal(_) => None,
         }
     }
 

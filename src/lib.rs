@@ -3,20 +3,24 @@
 //!
 //! Layout, in the direction data flows:
 //! - `api`: the SQL-facing `twitch_sync.run()`;
+//! - `schedule`: `twitch_sync.cron_next_run()`, for `status()`;
 //! - `db`: every SPI call (read state, apply, record the run);
 //! - `twitch_sync_core` (crates/core): Helix client, rate limiter, batch
 //!   planner, parsing and the sync engine, with no Postgres in them;
 //! - `runtime`: the backend's tokio runtime and interruptible waiting;
 //! - `gucs`, `error`: settings and SQL errors.
 //!
-//! Tables and the SQL-side functions (track, untrack, set_credentials,
-//! status, apply_sync) are in sql/schema.sql.
+//! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
+//! untrack, set_credentials, apply_sync), operations.sql (schedule,
+//! unschedule, prune, alerts, counters) and finalize.sql (status, metrics,
+//! privileges).
 
 mod api;
 mod db;
 mod error;
 mod gucs;
 mod runtime;
+mod schedule;
 
 pgrx::pg_module_magic!();
 
@@ -51,8 +55,14 @@ mod tests {
 pub mod pg_test {
     pub fn setup(_options: Vec<&str>) {}
 
+    /// Both URL settings point at a closed loopback port, so that no test of
+    /// the in-database suite can reach Twitch (or anything else), whichever
+    /// endpoint it would call first.
     #[must_use]
     pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
+        vec![
+            "twitch_sync.helix_url = 'http://127.0.0.1:1/helix'",
+            "twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'",
+        ]
     }
 }

@@ -47,8 +47,13 @@ pub fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
     match out {
         Some(v) => v,
         None => {
+            // Postgres raises the cancel (57014) or terminate (FATAL) itself here,
+            // unless interrupts are held off; then the run still stops, as canceled.
             pgrx::check_for_interrupts!();
-            crate::error::SyncError::Internal("the run was interrupted".into()).raise()
+            crate::error::SyncError::Interrupted(
+                "twitch_sync.run() was interrupted while it waited on Twitch",
+            )
+            .raise()
         }
     }
 }

@@ -386,14 +386,32 @@ pub fn user_data(client: &mut Client) -> Vec<String> {
 
 /// A backend's private memory in KiB (RssAnon): VmRSS would also count the
 /// shared buffers it touches, which grow with the tables, not with leaks.
+///
+/// Panics when it cannot be read (no /proc, the backend gone, a kernel
+/// without RssAnon): a memory check must fail then, not pass on a zero.
 pub fn backend_private_memory_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot measure backend {pid}'s memory: reading {path} failed: {e}")
+    });
+    let line = status
         .lines()
         .find(|l| l.starts_with("RssAnon:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| {
+            panic!("cannot measure backend {pid}'s memory: {path} has no RssAnon line")
+        });
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .unwrap_or_else(|| {
+            panic!("cannot measure backend {pid}'s memory: unexpected line in {path}: {line:?}")
+        });
+    assert!(
+        kib > 0,
+        "backend {pid} reports no private memory at all ({line:?}): not a live backend?"
+    );
+    kib
 }
 
 /// A simulator config with `channels` channels, `live_fraction` of them live.

@@ -61,6 +61,16 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         before,
         "a refused run writes nothing"
     );
+    // The 0.1.0 functions that reach into the new library still answer (status()
+    // calls cron_next_run, whose new version takes an optional third argument).
+    let status = client
+        .query_one(
+            "SELECT last_run_status, tracked_channels FROM twitch_sync.status()",
+            &[],
+        )
+        .expect("status() between the new binaries and the UPDATE");
+    assert_eq!(status.get::<_, Option<String>>(0).as_deref(), Some("ok"));
+    assert_eq!(status.get::<_, i64>(1), 300);
 
     client
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")

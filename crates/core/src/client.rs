@@ -86,6 +86,29 @@ impl TwitchClient {
         })
     }
 
+    /// Sends `request` and reads its answer: the status and the body, read
+    /// under the size cap. Network errors and timeouts become [`HelixError`]s
+    /// named after `endpoint`. The rate-limit headers come back whenever an
+    /// answer arrived, even if reading its body then failed.
+    async fn exchange(
+        &self,
+        endpoint: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> (Result<Answer, HelixError>, Option<RateLimitSnapshot>) {
+        let resp = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return (Err(http_error(endpoint, self.timeout_ms, e)), None),
+        };
+        let snapshot = RateLimitSnapshot::from_headers(resp.headers());
+        let status = resp.status().as_u16();
+        let answer = self.body(endpoint, resp).await.map(|body| Answer {
+            endpoint,
+            status,
+            body,
+        });
+        (answer, snapshot)
+    }
+
     /// Reads a body, refusing to hold more than the cap.
     async fn body(
         &self,
@@ -110,13 +133,6 @@ impl TwitchClient {
         Ok(body)
     }
 
-    fn bearer(token: &str) -> HeaderValue {
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
-            .unwrap_or(HeaderValue::from_static("Bearer invalid"));
-        v.set_sensitive(true);
-        v
-    }
-
     /// Client-credentials grant: a new app access token.
     pub async fn mint_token(&self, client_secret: &str) -> Result<AppToken, HelixError> {
         #[derive(Deserialize)]
@@ -124,30 +140,16 @@ impl TwitchClient {
             access_token: String,
             expires_in: u64,
         }
-        let resp = self
-            .http
-            .post(format!("{}/token", self.auth_url))
-            .form(&[
-                ("client_id", self.client_id.as_str()),
-                ("client_secret", client_secret),
-                ("grant_type", "client_credentials"),
-            ])
-            .send()
-            .await
-            .map_err(|e| http_error(TOKEN, self.timeout_ms, e))?;
-        let status = resp.status().as_u16();
-        let body = self.body(TOKEN, resp).await?;
-        if status != 200 {
-            return Err(HelixError::Status {
-                endpoint: TOKEN,
-                status,
-                message: error_message(&body),
-            });
+        let request = self.http.post(format!("{}/token", self.auth_url)).form(&[
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", client_secret),
+            ("grant_type", "client_credentials"),
+        ]);
+        let answer = self.exchange(TOKEN, request).await.0?;
+        if answer.status != 200 {
+            return Err(answer.status_error());
         }
-        let t: TokenBody = serde_json::from_slice(&body).map_err(|e| HelixError::Malformed {
-            endpoint: TOKEN,
-            detail: e.to_string(),
-        })?;
+        let t: TokenBody = answer.json()?;
         if t.access_token.is_empty() {
             return Err(HelixError::Malformed {
                 endpoint: TOKEN,
@@ -166,35 +168,20 @@ impl TwitchClient {
         struct ValidBody {
             expires_in: u64,
         }
-        let mut auth = HeaderValue::from_str(&format!("OAuth {token}"))
-            .unwrap_or(HeaderValue::from_static("OAuth invalid"));
-        auth.set_sensitive(true);
-        let resp = self
+        let request = self
             .http
             .get(format!("{}/validate", self.auth_url))
-            .header(AUTHORIZATION, auth)
-            .send()
-            .await
-            .map_err(|e| http_error(VALIDATE, self.timeout_ms, e))?;
-        let status = resp.status().as_u16();
-        let body = self.body(VALIDATE, resp).await?;
-        match status {
+            .header(AUTHORIZATION, authorization("OAuth", token));
+        let answer = self.exchange(VALIDATE, request).await.0?;
+        match answer.status {
             200 => {
-                let v: ValidBody =
-                    serde_json::from_slice(&body).map_err(|e| HelixError::Malformed {
-                        endpoint: VALIDATE,
-                        detail: e.to_string(),
-                    })?;
+                let v: ValidBody = answer.json()?;
                 Ok(Validation::Valid {
                     expires_in: Duration::from_secs(v.expires_in),
                 })
             }
             401 => Ok(Validation::Invalid),
-            _ => Err(HelixError::Status {
-                endpoint: VALIDATE,
-                status,
-                message: error_message(&body),
-            }),
+            _ => Err(answer.status_error()),
         }
     }
 
@@ -213,43 +200,65 @@ impl TwitchClient {
         if let Some(a) = after {
             query.push(("after", a));
         }
-        let sent = self
+        let request = self
             .http
             .get(format!("{}/streams", self.helix_url))
             .query(&query)
             .header("Client-Id", &self.client_id)
-            .header(AUTHORIZATION, Self::bearer(token))
-            .send()
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => return (Err(http_error(STREAMS, self.timeout_ms, e)), None),
-        };
-        let snapshot = RateLimitSnapshot::from_headers(resp.headers());
-        let status = resp.status().as_u16();
-        let body = match self.body(STREAMS, resp).await {
-            Ok(b) => b,
-            Err(e) => return (Err(e), snapshot),
-        };
-        let result = match status {
-            200 => parse_streams_page(&body).map_err(|e| HelixError::Malformed {
+            .header(AUTHORIZATION, authorization("Bearer", token));
+        let (answer, snapshot) = self.exchange(STREAMS, request).await;
+        let result = answer.and_then(|answer| match answer.status {
+            200 => parse_streams_page(&answer.body).map_err(|e| HelixError::Malformed {
                 endpoint: STREAMS,
                 detail: e.to_string(),
             }),
             401 => Err(HelixError::Unauthorized {
                 endpoint: STREAMS,
-                message: error_message(&body),
+                message: error_message(&answer.body),
             }),
             429 => Err(HelixError::RateLimited {
                 endpoint: STREAMS,
                 snapshot,
             }),
-            _ => Err(HelixError::Status {
-                endpoint: STREAMS,
-                status,
-                message: error_message(&body),
-            }),
-        };
+            _ => Err(answer.status_error()),
+        });
         (result, snapshot)
     }
+}
+
+/// An answer read in full (under the cap), for the endpoint that sent it.
+struct Answer {
+    endpoint: &'static str,
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as the JSON document `T`, or [`HelixError::Malformed`].
+    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HelixError> {
+        serde_json::from_slice(&self.body).map_err(|e| HelixError::Malformed {
+            endpoint: self.endpoint,
+            detail: e.to_string(),
+        })
+    }
+
+    /// An answer with an unexpected status, as [`HelixError::Status`].
+    fn status_error(&self) -> HelixError {
+        HelixError::Status {
+            endpoint: self.endpoint,
+            status: self.status,
+            message: error_message(&self.body),
+        }
+    }
+}
+
+/// An `Authorization` header value (`Bearer <token>`, `OAuth <token>`), marked
+/// sensitive so that it never shows in debug output. A token that cannot be a
+/// header value is replaced by `invalid` (the server then refuses it).
+fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(&format!("{scheme} {token}"))
+        .or_else(|_| HeaderValue::from_str(&format!("{scheme} invalid")))
+        .unwrap_or(HeaderValue::from_static("invalid"));
+    v.set_sensitive(true);
+    v
 }

@@ -45,68 +45,76 @@ impl Default for SyncConfig {
     }
 }
 
+/// What a URL setting may be, for every error message.
+const ALLOWED: &str = "use https://host[:port][/path], or http:// only for a loopback host \
+                       (127.0.0.0/8, localhost or [::1]); no credentials, query or fragment";
+
 /// Checks a base URL setting: `https://host[:port][/path]`, or `http://` only
 /// for loopback hosts (127.0.0.0/8, `localhost`, `[::1]`); no userinfo, query
 /// or fragment. Returns the URL without a trailing slash, or what is wrong.
+///
+/// The URL is parsed by the `url` crate, the parser reqwest itself uses, and
+/// the returned text is that parser's own serialisation: the host that is
+/// checked here is the host that will be connected to (`http://0x7f.0.0.1`
+/// comes back as `http://127.0.0.1`, `http://%6C%6Fcalhost` as
+/// `http://localhost`). Whitespace, control characters, backslashes and `@`
+/// are refused outright rather than repaired, although the parser would
+/// silently drop or reinterpret some of them.
 pub fn validate_base_url(url: &str) -> Result<String, String> {
-    const ALLOWED: &str =
-        "use https://host[/path], or http:// only for 127.0.0.1, localhost or [::1]";
+    use url::{Host, ParseError, Url};
     let url = url.trim();
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("\"{url}\" is not an absolute URL: {ALLOWED}"))?;
-    let scheme = scheme.to_ascii_lowercase();
+    let parsed = Url::parse(url).map_err(|e| match e {
+        ParseError::RelativeUrlWithoutBase => {
+            format!("\"{url}\" is not an absolute URL: {ALLOWED}")
+        }
+        ParseError::EmptyHost => format!("\"{url}\" has no host: {ALLOWED}"),
+        ParseError::InvalidPort => format!("\"{url}\" has an invalid port: {ALLOWED}"),
+        e => format!("\"{url}\" is not a valid URL ({e}): {ALLOWED}"),
+    })?;
+    let scheme = parsed.scheme();
     if scheme != "https" && scheme != "http" {
         return Err(format!("scheme \"{scheme}\" is not allowed: {ALLOWED}"));
     }
-    if rest.contains(['?', '#']) {
+    if url.contains('@') || !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "credentials in the URL (\"@\") are not allowed: {ALLOWED}"
+        ));
+    }
+    if let Some(c) = url
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || *c == '\\')
+    {
+        return Err(format!(
+            "\"{}\" has a character that is not allowed in it ({c:?}): {ALLOWED}",
+            url.escape_debug()
+        ));
+    }
+    // The parser reads "https:host" and "https:///host" as "https://host/";
+    // whoever wrote them meant something else.
+    let after_scheme = url.get(scheme.len()..).unwrap_or_default();
+    if !after_scheme.starts_with("://") || after_scheme[3..].starts_with('/') {
+        return Err(format!(
+            "\"{url}\" has no host after \"{scheme}://\": {ALLOWED}"
+        ));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(format!(
             "a query or fragment is not allowed in \"{url}\": {ALLOWED}"
         ));
     }
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(format!("credentials in the URL are not allowed: {ALLOWED}"));
-    }
-    if authority
-        .chars()
-        .any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err(format!("\"{url}\" has whitespace in its host: {ALLOWED}"));
-    }
-    let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
-        let end = stripped
-            .find(']')
-            .ok_or_else(|| format!("\"{url}\" has an unclosed IPv6 address: {ALLOWED}"))?;
-        (&stripped[..end], stripped[end + 1..].strip_prefix(':'))
-    } else {
-        match authority.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        }
+    let loopback = match parsed.host() {
+        None => return Err(format!("\"{url}\" has no host: {ALLOWED}")),
+        Some(Host::Domain(d)) => d == "localhost",
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip == std::net::Ipv6Addr::LOCALHOST,
     };
-    if host.is_empty() {
-        return Err(format!("\"{url}\" has no host: {ALLOWED}"));
-    }
-    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
-        return Err(format!("\"{url}\" has an invalid port: {ALLOWED}"));
-    }
-    if scheme == "http" && !is_loopback_host(host) {
+    if scheme == "http" && !loopback {
+        let host = parsed.host_str().unwrap_or_default();
         return Err(format!(
             "plain http is only allowed for loopback hosts, not \"{host}\": {ALLOWED}"
         ));
     }
-    Ok(format!("{scheme}://{}", rest.trim_end_matches('/')))
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    if host.eq_ignore_ascii_case("localhost") || host == "::1" {
-        return true;
-    }
-    match host.parse::<std::net::Ipv4Addr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => false,
-    }
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
 #[cfg(test)]
@@ -115,30 +123,49 @@ mod tests {
 
     #[test]
     fn accepts_https_and_loopback_http() {
-        assert_eq!(
-            validate_base_url("https://api.twitch.tv/helix/").unwrap(),
-            "https://api.twitch.tv/helix"
-        );
-        assert_eq!(
-            validate_base_url("HTTPS://id.twitch.tv/oauth2").unwrap(),
-            "https://id.twitch.tv/oauth2"
-        );
-        assert_eq!(
-            validate_base_url("http://127.0.0.1:8080/helix").unwrap(),
-            "http://127.0.0.1:8080/helix"
-        );
-        assert_eq!(
-            validate_base_url("http://127.9.9.9/helix").unwrap(),
-            "http://127.9.9.9/helix"
-        );
-        assert_eq!(
-            validate_base_url("http://localhost:1/x").unwrap(),
-            "http://localhost:1/x"
-        );
-        assert_eq!(
-            validate_base_url("http://[::1]:9000/helix").unwrap(),
-            "http://[::1]:9000/helix"
-        );
+        for (url, normalised) in [
+            (
+                "https://api.twitch.tv/helix/",
+                "https://api.twitch.tv/helix",
+            ),
+            ("https://api.twitch.tv/helix", "https://api.twitch.tv/helix"),
+            ("https://api.twitch.tv", "https://api.twitch.tv"),
+            (
+                "https://api.twitch.tv:8443/helix",
+                "https://api.twitch.tv:8443/helix",
+            ),
+            // the default port is dropped, as reqwest would
+            (
+                "https://api.twitch.tv:443/helix",
+                "https://api.twitch.tv/helix",
+            ),
+            ("HTTPS://id.twitch.tv/oauth2", "https://id.twitch.tv/oauth2"),
+            ("HtTpS://ID.Twitch.TV/oauth2", "https://id.twitch.tv/oauth2"),
+            (
+                "  https://id.twitch.tv/oauth2 \n",
+                "https://id.twitch.tv/oauth2",
+            ),
+            ("http://127.0.0.1:8080/helix", "http://127.0.0.1:8080/helix"),
+            ("http://127.9.9.9/helix", "http://127.9.9.9/helix"),
+            ("http://localhost:1/x", "http://localhost:1/x"),
+            ("http://LOCALHOST:1/x", "http://localhost:1/x"),
+            ("HTTP://127.0.0.1/helix", "http://127.0.0.1/helix"),
+            ("http://[::1]:9000/helix", "http://[::1]:9000/helix"),
+            ("http://[::1]", "http://[::1]"),
+            ("http://[0:0:0:0:0:0:0:1]/x", "http://[::1]/x"),
+            // other spellings of a loopback address are what the client will
+            // connect to, and come back in the form it will use
+            ("http://0x7f.0.0.1/helix", "http://127.0.0.1/helix"),
+            ("http://2130706433/helix", "http://127.0.0.1/helix"),
+            ("http://%6C%6Fcalhost/x", "http://localhost/x"),
+            ("http://%31%32%37.0.0.1/x", "http://127.0.0.1/x"),
+            (
+                "https://api.twitch.tv/a/../helix",
+                "https://api.twitch.tv/helix",
+            ),
+        ] {
+            assert_eq!(validate_base_url(url).as_deref(), Ok(normalised), "{url:?}");
+        }
     }
 
     #[test]
@@ -150,20 +177,56 @@ mod tests {
                 "http://127.0.0.1.evil.com/helix",
                 "only allowed for loopback",
             ),
-            ("file:///etc/passwd", "scheme \"file\""),
-            ("gopher://x", "scheme"),
-            ("not a url", "not an absolute URL"),
-            ("", "not an absolute URL"),
+            (
+                "http://127.0.0.1%2Eevil.com/helix",
+                "only allowed for loopback",
+            ),
+            (
+                "http://localhost.evil.com/helix",
+                "only allowed for loopback",
+            ),
+            ("http://localhost./helix", "only allowed for loopback"),
+            (
+                "http://[::ffff:127.0.0.1]/helix",
+                "only allowed for loopback",
+            ),
+            ("http://0.0.0.0/helix", "only allowed for loopback"),
+            ("http://[::]/helix", "only allowed for loopback"),
+            ("http://localhost@evil.com/helix", "credentials"),
+            ("http://127.0.0.1@evil.com/helix", "credentials"),
+            ("http://evil.com@127.0.0.1/helix", "credentials"),
             ("https://user:pw@api.twitch.tv/helix", "credentials"),
             ("http://user@127.0.0.1/helix", "credentials"),
+            ("http://@127.0.0.1/helix", "credentials"),
+            ("file:///etc/passwd", "scheme \"file\""),
+            ("gopher://x", "scheme"),
+            ("ftp://127.0.0.1/x", "scheme"),
+            ("javascript:alert(1)", "scheme"),
+            ("not a url", "not an absolute URL"),
+            ("", "not an absolute URL"),
+            ("   ", "not an absolute URL"),
+            ("//api.twitch.tv/helix", "not an absolute URL"),
+            ("https://", "no host"),
             ("https:///helix", "no host"),
+            ("https:api.twitch.tv/helix", "no host"),
+            ("http:/127.0.0.1/helix", "no host"),
+            ("http://:80/x", "no host"),
             ("https://api.twitch.tv/helix?x=1", "query"),
+            ("https://api.twitch.tv/helix?", "query"),
+            ("https://api.twitch.tv/helix#frag", "fragment"),
             ("https://api.twitch.tv:99999/helix", "invalid port"),
             ("https://api.twitch.tv:abc/helix", "invalid port"),
+            // the parser would drop these characters; refusing them is clearer
+            ("http://127.0.0.1\n.evil.com/helix", "not allowed in it"),
+            ("http://127.0.0.1\t.evil.com/helix", "not allowed in it"),
+            ("https://api.twitch.tv/he lix", "not allowed in it"),
+            ("https:\\\\api.twitch.tv\\helix", "not allowed in it"),
+            ("http://[::1/helix", "not a valid URL"),
+            ("http://exa mple.com", "not a valid URL"),
         ] {
             let err = validate_base_url(url).unwrap_err();
-            assert!(err.contains(why), "{url}: {err}");
-            assert!(err.contains("use https://"), "{url}: {err}");
+            assert!(err.contains(why), "{url:?}: {err}");
+            assert!(err.contains("use https://"), "{url:?}: {err}");
         }
     }
 }

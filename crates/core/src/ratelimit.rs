@@ -156,7 +156,7 @@ impl RateLimiter {
         st.limit = snap.limit;
         // Time left until reset, counted from when the request was sent: the server
         // answered later than that, so this errs long (slow), however late we read it.
-        match rate_from(&snap, ticket.1) {
+        match rate_from(&snap, ticket.issued_at) {
             Some(rate) => st.per_second = rate,
             None if st.last.is_none() => st.per_second = snap.limit as f64 / DOCUMENTED_PERIOD_SECS,
             None => {}
@@ -170,7 +170,7 @@ impl RateLimiter {
             // predate requests sent before it: it can only lower the estimate. Only
             // a request sent alone, with nothing sent since, is answered after every
             // request we made: its answer may raise it (to correct a pessimistic start).
-            let accounts_for_all = ticket.2 && ticket.0 == st.issued;
+            let accounts_for_all = ticket.alone && ticket.seq == st.issued;
             st.points = Some(match st.points {
                 Some(p) if !accounts_for_all => p.min(from_header),
                 _ => from_header,
@@ -185,16 +185,27 @@ impl RateLimiter {
     }
 }
 
-/// A reservation made by [`RateLimiter::acquire`]: its order, when it was made
-/// (Unix seconds), and whether nothing else was in flight then.
+/// A reservation made by [`RateLimiter::acquire`], handed back to
+/// [`RateLimiter::observe`] with the answer to its request.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Ticket(u64, f64, bool);
+pub struct Ticket {
+    /// Its place in the order tickets were issued (the first is 1).
+    seq: u64,
+    /// When it was issued, in Unix seconds: about when its request was sent.
+    issued_at: f64,
+    /// Whether no other request was in flight when it was issued.
+    alone: bool,
+}
 
 fn issue(st: &mut State) -> Ticket {
     let alone = st.in_flight == 0;
     st.in_flight += 1;
     st.issued += 1;
-    Ticket(st.issued, epoch_now(), alone)
+    Ticket {
+        seq: st.issued,
+        issued_at: epoch_now(),
+        alone,
+    }
 }
 
 fn refill(st: &mut State, now: Instant) {
