@@ -898,7 +898,6 @@ fn a_stream_id_listed_under_a_broadcaster_other_than_its_owner_writes_nothing() 
 /// Fails today: pg_try_advisory_xact_lock is re-entrant within a
 /// transaction, so all three calls do a full pass (status ok, 6 requests).
 #[test]
-#[ignore = "re-entrant run lock: fix pending in src/db.rs"]
 fn several_runs_in_one_transaction_do_one_pass() {
     let (mut db, _ids) = setup(200, 0.5);
     db.sim.reset_counters();
@@ -941,7 +940,6 @@ fn several_runs_in_one_transaction_do_one_pass() {
 /// (pgrx_pg_sys::...::pg_guard_ffi_boundary -> SPI_execute -> db::read_state /
 /// db::record_run), file paths included; with RUST_BACKTRACE unset it is clean.
 #[test]
-#[ignore = "an SPI error (lock timeout) inside run() is raised with a Rust backtrace in DETAIL when the server has RUST_BACKTRACE set"]
 fn a_database_error_inside_run_keeps_its_sqlstate_and_shows_no_backtrace() {
     let (mut db, _ids) = setup(200, 0.5);
     // the server runs with RUST_BACKTRACE=1, or this test proves nothing
