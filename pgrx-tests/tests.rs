@@ -1,6 +1,7 @@
 // In-database tests (`cargo pgrx test`): each runs inside the test server in
 // a transaction that is rolled back. They cover what needs no Helix: schema,
-// validation, privileges, settings, and the set-based apply step fed directly.
+// validation, privileges, settings, and the transition layer
+// (twitch_sync.apply_observations) fed observations directly.
 // Everything that talks HTTP is in tests/ (the end-to-end suite).
 
 use pgrx::prelude::*;
@@ -23,14 +24,39 @@ fn sqlstate_of(sql: &str) -> String {
 
 #[pg_test]
 fn schema_has_its_tables_and_functions() {
-    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 7);
-    for f in ["run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune"] {
+    assert_eq!(
+        text("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'twitch_sync'"),
+        "alerts,channels,counters,credentials,events,rate_limit,run_unchecked,runs,streams,viewer_samples"
+    );
+    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 10);
+    assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
+    for f in [
+        "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
+        "apply_observations", "poll_observations", "apply_chunk", "foreign_stream_ids", "end_superseded",
+        "upsert_live", "record_samples", "count_misses", "apply_offline", "update_logins", "emit_events",
+        "record_run",
+    ] {
         let n = count(&format!(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
               WHERE n.nspname = 'twitch_sync' AND p.proname = '{f}'"
         ));
         assert_eq!(n, 1, "{f}");
     }
+    // the old single-function apply is gone
+    assert_eq!(
+        count("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                WHERE n.nspname = 'twitch_sync' AND p.proname = 'apply_sync'"),
+        0
+    );
+    for t in ["observation", "applied", "transition"] {
+        assert_eq!(count(&format!("SELECT count(*) FROM pg_type WHERE typname = '{t}' AND typnamespace = 'twitch_sync'::regnamespace")), 1, "{t}");
+    }
+    // channels keep no per-check stamps any more
+    assert_eq!(
+        count("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'twitch_sync'
+                AND table_name = 'channels' AND column_name IN ('last_checked_at', 'last_live_at')"),
+        0
+    );
 }
 
 #[pg_test]
@@ -176,57 +202,154 @@ fn status_reads_well_on_a_fresh_install() {
     assert_eq!(row, (Some(false), Some(0), Some(false)));
 }
 
-/// Feeds apply_sync one run's answer: `live` is (stream id, broadcaster id, viewers).
-fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> serde_json::Value {
+/// What one call of twitch_sync.apply_observations did: its typed result
+/// (twitch_sync.applied), column by column.
+#[derive(Debug, PartialEq)]
+struct Applied {
+    live: i64,
+    updated: i64,
+    started: i64,
+    ended: i64,
+    conflicted: Vec<String>,
+    events: i64,
+}
+
+/// Applies `obs` (an SQL expression of type twitch_sync.observation[]).
+fn apply_obs(obs: &str, misses: i32) -> Applied {
+    let sql = format!(
+        "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
+                (a).conflicted, (a).events::bigint
+           FROM (SELECT twitch_sync.apply_observations({obs}, {misses}, false) AS a) x"
+    );
+    Spi::connect_mut(|c| {
+        let row = c.update(&sql, Some(1), &[]).expect(&sql).first();
+        let n = |i: usize| row.get::<i64>(i).expect("applied column").expect("not NULL");
+        Applied {
+            live: n(1),
+            updated: n(2),
+            started: n(3),
+            ended: n(4),
+            conflicted: row.get::<Vec<String>>(5).expect("conflicted").expect("not NULL"),
+            events: n(6),
+        }
+    })
+}
+
+/// Feeds apply_observations one poll chunk, built by twitch_sync.poll_observations
+/// as run() builds it: `live` is (stream id, broadcaster id, viewers); the other
+/// `checked` channels were not listed. observed_at is clock_timestamp(), so every
+/// call samples at its own time.
+fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> Applied {
     let arr = |v: Vec<String>, ty: &str| format!("ARRAY[{}]::{ty}[]", v.join(","));
     let q = |s: &str| format!("'{s}'");
-    let listed: Vec<String> = checked.iter().map(|c| live.iter().any(|l| l.1 == *c).to_string()).collect();
-    let sql = format!(
-        "SELECT twitch_sync.apply_sync({checked}, {listed}, {login}, {misses}, false, {sid}, {bid},
-                ARRAY[{vc}]::int[], {title}, {gid}, {gname}, {lang}, {started})",
-        checked = arr(checked.iter().map(|c| q(c)).collect(), "text"),
-        listed = arr(listed, "boolean"),
-        login = arr(checked.iter().map(|_| "NULL".into()).collect(), "text"),
-        sid = arr(live.iter().map(|l| q(l.0)).collect(), "text"),
+    let not_listed: Vec<String> =
+        checked.iter().filter(|c| !live.iter().any(|l| l.1 == **c)).map(|c| q(c)).collect();
+    let obs = format!(
+        "twitch_sync.poll_observations(clock_timestamp(), {bid}, {sid}, {login}, {vc}, {title}, {gid},
+                                       {gname}, {lang}, {started}, {not_listed})",
         bid = arr(live.iter().map(|l| q(l.1)).collect(), "text"),
-        vc = live.iter().map(|l| l.2.to_string()).collect::<Vec<_>>().join(","),
+        sid = arr(live.iter().map(|l| q(l.0)).collect(), "text"),
+        login = arr(live.iter().map(|_| "NULL".into()).collect(), "text"),
+        vc = arr(live.iter().map(|l| l.2.to_string()).collect(), "int"),
         title = arr(live.iter().map(|_| q("t")).collect(), "text"),
         gid = arr(live.iter().map(|_| q("1")).collect(), "text"),
         gname = arr(live.iter().map(|_| q("g")).collect(), "text"),
         lang = arr(live.iter().map(|_| q("en")).collect(), "text"),
-        started = arr(live.iter().map(|_| q("2026-11-25T10:00:00Z")).collect(), "text"),
+        started = arr(live.iter().map(|_| q("2026-11-25T10:00:00Z")).collect(), "timestamptz"),
+        not_listed = arr(not_listed, "text"),
     );
-    Spi::get_one::<pgrx::JsonB>(&sql).unwrap().unwrap().0
+    apply_obs(&obs, misses)
+}
+
+/// One EventSub-style observation: `state` 'live' or 'offline'; NULL fields are
+/// what a stream.online event lacks.
+fn event_obs(broadcaster: &str, state: &str, stream: Option<&str>, viewers: Option<i32>, title: Option<&str>) -> String {
+    let lit = |v: Option<&str>| v.map(|s| format!("'{s}'")).unwrap_or_else(|| "NULL".into());
+    format!(
+        "ARRAY[ROW('eventsub', clock_timestamp(), '{broadcaster}', '{state}', {sid}, NULL, {vc}::int, {title},
+                   NULL, NULL, NULL, {started})::twitch_sync.observation]",
+        sid = lit(stream),
+        vc = viewers.map(|v| v.to_string()).unwrap_or_else(|| "NULL".into()),
+        title = lit(title),
+        started = if state == "live" { "'2026-11-25T11:00:00Z'::timestamptz" } else { "NULL" },
+    )
+}
+
+fn text(sql: &str) -> String {
+    Spi::get_one::<String>(sql).expect(sql).unwrap_or_default()
+}
+
+/// Every row of channels, streams and viewer_samples, as text.
+fn all_rows() -> String {
+    text(
+        "SELECT concat_ws(E'\n--\n',
+            (SELECT string_agg(c::text, E'\n' ORDER BY c.broadcaster_id) FROM twitch_sync.channels c),
+            (SELECT string_agg(s::text, E'\n' ORDER BY s.broadcaster_id, s.stream_id) FROM twitch_sync.streams s),
+            (SELECT string_agg(v::text, E'\n' ORDER BY v.broadcaster_id, v.stream_id, v.sampled_at)
+               FROM twitch_sync.viewer_samples v))",
+    )
+}
+
+fn applied(live: i64, updated: i64, started: i64, ended: i64, events: i64) -> Applied {
+    Applied { live, updated, started, ended, conflicted: vec![], events }
 }
 
 #[pg_test]
 fn apply_tracks_live_restart_reopen_and_offline() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2'), ('3')").unwrap();
     let r = apply(&["1", "2", "3"], &[("s1", "1", 10), ("s2", "2", 20)], 1);
-    assert_eq!((r["started"].as_i64(), r["updated"].as_i64(), r["ended"].as_i64()), (Some(2), Some(0), Some(0)));
+    assert_eq!(r, applied(2, 0, 2, 0, 2));
     // counts move, peaks keep the maximum
     let r = apply(&["1", "2", "3"], &[("s1", "1", 5), ("s2", "2", 30)], 1);
-    assert_eq!((r["started"].as_i64(), r["updated"].as_i64()), (Some(0), Some(2)));
+    assert_eq!(r, applied(2, 2, 0, 0, 0));
     assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's1'"), 10);
     assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's1'"), 5);
+    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's2'"), 30);
     // channel 1 restarts under a new stream id; channel 2 goes offline
     let r = apply(&["1", "2", "3"], &[("s1b", "1", 7)], 1);
-    assert_eq!((r["started"].as_i64(), r["ended"].as_i64()), (Some(1), Some(2)));
+    assert_eq!(r, applied(1, 0, 1, 2, 2));
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live AND stream_id = 's1b'"), 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE NOT is_live AND ended_at IS NOT NULL"), 2);
     // s2 reappears under the same stream id: the row is reopened, not duplicated
     let r = apply(&["1", "2", "3"], &[("s1b", "1", 7), ("s2", "2", 3)], 1);
-    assert_eq!(r["started"].as_i64(), Some(1));
+    assert_eq!(r, applied(2, 1, 1, 0, 1));
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '2'"), 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND ended_at IS NULL"), 1);
+    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's2'"), 30);
     // a channel that was not checked (its batch failed) is left alone
+    let before = text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = 's2'");
     let r = apply(&["1"], &[("s1b", "1", 8)], 1);
-    assert_eq!(r["ended"].as_i64(), Some(0));
+    assert_eq!(r, applied(1, 1, 0, 0, 0));
+    assert_eq!(text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = 's2'"), before);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
-    // one sample per live stream per run
+    // one sample per live stream per call
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 2);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's2'"), 3);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples"), 2 + 2 + 1 + 2 + 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.channels WHERE last_checked_at IS NOT NULL"), 3);
+    // a channel's last live sighting is derived from its streams
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.channel_status WHERE last_live_at IS NOT NULL"),
+        2
+    );
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.channel_status WHERE broadcaster_id = '3' AND last_live_at IS NULL"), 1);
+}
+
+#[pg_test]
+fn last_checked_at_is_derived_from_runs_and_what_they_could_not_check() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2'), ('3')").unwrap();
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.channel_status WHERE last_checked_at IS NULL"), 3);
+    // a run that could check 1 and 2; 3's batch failed
+    Spi::run(
+        "SELECT twitch_sync.record_run(now(), 'partial', 2, 0, 0, 0, 0, 1, 1, 0, 0, NULL, 'HTTP 503', 0, 0,
+                                       ARRAY['3'], '{}'::text[])",
+    )
+    .unwrap();
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.channel_status WHERE last_checked_at = now()"), 2);
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.channel_status WHERE broadcaster_id = '3' AND last_checked_at IS NULL"),
+        1
+    );
 }
 
 #[pg_test]
@@ -235,15 +358,226 @@ fn offline_after_misses_needs_consecutive_misses() {
     apply(&["1"], &[("s1", "1", 10)], 3);
     apply(&["1"], &[], 3);
     apply(&["1"], &[], 3);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels"), 2);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 1);
+    // a failed batch (the channel absent) is not a miss
+    apply(&[], &[], 3);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels"), 2);
     // seen again: the miss count starts over
     apply(&["1"], &[("s1", "1", 10)], 3);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels"), 0);
     apply(&["1"], &[], 3);
-    apply(&["1"], &[], 3);
+    let r = apply(&["1"], &[], 3);
+    assert_eq!(r.ended, 0);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 1);
     let r = apply(&["1"], &[], 3);
-    assert_eq!(r["ended"].as_i64(), Some(1));
+    assert_eq!(r, applied(0, 0, 0, 1, 1));
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 0);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels"), 0);
+    // offline before and after: nothing counts
+    apply(&["1"], &[], 3);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels"), 0);
+}
+
+#[pg_test]
+fn an_eventsub_offline_ends_the_live_stream_at_once() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
+    apply(&["1", "2"], &[("s1", "1", 10), ("s2", "2", 20)], 3);
+    apply(&["1", "2"], &[("s2", "2", 21)], 3); // 1 missed once
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels WHERE broadcaster_id = '1'"), 1);
+    // one event ends the stream even though 3 misses are needed for polls
+    let r = apply_obs(&event_obs("1", "offline", None, None, None), 3);
+    assert_eq!(r, applied(0, 0, 0, 1, 1));
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND NOT is_live AND ended_at IS NOT NULL"),
+        1
+    );
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels WHERE broadcaster_id = '1'"), 0);
+    // the other channel is untouched
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND viewer_count = 21"), 1);
+    // an offline event for a channel already offline changes nothing
+    let before = all_rows();
+    let r = apply_obs(&event_obs("1", "offline", None, None, None), 3);
+    assert_eq!(r, applied(0, 0, 0, 0, 0));
+    assert_eq!(all_rows(), before);
+}
+
+#[pg_test]
+fn an_eventsub_online_without_count_or_title_keeps_stored_values() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
+    apply(&["1"], &[("s1", "1", 10)], 1);
+    let r = apply_obs(&event_obs("1", "live", Some("s1"), None, None), 1);
+    assert_eq!(r, applied(1, 1, 0, 0, 0));
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND is_live AND viewer_count = 10
+                AND peak_viewer_count = 10 AND title = 't' AND game_name = 'g'"),
+        1
+    );
+    // no count, no sample
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 1);
+    // a new broadcast without count or title: 0 and ''
+    let r = apply_obs(&event_obs("2", "live", Some("s9"), None, None), 1);
+    assert_eq!(r, applied(1, 0, 1, 0, 1));
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's9' AND broadcaster_id = '2' AND is_live
+                AND viewer_count = 0 AND peak_viewer_count = 0 AND title = '' AND game_name = ''
+                AND started_at = '2026-11-25T11:00:00Z'"),
+        1
+    );
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's9'"), 0);
+    // the next poll brings the count and a sample
+    apply(&["1", "2"], &[("s1", "1", 12), ("s9", "2", 4)], 1);
+    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's9'"), 4);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's9'"), 1);
+}
+
+#[pg_test]
+fn a_stream_id_stored_under_another_broadcaster_is_refused() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2'), ('3')").unwrap();
+    apply(&["1", "2", "3"], &[("s1", "1", 10), ("s2", "2", 20), ("s3", "3", 30)], 3);
+    apply(&["1", "2", "3"], &[("s1", "1", 11), ("s2", "2", 21)], 3); // 3 missed once
+    let before = all_rows();
+    // 2 listed with 1's live stream id: refused; 2 and 1 left exactly as they were
+    let r = apply(&["2"], &[("s1", "2", 99)], 3);
+    assert_eq!(r, Applied { live: 0, updated: 0, started: 0, ended: 0, conflicted: vec!["2".into()], events: 0 });
+    assert_eq!(all_rows(), before);
+    // 2 listed with 3's stream id in a chunk where 1 is listed and 3 restarts:
+    // 2 is refused, the others are applied
+    let r = apply(&["1", "2", "3"], &[("s1", "1", 12), ("s3", "2", 5), ("s3b", "3", 31)], 3);
+    assert_eq!(r, Applied { live: 2, updated: 1, started: 1, ended: 1, conflicted: vec!["2".into()], events: 1 });
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '2'"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND viewer_count = 21"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's3' AND broadcaster_id = '3' AND NOT is_live"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's3b' AND is_live AND viewer_count = 31"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE broadcaster_id = '2'"), 2);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 3);
+    assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels WHERE broadcaster_id = '3'"), 0);
+    // TODO(issue 10, reported to the lead): when the stream id's owner lists it in the
+    // same call as the foreign broadcaster (3 with s3b, 2 with s3b), the SQL refuses the
+    // owner too (conflicted = {2,3}): foreign_stream_ids returns stream ids, and every live
+    // observation carrying one is dropped. Not asserted here until sql/transitions.sql
+    // decides; tests/tests/model.rs checks it with TWITCH_SYNC_MODEL_STRICT=1.
+    // an ended stream id still belongs to its broadcaster
+    apply(&["1"], &[], 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND NOT is_live"), 1);
+    let before = all_rows();
+    let r = apply_obs(&event_obs("3", "live", Some("s1"), None, None), 1);
+    assert_eq!(r.conflicted, vec!["3".to_string()]);
+    assert_eq!(all_rows(), before);
+}
+
+#[pg_test]
+fn events_are_written_to_the_outbox_with_their_payloads() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id, login) VALUES ('1', 'alice'), ('2', NULL)").unwrap();
+    let events = || -> Vec<serde_json::Value> {
+        Spi::get_one::<pgrx::JsonB>(
+            "SELECT coalesce(jsonb_agg(jsonb_build_object('event', event, 'broadcaster_id', broadcaster_id,
+                        'stream_id', stream_id, 'payload', payload) ORDER BY event_id), '[]')
+               FROM twitch_sync.events",
+        )
+        .unwrap()
+        .unwrap()
+        .0
+        .as_array()
+        .unwrap()
+        .clone()
+    };
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let r = apply(&["1", "2"], &[("s1", "1", 10)], 1);
+    assert_eq!(r.events, 1);
+    let e = events();
+    assert_eq!(e.len(), 1);
+    assert_eq!((e[0]["event"].as_str(), e[0]["broadcaster_id"].as_str(), e[0]["stream_id"].as_str()), (Some("online"), Some("1"), Some("s1")));
+    let p = &e[0]["payload"];
+    assert_eq!(
+        keys(p),
+        ["at", "broadcaster_id", "event", "game_name", "login", "started_at", "stream_id", "title", "viewer_count"]
+    );
+    assert_eq!((p["event"].as_str(), p["login"].as_str(), p["stream_id"].as_str()), (Some("online"), Some("alice"), Some("s1")));
+    assert_eq!((p["viewer_count"].as_i64(), p["title"].as_str(), p["game_name"].as_str()), (Some(10), Some("t"), Some("g")));
+    assert_eq!(p["started_at"].as_str(), Some("2026-11-25T10:00:00+00:00"));
+
+    // a restart is one event naming the broadcast it superseded
+    let r = apply(&["1", "2"], &[("s1b", "1", 15)], 1);
+    assert_eq!((r.started, r.ended, r.events), (1, 1, 1));
+    let e = events();
+    assert_eq!(e.len(), 2);
+    assert_eq!((e[1]["event"].as_str(), e[1]["stream_id"].as_str()), (Some("restart"), Some("s1b")));
+    assert_eq!(e[1]["payload"]["previous_stream_id"].as_str(), Some("s1"));
+    assert_eq!(e[1]["payload"]["event"].as_str(), Some("restart"));
+    assert_eq!(e[1]["payload"]["viewer_count"].as_i64(), Some(15));
+    assert!(e[1]["payload"].get("ended_at").is_none(), "{}", e[1]);
+
+    // offline carries the peak and the end
+    apply(&["1", "2"], &[("s1b", "1", 40)], 1);
+    let r = apply(&["1", "2"], &[], 1);
+    assert_eq!((r.ended, r.events), (1, 1));
+    let e = events();
+    assert_eq!(e.len(), 3);
+    let p = &e[2]["payload"];
+    assert_eq!((e[2]["event"].as_str(), e[2]["stream_id"].as_str()), (Some("offline"), Some("s1b")));
+    assert_eq!((p["peak_viewer_count"].as_i64(), p["viewer_count"].as_i64()), (Some(40), Some(40)));
+    let ended_at = text("SELECT to_jsonb(ended_at) #>> '{}' FROM twitch_sync.streams WHERE stream_id = 's1b'");
+    assert_eq!(p["ended_at"].as_str(), Some(ended_at.as_str()));
+    assert_eq!(p["at"].as_str(), Some(ended_at.as_str()));
+
+    // reopened: the ended s1 comes back, for a channel without login (no login key)
+    let r = apply(&["1", "2"], &[("s1", "1", 3), ("s5", "2", 1)], 1);
+    assert_eq!((r.started, r.events), (2, 2));
+    let e = events();
+    assert_eq!(e.len(), 5);
+    let reopened: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "s1").collect();
+    assert_eq!(reopened.len(), 1);
+    assert_eq!(reopened[0]["payload"]["reopened"].as_bool(), Some(true));
+    let s5: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "s5").collect();
+    assert_eq!(s5.len(), 1);
+    assert!(s5[0]["payload"].get("login").is_none() && s5[0]["payload"].get("reopened").is_none(), "{}", s5[0]);
+
+    // emit_events returns how many it wrote; a transition without event is none
+    let n = count(
+        "SELECT twitch_sync.emit_events(ARRAY[
+            ROW('offline', '2', 's5', NULL, NULL, 1, 1, 't', 'g', NULL, now(), now())::twitch_sync.transition,
+            ROW(NULL, '2', 's5', NULL, NULL, 1, 1, 't', 'g', NULL, NULL, now())::twitch_sync.transition,
+            ROW('online', '1', 's7', false, NULL, 2, 2, 't', 'g', NULL, NULL, now())::twitch_sync.transition],
+            true)::bigint",
+    );
+    assert_eq!(n, 2);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), 7);
+    // nothing changed: no event
+    let r = apply(&["1", "2"], &[("s1", "1", 3), ("s5", "2", 1)], 1);
+    assert_eq!(r.events, 0);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), 7);
+}
+
+#[pg_test]
+fn a_channel_offline_before_and_after_costs_no_row_write() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) SELECT g::text FROM generate_series(1, 100) g").unwrap();
+    apply(&["1"], &[("s1", "1", 10)], 2);
+    let writes = |table: &str| -> (i64, i64) {
+        let (u, i) = Spi::get_two::<i64, i64>(&format!(
+            "SELECT n_tup_upd, n_tup_ins FROM pg_stat_xact_user_tables
+              WHERE schemaname = 'twitch_sync' AND relname = '{table}'"
+        ))
+        .unwrap();
+        (u.unwrap_or(0), i.unwrap_or(0))
+    };
+    let all: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let (c0, s0) = (writes("channels"), writes("streams"));
+    // 99 channels offline before and after, 1 live and still listed
+    apply(&all, &[("s1", "1", 11)], 2);
+    let (c1, s1) = (writes("channels"), writes("streams"));
+    assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (0, 0), "channels written");
+    assert_eq!((s1.0 - s0.0, s1.1 - s0.1), (1, 0), "streams written: the live one only");
+    // the live one missed once: its channel's miss count is the only write
+    apply(&all, &[], 2);
+    let (c2, s2) = (writes("channels"), writes("streams"));
+    assert_eq!((c2.0 - c1.0, c2.1 - c1.1), (1, 0), "channels written");
+    assert_eq!((s2.0 - s1.0, s2.1 - s1.1), (0, 0), "streams written");
 }
 
 #[pg_test]
