@@ -32,7 +32,7 @@ fn schema_has_its_tables_and_functions() {
     assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
     for f in [
         "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
-        "apply_observations", "poll_observations", "apply_chunk", "foreign_stream_ids", "end_superseded",
+        "apply_observations", "poll_observations", "apply_chunk", "stream_id_conflicts", "end_superseded",
         "upsert_live", "record_samples", "count_misses", "apply_offline", "update_logins", "emit_events",
         "record_run",
     ] {
@@ -452,11 +452,16 @@ fn a_stream_id_stored_under_another_broadcaster_is_refused() {
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE broadcaster_id = '2'"), 2);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 3);
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channels WHERE broadcaster_id = '3'"), 0);
-    // TODO(issue 10, reported to the lead): when the stream id's owner lists it in the
-    // same call as the foreign broadcaster (3 with s3b, 2 with s3b), the SQL refuses the
-    // owner too (conflicted = {2,3}): foreign_stream_ids returns stream ids, and every live
-    // observation carrying one is dropped. Not asserted here until sql/transitions.sql
-    // decides; tests/tests/model.rs checks it with TWITCH_SYNC_MODEL_STRICT=1.
+    // the owner and a foreign broadcaster list the same stored id in one call:
+    // only the foreign one is refused, the owner is applied
+    let r = apply(&["3", "2"], &[("s3b", "3", 40), ("s3b", "2", 1)], 3);
+    assert_eq!(r.conflicted, vec!["2".to_string()]);
+    assert_eq!((r.live, r.updated), (1, 1));
+    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's3b'"), 40);
+    // two broadcasters claim the same new stream id in one call: neither gets it
+    let r = apply(&["1", "2"], &[("new", "1", 5), ("new", "2", 7)], 3);
+    assert_eq!(r.conflicted, vec!["1".to_string(), "2".to_string()]);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 'new'"), 0);
     // an ended stream id still belongs to its broadcaster
     apply(&["1"], &[], 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND NOT is_live"), 1);

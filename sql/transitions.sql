@@ -51,15 +51,23 @@ CREATE TYPE twitch_sync.transition AS (
     at                 timestamptz
 );
 
--- Step 0: live observations whose stream id is stored under another
--- broadcaster. A listing must match on stream id and broadcaster; such an
--- observation is dropped, and its broadcaster is left as it was.
-CREATE FUNCTION twitch_sync.foreign_stream_ids(obs twitch_sync.observation[]) RETURNS text[]
+-- Step 0: a stream id belongs to one broadcaster. Broadcasters whose live
+-- observation claims a stream id that is stored under another broadcaster, or
+-- that another observation of this call gives to another broadcaster (and that
+-- is not already theirs), are refused: every observation of theirs is dropped
+-- and they are left as they were. The stream id's owner is applied as usual.
+CREATE FUNCTION twitch_sync.stream_id_conflicts(obs twitch_sync.observation[]) RETURNS text[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(array_agg(DISTINCT o.stream_id), '{}')
+    SELECT coalesce(array_agg(DISTINCT o.broadcaster_id ORDER BY o.broadcaster_id), '{}')
       FROM unnest(obs) o
-      JOIN twitch_sync.streams s ON s.stream_id = o.stream_id AND s.broadcaster_id <> o.broadcaster_id
      WHERE o.state = 'live'
+       AND (EXISTS (SELECT 1 FROM twitch_sync.streams s
+                     WHERE s.stream_id = o.stream_id AND s.broadcaster_id <> o.broadcaster_id)
+            OR (EXISTS (SELECT 1 FROM unnest(obs) x
+                         WHERE x.state = 'live' AND x.stream_id = o.stream_id
+                           AND x.broadcaster_id <> o.broadcaster_id)
+                AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams s
+                                 WHERE s.stream_id = o.stream_id AND s.broadcaster_id = o.broadcaster_id)))
 $$;
 
 -- Step 1: a channel seen live under a new stream id ends its previous broadcast.
@@ -163,6 +171,12 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         SELECT m.broadcaster_id, m.observed_at FROM missed m WHERE misses <= 1
         UNION ALL
         SELECT k.broadcaster_id, k.observed_at FROM counted k WHERE k.ends
+    ), reset_ended AS (
+        -- a count left over from a larger offline_after_misses starts over too
+        UPDATE twitch_sync.channels c SET missed_polls = 0
+          FROM missed m
+         WHERE misses <= 1 AND c.broadcaster_id = m.broadcaster_id AND c.missed_polls <> 0
+        RETURNING c.broadcaster_id
     ), ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
@@ -254,15 +268,12 @@ RETURNS twitch_sync.applied
 -- jit off: short OLTP statements, where JIT compilation costs more than it saves.
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    foreign_ids text[];
     conflicted text[];
     changes twitch_sync.transition[] := '{}';
     live_changes twitch_sync.transition[];
     result twitch_sync.applied;
 BEGIN
-    foreign_ids := twitch_sync.foreign_stream_ids(obs);
-    conflicted := ARRAY(SELECT DISTINCT x.broadcaster_id FROM unnest(obs) x
-                         WHERE x.state = 'live' AND x.stream_id = ANY (foreign_ids));
+    conflicted := twitch_sync.stream_id_conflicts(obs);
     IF cardinality(conflicted) > 0 THEN
         -- Their broadcasters are left as they were: drop every observation of them.
         obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));

@@ -189,7 +189,7 @@ impl Model {
 
     /// Applies one step; returns what apply_observations should report and
     /// the events it should write (in outbox order).
-    fn apply(&mut self, step: &Step, strict_conflicts: bool) -> (Applied, Vec<Event>) {
+    fn apply(&mut self, step: &Step) -> (Applied, Vec<Event>) {
         let at = step.at;
         // Refusal: a live observation whose stream id is stored under another
         // broadcaster; its broadcaster is left as it was.
@@ -203,38 +203,6 @@ impl Model {
             {
                 if self.owner_other_than(stream, broadcaster) {
                     conflicted.insert(broadcaster.clone());
-                }
-            }
-        }
-        if !strict_conflicts {
-            // TODO(issue 10, reported): the SQL also refuses the stream id's
-            // OWNER when the owner and a foreign broadcaster list the same id in
-            // one call (foreign_stream_ids returns ids, and every live
-            // observation with such an id is dropped). Mirror that here until
-            // sql/transitions.sql is fixed; TWITCH_SYNC_MODEL_STRICT=1 checks the
-            // documented rule instead.
-            let foreign: BTreeSet<&str> = step
-                .obs
-                .iter()
-                .filter_map(|o| match o {
-                    Obs::Live {
-                        broadcaster,
-                        stream,
-                        ..
-                    } if self.owner_other_than(stream, broadcaster) => Some(stream.as_str()),
-                    _ => None,
-                })
-                .collect();
-            for o in &step.obs {
-                if let Obs::Live {
-                    broadcaster,
-                    stream,
-                    ..
-                } = o
-                {
-                    if foreign.contains(stream.as_str()) {
-                        conflicted.insert(broadcaster.clone());
-                    }
                 }
             }
         }
@@ -757,13 +725,7 @@ fn env_list(name: &str) -> Option<Vec<u64>> {
 
 /// Runs one seed; panics with the seed and the steps so far on the first
 /// difference between the model and the database.
-fn run_seed(
-    db: &mut TestDb,
-    seed: u64,
-    steps: usize,
-    strict: bool,
-    seen: &mut BTreeMap<String, usize>,
-) {
+fn run_seed(db: &mut TestDb, seed: u64, steps: usize, seen: &mut BTreeMap<String, usize>) {
     let c = &mut db.client;
     c.batch_execute(
         "TRUNCATE twitch_sync.channels, twitch_sync.streams, twitch_sync.viewer_samples,
@@ -799,7 +761,7 @@ fn run_seed(
             .filter(|b| model.live_stream_of(b).is_some())
             .cloned()
             .collect();
-        let (want, want_events) = model.apply(&step, strict);
+        let (want, want_events) = model.apply(&step);
         // what this step exercised, so the test knows it covered each rule
         let mut tally = |k: String| *seen.entry(k).or_insert(0) += 1;
         tally(format!("{} step", step.source));
@@ -895,13 +857,12 @@ fn apply_observations_matches_the_reference_model() {
         .ok()
         .map(|s| s.parse().expect("a step count"))
         .unwrap_or(DEFAULT_STEPS);
-    let strict = std::env::var("TWITCH_SYNC_MODEL_STRICT").is_ok_and(|v| v == "1");
     let mut db = TestDb::new(world(1, 0.0));
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let total = Instant::now();
     for seed in seeds {
         let t = Instant::now();
-        run_seed(&mut db, seed, steps, strict, &mut seen);
+        run_seed(&mut db, seed, steps, &mut seen);
         eprintln!(
             "model: seed {seed}, {steps} steps over {CHANNELS} channels: {:.2?}",
             t.elapsed()
