@@ -207,6 +207,12 @@ BEGIN
 END
 $$;
 
+-- The name of twitch_sync's pg_cron job: written once, here.
+CREATE FUNCTION twitch_sync.cron_job_name() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'twitch-viewer-count-sync'::text
+$$;
+
 -- The pg_cron job of this database, if pg_cron is here; NULLs otherwise.
 CREATE FUNCTION twitch_sync.cron_job()
 RETURNS TABLE (jobid bigint, schedule text, active boolean, last_status text,
@@ -220,7 +226,7 @@ BEGIN
     RETURN QUERY EXECUTE $q$
         SELECT j.jobid, j.schedule, j.active, d.status, d.start_time, d.return_message
           FROM (SELECT 1) one
-          LEFT JOIN cron.job j ON j.jobname = 'twitch-viewer-count-sync' AND j.database = pg_catalog.current_database()
+          LEFT JOIN cron.job j ON j.jobname = twitch_sync.cron_job_name() AND j.database = pg_catalog.current_database()
           LEFT JOIN LATERAL (SELECT r.status, r.start_time, r.return_message FROM cron.job_run_details r
                               WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
          ORDER BY j.jobid LIMIT 1 $q$;
@@ -249,14 +255,15 @@ BEGIN
         RAISE EXCEPTION 'pg_cron runs in database %, not in %', cron_db, pg_catalog.current_database()
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = pg_catalog.format('Either set cron.database_name = %L and restart PostgreSQL, or connect '
-                      || 'to %I and run: SELECT cron.schedule_in_database(''twitch-viewer-count-sync'', '
+                      || 'to %I and run: SELECT cron.schedule_in_database(%L, '
                       || '''*/10 * * * *'', ''SELECT twitch_sync.run()'', %L);',
-                      pg_catalog.current_database(), cron_db, pg_catalog.current_database());
+                      pg_catalog.current_database(), cron_db, twitch_sync.cron_job_name(),
+                      pg_catalog.current_database());
     END IF;
 END
 $$;
 
--- schedule(): creates or updates the pg_cron job 'twitch-viewer-count-sync'
+-- schedule(): creates or updates the pg_cron job (twitch_sync.cron_job_name())
 -- that runs SELECT twitch_sync.run() in this database; returns its job id.
 -- pg_cron itself validates the schedule, so whatever the installed pg_cron
 -- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
@@ -279,7 +286,7 @@ BEGIN
     BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id
-          USING 'twitch-viewer-count-sync', schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+          USING twitch_sync.cron_job_name(), schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
         IF msg NOT LIKE 'invalid schedule%' THEN

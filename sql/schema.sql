@@ -10,6 +10,24 @@
 CREATE SCHEMA twitch_sync;
 REVOKE ALL ON SCHEMA twitch_sync FROM PUBLIC;
 
+-- The rules for Twitch ids and logins: written once, here. (The Rust core
+-- applies the same rules to what Helix sends, before anything reaches SQL.)
+-- No SET clause, so they inline; the operator is schema-qualified instead.
+CREATE FUNCTION twitch_sync.is_broadcaster_id(id text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_broadcaster_id(text) IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+CREATE FUNCTION twitch_sync.is_login(login text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lowercase letters, digits or underscores.';
+-- A type for apps that store broadcaster ids themselves.
+CREATE DOMAIN twitch_sync.broadcaster_id AS text
+    CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
+COMMENT ON DOMAIN twitch_sync.broadcaster_id IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+
 -- Channels to keep current. Bulk-tracking with INSERT ... SELECT goes through
 -- the same validation as track() (trigger below).
 CREATE TABLE twitch_sync.channels (
@@ -19,8 +37,8 @@ CREATE TABLE twitch_sync.channels (
     added_at        timestamptz NOT NULL DEFAULT now(),
     -- consecutive successful checks that did not list this channel's live stream
     missed_polls    integer NOT NULL DEFAULT 0,
-    CONSTRAINT channels_broadcaster_id_format CHECK (broadcaster_id ~ '^[1-9][0-9]{0,19}$'),
-    CONSTRAINT channels_login_format CHECK (login ~ '^[a-z0-9_]{1,25}$')
+    CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
+    CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login))
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE twitch_sync.channels IS 'Twitch channels twitch_sync keeps current (twitch_sync.track / untrack).';
 
@@ -170,7 +188,7 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts_alert_id_seq', ''
 CREATE FUNCTION twitch_sync.channels_validate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NEW.broadcaster_id IS NULL OR NEW.broadcaster_id !~ '^[1-9][0-9]{0,19}$' THEN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(NEW.broadcaster_id), false) THEN
         RAISE EXCEPTION 'invalid broadcaster id: %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(NEW.broadcaster_id, 40)), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -179,7 +197,7 @@ BEGIN
     END IF;
     IF NEW.login IS NOT NULL THEN
         NEW.login := pg_catalog.lower(NEW.login);
-        IF NEW.login !~ '^[a-z0-9_]{1,25}$' THEN
+        IF NOT twitch_sync.is_login(NEW.login) THEN
             RAISE EXCEPTION 'invalid login: %', pg_catalog.quote_literal(pg_catalog.left(NEW.login, 40))
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'A Twitch login is 1 to 25 letters, digits or underscores, such as '
@@ -194,8 +212,8 @@ END
 $$;
 CREATE TRIGGER channels_validate_insert BEFORE INSERT
     ON twitch_sync.channels FOR EACH ROW EXECUTE FUNCTION twitch_sync.channels_validate();
--- Only when a validated column really changes: run() stamps every checked channel
--- each pass, and a per-row trigger call there would cost more than the update itself.
+-- Only when a validated column really changes: the transition layer updates
+-- channel rows (logins, miss counts) without going through validation again.
 CREATE TRIGGER channels_validate_update BEFORE UPDATE OF broadcaster_id, login, enabled
     ON twitch_sync.channels FOR EACH ROW
     WHEN (NEW.broadcaster_id IS DISTINCT FROM OLD.broadcaster_id OR NEW.login IS DISTINCT FROM OLD.login
@@ -222,23 +240,25 @@ $$;
 
 -- untrack(): stop keeping a channel current. Idempotent; returns true when it
 -- was tracked. Its streams and samples stay as history; a stream still marked
--- live is ended now, since nobody will check it again.
+-- live is ended now, since nobody will check it again: an 'offline' observation
+-- (source 'untrack') through the transition layer, with its event.
 CREATE FUNCTION twitch_sync.untrack(broadcaster_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
-    IF untrack.broadcaster_id IS NULL OR untrack.broadcaster_id !~ '^[1-9][0-9]{0,19}$' THEN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(untrack.broadcaster_id), false) THEN
         RAISE EXCEPTION 'invalid broadcaster id: %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(untrack.broadcaster_id, 40)), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'A broadcaster id is Twitch''s numeric user id as text, such as ''141981764''.';
     END IF;
+    PERFORM twitch_sync.apply_observations(
+        ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
+                  NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],
+        1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
     DELETE FROM twitch_sync.channels c WHERE c.broadcaster_id = untrack.broadcaster_id;
     found_it := FOUND;
-    UPDATE twitch_sync.streams s
-       SET is_live = false, ended_at = pg_catalog.now(), updated_at = pg_catalog.now()
-     WHERE s.broadcaster_id = untrack.broadcaster_id AND s.is_live;
     RETURN found_it;
 END
 $$;

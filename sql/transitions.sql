@@ -10,7 +10,7 @@
 
 -- What a source saw of one channel at one time.
 CREATE TYPE twitch_sync.observation AS (
-    source         text,         -- 'poll' (a Get Streams batch) or 'eventsub' (one event)
+    source         text,         -- 'poll' (a Get Streams batch), 'eventsub' (one event), 'untrack'
     observed_at    timestamptz,
     broadcaster_id text,
     state          text,         -- 'live', 'not_listed' (poll: absent from a complete answer), 'offline' (event)

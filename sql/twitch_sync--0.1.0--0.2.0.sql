@@ -30,6 +30,59 @@ AS 'MODULE_PATHNAME', 'cron_next_run_wrapper';
 -- Tables
 ---------------------------------------------------------------------------
 
+-- The rules for Twitch ids and logins: written once, here. (The Rust core
+-- applies the same rules to what Helix sends, before anything reaches SQL.)
+-- No SET clause, so they inline; the operator is schema-qualified instead.
+CREATE FUNCTION twitch_sync.is_broadcaster_id(id text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_broadcaster_id(text) IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+CREATE FUNCTION twitch_sync.is_login(login text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lowercase letters, digits or underscores.';
+-- A type for apps that store broadcaster ids themselves.
+CREATE DOMAIN twitch_sync.broadcaster_id AS text
+    CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
+COMMENT ON DOMAIN twitch_sync.broadcaster_id IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+
+-- channels checks its ids and logins with the functions above.
+ALTER TABLE twitch_sync.channels
+    DROP CONSTRAINT channels_broadcaster_id_format,
+    DROP CONSTRAINT channels_login_format,
+    ADD CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
+    ADD CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login));
+-- Validation of channels, for track() and direct INSERT/UPDATE alike: SQLSTATE
+-- 22023 with a message that says what a valid value looks like.
+CREATE OR REPLACE FUNCTION twitch_sync.channels_validate() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(NEW.broadcaster_id), false) THEN
+        RAISE EXCEPTION 'invalid broadcaster id: %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(NEW.broadcaster_id, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A broadcaster id is Twitch''s numeric user id as text: 1 to 20 digits, no '
+                      || 'leading zero, no spaces, such as ''141981764''. Helix Get Users returns it.';
+    END IF;
+    IF NEW.login IS NOT NULL THEN
+        NEW.login := pg_catalog.lower(NEW.login);
+        IF NOT twitch_sync.is_login(NEW.login) THEN
+            RAISE EXCEPTION 'invalid login: %', pg_catalog.quote_literal(pg_catalog.left(NEW.login, 40))
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'A Twitch login is 1 to 25 letters, digits or underscores, such as '
+                          || '''twitchdev''; pass NULL when you do not know it.';
+        END IF;
+    END IF;
+    IF NEW.enabled IS NULL THEN
+        NEW.enabled := true;
+    END IF;
+    RETURN NEW;
+END
+$$;
+-- (The update trigger's comment changed with 0.2.0; the trigger is the same.)
+
 -- channels: runs no longer stamp every checked channel (view channel_status
 -- derives the last check); the last time a channel was seen live moves to
 -- streams.last_seen_at (filled below from these columns before they go).
@@ -116,7 +169,7 @@ DROP FUNCTION twitch_sync.apply_sync(text[], boolean[], text[], integer, boolean
 
 -- What a source saw of one channel at one time.
 CREATE TYPE twitch_sync.observation AS (
-    source         text,         -- 'poll' (a Get Streams batch) or 'eventsub' (one event)
+    source         text,         -- 'poll' (a Get Streams batch), 'eventsub' (one event), 'untrack'
     observed_at    timestamptz,
     broadcaster_id text,
     state          text,         -- 'live', 'not_listed' (poll: absent from a complete answer), 'offline' (event)
@@ -468,6 +521,88 @@ $$;
 DROP TRIGGER runs_after_insert ON twitch_sync.runs;
 DROP FUNCTION twitch_sync.runs_after_insert();
 
+-- untrack(): stop keeping a channel current. Idempotent; returns true when it
+-- was tracked. Its streams and samples stay as history; a stream still marked
+-- live is ended now, since nobody will check it again: an 'offline' observation
+-- (source 'untrack') through the transition layer, with its event.
+CREATE OR REPLACE FUNCTION twitch_sync.untrack(broadcaster_id text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found_it boolean;
+BEGIN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(untrack.broadcaster_id), false) THEN
+        RAISE EXCEPTION 'invalid broadcaster id: %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(untrack.broadcaster_id, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A broadcaster id is Twitch''s numeric user id as text, such as ''141981764''.';
+    END IF;
+    PERFORM twitch_sync.apply_observations(
+        ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
+                  NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],
+        1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+    DELETE FROM twitch_sync.channels c WHERE c.broadcaster_id = untrack.broadcaster_id;
+    found_it := FOUND;
+    RETURN found_it;
+END
+$$;
+
+-- The name of twitch_sync's pg_cron job: written once, here.
+CREATE FUNCTION twitch_sync.cron_job_name() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'twitch-viewer-count-sync'::text
+$$;
+
+-- The pg_cron job of this database, if pg_cron is here; NULLs otherwise.
+CREATE OR REPLACE FUNCTION twitch_sync.cron_job()
+RETURNS TABLE (jobid bigint, schedule text, active boolean, last_status text,
+               last_start timestamptz, last_message text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE $q$
+        SELECT j.jobid, j.schedule, j.active, d.status, d.start_time, d.return_message
+          FROM (SELECT 1) one
+          LEFT JOIN cron.job j ON j.jobname = twitch_sync.cron_job_name() AND j.database = pg_catalog.current_database()
+          LEFT JOIN LATERAL (SELECT r.status, r.start_time, r.return_message FROM cron.job_run_details r
+                              WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
+         ORDER BY j.jobid LIMIT 1 $q$;
+END
+$$;
+
+-- Raises, with the fix, unless pg_cron can schedule jobs from this database.
+CREATE OR REPLACE FUNCTION twitch_sync.require_pg_cron() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cron_db text := pg_catalog.current_setting('cron.database_name', true);
+BEGIN
+    IF cron_db IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not loaded in this server'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Add pg_cron to shared_preload_libraries, set cron.database_name = %L, '
+                      || 'restart PostgreSQL, then run CREATE EXTENSION pg_cron; in this database.',
+                      pg_catalog.current_database());
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        IF cron_db = pg_catalog.current_database() THEN
+            RAISE EXCEPTION 'pg_cron is not installed in this database'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Run CREATE EXTENSION pg_cron; as a superuser, then call this again.';
+        END IF;
+        RAISE EXCEPTION 'pg_cron runs in database %, not in %', cron_db, pg_catalog.current_database()
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = pg_catalog.format('Either set cron.database_name = %L and restart PostgreSQL, or connect '
+                      || 'to %I and run: SELECT cron.schedule_in_database(%L, '
+                      || '''*/10 * * * *'', ''SELECT twitch_sync.run()'', %L);',
+                      pg_catalog.current_database(), cron_db, twitch_sync.cron_job_name(),
+                      pg_catalog.current_database());
+    END IF;
+END
+$$;
+
+
 -- The run lock: one run() per database at a time. Its key ('twit', 1 as an
 -- advisory lock pair) is written only here. Transaction-level: it ends with the
 -- run's transaction, however the backend ends, so it cannot be orphaned.
@@ -635,7 +770,7 @@ BEGIN
 END
 $$;
 
--- schedule(): creates or updates the pg_cron job 'twitch-viewer-count-sync'
+-- schedule(): creates or updates the pg_cron job (twitch_sync.cron_job_name())
 -- that runs SELECT twitch_sync.run() in this database; returns its job id.
 -- pg_cron itself validates the schedule, so whatever the installed pg_cron
 -- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
@@ -658,7 +793,7 @@ BEGIN
     BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id
-          USING 'twitch-viewer-count-sync', schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+          USING twitch_sync.cron_job_name(), schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
         IF msg NOT LIKE 'invalid schedule%' THEN
