@@ -130,38 +130,43 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let clock = Instant::now();
     db::check_schema_version()?;
     if !db::try_lock_run()? {
-        let (run_id, finished) = db::record_run(&RunRecord {
-            started_at,
-            status: "skipped",
-            channels_checked: 0,
-            live: 0,
-            updated: 0,
-            started: 0,
-            ended: 0,
-            errors: 0,
-            helix_requests: 0,
-            retries: 0,
-            rate_limited: 0,
-            rate_limit_remaining: None,
-            error: Some(SKIPPED_ERROR.into()),
-            unknown: 0,
-            bad_entries: 0,
-            failed_ids: Vec::new(),
-            unknown_ids: Vec::new(),
-        })?;
-        pgrx::log!("twitch_sync: run {run_id} skipped: another run is in progress");
-        return Ok(
-            RunReport::skipped(run_id, clock.elapsed().as_millis() as u64, finished).to_json(),
-        );
+        return skip(started_at, clock);
     }
     let config = settings()?;
     let state = db::read_state()?;
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
+    let (outcome, written, apply_ms) = stream_and_apply(config, state)?;
+    let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
+    finish(
+        started_at,
+        clock,
+        outcome,
+        written,
+        (read_ms, http_ms, apply_ms),
+    )
+}
+
+/// Another run holds the lock: record a skipped run and say so.
+fn skip(started_at: SystemTime, clock: Instant) -> Result<serde_json::Value, SyncError> {
+    let (run_id, finished) = db::record_run(&RunRecord {
+        error: Some(SKIPPED_ERROR.into()),
+        ..RunRecord::new(started_at, RunStatus::Skipped.as_str())
+    })?;
+    pgrx::log!("twitch_sync: run {run_id} skipped: another run is in progress");
+    Ok(RunReport::skipped(run_id, clock.elapsed().as_millis() as u64, finished).to_json())
+}
+
+/// The pass itself: the engine's requests on the runtime, and the answers
+/// written through the transition layer in chunks as they arrive, while later
+/// requests are still in flight (the database work hides behind Helix's
+/// latency). Returns the engine's summary, what was written, and the time spent
+/// writing (ms).
+fn stream_and_apply(
+    config: SyncConfig,
+    state: db::DbState,
+) -> Result<(PassSummary, Written, f64), SyncError> {
     let total = state.broadcaster_ids.len();
     pgrx::log!("twitch_sync: run started: {total} channels to check");
-
-    // Answers are written as they arrive, in a few chunks, while later requests
-    // are still in flight: the database work hides behind Helix's latency.
     let chunk = (total / APPLY_CHUNKS).max(MIN_APPLY_CHUNK);
     let (misses, notify) = (gucs::offline_after_misses(), gucs::notify_events());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -178,7 +183,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let mut pending = BatchBuffer::default();
     let mut written = Written::default();
     let mut apply_ms = 0.0;
-    let mut outcome = loop {
+    let outcome = loop {
         let step = runtime::block_on_interruptible(async {
             tokio::select! {
                 biased;
@@ -218,7 +223,18 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
             break done;
         }
     };
-    let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
+    Ok((outcome, written, apply_ms))
+}
+
+/// After the pass: token and rate-limit state, the run's record, retention,
+/// and the result document. `timings` are (read, http, apply) in ms.
+fn finish(
+    started_at: SystemTime,
+    clock: Instant,
+    mut outcome: PassSummary,
+    mut written: Written,
+    (read_ms, http_ms, mut apply_ms): (f64, f64, f64),
+) -> Result<serde_json::Value, SyncError> {
     let finish_clock = Instant::now();
     // A chunk whose write failed counts like a failed batch; a refused live
     // observation like a dropped entry.

@@ -296,6 +296,31 @@ pub struct RunRecord {
     pub unknown_ids: Vec<String>,
 }
 
+impl RunRecord {
+    /// A run that did nothing (yet): zero counts, no error.
+    pub fn new(started_at: SystemTime, status: &'static str) -> RunRecord {
+        RunRecord {
+            started_at,
+            status,
+            channels_checked: 0,
+            live: 0,
+            updated: 0,
+            started: 0,
+            ended: 0,
+            errors: 0,
+            helix_requests: 0,
+            retries: 0,
+            rate_limited: 0,
+            rate_limit_remaining: None,
+            error: None,
+            unknown: 0,
+            bad_entries: 0,
+            failed_ids: Vec::new(),
+            unknown_ids: Vec::new(),
+        }
+    }
+}
+
 /// Records the run with twitch_sync.record_run (its row, the counters, the
 /// alert); returns its run_id and finished_at (RFC 3339).
 pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {

@@ -5,20 +5,24 @@
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 use std::time::Duration;
+use twitch_sync_core::config::defaults;
 
 static HELIX_URL: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"https://api.twitch.tv/helix"));
+    GucSetting::<Option<CString>>::new(Some(defaults::HELIX_URL));
 static AUTH_URL: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"https://id.twitch.tv/oauth2"));
-static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
-static MAX_CONCURRENT_REQUESTS: GucSetting<i32> = GucSetting::<i32>::new(32);
-static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(3);
-static RUN_DEADLINE_MS: GucSetting<i32> = GucSetting::<i32>::new(300_000);
-static OFFLINE_AFTER_MISSES: GucSetting<i32> = GucSetting::<i32>::new(1);
+    GucSetting::<Option<CString>>::new(Some(defaults::AUTH_URL));
+static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(defaults::REQUEST_TIMEOUT_MS);
+static MAX_CONCURRENT_REQUESTS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::MAX_CONCURRENT_REQUESTS);
+static MAX_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(defaults::MAX_RETRIES);
+static RUN_DEADLINE_MS: GucSetting<i32> = GucSetting::<i32>::new(defaults::RUN_DEADLINE_MS);
+static OFFLINE_AFTER_MISSES: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::OFFLINE_AFTER_MISSES);
 static NOTIFY_EVENTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static NOTIFY_ALERTS: GucSetting<bool> = GucSetting::<bool>::new(true);
-static RUNS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(30);
-static SAMPLES_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
+static RUNS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(defaults::RUNS_RETENTION_DAYS);
+static SAMPLES_RETENTION_DAYS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::SAMPLES_RETENTION_DAYS);
 
 pub fn init() {
     GucRegistry::define_string_guc(

@@ -7,6 +7,21 @@ pub const MAX_IDS_PER_REQUEST: usize = 100;
 /// Page size sent with every Get Streams request: Twitch's maximum (the default is 20).
 pub const PAGE_SIZE: usize = 100;
 
+/// Defaults of the settings: the one source for the GUCs (src/gucs.rs) and
+/// for [`SyncConfig::default`]. Integers are the GUCs' own units.
+pub mod defaults {
+    use std::ffi::CStr;
+    pub const HELIX_URL: &CStr = c"https://api.twitch.tv/helix";
+    pub const AUTH_URL: &CStr = c"https://id.twitch.tv/oauth2";
+    pub const REQUEST_TIMEOUT_MS: i32 = 10_000;
+    pub const MAX_CONCURRENT_REQUESTS: i32 = 32;
+    pub const MAX_RETRIES: i32 = 3;
+    pub const RUN_DEADLINE_MS: i32 = 300_000;
+    pub const OFFLINE_AFTER_MISSES: i32 = 1;
+    pub const RUNS_RETENTION_DAYS: i32 = 30;
+    pub const SAMPLES_RETENTION_DAYS: i32 = 90;
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncConfig {
     /// Base URL of Helix, without a trailing slash (`https://api.twitch.tv/helix`).
@@ -31,12 +46,12 @@ pub struct SyncConfig {
 impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
-            helix_url: "https://api.twitch.tv/helix".into(),
-            auth_url: "https://id.twitch.tv/oauth2".into(),
-            request_timeout: Duration::from_secs(10),
-            max_concurrent_requests: 32,
-            max_retries: 3,
-            run_deadline: Duration::from_secs(300),
+            helix_url: defaults::HELIX_URL.to_string_lossy().into_owned(),
+            auth_url: defaults::AUTH_URL.to_string_lossy().into_owned(),
+            request_timeout: Duration::from_millis(defaults::REQUEST_TIMEOUT_MS as u64),
+            max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
+            max_retries: defaults::MAX_RETRIES as u32,
+            run_deadline: Duration::from_millis(defaults::RUN_DEADLINE_MS as u64),
             max_pages_per_batch: 10,
             max_response_bytes: 4 * 1024 * 1024,
             validate_every: Duration::from_secs(3600),
