@@ -895,8 +895,9 @@ fn a_stream_id_listed_under_a_broadcaster_other_than_its_owner_writes_nothing() 
     assert_no_panic_logged(&db);
 }
 
-/// Fails today: pg_try_advisory_xact_lock is re-entrant within a
-/// transaction, so all three calls do a full pass (status ok, 6 requests).
+/// pg_try_advisory_xact_lock is re-entrant within a transaction: run() checks
+/// whether this backend already holds the run lock, so the second and third
+/// calls are skipped instead of doing full passes.
 #[test]
 fn several_runs_in_one_transaction_do_one_pass() {
     let (mut db, _ids) = setup(200, 0.5);
@@ -935,10 +936,8 @@ fn several_runs_in_one_transaction_do_one_pass() {
 /// An error Postgres raises inside one of run()'s SPI calls (here a lock
 /// timeout, as a long migration or VACUUM FULL would cause) must reach the
 /// caller as itself: its SQLSTATE, its message, no Rust backtrace in DETAIL and
-/// none in the server log. Fails today: with RUST_BACKTRACE=1 in the server's
-/// environment the DETAIL (and the log) carry pgrx's ~100-frame backtrace
-/// (pgrx_pg_sys::...::pg_guard_ffi_boundary -> SPI_execute -> db::read_state /
-/// db::record_run), file paths included; with RUST_BACKTRACE unset it is clean.
+/// none in the server log, although the server runs with RUST_BACKTRACE=1
+/// (pgrx attaches a backtrace to errors it catches; run() re-raises them plain).
 #[test]
 fn a_database_error_inside_run_keeps_its_sqlstate_and_shows_no_backtrace() {
     let (mut db, _ids) = setup(200, 0.5);

@@ -552,28 +552,3 @@ fn errors_reach_users_as_clean_sql_errors_without_a_rust_backtrace() {
         error_text(&err)
     );
 }
-
-#[test]
-fn a_second_run_in_the_same_transaction_is_skipped() {
-    let mut db = TestDb::new(world(150, 0.3));
-    db.track_first(150);
-    let docs: Vec<Value> = db
-        .client
-        .query("SELECT twitch_sync.run() FROM generate_series(1, 3)", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let statuses: Vec<&str> = docs.iter().map(|d| d["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["ok", "skipped", "skipped"], "{docs:?}");
-    assert_eq!(
-        db.sim.counters().streams_requests,
-        2,
-        "one pass of 2 requests"
-    );
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'skipped'"),
-        2
-    );
-    db.assert_matches_world();
-}
