@@ -40,6 +40,8 @@ CREATE TABLE twitch_sync.channels (
     CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
     CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login))
 ) WITH (fillfactor = 50);
+-- the few channels counting misses of their live stream
+CREATE INDEX channels_missing ON twitch_sync.channels (broadcaster_id) WHERE missed_polls <> 0;
 COMMENT ON TABLE twitch_sync.channels IS 'Twitch channels twitch_sync keeps current (twitch_sync.track / untrack).';
 
 -- One row per broadcast (Twitch's stream id); at most one live row per broadcaster.

@@ -95,6 +95,8 @@ UPDATE twitch_sync.streams s SET last_seen_at = c.last_live_at
                        WHERE x.broadcaster_id = s.broadcaster_id
                        ORDER BY x.started_at DESC NULLS LAST, x.updated_at DESC LIMIT 1);
 ALTER TABLE twitch_sync.channels DROP COLUMN last_checked_at, DROP COLUMN last_live_at;
+-- the few channels counting misses of their live stream
+CREATE INDEX channels_missing ON twitch_sync.channels (broadcaster_id) WHERE missed_polls <> 0;
 
 -- Keys led by the broadcaster, so the tables can be distributed by it.
 ALTER TABLE twitch_sync.streams DROP CONSTRAINT streams_pkey,
@@ -182,6 +184,8 @@ CREATE TYPE twitch_sync.observation AS (
     language       text,
     started_at     timestamptz
 );
+-- One call takes at most one observation per broadcaster (a second one for the
+-- same broadcaster makes the call fail: apply_chunk reports it).
 COMMENT ON TYPE twitch_sync.observation IS 'What a source (poll or eventsub) saw of one channel at one time: the input of twitch_sync.apply_observations.';
 
 -- What one call of apply_observations did.
@@ -216,23 +220,30 @@ CREATE TYPE twitch_sync.transition AS (
 -- is not already theirs), are refused: every observation of theirs is dropped
 -- and they are left as they were. The stream id's owner is applied as usual.
 CREATE FUNCTION twitch_sync.stream_id_conflicts(obs twitch_sync.observation[]) RETURNS text[]
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(array_agg(DISTINCT o.broadcaster_id ORDER BY o.broadcaster_id), '{}')
-      FROM unnest(obs) o
-     WHERE o.state = 'live'
-       AND (EXISTS (SELECT 1 FROM twitch_sync.streams s
-                     WHERE s.stream_id = o.stream_id AND s.broadcaster_id <> o.broadcaster_id)
-            OR (EXISTS (SELECT 1 FROM unnest(obs) x
-                         WHERE x.state = 'live' AND x.stream_id = o.stream_id
-                           AND x.broadcaster_id <> o.broadcaster_id)
-                AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams s
-                                 WHERE s.stream_id = o.stream_id AND s.broadcaster_id = o.broadcaster_id)))
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    WITH live AS (
+        SELECT o.broadcaster_id, o.stream_id FROM unnest(obs) o WHERE o.state = 'live'
+    ), shared AS (  -- stream ids this call gives to more than one broadcaster
+        SELECT l.stream_id FROM live l GROUP BY l.stream_id HAVING count(DISTINCT l.broadcaster_id) > 1
+    )
+    SELECT coalesce(array_agg(DISTINCT l.broadcaster_id ORDER BY l.broadcaster_id), '{}')
+      FROM live l
+     WHERE EXISTS (SELECT 1 FROM twitch_sync.streams s
+                    WHERE s.stream_id = l.stream_id AND s.broadcaster_id <> l.broadcaster_id)
+        OR (l.stream_id IN (SELECT h.stream_id FROM shared h)
+            AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams s
+                             WHERE s.broadcaster_id = l.broadcaster_id AND s.stream_id = l.stream_id)));
+END
 $$;
 
 -- Step 1: a channel seen live under a new stream id ends its previous broadcast.
 CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     UPDATE twitch_sync.streams s
        SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
       FROM unnest(obs) o
@@ -240,7 +251,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
        AND s.stream_id <> o.stream_id
     RETURNING (ROW('restart', s.broadcaster_id, s.stream_id, NULL, NULL, s.viewer_count,
                   s.peak_viewer_count, s.title, s.game_name, s.started_at, s.ended_at,
-                  o.observed_at)::twitch_sync.transition).*
+                  o.observed_at)::twitch_sync.transition).*;
+END
 $$;
 
 -- Step 2: live rows. Updates the known broadcast (reopening one that had
@@ -294,12 +306,13 @@ $$;
 
 -- Step 3: one viewer sample per live observation that carries a count.
 CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
     SELECT o.broadcaster_id, o.stream_id, o.observed_at, o.viewer_count
       FROM unnest(obs) o
-     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL
-    ON CONFLICT DO NOTHING
+     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL;
+END
 $$;
 
 -- Step 4: misses. A live stream whose channel a poll checked without listing it
@@ -307,7 +320,9 @@ $$;
 -- miss count to reset) are written: a channel offline before and after costs nothing.
 CREATE FUNCTION twitch_sync.count_misses(obs twitch_sync.observation[], misses integer)
 RETURNS SETOF twitch_sync.transition
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     WITH missed AS (
         SELECT o.broadcaster_id, o.observed_at
           FROM unnest(obs) o
@@ -321,10 +336,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
          WHERE misses > 1 AND c.broadcaster_id = m.broadcaster_id
         RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
     ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
-        -- listed again before the count ran out: start over
+        -- listed again before the count ran out: start over (the few channels
+        -- with a count, through their partial index)
         UPDATE twitch_sync.channels c SET missed_polls = 0
-          FROM unnest(obs) o
-         WHERE o.state = 'live' AND c.broadcaster_id = o.broadcaster_id AND c.missed_polls <> 0
+         WHERE c.missed_polls <> 0
+           AND c.broadcaster_id IN (SELECT o.broadcaster_id FROM unnest(obs) o WHERE o.state = 'live')
         RETURNING c.broadcaster_id
     ), ending AS (
         SELECT m.broadcaster_id, m.observed_at FROM missed m WHERE misses <= 1
@@ -346,14 +362,17 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
                e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
                e.ended_at)::twitch_sync.transition).*
-      FROM ended e
+      FROM ended e;
+END
 $$;
 
 -- Step 5: an 'offline' observation (EventSub stream.offline) ends the live
 -- broadcast at once.
 CREATE FUNCTION twitch_sync.apply_offline(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     WITH ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
@@ -369,16 +388,19 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
                e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
                e.ended_at)::twitch_sync.transition).*
-      FROM ended e
+      FROM ended e;
+END
 $$;
 
 -- Step 6: logins Helix reports, where they differ from the stored one.
 CREATE FUNCTION twitch_sync.update_logins(obs twitch_sync.observation[]) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     UPDATE twitch_sync.channels c SET login = o.login
       FROM unnest(obs) o
      WHERE o.login IS NOT NULL AND c.broadcaster_id = o.broadcaster_id
-       AND c.login IS DISTINCT FROM o.login
+       AND c.login IS DISTINCT FROM o.login;
+END
 $$;
 
 -- Step 7: events. Each state change becomes a row of the outbox

@@ -41,6 +41,8 @@ struct Written {
     unknown_ids: Vec<String>,
     /// Chunks whose write failed (their subtransaction was rolled back).
     failures: Vec<BatchFailure>,
+    /// Channels live when the run started (see db::DbState::live_at_start).
+    live_at_start: std::collections::HashSet<String>,
 }
 
 impl Written {
@@ -65,7 +67,13 @@ impl Written {
             pending.clear();
             return Ok(());
         }
-        let r = db::apply_poll_chunk(&pending.checked, &pending.live, misses, notify)?;
+        let r = db::apply_poll_chunk(
+            &pending.checked,
+            &pending.live,
+            &self.live_at_start,
+            misses,
+            notify,
+        )?;
         if let Some(error) = r.error {
             pgrx::warning!("twitch_sync: {error}");
             self.failures.push(BatchFailure {
@@ -181,7 +189,10 @@ fn stream_and_apply(
         tx,
     ));
     let mut pending = BatchBuffer::default();
-    let mut written = Written::default();
+    let mut written = Written {
+        live_at_start: state.live_at_start,
+        ..Written::default()
+    };
     let mut apply_ms = 0.0;
     let outcome = loop {
         let step = runtime::block_on_interruptible(async {

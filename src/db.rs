@@ -75,6 +75,10 @@ pub struct DbState {
     pub token: Option<CachedToken>,
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
     pub broadcaster_ids: Vec<String>,
+    /// Channels with a live stream when the run started: only for these can
+    /// "not listed" change anything (count a miss, end a stream), so only these
+    /// are sent to the transition layer as not-listed observations.
+    pub live_at_start: HashSet<String>,
 }
 
 pub fn read_state() -> Result<DbState, SyncError> {
@@ -150,11 +154,25 @@ pub fn read_state() -> Result<DbState, SyncError> {
                 broadcaster_ids.push(id);
             }
         }
+        let live = client
+            .select(
+                "SELECT broadcaster_id FROM twitch_sync.streams WHERE is_live",
+                None,
+                &[],
+            )
+            .map_err(internal)?;
+        let mut live_at_start = HashSet::with_capacity(live.len());
+        for r in live {
+            if let Some(id) = r.get::<String>(1).map_err(internal)? {
+                live_at_start.insert(id);
+            }
+        }
         Ok(DbState {
             credentials,
             token,
             rate_limit,
             broadcaster_ids,
+            live_at_start,
         })
     })
 }
@@ -204,17 +222,20 @@ pub struct ChunkResult {
 
 /// Writes one chunk of a poll through the transition layer
 /// (twitch_sync.poll_observations + twitch_sync.apply_chunk): the live streams
-/// listed, and the checked channels that were not listed.
+/// listed, and the checked channels that were not listed but had a live stream
+/// when the run started (`live_at_start`; for any other channel "not listed"
+/// changes nothing, so it costs nothing).
 pub fn apply_poll_chunk(
     checked: &[String],
     live: &[LiveStream],
+    live_at_start: &HashSet<String>,
     offline_after_misses: i32,
     notify: bool,
 ) -> Result<ChunkResult, SyncError> {
     let listed: HashSet<&str> = live.iter().map(|s| s.broadcaster_id.as_str()).collect();
     let not_listed: Vec<String> = checked
         .iter()
-        .filter(|id| !listed.contains(id.as_str()))
+        .filter(|id| !listed.contains(id.as_str()) && live_at_start.contains(id.as_str()))
         .cloned()
         .collect();
     let col = |f: fn(&LiveStream) -> Option<String>| -> Vec<Option<String>> {

@@ -91,6 +91,11 @@ fn measure(s: &Scenario) -> Row {
     for _ in 0..s.runs {
         std::thread::sleep(s.refill_between);
         db.sim.tick();
+        // Flush this session's pending statistics (they are flushed when it goes
+        // idle after this), so the transaction's statistics below are the run's alone.
+        db.client
+            .batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
         db.client.batch_execute("BEGIN").unwrap();
         let t = Instant::now();
         let doc: Value = db.run();
@@ -172,7 +177,7 @@ fn measure(s: &Scenario) -> Row {
                                peak_viewer_count = greatest(s.peak_viewer_count, i.viewer_count),
                                updated_at = now()
                           FROM i WHERE s.stream_id = i.stream_id
-                        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count),
+                        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count)
              INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
              SELECT stream_id, broadcaster_id, clock_timestamp(), viewer_count FROM u",
             &[&ids, &counts],
@@ -260,8 +265,10 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    // BENCH_ONLY=text runs only the scenarios whose name contains it.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let mut rows = vec![];
-    for s in &scenarios {
+    for s in scenarios.iter().filter(|s| s.name.contains(only.as_str())) {
         eprintln!("running: {}", s.name);
         rows.push(measure(s));
     }
