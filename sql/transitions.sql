@@ -77,7 +77,36 @@ BEGIN
 END
 $$;
 
--- Step 1: a channel seen live under a new stream id ends its previous broadcast.
+-- Step 1: the common case first. A live observation that continues the
+-- broadcaster's live broadcast (same stream id, still live) only updates that
+-- row: nothing else can apply to it (the stream id is the broadcaster's own, there
+-- is nothing to supersede or reopen). Returns those broadcasters; the steps
+-- below see only the other observations.
+CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    continuing text[];
+BEGIN
+    WITH updated AS (
+        UPDATE twitch_sync.streams s
+           SET viewer_count = coalesce(o.viewer_count, s.viewer_count),
+               peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+               title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
+               game_name = coalesce(o.game_name, s.game_name),
+               language = coalesce(o.language, s.language),
+               started_at = coalesce(s.started_at, o.started_at),
+               updated_at = o.observed_at, last_seen_at = o.observed_at
+          FROM unnest(obs) o
+         WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id
+           AND s.stream_id = o.stream_id AND s.is_live
+        RETURNING s.broadcaster_id
+    )
+    SELECT coalesce(array_agg(u.broadcaster_id), '{}') INTO continuing FROM updated u;
+    RETURN continuing;
+END
+$$;
+
+-- Step 2: a channel seen live under a new stream id ends its previous broadcast.
 CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -94,7 +123,7 @@ BEGIN
 END
 $$;
 
--- Step 2: live rows. Updates the known broadcast (reopening one that had
+-- Step 3: live rows. Updates the known broadcast (reopening one that had
 -- ended: same stream id) and inserts new ones. Fields an observation lacks
 -- (NULL: an EventSub online event has no count or title) keep their stored
 -- values. Returns 'online' transitions for new and reopened broadcasts and a
@@ -143,7 +172,7 @@ BEGIN
 END
 $$;
 
--- Step 3: one viewer sample per live observation that carries a count.
+-- Step 4: one viewer sample per live observation that carries a count.
 CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -154,7 +183,7 @@ BEGIN
 END
 $$;
 
--- Step 4: misses. A live stream whose channel a poll checked without listing it
+-- Step 5: misses. A live stream whose channel a poll checked without listing it
 -- counts a miss; `misses` in a row end it. Only channels with a live row (or a
 -- miss count to reset) are written: a channel offline before and after costs nothing.
 CREATE FUNCTION twitch_sync.count_misses(obs twitch_sync.observation[], misses integer)
@@ -205,7 +234,7 @@ BEGIN
 END
 $$;
 
--- Step 5: an 'offline' observation (EventSub stream.offline) ends the live
+-- Step 6: an 'offline' observation (EventSub stream.offline) ends the live
 -- broadcast at once.
 CREATE FUNCTION twitch_sync.apply_offline(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
@@ -231,7 +260,7 @@ BEGIN
 END
 $$;
 
--- Step 6: logins Helix reports, where they differ from the stored one.
+-- Step 7: logins Helix reports, where they differ from the stored one.
 CREATE FUNCTION twitch_sync.update_logins(obs twitch_sync.observation[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -242,7 +271,7 @@ BEGIN
 END
 $$;
 
--- Step 7: events. Each state change becomes a row of the outbox
+-- Step 8: events. Each state change becomes a row of the outbox
 -- twitch_sync.events (readable only by granted roles); with `notify`, NOTIFY
 -- twitch_sync carries just its event id, sent when the transaction commits.
 CREATE FUNCTION twitch_sync.emit_events(changes twitch_sync.transition[], notify boolean)
@@ -288,23 +317,31 @@ RETURNS twitch_sync.applied
 -- jit off: short OLTP statements, where JIT compilation costs more than it saves.
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
+    continuing text[];
+    rest twitch_sync.observation[];
     conflicted text[];
     changes twitch_sync.transition[] := '{}';
     live_changes twitch_sync.transition[];
     result twitch_sync.applied;
 BEGIN
-    conflicted := twitch_sync.stream_id_conflicts(obs);
+    continuing := twitch_sync.update_continuing(obs);
+    rest := CASE WHEN cardinality(continuing) = 0 THEN obs ELSE ARRAY(
+                SELECT o FROM unnest(obs) o
+                 WHERE o.state <> 'live'
+                    OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
+    conflicted := twitch_sync.stream_id_conflicts(rest);
     IF cardinality(conflicted) > 0 THEN
         -- Their broadcasters are left as they were: drop every observation of them.
         obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));
+        rest := ARRAY(SELECT o FROM unnest(rest) o WHERE o.broadcaster_id <> ALL (conflicted));
     END IF;
-    changes := ARRAY(SELECT twitch_sync.end_superseded(obs));
-    live_changes := ARRAY(SELECT twitch_sync.upsert_live(obs));
+    changes := ARRAY(SELECT twitch_sync.end_superseded(rest));
+    live_changes := ARRAY(SELECT twitch_sync.upsert_live(rest));
     PERFORM twitch_sync.record_samples(obs);
     changes := changes
         || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
         || ARRAY(SELECT twitch_sync.count_misses(obs, greatest(coalesce(offline_after_misses, 1), 1)))
-        || ARRAY(SELECT twitch_sync.apply_offline(obs));
+        || ARRAY(SELECT twitch_sync.apply_offline(rest));
     PERFORM twitch_sync.update_logins(obs);
     -- A restart is reported once, as the new broadcast's 'restart' event
     -- naming the broadcast it superseded.
@@ -319,7 +356,8 @@ BEGIN
                                      AND t.event = 'online'
          WHERE t.event <> 'restart');
     result.live := (SELECT count(*) FROM unnest(obs) o WHERE o.state = 'live');
-    result.updated := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
+    result.updated := cardinality(continuing)
+                    + (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
     result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
     result.ended := (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'offline')
                   + (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'restart');

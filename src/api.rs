@@ -43,6 +43,8 @@ struct Written {
     failures: Vec<BatchFailure>,
     /// Channels live when the run started (see db::DbState::live_at_start).
     live_at_start: std::collections::HashSet<String>,
+    /// Stored logins at the run's start (see db::DbState::logins).
+    logins: std::collections::HashMap<String, Option<String>>,
 }
 
 impl Written {
@@ -71,6 +73,7 @@ impl Written {
             &pending.checked,
             &pending.live,
             &self.live_at_start,
+            &self.logins,
             misses,
             notify,
         )?;
@@ -191,6 +194,7 @@ fn stream_and_apply(
     let mut pending = BatchBuffer::default();
     let mut written = Written {
         live_at_start: state.live_at_start,
+        logins: state.logins,
         ..Written::default()
     };
     let mut apply_ms = 0.0;

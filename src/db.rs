@@ -6,7 +6,7 @@
 use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::engine::{CachedToken, Credentials};
@@ -79,6 +79,9 @@ pub struct DbState {
     /// "not listed" change anything (count a miss, end a stream), so only these
     /// are sent to the transition layer as not-listed observations.
     pub live_at_start: HashSet<String>,
+    /// Each enabled channel's stored login: a chunk sends a login only where
+    /// Helix reports another one (the transition layer compares again).
+    pub logins: HashMap<String, Option<String>>,
 }
 
 pub fn read_state() -> Result<DbState, SyncError> {
@@ -143,14 +146,17 @@ pub fn read_state() -> Result<DbState, SyncError> {
 
         let ids = client
             .select(
-                "SELECT broadcaster_id FROM twitch_sync.channels WHERE enabled ORDER BY broadcaster_id",
+                "SELECT broadcaster_id, login FROM twitch_sync.channels WHERE enabled
+                  ORDER BY broadcaster_id",
                 None,
                 &[],
             )
             .map_err(internal)?;
         let mut broadcaster_ids = Vec::with_capacity(ids.len());
+        let mut logins = HashMap::with_capacity(ids.len());
         for r in ids {
             if let Some(id) = r.get::<String>(1).map_err(internal)? {
+                logins.insert(id.clone(), r.get::<String>(2).map_err(internal)?);
                 broadcaster_ids.push(id);
             }
         }
@@ -173,6 +179,7 @@ pub fn read_state() -> Result<DbState, SyncError> {
             rate_limit,
             broadcaster_ids,
             live_at_start,
+            logins,
         })
     })
 }
@@ -229,6 +236,7 @@ pub fn apply_poll_chunk(
     checked: &[String],
     live: &[LiveStream],
     live_at_start: &HashSet<String>,
+    logins: &HashMap<String, Option<String>>,
     offline_after_misses: i32,
     notify: bool,
 ) -> Result<ChunkResult, SyncError> {
@@ -245,7 +253,14 @@ pub fn apply_poll_chunk(
         epoch(SystemTime::now()).into(),
         col(|s| Some(s.broadcaster_id.clone())).into(),
         col(|s| Some(s.stream_id.clone())).into(),
-        col(|s| s.login.clone()).into(),
+        live.iter()
+            .map(|s| {
+                s.login
+                    .clone()
+                    .filter(|l| logins.get(&s.broadcaster_id) != Some(&Some(l.clone())))
+            })
+            .collect::<Vec<Option<String>>>()
+            .into(),
         live.iter()
             .map(|s| s.viewer_count)
             .collect::<Vec<i32>>()
