@@ -25,16 +25,14 @@ enum Step {
     Done(PassSummary),
 }
 
-/// What the chunks written so far add up to, and the channels a run could not
-/// check (recorded in twitch_sync.run_unchecked).
+/// The answers not yet written, what the chunks written so far add up to, and
+/// the channels a run could not check (recorded in twitch_sync.run_unchecked).
 #[derive(Default)]
 struct Written {
+    pending: BatchBuffer,
     checked: usize,
     live: usize,
-    updated: i64,
-    started: i64,
-    ended: i64,
-    events: i64,
+    applied: Applied,
     /// Live observations the transition layer refused (stream id owned by another broadcaster).
     conflicts: u32,
     failed_ids: Vec<String>,
@@ -48,21 +46,19 @@ struct Written {
 }
 
 impl Written {
-    /// Notes a batch's answer: a failed batch's channels are unchecked.
-    fn note(&mut self, result: &BatchResult) {
-        if let BatchResult::Failed(f) = result {
+    /// Takes a batch's answer: pending until written; a failed batch's
+    /// channels are unchecked.
+    fn receive(&mut self, result: BatchResult) {
+        if let BatchResult::Failed(f) = &result {
             self.failed_ids.extend(f.broadcaster_ids.iter().cloned());
         }
+        self.pending.absorb(result);
     }
 
     /// Writes the pending answers through the transition layer (one call of
     /// twitch_sync.apply_chunk, a subtransaction) and empties them.
-    fn write(
-        &mut self,
-        pending: &mut BatchBuffer,
-        misses: i32,
-        notify: bool,
-    ) -> Result<(), SyncError> {
+    fn write(&mut self, misses: i32, notify: bool) -> Result<(), SyncError> {
+        let pending = &mut self.pending;
         // Unknown channels (an entry about them was dropped) are left as they were.
         self.unknown_ids.append(&mut pending.unknown);
         if pending.checked.is_empty() {
@@ -90,10 +86,10 @@ impl Written {
             self.conflicts += conflicted as u32;
             self.checked += pending.checked.len() - conflicted;
             self.live += r.live as usize;
-            self.updated += r.updated;
-            self.started += r.started;
-            self.ended += r.ended;
-            self.events += r.events;
+            self.applied.updated += r.updated;
+            self.applied.started += r.started;
+            self.applied.ended += r.ended;
+            self.applied.events += r.events;
             self.unknown_ids.extend(r.conflicted);
         }
         pending.clear();
@@ -191,7 +187,6 @@ fn stream_and_apply(
         },
         tx,
     ));
-    let mut pending = BatchBuffer::default();
     let mut written = Written {
         live_at_start: state.live_at_start,
         logins: state.logins,
@@ -209,16 +204,14 @@ fn stream_and_apply(
         let done = match step {
             Step::Done(done) => Some(done),
             Step::Batch(first) => {
-                written.note(&first);
-                pending.absorb(first);
+                written.receive(first);
                 None
             }
         };
         while let Ok(r) = rx.try_recv() {
-            written.note(&r);
-            pending.absorb(r);
+            written.receive(r);
         }
-        if done.is_some() || pending.checked.len() >= chunk {
+        if done.is_some() || written.pending.checked.len() >= chunk {
             if done.is_none() {
                 // Let the runtime put the next requests on the wire first, so they
                 // travel while this backend writes.
@@ -226,12 +219,11 @@ fn stream_and_apply(
                     tokio::time::sleep(Duration::from_millis(1)).await
                 });
                 while let Ok(r) = rx.try_recv() {
-                    written.note(&r);
-                    pending.absorb(r);
+                    written.receive(r);
                 }
             }
             let t = Instant::now();
-            written.write(&mut pending, misses, notify)?;
+            written.write(misses, notify)?;
             apply_ms += t.elapsed().as_secs_f64() * 1000.0;
         }
         if let Some(done) = done {
@@ -256,6 +248,7 @@ fn finish(
     outcome.failures.append(&mut written.failures);
     outcome.stats.bad.stream_id_conflict += written.conflicts;
     outcome.checked = written.checked;
+    outcome.live = written.live;
     outcome.unknown = written.unknown_ids.len();
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
@@ -265,16 +258,16 @@ fn finish(
     if let Some(s) = &outcome.rate_limit {
         db::save_rate_limit(s)?;
     }
-    let status = RunStatus::of(&outcome, written.checked > 0);
+    let status = outcome.status();
     let remaining = remaining(&outcome);
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status: status.as_str(),
         channels_checked: written.checked as i64,
         live: written.live as i64,
-        updated: written.updated,
-        started: written.started,
-        ended: written.ended,
+        updated: written.applied.updated,
+        started: written.applied.started,
+        ended: written.applied.ended,
         errors: outcome.failed_channels() as i64,
         helix_requests: outcome.helix_requests as i64,
         retries: outcome.retries as i64,
@@ -288,22 +281,7 @@ fn finish(
     })?;
     apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
     let (pruned_runs, pruned_samples, pruned_events) = db::prune()?;
-    let mut report = RunReport::finished(
-        &outcome,
-        Applied {
-            updated: written.updated,
-            started: written.started,
-            ended: written.ended,
-        },
-        run_id,
-        finished,
-    );
-    // The status and counts written to twitch_sync.runs above.
-    report.status = status;
-    report.success = status.success();
-    report.total_streams = written.checked as u64;
-    report.live = written.live as u64;
-    report.events = written.events;
+    let mut report = RunReport::finished(&outcome, written.applied, run_id, finished);
     report.duration_ms = clock.elapsed().as_millis() as u64;
     report.pruned = Some(Pruned {
         runs: pruned_runs,

@@ -1,7 +1,7 @@
 //! Every SPI call of twitch_sync: reading state before a run, writing its
 //! outcome after. Statements are parameterised; the set-based writes live in
-//! sql/schema.sql (twitch_sync.apply_sync), called here once per chunk of
-//! answers (run() writes a run's answers in several chunks as they arrive).
+//! sql/transitions.sql (twitch_sync.apply_chunk), called here once per chunk
+//! of answers (run() writes a run's answers in several chunks as they arrive).
 
 use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;
@@ -255,9 +255,9 @@ pub fn apply_poll_chunk(
         col(|s| Some(s.stream_id.clone())).into(),
         live.iter()
             .map(|s| {
-                s.login
-                    .clone()
-                    .filter(|l| logins.get(&s.broadcaster_id) != Some(&Some(l.clone())))
+                s.login.clone().filter(|l| {
+                    logins.get(&s.broadcaster_id).map(Option::as_deref) != Some(Some(l))
+                })
             })
             .collect::<Vec<Option<String>>>()
             .into(),

@@ -11,9 +11,9 @@
 //! - `gucs`, `error`: settings and SQL errors.
 //!
 //! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
-//! untrack, set_credentials, apply_sync), operations.sql (schedule,
-//! unschedule, prune, alerts, counters) and finalize.sql (status, metrics,
-//! privileges).
+//! untrack, set_credentials), transitions.sql (the transition layer),
+//! operations.sql (record_run, channel_status, schedule, prune) and
+//! finalize.sql (status, metrics, privileges).
 
 mod api;
 mod db;

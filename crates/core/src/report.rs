@@ -59,6 +59,8 @@ pub struct Applied {
     pub started: i64,
     /// Broadcasts ended (offline or restarted).
     pub ended: i64,
+    /// Events written to twitch_sync.events.
+    pub events: i64,
 }
 
 /// Rows removed by retention after the run.
@@ -199,7 +201,7 @@ impl RunReport {
             updated: applied.updated,
             started: applied.started,
             ended: applied.ended,
-            events: 0,
+            events: applied.events,
             unknown: summary.unknown as u64,
             errors: summary.failed_channels() as u64,
             error: summary.first_error(),
@@ -347,6 +349,7 @@ mod tests {
                 updated: 55,
                 started: 5,
                 ended: 3,
+                events: 8,
             },
             42,
             "2026-11-25T14:00:47.305+00:00".into(),
@@ -364,7 +367,7 @@ mod tests {
             json!({
                 "success": true, "status": "partial", "run_id": 42,
                 "total_streams": 200, "live": 60, "updated": 55, "started": 5, "ended": 3,
-                "events": 0, "unknown": 2, "errors": 150, "error": "HTTP 500 (and 1 more failed batches)",
+                "events": 8, "unknown": 2, "errors": 150, "error": "HTTP 500 (and 1 more failed batches)",
                 "failures": [{"channels": 100, "error": "HTTP 500"},
                              {"channels": 50, "error": "timeout"}],
                 "warnings": ["token validation skipped: x"],
