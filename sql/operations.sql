@@ -153,7 +153,7 @@ SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
        (SELECT max(s.last_seen_at) FROM twitch_sync.streams s
          WHERE s.broadcaster_id = c.broadcaster_id) AS last_live_at,
        l.stream_id AS live_stream_id, l.viewer_count, l.title, l.game_name, l.started_at,
-       c.missed_polls
+       coalesce(l.missed_polls, 0) AS missed_polls
   FROM twitch_sync.channels c
   LEFT JOIN twitch_sync.streams l ON l.broadcaster_id = c.broadcaster_id AND l.is_live;
 COMMENT ON VIEW twitch_sync.channel_status IS 'Tracked channels: last successful check, last seen live, and the live stream if any.';

@@ -35,13 +35,9 @@ CREATE TABLE twitch_sync.channels (
     login           text,
     enabled         boolean NOT NULL DEFAULT true,
     added_at        timestamptz NOT NULL DEFAULT now(),
-    -- consecutive successful checks that did not list this channel's live stream
-    missed_polls    integer NOT NULL DEFAULT 0,
     CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
     CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login))
-) WITH (fillfactor = 50);
--- the few channels counting misses of their live stream
-CREATE INDEX channels_missing ON twitch_sync.channels (broadcaster_id) WHERE missed_polls <> 0;
+);
 COMMENT ON TABLE twitch_sync.channels IS 'Twitch channels twitch_sync keeps current (twitch_sync.track / untrack).';
 
 -- One row per broadcast (Twitch's stream id); at most one live row per broadcaster.
@@ -60,6 +56,10 @@ CREATE TABLE twitch_sync.streams (
     updated_at        timestamptz NOT NULL DEFAULT now(),
     -- when a source last saw this broadcast live
     last_seen_at      timestamptz,
+    -- live rows: consecutive successful checks that did not list this broadcast
+    -- (it ends at twitch_sync.offline_after_misses); kept on the row that is
+    -- written anyway, so a listing resets it for free
+    missed_polls      integer NOT NULL DEFAULT 0,
     -- the broadcaster leads every key: the table can be distributed by it
     CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id),
     CONSTRAINT streams_peak_at_least_current CHECK (peak_viewer_count >= viewer_count),

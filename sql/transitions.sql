@@ -79,9 +79,11 @@ $$;
 
 -- Step 1: the common case first. A live observation that continues the
 -- broadcaster's live broadcast (same stream id, still live) only updates that
--- row: nothing else can apply to it (the stream id is the broadcaster's own, there
--- is nothing to supersede or reopen). Returns those broadcasters; the steps
--- below see only the other observations.
+-- row (a miss count starts over: it was listed) and records its viewer
+-- sample, in one statement: nothing else can apply
+-- to it (the stream id is the broadcaster's own, there is nothing to supersede
+-- or reopen). Returns those broadcasters; the steps below see only the other
+-- observations. In a steady poll this is the only write there is.
 CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -95,11 +97,16 @@ BEGIN
                game_name = coalesce(o.game_name, s.game_name),
                language = coalesce(o.language, s.language),
                started_at = coalesce(s.started_at, o.started_at),
-               updated_at = o.observed_at, last_seen_at = o.observed_at
+               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0
           FROM unnest(obs) o
          WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id
            AND s.stream_id = o.stream_id AND s.is_live
-        RETURNING s.broadcaster_id
+        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count
+    ), sampled AS (
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
+        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count
+          FROM updated u
+         WHERE u.viewer_count IS NOT NULL
     )
     SELECT coalesce(array_agg(u.broadcaster_id), '{}') INTO continuing FROM updated u;
     RETURN continuing;
@@ -113,7 +120,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
+           missed_polls = 0
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
        AND s.stream_id <> o.stream_id
@@ -140,7 +148,7 @@ BEGIN
                        WHERE o.state = 'live' AND NOT s.is_live);
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = true, ended_at = NULL,
+       SET is_live = true, ended_at = NULL, missed_polls = 0,
            viewer_count = coalesce(o.viewer_count, s.viewer_count),
            peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
            title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
@@ -172,7 +180,8 @@ BEGIN
 END
 $$;
 
--- Step 4: one viewer sample per live observation that carries a count.
+-- Step 4: one viewer sample per live observation that carries a count (those
+-- not continuing a broadcast: update_continuing records its own).
 CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -184,53 +193,30 @@ END
 $$;
 
 -- Step 5: misses. A live stream whose channel a poll checked without listing it
--- counts a miss; `misses` in a row end it. Only channels with a live row (or a
--- miss count to reset) are written: a channel offline before and after costs nothing.
+-- counts a miss on its row; `misses` in a row end it. Only live rows are
+-- written: a channel offline before and after costs nothing.
 CREATE FUNCTION twitch_sync.count_misses(obs twitch_sync.observation[], misses integer)
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     WITH missed AS (
-        SELECT o.broadcaster_id, o.observed_at
-          FROM unnest(obs) o
-          JOIN twitch_sync.streams r ON r.broadcaster_id = o.broadcaster_id AND r.is_live
-         WHERE o.state = 'not_listed'
-    ), counted AS (  -- only when more than one miss is needed is there anything to count
-        UPDATE twitch_sync.channels c
-           SET missed_polls = CASE WHEN c.missed_polls + 1 >= misses THEN 0
-                                   ELSE c.missed_polls + 1 END
-          FROM missed m
-         WHERE misses > 1 AND c.broadcaster_id = m.broadcaster_id
-        RETURNING c.broadcaster_id, m.observed_at, c.missed_polls = 0 AS ends
-    ), reset AS (  -- (data-modifying CTEs run whether or not they are referenced)
-        -- listed again before the count ran out: start over (the few channels
-        -- with a count, through their partial index)
-        UPDATE twitch_sync.channels c SET missed_polls = 0
-         WHERE c.missed_polls <> 0
-           AND c.broadcaster_id IN (SELECT o.broadcaster_id FROM unnest(obs) o WHERE o.state = 'live')
-        RETURNING c.broadcaster_id
-    ), ending AS (
-        SELECT m.broadcaster_id, m.observed_at FROM missed m WHERE misses <= 1
-        UNION ALL
-        SELECT k.broadcaster_id, k.observed_at FROM counted k WHERE k.ends
-    ), reset_ended AS (
-        -- a count left over from a larger offline_after_misses starts over too
-        UPDATE twitch_sync.channels c SET missed_polls = 0
-          FROM missed m
-         WHERE misses <= 1 AND c.broadcaster_id = m.broadcaster_id AND c.missed_polls <> 0
-        RETURNING c.broadcaster_id
-    ), ended AS (
         UPDATE twitch_sync.streams s
-           SET is_live = false, ended_at = k.observed_at, updated_at = k.observed_at
-          FROM ending k
-         WHERE s.broadcaster_id = k.broadcaster_id AND s.is_live
+           SET missed_polls = CASE WHEN s.missed_polls + 1 >= misses THEN 0
+                                   ELSE s.missed_polls + 1 END,
+               is_live = s.missed_polls + 1 < misses,
+               ended_at = CASE WHEN s.missed_polls + 1 >= misses THEN o.observed_at END,
+               updated_at = CASE WHEN s.missed_polls + 1 >= misses THEN o.observed_at
+                                 ELSE s.updated_at END
+          FROM unnest(obs) o
+         WHERE o.state = 'not_listed' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
         RETURNING s.*
     )
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
                e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
                e.ended_at)::twitch_sync.transition).*
-      FROM ended e;
+      FROM missed e
+     WHERE NOT e.is_live;
 END
 $$;
 
@@ -243,15 +229,11 @@ BEGIN
     RETURN QUERY
     WITH ended AS (
         UPDATE twitch_sync.streams s
-           SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at
+           SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
+               missed_polls = 0
           FROM unnest(obs) o
          WHERE o.state = 'offline' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
         RETURNING s.*
-    ), reset AS (
-        UPDATE twitch_sync.channels c SET missed_polls = 0
-          FROM ended e
-         WHERE c.broadcaster_id = e.broadcaster_id AND c.missed_polls <> 0
-        RETURNING 1
     )
     SELECT (ROW('offline', e.broadcaster_id, e.stream_id, NULL, NULL, e.viewer_count,
                e.peak_viewer_count, e.title, e.game_name, e.started_at, e.ended_at,
@@ -310,39 +292,62 @@ $$;
 
 -- The transition layer's entry point: applies observations in order of the
 -- steps above and says what it did. run() calls it once per chunk of answers;
--- an EventSub consumer calls it with single events.
+-- an EventSub consumer calls it with single events. Steps with nothing to do
+-- are not called: a steady poll (every live stream continuing, no misses, no
+-- new logins) costs one pass over the observations and update_continuing.
 CREATE FUNCTION twitch_sync.apply_observations(
     obs twitch_sync.observation[], offline_after_misses integer, notify boolean)
 RETURNS twitch_sync.applied
 -- jit off: short OLTP statements, where JIT compilation costs more than it saves.
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    continuing text[];
+    n_live integer;
+    n_logins integer;
+    continuing text[] := '{}';
     rest twitch_sync.observation[];
-    conflicted text[];
+    conflicted text[] := '{}';
     changes twitch_sync.transition[] := '{}';
-    live_changes twitch_sync.transition[];
+    live_changes twitch_sync.transition[] := '{}';
     result twitch_sync.applied;
 BEGIN
-    continuing := twitch_sync.update_continuing(obs);
-    rest := CASE WHEN cardinality(continuing) = 0 THEN obs ELSE ARRAY(
-                SELECT o FROM unnest(obs) o
-                 WHERE o.state <> 'live'
-                    OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
-    conflicted := twitch_sync.stream_id_conflicts(rest);
-    IF cardinality(conflicted) > 0 THEN
-        -- Their broadcasters are left as they were: drop every observation of them.
-        obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));
-        rest := ARRAY(SELECT o FROM unnest(rest) o WHERE o.broadcaster_id <> ALL (conflicted));
+    SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL)
+      INTO n_live, n_logins
+      FROM unnest(obs) o;
+    IF n_live > 0 THEN
+        continuing := twitch_sync.update_continuing(obs);
     END IF;
-    changes := ARRAY(SELECT twitch_sync.end_superseded(rest));
-    live_changes := ARRAY(SELECT twitch_sync.upsert_live(rest));
-    PERFORM twitch_sync.record_samples(obs);
-    changes := changes
-        || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
-        || ARRAY(SELECT twitch_sync.count_misses(obs, greatest(coalesce(offline_after_misses, 1), 1)))
-        || ARRAY(SELECT twitch_sync.apply_offline(rest));
-    PERFORM twitch_sync.update_logins(obs);
+    IF cardinality(continuing) < cardinality(obs) THEN
+        rest := CASE WHEN cardinality(continuing) = 0 THEN obs ELSE ARRAY(
+                    SELECT o FROM unnest(obs) o
+                     WHERE o.state <> 'live'
+                        OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
+        conflicted := twitch_sync.stream_id_conflicts(rest);
+        IF cardinality(conflicted) > 0 THEN
+            -- Their broadcasters are left as they were: drop every observation of them.
+            obs := ARRAY(SELECT o FROM unnest(obs) o WHERE o.broadcaster_id <> ALL (conflicted));
+            rest := ARRAY(SELECT o FROM unnest(rest) o WHERE o.broadcaster_id <> ALL (conflicted));
+        END IF;
+        changes := ARRAY(SELECT twitch_sync.end_superseded(rest));
+        live_changes := ARRAY(SELECT twitch_sync.upsert_live(rest));
+        PERFORM twitch_sync.record_samples(rest);
+        changes := changes
+            || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
+            || ARRAY(SELECT twitch_sync.count_misses(rest, greatest(coalesce(offline_after_misses, 1), 1)))
+            || ARRAY(SELECT twitch_sync.apply_offline(rest));
+    END IF;
+    IF n_logins > 0 THEN
+        PERFORM twitch_sync.update_logins(obs);
+    END IF;
+    result.live := n_live - cardinality(conflicted);  -- one live observation each
+    result.updated := cardinality(continuing)
+                    + (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
+    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
+    result.conflicted := conflicted;
+    IF cardinality(changes) = 0 THEN
+        result.ended := 0;
+        result.events := 0;
+        RETURN result;
+    END IF;
     -- A restart is reported once, as the new broadcast's 'restart' event
     -- naming the broadcast it superseded.
     changes := ARRAY(
@@ -355,13 +360,8 @@ BEGIN
           LEFT JOIN unnest(changes) p ON p.event = 'restart' AND p.broadcaster_id = t.broadcaster_id
                                      AND t.event = 'online'
          WHERE t.event <> 'restart');
-    result.live := (SELECT count(*) FROM unnest(obs) o WHERE o.state = 'live');
-    result.updated := cardinality(continuing)
-                    + (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
-    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
     result.ended := (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'offline')
                   + (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'restart');
-    result.conflicted := conflicted;
     result.events := twitch_sync.emit_events(changes, notify);
     RETURN result;
 END

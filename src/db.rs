@@ -7,7 +7,7 @@ use crate::error::SyncError;
 use pgrx::datum::DatumWithOid;
 use pgrx::spi::Spi;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
@@ -57,17 +57,38 @@ pub fn check_schema_version() -> Result<(), SyncError> {
     Ok(())
 }
 
+/// The local transaction id (`MyProc->lxid`) in which this backend last took
+/// the run lock; 0 (InvalidLocalTransactionId) before the first.
+static RUN_LOCK_LXID: AtomicU32 = AtomicU32::new(0);
+
+fn local_transaction_id() -> u32 {
+    // SAFETY: MyProc is set for every backend before it runs SQL, and lxid is
+    // written only by this backend.
+    unsafe { pgrx::pg_sys::MyProc.as_ref().map_or(0, |p| p.lxid) }
+}
+
 /// Takes the run lock (twitch_sync.try_run_lock) for the rest of the
 /// transaction, if no other run holds it. A run already holding it in this
 /// transaction (`SELECT twitch_sync.run() FROM generate_series(1, 3)`) counts
-/// as another run: advisory locks are re-entrant, so that is checked first.
+/// as another run: advisory locks are re-entrant, so the transaction that took
+/// it is remembered, and only then is pg_locks asked (a millisecond).
 pub fn try_lock_run() -> Result<bool, SyncError> {
-    Spi::get_one::<bool>(
+    let lxid = local_transaction_id();
+    let sql = if lxid != 0 && RUN_LOCK_LXID.load(Ordering::Relaxed) == lxid {
+        // Taken earlier in this transaction, unless a rolled-back
+        // subtransaction released it since: pg_locks tells.
         "SELECT CASE WHEN twitch_sync.run_lock_holder() = pg_catalog.pg_backend_pid() THEN false
-                     ELSE twitch_sync.try_run_lock() END",
-    )
-    .map(|v| v.unwrap_or(false))
-    .map_err(internal)
+                     ELSE twitch_sync.try_run_lock() END"
+    } else {
+        "SELECT twitch_sync.try_run_lock()"
+    };
+    let locked = Spi::get_one::<bool>(sql)
+        .map(|v| v.unwrap_or(false))
+        .map_err(internal)?;
+    if locked {
+        RUN_LOCK_LXID.store(lxid, Ordering::Relaxed);
+    }
+    Ok(locked)
 }
 
 pub struct DbState {
@@ -144,35 +165,50 @@ pub fn read_state() -> Result<DbState, SyncError> {
             None => None,
         };
 
-        let ids = client
+        // Two array datums instead of a row per channel: converting 10,000
+        // SPI rows costs more than the scan. Sorted here, not in SQL (no
+        // collation-aware sort): batches go in broadcaster id order.
+        let channels = client
             .select(
-                "SELECT broadcaster_id, login FROM twitch_sync.channels WHERE enabled
-                  ORDER BY broadcaster_id",
+                "SELECT coalesce(array_agg(broadcaster_id), '{}'), coalesce(array_agg(login), '{}')
+                   FROM twitch_sync.channels WHERE enabled",
                 None,
                 &[],
             )
             .map_err(internal)?;
-        let mut broadcaster_ids = Vec::with_capacity(ids.len());
-        let mut logins = HashMap::with_capacity(ids.len());
-        for r in ids {
-            if let Some(id) = r.get::<String>(1).map_err(internal)? {
-                logins.insert(id.clone(), r.get::<String>(2).map_err(internal)?);
-                broadcaster_ids.push(id);
-            }
+        let (ids, names) = match channels.into_iter().next() {
+            Some(r) => (
+                r.get::<Vec<String>>(1)
+                    .map_err(internal)?
+                    .unwrap_or_default(),
+                r.get::<Vec<Option<String>>>(2)
+                    .map_err(internal)?
+                    .unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut logins: HashMap<String, Option<String>> = HashMap::with_capacity(ids.len());
+        for (id, login) in ids.iter().zip(names) {
+            logins.insert(id.clone(), login);
         }
+        let mut broadcaster_ids = ids;
+        broadcaster_ids.sort_unstable();
         let live = client
             .select(
-                "SELECT broadcaster_id FROM twitch_sync.streams WHERE is_live",
+                "SELECT coalesce(array_agg(broadcaster_id), '{}') FROM twitch_sync.streams WHERE is_live",
                 None,
                 &[],
             )
             .map_err(internal)?;
-        let mut live_at_start = HashSet::with_capacity(live.len());
-        for r in live {
-            if let Some(id) = r.get::<String>(1).map_err(internal)? {
-                live_at_start.insert(id);
-            }
+        let live_at_start: HashSet<String> = match live.into_iter().next() {
+            Some(r) => r
+                .get::<Vec<String>>(1)
+                .map_err(internal)?
+                .unwrap_or_default(),
+            None => Vec::new(),
         }
+        .into_iter()
+        .collect();
         Ok(DbState {
             credentials,
             token,

@@ -662,7 +662,7 @@ fn read_state(client: &mut Client) -> DbState {
         .collect();
     let channels = client
         .query(
-            "SELECT broadcaster_id, login, missed_polls FROM twitch_sync.channels ORDER BY 1",
+            "SELECT broadcaster_id, login, missed_polls FROM twitch_sync.channel_status ORDER BY 1",
             &[],
         )
         .expect("read channels")

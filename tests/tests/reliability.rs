@@ -13,7 +13,7 @@ const SNAPSHOT: &str = "SELECT coalesce(string_agg(stream_id || ':' || viewer_co
                                || ':' || coalesce(ended_at::text, '-') || ':' || updated_at, ',' ORDER BY stream_id), '')
                           || '|' || (SELECT coalesce(string_agg(broadcaster_id || ':' || coalesce(login, '-')
                                      || ':' || missed_polls, ',' ORDER BY broadcaster_id), '')
-                                       FROM twitch_sync.channels WHERE broadcaster_id = ANY($1))
+                                       FROM twitch_sync.channel_status WHERE broadcaster_id = ANY($1))
                      FROM twitch_sync.streams WHERE broadcaster_id = ANY($1)";
 
 #[test]
