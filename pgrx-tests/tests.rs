@@ -26,14 +26,14 @@ fn sqlstate_of(sql: &str) -> String {
 fn schema_has_its_tables_and_functions() {
     assert_eq!(
         text("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'twitch_sync'"),
-        "alerts,channels,counters,credentials,events,rate_limit,run_unchecked,runs,streams,viewer_samples"
+        "alerts,category_days,channel_days,channels,counters,credentials,events,rate_limit,rollup_state,run_unchecked,runs,stream_changes,streams,viewer_samples,viewer_samples_default"
     );
-    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 10);
+    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 15);
     assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
     for f in [
         "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
         "apply_observations", "poll_observations", "apply_chunk", "stream_id_conflicts", "end_superseded",
-        "upsert_live", "record_samples", "count_misses", "apply_offline", "update_logins", "emit_events",
+        "reopen_broadcasts", "start_broadcasts", "update_continuing", "count_misses", "apply_offline", "update_logins", "emit_events",
         "record_run",
     ] {
         let n = count(&format!(

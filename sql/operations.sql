@@ -158,10 +158,10 @@ SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
   LEFT JOIN twitch_sync.streams l ON l.broadcaster_id = c.broadcaster_id AND l.is_live;
 COMMENT ON VIEW twitch_sync.channel_status IS 'Tracked channels: last successful check, last seen live, and the live stream if any.';
 
--- prune(): deletes runs (with their run_unchecked rows), events, alerts and
--- viewer samples older than their retention (twitch_sync.runs_retention_days
--- for the first four, twitch_sync.samples_retention_days for samples; 0 keeps
--- them), at most max_rows of each per call so no call holds locks long.
+-- prune(): deletes runs (with their run_unchecked rows), events and alerts
+-- older than twitch_sync.runs_retention_days, at most max_rows of each per call
+-- so no call holds locks long, and drops the day partitions of viewer samples
+-- older than twitch_sync.samples_retention_days (whole UTC days; 0 keeps them).
 -- run() calls it after every pass; call it yourself to catch up faster.
 CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
 RETURNS TABLE (runs_deleted bigint, samples_deleted bigint, events_deleted bigint)
@@ -196,13 +196,9 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         events_deleted := events_deleted + n;
     END IF;
-    IF samples_days > 0 THEN
-        DELETE FROM twitch_sync.viewer_samples v WHERE v.ctid = ANY (ARRAY(
-            SELECT x.ctid FROM twitch_sync.viewer_samples x
-             WHERE x.sampled_at < pg_catalog.now() - pg_catalog.make_interval(days => samples_days)
-             LIMIT max_rows));
-        GET DIAGNOSTICS samples_deleted = ROW_COUNT;
-    END IF;
+    -- samples go by whole UTC days: dropping a day's partition costs the
+    -- same at any table size
+    samples_deleted := twitch_sync.drop_sample_partitions(samples_days);
     RETURN NEXT;
 END
 $$;
@@ -211,6 +207,12 @@ $$;
 CREATE FUNCTION twitch_sync.cron_job_name() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'twitch-viewer-count-sync'::text
+$$;
+
+-- The name of its maintenance job (twitch_sync.maintain()).
+CREATE FUNCTION twitch_sync.cron_maintain_job_name() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT twitch_sync.cron_job_name() || '-maintain'
 $$;
 
 -- The pg_cron job of this database, if pg_cron is here; NULLs otherwise.
@@ -265,6 +267,8 @@ $$;
 
 -- schedule(): creates or updates the pg_cron job (twitch_sync.cron_job_name())
 -- that runs SELECT twitch_sync.run() in this database; returns its job id.
+-- It also schedules SELECT twitch_sync.maintain() hourly, at minute 17
+-- (twitch_sync.cron_maintain_job_name()).
 -- pg_cron itself validates the schedule, so whatever the installed pg_cron
 -- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
 -- '[1-59] seconds'); its refusal reaches the caller as SQLSTATE 22023 with a
@@ -287,6 +291,9 @@ BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id
           USING twitch_sync.cron_job_name(), schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+          USING twitch_sync.cron_maintain_job_name(), '17 * * * *', 'SELECT twitch_sync.maintain()',
+                pg_catalog.current_database();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
         IF msg NOT LIKE 'invalid schedule%' THEN
@@ -302,13 +309,19 @@ BEGIN
 END
 $$;
 
--- unschedule(): removes the job; true if there was one.
+-- unschedule(): removes the job (and the maintenance job); true if there was one.
 CREATE FUNCTION twitch_sync.unschedule() RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
+    maintain_id bigint;
 BEGIN
     PERFORM twitch_sync.require_pg_cron();
+    EXECUTE 'SELECT j.jobid FROM cron.job j WHERE j.jobname = $1 AND j.database = pg_catalog.current_database()'
+       INTO maintain_id USING twitch_sync.cron_maintain_job_name();
+    IF maintain_id IS NOT NULL THEN
+        EXECUTE 'SELECT cron.unschedule($1)' USING maintain_id;
+    END IF;
     SELECT j.jobid INTO id FROM twitch_sync.cron_job() j;
     IF id IS NULL THEN
         RETURN false;

@@ -60,6 +60,15 @@ CREATE TABLE twitch_sync.streams (
     -- (it ends at twitch_sync.offline_after_misses); kept on the row that is
     -- written anyway, so a listing resets it for free
     missed_polls      integer NOT NULL DEFAULT 0,
+    -- Analytics of the broadcast, kept as its samples are recorded (the same
+    -- rules as a recomputation from viewer_samples; README "Analytics"):
+    first_seen_at     timestamptz,  -- when a source first saw it live
+    peak_at           timestamptz,  -- the first sample at peak_viewer_count
+    sample_count      integer NOT NULL DEFAULT 0,
+    viewer_seconds    double precision NOT NULL DEFAULT 0,  -- sum of viewers x seconds
+    covered_seconds   double precision NOT NULL DEFAULT 0,  -- seconds between samples not further apart than the gap limit
+    last_sampled_at   timestamptz,
+    changed_at        timestamptz,  -- its title or category last changed (twitch_sync.stream_changes)
     -- the broadcaster leads every key: the table can be distributed by it
     CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id),
     CONSTRAINT streams_peak_at_least_current CHECK (peak_viewer_count >= viewer_count),
@@ -72,14 +81,26 @@ CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
 COMMENT ON TABLE twitch_sync.streams IS 'One row per Twitch broadcast; is_live rows are live now.';
 
 -- One sample per live stream per run: the raw material for trends.
+-- Partitioned by UTC day (twitch_sync.viewer_samples_YYYYMMDD, created ahead
+-- by twitch_sync.maintain() and, for today and tomorrow, by run()); retention
+-- drops whole days. The day partitions are not members of the extension, so
+-- pg_dump keeps them and their rows like any table. A sample of a day without
+-- a partition lands in viewer_samples_default, and maintain() moves it into
+-- its day's partition.
 CREATE TABLE twitch_sync.viewer_samples (
     stream_id      text NOT NULL,
     broadcaster_id text NOT NULL,
     sampled_at     timestamptz NOT NULL,
     viewer_count   integer NOT NULL,
-    CONSTRAINT viewer_samples_pkey PRIMARY KEY (broadcaster_id, stream_id, sampled_at)
-);
-CREATE INDEX viewer_samples_sampled_at ON twitch_sync.viewer_samples USING brin (sampled_at);
+    game_id        text  -- the category at the time of the sample
+) PARTITION BY RANGE (sampled_at);
+-- Each partition has its own primary key (broadcaster_id, sampled_at,
+-- stream_id): led by the broadcaster (distribution), serving "one channel over
+-- a range", and unique overall since the partition key is in it. None on the
+-- parent, so that pg_restore can attach the dumped day partitions.
+CREATE TABLE twitch_sync.viewer_samples_default PARTITION OF twitch_sync.viewer_samples DEFAULT;
+ALTER TABLE twitch_sync.viewer_samples_default
+    ADD CONSTRAINT viewer_samples_default_pkey PRIMARY KEY (broadcaster_id, sampled_at, stream_id);
 
 -- Every run() call, including skipped ones.
 CREATE TABLE twitch_sync.runs (
@@ -172,7 +193,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 -- pg_dump keeps the data of these tables (they are the user's data, not the extension's).
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channels', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.streams', '');
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.viewer_samples', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.viewer_samples_default', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.runs', '');
 -- The sequence too: without it a restored database restarts run ids at 1 and
 -- collides with the restored rows.

@@ -78,35 +78,63 @@ END
 $$;
 
 -- Step 1: the common case first. A live observation that continues the
--- broadcaster's live broadcast (same stream id, still live) only updates that
--- row (a miss count starts over: it was listed) and records its viewer
--- sample, in one statement: nothing else can apply
+-- broadcaster's live broadcast (same stream id, still live) updates that row
+-- (a miss count starts over: it was listed; the broadcast's analytics take the
+-- new sample, see sql/analytics.sql), records its viewer sample, and a title or
+-- category change in stream_changes, in one statement: nothing else can apply
 -- to it (the stream id is the broadcaster's own, there is nothing to supersede
 -- or reopen). Returns those broadcasters; the steps below see only the other
 -- observations. In a steady poll this is the only write there is.
 CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    gap interval := twitch_sync.sample_gap();
     continuing text[];
 BEGIN
     WITH updated AS (
         UPDATE twitch_sync.streams s
            SET viewer_count = coalesce(o.viewer_count, s.viewer_count),
                peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+               peak_at = CASE WHEN o.viewer_count > s.peak_viewer_count
+                                OR (s.peak_at IS NULL AND o.viewer_count IS NOT NULL)
+                              THEN o.observed_at ELSE s.peak_at END,
                title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
                game_name = coalesce(o.game_name, s.game_name),
                language = coalesce(o.language, s.language),
                started_at = coalesce(s.started_at, o.started_at),
-               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0
+               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0,
+               sample_count = s.sample_count + (o.viewer_count IS NOT NULL)::integer,
+               viewer_seconds = s.viewer_seconds + CASE
+                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
+                        AND o.observed_at - s.last_sampled_at <= gap
+                   THEN s.viewer_count * extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   ELSE 0 END,
+               covered_seconds = s.covered_seconds + CASE
+                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
+                        AND o.observed_at - s.last_sampled_at <= gap
+                   THEN extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   ELSE 0 END,
+               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at
+                                      ELSE s.last_sampled_at END,
+               changed_at = CASE WHEN o.title IS DISTINCT FROM s.title AND o.title IS NOT NULL
+                                   OR o.game_id IS DISTINCT FROM s.game_id AND o.game_id IS NOT NULL
+                                 THEN o.observed_at ELSE s.changed_at END
           FROM unnest(obs) o
          WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id
            AND s.stream_id = o.stream_id AND s.is_live
-        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count
+        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count, o.source,
+                  s.title, s.game_id, s.game_name, s.changed_at = o.observed_at AS changed
     ), sampled AS (
-        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
-        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
+        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count, u.game_id
           FROM updated u
          WHERE u.viewer_count IS NOT NULL
+    ), changes AS (
+        INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.source, u.title, u.game_id, u.game_name
+          FROM updated u
+         WHERE u.changed
+        ON CONFLICT DO NOTHING
     )
     SELECT coalesce(array_agg(u.broadcaster_id), '{}') INTO continuing FROM updated u;
     RETURN continuing;
@@ -131,64 +159,71 @@ BEGIN
 END
 $$;
 
--- Step 3: live rows. Updates the known broadcast (reopening one that had
--- ended: same stream id) and inserts new ones. Fields an observation lacks
--- (NULL: an EventSub online event has no count or title) keep their stored
--- values. Returns 'online' transitions for new and reopened broadcasts and a
--- transition with event NULL for each broadcast that was live and is updated.
-CREATE FUNCTION twitch_sync.upsert_live(obs twitch_sync.observation[])
+-- Step 3: a broadcast seen live again under its stream id after it had ended
+-- (Twitch resumes a broadcast after a short disconnect) is reopened: live
+-- again, and then updated like a continuing one (update_continuing). Returns
+-- its 'online' transitions, with the observed values.
+CREATE FUNCTION twitch_sync.reopen_broadcasts(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    reopened text[];
 BEGIN
-    reopened := ARRAY(SELECT s.stream_id FROM unnest(obs) o
-                        JOIN twitch_sync.streams s
-                          ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
-                       WHERE o.state = 'live' AND NOT s.is_live);
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = true, ended_at = NULL, missed_polls = 0,
-           viewer_count = coalesce(o.viewer_count, s.viewer_count),
-           peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
-           title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
-           game_name = coalesce(o.game_name, s.game_name), language = coalesce(o.language, s.language),
-           started_at = coalesce(s.started_at, o.started_at),
-           updated_at = o.observed_at, last_seen_at = o.observed_at
+       SET is_live = true, ended_at = NULL, missed_polls = 0
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
-    RETURNING (ROW(CASE WHEN s.stream_id = ANY (reopened) THEN 'online' END,
-                  s.broadcaster_id, s.stream_id, s.stream_id = ANY (reopened), NULL,
-                  s.viewer_count, s.peak_viewer_count, s.title, s.game_name, s.started_at,
-                  NULL, o.observed_at)::twitch_sync.transition).*;
-    RETURN QUERY
-    INSERT INTO twitch_sync.streams AS s
-        (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
-         game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at)
-    SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
-           coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
-           coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
-           o.observed_at, o.observed_at
-      FROM unnest(obs) o
-     WHERE o.state = 'live'
-       AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
-                        WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
-    ON CONFLICT DO NOTHING
-    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, false, NULL, s.viewer_count,
-                  s.peak_viewer_count, s.title, s.game_name, s.started_at, NULL,
-                  s.updated_at)::twitch_sync.transition).*;
+       AND NOT s.is_live
+    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, true, NULL,
+                  coalesce(o.viewer_count, s.viewer_count),
+                  greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+                  coalesce(o.title, s.title), coalesce(o.game_name, s.game_name),
+                  coalesce(s.started_at, o.started_at), NULL, o.observed_at)::twitch_sync.transition).*;
 END
 $$;
 
--- Step 4: one viewer sample per live observation that carries a count (those
--- not continuing a broadcast: update_continuing records its own).
-CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
+-- Step 4: new broadcasts: their row (first seen now), their first viewer
+-- sample, and their first title and category in stream_changes. Fields an
+-- observation lacks (NULL: an EventSub online event has no count or title)
+-- start empty. Returns their 'online' transitions.
+CREATE FUNCTION twitch_sync.start_broadcasts(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
-    SELECT o.broadcaster_id, o.stream_id, o.observed_at, o.viewer_count
-      FROM unnest(obs) o
-     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL;
+    RETURN QUERY
+    WITH started AS (
+        INSERT INTO twitch_sync.streams AS s
+            (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
+             game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at,
+             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at)
+        SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
+               coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
+               coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
+               o.observed_at, o.observed_at, o.observed_at,
+               CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
+               (o.viewer_count IS NOT NULL)::integer,
+               CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
+               o.observed_at
+          FROM unnest(obs) o
+         WHERE o.state = 'live'
+           AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
+                            WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
+        ON CONFLICT DO NOTHING
+        RETURNING s.*
+    ), sampled AS (
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
+        SELECT t.broadcaster_id, t.stream_id, t.last_sampled_at, t.viewer_count, t.game_id
+          FROM started t
+         WHERE t.sample_count = 1
+    ), changes AS (
+        INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+        SELECT t.broadcaster_id, t.stream_id, t.first_seen_at, o.source, t.title, t.game_id, t.game_name
+          FROM started t JOIN unnest(obs) o ON o.broadcaster_id = t.broadcaster_id AND o.state = 'live'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT (ROW('online', t.broadcaster_id, t.stream_id, false, NULL, t.viewer_count,
+               t.peak_viewer_count, t.title, t.game_name, t.started_at, NULL,
+               t.updated_at)::twitch_sync.transition).*
+      FROM started t;
 END
 $$;
 
@@ -328,10 +363,16 @@ BEGIN
             rest := ARRAY(SELECT o FROM unnest(rest) o WHERE o.broadcaster_id <> ALL (conflicted));
         END IF;
         changes := ARRAY(SELECT twitch_sync.end_superseded(rest));
-        live_changes := ARRAY(SELECT twitch_sync.upsert_live(rest));
-        PERFORM twitch_sync.record_samples(rest);
-        changes := changes
-            || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
+        live_changes := ARRAY(SELECT twitch_sync.reopen_broadcasts(rest));
+        IF cardinality(live_changes) > 0 THEN
+            -- reopened: live again, now updated like a continuing broadcast
+            PERFORM twitch_sync.update_continuing(ARRAY(
+                SELECT o FROM unnest(rest) o
+                 WHERE o.state = 'live'
+                   AND o.broadcaster_id IN (SELECT t.broadcaster_id FROM unnest(live_changes) t)));
+        END IF;
+        live_changes := live_changes || ARRAY(SELECT twitch_sync.start_broadcasts(rest));
+        changes := changes || live_changes
             || ARRAY(SELECT twitch_sync.count_misses(rest, greatest(coalesce(offline_after_misses, 1), 1)))
             || ARRAY(SELECT twitch_sync.apply_offline(rest));
     END IF;
@@ -339,9 +380,8 @@ BEGIN
         PERFORM twitch_sync.update_logins(obs);
     END IF;
     result.live := n_live - cardinality(conflicted);  -- one live observation each
-    result.updated := cardinality(continuing)
-                    + (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
-    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
+    result.updated := cardinality(continuing);
+    result.started := cardinality(live_changes);
     result.conflicted := conflicted;
     IF cardinality(changes) = 0 THEN
         result.ended := 0;

@@ -109,8 +109,534 @@ ALTER TABLE twitch_sync.channels RESET (fillfactor);
 ALTER TABLE twitch_sync.streams DROP CONSTRAINT streams_pkey,
     ADD CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id);
 CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
-ALTER TABLE twitch_sync.viewer_samples DROP CONSTRAINT viewer_samples_pkey,
-    ADD CONSTRAINT viewer_samples_pkey PRIMARY KEY (broadcaster_id, stream_id, sampled_at);
+
+-- viewer_samples: partitioned by UTC day, keyed (broadcaster_id, sampled_at,
+-- stream_id), with each sample's category. 0.1.0's samples move into the
+-- default partition; the first twitch_sync.maintain() (or run(), for today)
+-- moves them on into their days' partitions.
+ALTER TABLE twitch_sync.viewer_samples RENAME TO viewer_samples_0_1_0;
+ALTER INDEX twitch_sync.viewer_samples_pkey RENAME TO viewer_samples_0_1_0_pkey;
+ALTER INDEX twitch_sync.viewer_samples_sampled_at RENAME TO viewer_samples_0_1_0_sampled_at;
+CREATE TABLE twitch_sync.viewer_samples (
+    stream_id      text NOT NULL,
+    broadcaster_id text NOT NULL,
+    sampled_at     timestamptz NOT NULL,
+    viewer_count   integer NOT NULL,
+    game_id        text  -- the category at the time of the sample
+) PARTITION BY RANGE (sampled_at);
+-- Each partition has its own primary key (broadcaster_id, sampled_at,
+-- stream_id): led by the broadcaster (distribution), serving "one channel over
+-- a range", and unique overall since the partition key is in it. None on the
+-- parent, so that pg_restore can attach the dumped day partitions.
+CREATE TABLE twitch_sync.viewer_samples_default PARTITION OF twitch_sync.viewer_samples DEFAULT;
+ALTER TABLE twitch_sync.viewer_samples_default
+    ADD CONSTRAINT viewer_samples_default_pkey PRIMARY KEY (broadcaster_id, sampled_at, stream_id);
+INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
+SELECT v.stream_id, v.broadcaster_id, v.sampled_at, v.viewer_count, NULLIF(s.game_id, '')
+  FROM twitch_sync.viewer_samples_0_1_0 v
+  LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = v.broadcaster_id AND s.stream_id = v.stream_id;
+ALTER EXTENSION twitch_sync DROP TABLE twitch_sync.viewer_samples_0_1_0;  -- and from pg_dump's list
+DROP TABLE twitch_sync.viewer_samples_0_1_0;
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.viewer_samples_default', '');
+
+-- streams: each broadcast's analytics, filled from its samples by the rules of
+-- sql/analytics.sql (0.1.0 kept no title or category changes: the current ones
+-- become each broadcast's first stream_changes row, below).
+ALTER TABLE twitch_sync.streams
+    ADD COLUMN first_seen_at timestamptz,
+    ADD COLUMN peak_at timestamptz,
+    ADD COLUMN sample_count integer NOT NULL DEFAULT 0,
+    ADD COLUMN viewer_seconds double precision NOT NULL DEFAULT 0,
+    ADD COLUMN covered_seconds double precision NOT NULL DEFAULT 0,
+    ADD COLUMN last_sampled_at timestamptz,
+    ADD COLUMN changed_at timestamptz;
+
+---------------------------------------------------------------------------
+-- History and analytics (new): sql/analytics.sql
+---------------------------------------------------------------------------
+-- The gap limit, in seconds.
+CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
+        nullif(pg_catalog.current_setting('twitch_sync.max_sample_gap_secs', true), '')::integer, 1200), 1))
+$$;
+
+-- Every title and category a broadcast had: one row when it is first seen,
+-- and one for each observed change, with its source ('poll', 'eventsub').
+CREATE TABLE twitch_sync.stream_changes (
+    broadcaster_id text NOT NULL,
+    stream_id      text NOT NULL,
+    seen_at        timestamptz NOT NULL,
+    source         text NOT NULL,
+    title          text NOT NULL,
+    game_id        text NOT NULL,
+    game_name      text NOT NULL,
+    CONSTRAINT stream_changes_pkey PRIMARY KEY (broadcaster_id, stream_id, seen_at)
+);
+COMMENT ON TABLE twitch_sync.stream_changes IS 'Titles and categories of each broadcast: first seen, then every observed change.';
+
+-- Per channel per UTC day.
+CREATE TABLE twitch_sync.channel_days (
+    broadcaster_id text NOT NULL,
+    day            date NOT NULL,
+    airtime        interval NOT NULL,
+    hours_watched  double precision NOT NULL,
+    peak_viewers   integer,
+    avg_viewers    double precision,
+    broadcasts     integer NOT NULL,
+    categories     text[] NOT NULL,
+    CONSTRAINT channel_days_pkey PRIMARY KEY (broadcaster_id, day)
+);
+CREATE INDEX channel_days_day ON twitch_sync.channel_days (day);
+COMMENT ON TABLE twitch_sync.channel_days IS 'Per channel per UTC day: airtime, hours watched, peak and average viewers, broadcasts, categories (twitch_sync.maintain()).';
+
+-- Per category per UTC day. Keyed by category, not broadcaster: an aggregate
+-- across channels (a reference table, were the others distributed).
+CREATE TABLE twitch_sync.category_days (
+    game_id       text NOT NULL,
+    day           date NOT NULL,
+    game_name     text NOT NULL,
+    hours_watched double precision NOT NULL,
+    peak_viewers  integer NOT NULL,
+    channels_live integer NOT NULL,
+    CONSTRAINT category_days_pkey PRIMARY KEY (game_id, day)
+);
+CREATE INDEX category_days_day ON twitch_sync.category_days (day);
+COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours watched, highest single-stream viewers, channels live (twitch_sync.maintain()).';
+
+-- How far the rollups are: samples up to rolled_up_to (the latest sample
+-- rolled up) are in them.
+CREATE TABLE twitch_sync.rollup_state (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rolled_up_to  timestamptz NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_days', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
+
+-- The partition of viewer_samples holding a UTC day.
+CREATE FUNCTION twitch_sync.sample_partition(day date) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'viewer_samples_' || pg_catalog.to_char(day, 'YYYYMMDD')
+$$;
+
+-- Creates the missing day partitions of viewer_samples from first_day to
+-- last_day (UTC), moving that day's rows out of viewer_samples_default;
+-- returns how many it created.
+CREATE FUNCTION twitch_sync.create_sample_partitions(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d date := first_day;
+    created integer := 0;
+BEGIN
+    IF first_day IS NULL OR last_day IS NULL OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass two dates at most ten years apart.';
+    END IF;
+    WHILE d <= last_day LOOP
+        IF pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d)) IS NULL THEN
+            BEGIN
+                EXECUTE pg_catalog.format(
+                    'CREATE TABLE twitch_sync.%I (LIKE twitch_sync.viewer_samples INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+                                                  PRIMARY KEY (broadcaster_id, sampled_at, stream_id))',
+                    twitch_sync.sample_partition(d));
+                EXECUTE pg_catalog.format(
+                    'WITH moved AS (DELETE FROM twitch_sync.viewer_samples_default v
+                                     WHERE v.sampled_at >= $1 AND v.sampled_at < $2 RETURNING v.*)
+                     INSERT INTO twitch_sync.%I SELECT * FROM moved', twitch_sync.sample_partition(d))
+                  USING d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC';
+                EXECUTE pg_catalog.format(
+                    'ALTER TABLE twitch_sync.viewer_samples ATTACH PARTITION twitch_sync.%I FOR VALUES FROM (%L) TO (%L)',
+                    twitch_sync.sample_partition(d),
+                    d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+                created := created + 1;
+            EXCEPTION WHEN duplicate_table OR unique_violation THEN
+                NULL;  -- another session created it meanwhile
+            END;
+        END IF;
+        d := d + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+-- Drops the day partitions of viewer_samples older than keep_days (whole UTC
+-- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
+-- A partition that is in use (its lock not granted within a second) is left
+-- for the next call.
+CREATE FUNCTION twitch_sync.drop_sample_partitions(keep_days integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    oldest_kept text;
+    part text;
+    n bigint;
+    dropped bigint := 0;
+    old_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    IF keep_days IS NULL OR keep_days <= 0 THEN
+        RETURN 0;
+    END IF;
+    oldest_kept := twitch_sync.sample_partition(
+        ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
+    FOR part IN
+        SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'twitch_sync.viewer_samples'::regclass
+           AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
+         ORDER BY c.relname
+    LOOP
+        BEGIN
+            PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
+            EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
+            EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
+            dropped := dropped + n;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+        PERFORM pg_catalog.set_config('lock_timeout', old_timeout, true);
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+-- Samples with the interval each opens: until the broadcast's next sample,
+-- when that comes within the gap limit (else next_at is NULL). Samples from
+-- lo - gap to hi + gap are read, so intervals crossing lo or hi are whole.
+CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz)
+RETURNS TABLE (broadcaster_id text, stream_id text, game_id text, viewer_count integer,
+               sampled_at timestamptz, next_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.broadcaster_id, x.stream_id, x.game_id, x.viewer_count, x.sampled_at,
+           CASE WHEN x.next_at - x.sampled_at <= twitch_sync.sample_gap() THEN x.next_at END
+      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at,
+                   pg_catalog.lead(v.sampled_at) OVER (PARTITION BY v.broadcaster_id, v.stream_id
+                                                        ORDER BY v.sampled_at) AS next_at
+              FROM twitch_sync.viewer_samples v
+             WHERE v.sampled_at >= lo - twitch_sync.sample_gap()
+               AND v.sampled_at < hi + twitch_sync.sample_gap()) x
+$$;
+
+-- The latest name of each category.
+CREATE VIEW twitch_sync.categories AS
+SELECT DISTINCT ON (c.game_id) c.game_id, c.game_name
+  FROM twitch_sync.stream_changes c
+ WHERE c.game_id <> ''
+ ORDER BY c.game_id, c.seen_at DESC;
+COMMENT ON VIEW twitch_sync.categories IS 'Each category (game_id) with the latest name seen for it.';
+
+-- Per channel per day, days from first_day to last_day in time zone tz,
+-- computed from raw samples and broadcasts (so only within the samples'
+-- retention). channel_days holds the same for UTC, kept by maintain().
+CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day date)
+RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
+               peak_viewers integer, avg_viewers double precision, broadcasts integer,
+               categories text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tz IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = tz)
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_abbrevs z WHERE z.abbrev = tz) THEN
+        RAISE EXCEPTION 'unknown time zone: %', coalesce(pg_catalog.quote_literal(pg_catalog.left(tz, 60)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a name from pg_timezone_names, such as ''UTC'' or ''Europe/Berlin''.';
+    END IF;
+    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+    END IF;
+    RETURN QUERY
+    WITH days AS (
+        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
+               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
+    ), s AS (
+        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
+                                                   ((last_day + 1)::timestamp AT TIME ZONE tz))
+    ), watched AS (
+        SELECT d.day, s.broadcaster_id,
+               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs,
+               sum(extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS cs
+          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+         GROUP BY 1, 2
+    ), sampled AS (
+        SELECT d.day, s.broadcaster_id, max(s.viewer_count) AS peak,
+               array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
+          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+         GROUP BY 1, 2
+    ), aired AS (
+        SELECT d.day, b.broadcaster_id,
+               sum(least(coalesce(b.ended_at, pg_catalog.now()), d.de)
+                   - greatest(coalesce(b.started_at, b.first_seen_at), d.ds)) AS airtime,
+               count(*)::int AS broadcasts
+          FROM twitch_sync.streams b JOIN days d
+            ON coalesce(b.started_at, b.first_seen_at) < d.de AND coalesce(b.ended_at, pg_catalog.now()) > d.ds
+         GROUP BY 1, 2
+    ), keys AS (
+        SELECT a.day, a.broadcaster_id FROM aired a
+        UNION SELECT w.day, w.broadcaster_id FROM watched w
+        UNION SELECT x.day, x.broadcaster_id FROM sampled x
+    )
+    SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
+           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
+           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
+                            LEFT JOIN twitch_sync.categories c ON c.game_id = g ORDER BY 1), '{}')
+      FROM keys k
+      LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
+      LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
+      LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
+END
+$$;
+
+-- Per category per day (time zone tz), from raw samples: hours watched, the
+-- highest viewer count of a single stream, and channels with a sample in it.
+CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day date)
+RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
+               peak_viewers integer, channels_live integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- the same checks as channel_days_in
+    PERFORM 1 FROM twitch_sync.channel_days_in(tz, first_day, first_day) LIMIT 0;
+    IF last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+    END IF;
+    RETURN QUERY
+    WITH days AS (
+        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
+               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
+    ), s AS (
+        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
+                                                   ((last_day + 1)::timestamp AT TIME ZONE tz)) i
+         WHERE i.game_id <> ''
+    ), watched AS (
+        SELECT d.day, s.game_id,
+               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs
+          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+         GROUP BY 1, 2
+    ), sampled AS (
+        SELECT d.day, s.game_id, max(s.viewer_count) AS peak,
+               count(DISTINCT s.broadcaster_id)::int AS channels
+          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+         GROUP BY 1, 2
+    ), keys AS (
+        SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x
+    )
+    SELECT k.game_id, k.day, coalesce(c.game_name, ''), coalesce(w.vs, 0) / 3600,
+           coalesce(x.peak, 0), coalesce(x.channels, 0)
+      FROM keys k
+      LEFT JOIN watched w ON w.day = k.day AND w.game_id = k.game_id
+      LEFT JOIN sampled x ON x.day = k.day AND x.game_id = k.game_id
+      LEFT JOIN twitch_sync.categories c ON c.game_id = k.game_id;
+END
+$$;
+
+-- Recomputes channel_days and category_days for the UTC days from first_day
+-- to last_day; returns the number of days.
+CREATE FUNCTION twitch_sync.roll_up_days(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM twitch_sync.channel_days c WHERE c.day BETWEEN first_day AND last_day;
+    INSERT INTO twitch_sync.channel_days
+    SELECT * FROM twitch_sync.channel_days_in('UTC', first_day, last_day);
+    DELETE FROM twitch_sync.category_days c WHERE c.day BETWEEN first_day AND last_day;
+    INSERT INTO twitch_sync.category_days
+    SELECT * FROM twitch_sync.category_days_in('UTC', first_day, last_day);
+    RETURN last_day - first_day + 1;
+END
+$$;
+
+-- maintain(): the maintenance step, scheduled by twitch_sync.schedule() (hourly)
+-- or called by hand. Creates viewer_samples partitions a week ahead, rolls up
+-- every day that got samples (or airtime) since the last call, and drops
+-- rollups past twitch_sync.rollups_retention_days (0, the default, keeps them).
+CREATE FUNCTION twitch_sync.maintain(
+    OUT partitions_created integer, OUT days_rolled_up integer, OUT rollups_deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    since timestamptz;
+    first_day date;
+    keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
+    n bigint;
+    day date;
+BEGIN
+    partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
+    -- days whose samples landed in the default partition get theirs
+    FOR day IN SELECT DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date
+                 FROM twitch_sync.viewer_samples_default v ORDER BY 1 LOOP
+        partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+    END LOOP;
+    -- The first call rolls up everything there is.
+    SELECT r.rolled_up_to INTO since FROM twitch_sync.rollup_state r;
+    IF since IS NULL THEN
+        since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
+                       (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
+    END IF;
+    -- Days whose figures can have changed since: an interval ending after
+    -- `since` may start up to a gap earlier; a broadcast still live adds airtime.
+    first_day := least(((coalesce(since, pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
+                       coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
+                                   FROM twitch_sync.streams b WHERE b.is_live), today),
+                       today);
+    days_rolled_up := twitch_sync.roll_up_days(first_day, today);
+    since := greatest(since, (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
+                               WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC'));
+    IF since IS NOT NULL THEN
+        INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
+        ON CONFLICT (singleton) DO UPDATE SET rolled_up_to = EXCLUDED.rolled_up_to;
+    END IF;
+    rollups_deleted := 0;
+    IF keep_days > 0 THEN
+        DELETE FROM twitch_sync.channel_days c WHERE c.day < today - keep_days;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rollups_deleted := n;
+        DELETE FROM twitch_sync.category_days c WHERE c.day < today - keep_days;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rollups_deleted := rollups_deleted + n;
+    END IF;
+END
+$$;
+
+-- One row per broadcast, kept after it ends.
+CREATE VIEW twitch_sync.broadcasts AS
+SELECT s.stream_id, s.broadcaster_id, c.login, s.is_live,
+       coalesce(s.started_at, s.first_seen_at) AS started_at, s.ended_at,
+       coalesce(s.ended_at, pg_catalog.now()) - coalesce(s.started_at, s.first_seen_at) AS airtime,
+       s.peak_viewer_count AS peak_viewers, s.peak_at,
+       CASE WHEN s.covered_seconds > 0 THEN s.viewer_seconds / s.covered_seconds END AS avg_viewers,
+       s.viewer_seconds / 3600 AS hours_watched,
+       s.sample_count AS samples,
+       ARRAY(SELECT t.title FROM twitch_sync.stream_changes t
+              WHERE t.broadcaster_id = s.broadcaster_id AND t.stream_id = s.stream_id AND t.title <> ''
+              GROUP BY t.title ORDER BY min(t.seen_at)) AS titles,
+       ARRAY(SELECT t.game_name FROM twitch_sync.stream_changes t
+              WHERE t.broadcaster_id = s.broadcaster_id AND t.stream_id = s.stream_id AND t.game_id <> ''
+              GROUP BY t.game_name ORDER BY min(t.seen_at)) AS categories
+  FROM twitch_sync.streams s
+  LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id;
+COMMENT ON VIEW twitch_sync.broadcasts IS 'One row per broadcast: airtime, peak (and when), average viewers, hours watched, samples, every title and category.';
+
+-- What is live now, most watched first.
+CREATE VIEW twitch_sync.live_now AS
+SELECT s.broadcaster_id, c.login, s.stream_id, s.viewer_count, s.title, s.game_id, s.game_name,
+       s.language, coalesce(s.started_at, s.first_seen_at) AS started_at,
+       pg_catalog.now() - coalesce(s.started_at, s.first_seen_at) AS uptime, s.updated_at
+  FROM twitch_sync.streams s
+  LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id
+ WHERE s.is_live
+ ORDER BY s.viewer_count DESC, s.broadcaster_id;
+COMMENT ON VIEW twitch_sync.live_now IS 'Live streams now, most watched first, with uptime.';
+
+-- viewer_trend(): one channel's viewers over [from_time, to_time) in buckets
+-- (aligned to 2000-01-01 UTC): min, mean of the samples, and max per bucket.
+CREATE FUNCTION twitch_sync.viewer_trend(broadcaster_id text, from_time timestamptz,
+                                         to_time timestamptz, bucket interval DEFAULT '1 hour')
+RETURNS TABLE (bucket_start timestamptz, min_viewers integer, avg_viewers double precision,
+               max_viewers integer, samples integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bucket IS NULL OR bucket <= interval '0' OR bucket > interval '366 days'
+       OR extract(month FROM bucket) <> 0 OR extract(year FROM bucket) <> 0 THEN
+        RAISE EXCEPTION 'invalid bucket: %', coalesce(bucket::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a positive interval of days, hours, minutes or seconds, such as ''1 hour''.';
+    END IF;
+    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time THEN
+        RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass from_time < to_time.';
+    END IF;
+    IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
+        RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket (at most 100,000 buckets).';
+    END IF;
+    RETURN QUERY
+    SELECT pg_catalog.date_bin(bucket, v.sampled_at, timestamptz '2000-01-01 00:00:00+00') AS b,
+           min(v.viewer_count), avg(v.viewer_count)::float8, max(v.viewer_count), count(*)::int
+      FROM twitch_sync.viewer_samples v
+     WHERE v.broadcaster_id = viewer_trend.broadcaster_id
+       AND v.sampled_at >= from_time AND v.sampled_at < to_time
+     GROUP BY b ORDER BY b;
+END
+$$;
+
+-- top_channels(): the channels with the most hours watched, the highest peak
+-- or the most airtime over UTC days first_day to last_day (channel_days).
+CREATE FUNCTION twitch_sync.top_channels(first_day date, last_day date,
+                                         by text DEFAULT 'hours_watched', n integer DEFAULT 10)
+RETURNS TABLE (rank integer, broadcaster_id text, login text, hours_watched double precision,
+               peak_viewers integer, airtime interval)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF by IS NULL OR by NOT IN ('hours_watched', 'peak_viewers', 'airtime') THEN
+        RAISE EXCEPTION 'invalid ranking: %', coalesce(pg_catalog.quote_literal(pg_catalog.left(by, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Rank by ''hours_watched'', ''peak_viewers'' or ''airtime''.';
+    END IF;
+    IF n IS NULL OR n < 1 OR n > 10000 THEN
+        RAISE EXCEPTION 'invalid limit: %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a limit from 1 to 10,000.';
+    END IF;
+    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass first_day <= last_day.';
+    END IF;
+    RETURN QUERY
+    WITH t AS (
+        SELECT d.broadcaster_id, sum(d.hours_watched)::float8 AS hw, max(d.peak_viewers) AS pk,
+               sum(d.airtime) AS air
+          FROM twitch_sync.channel_days d
+         WHERE d.day BETWEEN first_day AND last_day
+         GROUP BY d.broadcaster_id
+    ), ranked AS (
+        SELECT t.*, (pg_catalog.row_number() OVER (ORDER BY
+                   CASE by WHEN 'hours_watched' THEN t.hw WHEN 'peak_viewers' THEN t.pk::float8
+                           ELSE extract(epoch FROM t.air)::float8 END DESC NULLS LAST,
+                   t.broadcaster_id))::int AS r
+          FROM t
+    )
+    SELECT r.r, r.broadcaster_id, c.login, r.hw, r.pk, r.air
+      FROM ranked r LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = r.broadcaster_id
+     WHERE r.r <= n
+     ORDER BY r.r;
+END
+$$;
+
+-- 0.1.0's broadcasts get their analytics from their samples, and their current
+-- title and category as their first stream_changes row.
+WITH v AS (
+    SELECT x.broadcaster_id, x.stream_id, x.sampled_at, x.viewer_count,
+           pg_catalog.lead(x.sampled_at) OVER w - x.sampled_at AS dt,
+           pg_catalog.row_number() OVER (PARTITION BY x.broadcaster_id, x.stream_id
+                                         ORDER BY x.viewer_count DESC, x.sampled_at) AS peak_rank
+      FROM twitch_sync.viewer_samples x
+    WINDOW w AS (PARTITION BY x.broadcaster_id, x.stream_id ORDER BY x.sampled_at)
+), agg AS (
+    SELECT v.broadcaster_id, v.stream_id, count(*)::int AS n, min(v.sampled_at) AS first_at,
+           max(v.sampled_at) AS last_at,
+           min(v.sampled_at) FILTER (WHERE v.peak_rank = 1) AS peak_at,
+           coalesce(sum(v.viewer_count * extract(epoch FROM v.dt)::float8)
+                    FILTER (WHERE v.dt <= twitch_sync.sample_gap()), 0) AS vs,
+           coalesce(sum(extract(epoch FROM v.dt)::float8)
+                    FILTER (WHERE v.dt <= twitch_sync.sample_gap()), 0) AS cs
+      FROM v GROUP BY 1, 2
+)
+UPDATE twitch_sync.streams s
+   SET first_seen_at = a.first_at, peak_at = a.peak_at, sample_count = a.n,
+       viewer_seconds = a.vs, covered_seconds = a.cs, last_sampled_at = a.last_at
+  FROM agg a
+ WHERE s.broadcaster_id = a.broadcaster_id AND s.stream_id = a.stream_id;
+UPDATE twitch_sync.streams s
+   SET first_seen_at = coalesce(s.first_seen_at, s.started_at, s.updated_at),
+       changed_at = coalesce(s.first_seen_at, s.started_at, s.updated_at);
+INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+SELECT s.broadcaster_id, s.stream_id, s.first_seen_at, 'poll', s.title, s.game_id, s.game_name
+  FROM twitch_sync.streams s;
+
 
 ALTER TABLE twitch_sync.runs
     ADD COLUMN unknown integer NOT NULL DEFAULT 0,
@@ -246,35 +772,63 @@ END
 $$;
 
 -- Step 1: the common case first. A live observation that continues the
--- broadcaster's live broadcast (same stream id, still live) only updates that
--- row (a miss count starts over: it was listed) and records its viewer
--- sample, in one statement: nothing else can apply
+-- broadcaster's live broadcast (same stream id, still live) updates that row
+-- (a miss count starts over: it was listed; the broadcast's analytics take the
+-- new sample, see sql/analytics.sql), records its viewer sample, and a title or
+-- category change in stream_changes, in one statement: nothing else can apply
 -- to it (the stream id is the broadcaster's own, there is nothing to supersede
 -- or reopen). Returns those broadcasters; the steps below see only the other
 -- observations. In a steady poll this is the only write there is.
 CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    gap interval := twitch_sync.sample_gap();
     continuing text[];
 BEGIN
     WITH updated AS (
         UPDATE twitch_sync.streams s
            SET viewer_count = coalesce(o.viewer_count, s.viewer_count),
                peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+               peak_at = CASE WHEN o.viewer_count > s.peak_viewer_count
+                                OR (s.peak_at IS NULL AND o.viewer_count IS NOT NULL)
+                              THEN o.observed_at ELSE s.peak_at END,
                title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
                game_name = coalesce(o.game_name, s.game_name),
                language = coalesce(o.language, s.language),
                started_at = coalesce(s.started_at, o.started_at),
-               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0
+               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0,
+               sample_count = s.sample_count + (o.viewer_count IS NOT NULL)::integer,
+               viewer_seconds = s.viewer_seconds + CASE
+                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
+                        AND o.observed_at - s.last_sampled_at <= gap
+                   THEN s.viewer_count * extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   ELSE 0 END,
+               covered_seconds = s.covered_seconds + CASE
+                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
+                        AND o.observed_at - s.last_sampled_at <= gap
+                   THEN extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   ELSE 0 END,
+               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at
+                                      ELSE s.last_sampled_at END,
+               changed_at = CASE WHEN o.title IS DISTINCT FROM s.title AND o.title IS NOT NULL
+                                   OR o.game_id IS DISTINCT FROM s.game_id AND o.game_id IS NOT NULL
+                                 THEN o.observed_at ELSE s.changed_at END
           FROM unnest(obs) o
          WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id
            AND s.stream_id = o.stream_id AND s.is_live
-        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count
+        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count, o.source,
+                  s.title, s.game_id, s.game_name, s.changed_at = o.observed_at AS changed
     ), sampled AS (
-        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
-        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
+        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count, u.game_id
           FROM updated u
          WHERE u.viewer_count IS NOT NULL
+    ), changes AS (
+        INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.source, u.title, u.game_id, u.game_name
+          FROM updated u
+         WHERE u.changed
+        ON CONFLICT DO NOTHING
     )
     SELECT coalesce(array_agg(u.broadcaster_id), '{}') INTO continuing FROM updated u;
     RETURN continuing;
@@ -299,64 +853,71 @@ BEGIN
 END
 $$;
 
--- Step 3: live rows. Updates the known broadcast (reopening one that had
--- ended: same stream id) and inserts new ones. Fields an observation lacks
--- (NULL: an EventSub online event has no count or title) keep their stored
--- values. Returns 'online' transitions for new and reopened broadcasts and a
--- transition with event NULL for each broadcast that was live and is updated.
-CREATE FUNCTION twitch_sync.upsert_live(obs twitch_sync.observation[])
+-- Step 3: a broadcast seen live again under its stream id after it had ended
+-- (Twitch resumes a broadcast after a short disconnect) is reopened: live
+-- again, and then updated like a continuing one (update_continuing). Returns
+-- its 'online' transitions, with the observed values.
+CREATE FUNCTION twitch_sync.reopen_broadcasts(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    reopened text[];
 BEGIN
-    reopened := ARRAY(SELECT s.stream_id FROM unnest(obs) o
-                        JOIN twitch_sync.streams s
-                          ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
-                       WHERE o.state = 'live' AND NOT s.is_live);
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = true, ended_at = NULL, missed_polls = 0,
-           viewer_count = coalesce(o.viewer_count, s.viewer_count),
-           peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
-           title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
-           game_name = coalesce(o.game_name, s.game_name), language = coalesce(o.language, s.language),
-           started_at = coalesce(s.started_at, o.started_at),
-           updated_at = o.observed_at, last_seen_at = o.observed_at
+       SET is_live = true, ended_at = NULL, missed_polls = 0
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
-    RETURNING (ROW(CASE WHEN s.stream_id = ANY (reopened) THEN 'online' END,
-                  s.broadcaster_id, s.stream_id, s.stream_id = ANY (reopened), NULL,
-                  s.viewer_count, s.peak_viewer_count, s.title, s.game_name, s.started_at,
-                  NULL, o.observed_at)::twitch_sync.transition).*;
-    RETURN QUERY
-    INSERT INTO twitch_sync.streams AS s
-        (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
-         game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at)
-    SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
-           coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
-           coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
-           o.observed_at, o.observed_at
-      FROM unnest(obs) o
-     WHERE o.state = 'live'
-       AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
-                        WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
-    ON CONFLICT DO NOTHING
-    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, false, NULL, s.viewer_count,
-                  s.peak_viewer_count, s.title, s.game_name, s.started_at, NULL,
-                  s.updated_at)::twitch_sync.transition).*;
+       AND NOT s.is_live
+    RETURNING (ROW('online', s.broadcaster_id, s.stream_id, true, NULL,
+                  coalesce(o.viewer_count, s.viewer_count),
+                  greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
+                  coalesce(o.title, s.title), coalesce(o.game_name, s.game_name),
+                  coalesce(s.started_at, o.started_at), NULL, o.observed_at)::twitch_sync.transition).*;
 END
 $$;
 
--- Step 4: one viewer sample per live observation that carries a count (those
--- not continuing a broadcast: update_continuing records its own).
-CREATE FUNCTION twitch_sync.record_samples(obs twitch_sync.observation[]) RETURNS void
+-- Step 4: new broadcasts: their row (first seen now), their first viewer
+-- sample, and their first title and category in stream_changes. Fields an
+-- observation lacks (NULL: an EventSub online event has no count or title)
+-- start empty. Returns their 'online' transitions.
+CREATE FUNCTION twitch_sync.start_broadcasts(obs twitch_sync.observation[])
+RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count)
-    SELECT o.broadcaster_id, o.stream_id, o.observed_at, o.viewer_count
-      FROM unnest(obs) o
-     WHERE o.state = 'live' AND o.viewer_count IS NOT NULL;
+    RETURN QUERY
+    WITH started AS (
+        INSERT INTO twitch_sync.streams AS s
+            (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
+             game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at,
+             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at)
+        SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
+               coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
+               coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
+               o.observed_at, o.observed_at, o.observed_at,
+               CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
+               (o.viewer_count IS NOT NULL)::integer,
+               CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
+               o.observed_at
+          FROM unnest(obs) o
+         WHERE o.state = 'live'
+           AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
+                            WHERE x.broadcaster_id = o.broadcaster_id AND x.stream_id = o.stream_id)
+        ON CONFLICT DO NOTHING
+        RETURNING s.*
+    ), sampled AS (
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
+        SELECT t.broadcaster_id, t.stream_id, t.last_sampled_at, t.viewer_count, t.game_id
+          FROM started t
+         WHERE t.sample_count = 1
+    ), changes AS (
+        INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+        SELECT t.broadcaster_id, t.stream_id, t.first_seen_at, o.source, t.title, t.game_id, t.game_name
+          FROM started t JOIN unnest(obs) o ON o.broadcaster_id = t.broadcaster_id AND o.state = 'live'
+        ON CONFLICT DO NOTHING
+    )
+    SELECT (ROW('online', t.broadcaster_id, t.stream_id, false, NULL, t.viewer_count,
+               t.peak_viewer_count, t.title, t.game_name, t.started_at, NULL,
+               t.updated_at)::twitch_sync.transition).*
+      FROM started t;
 END
 $$;
 
@@ -496,10 +1057,16 @@ BEGIN
             rest := ARRAY(SELECT o FROM unnest(rest) o WHERE o.broadcaster_id <> ALL (conflicted));
         END IF;
         changes := ARRAY(SELECT twitch_sync.end_superseded(rest));
-        live_changes := ARRAY(SELECT twitch_sync.upsert_live(rest));
-        PERFORM twitch_sync.record_samples(rest);
-        changes := changes
-            || ARRAY(SELECT t FROM unnest(live_changes) t WHERE t.event IS NOT NULL)
+        live_changes := ARRAY(SELECT twitch_sync.reopen_broadcasts(rest));
+        IF cardinality(live_changes) > 0 THEN
+            -- reopened: live again, now updated like a continuing broadcast
+            PERFORM twitch_sync.update_continuing(ARRAY(
+                SELECT o FROM unnest(rest) o
+                 WHERE o.state = 'live'
+                   AND o.broadcaster_id IN (SELECT t.broadcaster_id FROM unnest(live_changes) t)));
+        END IF;
+        live_changes := live_changes || ARRAY(SELECT twitch_sync.start_broadcasts(rest));
+        changes := changes || live_changes
             || ARRAY(SELECT twitch_sync.count_misses(rest, greatest(coalesce(offline_after_misses, 1), 1)))
             || ARRAY(SELECT twitch_sync.apply_offline(rest));
     END IF;
@@ -507,9 +1074,8 @@ BEGIN
         PERFORM twitch_sync.update_logins(obs);
     END IF;
     result.live := n_live - cardinality(conflicted);  -- one live observation each
-    result.updated := cardinality(continuing)
-                    + (SELECT count(*) FROM unnest(live_changes) t WHERE t.event IS NULL);
-    result.started := (SELECT count(*) FROM unnest(live_changes) t WHERE t.event = 'online');
+    result.updated := cardinality(continuing);
+    result.started := cardinality(live_changes);
     result.conflicted := conflicted;
     IF cardinality(changes) = 0 THEN
         result.ended := 0;
@@ -617,6 +1183,12 @@ $$;
 CREATE FUNCTION twitch_sync.cron_job_name() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'twitch-viewer-count-sync'::text
+$$;
+
+-- The name of its maintenance job (twitch_sync.maintain()).
+CREATE FUNCTION twitch_sync.cron_maintain_job_name() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT twitch_sync.cron_job_name() || '-maintain'
 $$;
 
 -- The pg_cron job of this database, if pg_cron is here; NULLs otherwise.
@@ -826,13 +1398,9 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         events_deleted := events_deleted + n;
     END IF;
-    IF samples_days > 0 THEN
-        DELETE FROM twitch_sync.viewer_samples v WHERE v.ctid = ANY (ARRAY(
-            SELECT x.ctid FROM twitch_sync.viewer_samples x
-             WHERE x.sampled_at < pg_catalog.now() - pg_catalog.make_interval(days => samples_days)
-             LIMIT max_rows));
-        GET DIAGNOSTICS samples_deleted = ROW_COUNT;
-    END IF;
+    -- samples go by whole UTC days: dropping a day's partition costs the
+    -- same at any table size
+    samples_deleted := twitch_sync.drop_sample_partitions(samples_days);
     RETURN NEXT;
 END
 $$;
@@ -861,6 +1429,9 @@ BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id
           USING twitch_sync.cron_job_name(), schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
+        EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+          USING twitch_sync.cron_maintain_job_name(), '17 * * * *', 'SELECT twitch_sync.maintain()',
+                pg_catalog.current_database();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
         IF msg NOT LIKE 'invalid schedule%' THEN
@@ -970,6 +1541,28 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                CASE WHEN help IS NOT NULL THEN '# HELP ' || name || ' ' || help || E'\n# TYPE ' || name || ' ' || kind || E'\n' ELSE '' END
                || name || coalesce('{' || labels || '}', '') || ' ' || value::text || E'\n', '' ORDER BY n)
       FROM numbered
+$$;
+
+-- unschedule(): removes the job (and the maintenance job); true if there was one.
+CREATE OR REPLACE FUNCTION twitch_sync.unschedule() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id bigint;
+    maintain_id bigint;
+BEGIN
+    PERFORM twitch_sync.require_pg_cron();
+    EXECUTE 'SELECT j.jobid FROM cron.job j WHERE j.jobname = $1 AND j.database = pg_catalog.current_database()'
+       INTO maintain_id USING twitch_sync.cron_maintain_job_name();
+    IF maintain_id IS NOT NULL THEN
+        EXECUTE 'SELECT cron.unschedule($1)' USING maintain_id;
+    END IF;
+    SELECT j.jobid INTO id FROM twitch_sync.cron_job() j;
+    IF id IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT cron.unschedule($1)' USING id;
+    RETURN true;
+END
 $$;
 
 -- As on a fresh install: nothing is readable or executable by PUBLIC.

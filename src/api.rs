@@ -140,6 +140,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         return skip(started_at, clock);
     }
     let config = settings()?;
+    db::ensure_sample_partitions()?;
     let state = db::read_state()?;
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
     let (outcome, written, apply_ms) = stream_and_apply(config, state)?;

@@ -105,6 +105,16 @@ pub struct DbState {
     pub logins: HashMap<String, Option<String>>,
 }
 
+/// Makes sure viewer_samples has partitions for today and tomorrow (UTC), so
+/// this run's samples have a place even if twitch_sync.maintain() never ran.
+pub fn ensure_sample_partitions() -> Result<(), SyncError> {
+    Spi::run(
+        "SELECT twitch_sync.create_sample_partitions(d, d + 1)
+           FROM (SELECT (pg_catalog.now() AT TIME ZONE 'UTC')::date AS d) today",
+    )
+    .map_err(internal)
+}
+
 pub fn read_state() -> Result<DbState, SyncError> {
     Spi::connect(|client| {
         let creds = client

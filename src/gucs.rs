@@ -23,6 +23,9 @@ static NOTIFY_ALERTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static RUNS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(defaults::RUNS_RETENTION_DAYS);
 static SAMPLES_RETENTION_DAYS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::SAMPLES_RETENTION_DAYS);
+static MAX_SAMPLE_GAP_SECS: GucSetting<i32> = GucSetting::<i32>::new(defaults::MAX_SAMPLE_GAP_SECS);
+static ROLLUPS_RETENTION_DAYS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::ROLLUPS_RETENTION_DAYS);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -122,6 +125,26 @@ pub fn init() {
         c"Rows of twitch_sync.viewer_samples older than this many days are pruned (0 keeps them).",
         c"Read by twitch_sync.prune(), which run() calls after each pass.",
         &SAMPLES_RETENTION_DAYS,
+        0,
+        36_500,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.max_sample_gap_secs",
+        c"Two samples of a broadcast further apart than this are not interpolated (hours watched, average viewers).",
+        c"Set it to about twice the polling interval. Read by the transition layer and twitch_sync.maintain().",
+        &MAX_SAMPLE_GAP_SECS,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.rollups_retention_days",
+        c"Rows of twitch_sync.channel_days and category_days older than this many days are deleted (0 keeps them).",
+        c"Read by twitch_sync.maintain().",
+        &ROLLUPS_RETENTION_DAYS,
         0,
         36_500,
         GucContext::Suset,

@@ -11,7 +11,8 @@
 //! - `gucs`, `error`: settings and SQL errors.
 //!
 //! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
-//! untrack, set_credentials), transitions.sql (the transition layer),
+//! untrack, set_credentials), analytics.sql (history, rollups, maintain(),
+//! the analytics views and functions), transitions.sql (the transition layer),
 //! operations.sql (record_run, channel_status, schedule, prune) and
 //! finalize.sql (status, metrics, privileges).
 
@@ -26,9 +27,14 @@ pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!(
+    "../sql/analytics.sql",
+    name = "analytics",
+    requires = ["schema"]
+);
+pgrx::extension_sql_file!(
     "../sql/transitions.sql",
     name = "transitions",
-    requires = ["schema"]
+    requires = ["schema", "analytics"]
 );
 pgrx::extension_sql_file!(
     "../sql/operations.sql",

@@ -448,23 +448,53 @@ fn alerts_on_partial_failed_and_repeated_failures() {
 fn retention_prunes_old_rows_in_bounded_steps() {
     let mut db = TestDb::new(world(10, 0.5));
     db.track_first(10);
-    // A year of history: 1,000,000 old samples and 20,000 old runs, plus today's.
+    // A year of history: 200,000 old samples and 20,000 old runs, plus today's.
     db.client
         .batch_execute(
             "SET session_replication_role = replica;  -- no counter triggers for fake history
              INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-             SELECT 's' || (g % 1000), '1', now() - interval '365 days' + g * interval '1 second', g % 5000
-               FROM generate_series(1, 1000000) g;
+             SELECT 's' || (g % 1000), '1', now() - interval '365 days' + g * interval '157 seconds', g % 5000
+               FROM generate_series(1, 200000) g;
              INSERT INTO twitch_sync.runs (started_at, finished_at, status)
              SELECT now() - interval '200 days' + g * interval '1 minute', now() - interval '200 days' + g * interval '1 minute', 'ok'
                FROM generate_series(1, 20000) g;
              RESET session_replication_role;",
         )
         .unwrap();
+    // Samples are kept by whole UTC days: those of the last 90 days and of the
+    // day 90 days ago stay.
+    let kept = db.scalar_i64(
+        "SELECT count(*) FROM twitch_sync.viewer_samples
+          WHERE sampled_at >= ((now() - interval '90 days') AT TIME ZONE 'UTC')::date::timestamp AT TIME ZONE 'UTC'",
+    );
+    // The history had no day partitions: maintain() gives every day its own.
+    let created: i32 = db
+        .client
+        .query_one("SELECT partitions_created FROM twitch_sync.maintain()", &[])
+        .unwrap()
+        .get(0);
+    assert!(created >= 365, "{created} partitions");
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples_default"),
+        0
+    );
+    // run() prunes: whole days of samples, and runs in bounded steps
     db.run();
-    let recent_samples = db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at > now() - interval '1 day'");
+    let recent_samples = db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at > now() - interval '1 minute'");
     assert_eq!(recent_samples, 5);
-
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples"),
+        kept + 5
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'twitch_sync.viewer_samples'::regclass
+                AND inhrelid::regclass::text < 'twitch_sync.' || twitch_sync.sample_partition((now() - interval '90 days')::date)"
+        ),
+        0,
+        "older partitions are gone"
+    );
     let row = db
         .client
         .query_one(
@@ -472,30 +502,14 @@ fn retention_prunes_old_rows_in_bounded_steps() {
             &[],
         )
         .unwrap();
-    // run() already pruned its 50,000-row share of each
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 100_000));
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 1);
-    loop {
-        let n: i64 = db
-            .client
-            .query_one("SELECT samples_deleted FROM twitch_sync.prune()", &[])
-            .unwrap()
-            .get(0);
-        assert!(n <= 50_000);
-        if n == 0 {
-            break;
-        }
-    }
-    assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples"),
-        recent_samples
-    );
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (0, 0));
 
     // 0 keeps everything
     db.client
         .batch_execute(
             "SET twitch_sync.samples_retention_days = 0;
-             INSERT INTO twitch_sync.viewer_samples VALUES ('old', '1', now() - interval '10 years', 1);",
+             INSERT INTO twitch_sync.viewer_samples VALUES ('old', '1', now() - interval '10 years', 1);
+             SELECT twitch_sync.maintain();",
         )
         .unwrap();
     db.client

@@ -20,6 +20,10 @@ pub mod defaults {
     pub const OFFLINE_AFTER_MISSES: i32 = 1;
     pub const RUNS_RETENTION_DAYS: i32 = 30;
     pub const SAMPLES_RETENTION_DAYS: i32 = 90;
+    /// About twice the default 10-minute polling interval.
+    pub const MAX_SAMPLE_GAP_SECS: i32 = 1_200;
+    /// 0: daily rollups are kept.
+    pub const ROLLUPS_RETENTION_DAYS: i32 = 0;
 }
 
 #[derive(Debug, Clone, PartialEq)]

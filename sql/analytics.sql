@@ -1,0 +1,467 @@
+-- twitch_sync: history and analytics. Per broadcast figures are kept on the
+-- streams row as samples are recorded (sql/transitions.sql); title and
+-- category changes in stream_changes; per-day rollups by twitch_sync.maintain().
+--
+-- The rules (README "Analytics"), the same everywhere:
+-- - A sample's viewer count holds until the broadcast's next sample, when that
+--   comes within the gap limit (twitch_sync.max_sample_gap_secs, default 1200:
+--   about twice a 10-minute polling interval). A longer gap is not
+--   interpolated; nothing is counted before a broadcast's first sample or after
+--   its last.
+-- - hours watched = sum of viewers x seconds / 3600 over those intervals;
+--   average viewers = viewers x seconds / seconds covered (NULL when no
+--   interval is covered, such as with a single sample).
+-- - airtime = from started_at (Helix's, else when first seen) to ended_at (or now).
+-- - Days are UTC; an interval or a broadcast crossing midnight is split at it.
+
+-- The gap limit, in seconds.
+CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
+        nullif(pg_catalog.current_setting('twitch_sync.max_sample_gap_secs', true), '')::integer, 1200), 1))
+$$;
+
+-- Every title and category a broadcast had: one row when it is first seen,
+-- and one for each observed change, with its source ('poll', 'eventsub').
+CREATE TABLE twitch_sync.stream_changes (
+    broadcaster_id text NOT NULL,
+    stream_id      text NOT NULL,
+    seen_at        timestamptz NOT NULL,
+    source         text NOT NULL,
+    title          text NOT NULL,
+    game_id        text NOT NULL,
+    game_name      text NOT NULL,
+    CONSTRAINT stream_changes_pkey PRIMARY KEY (broadcaster_id, stream_id, seen_at)
+);
+COMMENT ON TABLE twitch_sync.stream_changes IS 'Titles and categories of each broadcast: first seen, then every observed change.';
+
+-- Per channel per UTC day.
+CREATE TABLE twitch_sync.channel_days (
+    broadcaster_id text NOT NULL,
+    day            date NOT NULL,
+    airtime        interval NOT NULL,
+    hours_watched  double precision NOT NULL,
+    peak_viewers   integer,
+    avg_viewers    double precision,
+    broadcasts     integer NOT NULL,
+    categories     text[] NOT NULL,
+    CONSTRAINT channel_days_pkey PRIMARY KEY (broadcaster_id, day)
+);
+CREATE INDEX channel_days_day ON twitch_sync.channel_days (day);
+COMMENT ON TABLE twitch_sync.channel_days IS 'Per channel per UTC day: airtime, hours watched, peak and average viewers, broadcasts, categories (twitch_sync.maintain()).';
+
+-- Per category per UTC day. Keyed by category, not broadcaster: an aggregate
+-- across channels (a reference table, were the others distributed).
+CREATE TABLE twitch_sync.category_days (
+    game_id       text NOT NULL,
+    day           date NOT NULL,
+    game_name     text NOT NULL,
+    hours_watched double precision NOT NULL,
+    peak_viewers  integer NOT NULL,
+    channels_live integer NOT NULL,
+    CONSTRAINT category_days_pkey PRIMARY KEY (game_id, day)
+);
+CREATE INDEX category_days_day ON twitch_sync.category_days (day);
+COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours watched, highest single-stream viewers, channels live (twitch_sync.maintain()).';
+
+-- How far the rollups are: samples up to rolled_up_to (the latest sample
+-- rolled up) are in them.
+CREATE TABLE twitch_sync.rollup_state (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    rolled_up_to  timestamptz NOT NULL
+);
+
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_days', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
+
+-- The partition of viewer_samples holding a UTC day.
+CREATE FUNCTION twitch_sync.sample_partition(day date) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'viewer_samples_' || pg_catalog.to_char(day, 'YYYYMMDD')
+$$;
+
+-- Creates the missing day partitions of viewer_samples from first_day to
+-- last_day (UTC), moving that day's rows out of viewer_samples_default;
+-- returns how many it created.
+CREATE FUNCTION twitch_sync.create_sample_partitions(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d date := first_day;
+    created integer := 0;
+BEGIN
+    IF first_day IS NULL OR last_day IS NULL OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass two dates at most ten years apart.';
+    END IF;
+    WHILE d <= last_day LOOP
+        IF pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d)) IS NULL THEN
+            BEGIN
+                EXECUTE pg_catalog.format(
+                    'CREATE TABLE twitch_sync.%I (LIKE twitch_sync.viewer_samples INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
+                                                  PRIMARY KEY (broadcaster_id, sampled_at, stream_id))',
+                    twitch_sync.sample_partition(d));
+                EXECUTE pg_catalog.format(
+                    'WITH moved AS (DELETE FROM twitch_sync.viewer_samples_default v
+                                     WHERE v.sampled_at >= $1 AND v.sampled_at < $2 RETURNING v.*)
+                     INSERT INTO twitch_sync.%I SELECT * FROM moved', twitch_sync.sample_partition(d))
+                  USING d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC';
+                EXECUTE pg_catalog.format(
+                    'ALTER TABLE twitch_sync.viewer_samples ATTACH PARTITION twitch_sync.%I FOR VALUES FROM (%L) TO (%L)',
+                    twitch_sync.sample_partition(d),
+                    d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
+                created := created + 1;
+            EXCEPTION WHEN duplicate_table OR unique_violation THEN
+                NULL;  -- another session created it meanwhile
+            END;
+        END IF;
+        d := d + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+-- Drops the day partitions of viewer_samples older than keep_days (whole UTC
+-- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
+-- A partition that is in use (its lock not granted within a second) is left
+-- for the next call.
+CREATE FUNCTION twitch_sync.drop_sample_partitions(keep_days integer) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    oldest_kept text;
+    part text;
+    n bigint;
+    dropped bigint := 0;
+    old_timeout text := pg_catalog.current_setting('lock_timeout');
+BEGIN
+    IF keep_days IS NULL OR keep_days <= 0 THEN
+        RETURN 0;
+    END IF;
+    oldest_kept := twitch_sync.sample_partition(
+        ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
+    FOR part IN
+        SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'twitch_sync.viewer_samples'::regclass
+           AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
+         ORDER BY c.relname
+    LOOP
+        BEGIN
+            PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
+            EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
+            EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
+            dropped := dropped + n;
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+        PERFORM pg_catalog.set_config('lock_timeout', old_timeout, true);
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+-- Samples with the interval each opens: until the broadcast's next sample,
+-- when that comes within the gap limit (else next_at is NULL). Samples from
+-- lo - gap to hi + gap are read, so intervals crossing lo or hi are whole.
+CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz)
+RETURNS TABLE (broadcaster_id text, stream_id text, game_id text, viewer_count integer,
+               sampled_at timestamptz, next_at timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.broadcaster_id, x.stream_id, x.game_id, x.viewer_count, x.sampled_at,
+           CASE WHEN x.next_at - x.sampled_at <= twitch_sync.sample_gap() THEN x.next_at END
+      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at,
+                   pg_catalog.lead(v.sampled_at) OVER (PARTITION BY v.broadcaster_id, v.stream_id
+                                                        ORDER BY v.sampled_at) AS next_at
+              FROM twitch_sync.viewer_samples v
+             WHERE v.sampled_at >= lo - twitch_sync.sample_gap()
+               AND v.sampled_at < hi + twitch_sync.sample_gap()) x
+$$;
+
+-- The latest name of each category.
+CREATE VIEW twitch_sync.categories AS
+SELECT DISTINCT ON (c.game_id) c.game_id, c.game_name
+  FROM twitch_sync.stream_changes c
+ WHERE c.game_id <> ''
+ ORDER BY c.game_id, c.seen_at DESC;
+COMMENT ON VIEW twitch_sync.categories IS 'Each category (game_id) with the latest name seen for it.';
+
+-- Per channel per day, days from first_day to last_day in time zone tz,
+-- computed from raw samples and broadcasts (so only within the samples'
+-- retention). channel_days holds the same for UTC, kept by maintain().
+CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day date)
+RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
+               peak_viewers integer, avg_viewers double precision, broadcasts integer,
+               categories text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tz IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = tz)
+                     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_abbrevs z WHERE z.abbrev = tz) THEN
+        RAISE EXCEPTION 'unknown time zone: %', coalesce(pg_catalog.quote_literal(pg_catalog.left(tz, 60)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a name from pg_timezone_names, such as ''UTC'' or ''Europe/Berlin''.';
+    END IF;
+    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+    END IF;
+    RETURN QUERY
+    WITH days AS (
+        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
+               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
+    ), s AS (
+        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
+                                                   ((last_day + 1)::timestamp AT TIME ZONE tz))
+    ), watched AS (
+        SELECT d.day, s.broadcaster_id,
+               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs,
+               sum(extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS cs
+          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+         GROUP BY 1, 2
+    ), sampled AS (
+        SELECT d.day, s.broadcaster_id, max(s.viewer_count) AS peak,
+               array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
+          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+         GROUP BY 1, 2
+    ), aired AS (
+        SELECT d.day, b.broadcaster_id,
+               sum(least(coalesce(b.ended_at, pg_catalog.now()), d.de)
+                   - greatest(coalesce(b.started_at, b.first_seen_at), d.ds)) AS airtime,
+               count(*)::int AS broadcasts
+          FROM twitch_sync.streams b JOIN days d
+            ON coalesce(b.started_at, b.first_seen_at) < d.de AND coalesce(b.ended_at, pg_catalog.now()) > d.ds
+         GROUP BY 1, 2
+    ), keys AS (
+        SELECT a.day, a.broadcaster_id FROM aired a
+        UNION SELECT w.day, w.broadcaster_id FROM watched w
+        UNION SELECT x.day, x.broadcaster_id FROM sampled x
+    )
+    SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
+           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
+           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
+                            LEFT JOIN twitch_sync.categories c ON c.game_id = g ORDER BY 1), '{}')
+      FROM keys k
+      LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
+      LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
+      LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
+END
+$$;
+
+-- Per category per day (time zone tz), from raw samples: hours watched, the
+-- highest viewer count of a single stream, and channels with a sample in it.
+CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day date)
+RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
+               peak_viewers integer, channels_live integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- the same checks as channel_days_in
+    PERFORM 1 FROM twitch_sync.channel_days_in(tz, first_day, first_day) LIMIT 0;
+    IF last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+    END IF;
+    RETURN QUERY
+    WITH days AS (
+        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
+               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
+    ), s AS (
+        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
+                                                   ((last_day + 1)::timestamp AT TIME ZONE tz)) i
+         WHERE i.game_id <> ''
+    ), watched AS (
+        SELECT d.day, s.game_id,
+               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs
+          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+         GROUP BY 1, 2
+    ), sampled AS (
+        SELECT d.day, s.game_id, max(s.viewer_count) AS peak,
+               count(DISTINCT s.broadcaster_id)::int AS channels
+          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+         GROUP BY 1, 2
+    ), keys AS (
+        SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x
+    )
+    SELECT k.game_id, k.day, coalesce(c.game_name, ''), coalesce(w.vs, 0) / 3600,
+           coalesce(x.peak, 0), coalesce(x.channels, 0)
+      FROM keys k
+      LEFT JOIN watched w ON w.day = k.day AND w.game_id = k.game_id
+      LEFT JOIN sampled x ON x.day = k.day AND x.game_id = k.game_id
+      LEFT JOIN twitch_sync.categories c ON c.game_id = k.game_id;
+END
+$$;
+
+-- Recomputes channel_days and category_days for the UTC days from first_day
+-- to last_day; returns the number of days.
+CREATE FUNCTION twitch_sync.roll_up_days(first_day date, last_day date) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM twitch_sync.channel_days c WHERE c.day BETWEEN first_day AND last_day;
+    INSERT INTO twitch_sync.channel_days
+    SELECT * FROM twitch_sync.channel_days_in('UTC', first_day, last_day);
+    DELETE FROM twitch_sync.category_days c WHERE c.day BETWEEN first_day AND last_day;
+    INSERT INTO twitch_sync.category_days
+    SELECT * FROM twitch_sync.category_days_in('UTC', first_day, last_day);
+    RETURN last_day - first_day + 1;
+END
+$$;
+
+-- maintain(): the maintenance step, scheduled by twitch_sync.schedule() (hourly)
+-- or called by hand. Creates viewer_samples partitions a week ahead, rolls up
+-- every day that got samples (or airtime) since the last call, and drops
+-- rollups past twitch_sync.rollups_retention_days (0, the default, keeps them).
+CREATE FUNCTION twitch_sync.maintain(
+    OUT partitions_created integer, OUT days_rolled_up integer, OUT rollups_deleted bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+    since timestamptz;
+    first_day date;
+    keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
+    n bigint;
+    day date;
+BEGIN
+    partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
+    -- days whose samples landed in the default partition get theirs
+    FOR day IN SELECT DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date
+                 FROM twitch_sync.viewer_samples_default v ORDER BY 1 LOOP
+        partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+    END LOOP;
+    -- The first call rolls up everything there is.
+    SELECT r.rolled_up_to INTO since FROM twitch_sync.rollup_state r;
+    IF since IS NULL THEN
+        since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
+                       (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
+    END IF;
+    -- Days whose figures can have changed since: an interval ending after
+    -- `since` may start up to a gap earlier; a broadcast still live adds airtime.
+    first_day := least(((coalesce(since, pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
+                       coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
+                                   FROM twitch_sync.streams b WHERE b.is_live), today),
+                       today);
+    days_rolled_up := twitch_sync.roll_up_days(first_day, today);
+    since := greatest(since, (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
+                               WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC'));
+    IF since IS NOT NULL THEN
+        INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
+        ON CONFLICT (singleton) DO UPDATE SET rolled_up_to = EXCLUDED.rolled_up_to;
+    END IF;
+    rollups_deleted := 0;
+    IF keep_days > 0 THEN
+        DELETE FROM twitch_sync.channel_days c WHERE c.day < today - keep_days;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rollups_deleted := n;
+        DELETE FROM twitch_sync.category_days c WHERE c.day < today - keep_days;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        rollups_deleted := rollups_deleted + n;
+    END IF;
+END
+$$;
+
+-- One row per broadcast, kept after it ends.
+CREATE VIEW twitch_sync.broadcasts AS
+SELECT s.stream_id, s.broadcaster_id, c.login, s.is_live,
+       coalesce(s.started_at, s.first_seen_at) AS started_at, s.ended_at,
+       coalesce(s.ended_at, pg_catalog.now()) - coalesce(s.started_at, s.first_seen_at) AS airtime,
+       s.peak_viewer_count AS peak_viewers, s.peak_at,
+       CASE WHEN s.covered_seconds > 0 THEN s.viewer_seconds / s.covered_seconds END AS avg_viewers,
+       s.viewer_seconds / 3600 AS hours_watched,
+       s.sample_count AS samples,
+       ARRAY(SELECT t.title FROM twitch_sync.stream_changes t
+              WHERE t.broadcaster_id = s.broadcaster_id AND t.stream_id = s.stream_id AND t.title <> ''
+              GROUP BY t.title ORDER BY min(t.seen_at)) AS titles,
+       ARRAY(SELECT t.game_name FROM twitch_sync.stream_changes t
+              WHERE t.broadcaster_id = s.broadcaster_id AND t.stream_id = s.stream_id AND t.game_id <> ''
+              GROUP BY t.game_name ORDER BY min(t.seen_at)) AS categories
+  FROM twitch_sync.streams s
+  LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id;
+COMMENT ON VIEW twitch_sync.broadcasts IS 'One row per broadcast: airtime, peak (and when), average viewers, hours watched, samples, every title and category.';
+
+-- What is live now, most watched first.
+CREATE VIEW twitch_sync.live_now AS
+SELECT s.broadcaster_id, c.login, s.stream_id, s.viewer_count, s.title, s.game_id, s.game_name,
+       s.language, coalesce(s.started_at, s.first_seen_at) AS started_at,
+       pg_catalog.now() - coalesce(s.started_at, s.first_seen_at) AS uptime, s.updated_at
+  FROM twitch_sync.streams s
+  LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id
+ WHERE s.is_live
+ ORDER BY s.viewer_count DESC, s.broadcaster_id;
+COMMENT ON VIEW twitch_sync.live_now IS 'Live streams now, most watched first, with uptime.';
+
+-- viewer_trend(): one channel's viewers over [from_time, to_time) in buckets
+-- (aligned to 2000-01-01 UTC): min, mean of the samples, and max per bucket.
+CREATE FUNCTION twitch_sync.viewer_trend(broadcaster_id text, from_time timestamptz,
+                                         to_time timestamptz, bucket interval DEFAULT '1 hour')
+RETURNS TABLE (bucket_start timestamptz, min_viewers integer, avg_viewers double precision,
+               max_viewers integer, samples integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF bucket IS NULL OR bucket <= interval '0' OR bucket > interval '366 days'
+       OR extract(month FROM bucket) <> 0 OR extract(year FROM bucket) <> 0 THEN
+        RAISE EXCEPTION 'invalid bucket: %', coalesce(bucket::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a positive interval of days, hours, minutes or seconds, such as ''1 hour''.';
+    END IF;
+    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time THEN
+        RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass from_time < to_time.';
+    END IF;
+    IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
+        RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket (at most 100,000 buckets).';
+    END IF;
+    RETURN QUERY
+    SELECT pg_catalog.date_bin(bucket, v.sampled_at, timestamptz '2000-01-01 00:00:00+00') AS b,
+           min(v.viewer_count), avg(v.viewer_count)::float8, max(v.viewer_count), count(*)::int
+      FROM twitch_sync.viewer_samples v
+     WHERE v.broadcaster_id = viewer_trend.broadcaster_id
+       AND v.sampled_at >= from_time AND v.sampled_at < to_time
+     GROUP BY b ORDER BY b;
+END
+$$;
+
+-- top_channels(): the channels with the most hours watched, the highest peak
+-- or the most airtime over UTC days first_day to last_day (channel_days).
+CREATE FUNCTION twitch_sync.top_channels(first_day date, last_day date,
+                                         by text DEFAULT 'hours_watched', n integer DEFAULT 10)
+RETURNS TABLE (rank integer, broadcaster_id text, login text, hours_watched double precision,
+               peak_viewers integer, airtime interval)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF by IS NULL OR by NOT IN ('hours_watched', 'peak_viewers', 'airtime') THEN
+        RAISE EXCEPTION 'invalid ranking: %', coalesce(pg_catalog.quote_literal(pg_catalog.left(by, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Rank by ''hours_watched'', ''peak_viewers'' or ''airtime''.';
+    END IF;
+    IF n IS NULL OR n < 1 OR n > 10000 THEN
+        RAISE EXCEPTION 'invalid limit: %', coalesce(n::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a limit from 1 to 10,000.';
+    END IF;
+    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day THEN
+        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass first_day <= last_day.';
+    END IF;
+    RETURN QUERY
+    WITH t AS (
+        SELECT d.broadcaster_id, sum(d.hours_watched)::float8 AS hw, max(d.peak_viewers) AS pk,
+               sum(d.airtime) AS air
+          FROM twitch_sync.channel_days d
+         WHERE d.day BETWEEN first_day AND last_day
+         GROUP BY d.broadcaster_id
+    ), ranked AS (
+        SELECT t.*, (pg_catalog.row_number() OVER (ORDER BY
+                   CASE by WHEN 'hours_watched' THEN t.hw WHEN 'peak_viewers' THEN t.pk::float8
+                           ELSE extract(epoch FROM t.air)::float8 END DESC NULLS LAST,
+                   t.broadcaster_id))::int AS r
+          FROM t
+    )
+    SELECT r.r, r.broadcaster_id, c.login, r.hw, r.pk, r.air
+      FROM ranked r LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = r.broadcaster_id
+     WHERE r.r <= n
+     ORDER BY r.r;
+END
+$$;

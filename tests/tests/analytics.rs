@@ -1,0 +1,672 @@
+//! History and analytics (issue 12): random, seeded histories go through
+//! `twitch_sync.apply_observations` with their own timestamps (flaps, restarts,
+//! reopened broadcasts, gaps longer than the gap limit, failed batches, a
+//! history crossing midnight), `twitch_sync.maintain()` rolls them up (once
+//! midway, once at the end), and every figure is compared with a
+//! recomputation from the raw rows (`viewer_samples`, `streams`) done here,
+//! from the rules README "Analytics" documents, not from the SQL:
+//!
+//! - a sample's count holds until the broadcast's next sample when that comes
+//!   within the gap limit; longer gaps count nothing;
+//! - hours watched = sum of viewers x seconds / 3600; average = viewers x
+//!   seconds / seconds covered; airtime = started_at (else first seen) to
+//!   ended_at; days split at midnight (UTC, or the time zone asked for).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+use twitch_sync_e2e::postgres::Client;
+use twitch_sync_e2e::{sqlstate, world, TestDb};
+
+const GAP_SECS: f64 = 900.0;
+const GAMES: &[(&str, &str)] = &[
+    ("11", "Chess"),
+    ("22", "Fortnite"),
+    ("33", "Minecraft"),
+    ("", ""),
+];
+const TITLES: &[&str] = &["Morning", "Ranked", "Chill", "Finals"];
+const DAY: i64 = 86_400;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// One observation as sent.
+struct Obs {
+    bid: String,
+    state: &'static str,
+    sid: Option<String>,
+    viewers: Option<i32>,
+    title: Option<String>,
+    game: Option<usize>,
+    started: Option<i64>,
+}
+
+struct Live {
+    sid: String,
+    title: String,
+    game: usize,
+    started: Option<i64>,
+}
+
+fn send(client: &mut Client, at: i64, obs: &[Obs]) {
+    let col =
+        |f: &dyn Fn(&Obs) -> Option<String>| -> Vec<Option<String>> { obs.iter().map(f).collect() };
+    let bid = col(&|o| Some(o.bid.clone()));
+    let state = col(&|o| Some(o.state.to_string()));
+    let sid = col(&|o| o.sid.clone());
+    let title = col(&|o| o.title.clone());
+    let game_id = col(&|o| o.game.map(|g| GAMES[g].0.to_string()));
+    let game_name = col(&|o| o.game.map(|g| GAMES[g].1.to_string()));
+    let viewers: Vec<Option<i32>> = obs.iter().map(|o| o.viewers).collect();
+    let started: Vec<Option<f64>> = obs.iter().map(|o| o.started.map(|s| s as f64)).collect();
+    client
+        .execute(
+            "SELECT twitch_sync.apply_observations(ARRAY(
+                 SELECT ROW('poll', to_timestamp($1::float8), o.bid, o.state, o.sid, NULL, o.viewers,
+                            o.title, o.game_id, o.game_name, 'en', to_timestamp(o.started))::twitch_sync.observation
+                   FROM unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::text[],
+                               $8::text[], $9::float8[])
+                     WITH ORDINALITY AS o(bid, state, sid, viewers, title, game_id, game_name, started, n)
+                  ORDER BY o.n), 1, false)",
+            &[&(at as f64), &bid, &state, &sid, &viewers, &title, &game_id, &game_name, &started],
+        )
+        .expect("apply_observations");
+}
+
+/// A random history of `channels` channels over `steps` steps from `t0`;
+/// calls `midway` once, halfway. Every broadcast has ended at the end.
+fn history(
+    client: &mut Client,
+    seed: u64,
+    t0: i64,
+    steps: usize,
+    midway: &mut dyn FnMut(&mut Client),
+) -> BTreeMap<String, Vec<String>> {
+    let mut rng = Rng(seed);
+    let ids: Vec<String> = (1..=6).map(|i| format!("{}", 9000 + i)).collect();
+    let mut live: BTreeMap<String, Live> = BTreeMap::new();
+    let mut last_ended: BTreeMap<String, Live> = BTreeMap::new();
+    let mut titles: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut next_stream = 1u64;
+    let mut t = t0;
+    for step in 0..steps {
+        if step == steps / 2 {
+            midway(client);
+        }
+        t += [30, 60, 300, 600, 600, 850, 1000, 1300][rng.below(8) as usize];
+        let mut obs = Vec::new();
+        for bid in &ids {
+            if rng.chance(10) {
+                continue; // its batch failed: not observed
+            }
+            let viewers = |rng: &mut Rng| Some(rng.below(5000) as i32);
+            match live.remove(bid) {
+                Some(mut l) => {
+                    let roll = rng.below(100);
+                    if roll < 72 {
+                        if rng.chance(10) {
+                            l.title = TITLES[rng.below(TITLES.len() as u64) as usize].to_string();
+                        }
+                        if rng.chance(10) {
+                            l.game = rng.below(GAMES.len() as u64) as usize;
+                        }
+                        obs.push(live_obs(bid, &l, viewers(&mut rng)));
+                        live.insert(bid.clone(), l);
+                    } else if roll < 80 {
+                        let l = new_live(&mut rng, &mut next_stream, t);
+                        obs.push(live_obs(bid, &l, viewers(&mut rng)));
+                        live.insert(bid.clone(), l);
+                    } else if roll < 92 {
+                        obs.push(ended_obs(bid, "not_listed"));
+                        last_ended.insert(bid.clone(), l);
+                    } else {
+                        obs.push(ended_obs(bid, "offline"));
+                        last_ended.insert(bid.clone(), l);
+                    }
+                }
+                None => {
+                    if rng.chance(25) {
+                        // a flap: the ended broadcast is listed again (reopened)
+                        let l = match last_ended.remove(bid) {
+                            Some(l) if rng.chance(30) => l,
+                            _ => new_live(&mut rng, &mut next_stream, t),
+                        };
+                        // an EventSub-style online event has no count
+                        let v = if rng.chance(15) {
+                            None
+                        } else {
+                            viewers(&mut rng)
+                        };
+                        obs.push(live_obs(bid, &l, v));
+                        live.insert(bid.clone(), l);
+                    } else {
+                        obs.push(ended_obs(bid, "not_listed"));
+                    }
+                }
+            }
+        }
+        for o in &obs {
+            if let (Some(sid), Some(title)) = (&o.sid, &o.title) {
+                let seen = titles.entry(format!("{}/{sid}", o.bid)).or_default();
+                if !title.is_empty() && !seen.contains(title) {
+                    seen.push(title.clone());
+                }
+            }
+        }
+        send(client, t, &obs);
+    }
+    t += 60;
+    let end: Vec<Obs> = live.keys().map(|bid| ended_obs(bid, "offline")).collect();
+    send(client, t, &end);
+    titles
+}
+
+fn new_live(rng: &mut Rng, next_stream: &mut u64, t: i64) -> Live {
+    *next_stream += 1;
+    Live {
+        sid: format!("{}", 500_000 + *next_stream),
+        title: TITLES[rng.below(TITLES.len() as u64) as usize].to_string(),
+        game: rng.below(GAMES.len() as u64) as usize,
+        started: if rng.chance(20) {
+            None
+        } else {
+            Some(t - rng.below(900) as i64)
+        },
+    }
+}
+
+fn live_obs(bid: &str, l: &Live, viewers: Option<i32>) -> Obs {
+    Obs {
+        bid: bid.to_string(),
+        state: "live",
+        sid: Some(l.sid.clone()),
+        viewers,
+        title: viewers.map(|_| l.title.clone()),
+        game: viewers.map(|_| l.game),
+        started: l.started,
+    }
+}
+
+fn ended_obs(bid: &str, state: &'static str) -> Obs {
+    Obs {
+        bid: bid.to_string(),
+        state,
+        sid: None,
+        viewers: None,
+        title: None,
+        game: None,
+        started: None,
+    }
+}
+
+struct Sample {
+    bid: String,
+    sid: String,
+    t: f64,
+    v: i64,
+    game: String,
+}
+
+struct Broadcast {
+    bid: String,
+    start: f64,
+    end: f64,
+}
+
+fn read_raw(client: &mut Client) -> (Vec<Sample>, Vec<Broadcast>) {
+    let samples = client
+        .query(
+            "SELECT broadcaster_id, stream_id, extract(epoch FROM sampled_at)::float8, viewer_count::int8,
+                    coalesce(game_id, '')
+               FROM twitch_sync.viewer_samples ORDER BY broadcaster_id, stream_id, sampled_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| Sample { bid: r.get(0), sid: r.get(1), t: r.get(2), v: r.get(3), game: r.get(4) })
+        .collect();
+    let broadcasts = client
+        .query(
+            "SELECT broadcaster_id, extract(epoch FROM coalesce(started_at, first_seen_at))::float8,
+                    extract(epoch FROM ended_at)::float8
+               FROM twitch_sync.streams",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| Broadcast { bid: r.get(0), start: r.get(1), end: r.get(2) })
+        .collect();
+    (samples, broadcasts)
+}
+
+/// Intervals (index of the opening sample, its end) by the gap rule.
+fn intervals(samples: &[Sample]) -> Vec<(usize, f64)> {
+    let mut out = Vec::new();
+    for i in 0..samples.len().saturating_sub(1) {
+        let (a, b) = (&samples[i], &samples[i + 1]);
+        if a.bid == b.bid && a.sid == b.sid && b.t - a.t <= GAP_SECS {
+            out.push((i, b.t));
+        }
+    }
+    out
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct ChannelDay {
+    airtime: f64,
+    hours: f64,
+    peak: Option<i64>,
+    avg: Option<f64>,
+    broadcasts: i64,
+    categories: Vec<String>,
+}
+
+type ChannelDays = BTreeMap<(String, i64), ChannelDay>;
+type CategoryDays = BTreeMap<(String, i64), CategoryDay>;
+/// Per broadcast: samples, peak, peak time, viewer seconds, covered seconds.
+type BroadcastFigures = BTreeMap<(String, String), (i64, i64, Option<f64>, f64, f64)>;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct CategoryDay {
+    hours: f64,
+    peak: i64,
+    channels: i64,
+}
+
+fn name_of(game: &str) -> String {
+    GAMES
+        .iter()
+        .find(|g| g.0 == game)
+        .map(|g| g.1.to_string())
+        .unwrap_or_default()
+}
+
+/// The reference: per (broadcaster, day) and (category, day), days of
+/// `offset` seconds east of UTC (a fixed offset), from `first` to `last`
+/// (day numbers since the epoch in that zone).
+fn reference(
+    samples: &[Sample],
+    broadcasts: &[Broadcast],
+    offset: i64,
+    first: i64,
+    last: i64,
+) -> (ChannelDays, CategoryDays) {
+    let day_of = |t: f64| (t as i64 + offset).div_euclid(DAY);
+    let bounds = |d: i64| ((d * DAY - offset) as f64, ((d + 1) * DAY - offset) as f64);
+    let mut ch: BTreeMap<(String, i64), ChannelDay> = BTreeMap::new();
+    let mut cat: BTreeMap<(String, i64), CategoryDay> = BTreeMap::new();
+    let mut covered: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    let mut cat_channels: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
+    let mut ch_games: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
+    for b in broadcasts {
+        for d in first..=last {
+            let (ds, de) = bounds(d);
+            if b.start < de && b.end > ds {
+                let e = ch.entry((b.bid.clone(), d)).or_default();
+                e.airtime += b.end.min(de) - b.start.max(ds);
+                e.broadcasts += 1;
+            }
+        }
+    }
+    for (i, end) in intervals(samples) {
+        let s = &samples[i];
+        for d in first..=last {
+            let (ds, de) = bounds(d);
+            let secs = end.min(de) - s.t.max(ds);
+            if s.t < de && end > ds && secs > 0.0 {
+                let e = ch.entry((s.bid.clone(), d)).or_default();
+                e.hours += s.v as f64 * secs / 3600.0;
+                *covered.entry((s.bid.clone(), d)).or_default() += secs;
+                if !s.game.is_empty() {
+                    cat.entry((s.game.clone(), d)).or_default().hours += s.v as f64 * secs / 3600.0;
+                }
+            }
+        }
+    }
+    for s in samples {
+        let d = day_of(s.t);
+        if d < first || d > last {
+            continue;
+        }
+        let e = ch.entry((s.bid.clone(), d)).or_default();
+        e.peak = Some(e.peak.map_or(s.v, |p| p.max(s.v)));
+        if !s.game.is_empty() {
+            ch_games
+                .entry((s.bid.clone(), d))
+                .or_default()
+                .insert(name_of(&s.game));
+            let c = cat.entry((s.game.clone(), d)).or_default();
+            c.peak = c.peak.max(s.v);
+            cat_channels
+                .entry((s.game.clone(), d))
+                .or_default()
+                .insert(s.bid.clone());
+        }
+    }
+    for (k, e) in ch.iter_mut() {
+        let cs = covered.get(k).copied().unwrap_or(0.0);
+        e.avg = (cs > 0.0).then(|| e.hours * 3600.0 / cs);
+        e.categories = ch_games
+            .get(k)
+            .map(|g| g.iter().cloned().collect())
+            .unwrap_or_default();
+    }
+    for (k, c) in cat.iter_mut() {
+        c.channels = cat_channels.get(k).map_or(0, |s| s.len() as i64);
+    }
+    (ch, cat)
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0)
+}
+
+fn same_channel_day(a: &ChannelDay, b: &ChannelDay) -> bool {
+    close(a.airtime, b.airtime)
+        && close(a.hours, b.hours)
+        && a.peak == b.peak
+        && match (a.avg, b.avg) {
+            (Some(x), Some(y)) => close(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+        && a.broadcasts == b.broadcasts
+        && a.categories == b.categories
+}
+
+const CHANNEL_DAY_COLUMNS: &str =
+    "broadcaster_id, (day - date '1970-01-01')::int8, extract(epoch FROM airtime)::float8,
+     hours_watched, peak_viewers::int8, avg_viewers, broadcasts::int8, categories";
+
+fn channel_days(client: &mut Client, sql: &str) -> BTreeMap<(String, i64), ChannelDay> {
+    client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                ChannelDay {
+                    airtime: r.get(2),
+                    hours: r.get(3),
+                    peak: r.get(4),
+                    avg: r.get(5),
+                    broadcasts: r.get(6),
+                    categories: r.get(7),
+                },
+            )
+        })
+        .collect()
+}
+
+fn compare_channel_days(
+    what: &str,
+    seed: u64,
+    db: &BTreeMap<(String, i64), ChannelDay>,
+    want: &BTreeMap<(String, i64), ChannelDay>,
+) {
+    let keys: BTreeSet<_> = db.keys().chain(want.keys()).collect();
+    for k in keys {
+        match (db.get(k), want.get(k)) {
+            (Some(a), Some(b)) if same_channel_day(a, b) => {}
+            (a, b) => panic!("seed {seed}: {what} {k:?}: database {a:?}, reference {b:?}"),
+        }
+    }
+}
+
+fn run_seed(seed: u64) {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let client = &mut db.client;
+    client
+        .batch_execute(&format!("SET twitch_sync.max_sample_gap_secs = {GAP_SECS}"))
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // from 18:00 UTC two days ago: the history crosses midnight and ends in the past
+    let t0 = (now.div_euclid(DAY) - 2) * DAY + 18 * 3600;
+    let mut maintain = |c: &mut Client| {
+        c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    };
+    let titles = history(client, seed, t0, 160, &mut maintain);
+    maintain(client);
+    // all samples left the default partition for their days' partitions
+    let in_default: i64 = client
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.viewer_samples_default",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        in_default, 0,
+        "seed {seed}: samples left in the default partition"
+    );
+
+    let (samples, broadcasts) = read_raw(client);
+    assert!(
+        samples.len() > 100,
+        "seed {seed}: only {} samples",
+        samples.len()
+    );
+    let first = t0.div_euclid(DAY) - 1;
+    let last = now.div_euclid(DAY);
+
+    // per broadcast
+    let mut want: BroadcastFigures = BTreeMap::new();
+    for s in &samples {
+        let e = want
+            .entry((s.bid.clone(), s.sid.clone()))
+            .or_insert((0, -1, None, 0.0, 0.0));
+        e.0 += 1;
+        if s.v > e.1 {
+            e.1 = s.v;
+            e.2 = Some(s.t);
+        }
+    }
+    for (i, end) in intervals(&samples) {
+        let s = &samples[i];
+        let e = want.get_mut(&(s.bid.clone(), s.sid.clone())).unwrap();
+        e.3 += s.v as f64 * (end - s.t);
+        e.4 += end - s.t;
+    }
+    let rows = client
+        .query(
+            "SELECT b.broadcaster_id, b.stream_id, b.samples::int8, b.peak_viewers::int8,
+                    extract(epoch FROM b.peak_at)::float8, b.hours_watched, b.avg_viewers, b.titles,
+                    extract(epoch FROM b.airtime)::float8,
+                    extract(epoch FROM coalesce(s.started_at, s.first_seen_at))::float8,
+                    extract(epoch FROM s.ended_at)::float8
+               FROM twitch_sync.broadcasts b JOIN twitch_sync.streams s USING (broadcaster_id, stream_id)",
+            &[],
+        )
+        .unwrap();
+    assert!(
+        rows.len() > 10,
+        "seed {seed}: only {} broadcasts",
+        rows.len()
+    );
+    for r in &rows {
+        let key: (String, String) = (r.get(0), r.get(1));
+        let (n, peak, peak_at, vs, cs) = want.get(&key).cloned().unwrap_or((0, 0, None, 0.0, 0.0));
+        let got_hours: f64 = r.get(5);
+        let got_avg: Option<f64> = r.get(6);
+        assert_eq!(r.get::<_, i64>(2), n, "seed {seed}: samples of {key:?}");
+        assert_eq!(
+            r.get::<_, i64>(3),
+            peak.max(0),
+            "seed {seed}: peak of {key:?}"
+        );
+        assert_eq!(
+            r.get::<_, Option<f64>>(4),
+            peak_at,
+            "seed {seed}: peak_at of {key:?}"
+        );
+        assert!(
+            close(got_hours, vs / 3600.0),
+            "seed {seed}: hours of {key:?}: {got_hours} vs {}",
+            vs / 3600.0
+        );
+        match (got_avg, cs > 0.0) {
+            (Some(a), true) => assert!(close(a, vs / cs), "seed {seed}: avg of {key:?}"),
+            (None, false) => {}
+            other => panic!("seed {seed}: avg of {key:?}: {other:?}"),
+        }
+        let airtime: f64 = r.get(8);
+        let (start, end): (f64, f64) = (r.get(9), r.get(10));
+        assert!(
+            close(airtime, end - start),
+            "seed {seed}: airtime of {key:?}"
+        );
+        let got_titles: Vec<String> = r.get(7);
+        let want_titles = titles
+            .get(&format!("{}/{}", key.0, key.1))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(got_titles, want_titles, "seed {seed}: titles of {key:?}");
+    }
+
+    // per channel per UTC day: the rollup table, and the function for UTC
+    let (want_ch, want_cat) = reference(&samples, &broadcasts, 0, first, last);
+    let rolled = channel_days(
+        client,
+        &format!("SELECT {CHANNEL_DAY_COLUMNS} FROM twitch_sync.channel_days"),
+    );
+    compare_channel_days("channel_days", seed, &rolled, &want_ch);
+    // per channel per day in New York (UTC-5 all through these days: no DST change in late November)
+    let ny = channel_days(
+        client,
+        &format!(
+            "SELECT {CHANNEL_DAY_COLUMNS} FROM twitch_sync.channel_days_in('America/New_York',
+                 date '1970-01-01' + {first}, date '1970-01-01' + {last})"
+        ),
+    );
+    let (want_ny, _) = reference(&samples, &broadcasts, -5 * 3600, first, last);
+    compare_channel_days("channel_days_in(America/New_York)", seed, &ny, &want_ny);
+
+    // per category per UTC day
+    let cats: BTreeMap<(String, i64), (CategoryDay, String)> = client
+        .query(
+            "SELECT game_id, (day - date '1970-01-01')::int8, hours_watched, peak_viewers::int8,
+                    channels_live::int8, game_name FROM twitch_sync.category_days",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1)),
+                (
+                    CategoryDay {
+                        hours: r.get(2),
+                        peak: r.get(3),
+                        channels: r.get(4),
+                    },
+                    r.get(5),
+                ),
+            )
+        })
+        .collect();
+    let keys: BTreeSet<_> = cats.keys().chain(want_cat.keys()).collect();
+    for k in keys {
+        match (cats.get(k), want_cat.get(k)) {
+            (Some((a, name)), Some(b))
+                if close(a.hours, b.hours)
+                    && a.peak == b.peak
+                    && a.channels == b.channels
+                    && *name == name_of(&k.0) => {}
+            (a, b) => panic!("seed {seed}: category_days {k:?}: database {a:?}, reference {b:?}"),
+        }
+    }
+    assert!(!cats.is_empty(), "seed {seed}: no category days");
+
+    // the day-ranked list agrees with the rollups
+    let top: Vec<(String, f64)> = client
+        .query(
+            &format!(
+                "SELECT broadcaster_id, hours_watched FROM twitch_sync.top_channels(
+                     date '1970-01-01' + {first}, date '1970-01-01' + {last}, 'hours_watched', 3)"
+            ),
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut totals: BTreeMap<String, f64> = BTreeMap::new();
+    for ((bid, _), d) in &want_ch {
+        *totals.entry(bid.clone()).or_default() += d.hours;
+    }
+    let mut ranked: Vec<(String, f64)> = totals.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+    assert_eq!(top.len(), 3);
+    for (got, want) in top.iter().zip(&ranked) {
+        assert_eq!(got.0, want.0, "seed {seed}: top_channels order");
+        assert!(close(got.1, want.1), "seed {seed}: top_channels hours");
+    }
+}
+
+#[test]
+fn rollups_equal_a_recomputation_from_raw_samples() {
+    for seed in [1, 7, 20261125] {
+        run_seed(seed);
+    }
+}
+
+#[test]
+fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let t0 = 1_795_000_000i64 - 1_795_000_000i64 % 3600;
+    for (i, v) in [10, 30, 20, 50, 40].iter().enumerate() {
+        let obs = [Obs {
+            bid: "77".into(),
+            state: "live",
+            sid: Some("700".into()),
+            viewers: Some(*v),
+            title: Some("t".into()),
+            game: Some(0),
+            started: Some(t0),
+        }];
+        send(c, t0 + 600 * i as i64 + 60, &obs);
+    }
+    let rows: Vec<(i32, f64, i32, i32)> = c
+        .query(
+            "SELECT min_viewers, avg_viewers, max_viewers, samples
+               FROM twitch_sync.viewer_trend('77', to_timestamp($1::float8), to_timestamp($1::float8) + interval '1 day', '30 minutes')",
+            &[&(t0 as f64)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    // samples at +1, +11, +21 min (bucket 1), +31, +41 min (bucket 2)
+    assert_eq!(rows, vec![(10, 20.0, 30, 3), (40, 45.0, 50, 2)]);
+    for (sql, what) in [
+        ("SELECT * FROM twitch_sync.viewer_trend('77', now(), now() - interval '1 hour', '1 hour')", "range"),
+        ("SELECT * FROM twitch_sync.viewer_trend('77', now() - interval '1 day', now(), '0 seconds')", "bucket"),
+        ("SELECT * FROM twitch_sync.viewer_trend('77', now() - interval '1 day', now(), '1 month')", "month bucket"),
+        ("SELECT * FROM twitch_sync.top_channels(current_date, current_date, 'followers')", "ranking"),
+        ("SELECT * FROM twitch_sync.top_channels(current_date, current_date, 'airtime', 0)", "limit"),
+        ("SELECT * FROM twitch_sync.channel_days_in('Mars/Olympus', current_date, current_date)", "time zone"),
+        ("SELECT * FROM twitch_sync.channel_days_in('UTC', current_date, current_date - 1)", "days"),
+    ] {
+        let e = c.query(sql, &[]).expect_err(what);
+        assert_eq!(sqlstate(&e), "22023", "{what}: {e}");
+    }
+}
