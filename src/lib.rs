@@ -12,8 +12,9 @@
 //!
 //! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
 //! untrack, set_credentials), transitions.sql (the transition layer),
-//! operations.sql (record_run, channel_status, schedule, prune) and
-//! finalize.sql (status, metrics, privileges).
+//! operations.sql (record_run, channel_status, schedule, prune),
+//! dashboard.sql (the HTML dashboard) and finalize.sql (status, metrics,
+//! privileges).
 
 mod api;
 mod db;
@@ -34,6 +35,11 @@ pgrx::extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
     requires = ["schema", "transitions"]
+);
+pgrx::extension_sql_file!(
+    "../sql/dashboard.sql",
+    name = "dashboard",
+    requires = ["schema", "transitions", "operations"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
