@@ -1009,12 +1009,12 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
                                         'FM999,999,999,999,990.' || pg_catalog.repeat('0', decimals)) END
 $$;
 
--- A number for an axis tick: 950, 1,500, 15k, 2.5M.
+-- A number for an axis tick: 950, 1.5k, 15k, 2.5M.
 CREATE FUNCTION twitch_sync.dashboard_tick(v numeric, decimals integer DEFAULT 0) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_catalog.abs(v) >= 1000000
                     THEN pg_catalog.rtrim(pg_catalog.to_char(v / 1000000, 'FM999,990.99'), '.') || 'M'
-                WHEN pg_catalog.abs(v) >= 10000
+                WHEN pg_catalog.abs(v) >= 1000
                     THEN pg_catalog.rtrim(pg_catalog.to_char(v / 1000, 'FM999,990.99'), '.') || 'k'
                 ELSE twitch_sync.dashboard_num(v, decimals) END
 $$;
@@ -1111,7 +1111,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w CONSTANT float8 := 560;
     h CONSTANT float8 := 270;
-    ml CONSTANT float8 := 74;
+    ml CONSTANT float8 := 80;
     mr CONSTANT float8 := 16;
     mt CONSTANT float8 := 14;
     mb CONSTANT float8 := 54;
@@ -1322,8 +1322,9 @@ BEGIN
         'meter{width:100%;height:14px}'
         '.empty{color:var(--muted);padding:18px;text-align:center;border:1px dashed #cbd5e1;border-radius:8px;background:var(--card)}'
         'footer{color:var(--muted);font-size:12px;text-align:center;padding:8px 0 20px}'
+        '.three svg text,.three svg text.label{font-size:19px}'
         '@media (max-width:640px){main{padding:10px}header{padding:10px 12px}.card{padding:10px}'
-        'svg text,svg text.label{font-size:20px}.kpi b{font-size:20px}td.title,th.title{display:none}}',
+        'svg text,svg text.label{font-size:20px}.kpi b{font-size:20px}td.title,th.title,.rank{display:none}th,td{padding:5px 4px;font-size:13px}th{font-size:11px}}',
         twitch_sync.dashboard_span(dashboard.range), twitch_sync.dashboard_time(t1));
 
     IF NOT any_data THEN
@@ -1437,7 +1438,7 @@ BEGIN
           FROM twitch_sync.runs r WHERE r.started_at >= t0 AND r.started_at <= t1 AND r.status <> 'skipped'
          GROUP BY 1
     ), gaps AS (
-        SELECT per.*, (x - pg_catalog.lag(x) OVER (ORDER BY x)) > 2 * greatest(run_gap, CASE WHEN runs_n > 400 THEN bucket ELSE 0 END) AS brk
+        SELECT per.*, (x - pg_catalog.lag(x) OVER (ORDER BY x)) > 2 * run_gap + CASE WHEN runs_n > 400 THEN bucket ELSE 0 END AS brk
           FROM per
     )
     SELECT pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('name', 'run duration', 'kind', 'line', 'color', '#2563eb',
@@ -1458,11 +1459,11 @@ BEGIN
     ELSE
         charts := '<div class="card">' || c1 || '</div><div class="card">' || c2 || '</div><div class="card">' || c3 || '</div>';
     END IF;
-    health := health || '<section id="runs"><h2>Runs</h2><div class="grid">' || charts || '</div></section>';
+    health := health || '<section id="runs"><h2>Runs</h2><div class="grid3 three">' || charts || '</div></section>';
 
     -- Live now: the biggest streams.
     SELECT coalesce(pg_catalog.string_agg(pg_catalog.format(
-               '<tr><td class="num">%s</td><td>%s</td><td class="num"%s>%s</td><td class="num">%s</td><td>%s</td><td class="title">%s</td></tr>',
+               '<tr><td class="num rank">%s</td><td>%s</td><td class="num"%s>%s</td><td class="num">%s</td><td>%s</td><td class="title">%s</td></tr>',
                n, coalesce(twitch_sync.html_escape(l.login), twitch_sync.html_escape(l.broadcaster_id)),
                CASE WHEN n = 1 THEN ' id="top-viewers"' ELSE '' END,
                twitch_sync.dashboard_num(l.viewer_count), twitch_sync.dashboard_span(t1 - l.started_at),
@@ -1475,7 +1476,7 @@ BEGIN
     IF live = '' THEN
         live := '<p class="empty" id="live-empty">No tracked channel is live.</p>';
     ELSE
-        live := pg_catalog.format('<div class="table-wrap card"><table id="live-table"><thead><tr><th class="num">#</th><th>Channel</th>'
+        live := pg_catalog.format('<div class="table-wrap card"><table id="live-table"><thead><tr><th class="num rank">#</th><th>Channel</th>'
                     '<th class="num">Viewers</th><th class="num">Uptime</th><th>Category</th><th class="title">Title</th></tr></thead>'
                     '<tbody>%s</tbody></table></div><p class="hint">The %s biggest of %s live streams, as of the last run.</p>',
                     live, least(live_n, 20), twitch_sync.dashboard_num(live_n));
@@ -1483,7 +1484,9 @@ BEGIN
     live := '<section id="live"><h2>Live now</h2>' || live || '</section>';
 
     -- Trends: viewers of the five channels with the highest peak in the range,
-    -- averaged per bar of about 1/200 of the range; and hours watched per day.
+    -- averaged per step of about 1/200 of the range (a line breaks over gaps
+    -- longer than twice the sampling interval, plus a step for the rounding);
+    -- and hours watched per day.
     SELECT coalesce(pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY g), 600) INTO sample_gap
       FROM (SELECT pg_catalog.date_part('epoch', v.sampled_at - pg_catalog.lag(v.sampled_at)
                        OVER (PARTITION BY v.broadcaster_id, v.stream_id ORDER BY v.sampled_at)) AS g
@@ -1503,7 +1506,7 @@ BEGIN
          GROUP BY 1, 2, 3
     ), brk AS (
         SELECT pts.*, coalesce(x - pg_catalog.lag(x) OVER (PARTITION BY broadcaster_id ORDER BY x)
-                                > 2 * greatest(sample_gap, vbucket), false)::int AS b
+                                > 2 * sample_gap + vbucket, false)::int AS b
           FROM pts
     ), per AS (
         SELECT b.broadcaster_id, b.peak,
