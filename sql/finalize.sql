@@ -98,5 +98,10 @@ $$;
 
 -- Nothing is readable or executable by PUBLIC; grant on purpose (README,
 -- "Privileges"). The upgrade scripts end with the same two lines.
+-- dashboard(interval) is SECURITY DEFINER and shows no secret (sql/dashboard.sql):
+-- GRANT EXECUTE ON FUNCTION twitch_sync.dashboard(interval) TO <reader>, with
+-- USAGE on the schema, is all a role needs to open the page. Its helpers
+-- (html_escape, dashboard_*) stay owner-only; dashboard_hours_per_day reads
+-- viewer_samples with the caller's rights (for Grafana's role, README "Dashboard").
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;

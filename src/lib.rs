@@ -13,8 +13,9 @@
 //! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
 //! untrack, set_credentials), analytics.sql (history, rollups, maintain(),
 //! the analytics views and functions), transitions.sql (the transition layer),
-//! operations.sql (record_run, channel_status, schedule, prune) and
-//! finalize.sql (status, metrics, privileges).
+//! operations.sql (record_run, channel_status, schedule, prune),
+//! dashboard.sql (the HTML dashboard) and finalize.sql (status, metrics,
+//! privileges).
 
 mod api;
 mod db;
@@ -40,6 +41,11 @@ pgrx::extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
     requires = ["schema", "transitions"]
+);
+pgrx::extension_sql_file!(
+    "../sql/dashboard.sql",
+    name = "dashboard",
+    requires = ["schema", "analytics", "transitions", "operations"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
