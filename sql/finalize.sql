@@ -22,7 +22,8 @@ CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     last_job_status      text,
     last_job_at          timestamptz,
     last_job_message     text,
-    next_run_at          timestamptz
+    next_run_at          timestamptz,
+    polling              jsonb
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT
@@ -39,7 +40,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
             AND x.status IN ('failed', 'partial')),
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
-        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END
+        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END,
+        r.polling
     FROM twitch_sync.cron_job() j
     -- "last run" is the latest by time, never the highest id (ids are not
     -- ordered across a dump and restore that followed pruning).
@@ -88,6 +90,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                (SELECT extract(epoch FROM cr.token_expires_at - pg_catalog.now())::float8 FROM twitch_sync.credentials cr)
         UNION ALL SELECT 'twitch_sync_rate_limit_remaining', 'gauge', 'Ratelimit-Remaining of the last Helix answer.', NULL,
                (SELECT rl.remaining::float8 FROM twitch_sync.rate_limit rl)
+        UNION ALL SELECT 'twitch_sync_poll_budget_requests', 'gauge', 'Adaptive polling: requests the last run could spend.', NULL,
+               (SELECT (l.polling ->> 'budget_requests')::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_poll_due_channels', 'gauge', 'Adaptive polling: channels due at the last run.', NULL,
+               (SELECT (l.polling ->> 'due')::float8 FROM last l)
+        UNION ALL SELECT * FROM (
+            SELECT 'twitch_sync_poll_staleness_seconds', 'gauge',
+                   CASE WHEN k.n = 1 AND q.o = 1 THEN 'Adaptive polling: age of the last check per class at the last run (quantile 0.5, 0.95, 1 = max).' END,
+                   'class="' || (k.cls ->> 'class') || '",quantile="' || q.quantile || '"',
+                   (k.cls ->> q.key)::float8
+              FROM last l,
+                   LATERAL jsonb_array_elements(l.polling -> 'classes') WITH ORDINALITY AS k(cls, n),
+                   (VALUES ('0.5', 'p50', 1), ('0.95', 'p95', 2), ('1', 'max', 3)) AS q(quantile, key, o)
+             ORDER BY k.n, q.o) staleness
     ),
     numbered AS (SELECT m.*, row_number() OVER () AS n FROM m WHERE m.value IS NOT NULL)
     SELECT pg_catalog.string_agg(

@@ -138,6 +138,19 @@ BEGIN
 END
 $$;
 
+-- Adaptive polling's part of a run's record: what it planned (runs.polling)
+-- and the channels it checked (channels.checked_at, one statement).
+CREATE FUNCTION twitch_sync.record_polling(run_id bigint, polling jsonb, checked text[],
+                                           checked_at timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE twitch_sync.runs r SET polling = record_polling.polling WHERE r.run_id = record_polling.run_id;
+    UPDATE twitch_sync.channels c SET checked_at = record_polling.checked_at
+      FROM unnest(checked) AS i(id)
+     WHERE c.broadcaster_id = i.id;
+END
+$$;
+
 -- channel_status: each tracked channel with what is known of it. Its last
 -- successful check is derived (runs write nothing per checked channel): the
 -- latest ok or partial run since it was added that did not list it in
@@ -268,14 +281,15 @@ $$;
 -- schedule(): creates or updates the pg_cron job (twitch_sync.cron_job_name())
 -- that runs SELECT twitch_sync.run() in this database; returns its job id.
 -- It also schedules SELECT twitch_sync.maintain() hourly, at minute 17
--- (twitch_sync.cron_maintain_job_name()).
+-- (twitch_sync.cron_maintain_job_name()). The default, 'auto', is every 10
+-- minutes, or every minute with twitch_sync.adaptive_polling on.
 -- pg_cron itself validates the schedule, so whatever the installed pg_cron
 -- accepts works (five cron fields, @hourly-style macros, and from pg_cron 1.5
 -- '[1-59] seconds'); its refusal reaches the caller as SQLSTATE 22023 with a
 -- hint (pg_cron 1.4 gives none).
 -- SECURITY INVOKER: the caller needs pg_cron's privileges, and the job runs as
 -- the caller (who then needs EXECUTE on twitch_sync.run()).
-CREATE FUNCTION twitch_sync.schedule(schedule text DEFAULT '*/10 * * * *') RETURNS bigint
+CREATE FUNCTION twitch_sync.schedule(schedule text DEFAULT 'auto') RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
@@ -287,6 +301,11 @@ BEGIN
             HINT = 'Pass a cron schedule such as ''*/10 * * * *'', or call twitch_sync.schedule() for that default.';
     END IF;
     PERFORM twitch_sync.require_pg_cron();
+    IF schedule = 'auto' THEN
+        -- adaptive polling decides per run what is due: run every minute
+        schedule := CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
+                         THEN '* * * * *' ELSE '*/10 * * * *' END;
+    END IF;
     BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id

@@ -35,6 +35,10 @@ CREATE TABLE twitch_sync.channels (
     login           text,
     enabled         boolean NOT NULL DEFAULT true,
     added_at        timestamptz NOT NULL DEFAULT now(),
+    -- adaptive polling (twitch_sync.adaptive_polling): intervals are divided
+    -- by 1 + priority (twitch_sync.set_priority), and its last successful check
+    priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 10),
+    checked_at      timestamptz,
     CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
     CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login))
 );
@@ -122,7 +126,9 @@ CREATE TABLE twitch_sync.runs (
     -- channels left as they were because an entry about them was dropped
     unknown              integer NOT NULL DEFAULT 0,
     -- entries of Helix answers dropped as bad (ids, conflicts, malformed)
-    bad_entries          integer NOT NULL DEFAULT 0
+    bad_entries          integer NOT NULL DEFAULT 0,
+    -- adaptive polling: budget, due and chosen channels, staleness per class
+    polling              jsonb
 );
 CREATE INDEX runs_started_at ON twitch_sync.runs (started_at);
 CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
@@ -242,6 +248,22 @@ CREATE TRIGGER channels_validate_update BEFORE UPDATE OF broadcaster_id, login, 
     WHEN (NEW.broadcaster_id IS DISTINCT FROM OLD.broadcaster_id OR NEW.login IS DISTINCT FROM OLD.login
           OR NEW.enabled IS DISTINCT FROM OLD.enabled)
     EXECUTE FUNCTION twitch_sync.channels_validate();
+
+-- set_priority(): 0 (the default) to 10; with adaptive polling a channel's
+-- interval is divided by 1 + priority. Returns false for an untracked channel.
+CREATE FUNCTION twitch_sync.set_priority(broadcaster_id text, priority integer) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF priority IS NULL OR priority NOT BETWEEN 0 AND 10 THEN
+        RAISE EXCEPTION 'invalid priority: %', coalesce(priority::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass 0 (the default) to 10: with adaptive polling the interval is divided by 1 + priority.';
+    END IF;
+    UPDATE twitch_sync.channels c SET priority = set_priority.priority
+     WHERE c.broadcaster_id = set_priority.broadcaster_id;
+    RETURN FOUND;
+END
+$$;
 
 -- track(): start keeping a channel current. Idempotent; returns true when the
 -- channel was not tracked (or was disabled) before. A login given later replaces

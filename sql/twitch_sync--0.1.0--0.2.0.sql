@@ -102,6 +102,10 @@ UPDATE twitch_sync.streams s SET missed_polls = c.missed_polls
  WHERE s.broadcaster_id = c.broadcaster_id AND s.is_live AND c.missed_polls <> 0;
 ALTER TABLE twitch_sync.channels DROP COLUMN last_checked_at, DROP COLUMN last_live_at,
     DROP COLUMN missed_polls;
+-- adaptive polling: a channel's priority and its last successful check
+ALTER TABLE twitch_sync.channels
+    ADD COLUMN priority smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 10),
+    ADD COLUMN checked_at timestamptz;
 -- runs no longer rewrite every channel row: no room kept for HOT updates
 ALTER TABLE twitch_sync.channels RESET (fillfactor);
 
@@ -640,7 +644,8 @@ SELECT s.broadcaster_id, s.stream_id, s.first_seen_at, 'poll', s.title, s.game_i
 
 ALTER TABLE twitch_sync.runs
     ADD COLUMN unknown integer NOT NULL DEFAULT 0,
-    ADD COLUMN bad_entries integer NOT NULL DEFAULT 0;
+    ADD COLUMN bad_entries integer NOT NULL DEFAULT 0,
+    ADD COLUMN polling jsonb;
 -- "Consecutive failures" and "last run" go by time, not by id.
 DROP INDEX twitch_sync.runs_ok;
 CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
@@ -1179,6 +1184,35 @@ BEGIN
 END
 $$;
 
+-- set_priority(): 0 (the default) to 10; with adaptive polling a channel's
+-- interval is divided by 1 + priority. Returns false for an untracked channel.
+CREATE FUNCTION twitch_sync.set_priority(broadcaster_id text, priority integer) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF priority IS NULL OR priority NOT BETWEEN 0 AND 10 THEN
+        RAISE EXCEPTION 'invalid priority: %', coalesce(priority::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass 0 (the default) to 10: with adaptive polling the interval is divided by 1 + priority.';
+    END IF;
+    UPDATE twitch_sync.channels c SET priority = set_priority.priority
+     WHERE c.broadcaster_id = set_priority.broadcaster_id;
+    RETURN FOUND;
+END
+$$;
+
+-- Adaptive polling's part of a run's record: what it planned (runs.polling)
+-- and the channels it checked (channels.checked_at, one statement).
+CREATE FUNCTION twitch_sync.record_polling(run_id bigint, polling jsonb, checked text[],
+                                           checked_at timestamptz) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE twitch_sync.runs r SET polling = record_polling.polling WHERE r.run_id = record_polling.run_id;
+    UPDATE twitch_sync.channels c SET checked_at = record_polling.checked_at
+      FROM unnest(checked) AS i(id)
+     WHERE c.broadcaster_id = i.id;
+END
+$$;
+
 -- The name of twitch_sync's pg_cron job: written once, here.
 CREATE FUNCTION twitch_sync.cron_job_name() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -1413,7 +1447,7 @@ $$;
 -- hint (pg_cron 1.4 gives none).
 -- SECURITY INVOKER: the caller needs pg_cron's privileges, and the job runs as
 -- the caller (who then needs EXECUTE on twitch_sync.run()).
-CREATE OR REPLACE FUNCTION twitch_sync.schedule(schedule text DEFAULT '*/10 * * * *') RETURNS bigint
+CREATE OR REPLACE FUNCTION twitch_sync.schedule(schedule text DEFAULT 'auto') RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
@@ -1425,6 +1459,11 @@ BEGIN
             HINT = 'Pass a cron schedule such as ''*/10 * * * *'', or call twitch_sync.schedule() for that default.';
     END IF;
     PERFORM twitch_sync.require_pg_cron();
+    IF schedule = 'auto' THEN
+        -- adaptive polling decides per run what is due: run every minute
+        schedule := CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
+                         THEN '* * * * *' ELSE '*/10 * * * *' END;
+    END IF;
     BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
            INTO id
@@ -1449,7 +1488,9 @@ $$;
 
 -- status(): one row an operator reads at psql. Says whether credentials are
 -- set and when the token expires, never the credentials themselves.
-CREATE OR REPLACE FUNCTION twitch_sync.status() RETURNS TABLE (
+-- status() gained the column polling: a new result type (re-grant EXECUTE).
+DROP FUNCTION twitch_sync.status();
+CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     run_in_progress      boolean,
     last_run_id          bigint,
     last_run_at          timestamptz,
@@ -1469,7 +1510,8 @@ CREATE OR REPLACE FUNCTION twitch_sync.status() RETURNS TABLE (
     last_job_status      text,
     last_job_at          timestamptz,
     last_job_message     text,
-    next_run_at          timestamptz
+    next_run_at          timestamptz,
+    polling              jsonb
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT
@@ -1486,7 +1528,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         (SELECT count(*) FROM twitch_sync.runs x WHERE x.started_at > pg_catalog.now() - interval '24 hours'
             AND x.status IN ('failed', 'partial')),
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
-        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END
+        CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END,
+        r.polling
     FROM twitch_sync.cron_job() j
     -- "last run" is the latest by time, never the highest id (ids are not
     -- ordered across a dump and restore that followed pruning).
@@ -1535,6 +1578,19 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                (SELECT extract(epoch FROM cr.token_expires_at - pg_catalog.now())::float8 FROM twitch_sync.credentials cr)
         UNION ALL SELECT 'twitch_sync_rate_limit_remaining', 'gauge', 'Ratelimit-Remaining of the last Helix answer.', NULL,
                (SELECT rl.remaining::float8 FROM twitch_sync.rate_limit rl)
+        UNION ALL SELECT 'twitch_sync_poll_budget_requests', 'gauge', 'Adaptive polling: requests the last run could spend.', NULL,
+               (SELECT (l.polling ->> 'budget_requests')::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_poll_due_channels', 'gauge', 'Adaptive polling: channels due at the last run.', NULL,
+               (SELECT (l.polling ->> 'due')::float8 FROM last l)
+        UNION ALL SELECT * FROM (
+            SELECT 'twitch_sync_poll_staleness_seconds', 'gauge',
+                   CASE WHEN k.n = 1 AND q.o = 1 THEN 'Adaptive polling: age of the last check per class at the last run (quantile 0.5, 0.95, 1 = max).' END,
+                   'class="' || (k.cls ->> 'class') || '",quantile="' || q.quantile || '"',
+                   (k.cls ->> q.key)::float8
+              FROM last l,
+                   LATERAL jsonb_array_elements(l.polling -> 'classes') WITH ORDINALITY AS k(cls, n),
+                   (VALUES ('0.5', 'p50', 1), ('0.95', 'p95', 2), ('1', 'max', 3)) AS q(quantile, key, o)
+             ORDER BY k.n, q.o) staleness
     ),
     numbered AS (SELECT m.*, row_number() OVER () AS n FROM m WHERE m.value IS NOT NULL)
     SELECT pg_catalog.string_agg(

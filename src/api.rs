@@ -6,8 +6,10 @@ use crate::db::{self, RunRecord};
 use crate::error::SyncError;
 use crate::{gucs, runtime};
 use std::time::{Duration, Instant, SystemTime};
-use twitch_sync_core::config::validate_base_url;
+use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
+use twitch_sync_core::config::{validate_base_url, MAX_IDS_PER_REQUEST};
 use twitch_sync_core::engine::BatchFailure;
+use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::{
     sync_streaming, Applied, BatchBuffer, BatchResult, PassSummary, RunReport, RunStatus,
@@ -141,7 +143,11 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     let config = settings()?;
     db::ensure_sample_partitions()?;
-    let state = db::read_state()?;
+    let mut state = db::read_state()?;
+    let polling = match gucs::poll_policy() {
+        Some(policy) => Some(plan_checks(&policy, &mut state)?),
+        None => None,
+    };
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
     let (outcome, written, apply_ms) = stream_and_apply(config, state)?;
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
@@ -150,8 +156,41 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         clock,
         outcome,
         written,
+        polling,
         (read_ms, http_ms, apply_ms),
     )
+}
+
+/// Adaptive polling: narrows the run to the channels that are due, most
+/// overdue first, within the budget (twitch_sync_core::adaptive). Returns the
+/// plan's report and the channels it chose.
+fn plan_checks(
+    policy: &PollPolicy,
+    state: &mut db::DbState,
+) -> Result<(PollingReport, Vec<String>), SyncError> {
+    let input = db::read_poll_input()?;
+    let bucket = state
+        .rate_limit
+        .as_ref()
+        .map_or(DOCUMENTED_BUCKET_LIMIT, |(s, _)| s.limit.max(1));
+    let budget = policy.budget_requests(bucket);
+    let plan = adaptive::plan(
+        policy,
+        &input.channels,
+        input.now,
+        input.run_period,
+        budget * MAX_IDS_PER_REQUEST,
+    );
+    let mut chosen: Vec<String> = plan.chosen.iter().map(|&i| input.ids[i].clone()).collect();
+    chosen.sort_unstable();
+    state.broadcaster_ids = chosen.clone();
+    let report = PollingReport {
+        budget_requests: budget,
+        due: plan.due,
+        chosen: chosen.len(),
+        classes: adaptive::staleness(policy, &input.channels, input.now),
+    };
+    Ok((report, chosen))
 }
 
 /// Another run holds the lock: record a skipped run and say so.
@@ -241,6 +280,7 @@ fn finish(
     clock: Instant,
     mut outcome: PassSummary,
     mut written: Written,
+    polling: Option<(PollingReport, Vec<String>)>,
     (read_ms, http_ms, mut apply_ms): (f64, f64, f64),
 ) -> Result<serde_json::Value, SyncError> {
     let finish_clock = Instant::now();
@@ -261,6 +301,19 @@ fn finish(
     }
     let status = outcome.status();
     let remaining = remaining(&outcome);
+    // Checked: chosen, answered, and not left unknown.
+    let polling = polling.map(|(report, chosen)| {
+        let unchecked: std::collections::HashSet<&String> = written
+            .failed_ids
+            .iter()
+            .chain(&written.unknown_ids)
+            .collect();
+        let checked: Vec<String> = chosen
+            .into_iter()
+            .filter(|id| !unchecked.contains(id))
+            .collect();
+        (report, checked)
+    });
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status: status.as_str(),
@@ -280,6 +333,14 @@ fn finish(
         failed_ids: std::mem::take(&mut written.failed_ids),
         unknown_ids: std::mem::take(&mut written.unknown_ids),
     })?;
+    if let Some((report, checked)) = &polling {
+        let checked = if status == RunStatus::Failed {
+            Vec::new()
+        } else {
+            checked.clone()
+        };
+        db::record_polling(run_id, report, checked, started_at)?;
+    }
     apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
     let (pruned_runs, pruned_samples, pruned_events) = db::prune()?;
     let mut report = RunReport::finished(&outcome, written.applied, run_id, finished);
@@ -290,6 +351,7 @@ fn finish(
         events: pruned_events,
     });
     report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms));
+    report.polling = polling.map(|(r, _)| r);
     let doc = report.to_json();
     for w in &outcome.warnings {
         pgrx::warning!("twitch_sync: {w}");

@@ -9,6 +9,7 @@ use pgrx::spi::Spi;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use twitch_sync_core::adaptive::{PolledChannel, PollingReport};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
 use twitch_sync_core::streams::LiveStream;
@@ -255,6 +256,94 @@ pub fn save_rate_limit(s: &RateLimitSnapshot) -> Result<(), SyncError> {
             (s.limit.min(i32::MAX as u32) as i32).into(),
             (s.remaining.min(i32::MAX as u32) as i32).into(),
             (s.reset as f64).into(),
+        ],
+    )
+    .map_err(internal)
+}
+
+/// Adaptive polling's view of the enabled channels, aligned with `ids`.
+pub struct PollInput {
+    pub ids: Vec<String>,
+    pub channels: Vec<PolledChannel>,
+    /// Seconds since the epoch (the transaction's now()).
+    pub now: f64,
+    /// Seconds since the previous run started (60 when there was none).
+    pub run_period: f64,
+}
+
+pub fn read_poll_input() -> Result<PollInput, SyncError> {
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT coalesce(array_agg(c.broadcaster_id), '{}'),
+                        coalesce(array_agg(c.priority::int4), '{}'),
+                        coalesce(array_agg(extract(epoch FROM c.checked_at)::float8), '{}'),
+                        coalesce(array_agg(s.viewer_count), '{}'),
+                        extract(epoch FROM pg_catalog.now())::float8,
+                        (SELECT extract(epoch FROM pg_catalog.now() - max(r.started_at))::float8
+                           FROM twitch_sync.runs r WHERE r.status <> 'skipped')
+                   FROM twitch_sync.channels c
+                   LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = c.broadcaster_id AND s.is_live
+                  WHERE c.enabled",
+                None,
+                &[],
+            )
+            .map_err(internal)?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| SyncError::Internal("no poll state".into()))?;
+        let ids = row
+            .get::<Vec<String>>(1)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let priorities = row
+            .get::<Vec<i32>>(2)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let checked = row
+            .get::<Vec<Option<f64>>>(3)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let viewers = row
+            .get::<Vec<Option<i32>>>(4)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let channels = (0..ids.len())
+            .map(|i| PolledChannel {
+                live_viewers: viewers.get(i).copied().flatten().map(|v| v.max(0) as u32),
+                covered: false,
+                priority: priorities.get(i).copied().unwrap_or(0).clamp(0, 10) as u8,
+                checked_at: checked.get(i).copied().flatten(),
+            })
+            .collect();
+        Ok(PollInput {
+            ids,
+            channels,
+            now: row.get::<f64>(5).map_err(internal)?.unwrap_or(0.0),
+            run_period: row
+                .get::<f64>(6)
+                .map_err(internal)?
+                .map_or(60.0, |p| p.clamp(1.0, 3600.0)),
+        })
+    })
+}
+
+/// Records adaptive polling's plan on the run and the channels it checked.
+pub fn record_polling(
+    run_id: i64,
+    report: &PollingReport,
+    checked: Vec<String>,
+    checked_at: SystemTime,
+) -> Result<(), SyncError> {
+    let doc = serde_json::to_value(report).unwrap_or(serde_json::Value::Null);
+    Spi::run_with_args(
+        "SELECT twitch_sync.record_polling($1, $2, $3, pg_catalog.to_timestamp($4))",
+        &[
+            run_id.into(),
+            pgrx::JsonB(doc).into(),
+            checked.into(),
+            epoch(checked_at).into(),
         ],
     )
     .map_err(internal)

@@ -23,6 +23,17 @@ static NOTIFY_ALERTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static RUNS_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(defaults::RUNS_RETENTION_DAYS);
 static SAMPLES_RETENTION_DAYS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::SAMPLES_RETENTION_DAYS);
+static ADAPTIVE_POLLING: GucSetting<bool> = GucSetting::<bool>::new(defaults::ADAPTIVE_POLLING);
+static POLL_HOT_VIEWERS: GucSetting<i32> = GucSetting::<i32>::new(defaults::POLL_HOT_VIEWERS);
+static POLL_HOT_INTERVAL_SECS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::POLL_HOT_INTERVAL_SECS);
+static POLL_LIVE_INTERVAL_SECS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::POLL_LIVE_INTERVAL_SECS);
+static POLL_OFFLINE_INTERVAL_SECS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::POLL_OFFLINE_INTERVAL_SECS);
+static POLL_COVERED_INTERVAL_SECS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::POLL_COVERED_INTERVAL_SECS);
+static POLL_BUDGET_SHARE: GucSetting<f64> = GucSetting::<f64>::new(defaults::POLL_BUDGET_SHARE);
 static MAX_SAMPLE_GAP_SECS: GucSetting<i32> = GucSetting::<i32>::new(defaults::MAX_SAMPLE_GAP_SECS);
 static ROLLUPS_RETENTION_DAYS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::ROLLUPS_RETENTION_DAYS);
@@ -130,6 +141,72 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"twitch_sync.adaptive_polling",
+        c"Check each channel by its own schedule (live by viewer tier, offline less often) within a request budget.",
+        c"Off: every run checks every channel. See README \"Adaptive polling\".",
+        &ADAPTIVE_POLLING,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    for (name, short, setting, min, max) in [
+        (
+            c"twitch_sync.poll_hot_viewers",
+            c"Adaptive polling: live streams with at least this many viewers are hot.",
+            &POLL_HOT_VIEWERS,
+            0,
+            i32::MAX,
+        ),
+        (
+            c"twitch_sync.poll_hot_interval_secs",
+            c"Adaptive polling: seconds between checks of hot live streams.",
+            &POLL_HOT_INTERVAL_SECS,
+            1,
+            86_400,
+        ),
+        (
+            c"twitch_sync.poll_live_interval_secs",
+            c"Adaptive polling: seconds between checks of other live streams.",
+            &POLL_LIVE_INTERVAL_SECS,
+            1,
+            86_400,
+        ),
+        (
+            c"twitch_sync.poll_offline_interval_secs",
+            c"Adaptive polling: seconds between checks of offline channels.",
+            &POLL_OFFLINE_INTERVAL_SECS,
+            1,
+            86_400,
+        ),
+        (
+            c"twitch_sync.poll_covered_interval_secs",
+            c"Adaptive polling: seconds between safety checks of offline channels EventSub covers.",
+            &POLL_COVERED_INTERVAL_SECS,
+            1,
+            604_800,
+        ),
+    ] {
+        GucRegistry::define_int_guc(
+            name,
+            short,
+            c"Divided by 1 + the channel's priority.",
+            setting,
+            min,
+            max,
+            GucContext::Suset,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_float_guc(
+        c"twitch_sync.poll_budget_share",
+        c"Adaptive polling: the share of the rate-limit bucket one run may spend.",
+        c"The rest is left for other apps on the same client id.",
+        &POLL_BUDGET_SHARE,
+        0.0,
+        1.0,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"twitch_sync.max_sample_gap_secs",
         c"Two samples of a broadcast further apart than this are not interpolated (hours watched, average viewers).",
@@ -179,6 +256,19 @@ pub fn run_deadline() -> Duration {
 }
 pub fn offline_after_misses() -> i32 {
     OFFLINE_AFTER_MISSES.get()
+}
+/// The adaptive polling policy, or None when adaptive polling is off.
+pub fn poll_policy() -> Option<twitch_sync_core::adaptive::PollPolicy> {
+    ADAPTIVE_POLLING
+        .get()
+        .then(|| twitch_sync_core::adaptive::PollPolicy {
+            hot_viewers: POLL_HOT_VIEWERS.get().max(0) as u32,
+            hot_interval: f64::from(POLL_HOT_INTERVAL_SECS.get()),
+            live_interval: f64::from(POLL_LIVE_INTERVAL_SECS.get()),
+            offline_interval: f64::from(POLL_OFFLINE_INTERVAL_SECS.get()),
+            covered_interval: f64::from(POLL_COVERED_INTERVAL_SECS.get()),
+            budget_share: POLL_BUDGET_SHARE.get(),
+        })
 }
 pub fn notify_events() -> bool {
     NOTIFY_EVENTS.get()

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
+use twitch_sync_core::rng::SplitMix64 as Rng;
 use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::{sqlstate, world, TestDb};
 
@@ -26,23 +27,6 @@ const GAMES: &[(&str, &str)] = &[
 ];
 const TITLES: &[&str] = &["Morning", "Ranked", "Chill", "Finals"];
 const DAY: i64 = 86_400;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// One observation as sent.
 struct Obs {
@@ -107,10 +91,10 @@ fn history(
         if step == steps / 2 {
             midway(client);
         }
-        t += [30, 60, 300, 600, 600, 850, 1000, 1300][rng.below(8) as usize];
+        t += [30, 60, 300, 600, 600, 850, 1000, 1300][rng.below(8)];
         let mut obs = Vec::new();
         for bid in &ids {
-            if rng.chance(10) {
+            if rng.chance(0.10) {
                 continue; // its batch failed: not observed
             }
             let viewers = |rng: &mut Rng| Some(rng.below(5000) as i32);
@@ -118,11 +102,11 @@ fn history(
                 Some(mut l) => {
                     let roll = rng.below(100);
                     if roll < 72 {
-                        if rng.chance(10) {
-                            l.title = TITLES[rng.below(TITLES.len() as u64) as usize].to_string();
+                        if rng.chance(0.10) {
+                            l.title = TITLES[rng.below(TITLES.len())].to_string();
                         }
-                        if rng.chance(10) {
-                            l.game = rng.below(GAMES.len() as u64) as usize;
+                        if rng.chance(0.10) {
+                            l.game = rng.below(GAMES.len());
                         }
                         obs.push(live_obs(bid, &l, viewers(&mut rng)));
                         live.insert(bid.clone(), l);
@@ -139,14 +123,14 @@ fn history(
                     }
                 }
                 None => {
-                    if rng.chance(25) {
+                    if rng.chance(0.25) {
                         // a flap: the ended broadcast is listed again (reopened)
                         let l = match last_ended.remove(bid) {
-                            Some(l) if rng.chance(30) => l,
+                            Some(l) if rng.chance(0.30) => l,
                             _ => new_live(&mut rng, &mut next_stream, t),
                         };
                         // an EventSub-style online event has no count
-                        let v = if rng.chance(15) {
+                        let v = if rng.chance(0.15) {
                             None
                         } else {
                             viewers(&mut rng)
@@ -179,9 +163,9 @@ fn new_live(rng: &mut Rng, next_stream: &mut u64, t: i64) -> Live {
     *next_stream += 1;
     Live {
         sid: format!("{}", 500_000 + *next_stream),
-        title: TITLES[rng.below(TITLES.len() as u64) as usize].to_string(),
-        game: rng.below(GAMES.len() as u64) as usize,
-        started: if rng.chance(20) {
+        title: TITLES[rng.below(TITLES.len())].to_string(),
+        game: rng.below(GAMES.len()),
+        started: if rng.chance(0.20) {
             None
         } else {
             Some(t - rng.below(900) as i64)

@@ -25,6 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
+use twitch_sync_core::rng::SplitMix64 as Rng;
 use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::{world, TestDb};
 
@@ -33,28 +34,6 @@ const DEFAULT_SEEDS: &[u64] = &[1, 2, 3, 20261125, 0xdead_beef];
 const DEFAULT_STEPS: usize = 300;
 /// observed_at of step n is T0 + 60 s * n (epoch seconds).
 const T0: i64 = 1_795_000_000;
-
-/// SplitMix64: small, deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-}
 
 /// One observation, as the test sends it.
 #[derive(Clone, Debug)]

@@ -24,6 +24,15 @@ pub mod defaults {
     pub const MAX_SAMPLE_GAP_SECS: i32 = 1_200;
     /// 0: daily rollups are kept.
     pub const ROLLUPS_RETENTION_DAYS: i32 = 0;
+    /// Adaptive polling (off by default: every run checks every channel).
+    pub const ADAPTIVE_POLLING: bool = false;
+    pub const POLL_HOT_VIEWERS: i32 = 1_000;
+    pub const POLL_HOT_INTERVAL_SECS: i32 = 60;
+    pub const POLL_LIVE_INTERVAL_SECS: i32 = 120;
+    pub const POLL_OFFLINE_INTERVAL_SECS: i32 = 600;
+    pub const POLL_COVERED_INTERVAL_SECS: i32 = 3_600;
+    /// 5% of the bucket is left for other apps on the same client id.
+    pub const POLL_BUDGET_SHARE: f64 = 0.95;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,6 +12,7 @@
 //! [`engine::PassSummary`], from which [`report::RunReport`] builds the result
 //! document.
 
+pub mod adaptive;
 pub mod client;
 pub mod config;
 pub mod cron;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod ratelimit;
 pub mod report;
+pub mod rng;
 pub mod streams;
 
 pub use config::SyncConfig;

@@ -57,6 +57,10 @@ struct State {
     last: Option<RateLimitSnapshot>,
 }
 
+/// Points in an app access token's bucket, as Twitch documents it, until an
+/// answer's `Ratelimit-Limit` says otherwise.
+pub const DOCUMENTED_BUCKET_LIMIT: u32 = 800;
+
 #[derive(Debug)]
 pub struct RateLimiter {
     state: Mutex<State>,
@@ -68,8 +72,8 @@ impl RateLimiter {
         let now = Instant::now();
         let mut st = State {
             points: None,
-            limit: 800,
-            per_second: 800.0 / DOCUMENTED_PERIOD_SECS,
+            limit: DOCUMENTED_BUCKET_LIMIT,
+            per_second: f64::from(DOCUMENTED_BUCKET_LIMIT) / DOCUMENTED_PERIOD_SECS,
             at: now,
             in_flight: 0,
             paused_until: None,

@@ -141,6 +141,9 @@ pub struct RunReport {
     pub pruned: Option<Pruned>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings_ms: Option<Timings>,
+    /// Adaptive polling's plan (only when it is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polling: Option<crate::adaptive::PollingReport>,
     /// When the run finished (RFC 3339, from Postgres).
     pub timestamp: String,
 }
@@ -177,6 +180,7 @@ impl RunReport {
             duration_ms,
             pruned: None,
             timings_ms: None,
+            polling: None,
             timestamp,
         }
     }
@@ -217,6 +221,7 @@ impl RunReport {
             duration_ms: 0,
             pruned: None,
             timings_ms: None,
+            polling: None,
             timestamp,
         }
     }
