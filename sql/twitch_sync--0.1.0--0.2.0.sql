@@ -220,10 +220,11 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
--- The partition of viewer_samples holding a UTC day.
+-- The partition of viewer_samples holding a UTC day. No SET clause, so it
+-- inlines; the operator is schema-qualified instead.
 CREATE FUNCTION twitch_sync.sample_partition(day date) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'viewer_samples_' || pg_catalog.to_char(day, 'YYYYMMDD')
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT 'viewer_samples_' OPERATOR(pg_catalog.||) pg_catalog.to_char(day, 'YYYYMMDD')
 $$;
 
 -- Creates the missing day partitions of viewer_samples from first_day to

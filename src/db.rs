@@ -109,9 +109,12 @@ pub struct DbState {
 /// Makes sure viewer_samples has partitions for today and tomorrow (UTC), so
 /// this run's samples have a place even if twitch_sync.maintain() never ran.
 pub fn ensure_sample_partitions() -> Result<(), SyncError> {
+    // Two catalog lookups; the function that creates them only when one is missing.
     Spi::run(
         "SELECT twitch_sync.create_sample_partitions(d, d + 1)
-           FROM (SELECT (pg_catalog.now() AT TIME ZONE 'UTC')::date AS d) today",
+           FROM (SELECT (pg_catalog.now() AT TIME ZONE 'UTC')::date AS d) today
+          WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d)) IS NULL
+             OR pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d + 1)) IS NULL",
     )
     .map_err(internal)
 }
