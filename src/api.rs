@@ -7,7 +7,7 @@ use crate::error::SyncError;
 use crate::{gucs, runtime};
 use std::time::{Duration, Instant, SystemTime};
 use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
-use twitch_sync_core::config::{validate_base_url, MAX_IDS_PER_REQUEST};
+use twitch_sync_core::config::{load_ca_file, validate_base_url, MAX_IDS_PER_REQUEST};
 use twitch_sync_core::engine::BatchFailure;
 use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
@@ -110,6 +110,12 @@ fn settings() -> Result<SyncConfig, SyncError> {
         max_concurrent_requests: gucs::max_concurrent_requests(),
         max_retries: gucs::max_retries(),
         run_deadline: gucs::run_deadline(),
+        extra_ca_certs: load_ca_file(&gucs::extra_ca_file()).map_err(|reason| {
+            SyncError::BadSetting {
+                setting: "twitch_sync.extra_ca_file",
+                reason,
+            }
+        })?,
         ..SyncConfig::default()
     })
 }
