@@ -172,7 +172,6 @@ fn measure(s: &Scenario) -> Row {
         assert_eq!(doc["status"], "ok", "{}: {doc}", s.name);
         let timing = |k: &str| doc["timings_ms"][k].as_f64().unwrap_or(0.0) / 1000.0;
         let db_s = timing("read") + timing("apply");
-        let live = doc["live"].as_f64().unwrap();
         walls.push(wall);
         https.push(timing("http"));
         dbs.push(db_s);
