@@ -9,10 +9,14 @@
 //!    out a ticket only for a point the bucket can pay for (from the last
 //!    `Ratelimit-*` headers, refilling at the rate they imply);
 //! 2. **the connection**: with HTTP/2 every request is a stream of the one
-//!    connection, and the server's `SETTINGS_MAX_CONCURRENT_STREAMS` is
-//!    honoured by the HTTP/2 layer itself (requests beyond it wait in the client,
-//!    not on the wire); with HTTP/1.1 a connection carries one request at a
-//!    time, so a run opens at most [`HTTP1_MAX_CONNECTIONS`];
+//!    connection, at most [`HTTP2_STREAMS`] at once: the least
+//!    `SETTINGS_MAX_CONCURRENT_STREAMS` RFC 9113 recommends a server to allow
+//!    (the HTTP client does not tell the server's own value; a server allowing
+//!    fewer makes the rest wait in the HTTP/2 layer, not on the wire). Keeping
+//!    to it means a request is on the wire when the rate limiter pays for it,
+//!    so its answer dates the bucket's state right and its timeout is not spent
+//!    queueing. With HTTP/1.1 a connection carries one request at a time, so a
+//!    run opens at most [`HTTP1_MAX_CONNECTIONS`];
 //! 3. **the cap**: `twitch_sync.max_concurrent_requests`
 //!    ([`SyncConfig::max_concurrent_requests`](crate::SyncConfig)).
 //!
@@ -34,6 +38,10 @@ use std::task::{Context, Poll};
 /// Connections a run opens at most to an HTTP/1.1-only server (one request
 /// each at a time): the fixed concurrency of twitch_sync up to 0.2.
 pub const HTTP1_MAX_CONNECTIONS: usize = 32;
+
+/// Streams a run keeps open at most on its HTTP/2 connection: RFC 9113
+/// (section 6.5.2) recommends servers allow no fewer than 100.
+pub const HTTP2_STREAMS: usize = 100;
 
 /// The HTTP version spoken with Helix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +78,7 @@ pub fn in_flight_limit(cap: usize, protocol: Protocol) -> usize {
     match protocol {
         Protocol::Unknown => 1,
         Protocol::Http1 => cap.min(HTTP1_MAX_CONNECTIONS),
-        Protocol::Http2 => cap,
+        Protocol::Http2 => cap.min(HTTP2_STREAMS),
     }
 }
 
@@ -214,10 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn http2_is_bounded_by_the_cap_only() {
-        // The bucket bounds each request through the rate limiter, the server's
-        // stream limit through the HTTP/2 layer: the cap is all that is left.
-        assert_eq!(in_flight_limit(800, Protocol::Http2), 800);
+    fn http2_keeps_to_the_streams_every_server_should_allow_and_the_cap() {
+        // The bucket bounds each request through the rate limiter.
+        assert_eq!(in_flight_limit(800, Protocol::Http2), HTTP2_STREAMS);
         assert_eq!(in_flight_limit(100, Protocol::Http2), 100);
         assert_eq!(in_flight_limit(7, Protocol::Http2), 7);
         assert_eq!(in_flight_limit(0, Protocol::Http2), 1);

@@ -13,8 +13,8 @@ use twitch_sync_core::{
     SyncInput,
 };
 
-fn start(channels: usize, alpn: Alpn, latency_ms: u64) -> Simulator {
-    Simulator::start(Config {
+fn start_config(channels: usize, alpn: Alpn, latency_ms: u64) -> Config {
+    Config {
         world: WorldConfig {
             channels,
             live_fraction: 0.2,
@@ -23,8 +23,11 @@ fn start(channels: usize, alpn: Alpn, latency_ms: u64) -> Simulator {
         tls: Some(alpn),
         latency: Duration::from_millis(latency_ms),
         ..Default::default()
-    })
-    .unwrap()
+    }
+}
+
+fn start(channels: usize, alpn: Alpn, latency_ms: u64) -> Simulator {
+    Simulator::start(start_config(channels, alpn, latency_ms)).unwrap()
 }
 
 fn input(sim: &Simulator) -> SyncInput {
@@ -141,16 +144,20 @@ fn the_bucket_and_the_cap_bound_what_is_in_flight() {
 
 #[test]
 fn more_requests_than_the_server_allows_streams_wait_in_the_client() {
-    // 250 requests, the server allows 100 streams per connection: still one
-    // connection, never more than 100 at once, every batch answered.
-    let sim = start(25_000, Alpn::H2AndHttp1, 50);
+    // 250 requests, a server that allows only 40 streams per connection: still
+    // one connection, never more than 40 at once, every batch answered.
+    let sim = Simulator::start(Config {
+        h2_max_concurrent_streams: 40,
+        ..start_config(25_000, Alpn::H2AndHttp1, 50)
+    })
+    .unwrap();
     let inp = warm(&sim, input(&sim));
     let (s, buffer) = run(inp);
     assert!(s.failures.is_empty(), "{:?}", s.failures);
     assert_eq!(buffer.checked.len(), 25_000);
     let c = sim.counters();
     assert_eq!(c.tls_handshakes, 1, "{c:?}");
-    assert_eq!(c.max_in_flight, 100, "{c:?}");
+    assert_eq!(c.max_in_flight, 40, "{c:?}");
 }
 
 #[test]

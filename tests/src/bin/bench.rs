@@ -14,7 +14,7 @@ use twitch_sync_e2e::helix_sim::Config;
 use twitch_sync_e2e::serde_json::Value;
 use twitch_sync_e2e::{backend_private_memory_kib, TestDb};
 
-/// The simulator's SETTINGS_MAX_CONCURRENT_STREAMS (its default).
+/// Streams twitch_sync keeps open on its HTTP/2 connection (the simulator allows as many).
 const H2_STREAMS: u64 = 100;
 /// twitch_sync's connections to an HTTP/1.1-only server.
 const H1_CONNECTIONS: u64 = 32;
@@ -418,7 +418,7 @@ fn main() {
     }
     println!(
         "\nOld design: computed as (live streams) x (latency + 100 ms pause + one measured single-row UPDATE). \
-         Network floor: ceil(N/100) requests in rounds of what is allowed in flight (HTTP/2: min(cap, the server's \
+         Network floor: ceil(N/100) requests in rounds of what is allowed in flight (HTTP/2: min(cap, \
          {H2_STREAMS} streams); HTTP/1.1: min(cap, {H1_CONNECTIONS} connections)) at the simulator's latency, plus one \
          round trip for the token of a cold run, or, where the bucket binds, the refill those requests must wait for \
          plus one round trip. The simulator delays answers, not TCP or TLS handshakes (about 0.1 ms on loopback). \
