@@ -5,9 +5,9 @@
 use crate::db::{self, RunRecord};
 use crate::error::SyncError;
 use crate::{gucs, runtime};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
-use twitch_sync_core::config::{validate_base_url, MAX_IDS_PER_REQUEST};
+use twitch_sync_core::config::{load_ca_file, validate_base_url, MAX_IDS_PER_REQUEST};
 use twitch_sync_core::engine::BatchFailure;
 use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
@@ -111,6 +111,12 @@ fn settings() -> Result<SyncConfig, SyncError> {
         max_concurrent_requests: gucs::max_concurrent_requests(),
         max_retries: gucs::max_retries(),
         run_deadline: gucs::run_deadline(),
+        extra_ca_certs: load_ca_file(&gucs::extra_ca_file()).map_err(|reason| {
+            SyncError::BadSetting {
+                setting: "twitch_sync.extra_ca_file",
+                reason,
+            }
+        })?,
         ..SyncConfig::default()
     })
 }
@@ -218,7 +224,8 @@ fn stream_and_apply(
     let chunk = (total / APPLY_CHUNKS).max(MIN_APPLY_CHUNK);
     let (misses, notify) = (gucs::offline_after_misses(), gucs::notify_events());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut engine = Box::pin(sync_streaming(
+    // On the runtime's worker: requests go on while this thread writes.
+    let mut engine = Box::pin(runtime::spawn(sync_streaming(
         SyncInput {
             config,
             credentials: state.credentials,
@@ -227,7 +234,7 @@ fn stream_and_apply(
             rate_limit: state.rate_limit,
         },
         tx,
-    ));
+    )));
     let mut written = Written {
         live_at_start: state.live_at_start,
         logins: state.logins,
@@ -239,7 +246,10 @@ fn stream_and_apply(
             tokio::select! {
                 biased;
                 Some(r) = rx.recv() => Step::Batch(r),
-                done = engine.as_mut() => Step::Done(done),
+                done = engine.as_mut() => Step::Done(done.unwrap_or_else(|e| PassSummary {
+                    fatal: Some(e),
+                    ..PassSummary::default()
+                })),
             }
         });
         let done = match step {
@@ -253,16 +263,8 @@ fn stream_and_apply(
             written.receive(r);
         }
         if done.is_some() || written.pending.checked.len() >= chunk {
-            if done.is_none() {
-                // Let the runtime put the next requests on the wire first, so they
-                // travel while this backend writes.
-                runtime::block_on_interruptible(async {
-                    tokio::time::sleep(Duration::from_millis(1)).await
-                });
-                while let Ok(r) = rx.try_recv() {
-                    written.receive(r);
-                }
-            }
+            // The engine runs on the runtime's worker thread: its requests stay
+            // on the wire while this backend writes.
             let t = Instant::now();
             written.write(misses, notify)?;
             apply_ms += t.elapsed().as_secs_f64() * 1000.0;

@@ -1,6 +1,7 @@
 //! twitch_sync's settings (GUCs): private statics, one `init()`, typed accessors.
 //! Every setting is superuser-only (`SUSET`): the URLs decide where the
-//! extension sends credentials, and the rest bound its load on Twitch.
+//! extension sends credentials, the extra CA file whom it trusts with them,
+//! and the rest bound its load on Twitch.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
@@ -11,6 +12,8 @@ static HELIX_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(defaults::HELIX_URL));
 static AUTH_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(defaults::AUTH_URL));
+static EXTRA_CA_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(defaults::EXTRA_CA_FILE));
 static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(defaults::REQUEST_TIMEOUT_MS);
 static MAX_CONCURRENT_REQUESTS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::MAX_CONCURRENT_REQUESTS);
@@ -55,6 +58,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"twitch_sync.extra_ca_file",
+        c"PEM file of CA certificates trusted for https:// in addition to the bundled web PKI roots.",
+        c"An absolute path, read by run(); empty: none. Certificates are always verified.",
+        &EXTRA_CA_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"twitch_sync.request_timeout_ms",
         c"Timeout of one HTTP request to Twitch, in milliseconds.",
@@ -67,11 +78,11 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"twitch_sync.max_concurrent_requests",
-        c"Get Streams requests in flight at once during a run.",
-        c"",
+        c"Cap on Get Streams requests in flight at once during a run.",
+        c"Below the cap, the rate-limit bucket and the connection decide (HTTP/2: 100 streams; HTTP/1.1: 32 connections).",
         &MAX_CONCURRENT_REQUESTS,
         1,
-        256,
+        1000,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -241,6 +252,10 @@ pub fn helix_url() -> String {
 }
 pub fn auth_url() -> String {
     string(&AUTH_URL)
+}
+/// The extra CA file setting as written ('' when unset).
+pub fn extra_ca_file() -> String {
+    string(&EXTRA_CA_FILE)
 }
 pub fn request_timeout() -> Duration {
     Duration::from_millis(REQUEST_TIMEOUT_MS.get() as u64)

@@ -1,10 +1,16 @@
 //! The tokio runtime of this backend, and waiting on it in a way that honours
 //! query cancel, statement_timeout and pg_terminate_backend.
 //!
-//! The runtime is a `current_thread` one built on first use (never in
-//! `_PG_init`, which may run in the postmaster): every future runs on the
-//! backend's own thread inside `block_on`, and no Postgres function is called
-//! while it runs. Only the interrupt flags are read there, as plain memory.
+//! The runtime is built on first use (never in `_PG_init`, which may run in the
+//! postmaster). It has one worker thread, so that the HTTP side of a run (the
+//! core's engine, [`spawn`]ed there) goes on sending requests and reading
+//! answers while the backend's own thread writes earlier answers: the two
+//! genuinely overlap. Nothing on the worker (or on tokio's blocking pool, used
+//! for DNS) touches Postgres: the engine is the pgrx-free core, and it hands
+//! results over a channel. Every runtime thread blocks all signals, so
+//! Postgres' handlers (cancel, terminate, latch) only ever run on the
+//! backend's thread. Futures given to [`block_on_interruptible`] run on the
+//! backend's thread, which only reads the interrupt flags, as plain memory.
 
 use once_cell::sync::OnceCell;
 use std::future::Future;
@@ -12,13 +18,68 @@ use std::time::Duration;
 
 static RUNTIME: OnceCell<tokio::runtime::Runtime> = OnceCell::new();
 
+/// Blocks every signal in the calling thread (a runtime thread).
+fn block_signals() {
+    // SAFETY: plain libc calls on a local signal set; they affect only this thread.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 fn runtime() -> &'static tokio::runtime::Runtime {
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(4)
+            .thread_name("twitch_sync")
+            .on_thread_start(block_signals)
             .enable_all()
             .build()
-            .expect("a current-thread tokio runtime can always be built")
+            .expect("a tokio runtime with one worker can always be built")
     })
+}
+
+/// A future running on the runtime's worker thread; dropping this handle
+/// (at the end of a run, or when an error or an interrupt unwinds past it)
+/// stops the future.
+pub struct Background<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Background<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+        // The worker thread allocates from its own malloc arena, which keeps
+        // freed memory mapped; the run's answers are gone now: give it back, so
+        // a long-lived backend does not keep a run's peak.
+        // SAFETY: a plain libc call; it only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
+impl<T> Future for Background<T> {
+    /// Err: the future panicked (a bug), with what it said.
+    type Output = Result<T, String>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|e| format!("internal error in the HTTP task: {e}")))
+    }
+}
+
+/// Starts `fut` on the runtime's worker thread; await the handle (inside
+/// [`block_on_interruptible`]) for its output.
+pub fn spawn<F>(fut: F) -> Background<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    Background(runtime().spawn(fut))
 }
 
 fn interrupt_pending() -> bool {

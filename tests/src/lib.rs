@@ -256,11 +256,22 @@ impl TestDb {
     fn in_database(name: &str, cfg: SimConfig) -> TestDb {
         let cluster = Cluster::shared();
         let sim = Simulator::start(cfg).expect("start simulator");
+        // Over https, trust the simulator's CA (the file is readable by the server).
+        // (Set only then: an older library may not know the setting.)
+        let trust = sim
+            .ca_file()
+            .map(|p| {
+                format!(
+                    "ALTER DATABASE {name} SET twitch_sync.extra_ca_file = '{}';",
+                    p.display()
+                )
+            })
+            .unwrap_or_default();
         cluster
             .connect("postgres")
             .batch_execute(&format!(
                 "ALTER DATABASE {name} SET twitch_sync.helix_url = '{}';
-                 ALTER DATABASE {name} SET twitch_sync.auth_url = '{}';",
+                 ALTER DATABASE {name} SET twitch_sync.auth_url = '{}'; {trust}",
                 sim.helix_url(),
                 sim.auth_url()
             ))
@@ -412,6 +423,15 @@ pub fn backend_private_memory_kib(pid: i32) -> u64 {
         "backend {pid} reports no private memory at all ({line:?}): not a live backend?"
     );
     kib
+}
+
+/// Like [`world`], served over HTTPS (HTTP/2 and HTTP/1.1 by ALPN, or
+/// HTTP/1.1 only) with a certificate of the simulator's own CA.
+pub fn https_world(channels: usize, live_fraction: f64, alpn: helix_sim::tls::Alpn) -> SimConfig {
+    SimConfig {
+        tls: Some(alpn),
+        ..world(channels, live_fraction)
+    }
 }
 
 /// A simulator config with `channels` channels, `live_fraction` of them live.

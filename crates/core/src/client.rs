@@ -1,11 +1,18 @@
 //! HTTP calls to Twitch: the OAuth server (mint, validate) and Get Streams.
+//!
+//! HTTPS is rustls with the bundled web PKI roots, plus any CA certificates of
+//! `twitch_sync.extra_ca_file`; verification is never switched off. HTTP/2 is
+//! offered by ALPN (one connection carries every request of a run), HTTP/1.1
+//! spoken when the server offers only that.
 
+use crate::concurrency::{ConnWatch, WatchLayer, HTTP1_MAX_CONNECTIONS};
 use crate::config::{SyncConfig, PAGE_SIZE};
 use crate::error::HelixError;
 use crate::ratelimit::RateLimitSnapshot;
 use crate::streams::{parse_streams_page, StreamsPage};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN: &str = "Twitch's OAuth token endpoint";
@@ -32,6 +39,10 @@ pub struct TwitchClient {
     client_id: String,
     timeout_ms: u64,
     max_response_bytes: usize,
+    /// The connections this client opened, and what they tell about Helix.
+    watch: Arc<ConnWatch>,
+    /// The OAuth server and Helix share scheme, host and port (one connection pool).
+    same_origin: bool,
 }
 
 fn http_error(endpoint: &'static str, timeout_ms: u64, e: reqwest::Error) -> HelixError {
@@ -66,16 +77,36 @@ fn error_message(body: &[u8]) -> String {
 
 impl TwitchClient {
     pub fn new(cfg: &SyncConfig, client_id: &str) -> Result<Self, HelixError> {
-        let http = reqwest::Client::builder()
+        let watch = Arc::new(ConnWatch::default());
+        let mut builder = reqwest::Client::builder()
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
             // A redirect could lead anywhere: Twitch does not redirect these endpoints.
             .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(cfg.max_concurrent_requests.max(1))
+            .pool_max_idle_per_host(cfg.max_concurrent_requests.clamp(1, HTTP1_MAX_CONNECTIONS))
             .tcp_nodelay(true)
             .user_agent(concat!("twitch_sync/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| http_error(STREAMS, 0, e))?;
+            .connector_layer(WatchLayer(watch.clone()));
+        // Added to the web PKI roots, never instead of them.
+        for der in &cfg.extra_ca_certs {
+            let cert = reqwest::Certificate::from_der(der).map_err(|e| HelixError::Network {
+                endpoint: STREAMS,
+                detail: format!("an extra CA certificate cannot be used: {e}"),
+            })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| http_error(STREAMS, 0, e))?;
+        let origin = |u: &str| {
+            url::Url::parse(u).ok().map(|u| {
+                (
+                    u.scheme().to_string(),
+                    u.host_str().map(str::to_string),
+                    u.port_or_known_default(),
+                )
+            })
+        };
+        let same_origin =
+            origin(&cfg.helix_url).is_some() && origin(&cfg.helix_url) == origin(&cfg.auth_url);
         Ok(TwitchClient {
             http,
             helix_url: cfg.helix_url.trim_end_matches('/').to_string(),
@@ -83,7 +114,14 @@ impl TwitchClient {
             client_id: client_id.to_string(),
             timeout_ms: cfg.request_timeout.as_millis() as u64,
             max_response_bytes: cfg.max_response_bytes,
+            watch,
+            same_origin,
         })
+    }
+
+    /// The connections this client opened, and the protocol Helix speaks.
+    pub fn watch(&self) -> &Arc<ConnWatch> {
+        &self.watch
     }
 
     /// Sends `request` and reads its answer: the status and the body, read
@@ -95,10 +133,19 @@ impl TwitchClient {
         endpoint: &'static str,
         request: reqwest::RequestBuilder,
     ) -> (Result<Answer, HelixError>, Option<RateLimitSnapshot>) {
+        let helix = endpoint == STREAMS;
         let resp = match request.send().await {
             Ok(r) => r,
-            Err(e) => return (Err(http_error(endpoint, self.timeout_ms, e)), None),
+            Err(e) => {
+                if helix {
+                    self.watch.helix_unreachable();
+                }
+                return (Err(http_error(endpoint, self.timeout_ms, e)), None);
+            }
         };
+        if helix || self.same_origin {
+            self.watch.answered_by_helix(resp.version());
+        }
         let snapshot = RateLimitSnapshot::from_headers(resp.headers());
         let status = resp.status().as_u16();
         let answer = self.body(endpoint, resp).await.map(|body| Answer {

@@ -14,7 +14,10 @@ pub mod defaults {
     pub const HELIX_URL: &CStr = c"https://api.twitch.tv/helix";
     pub const AUTH_URL: &CStr = c"https://id.twitch.tv/oauth2";
     pub const REQUEST_TIMEOUT_MS: i32 = 10_000;
-    pub const MAX_CONCURRENT_REQUESTS: i32 = 32;
+    /// A cap only: the bucket and the connection decide (crate::concurrency).
+    pub const MAX_CONCURRENT_REQUESTS: i32 = 800;
+    /// No extra CA certificates: the bundled web PKI roots only.
+    pub const EXTRA_CA_FILE: &CStr = c"";
     pub const MAX_RETRIES: i32 = 3;
     pub const RUN_DEADLINE_MS: i32 = 300_000;
     pub const OFFLINE_AFTER_MISSES: i32 = 1;
@@ -54,6 +57,9 @@ pub struct SyncConfig {
     pub validate_every: Duration,
     /// Mint a new token when the cached one expires within this.
     pub renew_before_expiry: Duration,
+    /// CA certificates (DER) trusted in addition to the web PKI roots
+    /// (`twitch_sync.extra_ca_file`, read by [`load_ca_file`]).
+    pub extra_ca_certs: Vec<Vec<u8>>,
 }
 
 impl Default for SyncConfig {
@@ -69,6 +75,7 @@ impl Default for SyncConfig {
             max_response_bytes: 4 * 1024 * 1024,
             validate_every: Duration::from_secs(3600),
             renew_before_expiry: Duration::from_secs(3600),
+            extra_ca_certs: Vec::new(),
         }
     }
 }
@@ -143,6 +150,60 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
         ));
     }
     Ok(parsed.as_str().trim_end_matches('/').to_string())
+}
+
+/// Reads the CA certificates of a PEM file (`twitch_sync.extra_ca_file`): every
+/// `CERTIFICATE` block, each checked to be usable as a trust anchor the way
+/// rustls will use it. Other blocks (a private key, say) are ignored. An empty
+/// path means none. Errors say what is wrong with the file, never what is in it.
+pub fn load_ca_file(path: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::pem::{self, PemObject, SectionKind};
+    let path = path.trim();
+    if path.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !std::path::Path::new(path).is_absolute() {
+        return Err(format!(
+            "\"{path}\" is not an absolute path: name a PEM file of CA certificates \
+             by its absolute path, or set '' for none"
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file \"{path}\": {e}"))?;
+    let mut certs = Vec::new();
+    for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(&bytes) {
+        match section {
+            Ok((SectionKind::Certificate, der)) => certs.push(der),
+            Ok(_) => {}
+            Err(e) => {
+                let why: String = match e {
+                    pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".into(),
+                    pem::Error::IllegalSectionStart { .. } => {
+                        "a PEM BEGIN line is malformed".into()
+                    }
+                    pem::Error::Base64Decode(_) => "a PEM section is not valid base64".into(),
+                    e => format!("{e:?}").chars().take(100).collect(),
+                };
+                return Err(format!("\"{path}\" is not a valid PEM file: {why}"));
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "\"{path}\" holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, der) in certs.iter().enumerate() {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.as_slice()))
+            .map_err(|e| {
+                format!(
+                    "certificate {} of \"{path}\" cannot be a trusted CA certificate: {e}",
+                    i + 1
+                )
+            })?;
+    }
+    Ok(certs)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! caller reads its state before and applies the outcome after.
 
 use crate::client::{TwitchClient, Validation};
+use crate::concurrency::{in_flight_limit, Protocol};
 use crate::config::SyncConfig;
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{RateLimitSnapshot, RateLimiter};
@@ -81,6 +82,10 @@ pub struct PassSummary {
     pub unknown: usize,
     /// Entries dropped and fields cleaned, over all batches that got an answer.
     pub stats: EntryStats,
+    /// The HTTP version Helix was spoken to in (Unknown: no connection to it).
+    pub protocol: Option<Protocol>,
+    /// Connections opened during the pass (each with a TLS handshake over https).
+    pub connections: u32,
 }
 
 impl PassSummary {
@@ -429,6 +434,8 @@ pub async fn sync_streaming(
                 &secrets,
             ));
             outcome.warnings = warnings.iter().map(|w| redact(w, &secrets)).collect();
+            outcome.protocol = Some(client.watch().helix_protocol());
+            outcome.connections = client.watch().connections();
             return outcome;
         }
     };
@@ -452,9 +459,21 @@ pub async fn sync_streaming(
         claims: Mutex::new(StreamClaims::new()),
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        input.config.max_concurrent_requests.max(1),
-    ));
+    // Requests in flight: crate::concurrency has the rule. One goes alone until
+    // the protocol Helix speaks is known, then as many as it allows (each still
+    // paid for by the rate limiter).
+    let watch = pass.client.watch().clone();
+    watch.start_helix_phase();
+    let cap = input.config.max_concurrent_requests;
+    let known = watch.helix_protocol();
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight_limit(cap, known)));
+    let opener = (known == Protocol::Unknown).then(|| {
+        let (watch, permits) = (watch.clone(), permits.clone());
+        tokio::spawn(async move {
+            let learnt = watch.helix_known().await;
+            permits.add_permits(in_flight_limit(cap, learnt).saturating_sub(1));
+        })
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for ids in batches {
         let pass = pass.clone();
@@ -503,6 +522,11 @@ pub async fn sync_streaming(
             });
         }
     }
+    if let Some(opener) = opener {
+        opener.abort();
+    }
+    outcome.protocol = Some(watch.helix_protocol());
+    outcome.connections = watch.connections();
     {
         let mut t = lock(&tally);
         let mut failures = std::mem::take(&mut t.failures);

@@ -14,6 +14,7 @@
 
 pub mod adaptive;
 pub mod client;
+pub mod concurrency;
 pub mod config;
 pub mod cron;
 pub mod engine;

@@ -144,8 +144,20 @@ pub struct RunReport {
     /// Adaptive polling's plan (only when it is on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub polling: Option<crate::adaptive::PollingReport>,
+    /// How the run spoke HTTP (absent when it sent nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpUse>,
     /// When the run finished (RFC 3339, from Postgres).
     pub timestamp: String,
+}
+
+/// The connections of a run: `{"version": "HTTP/2", "connections": 1}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HttpUse {
+    /// `HTTP/2` or `HTTP/1.1` as spoken with Helix; `unknown` if no connection to it was made.
+    pub version: &'static str,
+    /// Connections opened (over https, each with its TLS handshake).
+    pub connections: u32,
 }
 
 /// The error a skipped run records.
@@ -181,6 +193,7 @@ impl RunReport {
             pruned: None,
             timings_ms: None,
             polling: None,
+            http: None,
             timestamp,
         }
     }
@@ -222,6 +235,10 @@ impl RunReport {
             pruned: None,
             timings_ms: None,
             polling: None,
+            http: summary.protocol.map(|p| HttpUse {
+                version: p.as_str(),
+                connections: summary.connections,
+            }),
             timestamp,
         }
     }
@@ -331,6 +348,8 @@ mod tests {
             checked: 200,
             live: 60,
             unknown: 2,
+            protocol: Some(crate::concurrency::Protocol::Http2),
+            connections: 1,
             ..Default::default()
         };
         s.failures = vec![
@@ -385,6 +404,7 @@ mod tests {
                 "rate_limit_remaining": 797, "duration_ms": 61,
                 "pruned": {"runs": 1, "viewer_samples": 2, "events": 3},
                 "timings_ms": {"read": 1.23, "http": 50.0, "apply": 10.0},
+                "http": {"version": "HTTP/2", "connections": 1},
                 "timestamp": "2026-11-25T14:00:47.305+00:00",
             })
         );

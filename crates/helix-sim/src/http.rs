@@ -1,10 +1,9 @@
-//! A small HTTP/1.1 server: keep-alive, Content-Length bodies, and the
+//! A small HTTP/1.1 server (over TCP or TLS): keep-alive, Content-Length bodies, and the
 //! delivery modes fault injection needs (dropping a connection mid-body,
 //! trickling a body slowly). Hand-written so every byte on the wire is ours.
 
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -20,6 +19,22 @@ pub struct Request {
 }
 
 impl Request {
+    pub(crate) fn new(
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Self {
+        Request {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        }
+    }
+
     /// Header lookup, case-insensitive as HTTP requires.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -247,14 +262,15 @@ async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
     Ok(!close)
 }
 
-/// Serves one connection until the peer closes it or a response ends it.
-pub async fn serve_connection<F, Fut>(stream: TcpStream, handler: F)
+/// Serves one HTTP/1.1 connection (plain TCP or TLS) until the peer closes it
+/// or a response ends it.
+pub async fn serve_connection<S, F, Fut>(stream: S, handler: F)
 where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     F: Fn(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let _ = stream.set_nodelay(true);
-    let (r, mut w) = stream.into_split();
+    let (r, mut w) = tokio::io::split(stream);
     let mut reader = BufReader::new(r);
     loop {
         let req = match read_request(&mut reader).await {

@@ -12,9 +12,16 @@
 //! It simulates a world (see [`world`]) and lets tests inject faults and read
 //! counters. Start one in-process with [`Simulator::start`], or run the
 //! `helix-sim` binary; the binary also serves `/_sim/*` admin routes.
+//!
+//! It speaks plain HTTP/1.1 by default, or HTTPS like Twitch ([`Config::tls`]):
+//! TLS by rustls with a certificate made at start ([`tls`]), HTTP/2 (hyper,
+//! [`h2`]) and HTTP/1.1 offered by ALPN, or HTTP/1.1 only. It counts
+//! connections, TLS handshakes and HTTP/2 connections ([`Counters`]).
 
 pub mod bucket;
+pub mod h2;
 pub mod http;
+pub mod tls;
 pub mod world;
 
 use bucket::Bucket;
@@ -23,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use world::{Rng, World, WorldConfig};
@@ -49,6 +57,14 @@ pub struct Config {
     /// Advance the world by one tick this often (None: only on request).
     pub tick_every: Option<Duration>,
     pub world: WorldConfig,
+    /// Serve HTTPS with these ALPN protocols (None: plain HTTP/1.1).
+    pub tls: Option<tls::Alpn>,
+    /// Where to write the CA certificate (PEM) when serving HTTPS (None: a
+    /// new file in the temporary directory, removed when the simulator stops).
+    pub ca_file: Option<PathBuf>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS of HTTP/2 connections (100: the least
+    /// RFC 9113 recommends, a common server default).
+    pub h2_max_concurrent_streams: u32,
 }
 
 impl Default for Config {
@@ -63,6 +79,9 @@ impl Default for Config {
             latency: Duration::ZERO,
             tick_every: None,
             world: WorldConfig::default(),
+            tls: None,
+            ca_file: None,
+            h2_max_concurrent_streams: 100,
         }
     }
 }
@@ -171,6 +190,14 @@ pub struct Counters {
     pub bad_requests: u64,
     pub faults_applied: u64,
     pub max_in_flight: u64,
+    /// TCP connections accepted.
+    pub connections: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed (a client that refused the certificate, say).
+    pub tls_failures: u64,
+    /// Connections that negotiated HTTP/2 by ALPN.
+    pub http2_connections: u64,
 }
 
 struct TokenInfo {
@@ -203,6 +230,9 @@ impl Shared {
 pub struct Simulator {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    tls: Option<tls::Alpn>,
+    /// The CA certificate's file, and whether the simulator made it up (and removes it).
+    ca_file: Option<(PathBuf, bool)>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -708,6 +738,28 @@ impl Simulator {
         let listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let tls_alpn = cfg.tls;
+        let (acceptor, ca_file) = match cfg.tls {
+            None => (None, None),
+            Some(alpn) => {
+                let (path, ours) = match &cfg.ca_file {
+                    Some(p) => (p.clone(), false),
+                    None => (
+                        std::env::temp_dir().join(format!(
+                            "helix-sim-ca-{}-{}.pem",
+                            std::process::id(),
+                            addr.port()
+                        )),
+                        true,
+                    ),
+                };
+                let setup = tls::setup(alpn, &path)?;
+                (
+                    Some(tokio_rustls::TlsAcceptor::from(setup.config)),
+                    Some((path, ours)),
+                )
+            }
+        };
         let state = State {
             world: World::new(&cfg.world),
             rng: Rng::new(cfg.world.seed ^ 0xA5A5),
@@ -731,11 +783,13 @@ impl Simulator {
                     .enable_all()
                     .build()
                     .expect("tokio runtime");
-                rt.block_on(serve(listener, shared2, rx));
+                rt.block_on(serve(listener, shared2, acceptor, rx));
             })?;
         Ok(Simulator {
             shared,
             addr,
+            tls: tls_alpn,
+            ca_file,
             shutdown: Some(tx),
             thread: Some(thread),
         })
@@ -744,13 +798,25 @@ impl Simulator {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
     /// Base URL of the Helix API, as `twitch_sync.helix_url` wants it.
     pub fn helix_url(&self) -> String {
-        format!("http://{}/helix", self.addr)
+        format!("{}://{}/helix", self.scheme(), self.addr)
     }
     /// Base URL of the OAuth server, as `twitch_sync.auth_url` wants it.
     pub fn auth_url(&self) -> String {
-        format!("http://{}/oauth2", self.addr)
+        format!("{}://{}/oauth2", self.scheme(), self.addr)
+    }
+    /// The file holding the CA certificate (PEM) that signed the server's
+    /// certificate, when serving HTTPS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_ref().map(|(p, _)| p.as_path())
     }
     pub fn client_id(&self) -> String {
         self.shared.lock().cfg.client_id.clone()
@@ -806,12 +872,16 @@ impl Drop for Simulator {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some((path, true)) = &self.ca_file {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
 async fn serve(
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     mut shutdown: tokio::sync::oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
@@ -832,11 +902,49 @@ async fn serve(
             _ = &mut shutdown => return,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    let s = shared.clone();
-                    tokio::spawn(http::serve_connection(stream, move |req| handle(s.clone(), req)));
+                    let _ = stream.set_nodelay(true);
+                    shared.lock().counters.connections += 1;
+                    tokio::spawn(serve_one(stream, shared.clone(), acceptor.clone()));
                 }
             }
         }
+    }
+}
+
+/// One accepted connection: plain HTTP/1.1, or a TLS handshake and then
+/// HTTP/2 or HTTP/1.1 as ALPN decided.
+async fn serve_one(
+    stream: tokio::net::TcpStream,
+    shared: Arc<Shared>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let handler = {
+        let s = shared.clone();
+        move |req| handle(s.clone(), req)
+    };
+    let Some(acceptor) = acceptor else {
+        return http::serve_connection(stream, handler).await;
+    };
+    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        _ => {
+            shared.lock().counters.tls_failures += 1;
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let max_streams = {
+        let mut st = shared.lock();
+        st.counters.tls_handshakes += 1;
+        if h2 {
+            st.counters.http2_connections += 1;
+        }
+        st.cfg.h2_max_concurrent_streams
+    };
+    if h2 {
+        h2::serve_connection(tls, max_streams, handler).await;
+    } else {
+        http::serve_connection(tls, handler).await;
     }
 }
 

@@ -1,6 +1,8 @@
 //! `helix-sim`: the Helix simulator as a standalone server for demos and benchmarks.
 //!
-//! Prints `listening on http://127.0.0.1:PORT` once ready and serves until killed.
+//! Prints `listening on http://127.0.0.1:PORT` (or `https://...` with `--tls`)
+//! once ready and serves until killed. With `--tls` it also prints
+//! `ca file PATH`: the CA certificate (PEM) a client must trust.
 
 use helix_sim::{Config, Simulator};
 use std::time::Duration;
@@ -8,7 +10,8 @@ use std::time::Duration;
 const USAGE: &str = "usage: helix-sim [--port N] [--channels N] [--live-fraction F] [--first-id N]
                  [--latency-ms N] [--bucket N] [--bucket-period-secs F]
                  [--client-id S] [--client-secret S] [--tick-secs F] [--churn F]
-                 [--flicker F] [--seed N]";
+                 [--flicker F] [--seed N]
+                 [--tls h2|http1] [--ca-file PATH] [--h2-max-streams N]";
 
 fn main() {
     let mut cfg = Config::default();
@@ -50,6 +53,15 @@ fn main() {
             "--churn" => cfg.world.churn = frac(),
             "--flicker" => cfg.world.flicker = frac(),
             "--seed" => cfg.world.seed = num(),
+            "--tls" => {
+                cfg.tls = Some(match value.as_str() {
+                    "h2" => helix_sim::tls::Alpn::H2AndHttp1,
+                    "http1" => helix_sim::tls::Alpn::Http1Only,
+                    _ => bad("expected h2 or http1"),
+                })
+            }
+            "--ca-file" => cfg.ca_file = Some(value.clone().into()),
+            "--h2-max-streams" => cfg.h2_max_concurrent_streams = num() as u32,
             _ => bad("unknown flag"),
         }
     }
@@ -60,7 +72,14 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("listening on http://{}", sim.addr());
+    let url = sim.helix_url();
+    println!(
+        "listening on {}",
+        url.strip_suffix("/helix").unwrap_or(&url)
+    );
+    if let Some(ca) = sim.ca_file() {
+        println!("ca file {}", ca.display());
+    }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
