@@ -180,6 +180,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                AND v.sampled_at < hi + twitch_sync.sample_gap()) x
 $$;
 
+-- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz:
+-- one piece per day an interval covers (at most two: the gap limit is at most
+-- a day), with its length in seconds.
+CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text)
+RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
+               secs double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH s AS (
+        SELECT i.*, (i.sampled_at AT TIME ZONE tz)::date AS d0, (i.next_at AT TIME ZONE tz)::date AS d1
+          FROM twitch_sync.sample_intervals(lo, hi) i
+         WHERE i.next_at IS NOT NULL
+    )
+    SELECT s.d0, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
+           extract(epoch FROM least(s.next_at, (s.d0 + 1)::timestamp AT TIME ZONE tz) - s.sampled_at)::float8
+      FROM s
+    UNION ALL
+    SELECT s.d1, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
+           extract(epoch FROM s.next_at - (s.d1::timestamp AT TIME ZONE tz))::float8
+      FROM s
+     WHERE s.d1 > s.d0 AND s.next_at > (s.d1::timestamp AT TIME ZONE tz)
+$$;
+
 -- The latest name of each category.
 CREATE VIEW twitch_sync.categories AS
 SELECT DISTINCT ON (c.game_id) c.game_id, c.game_name
@@ -209,31 +231,34 @@ BEGIN
                   HINT = 'Pass first_day <= last_day, at most ten years apart.';
     END IF;
     RETURN QUERY
-    WITH days AS (
-        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
-               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
-          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
-    ), s AS (
-        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
-                                                   ((last_day + 1)::timestamp AT TIME ZONE tz))
+    WITH bounds AS (
+        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+    ), s AS (  -- the samples of the days
+        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi
     ), watched AS (
-        SELECT d.day, s.broadcaster_id,
-               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs,
-               sum(extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS cs
-          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+        SELECT p.day, p.broadcaster_id, sum(p.viewer_count * p.secs)::float8 AS vs, sum(p.secs)::float8 AS cs
+          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+         WHERE p.day BETWEEN first_day AND last_day
          GROUP BY 1, 2
     ), sampled AS (
-        SELECT d.day, s.broadcaster_id, max(s.viewer_count) AS peak,
+        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, max(s.viewer_count) AS peak,
                array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
-          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+          FROM s
          GROUP BY 1, 2
     ), aired AS (
-        SELECT d.day, b.broadcaster_id,
-               sum(least(coalesce(b.ended_at, pg_catalog.now()), d.de)
-                   - greatest(coalesce(b.started_at, b.first_seen_at), d.ds)) AS airtime,
-               count(*)::int AS broadcasts
-          FROM twitch_sync.streams b JOIN days d
-            ON coalesce(b.started_at, b.first_seen_at) < d.de AND coalesce(b.ended_at, pg_catalog.now()) > d.ds
+        SELECT g.day, b.broadcaster_id, sum(g.overlap) AS airtime, count(*)::int AS broadcasts
+          FROM twitch_sync.streams b, bounds,
+               LATERAL (SELECT d::date AS day,
+                               least(coalesce(b.ended_at, pg_catalog.now()), (d::date + 1)::timestamp AT TIME ZONE tz)
+                               - greatest(coalesce(b.started_at, b.first_seen_at), d::date::timestamp AT TIME ZONE tz) AS overlap
+                          FROM pg_catalog.generate_series(
+                                   greatest((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE tz)::date, first_day),
+                                   least((coalesce(b.ended_at, pg_catalog.now()) AT TIME ZONE tz)::date, last_day),
+                                   interval '1 day') d) g
+         WHERE coalesce(b.started_at, b.first_seen_at) < bounds.hi
+           AND coalesce(b.ended_at, pg_catalog.now()) > bounds.lo
+           AND g.overlap > interval '0'
          GROUP BY 1, 2
     ), keys AS (
         SELECT a.day, a.broadcaster_id FROM aired a
@@ -266,23 +291,20 @@ BEGIN
                   HINT = 'Pass first_day <= last_day, at most ten years apart.';
     END IF;
     RETURN QUERY
-    WITH days AS (
-        SELECT g::date AS day, (g::date::timestamp AT TIME ZONE tz) AS ds,
-               ((g::date + 1)::timestamp AT TIME ZONE tz) AS de
-          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') g
-    ), s AS (
-        SELECT * FROM twitch_sync.sample_intervals((first_day::timestamp AT TIME ZONE tz),
-                                                   ((last_day + 1)::timestamp AT TIME ZONE tz)) i
-         WHERE i.game_id <> ''
+    WITH bounds AS (
+        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+    ), s AS (  -- the samples of the days, with a category
+        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi AND v.game_id <> ''
     ), watched AS (
-        SELECT d.day, s.game_id,
-               sum(s.viewer_count * extract(epoch FROM least(s.next_at, d.de) - greatest(s.sampled_at, d.ds)))::float8 AS vs
-          FROM s JOIN days d ON s.sampled_at < d.de AND s.next_at > d.ds
+        SELECT p.day, p.game_id, sum(p.viewer_count * p.secs)::float8 AS vs
+          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+         WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
          GROUP BY 1, 2
     ), sampled AS (
-        SELECT d.day, s.game_id, max(s.viewer_count) AS peak,
+        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, max(s.viewer_count) AS peak,
                count(DISTINCT s.broadcaster_id)::int AS channels
-          FROM s JOIN days d ON s.sampled_at >= d.ds AND s.sampled_at < d.de
+          FROM s
          GROUP BY 1, 2
     ), keys AS (
         SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x

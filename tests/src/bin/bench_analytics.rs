@@ -33,7 +33,7 @@ fn main() {
     let mut db = TestDb::bare(world(1, 0.0));
     println!("twitch_sync analytics benchmark: {channels} channels x {days} days of 10-minute samples; release build");
 
-    // The dataset: every channel live 8 hours a day (one broadcast a day), a
+    // The dataset: every channel live all day (one 24-hour broadcast a day), a
     // sample every 10 minutes, in the day partitions maintain() keeps.
     let t = Instant::now();
     db.client
@@ -45,7 +45,7 @@ fn main() {
              INSERT INTO twitch_sync.streams (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count,
                      title, game_id, game_name, started_at, ended_at, updated_at, first_seen_at)
              SELECT (c * 1000 + d)::text, (100000000 + c)::text, false, 0, 0, 'day ' || d, (c % 20)::text,
-                    'Game ' || (c % 20), s, s + interval '8 hours', s + interval '8 hours', s
+                    'Game ' || (c % 20), s, s + interval '24 hours', s + interval '24 hours', s
                FROM generate_series(1, {channels}) c, generate_series(1, {days}) d,
                     LATERAL (SELECT (current_date - d)::timestamp AT TIME ZONE 'UTC' + (c % 16) * interval '1 hour' AS s) x;
              INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
@@ -53,7 +53,7 @@ fn main() {
              INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
              SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '10 minutes',
                     (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id
-               FROM twitch_sync.streams s, generate_series(0, 47) k
+               FROM twitch_sync.streams s, generate_series(0, 143) k
               WHERE s.started_at + k * interval '10 minutes' < now();
              ANALYZE twitch_sync.viewer_samples;"
         ))
