@@ -264,11 +264,13 @@ BEGIN
         SELECT a.day, a.broadcaster_id FROM aired a
         UNION SELECT w.day, w.broadcaster_id FROM watched w
         UNION SELECT x.day, x.broadcaster_id FROM sampled x
+    ), names AS MATERIALIZED (  -- once, not per row
+        SELECT c.game_id, c.game_name FROM twitch_sync.categories c
     )
     SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
            x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
-           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
-                            LEFT JOIN twitch_sync.categories c ON c.game_id = g ORDER BY 1), '{}')
+           coalesce(ARRAY(SELECT coalesce(n.game_name, g) FROM unnest(x.game_ids) g
+                            LEFT JOIN names n ON n.game_id = g ORDER BY 1), '{}')
       FROM keys k
       LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
       LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
