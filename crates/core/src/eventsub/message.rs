@@ -422,7 +422,13 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
             Message::Reconnect(s)
         }
         Some("notification") => {
-            if m.subscription_version.as_deref() != Some(STREAM_VERSION) {
+            // the metadata says what it is: anything not asked for is dropped unread
+            if m.subscription_version.as_deref() != Some(STREAM_VERSION)
+                || !matches!(
+                    m.subscription_type.as_deref(),
+                    Some(STREAM_ONLINE | STREAM_OFFLINE)
+                )
+            {
                 return Err(DropReason::Unsupported);
             }
             let sub = subscription(&payload, m.subscription_type.as_deref())?;
