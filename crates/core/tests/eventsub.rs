@@ -577,3 +577,68 @@ fn shard_update_errors_come_back_inside_the_202() {
         Err(HelixError::Status { status: 404, .. })
     ));
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads frames until a close frame; returns its code, and the texts seen before it.
+async fn until_close(ws: &mut Ws) -> (Option<u16>, Vec<String>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message as M;
+    let mut texts = Vec::new();
+    while let Some(Ok(m)) = ws.next().await {
+        match m {
+            M::Close(f) => return (f.map(|f| u16::from(f.code)), texts),
+            M::Text(t) => texts.push(t.as_str().to_string()),
+            _ => {}
+        }
+    }
+    (None, texts)
+}
+
+#[test]
+fn a_client_that_never_answers_pings_is_closed_with_4002() {
+    let r = rig(fast());
+    let url = r.sim.eventsub_url().unwrap();
+    let code = r.rt.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        // not reading means not answering the server's pings
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        until_close(&mut ws).await.0
+    });
+    assert_eq!(code, Some(4002));
+}
+
+#[test]
+fn an_old_socket_kept_open_after_a_reconnect_is_closed_with_4004() {
+    let r = rig(EventSubConfig {
+        reconnect_grace: Duration::from_millis(600),
+        assign_deadline: Duration::from_secs(60),
+        ..fast()
+    });
+    let url = r.sim.eventsub_url().unwrap();
+    let (old_code, new_welcome) = r.rt.block_on(async {
+        use futures_util::StreamExt;
+        let (mut old, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let welcome = old.next().await.unwrap().unwrap().into_text().unwrap();
+        assert!(welcome.contains("session_welcome"));
+        assert_eq!(r.sim.es_reconnect(), 1);
+        let msg = old.next().await.unwrap().unwrap().into_text().unwrap();
+        let env = twitch_sync_core::eventsub::message::parse_message(msg.as_str()).unwrap();
+        let Message::Reconnect(s) = env.message else {
+            panic!("{msg}")
+        };
+        let (mut new, _) = tokio_tungstenite::connect_async(s.reconnect_url.unwrap().as_str())
+            .await
+            .unwrap();
+        let w = new.next().await.unwrap().unwrap().into_text().unwrap();
+        let code = until_close(&mut old).await.0;
+        (code, w.as_str().to_string())
+    });
+    assert_eq!(old_code, Some(4004));
+    assert!(new_welcome.contains("session_welcome"));
+}

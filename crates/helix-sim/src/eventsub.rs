@@ -548,6 +548,16 @@ async fn serve_socket(hub: Hub, stream: tokio::net::TcpStream) {
                 }
                 Some(Out::Close(code, why)) => {
                     let _ = sink.send(Ws::Close(Some(CloseFrame { code: CloseCode::from(code), reason: why.into() }))).await;
+                    // the closing handshake: wait a little for the client's close
+                    // (dropping at once could reset the connection and lose the frame)
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(f)) = frames.next().await {
+                            if matches!(f, Ws::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     break;
                 }
                 Some(Out::Drop) | None => break,

@@ -80,7 +80,11 @@ pub fn open(id: SocketId, url: String, events: mpsc::UnboundedSender<SocketEvent
                             return;
                         }
                     }
-                    Some(Ok(WsMessage::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        // sends tungstenite's queued close reply (the closing handshake)
+                        let _ = sink.flush().await;
+                        break frame.map(|f| u16::from(f.code));
+                    }
                     // pings are answered by tungstenite on the next read or write;
                     // flushing here sends the pong now
                     Some(Ok(WsMessage::Ping(_))) => { let _ = sink.flush().await; }
