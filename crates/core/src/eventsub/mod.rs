@@ -20,6 +20,7 @@
 //!   actions over real sockets and Helix. The background worker that will run
 //!   it inside Postgres does not exist yet.
 
+pub mod apply;
 pub mod dedup;
 pub mod helix;
 pub mod message;
