@@ -605,7 +605,7 @@ fn a_client_that_never_answers_pings_is_closed_with_4002() {
             .await
             .unwrap();
         // not reading means not answering the server's pings
-        tokio::time::sleep(Duration::from_millis(2600)).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
         until_close(&mut ws).await.0
     });
     assert_eq!(code, Some(4002));
@@ -641,4 +641,76 @@ fn an_old_socket_kept_open_after_a_reconnect_is_closed_with_4004() {
     });
     assert_eq!(old_code, Some(4004));
     assert!(new_welcome.contains("session_welcome"));
+}
+
+#[test]
+fn webhook_signatures_of_the_simulator_verify_and_tampering_fails() {
+    use std::time::SystemTime;
+    use twitch_sync_core::eventsub::webhook::{verify, WebhookError};
+    let secret = "a-webhook-secret-of-20";
+    let ts = helix_sim::eventsub::rfc3339_nanos(SystemTime::now());
+    let body =
+        r#"{"subscription":{"type":"stream.online"},"event":{"id":"1","broadcaster_user_id":"7"}}"#;
+    let h = helix_sim::eventsub::webhook_headers(
+        secret,
+        "msg-1",
+        &ts,
+        "notification",
+        "stream.online",
+        body,
+    );
+    let get = |k: &str| {
+        h.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let sig = get("twitch-eventsub-message-signature");
+    assert!(verify(
+        secret,
+        &get("twitch-eventsub-message-id"),
+        &get("twitch-eventsub-message-timestamp"),
+        body.as_bytes(),
+        &sig,
+        SystemTime::now()
+    )
+    .is_ok());
+    // the timestamp re-formatted (milliseconds), the body re-serialised, another secret: refused
+    let millis = format!("{}Z", &ts[..23]);
+    assert_eq!(
+        verify(
+            secret,
+            "msg-1",
+            &millis,
+            body.as_bytes(),
+            &sig,
+            SystemTime::now()
+        ),
+        Err(WebhookError::BadSignature)
+    );
+    let reserialised =
+        serde_json::to_string(&serde_json::from_str::<serde_json::Value>(body).unwrap()).unwrap();
+    assert_ne!(reserialised, body);
+    assert_eq!(
+        verify(
+            secret,
+            "msg-1",
+            &ts,
+            reserialised.as_bytes(),
+            &sig,
+            SystemTime::now()
+        ),
+        Err(WebhookError::BadSignature)
+    );
+    assert_eq!(
+        verify(
+            "another-secret-123",
+            "msg-1",
+            &ts,
+            body.as_bytes(),
+            &sig,
+            SystemTime::now()
+        ),
+        Err(WebhookError::BadSignature)
+    );
 }

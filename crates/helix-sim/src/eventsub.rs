@@ -832,6 +832,43 @@ impl Simulator {
     }
 }
 
+/// A webhook delivery as Twitch signs it: the seven `Twitch-Eventsub-*`
+/// headers for `body`, with `Twitch-Eventsub-Message-Signature` =
+/// `sha256=` + hex HMAC-SHA256(secret, message id + timestamp + body). The
+/// timestamp has nanoseconds, so a receiver that re-formats it before hashing
+/// fails. (The sender that POSTs these is not built yet.)
+pub fn webhook_headers(
+    secret: &str,
+    message_id: &str,
+    timestamp: &str,
+    message_type: &str,
+    subscription_type: &str,
+    body: &str,
+) -> Vec<(String, String)> {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(message_id.as_bytes());
+    mac.update(timestamp.as_bytes());
+    mac.update(body.as_bytes());
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    [
+        ("Twitch-Eventsub-Message-Id", message_id.to_string()),
+        ("Twitch-Eventsub-Message-Retry", "0".to_string()),
+        ("Twitch-Eventsub-Message-Type", message_type.to_string()),
+        ("Twitch-Eventsub-Message-Signature", signature),
+        ("Twitch-Eventsub-Message-Timestamp", timestamp.to_string()),
+        (
+            "Twitch-Eventsub-Subscription-Type",
+            subscription_type.to_string(),
+        ),
+        ("Twitch-Eventsub-Subscription-Version", "1".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
