@@ -47,6 +47,11 @@ pgrx::extension_sql_file!(
     name = "dashboard",
     requires = ["schema", "analytics", "transitions", "operations"]
 );
+pgrx::extension_sql_file!(
+    "../sql/eventsub.sql",
+    name = "eventsub",
+    requires = ["schema", "transitions"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pgrx::pg_guard]

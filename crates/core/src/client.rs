@@ -33,10 +33,10 @@ pub enum Validation {
 }
 
 pub struct TwitchClient {
-    http: reqwest::Client,
-    helix_url: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) helix_url: String,
     auth_url: String,
-    client_id: String,
+    pub(crate) client_id: String,
     timeout_ms: u64,
     max_response_bytes: usize,
     /// The connections this client opened, and what they tell about Helix.
@@ -64,7 +64,7 @@ fn http_error(endpoint: &'static str, timeout_ms: u64, e: reqwest::Error) -> Hel
 }
 
 /// Twitch's error bodies carry a `message`; anything else is summarised.
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         message: Option<String>,
@@ -128,7 +128,7 @@ impl TwitchClient {
     /// under the size cap. Network errors and timeouts become [`HelixError`]s
     /// named after `endpoint`. The rate-limit headers come back whenever an
     /// answer arrived, even if reading its body then failed.
-    async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         endpoint: &'static str,
         request: reqwest::RequestBuilder,
@@ -274,15 +274,15 @@ impl TwitchClient {
 }
 
 /// An answer read in full (under the cap), for the endpoint that sent it.
-struct Answer {
-    endpoint: &'static str,
-    status: u16,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) endpoint: &'static str,
+    pub(crate) status: u16,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Answer {
     /// The body as the JSON document `T`, or [`HelixError::Malformed`].
-    fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HelixError> {
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HelixError> {
         serde_json::from_slice(&self.body).map_err(|e| HelixError::Malformed {
             endpoint: self.endpoint,
             detail: e.to_string(),
@@ -290,7 +290,7 @@ impl Answer {
     }
 
     /// An answer with an unexpected status, as [`HelixError::Status`].
-    fn status_error(&self) -> HelixError {
+    pub(crate) fn status_error(&self) -> HelixError {
         HelixError::Status {
             endpoint: self.endpoint,
             status: self.status,
@@ -302,7 +302,7 @@ impl Answer {
 /// An `Authorization` header value (`Bearer <token>`, `OAuth <token>`), marked
 /// sensitive so that it never shows in debug output. A token that cannot be a
 /// header value is replaced by `invalid` (the server then refuses it).
-fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
+pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(&format!("{scheme} {token}"))
         .or_else(|_| HeaderValue::from_str(&format!("{scheme} invalid")))
         .unwrap_or(HeaderValue::from_static("invalid"));

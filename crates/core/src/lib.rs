@@ -19,6 +19,7 @@ pub mod config;
 pub mod cron;
 pub mod engine;
 pub mod error;
+pub mod eventsub;
 pub mod ratelimit;
 pub mod report;
 pub mod rng;

@@ -2,6 +2,7 @@
 //! tests (the adaptive polling simulation, the model-based and analytics
 //! tests), so that a failing seed replays exactly. Not for anything secret.
 
+#[derive(Debug, Clone)]
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {

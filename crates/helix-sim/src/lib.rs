@@ -19,6 +19,8 @@
 //! connections, TLS handshakes and HTTP/2 connections ([`Counters`]).
 
 pub mod bucket;
+pub mod conduits;
+pub mod eventsub;
 pub mod h2;
 pub mod http;
 pub mod tls;
@@ -218,6 +220,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// EventSub (WebSocket server and REST endpoints): `eventsub`, `conduits`.
+    eventsub: eventsub::Hub,
 }
 
 impl Shared {
@@ -698,6 +702,10 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     if req.path.starts_with("/_sim/") {
         return handle_admin(&shared, &req);
     }
+    // EventSub REST endpoints (conduits, shards, subscriptions): crate::conduits
+    if let Some(resp) = conduits::handle(&shared, &req) {
+        return resp;
+    }
     {
         let mut st = shared.lock();
         st.in_flight += 1;
@@ -772,6 +780,7 @@ impl Simulator {
         };
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            eventsub: eventsub::Hub::default(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let shared2 = shared.clone();

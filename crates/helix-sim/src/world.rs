@@ -115,6 +115,28 @@ pub struct World {
     next_stream_id: u64,
     churn: f64,
     flicker: f64,
+    /// EventSub hook: live-state changes, recorded only while Some (the
+    /// EventSub server turns it on and drains it, see `crate::eventsub`).
+    pub changes: Option<ChangeLog>,
+}
+
+/// A channel's live state changed: it went live with `stream_id`
+/// (`online: true`) or its broadcast `stream_id` ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveChange {
+    pub broadcaster_id: String,
+    pub login: String,
+    pub display_name: String,
+    pub online: bool,
+    pub stream_id: String,
+    pub started_at: SystemTime,
+}
+
+/// Changes not yet taken, and a wake-up for whoever takes them.
+#[derive(Debug, Default)]
+pub struct ChangeLog {
+    pub changes: Vec<LiveChange>,
+    pub notify: std::sync::Arc<tokio::sync::Notify>,
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -150,6 +172,7 @@ impl World {
             next_stream_id: 40_000_000_000 + cfg.seed % 1000 * 1_000_000,
             churn: cfg.churn,
             flicker: cfg.flicker,
+            changes: None,
         };
         let live_count = (cfg.channels as f64 * cfg.live_fraction).round() as usize;
         for i in 0..cfg.channels {
@@ -203,7 +226,34 @@ impl World {
             let mut s = self.new_stream();
             s.started_at = SystemTime::now();
             self.channels[i].live = Some(s);
+            self.record(i, true);
         }
+    }
+
+    /// Ends channel i's broadcast, if any.
+    fn end_at(&mut self, i: usize) {
+        if self.channels[i].live.is_some() {
+            self.record(i, false);
+            self.channels[i].live = None;
+        }
+    }
+
+    /// EventSub hook: notes a live-state change of channel i while recording.
+    fn record(&mut self, i: usize, online: bool) {
+        let Some(log) = self.changes.as_mut() else {
+            return;
+        };
+        let c = &self.channels[i];
+        let Some(s) = c.live.as_ref() else { return };
+        log.changes.push(LiveChange {
+            broadcaster_id: c.id.clone(),
+            login: c.login.clone(),
+            display_name: c.display_name.clone(),
+            online,
+            stream_id: s.id.clone(),
+            started_at: s.started_at,
+        });
+        log.notify.notify_one();
     }
 
     /// Makes a channel live (no-op if it already is). Returns false for an unknown id.
@@ -220,7 +270,7 @@ impl World {
     pub fn go_offline(&mut self, id: &str) -> bool {
         match self.index_of_id(id) {
             Some(i) => {
-                self.channels[i].live = None;
+                self.end_at(i);
                 true
             }
             None => false,
@@ -232,7 +282,7 @@ impl World {
     pub fn restart(&mut self, id: &str) -> bool {
         match self.index_of_id(id) {
             Some(i) => {
-                self.channels[i].live = None;
+                self.end_at(i);
                 self.go_live_at(i);
                 true
             }
@@ -292,11 +342,11 @@ impl World {
             let (churn, flicker) = (self.churn, self.flicker);
             if self.channels[i].live.is_some() {
                 if self.rng.chance(churn) {
-                    self.channels[i].live = None;
+                    self.end_at(i);
                     continue;
                 }
                 if self.rng.chance(churn) {
-                    self.channels[i].live = None;
+                    self.end_at(i);
                     self.go_live_at(i);
                     continue;
                 }

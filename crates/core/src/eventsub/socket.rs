@@ -1,0 +1,218 @@
+//! Real sockets for [`super::session::Shard`]: [`open`] connects one WebSocket
+//! (tokio-tungstenite; `wss://` through rustls with bundled web PKI roots) and
+//! reports its frames and its end as [`SocketEvent`]s; [`run_shard`] is the
+//! driver loop that feeds a `Shard` and carries out its actions (connect,
+//! close, PATCH the conduit shard, deliver).
+//!
+//! The client never sends a data frame: Twitch closes a connection that sends
+//! anything but pongs (4001). tungstenite answers the server's pings itself.
+
+use super::helix::ShardsUpdate;
+use super::message::{parse_message, DropStats, Envelope};
+use super::session::{Action, AssignError, Shard, ShardConfig, ShardStats, SocketId};
+use crate::client::TwitchClient;
+use crate::error::HelixError;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, WebSocketConfig,
+};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Largest WebSocket message accepted, in bytes (frames beyond the parser's
+/// cap are dropped there; this keeps the socket from buffering more).
+pub const MAX_WS_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Longest time a connect (TCP + TLS + upgrade) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+pub enum SocketEvent {
+    Frame(SocketId, String),
+    /// The socket ended: the close code if a close frame came.
+    Closed(SocketId, Option<u16>),
+}
+
+/// Asks a socket's task to close it (code 1000) and end.
+pub struct SocketHandle {
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl SocketHandle {
+    pub fn close(mut self) {
+        if let Some(c) = self.close.take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+/// Opens `url` in a task of its own; its frames and its end go to `events`.
+/// A failed connect is reported as `Closed(id, None)`.
+pub fn open(id: SocketId, url: String, events: mpsc::UnboundedSender<SocketEvent>) -> SocketHandle {
+    let (close_tx, mut close_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let mut cfg = WebSocketConfig::default();
+        cfg.max_message_size = Some(MAX_WS_MESSAGE_BYTES);
+        cfg.max_frame_size = Some(MAX_WS_MESSAGE_BYTES);
+        let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), false);
+        let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok((ws, _))) => ws,
+            _ => {
+                let _ = events.send(SocketEvent::Closed(id, None));
+                return;
+            }
+        };
+        let (mut sink, mut stream) = ws.split();
+        let code = loop {
+            tokio::select! {
+                _ = &mut close_rx => {
+                    let _ = sink.send(WsMessage::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    }))).await;
+                    return;
+                }
+                msg = stream.next() => match msg {
+                    Some(Ok(WsMessage::Text(t))) => {
+                        if events.send(SocketEvent::Frame(id, t.as_str().to_string())).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        // sends tungstenite's queued close reply (the closing handshake)
+                        let _ = sink.flush().await;
+                        break frame.map(|f| u16::from(f.code));
+                    }
+                    // pings are answered by tungstenite on the next read or write;
+                    // flushing here sends the pong now
+                    Some(Ok(WsMessage::Ping(_))) => { let _ = sink.flush().await; }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break None,
+                }
+            }
+        };
+        let _ = events.send(SocketEvent::Closed(id, code));
+    });
+    SocketHandle {
+        close: Some(close_tx),
+    }
+}
+
+/// What [`run_shard`] needs to know.
+pub struct ShardParams {
+    pub config: ShardConfig,
+    pub conduit_id: String,
+    pub shard_id: String,
+    pub seed: u64,
+}
+
+/// What a running shard shows (for status, and for tests).
+#[derive(Debug, Clone, Default)]
+pub struct ShardView {
+    pub connected: bool,
+    pub session_id: Option<String>,
+    pub stats: ShardStats,
+    pub drops: DropStats,
+    pub last_assign_error: Option<String>,
+}
+
+/// The outcome of one PATCH for one shard, as the state machine wants it.
+pub fn assign_result(
+    r: Result<ShardsUpdate, HelixError>,
+    shard_id: &str,
+) -> Result<(), AssignError> {
+    match r {
+        Ok(u) => u.shard(shard_id).map_err(AssignError::Permanent),
+        Err(e @ HelixError::RateLimited { .. }) => Err(AssignError::Transient(e.to_string())),
+        Err(e) if e.is_transient() => Err(AssignError::Transient(e.to_string())),
+        Err(e) => Err(AssignError::Permanent(e.to_string())),
+    }
+}
+
+/// Runs one conduit shard until `stop` fires: connects, assigns, follows
+/// reconnects, and sends every notification or revocation to `deliver`
+/// (admission — dedup, freshness, order — is the receiver's job).
+pub async fn run_shard(
+    params: ShardParams,
+    client: Arc<TwitchClient>,
+    token: String,
+    deliver: mpsc::UnboundedSender<Envelope>,
+    view: Arc<Mutex<ShardView>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<SocketEvent>();
+    let (as_tx, mut as_rx) = mpsc::unbounded_channel::<(String, Result<(), AssignError>)>();
+    let mut shard = Shard::new(params.config.clone(), params.seed, Instant::now());
+    let mut sockets: HashMap<SocketId, SocketHandle> = HashMap::new();
+    let mut drops = DropStats::default();
+    let mut last_assign_error = None;
+    let mut actions = shard.on_timer(Instant::now());
+    loop {
+        for a in actions.drain(..) {
+            match a {
+                Action::Connect { socket, url } => {
+                    sockets.insert(socket, open(socket, url, ev_tx.clone()));
+                }
+                Action::Close { socket, .. } => {
+                    if let Some(h) = sockets.remove(&socket) {
+                        h.close();
+                    }
+                }
+                Action::Assign { session_id } => {
+                    let (client, token, tx) = (client.clone(), token.clone(), as_tx.clone());
+                    let (conduit, shard_id) = (params.conduit_id.clone(), params.shard_id.clone());
+                    tokio::spawn(async move {
+                        let pair = vec![(shard_id.clone(), session_id.clone())];
+                        let (r, _) = client.update_conduit_shards(&token, &conduit, &pair).await;
+                        let _ = tx.send((session_id, assign_result(r, &shard_id)));
+                    });
+                }
+                Action::Deliver(env) => {
+                    let _ = deliver.send(*env);
+                }
+            }
+        }
+        {
+            let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+            v.connected = shard.is_connected();
+            v.session_id = shard.assigned_session().map(str::to_string);
+            v.stats = shard.stats.clone();
+            v.drops = drops;
+            v.last_assign_error.clone_from(&last_assign_error);
+        }
+        let wake = shard
+            .next_wakeup()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = &mut stop => {
+                for (_, h) in sockets.drain() {
+                    h.close();
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                actions = shard.on_timer(Instant::now());
+            }
+            Some(ev) = ev_rx.recv() => {
+                actions = match ev {
+                    SocketEvent::Frame(id, text) => match parse_message(&text) {
+                        Ok(env) => shard.on_message(id, env, Instant::now()),
+                        Err(r) => { drops.count(r); Vec::new() }
+                    },
+                    SocketEvent::Closed(id, code) => {
+                        sockets.remove(&id);
+                        shard.on_closed(id, code, Instant::now())
+                    }
+                };
+            }
+            Some((session, result)) = as_rx.recv() => {
+                if let Err(AssignError::Transient(e) | AssignError::Permanent(e)) = &result {
+                    last_assign_error = Some(e.clone());
+                }
+                actions = shard.on_assigned(&session, result, Instant::now());
+            }
+        }
+    }
+}
