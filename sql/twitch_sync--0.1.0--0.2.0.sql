@@ -158,9 +158,10 @@ ALTER TABLE twitch_sync.streams
 ---------------------------------------------------------------------------
 -- History and analytics (new): sql/analytics.sql
 ---------------------------------------------------------------------------
--- The gap limit, in seconds.
+-- The gap limit, in seconds. No SET clause, so it inlines (everything in it
+-- is schema-qualified or a keyword).
 CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT pg_catalog.make_interval(secs => greatest(coalesce(
         nullif(pg_catalog.current_setting('twitch_sync.max_sample_gap_secs', true), '')::integer, 1200), 1))
 $$;
@@ -314,14 +315,14 @@ CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz)
 RETURNS TABLE (broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                sampled_at timestamptz, next_at timestamptz)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH g AS MATERIALIZED (SELECT twitch_sync.sample_gap() AS gap)  -- once, not per row
     SELECT x.broadcaster_id, x.stream_id, x.game_id, x.viewer_count, x.sampled_at,
-           CASE WHEN x.next_at - x.sampled_at <= twitch_sync.sample_gap() THEN x.next_at END
-      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at,
+           CASE WHEN x.next_at - x.sampled_at <= x.gap THEN x.next_at END
+      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at, g.gap,
                    pg_catalog.lead(v.sampled_at) OVER (PARTITION BY v.broadcaster_id, v.stream_id
                                                         ORDER BY v.sampled_at) AS next_at
-              FROM twitch_sync.viewer_samples v
-             WHERE v.sampled_at >= lo - twitch_sync.sample_gap()
-               AND v.sampled_at < hi + twitch_sync.sample_gap()) x
+              FROM twitch_sync.viewer_samples v, g
+             WHERE v.sampled_at >= lo - g.gap AND v.sampled_at < hi + g.gap) x
 $$;
 
 -- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz:
