@@ -211,13 +211,9 @@ SELECT DISTINCT ON (c.game_id) c.game_id, c.game_name
  ORDER BY c.game_id, c.seen_at DESC;
 COMMENT ON VIEW twitch_sync.categories IS 'Each category (game_id) with the latest name seen for it.';
 
--- Per channel per day, days from first_day to last_day in time zone tz,
--- computed from raw samples and broadcasts (so only within the samples'
--- retention). channel_days holds the same for UTC, kept by maintain().
-CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day date)
-RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
-               peak_viewers integer, avg_viewers double precision, broadcasts integer,
-               categories text[])
+-- The arguments of channel_days_in and category_days_in: a known time zone
+-- and first_day <= last_day at most ten years apart; SQLSTATE 22023 otherwise.
+CREATE FUNCTION twitch_sync.check_days_in(tz text, first_day date, last_day date) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF tz IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_timezone_names z WHERE z.name = tz)
@@ -231,6 +227,19 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass first_day <= last_day, at most ten years apart.';
     END IF;
+END
+$$;
+
+-- Per channel per day, days from first_day to last_day in time zone tz,
+-- computed from raw samples and broadcasts (so only within the samples'
+-- retention). channel_days holds the same for UTC, kept by maintain().
+CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day date)
+RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
+               peak_viewers integer, avg_viewers double precision, broadcasts integer,
+               categories text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
         SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
@@ -286,13 +295,7 @@ RETURNS TABLE (game_id text, day date, game_name text, hours_watched double prec
                peak_viewers integer, channels_live integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    -- the same checks as channel_days_in
-    PERFORM 1 FROM twitch_sync.channel_days_in(tz, first_day, first_day) LIMIT 0;
-    IF last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
-        RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
-    END IF;
+    PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
         SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
