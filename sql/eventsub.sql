@@ -95,3 +95,102 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded.';
+
+-- The EventSub background worker (src/worker.rs; README "EventSub"). Its
+-- conduit, its live state for status() and metrics(), and its counters since
+-- it started: one row, written when something changes (a connection, a
+-- reconciliation) and every few seconds while events arrive, never per
+-- event. Not dumped: a restored database gets a new conduit.
+CREATE TABLE twitch_sync.eventsub_worker (
+    singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    pid              integer,
+    started_at       timestamptz,
+    state            text NOT NULL DEFAULT 'stopped',   -- stopped, idle, connecting, connected
+    detail           text,                              -- why idle or not connected (never a secret)
+    client_id        text,                              -- a conduit belongs to a client id
+    conduit_id       text,
+    shard_id         text,
+    session_id       text,
+    connected_since  timestamptz,                       -- when the current session was assigned
+    reconnects       bigint NOT NULL DEFAULT 0,
+    events_received  bigint NOT NULL DEFAULT 0,
+    events_applied   bigint NOT NULL DEFAULT 0,
+    events_duplicate bigint NOT NULL DEFAULT 0,
+    events_dropped   bigint NOT NULL DEFAULT 0,
+    last_event_at    timestamptz,
+    last_event_lag_ms double precision,                 -- message_timestamp to commit, last event
+    max_event_lag_ms  double precision,                 -- the same, largest since the worker started
+    total_cost       integer,                           -- Twitch's total_cost / max_total_cost, last answer
+    max_total_cost   integer,
+    reconciled_at    timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE twitch_sync.eventsub_worker IS 'The EventSub background worker: its conduit, connection and counters since it started (one row).';
+
+-- stream.online / stream.offline subscriptions of the worker's conduit, one
+-- row per channel and type. status is Twitch's ('enabled', or why it was
+-- revoked: 'authorization_revoked', 'user_removed', 'version_removed', ...).
+-- A channel is covered by EventSub when both of its rows are enabled.
+CREATE TABLE twitch_sync.eventsub_subscriptions (
+    broadcaster_id  text        NOT NULL,
+    type            text        NOT NULL CHECK (type IN ('stream.online', 'stream.offline')),
+    subscription_id text        NOT NULL CHECK (length(subscription_id) BETWEEN 1 AND 128),
+    status          text        NOT NULL,
+    cost            integer     NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    status_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (broadcaster_id, type)
+);
+CREATE UNIQUE INDEX eventsub_subscriptions_id ON twitch_sync.eventsub_subscriptions (subscription_id);
+COMMENT ON TABLE twitch_sync.eventsub_subscriptions IS 'EventSub subscriptions of the worker''s conduit: one row per tracked channel and type, with Twitch''s status.';
+
+-- A channel whose online and offline events both arrive (adaptive polling's
+-- "covered" class).
+CREATE FUNCTION twitch_sync.is_covered(broadcaster_id text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT count(*) = 2 FROM twitch_sync.eventsub_subscriptions s
+     WHERE s.broadcaster_id = is_covered.broadcaster_id AND s.status = 'enabled'
+$$;
+
+-- Who gets EventSub first when the cost budget cannot cover every channel
+-- (the rest stay poll-only): higher priority first, then the most watched
+-- (the peak of the channel's latest broadcast), then the longest tracked.
+CREATE FUNCTION twitch_sync.eventsub_ranked_channels() RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(c.broadcaster_id ORDER BY c.priority DESC, coalesce(p.peak, 0) DESC,
+                              c.added_at, c.broadcaster_id), '{}')
+      FROM twitch_sync.channels c
+      LEFT JOIN LATERAL (SELECT s.peak_viewer_count AS peak FROM twitch_sync.streams s
+                          WHERE s.broadcaster_id = c.broadcaster_id
+                          ORDER BY s.started_at DESC NULLS LAST LIMIT 1) p ON true
+     WHERE c.enabled
+$$;
+
+-- What the worker (or the webhook receiver) learnt of one subscription:
+-- created or listed (status 'enabled' and others), or revoked (its reason).
+CREATE FUNCTION twitch_sync.eventsub_record_subscription(
+    broadcaster_id text, type text, subscription_id text, status text, cost integer DEFAULT 0)
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO twitch_sync.eventsub_subscriptions AS s
+           (broadcaster_id, type, subscription_id, status, cost)
+    VALUES (broadcaster_id, type, subscription_id, status, coalesce(cost, 0))
+    ON CONFLICT ON CONSTRAINT eventsub_subscriptions_pkey DO UPDATE
+       SET subscription_id = excluded.subscription_id, status = excluded.status, cost = excluded.cost,
+           status_at = CASE WHEN s.status IS DISTINCT FROM excluded.status
+                             OR s.subscription_id <> excluded.subscription_id
+                            THEN now() ELSE s.status_at END
+$$;
+
+-- A revocation (WebSocket message or webhook request): the row keeps the
+-- reason as its status. Returns false for a subscription id not on record.
+CREATE FUNCTION twitch_sync.eventsub_record_revocation(subscription_id text, status text)
+RETURNS boolean
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH r AS (
+        UPDATE twitch_sync.eventsub_subscriptions s
+           SET status = left(coalesce(eventsub_record_revocation.status, 'revoked'), 64), status_at = now()
+         WHERE s.subscription_id = eventsub_record_revocation.subscription_id
+        RETURNING 1)
+    SELECT EXISTS (SELECT 1 FROM r)
+$$;
