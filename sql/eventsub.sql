@@ -144,12 +144,56 @@ CREATE TABLE twitch_sync.eventsub_subscriptions (
 CREATE UNIQUE INDEX eventsub_subscriptions_id ON twitch_sync.eventsub_subscriptions (subscription_id);
 COMMENT ON TABLE twitch_sync.eventsub_subscriptions IS 'EventSub subscriptions of the worker''s conduit: one row per tracked channel and type, with Twitch''s status.';
 
--- A channel whose online and offline events both arrive (adaptive polling's
--- "covered" class).
-CREATE FUNCTION twitch_sync.is_covered(broadcaster_id text) RETURNS boolean
+-- Channels covered by EventSub right now: both subscriptions enabled and the
+-- worker's shard connected (updated in the last minute). Adaptive polling
+-- checks these only in its slow sweep (poll_covered_interval_secs).
+CREATE FUNCTION twitch_sync.eventsub_covered() RETURNS TABLE (broadcaster_id text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT count(*) = 2 FROM twitch_sync.eventsub_subscriptions s
-     WHERE s.broadcaster_id = is_covered.broadcaster_id AND s.status = 'enabled'
+    SELECT s.broadcaster_id FROM twitch_sync.eventsub_subscriptions s
+     WHERE s.status = 'enabled'
+       AND EXISTS (SELECT 1 FROM twitch_sync.eventsub_worker w
+                    WHERE w.state = 'connected' AND w.updated_at > now() - interval '1 minute')
+     GROUP BY s.broadcaster_id HAVING count(*) = 2
+$$;
+
+-- The worker and the subscriptions, for status() and metrics(): no secret
+-- (the conduit id is not one: it is useless without the app's token).
+CREATE FUNCTION twitch_sync.eventsub_status() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH subs AS (
+        SELECT s.broadcaster_id, s.type, s.status FROM twitch_sync.eventsub_subscriptions s
+          JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled),
+    covered AS (
+        SELECT count(*) AS n FROM (SELECT broadcaster_id FROM subs WHERE status = 'enabled'
+                                    GROUP BY 1 HAVING count(*) = 2) x),
+    tracked AS (SELECT count(*) AS n FROM twitch_sync.channels c WHERE c.enabled)
+    SELECT jsonb_build_object(
+        'state', coalesce(w.state, 'not started'),
+        'detail', w.detail,
+        'pid', w.pid,
+        'conduit_id', w.conduit_id,
+        'session_id', w.session_id,
+        'connected_since', w.connected_since,
+        'session_age_secs', CASE WHEN w.state = 'connected'
+                                 THEN extract(epoch FROM now() - w.connected_since)::float8 END,
+        'reconnects', w.reconnects,
+        'events', jsonb_build_object('received', coalesce(w.events_received, 0),
+                                     'applied', coalesce(w.events_applied, 0),
+                                     'duplicate', coalesce(w.events_duplicate, 0),
+                                     'dropped', coalesce(w.events_dropped, 0)),
+        'last_event_at', w.last_event_at,
+        'last_event_lag_ms', w.last_event_lag_ms,
+        'max_event_lag_ms', w.max_event_lag_ms,
+        'subscriptions', (SELECT coalesce(jsonb_object_agg(status, n), '{}')
+                            FROM (SELECT status, count(*) AS n FROM twitch_sync.eventsub_subscriptions
+                                   GROUP BY 1) x),
+        'channels_covered', (SELECT n FROM covered),
+        'channels_poll_only', (SELECT t.n - c.n FROM tracked t, covered c),
+        'total_cost', w.total_cost,
+        'max_total_cost', w.max_total_cost,
+        'reconciled_at', w.reconciled_at,
+        'updated_at', w.updated_at)
+      FROM (SELECT 1) one LEFT JOIN twitch_sync.eventsub_worker w ON true
 $$;
 
 -- Who gets EventSub first when the cost budget cannot cover every channel

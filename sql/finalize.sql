@@ -23,7 +23,8 @@ CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     last_job_at          timestamptz,
     last_job_message     text,
     next_run_at          timestamptz,
-    polling              jsonb
+    polling              jsonb,
+    eventsub             jsonb
 )
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT
@@ -41,7 +42,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
             AND x.status IN ('failed', 'partial')),
         j.schedule, j.active, j.last_status, j.last_start, j.last_message,
         CASE WHEN j.active THEN twitch_sync.cron_next_run(j.schedule, pg_catalog.now(), j.last_start) END,
-        r.polling
+        r.polling,
+        twitch_sync.eventsub_status()
     FROM twitch_sync.cron_job() j
     -- "last run" is the latest by time, never the highest id (ids are not
     -- ordered across a dump and restore that followed pruning).
@@ -64,6 +66,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                  FROM (SELECT 1) one LEFT JOIN twitch_sync.counters k ON true),
     last AS (SELECT * FROM twitch_sync.runs x WHERE x.status <> 'skipped'
               ORDER BY x.started_at DESC, x.run_id DESC LIMIT 1),
+    es AS (SELECT twitch_sync.eventsub_status() AS e),
     m(name, kind, help, labels, value) AS (
         SELECT 'twitch_sync_runs_total', 'counter', 'Runs of twitch_sync.run() by status.', 'status="ok"', c.runs_ok::float8 FROM c
         UNION ALL SELECT 'twitch_sync_runs_total', 'counter', NULL, 'status="partial"', c.runs_partial FROM c
@@ -94,6 +97,35 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                (SELECT (l.polling ->> 'budget_requests')::float8 FROM last l)
         UNION ALL SELECT 'twitch_sync_poll_due_channels', 'gauge', 'Adaptive polling: channels due at the last run.', NULL,
                (SELECT (l.polling ->> 'due')::float8 FROM last l)
+        UNION ALL SELECT 'twitch_sync_eventsub_connected', 'gauge', '1 while the EventSub worker''s shard is connected and assigned.', NULL,
+               (SELECT (e ->> 'state' = 'connected')::int::float8 FROM es)
+        UNION ALL SELECT 'twitch_sync_eventsub_session_age_seconds', 'gauge', 'Age of the EventSub worker''s WebSocket session.', NULL,
+               (SELECT (e ->> 'session_age_secs')::float8 FROM es)
+        UNION ALL SELECT 'twitch_sync_eventsub_reconnects_total', 'counter', 'EventSub sessions replaced since the worker started.', NULL,
+               (SELECT (e ->> 'reconnects')::float8 FROM es)
+        UNION ALL SELECT * FROM (
+            SELECT 'twitch_sync_eventsub_events_total', 'counter',
+                   CASE WHEN k.o = 1 THEN 'EventSub notifications since the worker started, by result.' END,
+                   'result="' || k.key || '"', (e -> 'events' ->> k.key)::float8
+              FROM es, (VALUES ('received', 1), ('applied', 2), ('duplicate', 3), ('dropped', 4)) AS k(key, o)
+             WHERE e ->> 'pid' IS NOT NULL ORDER BY k.o) events
+        UNION ALL SELECT 'twitch_sync_eventsub_event_lag_seconds', 'gauge', 'From the last notification''s message_timestamp to its commit.', NULL,
+               (SELECT (e ->> 'last_event_lag_ms')::float8 / 1000 FROM es)
+        UNION ALL SELECT * FROM (
+            SELECT 'twitch_sync_eventsub_channels', 'gauge',
+                   CASE WHEN k.o = 1 THEN 'Tracked channels covered by EventSub, and left to polling alone.' END,
+                   'coverage="' || k.label || '"', (e ->> k.key)::float8
+              FROM es, (VALUES ('eventsub', 'channels_covered', 1), ('poll_only', 'channels_poll_only', 2)) AS k(label, key, o)
+             ORDER BY k.o) channels
+        UNION ALL SELECT * FROM (
+            SELECT 'twitch_sync_eventsub_subscriptions', 'gauge',
+                   CASE WHEN row_number() OVER (ORDER BY x.key) = 1 THEN 'EventSub subscriptions by status.' END,
+                   'status="' || replace(x.key, '"', '') || '"', x.value::float8
+              FROM es, LATERAL jsonb_each_text(e -> 'subscriptions') x ORDER BY x.key) subscriptions
+        UNION ALL SELECT 'twitch_sync_eventsub_cost', 'gauge', 'EventSub total_cost of the client, last answer.', NULL,
+               (SELECT (e ->> 'total_cost')::float8 FROM es)
+        UNION ALL SELECT 'twitch_sync_eventsub_max_cost', 'gauge', 'EventSub max_total_cost of the client, last answer.', NULL,
+               (SELECT (e ->> 'max_total_cost')::float8 FROM es)
         UNION ALL SELECT * FROM (
             SELECT 'twitch_sync_poll_staleness_seconds', 'gauge',
                    CASE WHEN k.n = 1 AND q.o = 1 THEN 'Adaptive polling: age of the last check per class at the last run (quantile 0.5, 0.95, 1 = max).' END,

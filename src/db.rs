@@ -284,9 +284,11 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                         coalesce(array_agg(s.viewer_count), '{}'),
                         extract(epoch FROM pg_catalog.now())::float8,
                         (SELECT extract(epoch FROM pg_catalog.now() - max(r.started_at))::float8
-                           FROM twitch_sync.runs r WHERE r.status <> 'skipped')
+                           FROM twitch_sync.runs r WHERE r.status <> 'skipped'),
+                        coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}')
                    FROM twitch_sync.channels c
                    LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = c.broadcaster_id AND s.is_live
+                   LEFT JOIN twitch_sync.eventsub_covered() e ON e.broadcaster_id = c.broadcaster_id
                   WHERE c.enabled",
                 None,
                 &[],
@@ -312,10 +314,14 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
             .get::<Vec<Option<i32>>>(4)
             .map_err(internal)?
             .unwrap_or_default();
+        let covered = row
+            .get::<Vec<bool>>(7)
+            .map_err(internal)?
+            .unwrap_or_default();
         let channels = (0..ids.len())
             .map(|i| PolledChannel {
                 live_viewers: viewers.get(i).copied().flatten().map(|v| v.max(0) as u32),
-                covered: false,
+                covered: covered.get(i).copied().unwrap_or(false),
                 priority: priorities.get(i).copied().unwrap_or(0).clamp(0, 10) as u8,
                 checked_at: checked.get(i).copied().flatten(),
             })
@@ -535,4 +541,266 @@ pub fn prune() -> Result<(i64, i64, i64), SyncError> {
     )
     .map_err(internal)
     .map(|(r, s, e)| (r.unwrap_or(0), s.unwrap_or(0), e.unwrap_or(0)))
+}
+
+// ---- The EventSub background worker (src/worker.rs) ----
+
+/// What the worker needs to decide whether to run, read in one transaction.
+pub struct WorkerEnvironment {
+    /// The extension exists in this database with this library's version.
+    pub installed: bool,
+    pub credentials: Option<(Credentials, Option<CachedToken>)>,
+    pub tracked_channels: i64,
+    /// The stored conduit: (client id, conduit id).
+    pub conduit: Option<(String, String)>,
+}
+
+/// Reads the worker's environment; touches no twitch_sync table unless the
+/// extension is installed (with this library's version).
+pub fn worker_environment() -> Result<WorkerEnvironment, SyncError> {
+    // a scalar subquery: one row (NULL) when the extension is not there
+    let version = Spi::get_one::<String>(
+        "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'twitch_sync')",
+    )
+    .map_err(internal)?;
+    if version.as_deref() != Some(SCHEMA_VERSION) {
+        return Ok(WorkerEnvironment {
+            installed: false,
+            credentials: None,
+            tracked_channels: 0,
+            conduit: None,
+        });
+    }
+    let state = read_state();
+    let credentials = match state {
+        Ok(s) => Some((s.credentials, s.token)),
+        Err(SyncError::NoCredentials) => None,
+        Err(e) => return Err(e),
+    };
+    let tracked_channels =
+        Spi::get_one::<i64>("SELECT count(*) FROM twitch_sync.channels WHERE enabled")
+            .map_err(internal)?
+            .unwrap_or(0);
+    let conduit = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT client_id, conduit_id FROM twitch_sync.eventsub_worker
+                  WHERE client_id IS NOT NULL AND conduit_id IS NOT NULL",
+                None,
+                &[],
+            )
+            .map_err(internal)?;
+        match rows.into_iter().next() {
+            Some(r) => Ok(
+                match (
+                    r.get::<String>(1).map_err(internal)?,
+                    r.get::<String>(2).map_err(internal)?,
+                ) {
+                    (Some(a), Some(b)) => Some((a, b)),
+                    _ => None,
+                },
+            ),
+            None => Ok(None),
+        }
+    })?;
+    Ok(WorkerEnvironment {
+        installed: true,
+        credentials,
+        tracked_channels,
+        conduit,
+    })
+}
+
+/// The worker's row of twitch_sync.eventsub_worker, as the worker sees itself.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerRow {
+    pub pid: i32,
+    pub started_at: f64,
+    pub state: &'static str,
+    pub detail: Option<String>,
+    pub client_id: Option<String>,
+    pub conduit_id: Option<String>,
+    pub shard_id: Option<String>,
+    pub session_id: Option<String>,
+    pub connected_since: Option<f64>,
+    pub reconnects: i64,
+    pub events_received: i64,
+    pub events_applied: i64,
+    pub events_duplicate: i64,
+    pub events_dropped: i64,
+    pub last_event_at: Option<f64>,
+    pub last_event_lag_ms: Option<f64>,
+    pub max_event_lag_ms: Option<f64>,
+    pub total_cost: Option<i32>,
+    pub max_total_cost: Option<i32>,
+    pub reconciled_at: Option<f64>,
+}
+
+/// Writes the worker's row (one upsert).
+pub fn save_worker_row(w: &WorkerRow) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "INSERT INTO twitch_sync.eventsub_worker AS w (singleton, pid, started_at, state, detail,
+                client_id, conduit_id, shard_id, session_id, connected_since, reconnects,
+                events_received, events_applied, events_duplicate, events_dropped, last_event_at,
+                last_event_lag_ms, max_event_lag_ms, total_cost, max_total_cost, reconciled_at, updated_at)
+         VALUES (true, $1, pg_catalog.to_timestamp($2), $3, $4, $5, $6, $7, $8, pg_catalog.to_timestamp($9),
+                 $10, $11, $12, $13, $14, pg_catalog.to_timestamp($15), $16, $17, $18, $19,
+                 pg_catalog.to_timestamp($20), pg_catalog.now())
+         ON CONFLICT (singleton) DO UPDATE SET
+                pid = excluded.pid, started_at = excluded.started_at, state = excluded.state,
+                detail = excluded.detail,
+                client_id = coalesce(excluded.client_id, w.client_id),
+                conduit_id = CASE WHEN excluded.client_id IS NULL THEN w.conduit_id ELSE excluded.conduit_id END,
+                shard_id = excluded.shard_id, session_id = excluded.session_id,
+                connected_since = excluded.connected_since, reconnects = excluded.reconnects,
+                events_received = excluded.events_received, events_applied = excluded.events_applied,
+                events_duplicate = excluded.events_duplicate, events_dropped = excluded.events_dropped,
+                last_event_at = excluded.last_event_at, last_event_lag_ms = excluded.last_event_lag_ms,
+                max_event_lag_ms = excluded.max_event_lag_ms,
+                total_cost = coalesce(excluded.total_cost, w.total_cost),
+                max_total_cost = coalesce(excluded.max_total_cost, w.max_total_cost),
+                reconciled_at = coalesce(excluded.reconciled_at, w.reconciled_at),
+                updated_at = excluded.updated_at",
+        &[
+            w.pid.into(),
+            w.started_at.into(),
+            w.state.into(),
+            w.detail.clone().into(),
+            w.client_id.clone().into(),
+            w.conduit_id.clone().into(),
+            w.shard_id.clone().into(),
+            w.session_id.clone().into(),
+            w.connected_since.into(),
+            w.reconnects.into(),
+            w.events_received.into(),
+            w.events_applied.into(),
+            w.events_duplicate.into(),
+            w.events_dropped.into(),
+            w.last_event_at.into(),
+            w.last_event_lag_ms.into(),
+            w.max_event_lag_ms.into(),
+            w.total_cost.into(),
+            w.max_total_cost.into(),
+            w.reconciled_at.into(),
+        ],
+    )
+    .map_err(internal)
+}
+
+/// Applies one notification through twitch_sync.apply_eventsub; its verdict.
+pub fn apply_event(
+    a: &twitch_sync_core::eventsub::apply::EventArgs,
+    notify: bool,
+) -> Result<String, SyncError> {
+    Spi::get_one_with_args::<String>(
+        "SELECT twitch_sync.apply_eventsub($1, $2::timestamptz, $3, $4, $5, $6, $7::timestamptz, $8)",
+        &[
+            a.message_id.clone().into(),
+            a.message_at.clone().into(),
+            a.event.into(),
+            a.broadcaster_id.clone().into(),
+            a.stream_id.clone().into(),
+            a.login.clone().into(),
+            a.started_at.clone().into(),
+            notify.into(),
+        ],
+    )
+    .map_err(internal)
+    .map(Option::unwrap_or_default)
+}
+
+/// A revocation: the subscription keeps the reason as its status.
+pub fn record_revocation(subscription_id: &str, status: &str) -> Result<bool, SyncError> {
+    Spi::get_one_with_args::<bool>(
+        "SELECT twitch_sync.eventsub_record_revocation($1, $2)",
+        &[subscription_id.into(), status.into()],
+    )
+    .map_err(internal)
+    .map(|b| b.unwrap_or(false))
+}
+
+/// The tracked channels in EventSub rank order and the recorded subscriptions.
+pub fn read_subscription_state() -> Result<
+    (
+        Vec<String>,
+        Vec<twitch_sync_core::eventsub::reconcile::Recorded>,
+    ),
+    SyncError,
+> {
+    use twitch_sync_core::eventsub::reconcile::Recorded;
+    let ranked = Spi::get_one::<Vec<String>>("SELECT twitch_sync.eventsub_ranked_channels()")
+        .map_err(internal)?
+        .unwrap_or_default();
+    let recorded = Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT broadcaster_id, type, subscription_id, status,
+                        extract(epoch FROM pg_catalog.now() - status_at)::float8, cost
+                   FROM twitch_sync.eventsub_subscriptions",
+                None,
+                &[],
+            )
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(Recorded {
+                broadcaster_id: r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
+                kind: r.get::<String>(2).map_err(internal)?.unwrap_or_default(),
+                subscription_id: r.get::<String>(3).map_err(internal)?.unwrap_or_default(),
+                status: r.get::<String>(4).map_err(internal)?.unwrap_or_default(),
+                status_age: r.get::<f64>(5).map_err(internal)?.unwrap_or(0.0),
+                cost: r.get::<i32>(6).map_err(internal)?.unwrap_or(0).max(0) as u64,
+            });
+        }
+        Ok::<_, SyncError>(out)
+    })?;
+    Ok((ranked, recorded))
+}
+
+/// Records a subscription created or listed.
+pub fn record_subscription(
+    s: &twitch_sync_core::eventsub::helix::Subscription,
+) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "SELECT twitch_sync.eventsub_record_subscription($1, $2, $3, $4, $5)",
+        &[
+            s.broadcaster_id.clone().into(),
+            s.kind.clone().into(),
+            s.id.clone().into(),
+            s.status.clone().into(),
+            i32::try_from(s.cost).unwrap_or(i32::MAX).into(),
+        ],
+    )
+    .map_err(internal)
+}
+
+/// Forgets a subscription that is gone (deleted, or not on Twitch's list).
+pub fn forget_subscription(broadcaster_id: &str, kind: &str) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "DELETE FROM twitch_sync.eventsub_subscriptions WHERE broadcaster_id = $1 AND type = $2",
+        &[broadcaster_id.into(), kind.into()],
+    )
+    .map_err(internal)
+}
+
+/// After a full listing of the conduit: rows Twitch does not list are gone.
+pub fn forget_unlisted_subscriptions(listed_ids: Vec<String>) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "DELETE FROM twitch_sync.eventsub_subscriptions WHERE subscription_id <> ALL ($1)",
+        &[listed_ids.into()],
+    )
+    .map_err(internal)
+}
+
+/// A new conduit (or none): all recorded subscriptions belonged to the old one.
+pub fn save_conduit(client_id: &str, conduit_id: &str) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "INSERT INTO twitch_sync.eventsub_worker AS w (singleton, client_id, conduit_id)
+         VALUES (true, $1, $2)
+         ON CONFLICT (singleton) DO UPDATE SET client_id = excluded.client_id,
+                conduit_id = excluded.conduit_id, updated_at = pg_catalog.now()",
+        &[client_id.into(), conduit_id.into()],
+    )
+    .map_err(internal)?;
+    Spi::run("DELETE FROM twitch_sync.eventsub_subscriptions").map_err(internal)
 }

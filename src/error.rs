@@ -98,3 +98,17 @@ pub fn reraise_clean(e: CaughtError) -> ! {
     report.report(pgrx::PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
+
+/// The message of a caught error, for the background worker's log (it has
+/// no SQL caller to raise it to).
+pub fn caught_message(e: &CaughtError) -> String {
+    let caught = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    format!(
+        "{} (SQLSTATE {:?})",
+        caught.message(),
+        caught.sql_error_code()
+    )
+}

@@ -1,7 +1,9 @@
 //! twitch_sync's settings (GUCs): private statics, one `init()`, typed accessors.
 //! Every setting is superuser-only (`SUSET`): the URLs decide where the
 //! extension sends credentials, the extra CA file whom it trusts with them,
-//! and the rest bound its load on Twitch.
+//! and the rest bound its load on Twitch. `twitch_sync.eventsub_database` is
+//! `SIGHUP` (postgresql.conf or ALTER SYSTEM): the background worker reads it
+//! before it connects to any database.
 
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
@@ -14,6 +16,13 @@ static AUTH_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(defaults::AUTH_URL));
 static EXTRA_CA_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(defaults::EXTRA_CA_FILE));
+static EVENTSUB_DATABASE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static EVENTSUB_URL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(defaults::EVENTSUB_URL));
+static EVENTSUB_RECONCILE_SECS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::EVENTSUB_RECONCILE_SECS);
+static EVENTSUB_CHANGES_PER_PASS: GucSetting<i32> =
+    GucSetting::<i32>::new(defaults::EVENTSUB_CHANGES_PER_PASS);
 static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(defaults::REQUEST_TIMEOUT_MS);
 static MAX_CONCURRENT_REQUESTS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::MAX_CONCURRENT_REQUESTS);
@@ -63,6 +72,42 @@ pub fn init() {
         c"PEM file of CA certificates trusted for https:// in addition to the bundled web PKI roots.",
         c"An absolute path, read by run(); empty: none. Certificates are always verified.",
         &EXTRA_CA_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"twitch_sync.eventsub_database",
+        c"Database whose twitch_sync the EventSub background worker serves; empty: no worker.",
+        c"Needs twitch_sync in shared_preload_libraries. Set in postgresql.conf or with ALTER SYSTEM, then SELECT pg_reload_conf().",
+        &EVENTSUB_DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"twitch_sync.eventsub_url",
+        c"EventSub WebSocket URL the worker's conduit shard connects to.",
+        c"wss:// required; ws:// only for loopback hosts (a local simulator). Read when the worker connects.",
+        &EVENTSUB_URL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.eventsub_reconcile_secs",
+        c"Seconds between the EventSub worker's reconciliations of subscriptions with the tracked channels.",
+        c"",
+        &EVENTSUB_RECONCILE_SECS,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.eventsub_changes_per_pass",
+        c"Subscription requests (create or delete) the EventSub worker sends per reconciliation at most.",
+        c"",
+        &EVENTSUB_CHANGES_PER_PASS,
+        1,
+        10_000,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -247,6 +292,19 @@ fn string(setting: &GucSetting<Option<CString>>) -> String {
         .unwrap_or_default()
 }
 
+/// The database the EventSub worker serves, if set.
+pub fn eventsub_database() -> Option<String> {
+    Some(string(&EVENTSUB_DATABASE)).filter(|d| !d.trim().is_empty())
+}
+pub fn eventsub_url() -> String {
+    string(&EVENTSUB_URL)
+}
+pub fn eventsub_reconcile_every() -> Duration {
+    Duration::from_secs(EVENTSUB_RECONCILE_SECS.get().max(1) as u64)
+}
+pub fn eventsub_changes_per_pass() -> usize {
+    EVENTSUB_CHANGES_PER_PASS.get().max(1) as usize
+}
 pub fn helix_url() -> String {
     string(&HELIX_URL)
 }

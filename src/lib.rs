@@ -8,6 +8,8 @@
 //! - `twitch_sync_core` (crates/core): Helix client, rate limiter, batch
 //!   planner, parsing and the sync engine, with no Postgres in them;
 //! - `runtime`: the backend's tokio runtime and interruptible waiting;
+//! - `worker`: the EventSub background worker (conduit shard, events,
+//!   subscriptions);
 //! - `gucs`, `error`: settings and SQL errors.
 //!
 //! Tables and the SQL-side functions are in sql/: schema.sql (tables, track,
@@ -23,6 +25,7 @@ mod error;
 mod gucs;
 mod runtime;
 mod schedule;
+mod worker;
 
 pgrx::pg_module_magic!();
 
@@ -57,6 +60,11 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    // The EventSub worker exists only when the library is preloaded.
+    // SAFETY: a flag Postgres sets while it loads shared_preload_libraries.
+    if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register();
+    }
 }
 
 // The in-database suite lives in pgrx-tests/ and is compiled into the

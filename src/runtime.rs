@@ -118,3 +118,28 @@ pub fn block_on_interruptible<F: Future>(fut: F) -> F::Output {
         }
     }
 }
+
+/// For the background worker: runs `fut` to completion unless Postgres asks
+/// the worker to shut down first (SIGTERM sets `ShutdownRequestPending`);
+/// then the future is dropped and None returned.
+pub fn block_on_until_shutdown<F: Future>(fut: F) -> Option<F::Output> {
+    runtime().block_on(async {
+        tokio::select! {
+            out = fut => Some(out),
+            _ = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if shutdown_requested() {
+                        break;
+                    }
+                }
+            } => None,
+        }
+    })
+}
+
+/// SIGTERM reached the worker (pgrx's handler sets Postgres' flag).
+pub fn shutdown_requested() -> bool {
+    // SAFETY: a sig_atomic_t flag set by the signal handler, read as plain memory.
+    unsafe { pgrx::pg_sys::ShutdownRequestPending != 0 }
+}

@@ -36,6 +36,13 @@ pub mod defaults {
     pub const POLL_COVERED_INTERVAL_SECS: i32 = 3_600;
     /// 5% of the bucket is left for other apps on the same client id.
     pub const POLL_BUDGET_SHARE: f64 = 0.95;
+    /// EventSub's WebSocket server (the conduit shard connects here).
+    pub const EVENTSUB_URL: &CStr = c"wss://eventsub.wss.twitch.tv/ws";
+    /// Seconds between the worker's subscription reconciliations.
+    pub const EVENTSUB_RECONCILE_SECS: i32 = 60;
+    /// Subscription requests per reconciliation: 100 a minute is an eighth of
+    /// the default bucket, so polling keeps most of it.
+    pub const EVENTSUB_CHANGES_PER_PASS: i32 = 100;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -319,7 +319,7 @@ async fn mint(client: &TwitchClient, secret: &str) -> Result<CachedToken, HelixE
 
 /// Gets a usable token: the cached one if it is far from expiry and (hourly)
 /// still valid, else a new one.
-async fn prepare_token(
+pub async fn prepare_token(
     client: &TwitchClient,
     cfg: &SyncConfig,
     secret: &str,

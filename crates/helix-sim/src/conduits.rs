@@ -25,7 +25,10 @@
 //!   `type`, `user_id`, `subscription_id`; more → 400), oldest first, pages
 //!   of `first` (default 100) with an `after` cursor, `pagination: {}` at the
 //!   end, and the cost figures;
-//! - `DELETE /helix/eventsub/subscriptions?id=` → 204, 404, 400 without id.
+//! - `DELETE /helix/eventsub/subscriptions?id=` → 204, 404, 400 without id;
+//! - `DELETE /helix/eventsub/conduits?id=` → 204 (its subscriptions become
+//!   `conduit_deleted`, Twitch's status for them, and stop costing), 404,
+//!   400 without id.
 //!
 //! Every answer carries the rate-limit headers and costs a point of the
 //! client's bucket, like Get Streams (429 when it is empty).
@@ -314,6 +317,25 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
                 )
             }
         }
+        ("DELETE", "/helix/eventsub/conduits") => match req.query_all("id").next() {
+            None | Some("") => helix_error(400, "The id query parameter is required."),
+            Some(id) => {
+                match h
+                    .conduits
+                    .iter()
+                    .position(|c| c.id == id && c.client_id == client_id)
+                {
+                    Some(i) => {
+                        h.conduits.remove(i);
+                        for s in h.subs.iter_mut().filter(|s| s.conduit_id == id) {
+                            s.status = "conduit_deleted".into();
+                        }
+                        Response::text(204, "")
+                    }
+                    None => helix_error(404, "Conduit not found."),
+                }
+            }
+        },
         ("DELETE", "/helix/eventsub/subscriptions") => match req.query_all("id").next() {
             None | Some("") => helix_error(400, "The id query parameter is required."),
             Some(id) => {

@@ -33,7 +33,7 @@ use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const CONDUITS: &str = "Helix Get/Create Conduits";
+const CONDUITS: &str = "Helix Get/Create/Delete Conduits";
 const SHARDS: &str = "Helix Update Conduit Shards";
 const CREATE_SUB: &str = "Helix Create EventSub Subscription";
 const LIST_SUBS: &str = "Helix Get EventSub Subscriptions";
@@ -255,6 +255,21 @@ impl TwitchClient {
                 .and_then(|d| d.first())
                 .and_then(conduit)
                 .ok_or_else(|| malformed(CONDUITS, "no valid conduit in data"))
+        });
+        (r, snap)
+    }
+
+    /// `DELETE /eventsub/conduits?id=`: true when deleted, false when Twitch
+    /// did not know it (404). Its subscriptions become `conduit_deleted`.
+    pub async fn delete_conduit(&self, token: &str, id: &str) -> Answered<bool> {
+        let req = self
+            .helix(reqwest::Method::DELETE, "/eventsub/conduits", token)
+            .query(&[("id", id)]);
+        let (answer, snap) = self.exchange(CONDUITS, req).await;
+        let r = answer.and_then(|a| match a.status {
+            204 | 200 => Ok(true),
+            404 => Ok(false),
+            _ => Err(a.refusal(snap)),
         });
         (r, snap)
     }

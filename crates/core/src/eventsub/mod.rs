@@ -17,13 +17,16 @@
 //! - [`socket`]: a WebSocket connection (tokio-tungstenite, rustls with
 //!   bundled roots) whose frames are reported as [`socket::SocketEvent`]s,
 //!   and [`socket::run_shard`], the driver that carries out a [`session::Shard`]'s
-//!   actions over real sockets and Helix. The background worker that will run
-//!   it inside Postgres does not exist yet.
+//!   actions over real sockets and Helix; the background worker (src/worker.rs)
+//!   runs it inside Postgres.
+//! - [`reconcile`]: subscriptions reconciled with the tracked channels within
+//!   the cost budget (the plan as plain data, the Helix calls apart).
 
 pub mod apply;
 pub mod dedup;
 pub mod helix;
 pub mod message;
+pub mod reconcile;
 pub mod session;
 pub mod socket;
 pub mod webhook;

@@ -46,7 +46,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Twitch's production EventSub WebSocket URL.
-pub const TWITCH_EVENTSUB_WS_URL: &str = "wss://eventsub.wss.twitch.tv/ws";
+pub const TWITCH_EVENTSUB_WS_URL: &str = match crate::config::defaults::EVENTSUB_URL.to_str() {
+    Ok(s) => s,
+    Err(_) => panic!("the EventSub URL is UTF-8"),
+};
 
 /// The driver's name for one socket; never reused within a [`Shard`].
 pub type SocketId = u64;

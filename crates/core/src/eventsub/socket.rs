@@ -16,7 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::protocol::{
     frame::coding::CloseCode, CloseFrame, WebSocketConfig,
 };
@@ -140,6 +140,21 @@ pub async fn run_shard(
     token: String,
     deliver: mpsc::UnboundedSender<Envelope>,
     view: Arc<Mutex<ShardView>>,
+    stop: oneshot::Receiver<()>,
+) {
+    let (_keep, token) = watch::channel(token);
+    run_shard_with_token(params, client, token, deliver, view, stop).await;
+}
+
+/// [`run_shard`] with a token that can change while it runs (the
+/// background worker mints a new one when Twitch refuses the old one): each
+/// assignment uses the latest.
+pub async fn run_shard_with_token(
+    params: ShardParams,
+    client: Arc<TwitchClient>,
+    token: watch::Receiver<String>,
+    deliver: mpsc::UnboundedSender<Envelope>,
+    view: Arc<Mutex<ShardView>>,
     mut stop: oneshot::Receiver<()>,
 ) {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<SocketEvent>();
@@ -161,7 +176,8 @@ pub async fn run_shard(
                     }
                 }
                 Action::Assign { session_id } => {
-                    let (client, token, tx) = (client.clone(), token.clone(), as_tx.clone());
+                    let (client, token, tx) =
+                        (client.clone(), token.borrow().clone(), as_tx.clone());
                     let (conduit, shard_id) = (params.conduit_id.clone(), params.shard_id.clone());
                     tokio::spawn(async move {
                         let pair = vec![(shard_id.clone(), session_id.clone())];

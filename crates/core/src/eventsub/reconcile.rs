@@ -1,0 +1,460 @@
+//! Subscriptions reconciled with the tracked channels, within Twitch's cost
+//! budget: [`plan`] decides (plain data in, plain data out), [`list_conduit`]
+//! and [`execute`] talk to Helix. The background worker reads the inputs over
+//! SPI, runs these on tokio and records the outcomes over SPI.
+//!
+//! The rule (README "EventSub"):
+//! - every enabled tracked channel wants `stream.online` and `stream.offline`;
+//!   a channel is covered when both are enabled;
+//! - channels are taken in the order the database ranks them
+//!   (`twitch_sync.eventsub_ranked_channels()`: priority, then most watched,
+//!   then longest tracked); each new subscription is assumed to cost 1 until
+//!   an answer says otherwise, and creation stops at the first channel whose
+//!   missing subscriptions no longer fit the budget (`max_total_cost -
+//!   total_cost` from the last answer, never a hard-coded 10,000): the rest
+//!   stay poll-only;
+//! - subscriptions of channels no longer tracked are deleted; a subscription
+//!   already paid for is kept even when a higher-ranked channel does not fit;
+//! - a revoked subscription (`authorization_revoked`, `user_removed`, ...)
+//!   is recreated no sooner than [`PlanConfig::retry_revoked_after`];
+//! - at most [`PlanConfig::max_changes`] requests per pass, so that
+//!   reconciling 10,000 channels never takes a run's share of the bucket.
+
+use super::helix::{Budget, CreateOutcome, Subscription, SubscriptionFilter};
+use crate::client::TwitchClient;
+use crate::error::HelixError;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// The two subscription types twitch_sync uses.
+pub const TYPES: [&str; 2] = ["stream.online", "stream.offline"];
+
+/// A subscription as the database has it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub broadcaster_id: String,
+    pub kind: String,
+    pub subscription_id: String,
+    pub status: String,
+    /// Seconds since its status last changed.
+    pub status_age: f64,
+    /// What it costs (Twitch's answer; 0 once disabled).
+    pub cost: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanConfig {
+    pub retry_revoked_after: Duration,
+    pub max_changes: usize,
+}
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        PlanConfig {
+            retry_revoked_after: Duration::from_secs(3600),
+            max_changes: 100,
+        }
+    }
+}
+
+/// One request of a pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Create {
+        broadcaster_id: String,
+        kind: &'static str,
+    },
+    Delete {
+        broadcaster_id: String,
+        kind: String,
+        subscription_id: String,
+        /// Budget freed by deleting it.
+        cost: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Deletions first (they free budget), then creations in rank order.
+    pub changes: Vec<Change>,
+    /// Tracked channels that will be covered once the plan is carried out.
+    pub covered: usize,
+    /// Tracked channels left to polling alone by the budget.
+    pub poll_only: usize,
+    /// Changes wanted beyond `max_changes`, left for the next pass.
+    pub deferred: usize,
+}
+
+/// Plans one pass. `remaining` is the cost budget left according to the last
+/// answer (None before any answer: the first creation finds out).
+pub fn plan(
+    ranked: &[String],
+    recorded: &[Recorded],
+    remaining: Option<u64>,
+    cfg: &PlanConfig,
+) -> Plan {
+    let tracked: HashSet<&str> = ranked.iter().map(String::as_str).collect();
+    let mut by_channel: HashMap<(&str, &str), &Recorded> = HashMap::new();
+    for r in recorded {
+        by_channel.insert((r.broadcaster_id.as_str(), r.kind.as_str()), r);
+    }
+    let mut p = Plan::default();
+    let mut wanted = Vec::new();
+    let mut freed = 0;
+    for r in recorded {
+        if !tracked.contains(r.broadcaster_id.as_str()) {
+            let cost = if r.status == "enabled" { r.cost } else { 0 };
+            freed += cost;
+            wanted.push(Change::Delete {
+                broadcaster_id: r.broadcaster_id.clone(),
+                kind: r.kind.clone(),
+                subscription_id: r.subscription_id.clone(),
+                cost,
+            });
+        }
+    }
+    // deletions go first: what they free is spent in the same pass
+    let mut budget = remaining.map(|left| left + freed);
+    let mut full = false;
+    for b in ranked {
+        let missing: Vec<&'static str> = TYPES
+            .into_iter()
+            .filter(|k| match by_channel.get(&(b.as_str(), *k)) {
+                None => true,
+                Some(r) if r.status == "enabled" => false,
+                Some(r) => r.status_age >= cfg.retry_revoked_after.as_secs_f64(),
+            })
+            .collect();
+        let enabled = TYPES.len()
+            - TYPES
+                .iter()
+                .filter(|k| {
+                    by_channel
+                        .get(&(b.as_str(), **k))
+                        .is_none_or(|r| r.status != "enabled")
+                })
+                .count();
+        if missing.is_empty() {
+            if enabled == TYPES.len() {
+                p.covered += 1;
+            } else {
+                p.poll_only += 1;
+            }
+            continue;
+        }
+        let cost = missing.len() as u64;
+        if full || budget.is_some_and(|left| left < cost) {
+            full = true;
+            p.poll_only += 1;
+            continue;
+        }
+        if let Some(left) = budget.as_mut() {
+            *left -= cost;
+        }
+        if enabled + missing.len() == TYPES.len() {
+            p.covered += 1;
+        } else {
+            p.poll_only += 1;
+        }
+        for kind in missing {
+            wanted.push(Change::Create {
+                broadcaster_id: b.clone(),
+                kind,
+            });
+        }
+    }
+    p.deferred = wanted.len().saturating_sub(cfg.max_changes);
+    wanted.truncate(cfg.max_changes);
+    p.changes = wanted;
+    p
+}
+
+/// What one change came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Created(Subscription),
+    /// Gone (deleted now, or Twitch no longer knew it), freeing `cost`.
+    Deleted {
+        broadcaster_id: String,
+        kind: String,
+        cost: u64,
+    },
+    Failed {
+        change: Change,
+        error: String,
+    },
+}
+
+/// The result of a pass.
+#[derive(Debug, Clone, Default)]
+pub struct PassResult {
+    pub outcomes: Vec<Outcome>,
+    pub budget: Option<Budget>,
+    /// The pass stopped on a 429 of the bucket (the rest waits for the next).
+    pub rate_limited: bool,
+    /// A 401: the token needs minting again.
+    pub unauthorized: bool,
+    pub requests: u64,
+}
+
+/// Carries out `changes` one after another (a pass is small, and the bucket
+/// is shared with polling). A 409 on create is looked up by broadcaster, so
+/// its id is recorded too. Stops at a 429 of the bucket or a 401.
+pub async fn execute(
+    client: &TwitchClient,
+    token: &str,
+    conduit_id: &str,
+    changes: Vec<Change>,
+) -> PassResult {
+    let mut res = PassResult::default();
+    for change in changes {
+        res.requests += 1;
+        let outcome = match &change {
+            Change::Create {
+                broadcaster_id,
+                kind,
+            } => match client
+                .create_subscription(token, kind, broadcaster_id, conduit_id)
+                .await
+                .0
+            {
+                Ok(CreateOutcome::Created {
+                    subscription,
+                    budget,
+                }) => {
+                    res.budget = Some(budget);
+                    Ok(Outcome::Created(subscription))
+                }
+                Ok(CreateOutcome::AlreadyExists) => {
+                    res.requests += 1;
+                    let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
+                    match client.get_subscriptions(token, &filter, None).await.0 {
+                        Ok(page) => {
+                            res.budget = Some(page.budget);
+                            match page.subscriptions.into_iter().find(|s| {
+                                s.kind == *kind
+                                    && s.broadcaster_id == *broadcaster_id
+                                    && s.conduit_id.as_deref() == Some(conduit_id)
+                            }) {
+                                Some(s) => Ok(Outcome::Created(s)),
+                                None => Ok(Outcome::Failed {
+                                    change: change.clone(),
+                                    error: "409: the subscription exists on another transport"
+                                        .into(),
+                                }),
+                            }
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
+            Change::Delete {
+                broadcaster_id,
+                kind,
+                subscription_id,
+                cost,
+            } => match client.delete_subscription(token, subscription_id).await.0 {
+                Ok(_) => {
+                    if let Some(b) = res.budget.as_mut() {
+                        b.total_cost = b.total_cost.saturating_sub(*cost);
+                    }
+                    Ok(Outcome::Deleted {
+                        broadcaster_id: broadcaster_id.clone(),
+                        kind: kind.clone(),
+                        cost: *cost,
+                    })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
+            Ok(o) => res.outcomes.push(o),
+            Err(HelixError::RateLimited { .. }) => {
+                res.rate_limited = true;
+                break;
+            }
+            Err(HelixError::Unauthorized { .. }) => {
+                res.unauthorized = true;
+                break;
+            }
+            Err(e) => res.outcomes.push(Outcome::Failed {
+                change,
+                error: e.to_string(),
+            }),
+        }
+    }
+    res
+}
+
+/// Every `stream.online` / `stream.offline` subscription of `conduit_id`
+/// (both types, every page; at most `max_pages` pages per type), with the
+/// last budget seen.
+pub async fn list_conduit(
+    client: &TwitchClient,
+    token: &str,
+    conduit_id: &str,
+    max_pages: usize,
+) -> Result<(Vec<Subscription>, Budget), HelixError> {
+    let mut all = Vec::new();
+    let mut budget = Budget::default();
+    for kind in TYPES {
+        let filter = SubscriptionFilter::Type(kind.to_string());
+        let mut after: Option<String> = None;
+        for _ in 0..max_pages {
+            let page = client
+                .get_subscriptions(token, &filter, after.as_deref())
+                .await
+                .0?;
+            budget = page.budget;
+            all.extend(
+                page.subscriptions
+                    .into_iter()
+                    .filter(|s| s.kind == kind && s.conduit_id.as_deref() == Some(conduit_id)),
+            );
+            match page.cursor {
+                Some(c) if after.as_deref() != Some(c.as_str()) => after = Some(c),
+                _ => break,
+            }
+        }
+    }
+    Ok((all, budget))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(b: &str, kind: &str, status: &str, age: f64) -> Recorded {
+        Recorded {
+            broadcaster_id: b.into(),
+            kind: kind.into(),
+            subscription_id: format!("{b}-{kind}"),
+            status: status.into(),
+            status_age: age,
+            cost: u64::from(status == "enabled"),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<String> {
+        (1..=n).map(|i| i.to_string()).collect()
+    }
+
+    fn creates(p: &Plan) -> Vec<(String, &'static str)> {
+        p.changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Create {
+                    broadcaster_id,
+                    kind,
+                } => Some((broadcaster_id.clone(), *kind)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_channel_gets_both_types_when_the_budget_allows() {
+        let p = plan(&ids(3), &[], Some(100), &PlanConfig::default());
+        assert_eq!(creates(&p).len(), 6);
+        assert_eq!((p.covered, p.poll_only, p.deferred), (3, 0, 0));
+        assert_eq!(creates(&p)[0], ("1".into(), "stream.online"));
+        assert_eq!(creates(&p)[1], ("1".into(), "stream.offline"));
+    }
+
+    #[test]
+    fn the_budget_covers_the_highest_ranked_and_the_rest_stay_poll_only() {
+        // 5 units: channels 1 and 2 (2 each); 3 needs 2 and only 1 is left: it
+        // and everything after it stay poll-only, even 4 which needs 1
+        let recorded = [rec("4", "stream.online", "enabled", 0.0)];
+        let p = plan(&ids(4), &recorded, Some(5), &PlanConfig::default());
+        assert_eq!(
+            creates(&p),
+            vec![
+                ("1".into(), "stream.online"),
+                ("1".into(), "stream.offline"),
+                ("2".into(), "stream.online"),
+                ("2".into(), "stream.offline"),
+            ]
+        );
+        assert_eq!((p.covered, p.poll_only), (2, 2));
+        // nothing already paid for is deleted to make room
+        assert!(p.changes.iter().all(|c| matches!(c, Change::Create { .. })));
+    }
+
+    #[test]
+    fn untracked_channels_lose_their_subscriptions_first() {
+        let recorded = [
+            rec("9", "stream.online", "enabled", 0.0),
+            rec("9", "stream.offline", "authorization_revoked", 0.0),
+            rec("1", "stream.online", "enabled", 0.0),
+            rec("1", "stream.offline", "enabled", 0.0),
+        ];
+        let p = plan(&ids(2), &recorded, None, &PlanConfig::default());
+        assert!(
+            matches!(&p.changes[0], Change::Delete { subscription_id, .. } if subscription_id == "9-stream.online")
+        );
+        assert!(
+            matches!(&p.changes[1], Change::Delete { subscription_id, .. } if subscription_id == "9-stream.offline")
+        );
+        assert_eq!(creates(&p).len(), 2, "channel 2");
+        assert_eq!((p.covered, p.poll_only), (2, 0));
+    }
+
+    #[test]
+    fn what_deletions_free_is_spent_in_the_same_pass() {
+        // budget full; channel 9 untracked frees 2 units: channel 2 gets them
+        let recorded = [
+            rec("9", "stream.online", "enabled", 0.0),
+            rec("9", "stream.offline", "enabled", 0.0),
+            rec("1", "stream.online", "enabled", 0.0),
+            rec("1", "stream.offline", "enabled", 0.0),
+        ];
+        let p = plan(&ids(3), &recorded, Some(0), &PlanConfig::default());
+        assert_eq!(
+            creates(&p),
+            vec![
+                ("2".into(), "stream.online"),
+                ("2".into(), "stream.offline")
+            ]
+        );
+        assert_eq!((p.covered, p.poll_only), (2, 1));
+    }
+
+    #[test]
+    fn revoked_subscriptions_wait_before_they_are_created_again() {
+        let cfg = PlanConfig::default();
+        let recorded = [
+            rec("1", "stream.online", "enabled", 0.0),
+            rec("1", "stream.offline", "user_removed", 10.0),
+        ];
+        let p = plan(&ids(1), &recorded, Some(10), &cfg);
+        assert!(p.changes.is_empty());
+        assert_eq!((p.covered, p.poll_only), (0, 1));
+        let recorded = [
+            rec("1", "stream.online", "enabled", 0.0),
+            rec("1", "stream.offline", "user_removed", 3601.0),
+        ];
+        let p = plan(&ids(1), &recorded, Some(10), &cfg);
+        assert_eq!(creates(&p), vec![("1".into(), "stream.offline")]);
+        assert_eq!(p.covered, 1);
+    }
+
+    #[test]
+    fn a_pass_is_bounded_and_the_rest_deferred() {
+        let cfg = PlanConfig {
+            max_changes: 5,
+            ..PlanConfig::default()
+        };
+        let p = plan(&ids(10), &[], None, &cfg);
+        assert_eq!(p.changes.len(), 5);
+        assert_eq!(p.deferred, 15);
+    }
+
+    #[test]
+    fn a_full_budget_creates_nothing() {
+        let p = plan(&ids(3), &[], Some(0), &PlanConfig::default());
+        assert!(p.changes.is_empty());
+        assert_eq!((p.covered, p.poll_only), (0, 3));
+    }
+}

@@ -1,0 +1,823 @@
+//! The EventSub background worker: one conduit whose shard 0 is a WebSocket
+//! session held here, notifications applied through the transition layer as
+//! they arrive, and `stream.online` / `stream.offline` subscriptions
+//! reconciled with `twitch_sync.channels` within Twitch's cost budget.
+//!
+//! Flow, as everywhere in twitch_sync: this thread (the worker's only
+//! Postgres thread) reads state over SPI (src/db.rs), the pgrx-free core does
+//! the network on the tokio runtime (`eventsub::socket::run_shard_with_token`
+//! for the shard, `eventsub::reconcile` for subscriptions), and results come
+//! back over channels to be written here, each notification in its own short
+//! transaction. Nothing on the runtime touches Postgres.
+//!
+//! Lifecycle (README "EventSub"):
+//! - registered at server start when twitch_sync is in
+//!   `shared_preload_libraries`; it waits (on its latch) until
+//!   `twitch_sync.eventsub_database` names a database, then connects to it;
+//! - it idles, holding no socket, while the extension is not installed
+//!   there, credentials are not set, or no channel is tracked (checked every
+//!   second while idle, every 5 s while running);
+//! - running: app token (cached in `twitch_sync.credentials`, minted when
+//!   needed), the stored conduit if Twitch still lists it, else a new one
+//!   (stored in `twitch_sync.eventsub_worker`), shard 0 assigned to its
+//!   WebSocket session, subscriptions reconciled every
+//!   `twitch_sync.eventsub_reconcile_secs`;
+//! - SIGTERM: sockets closed, state `stopped`, exit code 1 (restarted after
+//!   [`RESTART_AFTER`], so `pg_terminate_backend` restarts the worker). DROP EXTENSION: sockets
+//!   closed and the conduit deleted at Twitch (its subscriptions with it: a
+//!   later CREATE EXTENSION starts clean, and the five-conduit limit is not
+//!   used up); the worker idles until the extension is back;
+//! - a changed `eventsub_database` (SIGHUP) or an ERROR outside the guarded
+//!   transactions ends the process; Postgres starts it again after
+//!   [`RESTART_AFTER`].
+
+use crate::db::{self, WorkerRow};
+use crate::error::SyncError;
+use crate::{gucs, runtime};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
+use pgrx::pg_sys;
+use pgrx::PgTryBuilder;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, watch};
+use twitch_sync_core::client::TwitchClient;
+use twitch_sync_core::engine::{prepare_token, CachedToken, Credentials};
+use twitch_sync_core::error::HelixError;
+use twitch_sync_core::eventsub::apply::EventArgs;
+use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
+use twitch_sync_core::eventsub::helix::{Budget, Subscription};
+use twitch_sync_core::eventsub::message::{is_reconnect_url, Envelope, Message};
+use twitch_sync_core::eventsub::now_micros;
+use twitch_sync_core::eventsub::reconcile::{self, Outcome, PassResult, PlanConfig};
+use twitch_sync_core::eventsub::session::ShardConfig;
+use twitch_sync_core::eventsub::socket::{run_shard_with_token, ShardParams, ShardView};
+use twitch_sync_core::SyncConfig;
+
+/// Postgres starts the worker again this long after it exits with an error.
+pub const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// The worker's shard of its conduit (a conduit of one shard).
+const SHARD_ID: &str = "0";
+/// How often the latch wakes the worker to apply what arrived.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the environment (extension, credentials, channels) is checked.
+const CHECK_IDLE: Duration = Duration::from_secs(1);
+const CHECK_RUNNING: Duration = Duration::from_secs(5);
+/// Counters are written at most this often while events arrive.
+const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// A connected worker writes its row at least this often: adaptive polling
+/// trusts EventSub only while the row is younger than a minute.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+/// Pages per subscription type of a full listing (100 subscriptions a page).
+const MAX_LIST_PAGES: usize = 1_000;
+/// A failed start is retried after this long (doubling up to [`MAX_RETRY`]).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// Registers the worker; called from `_PG_init` while shared_preload_libraries loads.
+pub fn register() {
+    BackgroundWorkerBuilder::new("twitch_sync eventsub")
+        .set_type("twitch_sync eventsub")
+        .set_library("twitch_sync")
+        .set_function("twitch_sync_eventsub_worker_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+/// The worker's entry point (named in [`register`]).
+#[pgrx::pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn twitch_sync_eventsub_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = loop {
+        if BackgroundWorker::sighup_received() {
+            reload_configuration();
+        }
+        if let Some(d) = gucs::eventsub_database() {
+            break d;
+        }
+        if !BackgroundWorker::wait_latch(Some(Duration::from_secs(60))) {
+            exit_for_restart();
+        }
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    pgrx::log!("twitch_sync eventsub worker serving database \"{database}\"");
+    Worker::new(database).run();
+    exit_for_restart();
+}
+
+/// Exit code 1: Postgres starts the worker again after [`RESTART_AFTER`]
+/// (exit code 0 would unregister it until the server restarts). So
+/// `pg_terminate_backend(<worker pid>)` restarts the worker, and at server
+/// shutdown Postgres starts nothing again anyway.
+fn exit_for_restart() -> ! {
+    // SAFETY: ends the process the way a background worker should.
+    unsafe { pg_sys::proc_exit(1) }
+}
+
+fn reload_configuration() {
+    // SAFETY: what a backend does on SIGHUP, on the worker's own thread.
+    unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+}
+
+fn epoch(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Runs `f` in its own transaction. An ERROR raised inside (by Postgres or as
+/// a [`SyncError`]) rolls the transaction back and comes back as its
+/// message: one bad event or answer never stops the worker.
+fn in_transaction<R>(f: impl FnOnce() -> Result<R, SyncError>) -> Result<R, String> {
+    // SAFETY: the transaction calls a background worker makes between statements.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let body = std::panic::AssertUnwindSafe(move || f().map_err(|e| e.to_string()));
+    let out = PgTryBuilder::new(body)
+        .catch_others(|e| Err(crate::error::caught_message(&e)))
+        .execute();
+    // SAFETY: ends the transaction started above, committing only on success.
+    unsafe {
+        if out.is_ok() {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        } else {
+            pg_sys::AbortCurrentTransaction();
+        }
+    }
+    out
+}
+
+/// A conduit shard running on the runtime, and its subscriptions' state.
+struct Running {
+    client: Arc<TwitchClient>,
+    config: SyncConfig,
+    credentials: Credentials,
+    token: CachedToken,
+    token_tx: watch::Sender<String>,
+    conduit_id: String,
+    stop: Option<oneshot::Sender<()>>,
+    /// The shard's task (dropping it stops the task).
+    _shard: runtime::Background<()>,
+    events: mpsc::UnboundedReceiver<Envelope>,
+    view: Arc<Mutex<ShardView>>,
+    /// The pass in flight, if any: its task and its answer.
+    pass: Option<(runtime::Background<()>, oneshot::Receiver<PassOutput>)>,
+    listed: bool,
+    budget: Option<Budget>,
+    next_pass: Instant,
+    /// The shard's welcomes and dropped frames when last seen.
+    seen_welcomes: u64,
+    seen_drops: u64,
+    seen_session: Option<String>,
+}
+
+enum PassOutput {
+    Listing(Result<(Vec<Subscription>, Budget), HelixError>),
+    Changes(PassResult),
+}
+
+struct Worker {
+    database: String,
+    row: WorkerRow,
+    dirty: bool,
+    flushed_at: Instant,
+    running: Option<Running>,
+    admission: Admission,
+    next_check: Instant,
+    retry: Duration,
+    /// The extension was seen installed (to notice DROP EXTENSION).
+    installed: bool,
+    /// A session was welcomed since the worker started.
+    welcomed: bool,
+    /// The last stored conduit of a dropped extension, deleted at Twitch.
+    orphan: Option<(Arc<TwitchClient>, String, String)>,
+}
+
+impl Worker {
+    fn new(database: String) -> Worker {
+        Worker {
+            database,
+            row: WorkerRow {
+                // SAFETY: reads the process' pid.
+                pid: unsafe { pg_sys::MyProcPid },
+                started_at: epoch(SystemTime::now()),
+                state: "idle",
+                ..WorkerRow::default()
+            },
+            dirty: true,
+            flushed_at: Instant::now(),
+            running: None,
+            admission: Admission::default(),
+            next_check: Instant::now(),
+            retry: FIRST_RETRY,
+            installed: false,
+            welcomed: false,
+            orphan: None,
+        }
+    }
+
+    fn run(&mut self) {
+        while BackgroundWorker::wait_latch(Some(TICK)) {
+            if BackgroundWorker::sighup_received() {
+                reload_configuration();
+                if gucs::eventsub_database().as_deref() != Some(self.database.as_str()) {
+                    self.stop(
+                        "stopped",
+                        Some("twitch_sync.eventsub_database changed".into()),
+                    );
+                    self.flush(true);
+                    pgrx::log!("twitch_sync eventsub worker: database setting changed, restarting");
+                    exit_for_restart();
+                }
+            }
+            self.apply_events();
+            self.finish_pass();
+            if Instant::now() >= self.next_check {
+                self.check_environment();
+            }
+            self.start_pass();
+            self.observe_shard();
+            self.flush(false);
+        }
+        self.stop("stopped", None);
+        self.flush(true);
+    }
+
+    fn set_state(&mut self, state: &'static str, detail: Option<String>) {
+        if self.row.state != state || self.row.detail != detail {
+            if self.row.state != state || state != "connecting" {
+                pgrx::log!(
+                    "twitch_sync eventsub worker: {state}{}",
+                    detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                );
+            }
+            self.row.state = state;
+            self.row.detail = detail;
+            self.write_soon();
+        }
+    }
+
+    /// The row is written on the next tick (state changes, reconciliations).
+    fn write_soon(&mut self) {
+        self.dirty = true;
+        self.flushed_at = Instant::now() - FLUSH_EVERY;
+    }
+
+    /// Writes the worker's row when something changed (state changes at
+    /// once, counters at most every [`FLUSH_EVERY`]).
+    fn flush(&mut self, force: bool) {
+        let heartbeat = self.row.state == "connected" && self.flushed_at.elapsed() >= HEARTBEAT;
+        if !self.installed
+            || !(heartbeat || self.dirty && (force || self.flushed_at.elapsed() >= FLUSH_EVERY))
+        {
+            return;
+        }
+        let row = self.row.clone();
+        if let Err(e) = in_transaction(|| db::save_worker_row(&row)) {
+            pgrx::warning!("twitch_sync eventsub worker: could not record its state: {e}");
+        }
+        self.dirty = false;
+        self.flushed_at = Instant::now();
+    }
+
+    /// Decides whether to run: extension installed, credentials, channels.
+    fn check_environment(&mut self) {
+        let env = match in_transaction(db::worker_environment) {
+            Ok(env) => env,
+            Err(e) => {
+                self.next_check = Instant::now() + CHECK_IDLE;
+                pgrx::warning!("twitch_sync eventsub worker: {e}");
+                return;
+            }
+        };
+        self.next_check = Instant::now()
+            + if self.running.is_some() {
+                CHECK_RUNNING
+            } else {
+                CHECK_IDLE
+            };
+        if !env.installed {
+            if self.installed {
+                // DROP EXTENSION (or a version change): let go of Twitch
+                self.stop("idle", None);
+                if let Some((client, token, conduit)) = self.orphan.take() {
+                    let deleted = runtime::block_on_until_shutdown(async move {
+                        client.delete_conduit(&token, &conduit).await.0
+                    });
+                    pgrx::log!(
+                        "twitch_sync eventsub worker: extension dropped; conduit deleted at Twitch: {}",
+                        matches!(deleted, Some(Ok(true)))
+                    );
+                }
+                self.installed = false;
+            }
+            self.row.state = "idle";
+            return;
+        }
+        if !self.installed {
+            self.installed = true;
+            self.dirty = true;
+        }
+        let Some((credentials, token)) = env.credentials else {
+            self.stop(
+                "idle",
+                Some("no credentials: run twitch_sync.set_credentials()".into()),
+            );
+            return;
+        };
+        if env.tracked_channels == 0 {
+            self.stop("idle", Some("no tracked channels".into()));
+            return;
+        }
+        if let Some(r) = &self.running {
+            if r.credentials.client_id != credentials.client_id
+                || r.credentials.client_secret != credentials.client_secret
+            {
+                self.stop("idle", Some("credentials changed".into()));
+            } else {
+                self.refresh_token();
+                return;
+            }
+        }
+        if self.running.is_none() {
+            match self.start(credentials, token, env.conduit) {
+                Ok(()) => self.retry = FIRST_RETRY,
+                Err(e) => {
+                    self.set_state("idle", Some(e));
+                    self.next_check = Instant::now() + self.retry;
+                    self.retry = (self.retry * 2).min(MAX_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Token, conduit, shard: everything a running worker holds.
+    fn start(
+        &mut self,
+        credentials: Credentials,
+        cached: Option<CachedToken>,
+        stored: Option<(String, String)>,
+    ) -> Result<(), String> {
+        let url = |setting: &'static str, value: String| {
+            twitch_sync_core::config::validate_base_url(&value)
+                .map_err(|reason| format!("invalid value for {setting}: {reason}"))
+        };
+        let ws_url = gucs::eventsub_url();
+        if !is_reconnect_url(&ws_url) {
+            return Err(
+                "invalid value for twitch_sync.eventsub_url: wss:// required (ws:// only for loopback hosts)"
+                    .into(),
+            );
+        }
+        let config = SyncConfig {
+            helix_url: url("twitch_sync.helix_url", gucs::helix_url())?,
+            auth_url: url("twitch_sync.auth_url", gucs::auth_url())?,
+            request_timeout: gucs::request_timeout(),
+            extra_ca_certs: twitch_sync_core::config::load_ca_file(&gucs::extra_ca_file())
+                .map_err(|r| format!("invalid value for twitch_sync.extra_ca_file: {r}"))?,
+            ..SyncConfig::default()
+        };
+        let client = Arc::new(
+            TwitchClient::new(&config, &credentials.client_id).map_err(|e| e.to_string())?,
+        );
+        self.set_state("connecting", None);
+        let (c2, cfg2, secret) = (
+            client.clone(),
+            config.clone(),
+            credentials.client_secret.clone(),
+        );
+        let stored_conduit = stored
+            .filter(|(client_id, _)| *client_id == credentials.client_id)
+            .map(|(_, c)| c);
+        let prepared = runtime::block_on_until_shutdown(async move {
+            let mut warnings = Vec::new();
+            let (token, renewed) = prepare_token(&c2, &cfg2, &secret, cached, &mut warnings)
+                .await
+                .map_err(|e| e.to_string())?;
+            let listed = c2
+                .get_conduits(&token.access_token)
+                .await
+                .0
+                .map_err(|e| e.to_string())?;
+            let reuse = stored_conduit.filter(|id| listed.iter().any(|c| c.id == *id));
+            let conduit = match reuse {
+                Some(id) => (id, false),
+                None => (
+                    c2.create_conduit(&token.access_token, 1)
+                        .await
+                        .0
+                        .map_err(|e| e.to_string())?
+                        .id,
+                    true,
+                ),
+            };
+            Ok::<_, String>((token, renewed, conduit))
+        })
+        .ok_or_else(|| "shutting down".to_string())?;
+        let (token, renewed, (conduit_id, created)) = prepared?;
+        if renewed {
+            let t = token.clone();
+            in_transaction(|| db::save_token(&t))?;
+        }
+        if created {
+            let (client_id, cid) = (credentials.client_id.clone(), conduit_id.clone());
+            in_transaction(|| db::save_conduit(&client_id, &cid))?;
+            pgrx::log!("twitch_sync eventsub worker: created conduit {conduit_id}");
+        }
+        let (token_tx, token_rx) = watch::channel(token.access_token.clone());
+        let (deliver, events) = mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let view = Arc::new(Mutex::new(ShardView::default()));
+        let params = ShardParams {
+            config: ShardConfig {
+                base_url: ws_url,
+                ..ShardConfig::default()
+            },
+            conduit_id: conduit_id.clone(),
+            shard_id: SHARD_ID.into(),
+            seed: (now_micros() as u64) ^ u64::from(self.row.pid.unsigned_abs()),
+        };
+        // The task ends when `stop` fires or its handle is dropped.
+        let shard = runtime::spawn(run_shard_with_token(
+            params,
+            client.clone(),
+            token_rx,
+            deliver,
+            view.clone(),
+            stop_rx,
+        ));
+        self.orphan = Some((
+            client.clone(),
+            token.access_token.clone(),
+            conduit_id.clone(),
+        ));
+        self.row.client_id = Some(credentials.client_id.clone());
+        self.row.conduit_id = Some(conduit_id.clone());
+        self.row.shard_id = Some(SHARD_ID.into());
+        self.running = Some(Running {
+            client,
+            config,
+            credentials,
+            token,
+            token_tx,
+            conduit_id,
+            stop: Some(stop_tx),
+            _shard: shard,
+            events,
+            view,
+            pass: None,
+            listed: false,
+            budget: None,
+            next_pass: Instant::now(),
+            seen_welcomes: 0,
+            seen_drops: 0,
+            seen_session: None,
+        });
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Closes the shard's sockets (the conduit and its subscriptions stay:
+    /// a restart needs only a new session, well within Twitch's 72 hours).
+    fn stop(&mut self, state: &'static str, detail: Option<String>) {
+        if let Some(mut r) = self.running.take() {
+            if let Some(s) = r.stop.take() {
+                let _ = s.send(());
+            }
+        }
+        self.row.session_id = None;
+        self.row.connected_since = None;
+        self.set_state(state, detail);
+    }
+
+    /// A token close to expiry (or refused) is replaced; the shard's next
+    /// assignment uses the new one.
+    fn refresh_token(&mut self) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let (client, cfg, secret, cached) = (
+            r.client.clone(),
+            r.config.clone(),
+            r.credentials.client_secret.clone(),
+            Some(r.token.clone()),
+        );
+        let Some(Ok((token, renewed))) = runtime::block_on_until_shutdown(async move {
+            let mut warnings = Vec::new();
+            prepare_token(&client, &cfg, &secret, cached, &mut warnings).await
+        }) else {
+            return;
+        };
+        if renewed {
+            let _ = r.token_tx.send(token.access_token.clone());
+            r.token = token.clone();
+            if let Some(o) = self.orphan.as_mut() {
+                o.1.clone_from(&token.access_token);
+            }
+            if let Err(e) = in_transaction(|| db::save_token(&token)) {
+                pgrx::warning!("twitch_sync eventsub worker: {e}");
+            }
+        }
+    }
+
+    /// A 401: the cached token is no longer good; mint a new one.
+    fn token_refused(&mut self) {
+        if let Some(r) = self.running.as_mut() {
+            r.token.expires_at = SystemTime::now();
+        }
+        self.refresh_token();
+    }
+
+    /// Applies every notification that arrived, each in its own transaction.
+    fn apply_events(&mut self) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let mut batch = Vec::new();
+        while let Ok(env) = r.events.try_recv() {
+            batch.push(env);
+        }
+        let notify = gucs::notify_events();
+        for env in batch {
+            let now = now_micros();
+            match &env.message {
+                Message::Notification(n) => {
+                    self.row.events_received += 1;
+                    self.dirty = true;
+                    match self.admission.admit(
+                        &env.message_id,
+                        env.message_timestamp,
+                        &n.event,
+                        now,
+                    ) {
+                        Verdict::New => {}
+                        Verdict::Duplicate => {
+                            self.row.events_duplicate += 1;
+                            continue;
+                        }
+                        Verdict::Stale | Verdict::OutOfOrder => {
+                            self.row.events_dropped += 1;
+                            continue;
+                        }
+                    }
+                    let Some(args) = EventArgs::of(&env) else {
+                        self.row.events_dropped += 1;
+                        continue;
+                    };
+                    match in_transaction(|| db::apply_event(&args, notify)) {
+                        Ok(verdict) => {
+                            match verdict.as_str() {
+                                "applied" => self.row.events_applied += 1,
+                                "duplicate" => self.row.events_duplicate += 1,
+                                _ => self.row.events_dropped += 1,
+                            }
+                            let lag = (now_micros() - env.message_timestamp) as f64 / 1000.0;
+                            self.row.last_event_lag_ms = Some(lag);
+                            self.row.max_event_lag_ms =
+                                Some(self.row.max_event_lag_ms.map_or(lag, |m| m.max(lag)));
+                            self.row.last_event_at = Some(epoch(SystemTime::now()));
+                        }
+                        Err(e) => {
+                            self.row.events_dropped += 1;
+                            pgrx::warning!(
+                                "twitch_sync eventsub worker: could not apply message {}: {e}",
+                                args.message_id
+                            );
+                        }
+                    }
+                }
+                Message::Revocation(s) => {
+                    if self
+                        .admission
+                        .admit_message(&env.message_id, env.message_timestamp, now)
+                        != Verdict::New
+                    {
+                        continue;
+                    }
+                    let (id, status) = (s.id.clone(), s.status.clone());
+                    match in_transaction(|| db::record_revocation(&id, &status)) {
+                        Ok(_) => pgrx::log!(
+                            "twitch_sync eventsub worker: subscription {id} ({} of {}) revoked: {status}",
+                            s.kind,
+                            s.broadcaster_id
+                        ),
+                        Err(e) => pgrx::warning!("twitch_sync eventsub worker: {e}"),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Shard state for status(): connected, session, reconnects, dropped frames.
+    fn observe_shard(&mut self) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let v = r.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if v.session_id != r.seen_session {
+            r.seen_session.clone_from(&v.session_id);
+            self.row.session_id.clone_from(&v.session_id);
+            self.row.connected_since = v.session_id.as_ref().map(|_| epoch(SystemTime::now()));
+            self.dirty = true;
+        }
+        // every welcome after the worker's first is a reconnect (a
+        // session_reconnect, or a new connection after a drop)
+        if v.stats.welcomes > r.seen_welcomes {
+            let mut new = v.stats.welcomes - r.seen_welcomes;
+            if !self.welcomed {
+                self.welcomed = true;
+                new -= 1;
+            }
+            self.row.reconnects += i64::try_from(new).unwrap_or(0);
+            r.seen_welcomes = v.stats.welcomes;
+            self.dirty = true;
+        }
+        if v.drops.total() > r.seen_drops {
+            self.row.events_dropped += i64::try_from(v.drops.total() - r.seen_drops).unwrap_or(0);
+            r.seen_drops = v.drops.total();
+            self.dirty = true;
+        }
+        let (state, detail) = if v.connected {
+            ("connected", None)
+        } else {
+            ("connecting", v.last_assign_error.clone())
+        };
+        self.set_state(state, detail);
+    }
+
+    /// Starts a reconciliation when one is due and none is in flight.
+    fn start_pass(&mut self) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        if r.pass.is_some() || Instant::now() < r.next_pass {
+            return;
+        }
+        let (client, token, conduit) = (
+            r.client.clone(),
+            r.token.access_token.clone(),
+            r.conduit_id.clone(),
+        );
+        let (tx, rx) = oneshot::channel();
+        let task = if !r.listed {
+            runtime::spawn(async move {
+                let out = reconcile::list_conduit(&client, &token, &conduit, MAX_LIST_PAGES).await;
+                let _ = tx.send(PassOutput::Listing(out));
+            })
+        } else {
+            let state = match in_transaction(db::read_subscription_state) {
+                Ok(s) => s,
+                Err(e) => {
+                    pgrx::warning!("twitch_sync eventsub worker: {e}");
+                    r.next_pass = Instant::now() + gucs::eventsub_reconcile_every();
+                    return;
+                }
+            };
+            let cfg = PlanConfig {
+                max_changes: gucs::eventsub_changes_per_pass(),
+                ..PlanConfig::default()
+            };
+            let plan = reconcile::plan(&state.0, &state.1, r.budget.map(|b| b.remaining()), &cfg);
+            if plan.changes.is_empty() {
+                r.next_pass = Instant::now() + gucs::eventsub_reconcile_every();
+                self.row.reconciled_at = Some(epoch(SystemTime::now()));
+                self.dirty = true;
+                return;
+            }
+            runtime::spawn(async move {
+                let out = reconcile::execute(&client, &token, &conduit, plan.changes).await;
+                let _ = tx.send(PassOutput::Changes(out));
+            })
+        };
+        r.pass = Some((task, rx));
+    }
+
+    /// Records what a finished reconciliation learnt.
+    fn finish_pass(&mut self) {
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        let Some((_, rx)) = r.pass.as_mut() else {
+            return;
+        };
+        let out = match rx.try_recv() {
+            Ok(out) => out,
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                r.pass = None;
+                return;
+            }
+        };
+        r.pass = None;
+        let every = gucs::eventsub_reconcile_every();
+        let mut refused = false;
+        match out {
+            PassOutput::Listing(Ok((subs, budget))) => {
+                r.listed = true;
+                r.budget = Some(budget);
+                let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
+                let res = in_transaction(|| {
+                    db::forget_unlisted_subscriptions(ids)?;
+                    for s in &subs {
+                        db::record_subscription(s)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = res {
+                    pgrx::warning!("twitch_sync eventsub worker: {e}");
+                }
+                // the changes follow at once
+                r.next_pass = Instant::now();
+            }
+            PassOutput::Listing(Err(e)) => {
+                refused = matches!(e, HelixError::Unauthorized { .. });
+                pgrx::warning!("twitch_sync eventsub worker: listing subscriptions failed: {e}");
+                r.next_pass = Instant::now() + every;
+            }
+            PassOutput::Changes(res) => {
+                match (res.budget, r.budget.as_mut()) {
+                    (Some(b), _) => r.budget = Some(b),
+                    // no answer carried the figures: deletions still freed their cost
+                    (None, Some(b)) => {
+                        for o in &res.outcomes {
+                            if let Outcome::Deleted { cost, .. } = o {
+                                b.total_cost = b.total_cost.saturating_sub(*cost);
+                            }
+                        }
+                    }
+                    (None, None) => {}
+                }
+                refused = res.unauthorized;
+                let failures: Vec<String> = res
+                    .outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        Outcome::Failed { error, .. } => Some(error.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let outcomes = res.outcomes;
+                let recorded = in_transaction(|| {
+                    for o in &outcomes {
+                        match o {
+                            Outcome::Created(s) => db::record_subscription(s)?,
+                            Outcome::Deleted {
+                                broadcaster_id,
+                                kind,
+                                ..
+                            } => db::forget_subscription(broadcaster_id, kind)?,
+                            Outcome::Failed { .. } => {}
+                        }
+                    }
+                    Ok(())
+                });
+                if let Err(e) = recorded {
+                    pgrx::warning!("twitch_sync eventsub worker: {e}");
+                }
+                if let Some(first) = failures.first() {
+                    pgrx::warning!(
+                        "twitch_sync eventsub worker: {} subscription request(s) failed, first: {first}",
+                        failures.len()
+                    );
+                }
+                // more to do right away unless Twitch pushed back
+                r.next_pass = if res.rate_limited || refused || !failures.is_empty() {
+                    Instant::now() + every
+                } else {
+                    Instant::now()
+                };
+            }
+        }
+        if let Some(b) = r.budget {
+            self.row.total_cost = i32::try_from(b.total_cost).ok();
+            self.row.max_total_cost = i32::try_from(b.max_total_cost).ok();
+        }
+        self.row.reconciled_at = Some(epoch(SystemTime::now()));
+        self.write_soon();
+        if refused {
+            self.token_refused();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.running.take() {
+            if let Some(s) = r.stop.take() {
+                let _ = s.send(());
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The EventSub background worker in a real cluster (twitch_sync in
+//! shared_preload_libraries, `twitch_sync.eventsub_database` set with ALTER
+//! SYSTEM): it creates and stores a conduit, assigns its shard to a WebSocket
+//! session with the simulator, subscribes the tracked channels within the
+//! cost budget (highest priority first), applies online and offline events
+//! within about a second, follows untrack / track, records revocations,
+//! reconnects after a dropped socket, comes back after pg_terminate_backend,
+//! and deletes its conduit on DROP EXTENSION.
+//!
+//! One worker serves one database of the cluster, so this file is one test.
+
+use std::time::{Duration, Instant};
+use twitch_sync_e2e::helix_sim::eventsub::{EsFault, EventSubConfig};
+use twitch_sync_e2e::postgres::Client;
+use twitch_sync_e2e::{wait_for, world, TestDb};
+
+fn worker_state(c: &mut Client) -> Option<(String, Option<String>, i32)> {
+    c.query_opt(
+        "SELECT state, conduit_id, pid FROM twitch_sync.eventsub_worker",
+        &[],
+    )
+    .unwrap()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+}
+
+fn enabled_subscriptions(c: &mut Client) -> Vec<(String, String)> {
+    c.query(
+        "SELECT broadcaster_id, type FROM twitch_sync.eventsub_subscriptions
+          WHERE status = 'enabled' ORDER BY 1, 2",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+fn sim_enabled(db: &TestDb, conduit: &str) -> Vec<(String, String)> {
+    let shards = db.sim.es_shards(conduit);
+    assert!(!shards.is_empty(), "the conduit exists at the simulator");
+    let mut v: Vec<(String, String)> = db
+        .sim
+        .es_subscriptions()
+        .into_iter()
+        .filter(|s| s.3 == "enabled")
+        .map(|s| (s.2, s.1))
+        .collect();
+    v.sort();
+    v
+}
+
+fn live_stream(c: &mut Client, b: &str) -> Option<String> {
+    c.query_opt(
+        "SELECT stream_id FROM twitch_sync.streams WHERE broadcaster_id = $1 AND is_live",
+        &[&b],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[test]
+fn the_worker_keeps_streams_current_from_eventsub() {
+    let mut db = TestDb::new(world(12, 0.0));
+    db.sim.start_eventsub(EventSubConfig::default()).unwrap();
+    // 3 channels' worth of budget (2 subscriptions each)
+    db.sim.es_set_max_total_cost(6);
+    let ids = db.track_first(4);
+    // the last tracked channel has priority: it is covered first
+    db.client
+        .execute("SELECT twitch_sync.set_priority($1, 5)", &[&ids[3]])
+        .unwrap();
+    let admin = &mut db.cluster().connect("postgres");
+    for sql in [
+        format!(
+            "ALTER DATABASE {} SET twitch_sync.eventsub_url = '{}'",
+            db.name,
+            db.sim.eventsub_url().unwrap()
+        ),
+        format!(
+            "ALTER DATABASE {} SET twitch_sync.eventsub_reconcile_secs = 1",
+            db.name
+        ),
+        format!(
+            "ALTER SYSTEM SET twitch_sync.eventsub_database = '{}'",
+            db.name
+        ),
+        "SELECT pg_reload_conf()".to_string(),
+    ] {
+        admin.batch_execute(&sql).unwrap();
+    }
+
+    // connected, with a stored conduit whose shard is enabled at the simulator
+    let (_, conduit, pid) = wait_for(Duration::from_secs(30), || {
+        worker_state(&mut db.client).filter(|s| s.0 == "connected")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the worker connects: {:?}\n{}",
+            worker_state(&mut db.client),
+            db.cluster().log()
+        )
+    });
+    let conduit = conduit.expect("conduit stored");
+    assert_eq!(db.sim.es_shards(&conduit)[0].1, "enabled");
+
+    // subscriptions: the budget covers 3 channels, ranked priority first,
+    // then (no broadcasts yet) the longest tracked
+    let want: Vec<(String, String)> = {
+        let mut w = Vec::new();
+        for b in [&ids[3], &ids[0], &ids[1]] {
+            w.push((b.clone(), "stream.offline".to_string()));
+            w.push((b.clone(), "stream.online".to_string()));
+        }
+        w.sort();
+        w
+    };
+    wait_for(Duration::from_secs(20), || {
+        (enabled_subscriptions(&mut db.client) == want).then_some(())
+    })
+    .unwrap_or_else(|| panic!("subscribed: {:?}", enabled_subscriptions(&mut db.client)));
+    assert_eq!(sim_enabled(&db, &conduit), want);
+    let (cost, max): (Option<i32>, Option<i32>) = {
+        let r = db
+            .client
+            .query_one(
+                "SELECT total_cost, max_total_cost FROM twitch_sync.eventsub_worker",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((cost, max), (Some(6), Some(6)));
+
+    // online: the live row within about a second, with an 'online' event
+    let t = Instant::now();
+    db.sim.world(|w| w.go_live(&ids[0]));
+    let stream_id = db.sim.world(|w| w.stream_of(&ids[0]).unwrap().id.clone());
+    wait_for(Duration::from_secs(5), || {
+        (live_stream(&mut db.client, &ids[0]).as_deref() == Some(stream_id.as_str())).then_some(())
+    })
+    .expect("the online event opened the live row");
+    let online_latency = t.elapsed();
+    assert!(
+        online_latency < Duration::from_secs(2),
+        "online applied in {online_latency:?}"
+    );
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.events WHERE event = 'online' AND stream_id = '{stream_id}'"
+        )),
+        1
+    );
+    // a channel left to polling (ids[2]) gets no event
+    db.sim.world(|w| w.go_live(&ids[2]));
+    // offline: ended at once
+    db.sim.world(|w| w.go_offline(&ids[0]));
+    wait_for(Duration::from_secs(5), || {
+        live_stream(&mut db.client, &ids[0]).is_none().then_some(())
+    })
+    .expect("the offline event ended the stream");
+    assert_eq!(live_stream(&mut db.client, &ids[2]), None, "not subscribed");
+    let applied = db.scalar_i64("SELECT events_applied FROM twitch_sync.eventsub_worker");
+    assert!(
+        applied >= 2 || {
+            // counters are written every 2 s
+            std::thread::sleep(Duration::from_millis(2500));
+            db.scalar_i64("SELECT events_applied FROM twitch_sync.eventsub_worker") >= 2
+        }
+    );
+
+    // untrack: its subscriptions are deleted; the freed budget covers ids[2]
+    db.client
+        .execute("SELECT twitch_sync.untrack($1)", &[&ids[1]])
+        .unwrap();
+    let want2: Vec<(String, String)> = {
+        let mut w = Vec::new();
+        for b in [&ids[3], &ids[0], &ids[2]] {
+            w.push((b.clone(), "stream.offline".to_string()));
+            w.push((b.clone(), "stream.online".to_string()));
+        }
+        w.sort();
+        w
+    };
+    wait_for(Duration::from_secs(20), || {
+        (enabled_subscriptions(&mut db.client) == want2 && sim_enabled(&db, &conduit) == want2)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "after untrack: {:?} / sim {:?}",
+            enabled_subscriptions(&mut db.client),
+            sim_enabled(&db, &conduit)
+        )
+    });
+
+    // a revocation is recorded with its reason
+    let revoked_id = db
+        .sim
+        .es_subscriptions()
+        .into_iter()
+        .find(|s| s.2 == ids[0] && s.1 == "stream.online" && s.3 == "enabled")
+        .unwrap()
+        .0;
+    assert!(db.sim.es_revoke(&revoked_id, "authorization_revoked"));
+    wait_for(Duration::from_secs(5), || {
+        let s: Option<String> = db
+            .client
+            .query_opt(
+                "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
+                &[&revoked_id],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        (s.as_deref() == Some("authorization_revoked")).then_some(())
+    })
+    .expect("revocation recorded");
+
+    // a dropped socket: the worker reconnects, reassigns, and events flow again
+    db.sim.es_fault(EsFault::DropSockets);
+    wait_for(Duration::from_secs(20), || {
+        let n = db.scalar_i64("SELECT reconnects FROM twitch_sync.eventsub_worker");
+        let s = worker_state(&mut db.client).unwrap().0;
+        (n >= 1 && s == "connected").then_some(())
+    })
+    .expect("reconnected");
+    db.sim.world(|w| w.go_live(&ids[3]));
+    wait_for(Duration::from_secs(5), || {
+        live_stream(&mut db.client, &ids[3]).map(|_| ())
+    })
+    .expect("events after the reconnect");
+
+    // status() and metrics() show the worker
+    let (state, covered, poll_only): (String, i64, i64) = {
+        let r = db
+            .client
+            .query_one(
+                "SELECT eventsub ->> 'state', (eventsub ->> 'channels_covered')::bigint,
+                        (eventsub ->> 'channels_poll_only')::bigint
+                   FROM twitch_sync.status()",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(state, "connected");
+    // ids[0] lost its online subscription (revoked): 2 covered of 3 tracked
+    assert_eq!((covered, poll_only), (2, 1));
+    let metrics: String = db
+        .client
+        .query_one("SELECT twitch_sync.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("twitch_sync_eventsub_connected 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("twitch_sync_eventsub_events_total{result=\"applied\"}"));
+
+    // pg_terminate_backend restarts the worker; it reuses its conduit
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    let (_, conduit2, pid2) = wait_for(Duration::from_secs(30), || {
+        worker_state(&mut db.client).filter(|s| s.0 == "connected" && s.2 != pid)
+    })
+    .expect("the worker is back");
+    assert_eq!(conduit2.as_deref(), Some(conduit.as_str()));
+    assert_ne!(pid2, pid);
+
+    // DROP EXTENSION: the worker lets go and deletes its conduit at Twitch
+    db.client
+        .batch_execute("DROP EXTENSION twitch_sync")
+        .unwrap();
+    wait_for(Duration::from_secs(15), || {
+        db.sim.es_shards(&conduit).is_empty().then_some(())
+    })
+    .unwrap_or_else(|| panic!("conduit deleted:\n{}", db.cluster().log()));
+    let log = db.cluster().log();
+    let secret = db.sim.client_secret();
+    assert!(!log.contains(&secret), "no secret in the server log");
+    admin
+        .batch_execute("ALTER SYSTEM RESET twitch_sync.eventsub_database")
+        .unwrap();
+    admin.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
