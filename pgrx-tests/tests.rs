@@ -403,6 +403,56 @@ fn an_eventsub_offline_ends_the_live_stream_at_once() {
 }
 
 #[pg_test]
+fn a_lagging_listing_does_not_reopen_what_an_offline_event_ended() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
+    apply(&["1", "2"], &[("s1", "1", 10), ("s2", "2", 20)], 1);
+    apply_obs(&event_obs("1", "offline", None, None, None), 1);
+    let live = "SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND is_live";
+    assert_eq!(count(live), 0);
+    // Helix still lists s1 (its listing lags): held, nothing written
+    let before = all_rows();
+    let events = count("SELECT count(*) FROM twitch_sync.events");
+    apply(&["1", "2"], &[("s1", "1", 11), ("s2", "2", 21)], 1);
+    assert_eq!(count(live), 0, "not reopened within the grace period");
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), events, "no event");
+    assert!(all_rows() != before, "s2 continued");
+    // a broadcast a poll ended (a miss) and listed again is reopened at once
+    apply(&["2"], &[], 1);
+    apply(&["2"], &[("s2", "2", 22)], 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
+    // listed again after the grace period: Twitch resumed it, it is reopened
+    Spi::run("SET LOCAL twitch_sync.eventsub_grace_secs = 0").unwrap();
+    apply(&["1"], &[("s1", "1", 12)], 1);
+    assert_eq!(count(live), 1);
+}
+
+#[pg_test]
+fn a_lagging_listing_does_not_end_what_an_online_event_opened() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
+    apply(&["1"], &[("s8", "1", 5)], 1);
+    apply(&["1"], &[], 1); // s8 ended by a poll
+    apply_obs(&event_obs("1", "live", Some("s9"), None, None), 1);
+    let live = |sid: &str| {
+        count(&format!("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '{sid}' AND is_live"))
+    };
+    assert_eq!(live("s9"), 1);
+    // the listing does not show s9 yet: no miss, still live
+    apply(&["1"], &[], 1);
+    assert_eq!(live("s9"), 1);
+    // the listing still shows the old broadcast: nothing superseded, s8 stays ended
+    apply(&["1"], &[("s8", "1", 6)], 1);
+    assert_eq!((live("s9"), live("s8")), (1, 0));
+    // a channel without events is polled as before
+    apply(&["2"], &[("s20", "2", 3)], 1);
+    apply(&["2"], &[], 1);
+    assert_eq!(live("s20"), 0);
+    // after the grace period a poll that does not list it ends it
+    Spi::run("SET LOCAL twitch_sync.eventsub_grace_secs = 0").unwrap();
+    apply(&["1"], &[], 1);
+    assert_eq!(live("s9"), 0);
+}
+
+#[pg_test]
 fn an_eventsub_online_without_count_or_title_keeps_stored_values() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
     apply(&["1"], &[("s1", "1", 10)], 1);

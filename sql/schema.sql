@@ -73,6 +73,10 @@ CREATE TABLE twitch_sync.streams (
     covered_seconds   double precision NOT NULL DEFAULT 0,  -- seconds between samples not further apart than the gap limit
     last_sampled_at   timestamptz,
     changed_at        timestamptz,  -- its title or category last changed (twitch_sync.stream_changes)
+    -- the source ('poll', 'eventsub') and time of its last start or end, for
+    -- the grace rule between polling and events (twitch_sync.held_by_events)
+    state_source      text,
+    state_at          timestamptz,
     -- the broadcaster leads every key: the table can be distributed by it
     CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id),
     CONSTRAINT streams_peak_at_least_current CHECK (peak_viewer_count >= viewer_count),

@@ -736,6 +736,11 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 DROP FUNCTION twitch_sync.apply_sync(text[], boolean[], text[], integer, boolean, text[], text[],
                                      integer[], text[], text[], text[], text[], text[]);
 
+-- The grace rule between polling and events (sql/transitions.sql,
+-- twitch_sync.held_by_events): the source and time of a broadcast's last
+-- start or end. Unknown (NULL) for broadcasts of 0.1.0.
+ALTER TABLE twitch_sync.streams ADD COLUMN state_source text, ADD COLUMN state_at timestamptz;
+
 -- What a source saw of one channel at one time.
 CREATE TYPE twitch_sync.observation AS (
     source         text,         -- 'poll' (a Get Streams batch), 'eventsub' (one event), 'untrack'
@@ -877,7 +882,7 @@ BEGIN
     RETURN QUERY
     UPDATE twitch_sync.streams s
        SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
-           missed_polls = 0
+           missed_polls = 0, state_source = o.source, state_at = o.observed_at
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
        AND s.stream_id <> o.stream_id
@@ -897,7 +902,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = true, ended_at = NULL, missed_polls = 0
+       SET is_live = true, ended_at = NULL, missed_polls = 0, state_source = o.source,
+           state_at = o.observed_at
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
        AND NOT s.is_live
@@ -922,7 +928,7 @@ BEGIN
         INSERT INTO twitch_sync.streams AS s
             (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
              game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at,
-             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at)
+             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at, state_source, state_at)
         SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
                coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
                coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
@@ -930,7 +936,7 @@ BEGIN
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
                (o.viewer_count IS NOT NULL)::integer,
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
-               o.observed_at
+               o.observed_at, o.source, o.observed_at
           FROM unnest(obs) o
          WHERE o.state = 'live'
            AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
@@ -970,7 +976,11 @@ BEGIN
                is_live = s.missed_polls + 1 < misses,
                ended_at = CASE WHEN s.missed_polls + 1 >= misses THEN o.observed_at END,
                updated_at = CASE WHEN s.missed_polls + 1 >= misses THEN o.observed_at
-                                 ELSE s.updated_at END
+                                 ELSE s.updated_at END,
+               state_source = CASE WHEN s.missed_polls + 1 >= misses THEN o.source
+                                   ELSE s.state_source END,
+               state_at = CASE WHEN s.missed_polls + 1 >= misses THEN o.observed_at
+                               ELSE s.state_at END
           FROM unnest(obs) o
          WHERE o.state = 'not_listed' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
         RETURNING s.*
@@ -993,7 +1003,7 @@ BEGIN
     WITH ended AS (
         UPDATE twitch_sync.streams s
            SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
-               missed_polls = 0
+               missed_polls = 0, state_source = o.source, state_at = o.observed_at
           FROM unnest(obs) o
          WHERE o.state = 'offline' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
         RETURNING s.*
@@ -1053,6 +1063,37 @@ BEGIN
 END
 $$;
 
+-- Polling and events must not fight (README "EventSub"): Helix's listing
+-- lags EventSub by 30-60 s and more. Within twitch_sync.eventsub_grace_secs
+-- (default 180) of a transition an EventSub event made, a poll observation
+-- that contradicts it is held (ignored):
+--   1. the broadcast an offline event ended is still listed: not reopened
+--      (listed again after the grace period, it is: Twitch resumed it);
+--   2. the broadcast an online event opened is not listed, or another stream
+--      id is listed for its channel: no miss counted, nothing superseded.
+-- Returns the broadcasters whose poll observations are held.
+CREATE FUNCTION twitch_sync.eventsub_grace() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
+        nullif(pg_catalog.current_setting('twitch_sync.eventsub_grace_secs', true), '')::integer, 180), 0))
+$$;
+
+CREATE FUNCTION twitch_sync.held_by_events(obs twitch_sync.observation[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(DISTINCT o.broadcaster_id), '{}')
+      FROM unnest(obs) o
+      CROSS JOIN LATERAL (
+            SELECT s.stream_id, s.is_live, s.state_source, s.state_at
+              FROM twitch_sync.streams s
+             WHERE s.broadcaster_id = o.broadcaster_id
+             ORDER BY s.is_live DESC, s.state_at DESC NULLS LAST
+             LIMIT 1) s
+     WHERE o.source = 'poll' AND s.state_source = 'eventsub'
+       AND o.observed_at < s.state_at + twitch_sync.eventsub_grace()
+       AND CASE WHEN s.is_live THEN o.state = 'not_listed' OR (o.state = 'live' AND o.stream_id <> s.stream_id)
+                ELSE o.state = 'live' AND o.stream_id = s.stream_id END
+$$;
+
 -- The transition layer's entry point: applies observations in order of the
 -- steps above and says what it did. run() calls it once per chunk of answers;
 -- an EventSub consumer calls it with single events. Steps with nothing to do
@@ -1069,6 +1110,7 @@ DECLARE
     continuing text[] := '{}';
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
+    held text[] := '{}';
     changes twitch_sync.transition[] := '{}';
     live_changes twitch_sync.transition[] := '{}';
     result twitch_sync.applied;
@@ -1084,6 +1126,13 @@ BEGIN
                     SELECT o FROM unnest(obs) o
                      WHERE o.state <> 'live'
                         OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
+        IF EXISTS (SELECT 1 FROM unnest(rest) o WHERE o.source = 'poll') THEN
+            held := twitch_sync.held_by_events(rest);
+            IF cardinality(held) > 0 THEN
+                rest := ARRAY(SELECT o FROM unnest(rest) o
+                               WHERE o.source <> 'poll' OR o.broadcaster_id <> ALL (held));
+            END IF;
+        END IF;
         conflicted := twitch_sync.stream_id_conflicts(rest);
         IF cardinality(conflicted) > 0 THEN
             -- Their broadcasters are left as they were: drop every observation of them.

@@ -21,6 +21,7 @@ static EVENTSUB_URL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(defaults::EVENTSUB_URL));
 static EVENTSUB_RECONCILE_SECS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::EVENTSUB_RECONCILE_SECS);
+static EVENTSUB_GRACE_SECS: GucSetting<i32> = GucSetting::<i32>::new(defaults::EVENTSUB_GRACE_SECS);
 static EVENTSUB_CHANGES_PER_PASS: GucSetting<i32> =
     GucSetting::<i32>::new(defaults::EVENTSUB_CHANGES_PER_PASS);
 static REQUEST_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(defaults::REQUEST_TIMEOUT_MS);
@@ -98,6 +99,16 @@ pub fn init() {
         &EVENTSUB_RECONCILE_SECS,
         1,
         86_400,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"twitch_sync.eventsub_grace_secs",
+        c"Seconds after an EventSub online or offline during which a poll that contradicts it is ignored.",
+        c"Helix's listing lags EventSub; read by the transition layer (twitch_sync.held_by_events).",
+        &EVENTSUB_GRACE_SECS,
+        0,
+        3_600,
         GucContext::Suset,
         GucFlags::default(),
     );

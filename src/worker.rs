@@ -768,6 +768,8 @@ impl Worker {
                         _ => None,
                     })
                     .collect();
+                let bucket_low = res.bucket_low();
+                let reset = res.rate_limit.map_or(0, |s| s.reset);
                 let outcomes = res.outcomes;
                 let recorded = in_transaction(|| {
                     for o in &outcomes {
@@ -792,8 +794,12 @@ impl Worker {
                         failures.len()
                     );
                 }
-                // more to do right away unless Twitch pushed back
-                r.next_pass = if res.rate_limited || refused || !failures.is_empty() {
+                // more to do right away unless Twitch pushed back; with the
+                // bucket low, wait until it is full again
+                r.next_pass = if bucket_low {
+                    let wait = reset.saturating_sub(epoch(SystemTime::now()) as u64);
+                    Instant::now() + Duration::from_secs(wait.clamp(1, 60))
+                } else if refused || !failures.is_empty() {
                     Instant::now() + every
                 } else {
                     Instant::now()

@@ -40,6 +40,9 @@ pub mod defaults {
     pub const EVENTSUB_URL: &CStr = c"wss://eventsub.wss.twitch.tv/ws";
     /// Seconds between the worker's subscription reconciliations.
     pub const EVENTSUB_RECONCILE_SECS: i32 = 60;
+    /// Helix's listing lags EventSub by 30-60 s and more: a poll contradicting
+    /// an event this recent is ignored (sql/transitions.sql, held_by_events).
+    pub const EVENTSUB_GRACE_SECS: i32 = 180;
     /// Subscription requests per reconciliation: 100 a minute is an eighth of
     /// the default bucket, so polling keeps most of it.
     pub const EVENTSUB_CHANGES_PER_PASS: i32 = 100;

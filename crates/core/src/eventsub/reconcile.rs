@@ -17,14 +17,20 @@
 //!   already paid for is kept even when a higher-ranked channel does not fit;
 //! - a revoked subscription (`authorization_revoked`, `user_removed`, ...)
 //!   is recreated no sooner than [`PlanConfig::retry_revoked_after`];
-//! - at most [`PlanConfig::max_changes`] requests per pass, so that
-//!   reconciling 10,000 channels never takes a run's share of the bucket.
+//! - at most [`PlanConfig::max_changes`] requests per pass, and a pass stops
+//!   while a quarter of the rate-limit bucket is left ([`BUCKET_RESERVE`]):
+//!   polling (and other apps on the client id) keep it; the next pass waits
+//!   for `Ratelimit-Reset`.
 
 use super::helix::{Budget, CreateOutcome, Subscription, SubscriptionFilter};
 use crate::client::TwitchClient;
 use crate::error::HelixError;
+use crate::ratelimit::RateLimitSnapshot;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
+
+/// The share of the bucket a reconciliation leaves to everything else.
+pub const BUCKET_RESERVE: f64 = 0.25;
 
 /// The two subscription types twitch_sync uses.
 pub const TYPES: [&str; 2] = ["stream.online", "stream.offline"];
@@ -195,6 +201,21 @@ pub struct PassResult {
     /// A 401: the token needs minting again.
     pub unauthorized: bool,
     pub requests: u64,
+    /// The last rate-limit headers seen.
+    pub rate_limit: Option<RateLimitSnapshot>,
+}
+
+impl PassResult {
+    /// The pass left off to spare the bucket (or was refused by it): the
+    /// next one waits until the bucket refills.
+    pub fn bucket_low(&self) -> bool {
+        self.rate_limited || self.rate_limit.is_some_and(low)
+    }
+}
+
+/// Less than [`BUCKET_RESERVE`] of the bucket left.
+fn low(s: RateLimitSnapshot) -> bool {
+    f64::from(s.remaining) < f64::from(s.limit) * BUCKET_RESERVE
 }
 
 /// Carries out `changes` one after another (a pass is small, and the bucket
@@ -208,65 +229,70 @@ pub async fn execute(
 ) -> PassResult {
     let mut res = PassResult::default();
     for change in changes {
+        if res.rate_limit.is_some_and(low) {
+            break;
+        }
         res.requests += 1;
         let outcome = match &change {
             Change::Create {
                 broadcaster_id,
                 kind,
-            } => match client
-                .create_subscription(token, kind, broadcaster_id, conduit_id)
-                .await
-                .0
-            {
-                Ok(CreateOutcome::Created {
-                    subscription,
-                    budget,
-                }) => {
-                    res.budget = Some(budget);
-                    Ok(Outcome::Created(subscription))
-                }
-                Ok(CreateOutcome::AlreadyExists) => {
-                    res.requests += 1;
-                    let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
-                    match client.get_subscriptions(token, &filter, None).await.0 {
-                        Ok(page) => {
+            } => {
+                let (r, snap) = client
+                    .create_subscription(token, kind, broadcaster_id, conduit_id)
+                    .await;
+                res.rate_limit = snap.or(res.rate_limit);
+                match r {
+                    Ok(CreateOutcome::Created {
+                        subscription,
+                        budget,
+                    }) => {
+                        res.budget = Some(budget);
+                        Ok(Outcome::Created(subscription))
+                    }
+                    Ok(CreateOutcome::AlreadyExists) => {
+                        res.requests += 1;
+                        let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
+                        let (r, snap) = client.get_subscriptions(token, &filter, None).await;
+                        res.rate_limit = snap.or(res.rate_limit);
+                        r.map(|page| {
                             res.budget = Some(page.budget);
                             match page.subscriptions.into_iter().find(|s| {
                                 s.kind == *kind
                                     && s.broadcaster_id == *broadcaster_id
                                     && s.conduit_id.as_deref() == Some(conduit_id)
                             }) {
-                                Some(s) => Ok(Outcome::Created(s)),
-                                None => Ok(Outcome::Failed {
+                                Some(s) => Outcome::Created(s),
+                                None => Outcome::Failed {
                                     change: change.clone(),
                                     error: "409: the subscription exists on another transport"
                                         .into(),
-                                }),
+                                },
                             }
-                        }
-                        Err(e) => Err(e),
+                        })
                     }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             Change::Delete {
                 broadcaster_id,
                 kind,
                 subscription_id,
                 cost,
-            } => match client.delete_subscription(token, subscription_id).await.0 {
-                Ok(_) => {
+            } => {
+                let (r, snap) = client.delete_subscription(token, subscription_id).await;
+                res.rate_limit = snap.or(res.rate_limit);
+                r.map(|_| {
                     if let Some(b) = res.budget.as_mut() {
                         b.total_cost = b.total_cost.saturating_sub(*cost);
                     }
-                    Ok(Outcome::Deleted {
+                    Outcome::Deleted {
                         broadcaster_id: broadcaster_id.clone(),
                         kind: kind.clone(),
                         cost: *cost,
-                    })
-                }
-                Err(e) => Err(e),
-            },
+                    }
+                })
+            }
         };
         match outcome {
             Ok(o) => res.outcomes.push(o),
@@ -449,6 +475,25 @@ mod tests {
         let p = plan(&ids(10), &[], None, &cfg);
         assert_eq!(p.changes.len(), 5);
         assert_eq!(p.deferred, 15);
+    }
+
+    #[test]
+    fn a_pass_spares_the_last_quarter_of_the_bucket() {
+        let snap = |remaining| RateLimitSnapshot {
+            limit: 800,
+            remaining,
+            reset: 0,
+        };
+        let mut r = PassResult {
+            rate_limit: Some(snap(200)),
+            ..PassResult::default()
+        };
+        assert!(!r.bucket_low());
+        r.rate_limit = Some(snap(199));
+        assert!(r.bucket_low());
+        r.rate_limit = None;
+        r.rate_limited = true;
+        assert!(r.bucket_low());
     }
 
     #[test]
