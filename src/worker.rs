@@ -60,7 +60,7 @@ pub const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// The worker's shard of its conduit (a conduit of one shard).
 const SHARD_ID: &str = "0";
 /// How often the latch wakes the worker to apply what arrived.
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(10);
 /// How often the environment (extension, credentials, channels) is checked.
 const CHECK_IDLE: Duration = Duration::from_secs(1);
 const CHECK_RUNNING: Duration = Duration::from_secs(5);

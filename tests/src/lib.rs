@@ -358,6 +358,48 @@ impl TestDb {
             .get(0)
     }
 
+    /// Points this database's EventSub worker at the simulator's EventSub
+    /// server (started here) and names the database in
+    /// `twitch_sync.eventsub_database` (ALTER SYSTEM, reload): the cluster's
+    /// worker serves it from then on. `settings` are more `ALTER DATABASE
+    /// ... SET` pairs.
+    pub fn serve_eventsub(&mut self, settings: &[(&str, &str)]) {
+        if self.sim.eventsub_url().is_none() {
+            self.sim
+                .start_eventsub(helix_sim::eventsub::EventSubConfig::default())
+                .expect("start the EventSub server");
+        }
+        let mut admin = self.cluster().connect("postgres");
+        let url = self.sim.eventsub_url().expect("EventSub server");
+        let mut sqls = vec![format!(
+            "ALTER DATABASE {} SET twitch_sync.eventsub_url = '{url}'",
+            self.name
+        )];
+        for (k, v) in settings {
+            sqls.push(format!("ALTER DATABASE {} SET {k} = '{v}'", self.name));
+        }
+        sqls.push(format!(
+            "ALTER SYSTEM SET twitch_sync.eventsub_database = '{}'",
+            self.name
+        ));
+        sqls.push("SELECT pg_reload_conf()".into());
+        // one statement at a time: ALTER SYSTEM cannot run in a transaction block
+        for sql in sqls {
+            admin.batch_execute(&sql).expect(&sql);
+        }
+    }
+
+    /// The EventSub worker's (state, conduit id, pid), once it has a row.
+    pub fn eventsub_worker(&mut self) -> Option<(String, Option<String>, i32)> {
+        self.client
+            .query_opt(
+                "SELECT state, conduit_id, pid FROM twitch_sync.eventsub_worker",
+                &[],
+            )
+            .expect("read twitch_sync.eventsub_worker")
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+    }
+
     pub fn scalar_i64(&mut self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
     }

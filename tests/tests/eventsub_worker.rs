@@ -10,18 +10,9 @@
 //! One worker serves one database of the cluster, so this file is one test.
 
 use std::time::{Duration, Instant};
-use twitch_sync_e2e::helix_sim::eventsub::{EsFault, EventSubConfig};
+use twitch_sync_e2e::helix_sim::eventsub::EsFault;
 use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::{wait_for, world, TestDb};
-
-fn worker_state(c: &mut Client) -> Option<(String, Option<String>, i32)> {
-    c.query_opt(
-        "SELECT state, conduit_id, pid FROM twitch_sync.eventsub_worker",
-        &[],
-    )
-    .unwrap()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-}
 
 fn enabled_subscriptions(c: &mut Client) -> Vec<(String, String)> {
     c.query(
@@ -61,7 +52,6 @@ fn live_stream(c: &mut Client, b: &str) -> Option<String> {
 #[test]
 fn the_worker_keeps_streams_current_from_eventsub() {
     let mut db = TestDb::new(world(12, 0.0));
-    db.sim.start_eventsub(EventSubConfig::default()).unwrap();
     // 3 channels' worth of budget (2 subscriptions each)
     db.sim.es_set_max_total_cost(6);
     let ids = db.track_first(4);
@@ -70,33 +60,16 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         .execute("SELECT twitch_sync.set_priority($1, 5)", &[&ids[3]])
         .unwrap();
     let admin = &mut db.cluster().connect("postgres");
-    for sql in [
-        format!(
-            "ALTER DATABASE {} SET twitch_sync.eventsub_url = '{}'",
-            db.name,
-            db.sim.eventsub_url().unwrap()
-        ),
-        format!(
-            "ALTER DATABASE {} SET twitch_sync.eventsub_reconcile_secs = 1",
-            db.name
-        ),
-        format!(
-            "ALTER SYSTEM SET twitch_sync.eventsub_database = '{}'",
-            db.name
-        ),
-        "SELECT pg_reload_conf()".to_string(),
-    ] {
-        admin.batch_execute(&sql).unwrap();
-    }
+    db.serve_eventsub(&[("twitch_sync.eventsub_reconcile_secs", "1")]);
 
     // connected, with a stored conduit whose shard is enabled at the simulator
     let (_, conduit, pid) = wait_for(Duration::from_secs(30), || {
-        worker_state(&mut db.client).filter(|s| s.0 == "connected")
+        db.eventsub_worker().filter(|s| s.0 == "connected")
     })
     .unwrap_or_else(|| {
         panic!(
             "the worker connects: {:?}\n{}",
-            worker_state(&mut db.client),
+            db.eventsub_worker(),
             db.cluster().log()
         )
     });
@@ -219,7 +192,7 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     db.sim.es_fault(EsFault::DropSockets);
     wait_for(Duration::from_secs(20), || {
         let n = db.scalar_i64("SELECT reconnects FROM twitch_sync.eventsub_worker");
-        let s = worker_state(&mut db.client).unwrap().0;
+        let s = db.eventsub_worker().unwrap().0;
         (n >= 1 && s == "connected").then_some(())
     })
     .expect("reconnected");
@@ -261,7 +234,8 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .unwrap();
     let (_, conduit2, pid2) = wait_for(Duration::from_secs(30), || {
-        worker_state(&mut db.client).filter(|s| s.0 == "connected" && s.2 != pid)
+        db.eventsub_worker()
+            .filter(|s| s.0 == "connected" && s.2 != pid)
     })
     .expect("the worker is back");
     assert_eq!(conduit2.as_deref(), Some(conduit.as_str()));

@@ -218,9 +218,113 @@ fn low(s: RateLimitSnapshot) -> bool {
     f64::from(s.remaining) < f64::from(s.limit) * BUCKET_RESERVE
 }
 
-/// Carries out `changes` one after another (a pass is small, and the bucket
-/// is shared with polling). A 409 on create is looked up by broadcaster, so
-/// its id is recorded too. Stops at a 429 of the bucket or a 401.
+/// Requests of a pass in flight at once (each one point of the bucket; the
+/// pass stops at its reserve between waves).
+pub const CONCURRENCY: usize = 16;
+
+/// What one change came to, with what its answers said.
+struct Done {
+    change: Change,
+    outcome: Result<Outcome, HelixError>,
+    snap: Option<RateLimitSnapshot>,
+    budget: Option<Budget>,
+    requests: u64,
+}
+
+async fn carry_out(client: &TwitchClient, token: &str, conduit_id: &str, change: Change) -> Done {
+    let d = carry_out_inner(client, token, conduit_id, &change).await;
+    Done { change, ..d }
+}
+
+async fn carry_out_inner(
+    client: &TwitchClient,
+    token: &str,
+    conduit_id: &str,
+    change: &Change,
+) -> Done {
+    let placeholder = || Change::Create {
+        broadcaster_id: String::new(),
+        kind: "",
+    };
+    match change {
+        Change::Create {
+            broadcaster_id,
+            kind,
+        } => {
+            let (r, snap) = client
+                .create_subscription(token, kind, broadcaster_id, conduit_id)
+                .await;
+            match r {
+                Ok(CreateOutcome::Created {
+                    subscription,
+                    budget,
+                }) => Done {
+                    change: placeholder(),
+                    outcome: Ok(Outcome::Created(subscription)),
+                    snap,
+                    budget: Some(budget),
+                    requests: 1,
+                },
+                Ok(CreateOutcome::AlreadyExists) => {
+                    // 409: find its id, so that it is recorded like a new one
+                    let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
+                    let (r, snap2) = client.get_subscriptions(token, &filter, None).await;
+                    let budget = r.as_ref().ok().map(|p| p.budget);
+                    let outcome = r.map(|page| {
+                        match page.subscriptions.into_iter().find(|s| {
+                            s.kind == *kind
+                                && s.broadcaster_id == *broadcaster_id
+                                && s.conduit_id.as_deref() == Some(conduit_id)
+                        }) {
+                            Some(s) => Outcome::Created(s),
+                            None => Outcome::Failed {
+                                change: change.clone(),
+                                error: "409: the subscription exists on another transport".into(),
+                            },
+                        }
+                    });
+                    Done {
+                        change: placeholder(),
+                        outcome,
+                        snap: snap2.or(snap),
+                        budget,
+                        requests: 2,
+                    }
+                }
+                Err(e) => Done {
+                    change: placeholder(),
+                    outcome: Err(e),
+                    snap,
+                    budget: None,
+                    requests: 1,
+                },
+            }
+        }
+        Change::Delete {
+            broadcaster_id,
+            kind,
+            subscription_id,
+            cost,
+        } => {
+            let (r, snap) = client.delete_subscription(token, subscription_id).await;
+            Done {
+                change: placeholder(),
+                outcome: r.map(|_| Outcome::Deleted {
+                    broadcaster_id: broadcaster_id.clone(),
+                    kind: kind.clone(),
+                    cost: *cost,
+                }),
+                snap,
+                budget: None,
+                requests: 1,
+            }
+        }
+    }
+}
+
+/// Carries out `changes` in order, [`CONCURRENCY`] at a time. A 409 on create
+/// is looked up by broadcaster, so its id is recorded too. Stops after a
+/// 429 of the bucket, a 401, or when the bucket is down to its reserve.
 pub async fn execute(
     client: &TwitchClient,
     token: &str,
@@ -228,86 +332,55 @@ pub async fn execute(
     changes: Vec<Change>,
 ) -> PassResult {
     let mut res = PassResult::default();
-    for change in changes {
+    let mut rest = changes.into_iter().peekable();
+    while rest.peek().is_some() {
         if res.rate_limit.is_some_and(low) {
             break;
         }
-        res.requests += 1;
-        let outcome = match &change {
-            Change::Create {
-                broadcaster_id,
-                kind,
-            } => {
-                let (r, snap) = client
-                    .create_subscription(token, kind, broadcaster_id, conduit_id)
-                    .await;
-                res.rate_limit = snap.or(res.rate_limit);
-                match r {
-                    Ok(CreateOutcome::Created {
-                        subscription,
-                        budget,
-                    }) => {
-                        res.budget = Some(budget);
-                        Ok(Outcome::Created(subscription))
-                    }
-                    Ok(CreateOutcome::AlreadyExists) => {
-                        res.requests += 1;
-                        let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
-                        let (r, snap) = client.get_subscriptions(token, &filter, None).await;
-                        res.rate_limit = snap.or(res.rate_limit);
-                        r.map(|page| {
-                            res.budget = Some(page.budget);
-                            match page.subscriptions.into_iter().find(|s| {
-                                s.kind == *kind
-                                    && s.broadcaster_id == *broadcaster_id
-                                    && s.conduit_id.as_deref() == Some(conduit_id)
-                            }) {
-                                Some(s) => Outcome::Created(s),
-                                None => Outcome::Failed {
-                                    change: change.clone(),
-                                    error: "409: the subscription exists on another transport"
-                                        .into(),
-                                },
-                            }
-                        })
-                    }
-                    Err(e) => Err(e),
+        let wave: Vec<Change> = rest.by_ref().take(CONCURRENCY).collect();
+        let done = futures_util::future::join_all(
+            wave.into_iter()
+                .map(|c| carry_out(client, token, conduit_id, c)),
+        )
+        .await;
+        let mut stop = false;
+        for d in done {
+            res.requests += d.requests;
+            // the answer with the fewest points left is the latest
+            if let Some(s) = d.snap {
+                if res
+                    .rate_limit
+                    .is_none_or(|r| s.remaining <= r.remaining || s.reset > r.reset)
+                {
+                    res.rate_limit = Some(s);
                 }
             }
-            Change::Delete {
-                broadcaster_id,
-                kind,
-                subscription_id,
-                cost,
-            } => {
-                let (r, snap) = client.delete_subscription(token, subscription_id).await;
-                res.rate_limit = snap.or(res.rate_limit);
-                r.map(|_| {
-                    if let Some(b) = res.budget.as_mut() {
+            if let Some(b) = d.budget {
+                res.budget = Some(b);
+            }
+            match d.outcome {
+                Ok(o) => {
+                    if let (Outcome::Deleted { cost, .. }, Some(b)) = (&o, res.budget.as_mut()) {
                         b.total_cost = b.total_cost.saturating_sub(*cost);
                     }
-                    Outcome::Deleted {
-                        broadcaster_id: broadcaster_id.clone(),
-                        kind: kind.clone(),
-                        cost: *cost,
-                    }
-                })
+                    res.outcomes.push(o);
+                }
+                Err(HelixError::RateLimited { .. }) => {
+                    res.rate_limited = true;
+                    stop = true;
+                }
+                Err(HelixError::Unauthorized { .. }) => {
+                    res.unauthorized = true;
+                    stop = true;
+                }
+                Err(e) => res.outcomes.push(Outcome::Failed {
+                    change: d.change,
+                    error: e.to_string(),
+                }),
             }
-        };
-        match outcome {
-            Ok(o) => res.outcomes.push(o),
-            Err(HelixError::RateLimited { .. }) => {
-                res.rate_limited = true;
-                break;
-            }
-            Err(HelixError::Unauthorized { .. }) => {
-                res.unauthorized = true;
-                break;
-            }
-            Err(e) => res.outcomes.push(Outcome::Failed {
-                change,
-                error: e.to_string(),
-            }),
+        }
+        if stop {
+            break;
         }
     }
     res
