@@ -524,8 +524,7 @@ pub fn parse_webhook_body(
         "webhook_callback_verification" => {
             let challenge = str_at(&payload, "challenge")
                 .filter(|c| {
-                    (1..=MAX_CHALLENGE_BYTES).contains(&c.len())
-                        && !c.chars().any(char::is_control)
+                    (1..=MAX_CHALLENGE_BYTES).contains(&c.len()) && !c.chars().any(char::is_control)
                 })
                 .ok_or(DropReason::BadEvent)?
                 .to_string();
@@ -594,12 +593,21 @@ mod webhook_body_tests {
     }
 
     fn parse(kind: &str, st: Option<&str>, body: &str) -> Result<WebhookBody, DropReason> {
-        parse_webhook_body(kind, "m-1", 1_795_657_000_000_000, st, Some("1"), body, now())
+        parse_webhook_body(
+            kind,
+            "m-1",
+            1_795_657_000_000_000,
+            st,
+            Some("1"),
+            body,
+            now(),
+        )
     }
 
     #[test]
     fn notification_bodies_are_payloads() {
-        let Ok(WebhookBody::Notification(env)) = parse("notification", Some("stream.online"), &online())
+        let Ok(WebhookBody::Notification(env)) =
+            parse("notification", Some("stream.online"), &online())
         else {
             panic!()
         };
@@ -638,7 +646,10 @@ mod webhook_body_tests {
         assert!(matches!(
             env.message,
             Message::Notification(Notification {
-                event: StreamEvent::Offline { stream_id: None, .. },
+                event: StreamEvent::Offline {
+                    stream_id: None,
+                    ..
+                },
                 ..
             })
         ));
@@ -649,7 +660,11 @@ mod webhook_body_tests {
         let body = json!({"challenge":"pogchamp-kappa-360noscope-vohiyo",
                           "subscription": sub("stream.online", "webhook_callback_verification_pending")});
         assert_eq!(
-            parse("webhook_callback_verification", Some("stream.online"), &body.to_string()),
+            parse(
+                "webhook_callback_verification",
+                Some("stream.online"),
+                &body.to_string()
+            ),
             Ok(WebhookBody::Challenge {
                 challenge: "pogchamp-kappa-360noscope-vohiyo".into(),
                 subscription: Some(SubscriptionInfo {
@@ -662,16 +677,27 @@ mod webhook_body_tests {
                 conduit_shard: None,
             })
         );
-        let shard = json!({"challenge":"abc","conduit_shard":{"conduit_id":"3f1c2a87-aaaa","shard":"42"}});
+        let shard =
+            json!({"challenge":"abc","conduit_shard":{"conduit_id":"3f1c2a87-aaaa","shard":"42"}});
         assert!(matches!(
             parse_webhook_body("webhook_callback_verification", "m", 0, None, None, &shard.to_string(), now()),
             Ok(WebhookBody::Challenge { conduit_shard: Some((c, s)), .. }) if c == "3f1c2a87-aaaa" && s == "42"
         ));
-        for bad in [json!(""), json!(null), json!(5), json!("a\u{0}b"), json!("x".repeat(1025))] {
+        for bad in [
+            json!(""),
+            json!(null),
+            json!(5),
+            json!("a\u{0}b"),
+            json!("x".repeat(1025)),
+        ] {
             let mut b = body.clone();
             b["challenge"] = bad.clone();
             assert_eq!(
-                parse("webhook_callback_verification", Some("stream.online"), &b.to_string()),
+                parse(
+                    "webhook_callback_verification",
+                    Some("stream.online"),
+                    &b.to_string()
+                ),
                 Err(DropReason::BadEvent),
                 "{bad}"
             );
@@ -688,8 +714,13 @@ mod webhook_body_tests {
         else {
             panic!()
         };
-        assert!(matches!(env.message, Message::Revocation(s) if s.status == "authorization_revoked"));
-        assert_eq!(parse("session_welcome", None, "{}"), Err(DropReason::UnknownType));
+        assert!(
+            matches!(env.message, Message::Revocation(s) if s.status == "authorization_revoked")
+        );
+        assert_eq!(
+            parse("session_welcome", None, "{}"),
+            Err(DropReason::UnknownType)
+        );
     }
 
     #[test]
@@ -703,7 +734,11 @@ mod webhook_body_tests {
         let body = online();
         for n in 0..body.len() {
             if let Some(p) = body.get(..n) {
-                for kind in ["notification", "revocation", "webhook_callback_verification"] {
+                for kind in [
+                    "notification",
+                    "revocation",
+                    "webhook_callback_verification",
+                ] {
                     assert!(parse(kind, None, p).is_err());
                 }
             }
