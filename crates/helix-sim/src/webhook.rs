@@ -14,7 +14,8 @@
 //!   `{"subscription", "event"}` for `stream.online` / `stream.offline` v1,
 //!   `{"subscription"}` with the reason as its status for a revocation;
 //! - faults: a bad signature ([`Delivery::bad_signature`]), a timestamp older
-//!   than Twitch's 10 minutes, correctly signed ([`Delivery::stale`]), a resend
+//!   than Twitch's 10 minutes, correctly signed ([`Delivery::stale`]), a body
+//!   changed after signing ([`Delivery::tampered`]), a resend
 //!   with the same message id ([`Delivery::resend`]).
 //!
 //! The reply's status, headers, body and time are returned
@@ -100,6 +101,8 @@ pub struct Delivery {
     pub body: String,
     /// Sign with another secret than the receiver's (fault).
     pub wrong_secret: bool,
+    /// Send this body instead of the signed one (fault: changed on the way).
+    pub sent_body: Option<String>,
 }
 
 impl Delivery {
@@ -112,6 +115,7 @@ impl Delivery {
             retry: 0,
             body: body.to_string(),
             wrong_secret: false,
+            sent_body: None,
         }
     }
 
@@ -180,6 +184,12 @@ impl Delivery {
     /// Fault: signed with another secret (the receiver must answer 4xx).
     pub fn bad_signature(mut self) -> Delivery {
         self.wrong_secret = true;
+        self
+    }
+
+    /// Fault: the body changed after signing (`f` edits the signed body).
+    pub fn tampered(mut self, f: impl FnOnce(&str) -> String) -> Delivery {
+        self.sent_body = Some(f(&self.body));
         self
     }
 
@@ -267,6 +277,7 @@ impl WebhookSender {
     /// Sends one delivery and reads the whole reply (one connection per
     /// request, `Connection: close`).
     pub fn send(&self, d: &Delivery) -> io::Result<WebhookReply> {
+        let body = d.sent_body.as_deref().unwrap_or(&d.body);
         let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidInput, m.to_string());
         let rest = self
             .callback
@@ -287,14 +298,14 @@ impl WebhookSender {
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: Twitch-Eventsub-Simulator\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-            d.body.len()
+            body.len()
         );
         for (k, v) in d.headers(&self.secret) {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
         req.push_str("\r\n");
         s.write_all(req.as_bytes())?;
-        s.write_all(d.body.as_bytes())?;
+        s.write_all(body.as_bytes())?;
         s.flush()?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw)?;
