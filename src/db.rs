@@ -804,3 +804,31 @@ pub fn save_conduit(client_id: &str, conduit_id: &str) -> Result<(), SyncError> 
     .map_err(internal)?;
     Spi::run("DELETE FROM twitch_sync.eventsub_subscriptions").map_err(internal)
 }
+
+// ---------------------------------------------------------------------------
+// The webhook transport (src/webhook.rs, sql/webhook.sql). It applies
+// notifications with apply_event and records revocations with
+// record_revocation, as the worker does.
+
+/// PostgREST's `request.headers` setting of this transaction, if any.
+pub fn request_headers() -> Result<Option<String>, SyncError> {
+    Spi::get_one::<String>("SELECT pg_catalog.current_setting('request.headers', true)")
+        .map_err(internal)
+}
+
+/// The stored webhook secret (twitch_sync.credentials.webhook_secret), if set.
+/// Callers never put it into a message.
+pub fn webhook_secret() -> Result<Option<String>, SyncError> {
+    // A scalar subquery: one row whether or not credentials are set.
+    Spi::get_one::<String>("SELECT (SELECT webhook_secret FROM twitch_sync.credentials)")
+        .map_err(internal)
+}
+
+/// Sets PostgREST's `response.headers` for the rest of the transaction.
+pub fn set_response_headers(json: &str) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "SELECT pg_catalog.set_config('response.headers', $1, true)",
+        &[json.into()],
+    )
+    .map_err(internal)
+}

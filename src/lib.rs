@@ -4,6 +4,7 @@
 //! Layout, in the direction data flows:
 //! - `api`: the SQL-facing `twitch_sync.run()`;
 //! - `schedule`: `twitch_sync.cron_next_run()`, for `status()`;
+//! - `webhook`: `twitch_sync.eventsub_webhook()`, EventSub's webhook transport;
 //! - `db`: every SPI call (read state, apply, record the run);
 //! - `twitch_sync_core` (crates/core): Helix client, rate limiter, batch
 //!   planner, parsing and the sync engine, with no Postgres in them;
@@ -16,8 +17,9 @@
 //! untrack, set_credentials), analytics.sql (history, rollups, maintain(),
 //! the analytics views and functions), transitions.sql (the transition layer),
 //! operations.sql (record_run, channel_status, schedule, prune),
-//! dashboard.sql (the HTML dashboard) and finalize.sql (status, metrics,
-//! privileges).
+//! dashboard.sql (the HTML dashboard), eventsub.sql (EventSub notifications
+//! and subscriptions), webhook.sql (the webhook secret) and finalize.sql
+//! (status, metrics, privileges).
 
 mod api;
 mod db;
@@ -25,6 +27,7 @@ mod error;
 mod gucs;
 mod runtime;
 mod schedule;
+mod webhook;
 mod worker;
 
 pgrx::pg_module_magic!();
@@ -54,6 +57,11 @@ pgrx::extension_sql_file!(
     "../sql/eventsub.sql",
     name = "eventsub",
     requires = ["schema", "transitions"]
+);
+pgrx::extension_sql_file!(
+    "../sql/webhook.sql",
+    name = "webhook",
+    requires = ["schema", "transitions", "eventsub"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

@@ -836,7 +836,7 @@ impl Simulator {
 /// headers for `body`, with `Twitch-Eventsub-Message-Signature` =
 /// `sha256=` + hex HMAC-SHA256(secret, message id + timestamp + body). The
 /// timestamp has nanoseconds, so a receiver that re-formats it before hashing
-/// fails. (The sender that POSTs these is not built yet.)
+/// fails. [`crate::webhook::WebhookSender`] POSTs deliveries signed with it.
 pub fn webhook_headers(
     secret: &str,
     message_id: &str,

@@ -24,6 +24,7 @@ pub mod eventsub;
 pub mod h2;
 pub mod http;
 pub mod tls;
+pub mod webhook;
 pub mod world;
 
 use bucket::Bucket;

@@ -450,6 +450,305 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
     })
 }
 
+// ---------------------------------------------------------------------------
+// Webhook bodies (the webhook transport, `twitch_sync.eventsub_webhook`).
+//
+// A webhook request carries its metadata in `Twitch-Eventsub-*` headers and a
+// body shaped like a WebSocket frame's `payload`: `{"subscription": …,
+// "event": …}` (notification), `{"subscription": …}` (revocation), or
+// `{"challenge": …, "subscription": …}` / `{"challenge": …, "conduit_shard":
+// {"conduit_id", "shard"}}` (webhook_callback_verification). The same checked
+// helpers as for frames apply; the caller has verified the signature and the
+// timestamp first (`super::webhook::verify`).
+
+/// Longest challenge echoed, in bytes (Twitch's are a few dozen).
+pub const MAX_CHALLENGE_BYTES: usize = 1024;
+
+/// A checked webhook body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookBody {
+    /// `webhook_callback_verification`: answer 200 with `challenge` as the
+    /// whole body. `subscription` is set for a subscription's challenge,
+    /// `conduit_shard` (conduit id, shard id) for a conduit webhook shard's.
+    Challenge {
+        challenge: String,
+        subscription: Option<SubscriptionInfo>,
+        conduit_shard: Option<(String, String)>,
+    },
+    /// A `stream.online` / `stream.offline` v1 notification
+    /// ([`Message::Notification`]).
+    Notification(Envelope),
+    /// A revocation ([`Message::Revocation`]).
+    Revocation(Envelope),
+}
+
+/// Parses and checks a webhook request's body, given its headers:
+/// `message_type` (`Twitch-Eventsub-Message-Type`), `message_id`,
+/// `message_timestamp` (microseconds, from the verified timestamp header) and
+/// the optional `Twitch-Eventsub-Subscription-Type` / `-Version`, which must
+/// agree with the body when given. Nothing here panics on any input.
+pub fn parse_webhook_body(
+    message_type: &str,
+    message_id: &str,
+    message_timestamp: i64,
+    subscription_type: Option<&str>,
+    subscription_version: Option<&str>,
+    body: &str,
+    now: SystemTime,
+) -> Result<WebhookBody, DropReason> {
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(DropReason::TooLarge);
+    }
+    if !is_opaque_id(message_id) {
+        return Err(DropReason::BadMessageId);
+    }
+    let payload: Value = serde_json::from_str(body).map_err(|_| DropReason::Malformed)?;
+    if !payload.is_object() {
+        return Err(DropReason::Malformed);
+    }
+    let envelope = |message| Envelope {
+        message_id: message_id.to_string(),
+        message_timestamp,
+        message,
+    };
+    // What the headers say must be what twitch_sync asked for.
+    let check_headers = || -> Result<(), DropReason> {
+        if subscription_version.is_some_and(|v| v != STREAM_VERSION)
+            || subscription_type.is_some_and(|t| t != STREAM_ONLINE && t != STREAM_OFFLINE)
+        {
+            return Err(DropReason::Unsupported);
+        }
+        Ok(())
+    };
+    match message_type {
+        "webhook_callback_verification" => {
+            let challenge = str_at(&payload, "challenge")
+                .filter(|c| {
+                    (1..=MAX_CHALLENGE_BYTES).contains(&c.len()) && !c.chars().any(char::is_control)
+                })
+                .ok_or(DropReason::BadEvent)?
+                .to_string();
+            if let Some(shard) = payload.get("conduit_shard") {
+                let conduit = str_at(shard, "conduit_id")
+                    .filter(|c| is_opaque_id(c))
+                    .ok_or(DropReason::BadEvent)?;
+                let id = str_at(shard, "shard")
+                    .filter(|s| is_numeric_id(s))
+                    .ok_or(DropReason::BadEvent)?;
+                return Ok(WebhookBody::Challenge {
+                    challenge,
+                    subscription: None,
+                    conduit_shard: Some((conduit.to_string(), id.to_string())),
+                });
+            }
+            check_headers()?;
+            let sub = subscription(&payload, subscription_type)?;
+            Ok(WebhookBody::Challenge {
+                challenge,
+                subscription: Some(sub),
+                conduit_shard: None,
+            })
+        }
+        "notification" => {
+            check_headers()?;
+            let sub = subscription(&payload, subscription_type)?;
+            let event = stream_event(&sub, &payload, now)?;
+            Ok(WebhookBody::Notification(envelope(Message::Notification(
+                Notification {
+                    subscription: sub,
+                    event,
+                },
+            ))))
+        }
+        "revocation" => {
+            check_headers()?;
+            let sub = subscription(&payload, subscription_type)?;
+            Ok(WebhookBody::Revocation(envelope(Message::Revocation(sub))))
+        }
+        _ => Err(DropReason::UnknownType),
+    }
+}
+
+#[cfg(test)]
+mod webhook_body_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_657_600)
+    }
+
+    fn sub(kind: &str, status: &str) -> Value {
+        json!({"id":"f1c2a387-161a-49f9-a165-0f21d7a4e1c4","status":status,"type":kind,"version":"1","cost":1,
+               "condition":{"broadcaster_user_id":"1337"},
+               "transport":{"method":"webhook","callback":"https://example.com/webhooks/callback"},
+               "created_at":"2026-11-20T14:56:00.1Z"})
+    }
+
+    fn online() -> String {
+        json!({"subscription": sub("stream.online", "enabled"),
+               "event":{"id":"9001","broadcaster_user_id":"1337","broadcaster_user_login":"cool_user",
+                        "broadcaster_user_name":"Cool_User","type":"live","started_at":"2026-11-20T14:56:40.123Z"}})
+        .to_string()
+    }
+
+    fn parse(kind: &str, st: Option<&str>, body: &str) -> Result<WebhookBody, DropReason> {
+        parse_webhook_body(
+            kind,
+            "m-1",
+            1_795_657_000_000_000,
+            st,
+            Some("1"),
+            body,
+            now(),
+        )
+    }
+
+    #[test]
+    fn notification_bodies_are_payloads() {
+        let Ok(WebhookBody::Notification(env)) =
+            parse("notification", Some("stream.online"), &online())
+        else {
+            panic!()
+        };
+        assert_eq!(env.message_id, "m-1");
+        assert_eq!(env.message_timestamp, 1_795_657_000_000_000);
+        let Message::Notification(n) = env.message else {
+            panic!()
+        };
+        assert_eq!(n.subscription.conduit_id, None);
+        assert_eq!(n.event.event_key().as_deref(), Some("online/1337/9001"));
+        // the header must agree with the body, and only stream.* v1 is taken
+        assert_eq!(
+            parse("notification", Some("stream.offline"), &online()),
+            Err(DropReason::Mismatch)
+        );
+        assert_eq!(
+            parse("notification", Some("channel.update"), &online()),
+            Err(DropReason::Unsupported)
+        );
+        assert_eq!(
+            parse_webhook_body("notification", "m-1", 0, None, Some("2"), &online(), now()),
+            Err(DropReason::Unsupported)
+        );
+        // without the optional headers the body decides
+        assert!(matches!(
+            parse_webhook_body("notification", "m-1", 0, None, None, &online(), now()),
+            Ok(WebhookBody::Notification(_))
+        ));
+        let offline = json!({"subscription": sub("stream.offline", "enabled"),
+                             "event":{"broadcaster_user_id":"1337","broadcaster_user_login":"cool_user"}});
+        let Ok(WebhookBody::Notification(env)) =
+            parse("notification", Some("stream.offline"), &offline.to_string())
+        else {
+            panic!()
+        };
+        assert!(matches!(
+            env.message,
+            Message::Notification(Notification {
+                event: StreamEvent::Offline {
+                    stream_id: None,
+                    ..
+                },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn challenges_and_revocations() {
+        let body = json!({"challenge":"pogchamp-kappa-360noscope-vohiyo",
+                          "subscription": sub("stream.online", "webhook_callback_verification_pending")});
+        assert_eq!(
+            parse(
+                "webhook_callback_verification",
+                Some("stream.online"),
+                &body.to_string()
+            ),
+            Ok(WebhookBody::Challenge {
+                challenge: "pogchamp-kappa-360noscope-vohiyo".into(),
+                subscription: Some(SubscriptionInfo {
+                    id: "f1c2a387-161a-49f9-a165-0f21d7a4e1c4".into(),
+                    status: "webhook_callback_verification_pending".into(),
+                    kind: "stream.online".into(),
+                    broadcaster_id: "1337".into(),
+                    conduit_id: None,
+                }),
+                conduit_shard: None,
+            })
+        );
+        let shard =
+            json!({"challenge":"abc","conduit_shard":{"conduit_id":"3f1c2a87-aaaa","shard":"42"}});
+        assert!(matches!(
+            parse_webhook_body("webhook_callback_verification", "m", 0, None, None, &shard.to_string(), now()),
+            Ok(WebhookBody::Challenge { conduit_shard: Some((c, s)), .. }) if c == "3f1c2a87-aaaa" && s == "42"
+        ));
+        for bad in [
+            json!(""),
+            json!(null),
+            json!(5),
+            json!("a\u{0}b"),
+            json!("x".repeat(1025)),
+        ] {
+            let mut b = body.clone();
+            b["challenge"] = bad.clone();
+            assert_eq!(
+                parse(
+                    "webhook_callback_verification",
+                    Some("stream.online"),
+                    &b.to_string()
+                ),
+                Err(DropReason::BadEvent),
+                "{bad}"
+            );
+        }
+        // a challenge for a type twitch_sync does not handle is not answered
+        let other = json!({"challenge":"c","subscription": sub("channel.update", "webhook_callback_verification_pending")});
+        assert_eq!(
+            parse("webhook_callback_verification", None, &other.to_string()),
+            Err(DropReason::Unsupported)
+        );
+        let revoked = json!({"subscription": sub("stream.offline", "authorization_revoked")});
+        let Ok(WebhookBody::Revocation(env)) =
+            parse("revocation", Some("stream.offline"), &revoked.to_string())
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(env.message, Message::Revocation(s) if s.status == "authorization_revoked")
+        );
+        assert_eq!(
+            parse("session_welcome", None, "{}"),
+            Err(DropReason::UnknownType)
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_without_panics() {
+        assert_eq!(
+            parse_webhook_body("notification", "bad id", 0, None, None, &online(), now()),
+            Err(DropReason::BadMessageId)
+        );
+        let big = format!("{{\"x\":\"{}\"}}", "y".repeat(MAX_FRAME_BYTES));
+        assert_eq!(parse("notification", None, &big), Err(DropReason::TooLarge));
+        let body = online();
+        for n in 0..body.len() {
+            if let Some(p) = body.get(..n) {
+                for kind in [
+                    "notification",
+                    "revocation",
+                    "webhook_callback_verification",
+                ] {
+                    assert!(parse(kind, None, p).is_err());
+                }
+            }
+        }
+        for b in ["[]", "null", "\"s\"", "{}"] {
+            assert!(parse("notification", None, b).is_err());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,6 +117,128 @@ pub fn verify(
     i64::try_from(at.unix_timestamp_nanos() / 1000).map_err(|_| WebhookError::BadTimestamp)
 }
 
+/// The request headers a receiver needs (Twitch, "Handling webhook events").
+pub const HEADER_MESSAGE_ID: &str = "Twitch-Eventsub-Message-Id";
+pub const HEADER_TIMESTAMP: &str = "Twitch-Eventsub-Message-Timestamp";
+pub const HEADER_SIGNATURE: &str = "Twitch-Eventsub-Message-Signature";
+pub const HEADER_MESSAGE_TYPE: &str = "Twitch-Eventsub-Message-Type";
+pub const HEADER_SUBSCRIPTION_TYPE: &str = "Twitch-Eventsub-Subscription-Type";
+pub const HEADER_SUBSCRIPTION_VERSION: &str = "Twitch-Eventsub-Subscription-Version";
+
+/// The `Twitch-Eventsub-*` headers of one request, as given. Header names are
+/// case-insensitive; values are kept exactly as sent (the timestamp is hashed
+/// raw).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub message_id: Option<String>,
+    pub timestamp: Option<String>,
+    pub signature: Option<String>,
+    pub message_type: Option<String>,
+    pub subscription_type: Option<String>,
+    pub subscription_version: Option<String>,
+}
+
+impl Headers {
+    /// The headers found in PostgREST's `request.headers` setting: a JSON
+    /// object of header names (PostgREST lowercases them; any case is
+    /// accepted) to string values. Anything else, or a name given twice in
+    /// different cases, yields no value for that header.
+    pub fn from_json(json: &str) -> Headers {
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json)
+        else {
+            return Headers::default();
+        };
+        let get = |name: &str| -> Option<String> {
+            let mut found = map
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str());
+            match (found.next(), found.next()) {
+                (Some(Some(v)), None) => Some(v.to_string()),
+                _ => None,
+            }
+        };
+        Headers {
+            message_id: get(HEADER_MESSAGE_ID),
+            timestamp: get(HEADER_TIMESTAMP),
+            signature: get(HEADER_SIGNATURE),
+            message_type: get(HEADER_MESSAGE_TYPE),
+            subscription_type: get(HEADER_SUBSCRIPTION_TYPE),
+            subscription_version: get(HEADER_SUBSCRIPTION_VERSION),
+        }
+    }
+
+    /// These headers, with the missing ones taken from `other`.
+    pub fn or(self, other: Headers) -> Headers {
+        Headers {
+            message_id: self.message_id.or(other.message_id),
+            timestamp: self.timestamp.or(other.timestamp),
+            signature: self.signature.or(other.signature),
+            message_type: self.message_type.or(other.message_type),
+            subscription_type: self.subscription_type.or(other.subscription_type),
+            subscription_version: self.subscription_version.or(other.subscription_version),
+        }
+    }
+
+    /// The first required header that is missing (id, timestamp, signature,
+    /// type), by its name.
+    pub fn missing(&self) -> Option<&'static str> {
+        [
+            (&self.message_id, HEADER_MESSAGE_ID),
+            (&self.timestamp, HEADER_TIMESTAMP),
+            (&self.signature, HEADER_SIGNATURE),
+            (&self.message_type, HEADER_MESSAGE_TYPE),
+        ]
+        .into_iter()
+        .find(|(v, _)| v.is_none())
+        .map(|(_, name)| name)
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn headers_from_postgrest_json() {
+        let h = Headers::from_json(
+            r#"{"host":"x","twitch-eventsub-message-id":"abc","Twitch-Eventsub-Message-Timestamp":"2026-11-20T14:56:51.123456789Z",
+                "twitch-eventsub-message-signature":"sha256=00","twitch-eventsub-message-type":"notification",
+                "twitch-eventsub-subscription-type":"stream.online","twitch-eventsub-subscription-version":"1"}"#,
+        );
+        assert_eq!(h.message_id.as_deref(), Some("abc"));
+        assert_eq!(
+            h.timestamp.as_deref(),
+            Some("2026-11-20T14:56:51.123456789Z")
+        );
+        assert_eq!(h.subscription_version.as_deref(), Some("1"));
+        assert_eq!(h.missing(), None);
+        for bad in ["", "null", "[]", "{", "\"x\""] {
+            assert_eq!(Headers::from_json(bad), Headers::default(), "{bad}");
+        }
+        // not a string, or the same name twice in other cases: no value
+        let h = Headers::from_json(
+            r#"{"twitch-eventsub-message-id":5,"twitch-eventsub-message-type":"a","TWITCH-EVENTSUB-MESSAGE-TYPE":"b"}"#,
+        );
+        assert_eq!((h.message_id, h.message_type), (None, None));
+    }
+
+    #[test]
+    fn explicit_headers_come_first() {
+        let explicit = Headers {
+            message_id: Some("given".into()),
+            ..Headers::default()
+        };
+        let h = explicit.or(Headers::from_json(
+            r#"{"twitch-eventsub-message-id":"from-json","twitch-eventsub-message-type":"revocation"}"#,
+        ));
+        assert_eq!(h.message_id.as_deref(), Some("given"));
+        assert_eq!(h.message_type.as_deref(), Some("revocation"));
+        assert_eq!(h.missing(), Some(HEADER_TIMESTAMP));
+        assert_eq!(Headers::default().missing(), Some(HEADER_MESSAGE_ID));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
