@@ -176,6 +176,18 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"))
     }
 
+    /// A connection, or None while the server does not accept one.
+    pub fn connect_opt(&self, dbname: &str) -> Option<Client> {
+        Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+                self.port
+            ),
+            NoTls,
+        )
+        .ok()
+    }
+
     pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
         Client::connect(
             &format!(

@@ -10,7 +10,7 @@
 //! One worker serves one database of the cluster, so this file is one test.
 
 use std::time::{Duration, Instant};
-use twitch_sync_e2e::helix_sim::eventsub::EsFault;
+use twitch_sync_e2e::helix_sim::eventsub::{EsFault, EventSubConfig};
 use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::{wait_for, world, TestDb};
 
@@ -52,6 +52,7 @@ fn live_stream(c: &mut Client, b: &str) -> Option<String> {
 #[test]
 fn the_worker_keeps_streams_current_from_eventsub() {
     let mut db = TestDb::new(world(12, 0.0));
+    db.sim.start_eventsub(EventSubConfig::default()).unwrap();
     // 3 channels' worth of budget (2 subscriptions each)
     db.sim.es_set_max_total_cost(6);
     let ids = db.track_first(4);

@@ -344,6 +344,14 @@ pub async fn execute(
         )
         .await;
         let mut stop = false;
+        // answers of a wave arrive in any order: the one counting the most is the latest
+        if let Some(b) = done
+            .iter()
+            .filter_map(|d| d.budget)
+            .max_by_key(|b| b.total_cost)
+        {
+            res.budget = Some(b);
+        }
         for d in done {
             res.requests += d.requests;
             // the answer with the fewest points left is the latest
@@ -354,9 +362,6 @@ pub async fn execute(
                 {
                     res.rate_limit = Some(s);
                 }
-            }
-            if let Some(b) = d.budget {
-                res.budget = Some(b);
             }
             match d.outcome {
                 Ok(o) => {
