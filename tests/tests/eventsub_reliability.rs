@@ -151,15 +151,12 @@ fn the_worker_survives_what_a_server_goes_through() {
         .status()
         .unwrap();
     assert!(status.success());
-    let reconnect = || {
-        wait_for(Duration::from_secs(60), || {
-            db.cluster()
-                .connect_opt(&db.name)
-                .and_then(|mut c| c.query_one("SELECT 1", &[]).ok().map(|_| c))
-        })
-        .expect("the server accepts connections again")
-    };
-    db.client = reconnect();
+    db.client = wait_for(Duration::from_secs(60), || {
+        db.cluster()
+            .connect_opt(&db.name)
+            .and_then(|mut c| c.query_one("SELECT 1", &[]).ok().map(|_| c))
+    })
+    .expect("the server accepts connections again");
     let (conduit3, pid3) = ready(&mut db, 3);
     assert_eq!(conduit3, conduit);
     assert_ne!(pid3, pid);
