@@ -52,10 +52,15 @@ impl<T> Drop for Background<T> {
         // The worker thread allocates from its own malloc arena, which keeps
         // freed memory mapped; the run's answers are gone now: give it back, so
         // a long-lived backend does not keep a run's peak.
-        // SAFETY: a plain libc call; it only releases free memory.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        trim_heap();
+    }
+}
+
+/// Gives free heap memory back to the system (every malloc arena).
+pub fn trim_heap() {
+    // SAFETY: a plain libc call; it only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -55,6 +55,15 @@ use twitch_sync_core::eventsub::session::ShardConfig;
 use twitch_sync_core::eventsub::socket::{run_shard_with_token, ShardParams, ShardView};
 use twitch_sync_core::SyncConfig;
 
+/// Keys the worker's in-memory admission holds per set (message ids, event
+/// keys): a few MB at most. Message ids are also deduplicated for 20 minutes
+/// by twitch_sync.eventsub_messages; memory catches the same event resent
+/// under a new id (seconds apart) and out-of-order pairs.
+const ADMISSION_KEYS: usize = 8_192;
+const ADMISSION_MEMORY: Duration = Duration::from_secs(20 * 60);
+/// The worker gives freed heap back to the system this often (the runtime
+/// thread's malloc arena keeps what it freed otherwise).
+const TRIM_EVERY: Duration = Duration::from_secs(30);
 /// Postgres starts the worker again this long after it exits with an error.
 pub const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// The worker's shard of its conduit (a conduit of one shard).
@@ -197,6 +206,7 @@ struct Worker {
     installed: bool,
     /// A session was welcomed since the worker started.
     welcomed: bool,
+    trimmed_at: Instant,
     /// The last stored conduit of a dropped extension, deleted at Twitch.
     orphan: Option<(Arc<TwitchClient>, String, String)>,
 }
@@ -215,11 +225,12 @@ impl Worker {
             dirty: true,
             flushed_at: Instant::now(),
             running: None,
-            admission: Admission::default(),
+            admission: Admission::new(ADMISSION_KEYS, ADMISSION_MEMORY),
             next_check: Instant::now(),
             retry: FIRST_RETRY,
             installed: false,
             welcomed: false,
+            trimmed_at: Instant::now(),
             orphan: None,
         }
     }
@@ -246,6 +257,10 @@ impl Worker {
             self.start_pass();
             self.observe_shard();
             self.flush(false);
+            if self.trimmed_at.elapsed() >= TRIM_EVERY {
+                runtime::trim_heap();
+                self.trimmed_at = Instant::now();
+            }
         }
         self.stop("stopped", None);
         self.flush(true);
