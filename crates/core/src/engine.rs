@@ -89,6 +89,8 @@ pub struct PassSummary {
     pub protocol: Option<Protocol>,
     /// Connections opened during the pass (each with a TLS handshake over https).
     pub connections: u32,
+    /// Directory pages answered, over all walks (discovery).
+    pub directory_pages: u32,
 }
 
 impl PassSummary {
@@ -112,9 +114,10 @@ impl PassSummary {
             })
         })
     }
-    /// The run's status by [`RunStatus::of`], "anything checked" taken from `checked`.
+    /// The run's status by [`RunStatus::of`], "anything checked" taken from
+    /// `checked` and the directory pages answered.
     pub fn status(&self) -> RunStatus {
-        RunStatus::of(self, self.checked > 0)
+        RunStatus::of(self, self.checked > 0 || self.directory_pages > 0)
     }
 }
 
@@ -481,6 +484,7 @@ struct Tally {
     live: usize,
     unknown: usize,
     stats: EntryStats,
+    directory_pages: u32,
 }
 
 /// Runs one sync pass, sending each batch's result to `results` as soon as it
@@ -629,6 +633,7 @@ pub async fn sync_streaming(
             let (mut result, stats) = pass.walk_directory(&walk).await;
             let mut t = lock(&tally);
             t.stats.add(&stats);
+            t.directory_pages += result.report.pages;
             if let Some(e) = result.report.error.take() {
                 let (current, _) = pass.current_token();
                 let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
@@ -675,6 +680,7 @@ pub async fn sync_streaming(
         outcome.live = t.live;
         outcome.unknown = t.unknown;
         outcome.stats = t.stats;
+        outcome.directory_pages = t.directory_pages;
     }
 
     let final_token = lock(&pass.token).token.clone();
