@@ -2709,7 +2709,7 @@ BEGIN
      WHERE t.game_id = track_category.game_id;
     INSERT INTO twitch_sync.tracked_categories AS t (game_id, language, max_channels)
     VALUES (track_category.game_id, lang, track_category.max_channels)
-    ON CONFLICT (game_id) DO UPDATE
+    ON CONFLICT ON CONSTRAINT tracked_categories_pkey DO UPDATE
         SET language = EXCLUDED.language, max_channels = EXCLUDED.max_channels;
     RETURN coalesce(was_new, true);
 END
@@ -2734,7 +2734,7 @@ BEGIN
     IF untrack_channels IS NULL THEN
         RAISE EXCEPTION 'untrack_channels must be true or false'
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'false (the default) keeps the channels the category discovered; true untracks them.';
+                  HINT = 'Pass false (the default) to keep the channels the category discovered, true to untrack them.';
     END IF;
     DELETE FROM twitch_sync.tracked_categories t WHERE t.game_id = untrack_category.game_id;
     found_it := FOUND;

@@ -259,6 +259,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         categories: categories.len(),
         skipped: walks.skipped,
         pages_planned: walks.pages,
+        covered: walks.covered,
         ..DiscoveryReport::default()
     });
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
@@ -290,13 +291,29 @@ fn plan_checks(
         .map_or(DOCUMENTED_BUCKET_LIMIT, |(s, _)| s.limit.max(1));
     let budget = policy.budget_requests(bucket);
     let walks = discovery::plan_walks(categories, Some(budget));
-    let plan = adaptive::plan(
+    // Live channels the walks will most likely list again are left to them.
+    let covered = discovery::covered_by_walks(
         policy,
         &input.channels,
+        &input.live_in,
+        &walks.walks,
+        input.now,
+        input.run_period,
+    );
+    let rest: Vec<usize> = (0..input.channels.len()).filter(|&i| !covered[i]).collect();
+    let candidates: Vec<adaptive::PolledChannel> =
+        rest.iter().map(|&i| input.channels[i].clone()).collect();
+    let plan = adaptive::plan(
+        policy,
+        &candidates,
         input.now,
         input.run_period,
         budget.saturating_sub(walks.pages) * MAX_IDS_PER_REQUEST,
     );
+    let plan = adaptive::Plan {
+        chosen: plan.chosen.iter().map(|&k| rest[k]).collect(),
+        due: plan.due,
+    };
     let mut chosen: Vec<String> = plan.chosen.iter().map(|&i| input.ids[i].clone()).collect();
     chosen.sort_unstable();
     state.broadcaster_ids = chosen.clone();
@@ -306,7 +323,14 @@ fn plan_checks(
         chosen: chosen.len(),
         classes: adaptive::staleness(policy, &input.channels, input.now),
     };
-    Ok((report, chosen, walks))
+    Ok((
+        report,
+        chosen,
+        WalkPlan {
+            covered: input.channels.len() - rest.len(),
+            ..walks
+        },
+    ))
 }
 
 /// Another run holds the lock: record a skipped run and say so.

@@ -273,6 +273,8 @@ pub struct PollInput {
     pub now: f64,
     /// Seconds since the previous run started (60 when there was none).
     pub run_period: f64,
+    /// The live stream's game id and language, per channel (None: not live).
+    pub live_in: Vec<Option<(String, String)>>,
 }
 
 pub fn read_poll_input() -> Result<PollInput, SyncError> {
@@ -286,7 +288,9 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                         extract(epoch FROM pg_catalog.now())::float8,
                         (SELECT extract(epoch FROM pg_catalog.now() - max(r.started_at))::float8
                            FROM twitch_sync.runs r WHERE r.status <> 'skipped'),
-                        coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}')
+                        coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}'),
+                        coalesce(array_agg(s.game_id), '{}'),
+                        coalesce(array_agg(s.language), '{}')
                    FROM twitch_sync.channels c
                    LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = c.broadcaster_id AND s.is_live
                    LEFT JOIN twitch_sync.eventsub_covered() e ON e.broadcaster_id = c.broadcaster_id
@@ -319,6 +323,20 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
             .get::<Vec<bool>>(7)
             .map_err(internal)?
             .unwrap_or_default();
+        let games = row
+            .get::<Vec<Option<String>>>(8)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let languages = row
+            .get::<Vec<Option<String>>>(9)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let live_in = (0..ids.len())
+            .map(|i| match (games.get(i), languages.get(i)) {
+                (Some(Some(g)), Some(l)) => Some((g.clone(), l.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect();
         let channels = (0..ids.len())
             .map(|i| PolledChannel {
                 live_viewers: viewers.get(i).copied().flatten().map(|v| v.max(0) as u32),
@@ -335,6 +353,7 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                 .get::<f64>(6)
                 .map_err(internal)?
                 .map_or(60.0, |p| p.clamp(1.0, 3600.0)),
+            live_in,
         })
     })
 }

@@ -23,6 +23,17 @@
 //! - A directory entry is an observation of a live stream, nothing more:
 //!   absence from a directory is **not** "offline" (the channel may have ended
 //!   or switched category or language). Only id batches end streams.
+//! - Directories instead of id batches (adaptive polling): a directory's
+//!   listing is a complete check of a *live* channel (live, its stream id,
+//!   count, title, category), so it counts as the channel's check. A live
+//!   channel whose stream is in a category this run walks (in the walk's
+//!   language) is left out of the id batches while its last check is younger
+//!   than its interval plus one run period ([`covered_by_walks`]): the walk
+//!   will most likely list it again. If the walk does not list it (it ended,
+//!   switched category or language, or fell beyond the walk's pages), its
+//!   last check ages past that bound and the next run checks it by id — which
+//!   ends it if it is offline. A stream's end is thus seen at most one run
+//!   period later than with id batches alone.
 //! - Entries of broadcasters that this run checks by id are dropped (the id
 //!   batch is the authority for them this run: one observation per channel);
 //!   entries outside the asked category or language are dropped and counted
@@ -31,6 +42,7 @@
 //!   broadcaster is dropped (`stream_id_conflict`); a broadcaster named by an
 //!   entry dropped for a bad stream id is left as it was.
 
+use crate::adaptive::{PollPolicy, PolledChannel};
 use crate::config::PAGE_SIZE;
 use crate::streams::{EntryStats, LiveStream, StreamClaims, StreamsPage};
 use serde::Serialize;
@@ -80,6 +92,9 @@ pub struct WalkPlan {
     /// Categories not walked this run: cap reached (fixed polling) or no
     /// budget left for them (adaptive polling).
     pub skipped: usize,
+    /// Live channels left to the walks instead of id batches (set by the
+    /// caller from [`covered_by_walks`]).
+    pub covered: usize,
 }
 
 /// Which categories a run walks and how many pages each may take.
@@ -101,6 +116,7 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
             pages: walks.iter().map(|w| w.max_pages as usize).sum(),
             skipped: categories.len() - walks.len(),
             walks,
+            covered: 0,
         };
     };
     let share = budget / 2;
@@ -141,7 +157,42 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
         pages: walks.iter().map(|w| w.max_pages as usize).sum(),
         skipped: categories.len() - walks.len(),
         walks,
+        covered: 0,
     }
+}
+
+/// Which channels a run leaves to its directory walks instead of id batches
+/// (see the module's rules): live, with their stream in a walked category and
+/// language (`live_in[i]`: the stored live stream's game id and language), and
+/// last checked less than their interval plus one run period ago.
+pub fn covered_by_walks(
+    policy: &PollPolicy,
+    channels: &[PolledChannel],
+    live_in: &[Option<(String, String)>],
+    walks: &[DirectoryWalk],
+    now: f64,
+    run_period: f64,
+) -> Vec<bool> {
+    channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let Some((game, language)) = live_in.get(i).and_then(Option::as_ref) else {
+                return false;
+            };
+            if c.live_viewers.is_none() {
+                return false;
+            }
+            let walked = walks.iter().any(|w| {
+                w.game_id == *game
+                    && w.language
+                        .as_deref()
+                        .is_none_or(|l| l.eq_ignore_ascii_case(language))
+            });
+            let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0);
+            walked && c.checked_at.is_some_and(|t| now - t < bound)
+        })
+        .collect()
 }
 
 /// How a walk ended.
@@ -274,6 +325,8 @@ pub struct DiscoveryReport {
     pub skipped: usize,
     /// Pages reserved for the walks (adaptive polling: out of the budget).
     pub pages_planned: usize,
+    /// Live channels left to the walks instead of id batches (adaptive polling).
+    pub covered: usize,
     /// Directory pages read, over all walks.
     pub pages: u32,
     pub streams: u32,
@@ -407,6 +460,66 @@ mod tests {
                 assert!(got == est || got + 1 >= hi, "{plan:?}");
             }
         }
+    }
+
+    #[test]
+    fn live_channels_in_walked_directories_wait_for_the_walk_at_most_one_period() {
+        let policy = PollPolicy {
+            hot_viewers: 1000,
+            hot_interval: 60.0,
+            live_interval: 120.0,
+            ..PollPolicy::default()
+        };
+        let ch = |viewers: Option<u32>, checked: Option<f64>| PolledChannel {
+            live_viewers: viewers,
+            covered: false,
+            priority: 0,
+            checked_at: checked,
+        };
+        let now = 10_000.0;
+        let channels = [
+            ch(Some(5000), Some(now - 60.0)),  // hot, listed by the last run
+            ch(Some(5000), Some(now - 119.0)), // hot, missed once: still within 60 + 60
+            ch(Some(5000), Some(now - 120.0)), // hot, missed: checked by id now
+            ch(Some(10), Some(now - 179.0)),   // live: 120 + 60
+            ch(Some(10), Some(now - 60.0)),    // live, but in another language
+            ch(Some(10), Some(now - 60.0)),    // live in a category not walked
+            ch(None, Some(now - 60.0)),        // offline: never left to a walk
+            ch(Some(10), None),                // never checked
+        ];
+        let g = |game: &str, lang: &str| Some((game.to_string(), lang.to_string()));
+        let live_in = [
+            g("1", "en"),
+            g("1", "en"),
+            g("1", "en"),
+            g("2", "de"),
+            g("2", "fr"),
+            g("3", "en"),
+            g("1", "en"),
+            g("1", "en"),
+        ];
+        let walks = [
+            DirectoryWalk {
+                game_id: "1".into(),
+                language: None,
+                max_pages: 1,
+            },
+            DirectoryWalk {
+                game_id: "2".into(),
+                language: Some("DE".into()),
+                max_pages: 1,
+            },
+        ];
+        let covered = covered_by_walks(&policy, &channels, &live_in, &walks, now, 60.0);
+        assert_eq!(
+            covered,
+            vec![true, true, false, true, false, false, false, false]
+        );
+        assert!(
+            covered_by_walks(&policy, &channels, &live_in, &[], now, 60.0)
+                .iter()
+                .all(|c| !c)
+        );
     }
 
     fn page(entries: serde_json::Value) -> StreamsPage {
