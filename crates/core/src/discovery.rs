@@ -427,7 +427,7 @@ mod tests {
             let cats: Vec<Category> = (0..n)
                 .map(|i| {
                     let max = 1 + (rng.next_u64() % 20_000) as u32;
-                    let last = if rng.next_u64() % 3 == 0 {
+                    let last = if rng.next_u64().is_multiple_of(3) {
                         None
                     } else {
                         Some((rng.next_u64() % 300) as u32)
