@@ -260,3 +260,21 @@ fn hostile_directory_entries_are_dropped_and_counted() {
     assert_eq!(summary.stats.cleaned.viewer_count, 1);
     assert_eq!(summary.stats.cleaned.text, 2);
 }
+
+/// For BENCHMARKS.md: a walk's pages are sequential (each needs the previous
+/// page's cursor), so its time is its pages times a round trip.
+/// `cargo test --release -p twitch_sync_core --test discovery -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement for BENCHMARKS.md"]
+fn walk_time_with_50_ms_latency() {
+    let sim = start(6000, 5000);
+    sim.set_latency(std::time::Duration::from_millis(50));
+    let t = Instant::now();
+    let (summary, dirs, _) = run(input(&sim, Vec::new(), vec![walk(50)]));
+    let elapsed = t.elapsed();
+    assert_eq!(dirs[0].live.len(), 5000);
+    println!(
+        "5,000 live streams, 50 ms latency: {} Get Streams requests, {elapsed:?} (token included)",
+        summary.helix_requests
+    );
+}
