@@ -26,15 +26,15 @@ fn sqlstate_of(sql: &str) -> String {
 fn schema_has_its_tables_and_functions() {
     assert_eq!(
         text("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'twitch_sync'"),
-        "alerts,category_days,channel_days,channels,counters,credentials,events,eventsub_messages,eventsub_subscriptions,eventsub_worker,rate_limit,rollup_state,run_unchecked,runs,stream_changes,streams,viewer_samples,viewer_samples_default"
+        "alerts,category_days,channel_days,channels,counters,credentials,events,eventsub_messages,eventsub_subscriptions,eventsub_worker,rate_limit,rollup_state,run_unchecked,runs,stream_changes,streams,tracked_categories,viewer_samples,viewer_samples_default"
     );
-    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 18);
+    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 19);
     assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
     for f in [
         "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
         "apply_observations", "poll_observations", "apply_chunk", "stream_id_conflicts", "end_superseded",
         "reopen_broadcasts", "start_broadcasts", "update_continuing", "count_misses", "apply_offline", "update_logins", "emit_events",
-        "record_run",
+        "record_run", "track_category", "untrack_category", "discover_channels",
     ] {
         let n = count(&format!(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -727,4 +727,44 @@ fn metrics_on_a_fresh_install_are_zero_counters() {
     assert!(text.contains("twitch_sync_runs_total{status=\"ok\"} 0\n"), "{text}");
     assert!(text.contains("# TYPE twitch_sync_runs_total counter\n"), "{text}");
     assert!(!text.contains("twitch_sync_last_run_age_seconds"), "no run, no age: {text}");
+}
+
+#[pg_test]
+fn discover_channels_adds_in_directory_order_within_the_cap() {
+    Spi::run("SELECT twitch_sync.track_category('777', NULL, 3)").unwrap();
+    Spi::run("SELECT twitch_sync.track('5')").unwrap();
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id, enabled) VALUES ('4', false)").unwrap();
+    let sql = "SELECT array_to_string(ARRAY(SELECT unnest(added) ORDER BY 1), ','), capped, error IS NULL
+                 FROM twitch_sync.discover_channels('777', ARRAY['9','5','4','8','7','6'],
+                                                    ARRAY['a',NULL,NULL,'c','d','e'], 1, 6, 'complete', NULL)";
+    let (added, capped, ok) = Spi::get_three::<String, i32, bool>(sql).unwrap();
+    // 5 is tracked and 4 disabled (never touched); of 9, 8, 7, 6 the cap takes the first three.
+    assert_eq!(added.as_deref(), Some("7,8,9"));
+    assert_eq!(capped, Some(1));
+    assert_eq!(ok, Some(true));
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.channels WHERE discovered_via = '777' AND discovered_at IS NOT NULL"), 3);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.channels WHERE broadcaster_id = '4' AND NOT enabled AND discovered_via IS NULL"), 1);
+    assert_eq!(
+        count("SELECT count(*) FROM twitch_sync.tracked_categories
+                WHERE discovered = 3 AND last_pages = 1 AND last_streams = 6 AND last_end = 'complete'"),
+        1
+    );
+    // Full: nothing more; track() adopts one, which makes room for one.
+    let (added, _, _) = Spi::get_three::<String, i32, bool>(sql).unwrap();
+    assert_eq!(added.as_deref(), Some(""));
+    Spi::run("SELECT twitch_sync.track('9')").unwrap();
+    let (added, _, _) = Spi::get_three::<String, i32, bool>(sql).unwrap();
+    assert_eq!(added.as_deref(), Some("6"));
+    // An untracked category adds nothing.
+    Spi::run("SELECT twitch_sync.untrack_category('777')").unwrap();
+    Spi::run("DELETE FROM twitch_sync.channels WHERE broadcaster_id = '6'").unwrap();
+    let (added, _, _) = Spi::get_three::<String, i32, bool>(sql).unwrap();
+    assert_eq!(added.as_deref(), Some(""));
+    // A write that fails is reported, not raised.
+    Spi::run("SELECT twitch_sync.track_category('778')").unwrap();
+    let (_, _, ok) = Spi::get_three::<String, i32, bool>(
+        "SELECT '', 0, error IS NULL FROM twitch_sync.discover_channels('778', ARRAY['12'], ARRAY['a'], 1, 1, 'bogus', NULL)",
+    )
+    .unwrap();
+    assert_eq!(ok, Some(false));
 }

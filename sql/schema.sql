@@ -39,6 +39,11 @@ CREATE TABLE twitch_sync.channels (
     -- by 1 + priority (twitch_sync.set_priority), and its last successful check
     priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 10),
     checked_at      timestamptz,
+    -- discovery (sql/discovery.sql): the category whose directory added this
+    -- channel, and when; NULL for channels tracked otherwise (track() adopts a
+    -- discovered channel: discovered_via becomes NULL, discovered_at stays)
+    discovered_via  text,
+    discovered_at   timestamptz,
     CONSTRAINT channels_broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(broadcaster_id)),
     CONSTRAINT channels_login_format CHECK (twitch_sync.is_login(login))
 );
@@ -274,7 +279,9 @@ $$;
 
 -- track(): start keeping a channel current. Idempotent; returns true when the
 -- channel was not tracked (or was disabled) before. A login given later replaces
--- the stored one; NULL keeps it.
+-- the stored one; NULL keeps it. A channel a category discovered is adopted:
+-- it no longer counts against that category's cap, and untrack_category(...,
+-- true) leaves it tracked.
 CREATE FUNCTION twitch_sync.track(broadcaster_id text, login text DEFAULT NULL) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -285,7 +292,7 @@ BEGIN
     INSERT INTO twitch_sync.channels AS c (broadcaster_id, login)
     VALUES (track.broadcaster_id, track.login)
     ON CONFLICT ON CONSTRAINT channels_pkey DO UPDATE
-        SET login = coalesce(EXCLUDED.login, c.login), enabled = true;
+        SET login = coalesce(EXCLUDED.login, c.login), enabled = true, discovered_via = NULL;
     RETURN coalesce(was_new, true);
 END
 $$;

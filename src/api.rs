@@ -8,7 +8,8 @@ use crate::{gucs, runtime};
 use std::time::{Instant, SystemTime};
 use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
 use twitch_sync_core::config::{load_ca_file, validate_base_url, MAX_IDS_PER_REQUEST};
-use twitch_sync_core::engine::BatchFailure;
+use twitch_sync_core::discovery::{self, Category, DiscoveryReport, WalkPlan};
+use twitch_sync_core::engine::{BatchFailure, DirectoryResult};
 use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::{
@@ -44,18 +45,113 @@ struct Written {
     failures: Vec<BatchFailure>,
     /// Channels live when the run started (see db::DbState::live_at_start).
     live_at_start: std::collections::HashSet<String>,
-    /// Stored logins at the run's start (see db::DbState::logins).
+    /// Stored logins at the run's start (see db::DbState::logins), and of the
+    /// channels discovered since: its keys are the enabled channels.
     logins: std::collections::HashMap<String, Option<String>>,
+    /// Directory walks not yet written.
+    directories: Vec<DirectoryResult>,
+    /// What the walks did (None: no category tracked).
+    discovery: Option<DiscoveryReport>,
+    /// Channels a directory walk observed this run (one observation each).
+    directory_seen: std::collections::HashSet<String>,
+    /// Of those, the ones applied (adaptive polling counts them as checked).
+    directory_checked: Vec<String>,
 }
 
 impl Written {
     /// Takes a batch's answer: pending until written; a failed batch's
     /// channels are unchecked.
     fn receive(&mut self, result: BatchResult) {
-        if let BatchResult::Failed(f) = &result {
-            self.failed_ids.extend(f.broadcaster_ids.iter().cloned());
+        match result {
+            BatchResult::Directory(d) => self.directories.push(d),
+            BatchResult::Failed(f) => {
+                self.failed_ids.extend(f.broadcaster_ids.iter().cloned());
+                self.pending.absorb(BatchResult::Failed(f));
+            }
+            checked => self.pending.absorb(checked),
         }
-        self.pending.absorb(result);
+    }
+
+    /// Writes the directory walks received so far: the channels not tracked
+    /// yet are tracked within their category's cap (twitch_sync.discover_channels),
+    /// then the live streams of tracked channels (old and new) go through the
+    /// transition layer as live observations, one chunk per walk. Nothing is
+    /// "not listed": absence from a directory is not offline.
+    fn write_directories(&mut self, misses: i32, notify: bool) -> Result<(), SyncError> {
+        for mut d in std::mem::take(&mut self.directories) {
+            let candidates: Vec<&twitch_sync_core::LiveStream> = d
+                .live
+                .iter()
+                .filter(|s| !self.logins.contains_key(&s.broadcaster_id))
+                .collect();
+            let found = db::discover_channels(&d.report, &candidates)?;
+            if let Some(error) = found.error {
+                pgrx::warning!("twitch_sync: {error}");
+                self.failures.push(BatchFailure {
+                    channels: 0,
+                    broadcaster_ids: Vec::new(),
+                    error,
+                });
+            }
+            let added: std::collections::HashSet<&str> =
+                found.added.iter().map(String::as_str).collect();
+            for s in &d.live {
+                if added.contains(s.broadcaster_id.as_str()) {
+                    self.logins
+                        .insert(s.broadcaster_id.clone(), s.login.clone());
+                }
+            }
+            d.report.discovered = found.added.len() as u32;
+            d.report.capped = found.capped.max(0) as u32;
+            let live: Vec<twitch_sync_core::LiveStream> = std::mem::take(&mut d.live)
+                .into_iter()
+                .filter(|s| {
+                    self.logins.contains_key(&s.broadcaster_id)
+                        && self.directory_seen.insert(s.broadcaster_id.clone())
+                })
+                .collect();
+            let ids: Vec<String> = live.iter().map(|s| s.broadcaster_id.clone()).collect();
+            if !ids.is_empty() {
+                let r = db::apply_poll_chunk(
+                    &ids,
+                    &live,
+                    &self.live_at_start,
+                    &self.logins,
+                    misses,
+                    notify,
+                )?;
+                if let Some(error) = r.error {
+                    pgrx::warning!("twitch_sync: {error}");
+                    self.failures.push(BatchFailure {
+                        channels: 0,
+                        broadcaster_ids: Vec::new(),
+                        error,
+                    });
+                } else {
+                    self.conflicts += r.conflicted.len() as u32;
+                    let conflicted: std::collections::HashSet<&String> =
+                        r.conflicted.iter().collect();
+                    let applied: Vec<String> = ids
+                        .iter()
+                        .filter(|id| !conflicted.contains(id))
+                        .cloned()
+                        .collect();
+                    d.report.refreshed = applied
+                        .iter()
+                        .filter(|id| !added.contains(id.as_str()))
+                        .count() as u32;
+                    self.directory_checked.extend(applied);
+                    self.applied.updated += r.updated;
+                    self.applied.started += r.started;
+                    self.applied.ended += r.ended;
+                    self.applied.events += r.events;
+                }
+            }
+            if let Some(report) = self.discovery.as_mut() {
+                report.add(d.report);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the pending answers through the transition layer (one call of
@@ -151,12 +247,23 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let config = settings()?;
     db::ensure_sample_partitions()?;
     let mut state = db::read_state()?;
-    let polling = match gucs::poll_policy() {
-        Some(policy) => Some(plan_checks(&policy, &mut state)?),
-        None => None,
+    let categories = db::read_categories()?;
+    let (polling, walks) = match gucs::poll_policy() {
+        Some(policy) => {
+            let (report, chosen, walks) = plan_checks(&policy, &mut state, &categories)?;
+            (Some((report, chosen)), walks)
+        }
+        None => (None, discovery::plan_walks(&categories, None)),
     };
+    let discovery = (!categories.is_empty()).then(|| DiscoveryReport {
+        categories: categories.len(),
+        skipped: walks.skipped,
+        pages_planned: walks.pages,
+        covered: walks.covered,
+        ..DiscoveryReport::default()
+    });
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
-    let (outcome, written, apply_ms) = stream_and_apply(config, state)?;
+    let (outcome, written, apply_ms) = stream_and_apply(config, state, walks, discovery)?;
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
     finish(
         started_at,
@@ -169,25 +276,44 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
 }
 
 /// Adaptive polling: narrows the run to the channels that are due, most
-/// overdue first, within the budget (twitch_sync_core::adaptive). Returns the
-/// plan's report and the channels it chose.
+/// overdue first, within the budget (twitch_sync_core::adaptive), after the
+/// directory walks' pages are set aside from it (twitch_sync_core::discovery).
+/// Returns the plan's report, the channels it chose, and the walks.
 fn plan_checks(
     policy: &PollPolicy,
     state: &mut db::DbState,
-) -> Result<(PollingReport, Vec<String>), SyncError> {
+    categories: &[Category],
+) -> Result<(PollingReport, Vec<String>, WalkPlan), SyncError> {
     let input = db::read_poll_input()?;
     let bucket = state
         .rate_limit
         .as_ref()
         .map_or(DOCUMENTED_BUCKET_LIMIT, |(s, _)| s.limit.max(1));
     let budget = policy.budget_requests(bucket);
-    let plan = adaptive::plan(
+    let walks = discovery::plan_walks(categories, Some(budget));
+    // Live channels the walks will most likely list again are left to them.
+    let covered = discovery::covered_by_walks(
         policy,
         &input.channels,
+        &input.live_in,
+        &walks.walks,
         input.now,
         input.run_period,
-        budget * MAX_IDS_PER_REQUEST,
     );
+    let rest: Vec<usize> = (0..input.channels.len()).filter(|&i| !covered[i]).collect();
+    let candidates: Vec<adaptive::PolledChannel> =
+        rest.iter().map(|&i| input.channels[i].clone()).collect();
+    let plan = adaptive::plan(
+        policy,
+        &candidates,
+        input.now,
+        input.run_period,
+        budget.saturating_sub(walks.pages) * MAX_IDS_PER_REQUEST,
+    );
+    let plan = adaptive::Plan {
+        chosen: plan.chosen.iter().map(|&k| rest[k]).collect(),
+        due: plan.due,
+    };
     let mut chosen: Vec<String> = plan.chosen.iter().map(|&i| input.ids[i].clone()).collect();
     chosen.sort_unstable();
     state.broadcaster_ids = chosen.clone();
@@ -197,7 +323,14 @@ fn plan_checks(
         chosen: chosen.len(),
         classes: adaptive::staleness(policy, &input.channels, input.now),
     };
-    Ok((report, chosen))
+    Ok((
+        report,
+        chosen,
+        WalkPlan {
+            covered: input.channels.len() - rest.len(),
+            ..walks
+        },
+    ))
 }
 
 /// Another run holds the lock: record a skipped run and say so.
@@ -218,6 +351,8 @@ fn skip(started_at: SystemTime, clock: Instant) -> Result<serde_json::Value, Syn
 fn stream_and_apply(
     config: SyncConfig,
     state: db::DbState,
+    walks: WalkPlan,
+    discovery: Option<DiscoveryReport>,
 ) -> Result<(PassSummary, Written, f64), SyncError> {
     let total = state.broadcaster_ids.len();
     pgrx::log!("twitch_sync: run started: {total} channels to check");
@@ -232,12 +367,14 @@ fn stream_and_apply(
             token: state.token,
             broadcaster_ids: state.broadcaster_ids,
             rate_limit: state.rate_limit,
+            directories: walks.walks,
         },
         tx,
     )));
     let mut written = Written {
         live_at_start: state.live_at_start,
         logins: state.logins,
+        discovery,
         ..Written::default()
     };
     let mut apply_ms = 0.0;
@@ -267,6 +404,11 @@ fn stream_and_apply(
             // on the wire while this backend writes.
             let t = Instant::now();
             written.write(misses, notify)?;
+            apply_ms += t.elapsed().as_secs_f64() * 1000.0;
+        }
+        if !written.directories.is_empty() {
+            let t = Instant::now();
+            written.write_directories(misses, notify)?;
             apply_ms += t.elapsed().as_secs_f64() * 1000.0;
         }
         if let Some(done) = done {
@@ -311,9 +453,13 @@ fn finish(
             .iter()
             .chain(&written.unknown_ids)
             .collect();
+        // A directory's live listing is a complete check of a live channel
+        // (state, stream id, count): those need no id check until their
+        // interval has passed without another listing (README, "Discovery").
         let checked: Vec<String> = chosen
             .into_iter()
             .filter(|id| !unchecked.contains(id))
+            .chain(written.directory_checked.iter().cloned())
             .collect();
         (report, checked)
     });
@@ -355,6 +501,7 @@ fn finish(
     });
     report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms));
     report.polling = polling.map(|(r, _)| r);
+    report.discovery = written.discovery.take();
     let doc = report.to_json();
     for w in &outcome.warnings {
         pgrx::warning!("twitch_sync: {w}");

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::adaptive::{PolledChannel, PollingReport};
+use twitch_sync_core::discovery::{Category, WalkReport};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
 use twitch_sync_core::streams::LiveStream;
@@ -272,6 +273,8 @@ pub struct PollInput {
     pub now: f64,
     /// Seconds since the previous run started (60 when there was none).
     pub run_period: f64,
+    /// The live stream's game id and language, per channel (None: not live).
+    pub live_in: Vec<Option<(String, String)>>,
 }
 
 pub fn read_poll_input() -> Result<PollInput, SyncError> {
@@ -285,7 +288,9 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                         extract(epoch FROM pg_catalog.now())::float8,
                         (SELECT extract(epoch FROM pg_catalog.now() - max(r.started_at))::float8
                            FROM twitch_sync.runs r WHERE r.status <> 'skipped'),
-                        coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}')
+                        coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}'),
+                        coalesce(array_agg(s.game_id), '{}'),
+                        coalesce(array_agg(s.language), '{}')
                    FROM twitch_sync.channels c
                    LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = c.broadcaster_id AND s.is_live
                    LEFT JOIN twitch_sync.eventsub_covered() e ON e.broadcaster_id = c.broadcaster_id
@@ -318,6 +323,20 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
             .get::<Vec<bool>>(7)
             .map_err(internal)?
             .unwrap_or_default();
+        let games = row
+            .get::<Vec<Option<String>>>(8)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let languages = row
+            .get::<Vec<Option<String>>>(9)
+            .map_err(internal)?
+            .unwrap_or_default();
+        let live_in = (0..ids.len())
+            .map(|i| match (games.get(i), languages.get(i)) {
+                (Some(Some(g)), Some(l)) => Some((g.clone(), l.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect();
         let channels = (0..ids.len())
             .map(|i| PolledChannel {
                 live_viewers: viewers.get(i).copied().flatten().map(|v| v.max(0) as u32),
@@ -334,6 +353,7 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                 .get::<f64>(6)
                 .map_err(internal)?
                 .map_or(60.0, |p| p.clamp(1.0, 3600.0)),
+            live_in,
         })
     })
 }
@@ -831,4 +851,108 @@ pub fn set_response_headers(json: &str) -> Result<(), SyncError> {
         &[json.into()],
     )
     .map_err(internal)
+}
+
+/// The tracked categories (twitch_sync.tracked_categories), with the room left
+/// under each cap: what a run's directory walks are planned from.
+pub fn read_categories() -> Result<Vec<Category>, SyncError> {
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT t.game_id, t.language, t.max_channels,
+                        greatest(t.max_channels - (SELECT count(*) FROM twitch_sync.channels c
+                                                    WHERE c.discovered_via = t.game_id), 0)::int4,
+                        t.last_pages
+                   FROM twitch_sync.tracked_categories t ORDER BY t.game_id",
+                None,
+                &[],
+            )
+            .map_err(internal)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let game_id = r.get::<String>(1).map_err(internal)?.unwrap_or_default();
+            // The table's checks hold these rules; a row edited around them is skipped.
+            let language = r.get::<String>(2).map_err(internal)?;
+            if !twitch_sync_core::streams::is_numeric_id(&game_id)
+                || language.as_deref().is_some_and(|l| !is_language(l))
+            {
+                continue;
+            }
+            out.push(Category {
+                game_id,
+                language,
+                max_channels: r.get::<i32>(3).map_err(internal)?.unwrap_or(1).max(1) as u32,
+                room: r.get::<i32>(4).map_err(internal)?.unwrap_or(0).max(0) as u32,
+                last_pages: r.get::<i32>(5).map_err(internal)?.map(|p| p.max(0) as u32),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// `^([a-z]{2}(-[a-z]{2})?|other)$`: the language filter's rule (as the table checks it).
+fn is_language(l: &str) -> bool {
+    let b = l.as_bytes();
+    let two = |s: &[u8]| s.len() == 2 && s.iter().all(u8::is_ascii_lowercase);
+    l == "other" || two(b) || (b.len() == 5 && two(&b[..2]) && b[2] == b'-' && two(&b[3..]))
+}
+
+/// What twitch_sync.discover_channels did with one walk.
+pub struct Discovered {
+    pub added: Vec<String>,
+    pub capped: i32,
+    /// Set when its write failed (nothing of it was kept).
+    pub error: Option<String>,
+}
+
+/// Tracks the channels of one walk that are not tracked yet, in directory
+/// order, within the category's cap, and records the walk on the category
+/// (twitch_sync.discover_channels).
+pub fn discover_channels(
+    report: &WalkReport,
+    candidates: &[&LiveStream],
+) -> Result<Discovered, SyncError> {
+    let end = serde_json::to_value(report.end)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let args: Vec<DatumWithOid> = vec![
+        report.game_id.clone().into(),
+        candidates
+            .iter()
+            .map(|s| s.broadcaster_id.clone())
+            .collect::<Vec<String>>()
+            .into(),
+        candidates
+            .iter()
+            .map(|s| s.login.clone())
+            .collect::<Vec<Option<String>>>()
+            .into(),
+        (report.pages.min(i32::MAX as u32) as i32).into(),
+        (report.streams.min(i32::MAX as u32) as i32).into(),
+        end.into(),
+        report.error.clone().into(),
+    ];
+    Spi::connect(|client| {
+        let rows = client
+            .select(
+                "SELECT d.added, d.capped, d.error
+                   FROM twitch_sync.discover_channels($1, $2, $3, $4, $5, $6, $7) d",
+                None,
+                &args,
+            )
+            .map_err(internal)?;
+        let row = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| SyncError::Internal("discover_channels returned no row".into()))?;
+        Ok(Discovered {
+            added: row
+                .get::<Vec<String>>(1)
+                .map_err(internal)?
+                .unwrap_or_default(),
+            capped: row.get::<i32>(2).map_err(internal)?.unwrap_or(0),
+            error: row.get::<String>(3).map_err(internal)?,
+        })
+    })
 }

@@ -17,6 +17,7 @@
 //! untrack, set_credentials), analytics.sql (history, rollups, maintain(),
 //! the analytics views and functions), transitions.sql (the transition layer),
 //! operations.sql (record_run, channel_status, schedule, prune),
+//! discovery.sql (tracked categories, track_category, discover_channels),
 //! dashboard.sql (the HTML dashboard), eventsub.sql (EventSub notifications
 //! and subscriptions), webhook.sql (the webhook secret) and finalize.sql
 //! (status, metrics, privileges).
@@ -62,6 +63,11 @@ pgrx::extension_sql_file!(
     "../sql/webhook.sql",
     name = "webhook",
     requires = ["schema", "transitions", "eventsub"]
+);
+pgrx::extension_sql_file!(
+    "../sql/discovery.sql",
+    name = "discovery",
+    requires = ["schema", "transitions"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 

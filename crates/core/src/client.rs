@@ -19,6 +19,19 @@ const TOKEN: &str = "Twitch's OAuth token endpoint";
 const VALIDATE: &str = "Twitch's OAuth validate endpoint";
 const STREAMS: &str = "Helix Get Streams";
 
+/// What a Get Streams request asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamsQuery<'a> {
+    /// Up to 100 broadcaster ids (`user_id`, repeated).
+    Ids(&'a [String]),
+    /// A category's directory: `game_id`, and `language` when given (both
+    /// checked by the caller: digits; a language code).
+    Directory {
+        game_id: &'a str,
+        language: Option<&'a str>,
+    },
+}
+
 /// An app access token as the client-credentials grant returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppToken {
@@ -240,8 +253,30 @@ impl TwitchClient {
         broadcaster_ids: &[String],
         after: Option<&str>,
     ) -> (Result<StreamsPage, HelixError>, Option<RateLimitSnapshot>) {
-        let mut query: Vec<(&str, &str)> = Vec::with_capacity(broadcaster_ids.len() + 2);
-        query.extend(broadcaster_ids.iter().map(|id| ("user_id", id.as_str())));
+        self.get_streams_by(token, &StreamsQuery::Ids(broadcaster_ids), after)
+            .await
+    }
+
+    /// One Get Streams request: by broadcaster ids, or one page of a
+    /// category's directory (`game_id`, optional `language`, `type=live`);
+    /// always `first=100`.
+    pub async fn get_streams_by(
+        &self,
+        token: &str,
+        by: &StreamsQuery<'_>,
+        after: Option<&str>,
+    ) -> (Result<StreamsPage, HelixError>, Option<RateLimitSnapshot>) {
+        let mut query: Vec<(&str, &str)> = Vec::with_capacity(104);
+        match by {
+            StreamsQuery::Ids(ids) => query.extend(ids.iter().map(|id| ("user_id", id.as_str()))),
+            StreamsQuery::Directory { game_id, language } => {
+                query.push(("game_id", game_id));
+                if let Some(l) = language {
+                    query.push(("language", l));
+                }
+                query.push(("type", "live"));
+            }
+        }
         let first = PAGE_SIZE.to_string();
         query.push(("first", &first));
         if let Some(a) = after {

@@ -2,9 +2,10 @@
 //! requests within the rate limit → merged results. No database in here: the
 //! caller reads its state before and applies the outcome after.
 
-use crate::client::{TwitchClient, Validation};
+use crate::client::{StreamsQuery, TwitchClient, Validation};
 use crate::concurrency::{in_flight_limit, Protocol};
 use crate::config::SyncConfig;
+use crate::discovery::{merge_directory, DirectoryWalk, WalkEnd, WalkReport};
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{RateLimitSnapshot, RateLimiter};
 use crate::report::RunStatus;
@@ -38,6 +39,8 @@ pub struct SyncInput {
     pub token: Option<CachedToken>,
     /// Enabled tracked channels.
     pub broadcaster_ids: Vec<String>,
+    /// Category directories to walk (discovery; crate::discovery).
+    pub directories: Vec<DirectoryWalk>,
     /// The last `Ratelimit-*` headers seen, and when.
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
 }
@@ -86,6 +89,8 @@ pub struct PassSummary {
     pub protocol: Option<Protocol>,
     /// Connections opened during the pass (each with a TLS handshake over https).
     pub connections: u32,
+    /// Directory pages answered, over all walks (discovery).
+    pub directory_pages: u32,
 }
 
 impl PassSummary {
@@ -109,9 +114,10 @@ impl PassSummary {
             })
         })
     }
-    /// The run's status by [`RunStatus::of`], "anything checked" taken from `checked`.
+    /// The run's status by [`RunStatus::of`], "anything checked" taken from
+    /// `checked` and the directory pages answered.
     pub fn status(&self) -> RunStatus {
-        RunStatus::of(self, self.checked > 0)
+        RunStatus::of(self, self.checked > 0 || self.directory_pages > 0)
     }
 }
 
@@ -174,6 +180,10 @@ struct Pass {
     rate_limited: AtomicU32,
     /// Stream ids listed so far in this pass, and for whom (first claim wins).
     claims: Mutex<StreamClaims>,
+    /// The same for directory walks (kept apart: see crate::discovery::merge_directory).
+    directory_claims: Mutex<StreamClaims>,
+    /// The channels this pass checks by id: directory entries about them are dropped.
+    batch_ids: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,7 +233,7 @@ impl Pass {
     /// One page, with the retries, token renewal and rate-limit waits it needs.
     async fn fetch_page(
         &self,
-        ids: &[String],
+        by: &StreamsQuery<'_>,
         after: Option<&str>,
     ) -> Result<StreamsPage, HelixError> {
         let mut failures = 0u32;
@@ -238,7 +248,7 @@ impl Pass {
             let (token, generation) = self.current_token();
             let answer = tokio::time::timeout_at(
                 self.deadline.into(),
-                self.client.get_streams(&token, ids, after),
+                self.client.get_streams_by(&token, by, after),
             )
             .await;
             let (result, snapshot) = match answer {
@@ -290,7 +300,9 @@ impl Pass {
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         for page_no in 0..=self.config.max_pages_per_batch {
-            let page = self.fetch_page(ids, after.as_deref()).await?;
+            let page = self
+                .fetch_page(&StreamsQuery::Ids(ids), after.as_deref())
+                .await?;
             let empty = page.entries == 0;
             after = page
                 .cursor
@@ -303,6 +315,84 @@ impl Pass {
         }
         // Under one lock, so that the first batch to list a stream id claims it whole.
         Ok(merge_batch(ids, pages, &mut lock(&self.claims)))
+    }
+
+    /// A category's directory, page after page (each paid for like any
+    /// request), within the walk's allowance. Never fails: a failed page ends
+    /// the walk with the pages read so far (crate::discovery has the rules).
+    async fn walk_directory(&self, walk: &DirectoryWalk) -> (DirectoryResult, EntryStats) {
+        let by = StreamsQuery::Directory {
+            game_id: &walk.game_id,
+            language: walk.language.as_deref(),
+        };
+        let mut pages = Vec::new();
+        let mut seen_cursors = HashSet::new();
+        let mut after: Option<String> = None;
+        let mut end = WalkEnd::Truncated;
+        let mut error = None;
+        for _ in 0..walk.max_pages.max(1) {
+            let page = match self.fetch_page(&by, after.as_deref()).await {
+                Ok(p) => p,
+                Err(e) => {
+                    end = WalkEnd::Failed;
+                    error = Some(e.to_string());
+                    break;
+                }
+            };
+            let empty = page.entries == 0;
+            let cursor = page.cursor.clone();
+            pages.push(page);
+            match cursor {
+                // An empty last page (no cursor) ends the directory; one with a cursor is a quirk.
+                None if empty => {
+                    end = WalkEnd::Complete;
+                    break;
+                }
+                Some(_) if empty => {
+                    end = WalkEnd::EmptyPage;
+                    break;
+                }
+                None => {
+                    end = WalkEnd::Complete;
+                    break;
+                }
+                Some(c) => {
+                    if !seen_cursors.insert(c.clone()) {
+                        end = WalkEnd::CursorLoop;
+                        break;
+                    }
+                    after = Some(c);
+                }
+            }
+        }
+        let n_pages = pages.len() as u32;
+        let merged = merge_directory(
+            &walk.game_id,
+            walk.language.as_deref(),
+            pages,
+            &self.batch_ids,
+            &mut lock(&self.directory_claims),
+        );
+        let report = WalkReport {
+            game_id: walk.game_id.clone(),
+            language: walk.language.clone(),
+            pages: n_pages,
+            end,
+            streams: merged.live.len() as u32,
+            in_batches: merged.in_batches,
+            off_filter: merged.off_filter,
+            discovered: 0,
+            refreshed: 0,
+            capped: 0,
+            error,
+        };
+        (
+            DirectoryResult {
+                live: merged.live,
+                report,
+            },
+            merged.stats,
+        )
     }
 }
 
@@ -371,6 +461,19 @@ pub enum BatchResult {
     },
     /// The batch failed: its channels must be left as they were.
     Failed(BatchFailure),
+    /// A category directory's walk ended (complete, cut short, or failed:
+    /// its report says which).
+    Directory(DirectoryResult),
+}
+
+/// One directory walk's answer: live streams to observe, nothing about
+/// channels it did not list (absence from a directory is not "offline").
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirectoryResult {
+    /// Checked live streams, one per broadcaster, none of a channel this pass
+    /// checks by id, in the order Helix listed them (viewer count, most first).
+    pub live: Vec<LiveStream>,
+    pub report: WalkReport,
 }
 
 /// What the batches added up to, kept by the pass for its summary.
@@ -381,6 +484,7 @@ struct Tally {
     live: usize,
     unknown: usize,
     stats: EntryStats,
+    directory_pages: u32,
 }
 
 /// Runs one sync pass, sending each batch's result to `results` as soon as it
@@ -400,7 +504,7 @@ pub async fn sync_streaming(
         ..Default::default()
     };
     let batches = plan_batches(&input.broadcaster_ids);
-    if batches.is_empty() {
+    if batches.is_empty() && input.directories.is_empty() {
         return outcome;
     }
     let deadline = Instant::now() + input.config.run_deadline;
@@ -457,6 +561,12 @@ pub async fn sync_streaming(
         retries: AtomicU32::new(0),
         rate_limited: AtomicU32::new(0),
         claims: Mutex::new(StreamClaims::new()),
+        directory_claims: Mutex::new(StreamClaims::new()),
+        batch_ids: if input.directories.is_empty() {
+            HashSet::new()
+        } else {
+            input.broadcaster_ids.iter().cloned().collect()
+        },
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
     // Requests in flight: crate::concurrency has the rule. One goes alone until
@@ -512,6 +622,40 @@ pub async fn sync_streaming(
             let _ = results.send(result);
         });
     }
+    for walk in input.directories.clone() {
+        let pass = pass.clone();
+        let permits = permits.clone();
+        let results = results.clone();
+        let first_token = first_token.clone();
+        let tally = tally.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let (mut result, stats) = pass.walk_directory(&walk).await;
+            let mut t = lock(&tally);
+            t.stats.add(&stats);
+            t.directory_pages += result.report.pages;
+            if let Some(e) = result.report.error.take() {
+                let (current, _) = pass.current_token();
+                let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
+                let error = redact(
+                    &format!(
+                        "category {} page {}: {e}",
+                        walk.game_id,
+                        result.report.pages + 1
+                    ),
+                    &secrets,
+                );
+                result.report.error = Some(error.clone());
+                t.failures.push(BatchFailure {
+                    channels: 0,
+                    broadcaster_ids: Vec::new(),
+                    error,
+                });
+            }
+            drop(t);
+            let _ = results.send(BatchResult::Directory(result));
+        });
+    }
     drop(results);
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
@@ -536,6 +680,7 @@ pub async fn sync_streaming(
         outcome.live = t.live;
         outcome.unknown = t.unknown;
         outcome.stats = t.stats;
+        outcome.directory_pages = t.directory_pages;
     }
 
     let final_token = lock(&pass.token).token.clone();

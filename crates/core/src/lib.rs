@@ -17,6 +17,7 @@ pub mod client;
 pub mod concurrency;
 pub mod config;
 pub mod cron;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod eventsub;

@@ -144,6 +144,9 @@ pub struct RunReport {
     /// Adaptive polling's plan (only when it is on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub polling: Option<crate::adaptive::PollingReport>,
+    /// Discovery by category: the run's directory walks (only when categories are tracked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::discovery::DiscoveryReport>,
     /// How the run spoke HTTP (absent when it sent nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpUse>,
@@ -193,6 +196,7 @@ impl RunReport {
             pruned: None,
             timings_ms: None,
             polling: None,
+            discovery: None,
             http: None,
             timestamp,
         }
@@ -235,6 +239,7 @@ impl RunReport {
             pruned: None,
             timings_ms: None,
             polling: None,
+            discovery: None,
             http: summary.protocol.map(|p| HttpUse {
                 version: p.as_str(),
                 connections: summary.connections,

@@ -35,6 +35,7 @@ fn input(sim: &Simulator, n: usize) -> SyncInput {
         token: None,
         broadcaster_ids: sim.world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect()),
         rate_limit: None,
+        directories: Vec::new(),
     }
 }
 

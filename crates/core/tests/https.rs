@@ -45,6 +45,7 @@ fn input(sim: &Simulator) -> SyncInput {
         token: None,
         broadcaster_ids: sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect()),
         rate_limit: None,
+        directories: Vec::new(),
     }
 }
 

@@ -3,8 +3,10 @@
 //! It serves the endpoints twitch_sync uses, the way Twitch documents them:
 //! - `POST /oauth2/token` (client-credentials grant) and `GET /oauth2/validate`;
 //! - `GET /helix/streams` with repeatable `user_id` / `user_login` (at most 100
-//!   together), `type`, `first` (default 20, 1..=100), `after` / `before`
-//!   cursors, only live streams in `data`, and `pagination: {}` on the last page;
+//!   together), repeatable `game_id` and `language` (at most 100 each; every
+//!   filter given must match), `type`, `first` (default 20, 1..=100), `after` /
+//!   `before` cursors, only live streams in `data`, by viewer count (most
+//!   first), and `pagination: {}` on the last page;
 //! - a token bucket per client id with `Ratelimit-Limit`, `Ratelimit-Remaining`
 //!   and `Ratelimit-Reset` (epoch seconds) on every Helix answer, 429 when empty;
 //! - Twitch's JSON error bodies (`error`, `status`, `message`).
@@ -43,6 +45,9 @@ pub const DEFAULT_FIRST: usize = 20;
 pub const MAX_FIRST: usize = 100;
 /// The combined maximum of `user_id` and `user_login` values.
 pub const MAX_IDS: usize = 100;
+/// The maximum of `game_id` values, and of `language` values, per request.
+pub const MAX_GAME_IDS: usize = 100;
+pub const MAX_LANGUAGES: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -139,6 +144,13 @@ pub struct Fault {
     /// Only requests that ask for this broadcaster id.
     #[serde(default)]
     pub user_id: Option<String>,
+    /// Only requests that ask for this game (category) id.
+    #[serde(default)]
+    pub game_id: Option<String>,
+    /// Let this many matching requests pass untouched first (a failure in the
+    /// middle of a walk through pages, say).
+    #[serde(default)]
+    pub skip: u32,
     /// Apply to this many matching requests, then retire (None: forever).
     #[serde(default)]
     pub times: Option<u32>,
@@ -153,6 +165,8 @@ impl Fault {
             kind,
             endpoint: Endpoint::Streams,
             user_id: None,
+            game_id: None,
+            skip: 0,
             times: None,
             probability: None,
         }
@@ -169,6 +183,14 @@ impl Fault {
         self.user_id = Some(id.to_string());
         self
     }
+    pub fn for_game(mut self, game_id: &str) -> Self {
+        self.game_id = Some(game_id.to_string());
+        self
+    }
+    pub fn skip(mut self, n: u32) -> Self {
+        self.skip = n;
+        self
+    }
     pub fn probability(mut self, p: f64) -> Self {
         self.probability = Some(p);
         self
@@ -181,6 +203,9 @@ pub struct Counters {
     pub streams_requests: u64,
     /// `user_id` + `user_login` values in each Get Streams request, in arrival order.
     pub ids_per_request: Vec<usize>,
+    /// Get Streams requests that carried a `game_id` (directory pages).
+    #[serde(default)]
+    pub directory_requests: u64,
     /// `first` as sent in each Get Streams request (None: not sent).
     pub first_per_request: Vec<Option<usize>>,
     /// Get Streams requests that carried an `after` or `before` cursor.
@@ -287,6 +312,7 @@ fn decode_cursor(c: &str) -> Option<usize> {
 impl State {
     fn matching_fault(&mut self, endpoint: Endpoint, req: &Request) -> Option<FaultKind> {
         let ids: HashSet<&str> = req.query_all("user_id").collect();
+        let games: HashSet<&str> = req.query_all("game_id").collect();
         let mut hit = None;
         for (i, f) in self.faults.iter_mut().enumerate() {
             if f.endpoint != endpoint && f.endpoint != Endpoint::Any {
@@ -296,6 +322,15 @@ impl State {
                 if !ids.contains(u.as_str()) {
                     continue;
                 }
+            }
+            if let Some(g) = &f.game_id {
+                if !games.contains(g.as_str()) {
+                    continue;
+                }
+            }
+            if f.skip > 0 {
+                f.skip -= 1;
+                continue;
             }
             if let Some(p) = f.probability {
                 if !self.rng.chance(p) {
@@ -442,7 +477,12 @@ impl State {
         self.counters.streams_requests += 1;
         let ids: Vec<&str> = req.query_all("user_id").collect();
         let logins: Vec<&str> = req.query_all("user_login").collect();
+        let games: Vec<&str> = req.query_all("game_id").collect();
+        let languages: Vec<&str> = req.query_all("language").collect();
         self.counters.ids_per_request.push(ids.len() + logins.len());
+        if !games.is_empty() {
+            self.counters.directory_requests += 1;
+        }
         let first_raw = req.query_all("first").next();
         self.counters
             .first_per_request
@@ -502,6 +542,18 @@ impl State {
                 &format!("The parameter \"{which}\" was malformed: the value must be less than or equal to 100"),
             ));
         }
+        for (name, n, max) in [
+            ("game_id", games.len(), MAX_GAME_IDS),
+            ("language", languages.len(), MAX_LANGUAGES),
+        ] {
+            if n > max {
+                self.counters.bad_requests += 1;
+                return with_limits(helix_error(
+                    400,
+                    &format!("The parameter \"{name}\" was malformed: the value must be less than or equal to {max}"),
+                ));
+            }
+        }
         if after.is_some() && before.is_some() {
             self.counters.bad_requests += 1;
             return with_limits(helix_error(
@@ -552,7 +604,18 @@ impl State {
         let first_page = cursor.is_none();
         selected.retain(|&i| {
             let c = &mut self.world.channels[i];
-            if c.live.is_none() {
+            let Some(s) = c.live.as_ref() else {
+                return false;
+            };
+            // Every filter given must match (game_id and language each match any of their values).
+            if !games.is_empty() && !games.contains(&s.game_id.as_str()) {
+                return false;
+            }
+            if !languages.is_empty()
+                && !languages
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(&s.language))
+            {
                 return false;
             }
             if c.hidden_polls > 0 {

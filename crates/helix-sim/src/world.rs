@@ -316,6 +316,46 @@ impl World {
         }
     }
 
+    /// Moves a live stream to another category (game). Returns false when the
+    /// channel is unknown or not live.
+    pub fn set_game(&mut self, id: &str, game_id: &str, game_name: &str) -> bool {
+        match self
+            .index_of_id(id)
+            .and_then(|i| self.channels[i].live.as_mut())
+        {
+            Some(s) => {
+                s.game_id = game_id.to_string();
+                s.game_name = game_name.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sets a live stream's language. Returns false when the channel is
+    /// unknown or not live.
+    pub fn set_language(&mut self, id: &str, language: &str) -> bool {
+        match self
+            .index_of_id(id)
+            .and_then(|i| self.channels[i].live.as_mut())
+        {
+            Some(s) => {
+                s.language = language.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Live streams in a category (and, if given, a language).
+    pub fn live_in(&self, game_id: &str, language: Option<&str>) -> usize {
+        self.channels
+            .iter()
+            .filter_map(|c| c.live.as_ref())
+            .filter(|s| s.game_id == game_id && language.is_none_or(|l| s.language == l))
+            .count()
+    }
+
     /// Leaves a live stream out of the next `polls` listings that would include it.
     pub fn hide(&mut self, id: &str, polls: u32) -> bool {
         match self.index_of_id(id) {

@@ -561,3 +561,133 @@ fn admin_routes_serve_the_binary() {
     assert_eq!(v["streams_requests"], 1);
     assert_eq!(v["tokens_issued"], 1);
 }
+
+#[test]
+fn directories_filter_by_game_and_language_by_viewers_with_cursors() {
+    let sim = start_sim(400, 1.0);
+    let t = token(&sim);
+    // 250 streams in one category, 100 of them in German.
+    sim.world(|w| {
+        let ids: Vec<String> = w.channels.iter().map(|c| c.id.clone()).collect();
+        for (k, id) in ids.iter().enumerate() {
+            if k < 250 {
+                assert!(w.set_game(id, "777", "Test Game"));
+                assert!(w.set_language(id, if k < 100 { "de" } else { "en" }));
+            } else {
+                w.set_game(id, "888", "Other Game");
+                w.set_language(id, "en");
+            }
+        }
+    });
+    let walk = |query: Vec<(&str, String)>| -> (Vec<Value>, usize) {
+        let mut all = Vec::new();
+        let mut pages = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let mut q = query.clone();
+            q.push(("type", "live".into()));
+            q.push(("first", "100".into()));
+            if let Some(a) = &after {
+                q.push(("after", a.clone()));
+            }
+            let v: Value = streams(&sim, &t, &q).json_value();
+            pages += 1;
+            all.extend(v["data"].as_array().unwrap().iter().cloned());
+            match v["pagination"]["cursor"].as_str() {
+                Some(c) => after = Some(c.to_string()),
+                None => break,
+            }
+        }
+        (all, pages)
+    };
+    let (all, pages) = walk(vec![("game_id", "777".into())]);
+    assert_eq!((all.len(), pages), (250, 3));
+    assert!(all.iter().all(|s| s["game_id"] == "777"));
+    let counts: Vec<i64> = all
+        .iter()
+        .map(|s| s["viewer_count"].as_i64().unwrap())
+        .collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] >= w[1]),
+        "by viewer count, most first"
+    );
+    let (de, pages) = walk(vec![("game_id", "777".into()), ("language", "de".into())]);
+    assert_eq!((de.len(), pages), (100, 1));
+    assert!(de.iter().all(|s| s["language"] == "de"));
+    // Repeated values: any of them matches.
+    let (both, _) = walk(vec![
+        ("game_id", "777".into()),
+        ("game_id", "888".into()),
+        ("language", "de".into()),
+        ("language", "en".into()),
+    ]);
+    assert_eq!(both.len(), 400);
+    // A language alone, and filters together with user_id (every filter must match).
+    let (en, _) = walk(vec![("language", "en".into()), ("game_id", "777".into())]);
+    assert_eq!(en.len(), 150);
+    let first_de = de[0]["user_id"].as_str().unwrap().to_string();
+    let v: Value = streams(
+        &sim,
+        &t,
+        &[("user_id", first_de.clone()), ("game_id", "888".into())],
+    )
+    .json_value();
+    assert_eq!(v["data"].as_array().unwrap().len(), 0);
+    assert_eq!(sim.counters().directory_requests, 3 + 1 + 4 + 2 + 1);
+
+    // As Twitch answers: more than 100 game ids or languages, a bad first, a bad type.
+    let many = |name: &'static str| -> Vec<(&'static str, String)> {
+        (0..101).map(|i| (name, i.to_string())).collect()
+    };
+    for (q, what) in [
+        (many("game_id"), "game_id"),
+        (many("language"), "language"),
+        (
+            vec![("game_id", "777".into()), ("first", "0".into())],
+            "first",
+        ),
+        (
+            vec![("game_id", "777".into()), ("first", "101".into())],
+            "first",
+        ),
+        (
+            vec![("game_id", "777".into()), ("type", "vodcast".into())],
+            "type",
+        ),
+    ] {
+        let r = streams(&sim, &t, &q);
+        assert_eq!(r.status(), 400, "{what}");
+        let v: Value = r.json_value();
+        assert!(v["message"].as_str().unwrap().contains(what), "{v}");
+    }
+    // 100 of each is allowed.
+    let mut q = many("game_id");
+    q.pop();
+    assert_eq!(streams(&sim, &t, &q).status(), 200);
+}
+
+#[test]
+fn faults_can_target_a_category_after_some_pages() {
+    let sim = start_sim(300, 1.0);
+    let t = token(&sim);
+    sim.world(|w| {
+        let ids: Vec<String> = w.channels.iter().map(|c| c.id.clone()).collect();
+        for id in &ids {
+            w.set_game(id, "777", "Test Game");
+        }
+    });
+    sim.add_fault(
+        Fault::new(FaultKind::Status { status: 503 })
+            .for_game("777")
+            .skip(1)
+            .times(1),
+    );
+    let q = vec![("game_id", "777".to_string()), ("first", "100".into())];
+    assert_eq!(streams(&sim, &t, &q).status(), 200);
+    assert_eq!(streams(&sim, &t, &q).status(), 503);
+    assert_eq!(streams(&sim, &t, &q).status(), 200);
+    // Requests for other games or by id are never hit.
+    sim.add_fault(Fault::new(FaultKind::Status { status: 500 }).for_game("999"));
+    assert_eq!(streams(&sim, &t, &q).status(), 200);
+    assert_eq!(streams(&sim, &t, &by_ids(&ids(&sim, 5))).status(), 200);
+}

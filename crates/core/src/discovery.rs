@@ -1,0 +1,581 @@
+//! Discovery by category: which directories (`GET /helix/streams?game_id=…`)
+//! a run walks and how many pages each may take, and how a walk's pages are
+//! merged into observations.
+//!
+//! Rules, written once here:
+//! - A tracked category is walked with `game_id`, its language filter if any,
+//!   `type=live` and `first=100`, following `pagination.cursor`. A walk takes at
+//!   most `ceil(max_channels / 100)` pages (its category's `max_channels`
+//!   most-watched live streams: Helix lists by viewer count, most first), never
+//!   more than [`MAX_WALK_PAGES`]. It stops early on the last page (no
+//!   cursor), an empty page, a cursor seen before in the walk, or a failed
+//!   page (after the usual retries); the pages read before a failure are kept.
+//! - Without a budget (fixed polling) a category whose cap is reached is not
+//!   walked: every tracked channel is checked by id anyway, so the walk could
+//!   add nothing.
+//! - With a budget (adaptive polling) every category is walked — its pages
+//!   refresh tracked channels that are live in it — and its pages count
+//!   against the run's budget like id batches: directories get at most half
+//!   of it, shared out one page at a time across categories (fair when short),
+//!   each at most its estimate: twice its last walk's pages plus one (a growing
+//!   category doubles its allowance per run), or its cap's pages when it was
+//!   never walked. The id batches get what the directories do not reserve.
+//! - A directory entry is an observation of a live stream, nothing more:
+//!   absence from a directory is **not** "offline" (the channel may have ended
+//!   or switched category or language). Only id batches end streams.
+//! - Directories instead of id batches (adaptive polling): a directory's
+//!   listing is a complete check of a *live* channel (live, its stream id,
+//!   count, title, category), so it counts as the channel's check. A live
+//!   channel whose stream is in a category this run walks (in the walk's
+//!   language) is left out of the id batches while its last check is younger
+//!   than its interval plus one run period ([`covered_by_walks`]): the walk
+//!   will most likely list it again. If the walk does not list it (it ended,
+//!   switched category or language, or fell beyond the walk's pages), its
+//!   last check ages past that bound and the next run checks it by id — which
+//!   ends it if it is offline. A stream's end is thus seen at most one run
+//!   period later than with id batches alone.
+//! - Entries of broadcasters that this run checks by id are dropped (the id
+//!   batch is the authority for them this run: one observation per channel);
+//!   entries outside the asked category or language are dropped and counted
+//!   (`off_filter`); a broadcaster listed twice keeps its later-started stream;
+//!   a stream id listed by an earlier directory entry of this run for another
+//!   broadcaster is dropped (`stream_id_conflict`); a broadcaster named by an
+//!   entry dropped for a bad stream id is left as it was.
+
+use crate::adaptive::{PollPolicy, PolledChannel};
+use crate::config::PAGE_SIZE;
+use crate::streams::{EntryStats, LiveStream, StreamClaims, StreamsPage};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// The most pages one walk may take, whatever its cap (100,000 streams).
+pub const MAX_WALK_PAGES: u32 = 1000;
+
+/// A tracked category as a run reads it (`twitch_sync.categories`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Category {
+    /// 1–20 ASCII digits.
+    pub game_id: String,
+    /// An ISO 639-1 code (`en`), or `other`; None: every language.
+    pub language: Option<String>,
+    /// How many tracked channels this category may have added.
+    pub max_channels: u32,
+    /// How many more it may add now (`max_channels` minus the channels it added
+    /// that are still in `twitch_sync.channels`).
+    pub room: u32,
+    /// Pages its last walk took (None: never walked).
+    pub last_pages: Option<u32>,
+}
+
+/// One directory walk of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryWalk {
+    pub game_id: String,
+    pub language: Option<String>,
+    /// Pages this walk may take (at least 1).
+    pub max_pages: u32,
+}
+
+/// Pages that list a category's `max_channels` most-watched streams.
+pub fn pages_for_cap(max_channels: u32) -> u32 {
+    max_channels
+        .div_ceil(PAGE_SIZE as u32)
+        .clamp(1, MAX_WALK_PAGES)
+}
+
+/// The walks of a run and the pages they reserve.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WalkPlan {
+    pub walks: Vec<DirectoryWalk>,
+    /// Pages reserved for the walks (the sum of their `max_pages`).
+    pub pages: usize,
+    /// Categories not walked this run: cap reached (fixed polling) or no
+    /// budget left for them (adaptive polling).
+    pub skipped: usize,
+    /// Live channels left to the walks instead of id batches (set by the
+    /// caller from [`covered_by_walks`]).
+    pub covered: usize,
+}
+
+/// Which categories a run walks and how many pages each may take.
+/// `budget`: the run's request budget under adaptive polling (None: fixed
+/// polling, no budget but the rate limiter). See the module's rules.
+pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
+    let walk = |c: &Category, max_pages: u32| DirectoryWalk {
+        game_id: c.game_id.clone(),
+        language: c.language.clone(),
+        max_pages,
+    };
+    let Some(budget) = budget else {
+        let walks: Vec<DirectoryWalk> = categories
+            .iter()
+            .filter(|c| c.room > 0)
+            .map(|c| walk(c, pages_for_cap(c.max_channels)))
+            .collect();
+        return WalkPlan {
+            pages: walks.iter().map(|w| w.max_pages as usize).sum(),
+            skipped: categories.len() - walks.len(),
+            walks,
+            covered: 0,
+        };
+    };
+    let share = budget / 2;
+    let estimate = |c: &Category| -> u32 {
+        let cap = pages_for_cap(c.max_channels);
+        c.last_pages
+            .map_or(cap, |p| p.saturating_mul(2).saturating_add(1).min(cap))
+            .max(1)
+    };
+    let wants: Vec<u32> = categories.iter().map(estimate).collect();
+    let mut got = vec![0u32; categories.len()];
+    let mut left = share;
+    // One page at a time, round robin: when short, every category gets about
+    // the same number of pages (and each its first before any its second).
+    loop {
+        let mut gave = false;
+        for (g, w) in got.iter_mut().zip(&wants) {
+            if left == 0 {
+                break;
+            }
+            if *g < *w {
+                *g += 1;
+                left -= 1;
+                gave = true;
+            }
+        }
+        if !gave || left == 0 {
+            break;
+        }
+    }
+    let walks: Vec<DirectoryWalk> = categories
+        .iter()
+        .zip(&got)
+        .filter(|(_, g)| **g > 0)
+        .map(|(c, g)| walk(c, *g))
+        .collect();
+    WalkPlan {
+        pages: walks.iter().map(|w| w.max_pages as usize).sum(),
+        skipped: categories.len() - walks.len(),
+        walks,
+        covered: 0,
+    }
+}
+
+/// Which channels a run leaves to its directory walks instead of id batches
+/// (see the module's rules): live, with their stream in a walked category and
+/// language (`live_in[i]`: the stored live stream's game id and language), and
+/// last checked less than their interval plus one run period ago.
+pub fn covered_by_walks(
+    policy: &PollPolicy,
+    channels: &[PolledChannel],
+    live_in: &[Option<(String, String)>],
+    walks: &[DirectoryWalk],
+    now: f64,
+    run_period: f64,
+) -> Vec<bool> {
+    channels
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let Some((game, language)) = live_in.get(i).and_then(Option::as_ref) else {
+                return false;
+            };
+            if c.live_viewers.is_none() {
+                return false;
+            }
+            let walked = walks.iter().any(|w| {
+                w.game_id == *game
+                    && w.language
+                        .as_deref()
+                        .is_none_or(|l| l.eq_ignore_ascii_case(language))
+            });
+            let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0);
+            walked && c.checked_at.is_some_and(|t| now - t < bound)
+        })
+        .collect()
+}
+
+/// How a walk ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkEnd {
+    /// The last page (no cursor): the walk saw the whole directory.
+    Complete,
+    /// Its page allowance ran out with more pages left.
+    Truncated,
+    /// A page with no entries (but a cursor): stopped there.
+    EmptyPage,
+    /// A cursor seen before in this walk: stopped there.
+    CursorLoop,
+    /// A page failed (after retries): the pages before it are kept.
+    Failed,
+}
+
+/// What one walk saw and did, for the run's result document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WalkReport {
+    pub game_id: String,
+    pub language: Option<String>,
+    /// Get Streams requests of this walk that got an answer page (retries not counted).
+    pub pages: u32,
+    pub end: WalkEnd,
+    /// Live streams kept (one per broadcaster, checked), before the database
+    /// decides which are new, tracked, or over the cap.
+    pub streams: u32,
+    /// Entries dropped: broadcasters this run checks by id.
+    pub in_batches: u32,
+    /// Entries dropped: not in the asked category or language.
+    pub off_filter: u32,
+    /// Channels this walk added to the tracked set (filled in by the database layer).
+    pub discovered: u32,
+    /// Tracked channels this walk's entries refreshed (filled in by the database layer).
+    pub refreshed: u32,
+    /// New channels left out because the category's cap was reached (filled in by the database layer).
+    pub capped: u32,
+    /// The failed page's error, secrets redacted.
+    pub error: Option<String>,
+}
+
+/// One walk's merged, checked answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergedDirectory {
+    /// Live streams, one per broadcaster, in the order Helix first listed them
+    /// (viewer count, most first): the cap admits new channels in this order.
+    pub live: Vec<LiveStream>,
+    pub in_batches: u32,
+    pub off_filter: u32,
+    pub stats: EntryStats,
+}
+
+/// Merges a walk's checked pages (see the module's rules). `in_batches`:
+/// broadcasters this run checks by id. `claims`: stream ids listed so far by
+/// directories in this run, and for whom (shared by the run's walks, not with
+/// its id batches: the transition layer refuses a stream id stored under
+/// another broadcaster, whichever source wrote it first).
+pub fn merge_directory(
+    game_id: &str,
+    language: Option<&str>,
+    pages: Vec<StreamsPage>,
+    in_batches: &HashSet<String>,
+    claims: &mut StreamClaims,
+) -> MergedDirectory {
+    let mut stats = EntryStats::default();
+    let (mut n_in_batches, mut off_filter) = (0, 0);
+    let mut rejected: HashSet<String> = HashSet::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut by_broadcaster: HashMap<String, LiveStream> = HashMap::new();
+    for page in pages {
+        stats.add(&page.stats);
+        rejected.extend(page.rejected_broadcasters);
+        for s in page.streams {
+            if s.game_id != game_id
+                || language.is_some_and(|l| !l.eq_ignore_ascii_case(&s.language))
+            {
+                off_filter += 1;
+                continue;
+            }
+            if in_batches.contains(&s.broadcaster_id) {
+                n_in_batches += 1;
+                continue;
+            }
+            match claims.get(&s.stream_id) {
+                Some(owner) if *owner != s.broadcaster_id => {
+                    stats.bad.stream_id_conflict += 1;
+                    continue;
+                }
+                Some(_) => {
+                    stats.duplicates += 1;
+                    continue;
+                }
+                None => {
+                    claims.insert(s.stream_id.clone(), s.broadcaster_id.clone());
+                }
+            }
+            match by_broadcaster.get(&s.broadcaster_id) {
+                Some(prev) if prev.started_at >= s.started_at => {}
+                Some(_) => {
+                    by_broadcaster.insert(s.broadcaster_id.clone(), s);
+                }
+                None => {
+                    order.push(s.broadcaster_id.clone());
+                    by_broadcaster.insert(s.broadcaster_id.clone(), s);
+                }
+            }
+        }
+    }
+    let live = order
+        .into_iter()
+        .filter(|b| !rejected.contains(b))
+        .filter_map(|b| by_broadcaster.remove(&b))
+        .collect();
+    MergedDirectory {
+        live,
+        in_batches: n_in_batches,
+        off_filter,
+        stats,
+    }
+}
+
+/// What the run's walks add up to: the `discovery` key of run()'s document.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct DiscoveryReport {
+    /// Tracked categories.
+    pub categories: usize,
+    /// Categories not walked this run (cap reached with fixed polling, or no budget left).
+    pub skipped: usize,
+    /// Pages reserved for the walks (adaptive polling: out of the budget).
+    pub pages_planned: usize,
+    /// Live channels left to the walks instead of id batches (adaptive polling).
+    pub covered: usize,
+    /// Directory pages read, over all walks.
+    pub pages: u32,
+    pub streams: u32,
+    pub discovered: u32,
+    pub refreshed: u32,
+    pub capped: u32,
+    pub walks: Vec<WalkReport>,
+}
+
+impl DiscoveryReport {
+    pub fn add(&mut self, w: WalkReport) {
+        self.pages += w.pages;
+        self.streams += w.streams;
+        self.discovered += w.discovered;
+        self.refreshed += w.refreshed;
+        self.capped += w.capped;
+        self.walks.push(w);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::parse_streams_page_at;
+    use serde_json::json;
+    use std::time::SystemTime;
+
+    fn cat(game: &str, max: u32, room: u32, last: Option<u32>) -> Category {
+        Category {
+            game_id: game.into(),
+            language: None,
+            max_channels: max,
+            room,
+            last_pages: last,
+        }
+    }
+
+    #[test]
+    fn a_walk_takes_the_pages_of_its_cap() {
+        assert_eq!(pages_for_cap(1), 1);
+        assert_eq!(pages_for_cap(100), 1);
+        assert_eq!(pages_for_cap(101), 2);
+        assert_eq!(pages_for_cap(5000), 50);
+        assert_eq!(pages_for_cap(0), 1);
+        assert_eq!(pages_for_cap(u32::MAX), MAX_WALK_PAGES);
+    }
+
+    #[test]
+    fn fixed_polling_walks_every_category_with_room() {
+        let plan = plan_walks(
+            &[
+                cat("1", 5000, 5000, None),
+                cat("2", 300, 0, Some(3)),
+                cat("3", 150, 1, Some(1)),
+            ],
+            None,
+        );
+        let pages: Vec<(String, u32)> = plan
+            .walks
+            .iter()
+            .map(|w| (w.game_id.clone(), w.max_pages))
+            .collect();
+        assert_eq!(pages, vec![("1".into(), 50), ("3".into(), 2)]);
+        assert_eq!((plan.pages, plan.skipped), (52, 1));
+    }
+
+    #[test]
+    fn adaptive_polling_spends_at_most_half_the_budget_fairly() {
+        // Plenty of budget: each gets its estimate (cap pages when never walked,
+        // else twice the last walk plus one, within the cap).
+        let cats = [
+            cat("1", 5000, 0, None),
+            cat("2", 5000, 10, Some(3)),
+            cat("3", 200, 10, Some(9)),
+        ];
+        let plan = plan_walks(&cats, Some(760));
+        let pages: Vec<u32> = plan.walks.iter().map(|w| w.max_pages).collect();
+        assert_eq!(pages, vec![50, 7, 2], "a full category is still walked");
+        assert_eq!(plan.pages, 59);
+        // Short: half of 20 = 10 pages, round robin.
+        let plan = plan_walks(&cats, Some(20));
+        let pages: Vec<u32> = plan.walks.iter().map(|w| w.max_pages).collect();
+        assert_eq!(pages, vec![4, 4, 2]);
+        assert_eq!(plan.pages, 10);
+        // Shorter than one page each: the first categories get one, the rest wait.
+        let plan = plan_walks(&cats, Some(5));
+        assert_eq!(plan.pages, 2);
+        assert_eq!(plan.skipped, 1);
+        assert_eq!(plan_walks(&cats, Some(1)).pages, 0);
+        assert_eq!(plan_walks(&[], Some(760)), WalkPlan::default());
+    }
+
+    #[test]
+    fn the_budget_is_never_exceeded_over_many_shapes() {
+        let mut rng = crate::rng::SplitMix64(7);
+        for _ in 0..2000 {
+            let n = (rng.next_u64() % 12) as usize;
+            let cats: Vec<Category> = (0..n)
+                .map(|i| {
+                    let max = 1 + (rng.next_u64() % 20_000) as u32;
+                    let last = if rng.next_u64().is_multiple_of(3) {
+                        None
+                    } else {
+                        Some((rng.next_u64() % 300) as u32)
+                    };
+                    cat(&i.to_string(), max, (rng.next_u64() % 3) as u32, last)
+                })
+                .collect();
+            let budget = (rng.next_u64() % 1000) as usize;
+            let plan = plan_walks(&cats, Some(budget));
+            assert!(plan.pages <= budget / 2, "{plan:?} over {budget}");
+            assert_eq!(plan.walks.len() + plan.skipped, n);
+            for w in &plan.walks {
+                let c = cats.iter().find(|c| c.game_id == w.game_id).unwrap();
+                assert!(w.max_pages >= 1 && w.max_pages <= pages_for_cap(c.max_channels));
+            }
+            // Fair: a category held below its estimate got at least the most any got, less one.
+            let hi = plan.walks.iter().map(|w| w.max_pages).max().unwrap_or(0);
+            for c in &cats {
+                let est = c
+                    .last_pages
+                    .map_or(pages_for_cap(c.max_channels), |p| {
+                        (p * 2 + 1).min(pages_for_cap(c.max_channels))
+                    })
+                    .max(1);
+                let got = plan
+                    .walks
+                    .iter()
+                    .find(|w| w.game_id == c.game_id)
+                    .map_or(0, |w| w.max_pages);
+                assert!(got == est || got + 1 >= hi, "{plan:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn live_channels_in_walked_directories_wait_for_the_walk_at_most_one_period() {
+        let policy = PollPolicy {
+            hot_viewers: 1000,
+            hot_interval: 60.0,
+            live_interval: 120.0,
+            ..PollPolicy::default()
+        };
+        let ch = |viewers: Option<u32>, checked: Option<f64>| PolledChannel {
+            live_viewers: viewers,
+            covered: false,
+            priority: 0,
+            checked_at: checked,
+        };
+        let now = 10_000.0;
+        let channels = [
+            ch(Some(5000), Some(now - 60.0)),  // hot, listed by the last run
+            ch(Some(5000), Some(now - 119.0)), // hot, missed once: still within 60 + 60
+            ch(Some(5000), Some(now - 120.0)), // hot, missed: checked by id now
+            ch(Some(10), Some(now - 179.0)),   // live: 120 + 60
+            ch(Some(10), Some(now - 60.0)),    // live, but in another language
+            ch(Some(10), Some(now - 60.0)),    // live in a category not walked
+            ch(None, Some(now - 60.0)),        // offline: never left to a walk
+            ch(Some(10), None),                // never checked
+        ];
+        let g = |game: &str, lang: &str| Some((game.to_string(), lang.to_string()));
+        let live_in = [
+            g("1", "en"),
+            g("1", "en"),
+            g("1", "en"),
+            g("2", "de"),
+            g("2", "fr"),
+            g("3", "en"),
+            g("1", "en"),
+            g("1", "en"),
+        ];
+        let walks = [
+            DirectoryWalk {
+                game_id: "1".into(),
+                language: None,
+                max_pages: 1,
+            },
+            DirectoryWalk {
+                game_id: "2".into(),
+                language: Some("DE".into()),
+                max_pages: 1,
+            },
+        ];
+        let covered = covered_by_walks(&policy, &channels, &live_in, &walks, now, 60.0);
+        assert_eq!(
+            covered,
+            vec![true, true, false, true, false, false, false, false]
+        );
+        assert!(
+            covered_by_walks(&policy, &channels, &live_in, &[], now, 60.0)
+                .iter()
+                .all(|c| !c)
+        );
+    }
+
+    fn page(entries: serde_json::Value) -> StreamsPage {
+        let body = json!({"data": entries, "pagination": {}}).to_string();
+        parse_streams_page_at(body.as_bytes(), SystemTime::now()).unwrap()
+    }
+
+    fn entry(user: &str, stream: &str, game: &str, lang: &str, started: &str) -> serde_json::Value {
+        json!({"id": stream, "user_id": user, "user_login": format!("u{user}"), "game_id": game,
+               "game_name": "G", "language": lang, "viewer_count": 5, "title": "t",
+               "started_at": started, "type": "live"})
+    }
+
+    #[test]
+    fn merging_keeps_directory_order_and_drops_what_it_must() {
+        let batches: HashSet<String> = ["30".to_string()].into();
+        let mut claims = StreamClaims::new();
+        claims.insert("900".into(), "1".into()); // an earlier walk listed 900 for broadcaster 1
+        let p1 = page(json!([
+            entry("20", "200", "77", "en", "2026-01-01T00:00:00Z"),
+            entry("10", "100", "77", "EN", "2026-01-01T00:00:00Z"),
+            entry("30", "300", "77", "en", "2026-01-01T00:00:00Z"), // checked by id
+            entry("40", "400", "78", "en", "2026-01-01T00:00:00Z"), // another category
+            entry("41", "410", "77", "de", "2026-01-01T00:00:00Z"), // another language
+            entry("50", "900", "77", "en", "2026-01-01T00:00:00Z"), // stream id of broadcaster 1
+            {"id": "x", "user_id": "60", "game_id": "77", "language": "en"}, // bad stream id
+            "not an object",
+        ]));
+        let p2 = page(json!([
+            entry("10", "100", "77", "en", "2026-01-01T00:00:00Z"), // again: duplicate
+            entry("20", "201", "77", "en", "2026-01-01T01:00:00Z"), // restarted: later wins
+            entry("60", "600", "77", "en", "2026-01-01T00:00:00Z"), // named by a bad entry
+            entry("70", "700", "77", "en", "2026-01-01T00:00:00Z"),
+        ]));
+        let m = merge_directory("77", Some("en"), vec![p1, p2], &batches, &mut claims);
+        let got: Vec<(&str, &str)> = m
+            .live
+            .iter()
+            .map(|s| (s.broadcaster_id.as_str(), s.stream_id.as_str()))
+            .collect();
+        assert_eq!(got, vec![("20", "201"), ("10", "100"), ("70", "700")]);
+        assert_eq!((m.in_batches, m.off_filter), (1, 2));
+        assert_eq!(m.stats.bad.stream_id_conflict, 1);
+        assert_eq!(m.stats.bad.bad_stream_id, 1);
+        assert_eq!(m.stats.bad.malformed, 1);
+        assert_eq!(m.stats.duplicates, 1);
+        // Without a language filter, every language of the category counts.
+        let mut claims = StreamClaims::new();
+        let p = page(json!([entry(
+            "41",
+            "410",
+            "77",
+            "de",
+            "2026-01-01T00:00:00Z"
+        )]));
+        let m = merge_directory("77", None, vec![p], &HashSet::new(), &mut claims);
+        assert_eq!(m.live.len(), 1);
+    }
+}
