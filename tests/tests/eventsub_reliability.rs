@@ -151,6 +151,11 @@ fn the_worker_survives_what_a_server_goes_through() {
         .status()
         .unwrap();
     assert!(status.success());
+    // the postmaster ends every backend (ours too) before it starts again
+    wait_for(Duration::from_secs(30), || {
+        db.client.query_one("SELECT 1", &[]).is_err().then_some(())
+    })
+    .expect("the crash reset the server");
     db.client = wait_for(Duration::from_secs(60), || {
         db.cluster()
             .connect_opt(&db.name)
