@@ -27,6 +27,9 @@
 //!   closed and the conduit deleted at Twitch (its subscriptions with it: a
 //!   later CREATE EXTENSION starts clean, and the five-conduit limit is not
 //!   used up); the worker idles until the extension is back;
+//! - every `eventsub_reconcile_secs` the shard's status is read back (Get
+//!   Conduit Shards): a shard Twitch disabled while the socket stayed open
+//!   gets a new session;
 //! - a changed `eventsub_database` (SIGHUP) or an ERROR outside the guarded
 //!   transactions ends the process; Postgres starts it again after
 //!   [`RESTART_AFTER`].
@@ -182,11 +185,23 @@ struct Running {
     listed: bool,
     budget: Option<Budget>,
     next_pass: Instant,
+    /// Get Conduit Shards in flight (the session it was asked for), and when
+    /// the next is due: a shard Twitch disabled while the socket stayed open
+    /// is found this way (README "EventSub").
+    shard_check: Option<ShardCheck>,
+    next_shard_check: Instant,
     /// The shard's welcomes and dropped frames when last seen.
     seen_welcomes: u64,
     seen_drops: u64,
     seen_session: Option<String>,
 }
+
+/// A Get Conduit Shards in flight: the session it asks about, its task, its answer.
+type ShardCheck = (
+    Option<String>,
+    runtime::Background<()>,
+    oneshot::Receiver<Result<Vec<(String, String)>, HelixError>>,
+);
 
 enum PassOutput {
     Listing(Result<(Vec<Subscription>, Budget), HelixError>),
@@ -251,6 +266,7 @@ impl Worker {
             }
             self.apply_events();
             self.finish_pass();
+            self.check_shard();
             if Instant::now() >= self.next_check {
                 self.check_environment();
             }
@@ -495,6 +511,8 @@ impl Worker {
             listed: false,
             budget: None,
             next_pass: Instant::now(),
+            shard_check: None,
+            next_shard_check: Instant::now() + gucs::eventsub_reconcile_every(),
             seen_welcomes: 0,
             seen_drops: 0,
             seen_session: None,
@@ -670,6 +688,66 @@ impl Worker {
             ("connecting", v.last_assign_error.clone())
         };
         self.set_state(state, detail);
+    }
+
+    /// Asks Twitch for the shard's status every `eventsub_reconcile_secs`
+    /// while connected; a shard Twitch reports not `enabled` for the session
+    /// the worker holds gets a new session (and assignment).
+    fn check_shard(&mut self) {
+        let session = self.row.session_id.clone();
+        let Some(r) = self.running.as_mut() else {
+            return;
+        };
+        if let Some((asked_for, _, rx)) = r.shard_check.as_mut() {
+            let answer = match rx.try_recv() {
+                Ok(a) => a,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    r.shard_check = None;
+                    return;
+                }
+            };
+            let asked_for = asked_for.clone();
+            r.shard_check = None;
+            match answer {
+                Ok(shards) => {
+                    let status = shards
+                        .iter()
+                        .find(|(id, _)| id == SHARD_ID)
+                        .map_or("missing", |(_, st)| st.as_str())
+                        .to_string();
+                    if status != "enabled" && asked_for.is_some() && asked_for == session {
+                        pgrx::log!(
+                            "twitch_sync eventsub worker: Twitch reports shard {SHARD_ID} {status}: new session"
+                        );
+                        self.stop(
+                            "connecting",
+                            Some(format!(
+                                "shard {SHARD_ID} was {status} at Twitch: reconnecting"
+                            )),
+                        );
+                        self.next_check = Instant::now();
+                    }
+                }
+                Err(HelixError::Unauthorized { .. }) => self.token_refused(),
+                Err(_) => {}
+            }
+            return;
+        }
+        if self.row.state != "connected" || Instant::now() < r.next_shard_check {
+            return;
+        }
+        r.next_shard_check = Instant::now() + gucs::eventsub_reconcile_every();
+        let (client, token, conduit) = (
+            r.client.clone(),
+            r.token.access_token.clone(),
+            r.conduit_id.clone(),
+        );
+        let (tx, rx) = oneshot::channel();
+        let task = runtime::spawn(async move {
+            let _ = tx.send(client.get_conduit_shards(&token, &conduit).await.0);
+        });
+        r.shard_check = Some((session, task, rx));
     }
 
     /// Starts a reconciliation when one is due and none is in flight.

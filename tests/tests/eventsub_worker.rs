@@ -203,6 +203,21 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     })
     .expect("events after the reconnect");
 
+    // Twitch disables the shard while the socket stays open: the worker reads
+    // the shard's status back, takes a new session, and events flow again
+    let before = db.sim.es_shards(&conduit)[0].0.clone();
+    db.sim.es_fault(EsFault::DisableShards);
+    wait_for(Duration::from_secs(20), || {
+        let s = db.sim.es_shards(&conduit)[0].clone();
+        (s.1 == "enabled" && s.0 != before).then_some(())
+    })
+    .expect("a disabled shard gets a new session");
+    db.sim.world(|w| w.go_offline(&ids[3]));
+    wait_for(Duration::from_secs(5), || {
+        live_stream(&mut db.client, &ids[3]).is_none().then_some(())
+    })
+    .expect("events after the shard came back");
+
     // status() and metrics() show the worker
     let (state, covered, poll_only): (String, i64, i64) = {
         let r = db

@@ -26,6 +26,10 @@
 //!   of `first` (default 100) with an `after` cursor, `pagination: {}` at the
 //!   end, and the cost figures;
 //! - `DELETE /helix/eventsub/subscriptions?id=` → 204, 404, 400 without id;
+//! - `GET /helix/eventsub/conduits/shards?conduit_id=[&status=]` → 200
+//!   `data[{id, status, transport{method, session_id, connected_at,
+//!   disconnected_at}}]`, `pagination: {}` (one page); 400 without
+//!   `conduit_id`, 404 for a conduit not found;
 //! - `DELETE /helix/eventsub/conduits?id=` → 204 (its subscriptions become
 //!   `conduit_deleted`, Twitch's status for them, and stop costing), 404,
 //!   400 without id.
@@ -317,6 +321,33 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
                 )
             }
         }
+        ("GET", "/helix/eventsub/conduits/shards") => match req.query_all("conduit_id").next() {
+            None | Some("") => helix_error(400, "The conduit_id query parameter is required."),
+            Some(cid) => match h
+                .conduits
+                .iter()
+                .find(|c| c.id == cid && c.client_id == client_id)
+            {
+                None => helix_error(404, "Conduit not found."),
+                Some(c) => {
+                    let status = req.query_all("status").next();
+                    let ts = |t: Option<SystemTime>| t.map(crate::eventsub::rfc3339_nanos);
+                    let data: Vec<Value> = c
+                        .shards
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| status.is_none_or(|st| s.status == st))
+                        .map(|(i, s)| {
+                            json!({"id": i.to_string(), "status": s.status,
+                                   "transport": {"method": "websocket", "session_id": s.session,
+                                                 "connected_at": ts(s.connected_at),
+                                                 "disconnected_at": ts(s.disconnected_at)}})
+                        })
+                        .collect();
+                    Response::json(200, &json!({"data": data, "pagination": {}}))
+                }
+            },
+        },
         ("DELETE", "/helix/eventsub/conduits") => match req.query_all("id").next() {
             None | Some("") => helix_error(400, "The id query parameter is required."),
             Some(id) => {

@@ -91,6 +91,10 @@ pub enum EsFault {
     DuplicateNewId(u32),
     /// The next `n` batches of changes are delivered newest first.
     Reorder(u32),
+    /// Every shard is disabled (`websocket_disconnected`, no session) while
+    /// its socket stays open and silent about it: only Get Conduit Shards
+    /// (or a `conduit.shard.disabled` subscription) tells.
+    DisableShards,
 }
 
 /// What the EventSub server did, for tests.
@@ -729,6 +733,16 @@ impl Simulator {
             EsFault::DuplicateSameId(n) => h.dup_same = n,
             EsFault::DuplicateNewId(n) => h.dup_new = n,
             EsFault::Reorder(n) => h.reorder = n,
+            EsFault::DisableShards => {
+                let now = SystemTime::now();
+                for c in h.conduits.iter_mut() {
+                    for s in c.shards.iter_mut().filter(|s| s.status == "enabled") {
+                        s.status = "websocket_disconnected".into();
+                        s.session = None;
+                        s.disconnected_at = Some(now);
+                    }
+                }
+            }
         }
     }
 

@@ -125,6 +125,14 @@ fn main() {
                 }
             }
         });
+        let step = events / 4;
+        if step > 0 && sent / step != (sent + flappers.len() as u64) / step {
+            println!(
+                "  after {} events: worker private memory {} KiB",
+                sent + flappers.len() as u64,
+                backend_private_memory_kib(pid)
+            );
+        }
         sent += flappers.len() as u64;
         // keep the simulator no more than a few batches ahead of the worker
         wait_for(Duration::from_secs(60), || {

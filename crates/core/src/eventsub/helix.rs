@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 const CONDUITS: &str = "Helix Get/Create/Delete Conduits";
-const SHARDS: &str = "Helix Update Conduit Shards";
+const SHARDS: &str = "Helix Get/Update Conduit Shards";
 const CREATE_SUB: &str = "Helix Create EventSub Subscription";
 const LIST_SUBS: &str = "Helix Get EventSub Subscriptions";
 const DELETE_SUB: &str = "Helix Delete EventSub Subscription";
@@ -255,6 +255,38 @@ impl TwitchClient {
                 .and_then(|d| d.first())
                 .and_then(conduit)
                 .ok_or_else(|| malformed(CONDUITS, "no valid conduit in data"))
+        });
+        (r, snap)
+    }
+
+    /// `GET /eventsub/conduits/shards?conduit_id=`: each shard's id and
+    /// status (`enabled`, `websocket_disconnected`, ...), first page (100
+    /// shards; twitch_sync uses one).
+    pub async fn get_conduit_shards(
+        &self,
+        token: &str,
+        conduit_id: &str,
+    ) -> Answered<Vec<(String, String)>> {
+        let req = self
+            .helix(reqwest::Method::GET, "/eventsub/conduits/shards", token)
+            .query(&[("conduit_id", conduit_id)]);
+        let (answer, snap) = self.exchange(SHARDS, req).await;
+        let r = answer.and_then(|a| {
+            if a.status != 200 {
+                return Err(a.refusal(snap));
+            }
+            let v = a.value()?;
+            let data = v
+                .get("data")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed(SHARDS, "no data array"))?;
+            Ok(data
+                .iter()
+                .filter_map(|d| {
+                    let id = d.get("id")?.as_str().filter(|i| is_opaque_id(i))?;
+                    Some((id.to_string(), text(d, "status")))
+                })
+                .collect())
         });
         (r, snap)
     }
