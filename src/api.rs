@@ -196,7 +196,8 @@ impl Written {
     }
 }
 
-fn settings() -> Result<SyncConfig, SyncError> {
+/// The settings of a pass (and of the EventSub worker's Helix client), checked.
+pub(crate) fn settings() -> Result<SyncConfig, SyncError> {
     let url = |setting: &'static str, value: String| {
         validate_base_url(&value).map_err(|reason| SyncError::BadSetting { setting, reason })
     };

@@ -400,10 +400,6 @@ impl Worker {
         cached: Option<CachedToken>,
         stored: Option<(String, String)>,
     ) -> Result<(), String> {
-        let url = |setting: &'static str, value: String| {
-            twitch_sync_core::config::validate_base_url(&value)
-                .map_err(|reason| format!("invalid value for {setting}: {reason}"))
-        };
         let ws_url = gucs::eventsub_url();
         if !is_reconnect_url(&ws_url) {
             return Err(
@@ -411,14 +407,7 @@ impl Worker {
                     .into(),
             );
         }
-        let config = SyncConfig {
-            helix_url: url("twitch_sync.helix_url", gucs::helix_url())?,
-            auth_url: url("twitch_sync.auth_url", gucs::auth_url())?,
-            request_timeout: gucs::request_timeout(),
-            extra_ca_certs: twitch_sync_core::config::load_ca_file(&gucs::extra_ca_file())
-                .map_err(|r| format!("invalid value for twitch_sync.extra_ca_file: {r}"))?,
-            ..SyncConfig::default()
-        };
+        let config = crate::api::settings().map_err(|e| e.to_string())?;
         let client = Arc::new(
             TwitchClient::new(&config, &credentials.client_id).map_err(|e| e.to_string())?,
         );
