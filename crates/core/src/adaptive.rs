@@ -181,9 +181,17 @@ pub fn plan(
             0
         }
     };
+    // When a channel falls due, in runs from now (0: due), and its interval.
+    let when = |c: &PolledChannel| -> (usize, f64) {
+        let interval = policy.interval(policy.class(c), c.priority);
+        let in_runs = match c.checked_at {
+            None => 0,
+            Some(at) if now - at >= interval - slack => 0,
+            Some(at) => runs(interval - (now - at)).max(1),
+        };
+        (in_runs, interval)
+    };
     let mut due: Vec<(f64, usize)> = Vec::new();
-    // not due yet: (runs until due, share of its interval already gone, index)
-    let mut later: Vec<(usize, f64, usize)> = Vec::new();
     // Per class and priority (which set the interval): the runs between its
     // checks, and its channels by runs until they are due.
     let mut load: Vec<(usize, Vec<usize>)> = Vec::with_capacity(PollClass::ALL.len() * 11);
@@ -193,28 +201,17 @@ pub fn plan(
         }
     }
     for (i, c) in channels.iter().enumerate() {
-        let class = policy.class(c);
-        let interval = policy.interval(class, c.priority);
-        let group = &mut load[class as usize * 11 + usize::from(c.priority.min(10))];
-        let in_runs = match c.checked_at {
-            None => {
-                due.push((f64::INFINITY, i));
-                0
-            }
-            Some(at) => {
-                let age = now - at;
-                if age >= interval - slack {
-                    // ranked by how late it would be if left to the next run
-                    due.push(((age + period) / interval, i));
-                    0
-                } else {
-                    let n = runs(interval - age).max(1);
-                    later.push((n, age / interval, i));
-                    n
-                }
-            }
-        };
+        let (in_runs, interval) = when(c);
+        if in_runs == 0 {
+            // ranked by how late it would be if left to the next run (never
+            // checked: first)
+            let rank = c
+                .checked_at
+                .map_or(f64::INFINITY, |at| (now - at + period) / interval);
+            due.push((rank, i));
+        }
         if period > 0.0 && in_runs < LOOKAHEAD_RUNS {
+            let group = &mut load[policy.class(c) as usize * 11 + usize::from(c.priority.min(10))];
             if group.1.len() <= in_runs {
                 group.1.resize(in_runs + 1, 0);
             }
@@ -232,7 +229,18 @@ pub fn plan(
     let mut chosen: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
 
     let target = levelled_load(&load, max_ids).min(max_ids);
-    if target > chosen.len() && !later.is_empty() {
+    if target > chosen.len() {
+        // Not due yet: (runs until due, share of its interval already gone,
+        // index), soonest due first, then the nearest to its interval.
+        let mut later: Vec<(usize, f64, usize)> = channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let (in_runs, interval) = when(c);
+                let at = c.checked_at?;
+                (in_runs > 0).then_some((in_runs, (now - at) / interval, i))
+            })
+            .collect();
         let extra = (target - chosen.len()).min(later.len());
         let soonest = |a: &(usize, f64, usize), b: &(usize, f64, usize)| {
             a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2))
