@@ -12,8 +12,13 @@
 //! Ordering by that ratio is what keeps it fair: when the budget does not
 //! cover every due channel, every class falls behind by the same factor of its
 //! interval instead of one class starving (a channel never checked comes
-//! first). Times are seconds (f64, any epoch): tests and the simulation run on
-//! simulated clocks.
+//! first). And a run looks ahead: when checks that fall due together would
+//! overflow a later run (every channel starts never checked, so the first
+//! runs check them in a few large groups that fall due together again each
+//! interval), it checks some channels before they are due, just enough to
+//! keep every run ahead within the budget less a reserve ([`plan`]). Times
+//! are seconds (f64, any epoch): tests and the simulation run on simulated
+//! clocks.
 
 use crate::config::defaults;
 use serde::Serialize;
@@ -119,16 +124,43 @@ impl PollPolicy {
 /// What a run checks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
-    /// Indexes into the channels, most overdue first.
+    /// Indexes into the channels: the due ones, most overdue first, then
+    /// those checked ahead of time to level the load, soonest due first.
     pub chosen: Vec<usize>,
     /// Channels that were due (chosen, or left for a later run by the budget).
     pub due: usize,
 }
 
-/// The channels a run at `now` checks: the due ones, most overdue first, at
-/// most `max_ids`. `run_period` is the time between runs: a channel is due
-/// when its last check is at least its interval minus half a period old, so
-/// that a check never waits a whole period past its interval.
+/// How many runs ahead the planner looks to level its load (a day of
+/// one-minute runs; longer intervals are levelled over this window).
+pub const LOOKAHEAD_RUNS: usize = 1_440;
+
+/// The channels a run at `now` checks, at most `max_ids`. `run_period` is the
+/// time between runs: a channel is due when its last check is at least its
+/// interval minus half a period old, so that a check never waits a whole
+/// period past its interval.
+///
+/// 1. The due channels, most overdue first: ranked by how late each would be
+///    if left to the next run, (age + period) / interval (never checked:
+///    first). When they exceed `max_ids`, the least overdue wait, so every
+///    class falls behind by the same factor of its interval.
+/// 2. Levelling, when the due channels fit: checks that fall due together
+///    (every channel starts never checked, so the first runs check them in a
+///    few large groups, whose checks fall due together again each interval)
+///    would overflow some later runs while others have budget left, and the
+///    ranking would then leave the longest intervals (offline channels) a run
+///    late. So the run looks ahead — up to the longest interval, in runs, at
+///    most [`LOOKAHEAD_RUNS`] — counting the checks falling due in each run
+///    (every channel's later checks too, at its interval), and checks
+///    however many it must so that the runs after it, checking at most the
+///    budget less [`LEVELLING_RESERVE`] each (or the mean load ahead, if more),
+///    can take every check when it falls due (earliest due first): max over h
+///    of (checks due in the next h runs, this one included) − (h − 1) × that
+///    capacity. The difference is made up with channels not yet due, soonest
+///    due first (then the nearest to their interval). A channel checked
+///    early keeps its earlier phase, so levelling is paid for once per group,
+///    not every interval; when the runs ahead fit, nothing is checked early,
+///    and neither when the due channels alone fill the budget.
 pub fn plan(
     policy: &PollPolicy,
     channels: &[PolledChannel],
@@ -136,33 +168,134 @@ pub fn plan(
     run_period: f64,
     max_ids: usize,
 ) -> Plan {
-    let slack = (run_period / 2.0).max(0.0);
-    let mut due: Vec<(f64, usize)> = channels
-        .iter()
-        .enumerate()
-        .filter_map(|(i, c)| {
-            let interval = policy.interval(policy.class(c), c.priority);
-            match c.checked_at {
-                None => Some((f64::INFINITY, i)),
-                Some(at) => {
-                    let age = now - at;
-                    // ranked by how late it would be if left to the next run
-                    (age >= interval - slack).then_some(((age + run_period) / interval, i))
-                }
+    let period = run_period.max(0.0);
+    let slack = period / 2.0;
+    // Runs from now: when each channel falls due (0: now) and, once checked,
+    // how many runs until it is due again.
+    let runs = |secs: f64| -> usize {
+        if period > 0.0 {
+            (secs / period - 0.5)
+                .ceil()
+                .clamp(0.0, LOOKAHEAD_RUNS as f64) as usize
+        } else {
+            0
+        }
+    };
+    // When a channel falls due, in runs from now (0: due), and its interval.
+    let when = |c: &PolledChannel| -> (usize, f64) {
+        let interval = policy.interval(policy.class(c), c.priority);
+        let in_runs = match c.checked_at {
+            None => 0,
+            Some(at) if now - at >= interval - slack => 0,
+            Some(at) => runs(interval - (now - at)).max(1),
+        };
+        (in_runs, interval)
+    };
+    let mut due: Vec<(f64, usize)> = Vec::new();
+    // Per class and priority (which set the interval): the runs between its
+    // checks, and its channels by runs until they are due.
+    let mut load: Vec<(usize, Vec<usize>)> = Vec::with_capacity(PollClass::ALL.len() * 11);
+    for class in PollClass::ALL {
+        for priority in 0..=10 {
+            load.push((runs(policy.interval(class, priority)).max(1), Vec::new()));
+        }
+    }
+    for (i, c) in channels.iter().enumerate() {
+        let (in_runs, interval) = when(c);
+        if in_runs == 0 {
+            // ranked by how late it would be if left to the next run (never
+            // checked: first)
+            let rank = c
+                .checked_at
+                .map_or(f64::INFINITY, |at| (now - at + period) / interval);
+            due.push((rank, i));
+        }
+        if period > 0.0 && in_runs < LOOKAHEAD_RUNS {
+            let group = &mut load[policy.class(c) as usize * 11 + usize::from(c.priority.min(10))];
+            if group.1.len() <= in_runs {
+                group.1.resize(in_runs + 1, 0);
             }
-        })
-        .collect();
+            group.1[in_runs] += 1;
+        }
+    }
     let due_count = due.len();
+    let by_rank = |a: &(f64, usize), b: &(f64, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     if due.len() > max_ids {
         // Only the most overdue max_ids are needed: partial selection, then sort those.
-        due.select_nth_unstable_by(max_ids, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        due.select_nth_unstable_by(max_ids, by_rank);
         due.truncate(max_ids);
     }
-    due.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    due.sort_unstable_by(by_rank);
+    let mut chosen: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
+
+    let target = levelled_load(&load, max_ids).min(max_ids);
+    if target > chosen.len() {
+        // Not due yet: (runs until due, share of its interval already gone,
+        // index), soonest due first, then the nearest to its interval.
+        let mut later: Vec<(usize, f64, usize)> = channels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let (in_runs, interval) = when(c);
+                let at = c.checked_at?;
+                (in_runs > 0).then_some((in_runs, (now - at) / interval, i))
+            })
+            .collect();
+        let extra = (target - chosen.len()).min(later.len());
+        let soonest = |a: &(usize, f64, usize), b: &(usize, f64, usize)| {
+            a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2))
+        };
+        if later.len() > extra {
+            later.select_nth_unstable_by(extra, soonest);
+            later.truncate(extra);
+        }
+        later.sort_unstable_by(soonest);
+        chosen.extend(later.into_iter().map(|(_, _, i)| i));
+    }
     Plan {
-        chosen: due.into_iter().map(|(_, i)| i).collect(),
+        chosen,
         due: due_count,
     }
+}
+
+/// The share of the budget levelling keeps free in the runs ahead, for what
+/// cannot be foreseen (streams starting and ending change classes).
+pub const LEVELLING_RESERVE: f64 = 0.05;
+
+/// How many channels this run must check so that the runs ahead, checking
+/// at most `plan_capacity` each, meet every check at its interval (earliest
+/// due first), where `plan_capacity` is `capacity` less the
+/// [`LEVELLING_RESERVE`], or the mean load of the runs ahead when that is
+/// more (a load the budget cannot carry is not levelled below its mean):
+/// max over h of (checks due in runs 0..h) − (h − 1) × `plan_capacity`.
+/// `load`: per interval, the runs between checks and the channels by runs
+/// until they are due; a channel's later checks count too.
+fn levelled_load(load: &[(usize, Vec<usize>)], capacity: usize) -> usize {
+    let horizon = load
+        .iter()
+        .filter(|(_, by_next)| !by_next.is_empty())
+        .map(|(cycle, by_next)| (*cycle).max(by_next.len()))
+        .max()
+        .unwrap_or(0)
+        .min(LOOKAHEAD_RUNS);
+    let mut per_run = vec![0usize; horizon];
+    for (cycle, by_next) in load {
+        for (next, &n) in by_next.iter().enumerate().filter(|(_, n)| **n > 0) {
+            for t in (next..horizon).step_by(*cycle) {
+                per_run[t] += n;
+            }
+        }
+    }
+    let total: usize = per_run.iter().sum();
+    let plan_capacity =
+        (capacity as f64 * (1.0 - LEVELLING_RESERVE)).max(total as f64 / horizon.max(1) as f64);
+    let mut sum = 0usize;
+    let mut need = 0.0f64;
+    for (h, n) in per_run.iter().enumerate() {
+        sum += n;
+        need = need.max(sum as f64 - h as f64 * plan_capacity);
+    }
+    need.ceil() as usize
 }
 
 /// Staleness of one class: how long ago its channels were last checked
@@ -186,7 +319,9 @@ pub struct PollingReport {
     /// Requests this run could spend (the budget share of the bucket).
     pub budget_requests: usize,
     pub due: usize,
-    /// Channels chosen (due, most overdue first, within the budget).
+    /// Channels chosen: the due ones within the budget, and any checked
+    /// before they are due to keep the runs ahead within it (so it may
+    /// exceed `due`).
     pub chosen: usize,
     pub classes: Vec<ClassStaleness>,
 }
@@ -288,11 +423,24 @@ mod tests {
         assert!(plan(&p, &important, now, 60.0, 100).chosen.contains(&0));
     }
 
+    /// What a simulation saw (after the first two offline intervals).
+    struct Seen {
+        /// Per class, the worst staleness right after a run's checks.
+        after: std::collections::BTreeMap<PollClass, f64>,
+        /// Per class, the worst age of a channel's last check as a run
+        /// began (before its checks): how late a check came.
+        before: std::collections::BTreeMap<PollClass, f64>,
+        /// The most requests any run used.
+        most: usize,
+        /// Requests per run, on average.
+        mean: f64,
+    }
+
     /// A world of `n` channels, `live` of them live (1 in 10 of those hot),
-    /// that changes a little every run; runs every `period` seconds for
-    /// `horizon` seconds with `budget` requests each. Returns the worst
-    /// staleness seen per class at the moment of each run (after the first
-    /// full cycle), and the most requests any run used.
+    /// that changes a little every run; runs every `period` seconds (with
+    /// ±5% jitter) for `horizon` seconds with `budget` requests each.
+    /// Returns the worst staleness seen per class at the moment of each run
+    /// (after the first full cycle), and the most requests any run used.
     fn simulate(
         p: &PollPolicy,
         n: usize,
@@ -302,6 +450,19 @@ mod tests {
         budget: usize,
         seed: u64,
     ) -> (std::collections::BTreeMap<PollClass, f64>, usize) {
+        let seen = simulate_seen(p, n, live, period, horizon, budget, seed);
+        (seen.after, seen.most)
+    }
+
+    fn simulate_seen(
+        p: &PollPolicy,
+        n: usize,
+        live: usize,
+        period: f64,
+        horizon: f64,
+        budget: usize,
+        seed: u64,
+    ) -> Seen {
         let mut rng = Rng(seed);
         let mut truth: Vec<Option<u32>> = (0..n)
             .map(|i| {
@@ -316,7 +477,8 @@ mod tests {
             .collect();
         let mut known: Vec<PolledChannel> = (0..n).map(|_| ch(None, None)).collect();
         let mut worst = std::collections::BTreeMap::new();
-        let mut most = 0;
+        let mut before = std::collections::BTreeMap::new();
+        let (mut most, mut total, mut runs) = (0, 0, 0);
         let mut t = 0.0;
         while t < horizon {
             // churn: a few streams end, as many start
@@ -327,13 +489,22 @@ mod tests {
                     truth.swap(a, b);
                 }
             }
+            let measured = t >= 2.0 * p.offline_interval;
+            if measured {
+                for s in staleness(p, &known, t) {
+                    let w = before.entry(s.class).or_insert(0.0f64);
+                    *w = w.max(s.max);
+                }
+            }
             let chosen = plan(p, &known, t, period, budget * 100).chosen;
             most = most.max(chosen.len().div_ceil(100));
+            total += chosen.len().div_ceil(100);
+            runs += 1;
             for i in chosen {
                 known[i].live_viewers = truth[i];
                 known[i].checked_at = Some(t);
             }
-            if t >= 2.0 * p.offline_interval {
+            if measured {
                 for s in staleness(p, &known, t) {
                     let w = worst.entry(s.class).or_insert(0.0f64);
                     *w = w.max(s.max);
@@ -341,7 +512,12 @@ mod tests {
             }
             t += period * (0.95 + 0.1 * rng.unit());
         }
-        (worst, most)
+        Seen {
+            after: worst,
+            before,
+            most,
+            mean: total as f64 / runs.max(1) as f64,
+        }
     }
 
     #[test]
@@ -379,5 +555,110 @@ mod tests {
         assert!(hi / lo < 3.0, "uneven: {worst:?}");
         // and nobody starves: every channel was checked within a few intervals
         assert!(hi < 6.0, "starving: {worst:?}");
+    }
+
+    #[test]
+    fn a_tight_budget_that_suffices_keeps_every_check_on_time_over_a_long_horizon() {
+        let p = PollPolicy::default();
+        // 20,000 channels, 2,000 live: needs 200 hot + 1,800 / 2 live +
+        // 18,000 / 10 offline = 2,900 ids a run (29 requests); 31 is 94% used.
+        // Every channel starts never checked, so the first runs check them
+        // in a few large groups whose checks fall due together again.
+        let (period, budget) = (60.0, 31);
+        let seen = simulate_seen(&p, 20_000, 2_000, period, 12.0 * 3600.0, budget, 3);
+        assert!(seen.most <= budget, "budget exceeded: {}", seen.most);
+        // A channel is due once its age reaches its interval minus half a
+        // period, so on time means checked at the first run after that:
+        // never older than its interval plus half a (jittered) period.
+        for class in [PollClass::Hot, PollClass::Live, PollClass::Offline] {
+            let w = seen.before[&class];
+            let limit = p.interval(class, 0) + 0.55 * period;
+            assert!(
+                w <= limit,
+                "{class:?}: checked at age {w} s > {limit} s: {:?}",
+                seen.before
+            );
+        }
+        // and no more than the checks need (29 requests, a little for churn)
+        assert!(
+            seen.mean <= 30.0,
+            "too many early checks: {} requests a run",
+            seen.mean
+        );
+    }
+
+    #[test]
+    fn checks_that_fall_due_together_are_spread_ahead_of_time() {
+        let p = PollPolicy::default();
+        // 1,000 offline channels all checked at 0; 150 ids a run, one run a
+        // minute: at 600 s all would be due at once. They are spread over
+        // the runs before, as late as they can be while no run ahead needs
+        // more than the budget less the reserve (142.5), and none is late.
+        let mut channels: Vec<PolledChannel> = (0..1_000).map(|_| ch(None, Some(0.0))).collect();
+        let mut per_run = Vec::new();
+        for run in 1..=40 {
+            let now = f64::from(run) * 60.0;
+            for c in &channels {
+                let age = now - c.checked_at.unwrap();
+                assert!(age <= 600.0, "checked late: {age} s at {now}");
+            }
+            let chosen = plan(&p, &channels, now, 60.0, 150).chosen;
+            assert!(chosen.len() <= 150);
+            for &i in &chosen {
+                channels[i].checked_at = Some(now);
+            }
+            per_run.push(chosen.len());
+        }
+        assert!(per_run.iter().all(|&n| n <= 143), "{per_run:?}");
+        // the spreading starts as soon as it must (1,000 − 7 × 142.5 = 2.5
+        // at 180 s), and every channel is checked once in every 10 runs
+        assert_eq!(per_run[..4], [0, 0, 3, 142], "{per_run:?}");
+        for cycle in per_run.chunks(10) {
+            assert_eq!(cycle.iter().sum::<usize>(), 1_000, "{per_run:?}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_checked_early_when_the_runs_ahead_fit_the_budget() {
+        let p = PollPolicy::default();
+        // all just checked, covered ones among them: an idle run checks nothing
+        let mut channels: Vec<PolledChannel> = (0..300)
+            .map(|i| PolledChannel {
+                covered: i % 3 == 0,
+                ..ch((i % 2 == 0).then_some(5000), Some(1000.0))
+            })
+            .collect();
+        assert_eq!(
+            plan(&p, &channels, 1001.0, 1.0, 72_000).chosen,
+            Vec::<usize>::new()
+        );
+        // a run checks what is due and only that, even with a budget of
+        // one request and the rest of the channels due together later
+        let p8 = PollPolicy {
+            offline_interval: 8.0,
+            ..PollPolicy::default()
+        };
+        let mut twenty: Vec<PolledChannel> = (0..20).map(|_| ch(None, Some(0.0))).collect();
+        twenty[0].priority = 3; // 8 s / 4 = 2 s
+        let run = plan(&p8, &twenty, 2.2, 2.2, 100);
+        assert_eq!((run.chosen, run.due), (vec![0], 1));
+        // covered channels (an hour): with a budget to spare, checked at
+        // their sweep, not before
+        channels.iter_mut().for_each(|c| c.live_viewers = None);
+        let mut checks = vec![0usize; channels.len()];
+        for run in 1..=240 {
+            let now = 1000.0 + f64::from(run) * 60.0;
+            for i in plan(&p, &channels, now, 60.0, 10_000).chosen {
+                let age = now - channels[i].checked_at.unwrap();
+                let interval = p.interval(p.class(&channels[i]), 0);
+                assert!(age >= interval - 30.0, "checked at {age} s of {interval} s");
+                channels[i].checked_at = Some(now);
+                checks[i] += 1;
+            }
+        }
+        // 4 hours: covered ones 4 times, the others 24
+        for (i, n) in checks.iter().enumerate() {
+            assert_eq!(*n, if i % 3 == 0 { 4 } else { 24 }, "channel {i}");
+        }
     }
 }
