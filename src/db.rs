@@ -569,6 +569,8 @@ pub fn prune() -> Result<(i64, i64, i64), SyncError> {
 pub struct WorkerEnvironment {
     /// The extension exists in this database with this library's version.
     pub installed: bool,
+    /// The extension's version in this database, if it exists at all.
+    pub version: Option<String>,
     pub credentials: Option<(Credentials, Option<CachedToken>)>,
     pub tracked_channels: i64,
     /// The stored conduit: (client id, conduit id).
@@ -586,6 +588,7 @@ pub fn worker_environment() -> Result<WorkerEnvironment, SyncError> {
     if version.as_deref() != Some(SCHEMA_VERSION) {
         return Ok(WorkerEnvironment {
             installed: false,
+            version,
             credentials: None,
             tracked_channels: 0,
             conduit: None,
@@ -625,6 +628,7 @@ pub fn worker_environment() -> Result<WorkerEnvironment, SyncError> {
     })?;
     Ok(WorkerEnvironment {
         installed: true,
+        version,
         credentials,
         tracked_channels,
         conduit,

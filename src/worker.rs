@@ -22,6 +22,9 @@
 //!   (stored in `twitch_sync.eventsub_worker`), shard 0 assigned to its
 //!   WebSocket session, subscriptions reconciled every
 //!   `twitch_sync.eventsub_reconcile_secs`;
+//! - new binaries before `ALTER EXTENSION twitch_sync UPDATE` (another
+//!   version in the database): sockets closed, the conduit kept, idle until
+//!   the update;
 //! - SIGTERM: sockets closed, state `stopped`, exit code 1 (restarted after
 //!   [`RESTART_AFTER`], so `pg_terminate_backend` restarts the worker). DROP EXTENSION: sockets
 //!   closed and the conduit deleted at Twitch (its subscriptions with it: a
@@ -338,9 +341,22 @@ impl Worker {
             } else {
                 CHECK_IDLE
             };
+        if let (false, Some(version)) = (env.installed, env.version.as_deref()) {
+            // new binaries before ALTER EXTENSION ... UPDATE: wait, keep the
+            // conduit (its subscriptions stay; the session is taken again)
+            self.stop(
+                "idle",
+                Some(format!(
+                    "the extension is version {version}, the library {}: run ALTER EXTENSION twitch_sync UPDATE",
+                    db::SCHEMA_VERSION
+                )),
+            );
+            self.installed = false;
+            return;
+        }
         if !env.installed {
-            if self.installed {
-                // DROP EXTENSION (or a version change): let go of Twitch
+            if self.installed || self.orphan.is_some() {
+                // DROP EXTENSION: let go of Twitch
                 self.stop("idle", None);
                 if let Some((client, token, conduit)) = self.orphan.take() {
                     let deleted = runtime::block_on_until_shutdown(async move {

@@ -2,8 +2,9 @@
 //! cluster (one worker per cluster): 10,000 events of broadcasters nobody
 //! tracks (ignored and counted), credentials replaced while connected, a
 //! SIGKILL of the worker (the postmaster restarts everything and the worker
-//! resumes with its conduit), a Postgres restart, and no secret or token in
-//! a debug2 server log.
+//! resumes with its conduit), a Postgres restart, another extension version
+//! in the catalog (new binaries before ALTER EXTENSION UPDATE: the conduit is
+//! kept), and no secret or token in a debug2 server log.
 
 use serde_json::json;
 use std::time::Duration;
@@ -180,6 +181,24 @@ fn the_worker_survives_what_a_server_goes_through() {
     db.client = db.cluster().connect(&db.name);
     let (conduit4, _) = ready(&mut db, 3);
     assert_eq!(conduit4, conduit);
+
+    // new binaries before ALTER EXTENSION ... UPDATE (another version in the
+    // catalog): the worker lets go of its session but keeps the conduit
+    db.client
+        .batch_execute("UPDATE pg_extension SET extversion = '0.1.9' WHERE extname = 'twitch_sync'")
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        let shards = db.sim.es_shards(&conduit);
+        (!shards.is_empty() && shards[0].1 != "enabled").then_some(())
+    })
+    .expect("the worker let go of its session, the conduit is still there");
+    db.client
+        .batch_execute("UPDATE pg_extension SET extversion = '0.2.0' WHERE extname = 'twitch_sync'")
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        (db.sim.es_shards(&conduit)[0].1 == "enabled").then_some(())
+    })
+    .expect("back on the same conduit after the update");
 
     // no secret and no token in a debug2 log
     let token: String = db
