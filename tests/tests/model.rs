@@ -114,7 +114,14 @@ struct StreamRow {
     title: String,
     ended_at: Option<i64>,
     started_at: Option<i64>,
+    /// The source and time of its last start or end (the grace rule).
+    state_source: String,
+    state_at: i64,
 }
+
+/// twitch_sync.eventsub_grace_secs' default: a poll contradicting an
+/// EventSub start or end younger than this is held (README "EventSub").
+const GRACE_SECS: i64 = 180;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Event {
@@ -157,23 +164,56 @@ impl Model {
         self.streams.keys().any(|(ob, os)| os == stream && ob != b)
     }
 
-    fn end(&mut self, b: &str, sid: &str, at: i64) {
+    fn end(&mut self, b: &str, sid: &str, at: i64, source: &'static str) {
         let row = self
             .streams
             .get_mut(&(b.to_string(), sid.to_string()))
             .unwrap();
         row.is_live = false;
         row.ended_at = Some(at);
+        row.state_source = source.to_string();
+        row.state_at = at;
+    }
+
+    /// The grace rule: a poll observation that contradicts what an EventSub
+    /// event did to the channel's latest broadcast less than GRACE_SECS ago.
+    fn held(&self, step: &Step, o: &Obs) -> bool {
+        if step.source != "poll" {
+            return false;
+        }
+        let b = o.broadcaster();
+        let latest = self
+            .streams
+            .values()
+            .filter(|r| r.broadcaster == b)
+            .max_by_key(|r| (r.is_live, r.state_at));
+        let Some(r) = latest else { return false };
+        if r.state_source != "eventsub" || step.at >= r.state_at + GRACE_SECS {
+            return false;
+        }
+        match o {
+            Obs::NotListed { .. } => r.is_live,
+            Obs::Live { stream, .. } => (r.is_live && *stream != r.stream) || (!r.is_live && *stream == r.stream),
+            Obs::Offline { .. } => false,
+        }
     }
 
     /// Applies one step; returns what apply_observations should report and
     /// the events it should write (in outbox order).
     fn apply(&mut self, step: &Step) -> (Applied, Vec<Event>) {
         let at = step.at;
+        // Held by the grace rule first (ignored, but counted as live and
+        // their logins kept, as apply_observations does).
+        let held: BTreeSet<String> = step
+            .obs
+            .iter()
+            .filter(|o| self.held(step, o))
+            .map(|o| o.broadcaster().to_string())
+            .collect();
         // Refusal: a live observation whose stream id is stored under another
         // broadcaster; its broadcaster is left as it was.
         let mut conflicted: BTreeSet<String> = BTreeSet::new();
-        for o in &step.obs {
+        for o in step.obs.iter().filter(|o| !held.contains(o.broadcaster())) {
             if let Obs::Live {
                 broadcaster,
                 stream,
@@ -201,6 +241,15 @@ impl Model {
         };
         let mut events: Vec<Event> = Vec::new();
         for o in obs {
+            if held.contains(o.broadcaster()) {
+                if let Obs::Live { login, .. } = o {
+                    applied.live += 1;
+                    if let (Some(ch), Some(l)) = (self.channels.get_mut(o.broadcaster()), login) {
+                        ch.0 = Some(l.clone());
+                    }
+                }
+                continue;
+            }
             match o {
                 Obs::Live {
                     broadcaster: b,
@@ -214,13 +263,17 @@ impl Model {
                     // a restart ends the previous broadcast
                     let previous = self.live_stream_of(b).filter(|cur| cur != sid);
                     if let Some(p) = &previous {
-                        self.end(b, p, at);
+                        self.end(b, p, at, step.source);
                         applied.ended += 1;
                     }
                     let key = (b.clone(), sid.clone());
                     let event = match self.streams.get_mut(&key) {
                         Some(row) => {
                             let reopened = !row.is_live;
+                            if reopened {
+                                row.state_source = step.source.to_string();
+                                row.state_at = at;
+                            }
                             row.is_live = true;
                             row.ended_at = None;
                             if let Some(v) = viewers {
@@ -254,6 +307,8 @@ impl Model {
                                     title: title.clone().unwrap_or_default(),
                                     ended_at: None,
                                     started_at: *started_at,
+                                    state_source: step.source.to_string(),
+                                    state_at: at,
                                 },
                             );
                             applied.started += 1;
@@ -290,7 +345,7 @@ impl Model {
                         ch.1 += 1;
                         if ch.1 >= step.misses.max(1) {
                             ch.1 = 0;
-                            self.end(b, &sid, at);
+                            self.end(b, &sid, at, step.source);
                             applied.ended += 1;
                             events.push(Event {
                                 event: "offline".into(),
@@ -304,7 +359,7 @@ impl Model {
                 }
                 Obs::Offline { broadcaster: b } => {
                     if let Some(sid) = self.live_stream_of(b) {
-                        self.end(b, &sid, at);
+                        self.end(b, &sid, at, step.source);
                         self.channels.get_mut(b).unwrap().1 = 0;
                         applied.ended += 1;
                         events.push(Event {
@@ -622,7 +677,8 @@ fn read_state(client: &mut Client) -> DbState {
     let streams = client
         .query(
             "SELECT broadcaster_id, stream_id, is_live, viewer_count, peak_viewer_count, title,
-                    extract(epoch FROM ended_at)::int8, extract(epoch FROM started_at)::int8
+                    extract(epoch FROM ended_at)::int8, extract(epoch FROM started_at)::int8,
+                    state_source, extract(epoch FROM state_at)::int8
                FROM twitch_sync.streams ORDER BY broadcaster_id, stream_id",
             &[],
         )
@@ -637,6 +693,8 @@ fn read_state(client: &mut Client) -> DbState {
             title: r.get(5),
             ended_at: r.get(6),
             started_at: r.get(7),
+            state_source: r.get(8),
+            state_at: r.get(9),
         })
         .collect();
     let channels = client
