@@ -193,7 +193,9 @@ impl Model {
         }
         match o {
             Obs::NotListed { .. } => r.is_live,
-            Obs::Live { stream, .. } => (r.is_live && *stream != r.stream) || (!r.is_live && *stream == r.stream),
+            Obs::Live { stream, .. } => {
+                (r.is_live && *stream != r.stream) || (!r.is_live && *stream == r.stream)
+            }
             Obs::Offline { .. } => false,
         }
     }
