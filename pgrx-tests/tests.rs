@@ -427,6 +427,20 @@ fn a_lagging_listing_does_not_reopen_what_an_offline_event_ended() {
 }
 
 #[pg_test]
+fn a_poll_of_a_channel_untracked_during_the_run_writes_nothing() {
+    Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
+    apply(&["1", "2"], &[("s1", "1", 10)], 1);
+    // untracked while the run waited on Helix: its live row ended, its channel gone
+    Spi::run("SELECT twitch_sync.untrack('1')").unwrap();
+    let before = all_rows();
+    // the run's answers arrive: s1 listed, 2 listed with a new broadcast
+    apply(&["1", "2"], &[("s1", "1", 11), ("s2", "2", 5)], 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '1' AND is_live"), 0);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
+    assert!(all_rows() != before);
+}
+
+#[pg_test]
 fn a_lagging_listing_does_not_end_what_an_online_event_opened() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
     apply(&["1"], &[("s8", "1", 5)], 1);

@@ -394,6 +394,12 @@ BEGIN
                      WHERE o.state <> 'live'
                         OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
         IF EXISTS (SELECT 1 FROM unnest(rest) o WHERE o.source = 'poll') THEN
+            -- a channel untracked (or disabled) while a run was in flight:
+            -- what the run saw of it is not written
+            rest := ARRAY(SELECT o FROM unnest(rest) o
+                           WHERE o.source <> 'poll'
+                              OR EXISTS (SELECT 1 FROM twitch_sync.channels c
+                                          WHERE c.broadcaster_id = o.broadcaster_id AND c.enabled));
             held := twitch_sync.held_by_events(rest);
             IF cardinality(held) > 0 THEN
                 rest := ARRAY(SELECT o FROM unnest(rest) o

@@ -166,3 +166,44 @@ fn priority_shortens_the_interval_and_bad_priorities_are_refused() {
         .get(0);
     assert!(!untracked);
 }
+
+#[test]
+fn a_channel_untracked_during_a_run_is_not_written_back() {
+    let cfg = twitch_sync_e2e::helix_sim::Config {
+        latency: Duration::from_millis(800),
+        ..world(10, 1.0)
+    };
+    let mut db = TestDb::new(cfg);
+    let ids = db.track_first(10);
+    let mut other = db.connect();
+    other
+        .batch_execute("SET twitch_sync.adaptive_polling = on")
+        .unwrap();
+    // the run waits on Helix (800 ms) while the channel is untracked
+    let run = std::thread::spawn(move || {
+        other
+            .query_one("SELECT twitch_sync.run()", &[])
+            .unwrap()
+            .get::<_, serde_json::Value>(0)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(db.run_in_progress(), "the run is in flight");
+    db.client
+        .execute("SELECT twitch_sync.untrack($1)", &[&ids[0]])
+        .unwrap();
+    let doc = run.join().unwrap();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert_eq!(doc["started"], 9, "{doc}");
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '{}'",
+            ids[0]
+        )),
+        0,
+        "nothing written for the untracked channel"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        9
+    );
+}

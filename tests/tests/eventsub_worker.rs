@@ -189,6 +189,46 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     })
     .expect("revocation recorded");
 
+    // adaptive polling: an offline channel EventSub covers (ids[3]) waits for
+    // the slow sweep; one whose online subscription was revoked (ids[0]) is
+    // polled as offline channels are
+    db.client
+        .batch_execute(
+            "SET twitch_sync.adaptive_polling = on;
+             SET twitch_sync.poll_offline_interval_secs = 1;
+             SET twitch_sync.poll_live_interval_secs = 1;
+             SET twitch_sync.poll_hot_interval_secs = 1",
+        )
+        .unwrap();
+    let checked_at = |db: &mut TestDb, b: &str| -> f64 {
+        db.client
+            .query_one(
+                "SELECT extract(epoch FROM checked_at)::float8 FROM twitch_sync.channels WHERE broadcaster_id = $1",
+                &[&b],
+            )
+            .unwrap()
+            .get::<_, Option<f64>>(0)
+            .unwrap_or(0.0)
+    };
+    db.run();
+    let (covered0, revoked0) = (checked_at(&mut db, &ids[3]), checked_at(&mut db, &ids[0]));
+    assert!(
+        covered0 > 0.0 && revoked0 > 0.0,
+        "the first run checks everything"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    db.run();
+    assert_eq!(
+        checked_at(&mut db, &ids[3]),
+        covered0,
+        "covered: not checked again before the sweep"
+    );
+    assert!(
+        checked_at(&mut db, &ids[0]) > revoked0,
+        "not covered: checked at its interval"
+    );
+    db.client.batch_execute("RESET ALL").unwrap();
+
     // a dropped socket: the worker reconnects, reassigns, and events flow again
     db.sim.es_fault(EsFault::DropSockets);
     wait_for(Duration::from_secs(20), || {
