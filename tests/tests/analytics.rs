@@ -57,6 +57,15 @@ fn send(client: &mut Client, at: i64, obs: &[Obs]) {
     let game_name = col(&|o| o.game.map(|g| GAMES[g].1.to_string()));
     let viewers: Vec<Option<i32>> = obs.iter().map(|o| o.viewers).collect();
     let started: Vec<Option<f64>> = obs.iter().map(|o| o.started.map(|s| s as f64)).collect();
+    // the channels are tracked (the transition layer writes nothing a poll
+    // saw of a channel that is not)
+    client
+        .execute(
+            "INSERT INTO twitch_sync.channels (broadcaster_id) SELECT DISTINCT unnest($1::text[])
+             ON CONFLICT DO NOTHING",
+            &[&bid],
+        )
+        .expect("track the channels");
     client
         .execute(
             "SELECT twitch_sync.apply_observations(ARRAY(
