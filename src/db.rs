@@ -120,36 +120,44 @@ pub fn ensure_sample_partitions() -> Result<(), SyncError> {
     .map_err(internal)
 }
 
+/// The app's credentials and its cached token (NoCredentials when unset).
+fn read_credentials(
+    client: &pgrx::spi::SpiClient<'_>,
+) -> Result<(Credentials, Option<CachedToken>), SyncError> {
+    let creds = client
+        .select(
+            "SELECT client_id, client_secret, access_token,
+                    extract(epoch FROM token_expires_at)::float8,
+                    extract(epoch FROM token_validated_at)::float8
+               FROM twitch_sync.credentials",
+            None,
+            &[],
+        )
+        .map_err(internal)?;
+    let Some(row) = creds.into_iter().next() else {
+        return Err(SyncError::NoCredentials);
+    };
+    let credentials = Credentials {
+        client_id: row.get::<String>(1).map_err(internal)?.unwrap_or_default(),
+        client_secret: row.get::<String>(2).map_err(internal)?.unwrap_or_default(),
+    };
+    let token = match (
+        row.get::<String>(3).map_err(internal)?,
+        row.get::<f64>(4).map_err(internal)?,
+    ) {
+        (Some(access_token), Some(expires)) => Some(CachedToken {
+            access_token,
+            expires_at: from_epoch(expires),
+            validated_at: row.get::<f64>(5).map_err(internal)?.map(from_epoch),
+        }),
+        _ => None,
+    };
+    Ok((credentials, token))
+}
+
 pub fn read_state() -> Result<DbState, SyncError> {
     Spi::connect(|client| {
-        let creds = client
-            .select(
-                "SELECT client_id, client_secret, access_token,
-                        extract(epoch FROM token_expires_at)::float8,
-                        extract(epoch FROM token_validated_at)::float8
-                   FROM twitch_sync.credentials",
-                None,
-                &[],
-            )
-            .map_err(internal)?;
-        let Some(row) = creds.into_iter().next() else {
-            return Err(SyncError::NoCredentials);
-        };
-        let credentials = Credentials {
-            client_id: row.get::<String>(1).map_err(internal)?.unwrap_or_default(),
-            client_secret: row.get::<String>(2).map_err(internal)?.unwrap_or_default(),
-        };
-        let token = match (
-            row.get::<String>(3).map_err(internal)?,
-            row.get::<f64>(4).map_err(internal)?,
-        ) {
-            (Some(access_token), Some(expires)) => Some(CachedToken {
-                access_token,
-                expires_at: from_epoch(expires),
-                validated_at: row.get::<f64>(5).map_err(internal)?.map(from_epoch),
-            }),
-            _ => None,
-        };
+        let (credentials, token) = read_credentials(client)?;
 
         let rl = client
             .select(
@@ -594,9 +602,10 @@ pub fn worker_environment() -> Result<WorkerEnvironment, SyncError> {
             conduit: None,
         });
     }
-    let state = read_state();
-    let credentials = match state {
-        Ok(s) => Some((s.credentials, s.token)),
+    // credentials only: the worker checks every few seconds, and the
+    // channel list read_state() reads is not its business
+    let credentials = match Spi::connect(read_credentials) {
+        Ok(c) => Some(c),
         Err(SyncError::NoCredentials) => None,
         Err(e) => return Err(e),
     };
