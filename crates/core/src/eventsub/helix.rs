@@ -294,16 +294,8 @@ impl TwitchClient {
     /// `DELETE /eventsub/conduits?id=`: true when deleted, false when Twitch
     /// did not know it (404). Its subscriptions become `conduit_deleted`.
     pub async fn delete_conduit(&self, token: &str, id: &str) -> Answered<bool> {
-        let req = self
-            .helix(reqwest::Method::DELETE, "/eventsub/conduits", token)
-            .query(&[("id", id)]);
-        let (answer, snap) = self.exchange(CONDUITS, req).await;
-        let r = answer.and_then(|a| match a.status {
-            204 | 200 => Ok(true),
-            404 => Ok(false),
-            _ => Err(a.refusal(snap)),
-        });
-        (r, snap)
+        self.delete_by_id(CONDUITS, "/eventsub/conduits", token, id)
+            .await
     }
 
     /// `PATCH /eventsub/conduits/shards`: assigns WebSocket sessions to shards.
@@ -459,10 +451,23 @@ impl TwitchClient {
     /// `DELETE /eventsub/subscriptions?id=`: true when deleted, false when
     /// Twitch did not know it (404: gone already, which is what was wanted).
     pub async fn delete_subscription(&self, token: &str, id: &str) -> Answered<bool> {
+        self.delete_by_id(DELETE_SUB, "/eventsub/subscriptions", token, id)
+            .await
+    }
+
+    /// `DELETE path?id=`: true when deleted (204), false when Twitch did not
+    /// know it (404).
+    async fn delete_by_id(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        token: &str,
+        id: &str,
+    ) -> Answered<bool> {
         let req = self
-            .helix(reqwest::Method::DELETE, "/eventsub/subscriptions", token)
+            .helix(reqwest::Method::DELETE, path, token)
             .query(&[("id", id)]);
-        let (answer, snap) = self.exchange(DELETE_SUB, req).await;
+        let (answer, snap) = self.exchange(endpoint, req).await;
         let r = answer.and_then(|a| match a.status {
             204 | 200 => Ok(true),
             404 => Ok(false),
