@@ -794,8 +794,9 @@ impl Worker {
                 self.dirty = true;
                 return;
             }
+            let budget = r.budget;
             runtime::spawn(async move {
-                let out = reconcile::execute(&client, &token, &conduit, plan.changes).await;
+                let out = reconcile::execute(&client, &token, &conduit, plan.changes, budget).await;
                 let _ = tx.send(PassOutput::Changes(out));
             })
         };
@@ -845,18 +846,7 @@ impl Worker {
                 r.next_pass = Instant::now() + every;
             }
             PassOutput::Changes(res) => {
-                match (res.budget, r.budget.as_mut()) {
-                    (Some(b), _) => r.budget = Some(b),
-                    // no answer carried the figures: deletions still freed their cost
-                    (None, Some(b)) => {
-                        for o in &res.outcomes {
-                            if let Outcome::Deleted { cost, .. } = o {
-                                b.total_cost = b.total_cost.saturating_sub(*cost);
-                            }
-                        }
-                    }
-                    (None, None) => {}
-                }
+                r.budget = res.budget;
                 refused = res.unauthorized;
                 let failures: Vec<String> = res
                     .outcomes

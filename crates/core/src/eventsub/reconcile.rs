@@ -232,21 +232,7 @@ struct Done {
 }
 
 async fn carry_out(client: &TwitchClient, token: &str, conduit_id: &str, change: Change) -> Done {
-    let d = carry_out_inner(client, token, conduit_id, &change).await;
-    Done { change, ..d }
-}
-
-async fn carry_out_inner(
-    client: &TwitchClient,
-    token: &str,
-    conduit_id: &str,
-    change: &Change,
-) -> Done {
-    let placeholder = || Change::Create {
-        broadcaster_id: String::new(),
-        kind: "",
-    };
-    match change {
+    let (outcome, snap, budget, requests) = match &change {
         Change::Create {
             broadcaster_id,
             kind,
@@ -258,13 +244,7 @@ async fn carry_out_inner(
                 Ok(CreateOutcome::Created {
                     subscription,
                     budget,
-                }) => Done {
-                    change: placeholder(),
-                    outcome: Ok(Outcome::Created(subscription)),
-                    snap,
-                    budget: Some(budget),
-                    requests: 1,
-                },
+                }) => (Ok(Outcome::Created(subscription)), snap, Some(budget), 1),
                 Ok(CreateOutcome::AlreadyExists) => {
                     // 409: find its id, so that it is recorded like a new one
                     let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
@@ -283,21 +263,9 @@ async fn carry_out_inner(
                             },
                         }
                     });
-                    Done {
-                        change: placeholder(),
-                        outcome,
-                        snap: snap2.or(snap),
-                        budget,
-                        requests: 2,
-                    }
+                    (outcome, snap2.or(snap), budget, 2)
                 }
-                Err(e) => Done {
-                    change: placeholder(),
-                    outcome: Err(e),
-                    snap,
-                    budget: None,
-                    requests: 1,
-                },
+                Err(e) => (Err(e), snap, None, 1),
             }
         }
         Change::Delete {
@@ -307,31 +275,39 @@ async fn carry_out_inner(
             cost,
         } => {
             let (r, snap) = client.delete_subscription(token, subscription_id).await;
-            Done {
-                change: placeholder(),
-                outcome: r.map(|_| Outcome::Deleted {
-                    broadcaster_id: broadcaster_id.clone(),
-                    kind: kind.clone(),
-                    cost: *cost,
-                }),
-                snap,
-                budget: None,
-                requests: 1,
-            }
+            let outcome = r.map(|_| Outcome::Deleted {
+                broadcaster_id: broadcaster_id.clone(),
+                kind: kind.clone(),
+                cost: *cost,
+            });
+            (outcome, snap, None, 1)
         }
+    };
+    Done {
+        change,
+        outcome,
+        snap,
+        budget,
+        requests,
     }
 }
 
-/// Carries out `changes` in order, [`CONCURRENCY`] at a time. A 409 on create
-/// is looked up by broadcaster, so its id is recorded too. Stops after a
-/// 429 of the bucket, a 401, or when the bucket is down to its reserve.
+/// Carries out `changes` in order, [`CONCURRENCY`] at a time, from the
+/// `budget` known before the pass (deletions free their cost, answers
+/// replace it). A 409 on create is looked up by broadcaster, so its id is
+/// recorded too. Stops after a 429 of the bucket, a 401, or when the bucket
+/// is down to its reserve.
 pub async fn execute(
     client: &TwitchClient,
     token: &str,
     conduit_id: &str,
     changes: Vec<Change>,
+    budget: Option<Budget>,
 ) -> PassResult {
-    let mut res = PassResult::default();
+    let mut res = PassResult {
+        budget,
+        ..PassResult::default()
+    };
     let mut rest = changes.into_iter().peekable();
     while rest.peek().is_some() {
         if res.rate_limit.is_some_and(low) {
