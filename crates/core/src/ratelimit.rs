@@ -54,6 +54,10 @@ struct State {
     paused_until: Option<Instant>,
     /// Tickets handed out so far.
     issued: u64,
+    /// Requests finished so far (answered, or failed without an answer).
+    finished: u64,
+    /// Whether `per_second` was read from an answer of this pass (not the last run's).
+    rate_read: bool,
     last: Option<RateLimitSnapshot>,
 }
 
@@ -78,6 +82,8 @@ impl RateLimiter {
             in_flight: 0,
             paused_until: None,
             issued: 0,
+            finished: 0,
+            rate_read: false,
             last: None,
         };
         if let Some((snap, seen_at)) = last_seen {
@@ -146,6 +152,10 @@ impl RateLimiter {
     pub fn observe(&self, ticket: Ticket, snap: Option<RateLimitSnapshot>, rate_limited: bool) {
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
+        // Requests that finished while this one was in flight: they may have
+        // reached the server after it, so its answer may not count them.
+        let finished_meanwhile = st.finished.saturating_sub(ticket.finished_before);
+        st.finished += 1;
         let now = Instant::now();
         refill(&mut st, now);
         let Some(snap) = snap else {
@@ -160,8 +170,15 @@ impl RateLimiter {
         st.limit = snap.limit;
         // Time left until reset, counted from when the request was sent: the server
         // answered later than that, so this errs long (slow), however late we read it.
+        // Each reading is a lower bound of the true rate (see rate_from), and
+        // `Ratelimit-Reset`'s rounding makes some tighter than others: keep the
+        // highest of this pass.
         match rate_from(&snap, ticket.issued_at) {
-            Some(rate) => st.per_second = rate,
+            Some(rate) if st.rate_read => st.per_second = st.per_second.max(rate),
+            Some(rate) => {
+                st.per_second = rate;
+                st.rate_read = true;
+            }
             None if st.last.is_none() => st.per_second = snap.limit as f64 / DOCUMENTED_PERIOD_SECS,
             None => {}
         }
@@ -175,8 +192,14 @@ impl RateLimiter {
             // a request sent alone, with nothing sent since, is answered after every
             // request we made: its answer may raise it (to correct a pessimistic start).
             let accounts_for_all = ticket.alone && ticket.seq == st.issued;
+            // What is certainly left: every request the answer may not count is
+            // either still in flight or finished while this one was. When answers
+            // come back out of order (a burst), taking the minimum above leaves
+            // the estimate a burst's worth of points low; this bound, once
+            // requests trickle, gives those points back.
+            let certain = snap.remaining as f64 - st.in_flight as f64 - finished_meanwhile as f64;
             st.points = Some(match st.points {
-                Some(p) if !accounts_for_all => p.min(from_header),
+                Some(p) if !accounts_for_all => p.min(from_header).max(certain),
                 _ => from_header,
             });
         }
@@ -199,6 +222,8 @@ pub struct Ticket {
     issued_at: f64,
     /// Whether no other request was in flight when it was issued.
     alone: bool,
+    /// Requests finished before it was issued.
+    finished_before: u64,
 }
 
 fn issue(st: &mut State) -> Ticket {
@@ -209,6 +234,7 @@ fn issue(st: &mut State) -> Ticket {
         seq: st.issued,
         issued_at: epoch_now(),
         alone,
+        finished_before: st.finished,
     }
 }
 
@@ -310,7 +336,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn only_an_answer_that_accounts_for_every_request_raises_the_estimate() {
+    async fn an_answer_raises_the_estimate_only_to_what_it_makes_certain() {
         let reset = epoch_now() as u64 + 30;
         let snap = |remaining| RateLimitSnapshot {
             limit: 800,
@@ -320,20 +346,52 @@ mod tests {
         let rl = RateLimiter::new(Some((snap(10), SystemTime::now())));
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
-        // b reached the server before a and says 700: a may not be counted yet,
-        // so the estimate must not rise.
+        // b says 700 while a is in flight: a may not be counted yet, so 699 are certain.
         rl.observe(b, Some(snap(700)), false);
         let p = rl.lock().points.unwrap();
-        assert!(p < 10.0, "{p}");
-        // a, processed after b, lowers it.
+        assert!((698.9..=699.1).contains(&p), "{p}");
+        // a, counted later (another client of the bucket spent points meanwhile),
+        // lowers it.
         rl.observe(a, Some(snap(5)), false);
         let p = rl.lock().points.unwrap();
         assert!((4.9..=5.1).contains(&p), "{p}");
-        // A request alone in flight: its answer counts everything, and raises it.
+        // d answers before c with more than the estimate: c is still in flight.
         let c = rl.acquire(far()).await.unwrap();
-        rl.observe(c, Some(snap(700)), false);
+        let d = rl.acquire(far()).await.unwrap();
+        rl.observe(d, Some(snap(100)), false);
+        let p = rl.lock().points.unwrap();
+        assert!((98.9..=99.1).contains(&p), "{p}");
+        // c finished after d, so d may have reached the server after c: c's 50
+        // leaves 49 certain, and the estimate takes c's own reading, 50.
+        rl.observe(c, Some(snap(50)), false);
+        let p = rl.lock().points.unwrap();
+        assert!((49.9..=50.1).contains(&p), "{p}");
+        // A request alone in flight: its answer counts everything, and sets it.
+        let e = rl.acquire(far()).await.unwrap();
+        rl.observe(e, Some(snap(700)), false);
         let p = rl.lock().points.unwrap();
         assert!((699.9..=700.1).contains(&p), "{p}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_answered_out_of_order_leaves_no_debt_behind() {
+        // 100 requests from a bucket of 200 holding 100; the server counts them in
+        // order and refilled 10 points meanwhile (request j leaves 110 - j), but
+        // the answers come back in reverse order. Each answer alone could leave
+        // 99 requests uncounted; once all are in, 10 points are certain.
+        let reset = epoch_now() as u64 + 30;
+        let snap = |remaining| RateLimitSnapshot {
+            limit: 200,
+            remaining,
+            reset,
+        };
+        let rl = RateLimiter::new(Some((snap(100), SystemTime::now())));
+        let tickets = reserve(&rl, 100).await;
+        for (j, t) in tickets.into_iter().enumerate().rev() {
+            rl.observe(t, Some(snap(110 - (j as u32 + 1))), false);
+        }
+        let p = rl.lock().points.unwrap();
+        assert!((9.9..=10.1).contains(&p), "{p}");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -402,6 +460,36 @@ mod tests {
         assert_eq!(rate_from(&snap(5, 4, 1_000_001), now + 0.9), None);
         assert_eq!(rate_from(&snap(800, 0, 1_000_000), now - 0.5), None);
         assert_eq!(rate_from(&snap(800, 800, 1_000_000), now), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_tightest_refill_reading_of_a_pass_is_kept() {
+        let now = epoch_now();
+        let start = RateLimitSnapshot {
+            limit: 800,
+            remaining: 400,
+            reset: now as u64 + 60,
+        };
+        let rl = RateLimiter::new(Some((start, SystemTime::now())));
+        let a = rl.acquire(far()).await.unwrap();
+        let b = rl.acquire(far()).await.unwrap();
+        let c = rl.acquire(far()).await.unwrap();
+        let rate = || rl.lock().per_second;
+        // 601 points missing, the bucket full 10-11 s from now: about 60 a second.
+        let snap = |reset: f64| RateLimitSnapshot {
+            limit: 800,
+            remaining: 199,
+            reset: reset.ceil() as u64,
+        };
+        rl.observe(a, Some(snap(now + 10.0)), false);
+        let first = rate();
+        assert!(first > 50.0 && first <= 60.0, "{first}");
+        // A later reading whose reset was rounded up further says less: ignored.
+        rl.observe(b, Some(snap(now + 11.5)), false);
+        assert_eq!(rate(), first);
+        // A tighter one is kept.
+        rl.observe(c, Some(snap(now + 9.5)), false);
+        assert!(rate() > first, "{} <= {first}", rate());
     }
 
     #[tokio::test(flavor = "current_thread")]
