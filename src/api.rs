@@ -43,11 +43,10 @@ struct Written {
     unknown_ids: Vec<String>,
     /// Chunks whose write failed (their subtransaction was rolled back).
     failures: Vec<BatchFailure>,
-    /// Channels live when the run started (see db::DbState::live_at_start).
-    live_at_start: std::collections::HashSet<String>,
-    /// Stored logins at the run's start (see db::DbState::logins), and of the
-    /// channels discovered since: its keys are the enabled channels.
-    logins: std::collections::HashMap<String, Option<String>>,
+    /// Channels live when the run started, with their logins (see db::DbState::live_at_start).
+    live_at_start: db::LiveAtStart,
+    /// The enabled channels, when a category is tracked (directory walks ask).
+    tracked: Tracked,
     /// Directory walks not yet written.
     directories: Vec<DirectoryResult>,
     /// What the walks did (None: no category tracked).
@@ -82,7 +81,7 @@ impl Written {
             let candidates: Vec<&twitch_sync_core::LiveStream> = d
                 .live
                 .iter()
-                .filter(|s| !self.logins.contains_key(&s.broadcaster_id))
+                .filter(|s| !self.tracked.contains(&s.broadcaster_id))
                 .collect();
             let found = db::discover_channels(&d.report, &candidates)?;
             if let Some(error) = found.error {
@@ -95,31 +94,19 @@ impl Written {
             }
             let added: std::collections::HashSet<&str> =
                 found.added.iter().map(String::as_str).collect();
-            for s in &d.live {
-                if added.contains(s.broadcaster_id.as_str()) {
-                    self.logins
-                        .insert(s.broadcaster_id.clone(), s.login.clone());
-                }
-            }
+            self.tracked.added.extend(found.added.iter().cloned());
             d.report.discovered = found.added.len() as u32;
             d.report.capped = found.capped.max(0) as u32;
             let live: Vec<twitch_sync_core::LiveStream> = std::mem::take(&mut d.live)
                 .into_iter()
                 .filter(|s| {
-                    self.logins.contains_key(&s.broadcaster_id)
+                    self.tracked.contains(&s.broadcaster_id)
                         && self.directory_seen.insert(s.broadcaster_id.clone())
                 })
                 .collect();
             let ids: Vec<String> = live.iter().map(|s| s.broadcaster_id.clone()).collect();
             if !ids.is_empty() {
-                let r = db::apply_poll_chunk(
-                    &ids,
-                    &live,
-                    &self.live_at_start,
-                    &self.logins,
-                    misses,
-                    notify,
-                )?;
+                let r = db::apply_poll_chunk(&ids, &live, &self.live_at_start, misses, notify)?;
                 if let Some(error) = r.error {
                     pgrx::warning!("twitch_sync: {error}");
                     self.failures.push(BatchFailure {
@@ -168,7 +155,6 @@ impl Written {
             &pending.checked,
             &pending.live,
             &self.live_at_start,
-            &self.logins,
             misses,
             notify,
         )?;
@@ -193,6 +179,20 @@ impl Written {
         }
         pending.clear();
         Ok(())
+    }
+}
+
+/// The enabled channels at the run's start (in broadcaster id order) and
+/// those discovered since.
+#[derive(Default)]
+struct Tracked {
+    sorted: Vec<String>,
+    added: std::collections::HashSet<String>,
+}
+
+impl Tracked {
+    fn contains(&self, id: &str) -> bool {
+        self.sorted.binary_search_by(|t| t.as_str().cmp(id)).is_ok() || self.added.contains(id)
     }
 }
 
@@ -249,6 +249,15 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     db::ensure_sample_partitions()?;
     let mut state = db::read_state()?;
     let categories = db::read_categories()?;
+    // Only directory walks ask whether a channel is tracked.
+    let tracked = Tracked {
+        sorted: if categories.is_empty() {
+            Vec::new()
+        } else {
+            state.broadcaster_ids.clone()
+        },
+        ..Tracked::default()
+    };
     let (polling, walks) = match gucs::poll_policy() {
         Some(policy) => {
             let (report, chosen, walks) = plan_checks(&policy, &mut state, &categories)?;
@@ -264,7 +273,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         ..DiscoveryReport::default()
     });
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
-    let (outcome, written, apply_ms) = stream_and_apply(config, state, walks, discovery)?;
+    let (outcome, written, apply_ms) = stream_and_apply(config, state, tracked, walks, discovery)?;
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
     finish(
         started_at,
@@ -352,6 +361,7 @@ fn skip(started_at: SystemTime, clock: Instant) -> Result<serde_json::Value, Syn
 fn stream_and_apply(
     config: SyncConfig,
     state: db::DbState,
+    tracked: Tracked,
     walks: WalkPlan,
     discovery: Option<DiscoveryReport>,
 ) -> Result<(PassSummary, Written, f64), SyncError> {
@@ -374,7 +384,7 @@ fn stream_and_apply(
     )));
     let mut written = Written {
         live_at_start: state.live_at_start,
-        logins: state.logins,
+        tracked,
         discovery,
         ..Written::default()
     };
