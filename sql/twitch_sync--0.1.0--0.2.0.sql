@@ -2813,22 +2813,32 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
--- What run() polls, read in one call: every enabled channel as 'id login' (or
--- 'id' when no login is stored), and the broadcaster of every live stream,
--- each list comma-separated. Ids are digits and logins [a-z0-9_]
--- (twitch_sync.is_broadcaster_id, is_login), so neither holds a space or a
--- comma. One text datum per list instead of a row or an array element per
--- channel: converting 100,000 of those cost more than the scans. Index scans
--- are off: every run rewrites the live rows, so an index-only scan of them
--- visits the heap for each row anyway (10 ms for 20,000 live, 4 ms scanned).
-CREATE FUNCTION twitch_sync.poll_state(OUT channels text, OUT live text)
+-- What run() polls, as text lists (one datum each instead of a row or an
+-- array element per channel: converting 100,000 of those cost more than the
+-- scans). Ids are digits and logins [a-z0-9_] (twitch_sync.is_broadcaster_id,
+-- is_login), so neither holds a space or a comma. Index scans are off: every
+-- run rewrites the live rows, so an index-only scan of them visits the heap for
+-- each row anyway (10 ms for 20,000 live, 4 ms scanned).
+--
+-- poll_channels(): the enabled channels' broadcaster ids, comma-separated.
+CREATE FUNCTION twitch_sync.poll_channels() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
 SET enable_indexscan = off SET enable_indexonlyscan = off SET enable_bitmapscan = off AS $$
-    SELECT (SELECT pg_catalog.string_agg(c.broadcaster_id || coalesce(' ' || c.login, ''), ',')
-              FROM twitch_sync.channels c WHERE c.enabled),
-           (SELECT pg_catalog.string_agg(s.broadcaster_id, ',')
-              FROM twitch_sync.streams s WHERE s.is_live)
+    SELECT pg_catalog.string_agg(c.broadcaster_id, ',') FROM twitch_sync.channels c WHERE c.enabled
+$$;
+
+-- live_channels(): the enabled channels with a live stream, as 'id login'
+-- (or 'id' when no login is stored), comma-separated. run() reads it while its
+-- first requests are in flight.
+CREATE FUNCTION twitch_sync.live_channels() RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+SET enable_indexscan = off SET enable_indexonlyscan = off SET enable_bitmapscan = off AS $$
+    SELECT pg_catalog.string_agg(s.broadcaster_id || coalesce(' ' || c.login, ''), ',')
+      FROM twitch_sync.streams s
+      JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled
+     WHERE s.is_live
 $$;
 
 -- As on a fresh install: nothing is readable or executable by PUBLIC.

@@ -94,7 +94,7 @@ impl Written {
             }
             let added: std::collections::HashSet<&str> =
                 found.added.iter().map(String::as_str).collect();
-            self.tracked.added.extend(found.added.iter().cloned());
+            self.tracked.extend(found.added.iter().cloned());
             d.report.discovered = found.added.len() as u32;
             d.report.capped = found.capped.max(0) as u32;
             let live: Vec<twitch_sync_core::LiveStream> = std::mem::take(&mut d.live)
@@ -182,19 +182,9 @@ impl Written {
     }
 }
 
-/// The enabled channels at the run's start (in broadcaster id order) and
-/// those discovered since.
-#[derive(Default)]
-struct Tracked {
-    sorted: Vec<String>,
-    added: std::collections::HashSet<String>,
-}
-
-impl Tracked {
-    fn contains(&self, id: &str) -> bool {
-        self.sorted.binary_search_by(|t| t.as_str().cmp(id)).is_ok() || self.added.contains(id)
-    }
-}
+/// The enabled channels at the run's start and those discovered since (built
+/// only when a category is tracked: directory walks ask).
+type Tracked = std::collections::HashSet<String>;
 
 /// The settings of a pass (and of the EventSub worker's Helix client), checked.
 pub(crate) fn settings() -> Result<SyncConfig, SyncError> {
@@ -250,13 +240,10 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let mut state = db::read_state()?;
     let categories = db::read_categories()?;
     // Only directory walks ask whether a channel is tracked.
-    let tracked = Tracked {
-        sorted: if categories.is_empty() {
-            Vec::new()
-        } else {
-            state.broadcaster_ids.clone()
-        },
-        ..Tracked::default()
+    let tracked: Tracked = if categories.is_empty() {
+        Tracked::new()
+    } else {
+        state.broadcaster_ids.iter().cloned().collect()
     };
     let (polling, walks) = match gucs::poll_policy() {
         Some(policy) => {
@@ -273,7 +260,9 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
         ..DiscoveryReport::default()
     });
     let read_ms = clock.elapsed().as_secs_f64() * 1000.0;
-    let (outcome, written, apply_ms) = stream_and_apply(config, state, tracked, walks, discovery)?;
+    let (outcome, written, later_read_ms, apply_ms) =
+        stream_and_apply(config, state, tracked, walks, discovery)?;
+    let read_ms = read_ms + later_read_ms;
     let http_ms = clock.elapsed().as_secs_f64() * 1000.0 - read_ms - apply_ms;
     finish(
         started_at,
@@ -356,7 +345,8 @@ fn skip(started_at: SystemTime, clock: Instant) -> Result<serde_json::Value, Syn
 /// The pass itself: the engine's requests on the runtime, and the answers
 /// written through the transition layer in chunks as they arrive, while later
 /// requests are still in flight (the database work hides behind Helix's
-/// latency). Returns the engine's summary, what was written, and the time spent
+/// latency). Returns the engine's summary, what was written, the time spent
+/// reading the live set once the first requests were out, and the time spent
 /// writing (ms).
 fn stream_and_apply(
     config: SyncConfig,
@@ -364,7 +354,7 @@ fn stream_and_apply(
     tracked: Tracked,
     walks: WalkPlan,
     discovery: Option<DiscoveryReport>,
-) -> Result<(PassSummary, Written, f64), SyncError> {
+) -> Result<(PassSummary, Written, f64, f64), SyncError> {
     let total = state.broadcaster_ids.len();
     pgrx::log!("twitch_sync: run started: {total} channels to check");
     let chunk = (total / APPLY_CHUNKS).max(MIN_APPLY_CHUNK);
@@ -382,8 +372,13 @@ fn stream_and_apply(
         },
         tx,
     )));
+    // Nothing needs the live set before the first answer: read it while the
+    // first requests are on the wire.
+    let t = Instant::now();
+    let live_at_start = db::read_live_at_start()?;
+    let read_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut written = Written {
-        live_at_start: state.live_at_start,
+        live_at_start,
         tracked,
         discovery,
         ..Written::default()
@@ -426,7 +421,7 @@ fn stream_and_apply(
             break done;
         }
     };
-    Ok((outcome, written, apply_ms))
+    Ok((outcome, written, read_ms, apply_ms))
 }
 
 /// After the pass: token and rate-limit state, the run's record, retention,

@@ -99,17 +99,31 @@ pub struct DbState {
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
     /// The enabled channels, in broadcaster id order.
     pub broadcaster_ids: Vec<String>,
-    /// Channels with a live stream when the run started, with their stored
-    /// login. Only for these can "not listed" change anything (count a miss,
-    /// end a stream), so only these are sent to the transition layer as
-    /// not-listed observations; and a chunk sends a listed login only where it
-    /// differs from this one (the transition layer compares again). Reading
-    /// every channel's login instead cost a 100,000-channel run 20 ms.
-    pub live_at_start: LiveAtStart,
 }
 
-/// Broadcaster id → stored login, of the channels live when the run started.
+/// Broadcaster id → stored login, of the enabled channels live when the run
+/// started. Only for these can "not listed" change anything (count a miss,
+/// end a stream), so only these are sent to the transition layer as not-listed
+/// observations; and a chunk sends a listed login only where it differs from
+/// this one (the transition layer compares again). Reading every channel's
+/// login instead cost a 100,000-channel run 20 ms.
 pub type LiveAtStart = HashMap<String, Option<String>>;
+
+/// Reads [`LiveAtStart`] (twitch_sync.live_channels). run() calls it once its
+/// first requests are on the wire: nothing needs it before the first answer.
+pub fn read_live_at_start() -> Result<LiveAtStart, SyncError> {
+    let live = Spi::get_one::<String>("SELECT twitch_sync.live_channels()")
+        .map_err(internal)?
+        .unwrap_or_default();
+    Ok(live
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.split_once(' ') {
+            Some((id, login)) => (id.to_owned(), Some(login.to_owned())),
+            None => (c.to_owned(), None),
+        })
+        .collect())
+}
 
 /// Makes sure viewer_samples has partitions for today and tomorrow (UTC), so
 /// this run's samples have a place even if twitch_sync.maintain() never ran.
@@ -192,48 +206,27 @@ pub fn read_state() -> Result<DbState, SyncError> {
             None => None,
         };
 
-        // twitch_sync.poll_state: two lists, one text datum each.
-        let lists = client
-            .select(
-                "SELECT channels, live FROM twitch_sync.poll_state()",
-                None,
-                &[],
-            )
+        let channels = client
+            .select("SELECT twitch_sync.poll_channels()", None, &[])
             .map_err(internal)?;
-        let (channels, live) = match lists.into_iter().next() {
-            Some(r) => (
-                r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
-                r.get::<String>(2).map_err(internal)?.unwrap_or_default(),
-            ),
-            None => (String::new(), String::new()),
+        let channels = match channels.into_iter().next() {
+            Some(r) => r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
+            None => String::new(),
         };
-        // Sorted here, not in SQL (no collation-aware sort): batches go in
-        // broadcaster id order, and logins are looked up by binary search.
-        let mut tracked: Vec<(&str, Option<&str>)> = channels
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(|c| match c.split_once(' ') {
-                Some((id, login)) => (id, Some(login)),
-                None => (c, None),
-            })
-            .collect();
-        tracked.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let login = |id: &str| -> Option<String> {
-            let i = tracked.binary_search_by(|t| t.0.cmp(id)).ok()?;
-            tracked[i].1.map(str::to_owned)
-        };
-        let live_at_start: LiveAtStart = live
+        // In broadcaster id order (numerically: an id is 1 to 20 digits with no
+        // leading zero, so it fits a u128), sorted here: batches go in that order.
+        let mut keyed: Vec<(u128, &str)> = channels
             .split(',')
             .filter(|id| !id.is_empty())
-            .map(|id| (id.to_owned(), login(id)))
+            .map(|id| (id.parse().unwrap_or(u128::MAX), id))
             .collect();
-        let broadcaster_ids: Vec<String> = tracked.iter().map(|t| t.0.to_owned()).collect();
+        keyed.sort_unstable_by_key(|k| k.0);
+        let broadcaster_ids: Vec<String> = keyed.iter().map(|k| k.1.to_owned()).collect();
         Ok(DbState {
             credentials,
             token,
             rate_limit,
             broadcaster_ids,
-            live_at_start,
         })
     })
 }

@@ -265,6 +265,15 @@ fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
 mod tests {
     use super::*;
 
+    /// The headers of an answer.
+    fn headers(limit: u32, remaining: u32, reset: u64) -> RateLimitSnapshot {
+        RateLimitSnapshot {
+            limit,
+            remaining,
+            reset,
+        }
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -277,15 +286,7 @@ mod tests {
         let quick = Instant::now() + Duration::from_millis(30);
         assert!(rl.acquire(quick).await.is_none());
         let reset = epoch_now() as u64 + 60;
-        rl.observe(
-            t,
-            Some(RateLimitSnapshot {
-                limit: 800,
-                remaining: 799,
-                reset,
-            }),
-            false,
-        );
+        rl.observe(t, Some(headers(800, 799, reset)), false);
         for _ in 0..799 {
             assert!(rl.acquire(far()).await.is_some());
         }
@@ -296,11 +297,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn never_reserves_more_than_the_bucket_holds() {
         let reset = epoch_now() as u64 + 60;
-        let snap = RateLimitSnapshot {
-            limit: 800,
-            remaining: 3,
-            reset,
-        };
+        let snap = headers(800, 3, reset);
         let rl = RateLimiter::new(Some((snap, SystemTime::now())));
         for _ in 0..3 {
             assert!(rl.acquire(far()).await.is_some());
@@ -322,15 +319,7 @@ mod tests {
         let rl = RateLimiter::new(None);
         let t = rl.acquire(far()).await.unwrap();
         let reset = epoch_now() as u64 + 1;
-        rl.observe(
-            t,
-            Some(RateLimitSnapshot {
-                limit: 800,
-                remaining: 0,
-                reset,
-            }),
-            true,
-        );
+        rl.observe(t, Some(headers(800, 0, reset)), true);
         let before_reset = Instant::now() + Duration::from_millis(10);
         assert!(rl.acquire(before_reset).await.is_none());
     }
@@ -338,11 +327,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_answer_raises_the_estimate_only_to_what_it_makes_certain() {
         let reset = epoch_now() as u64 + 30;
-        let snap = |remaining| RateLimitSnapshot {
-            limit: 800,
-            remaining,
-            reset,
-        };
+        let snap = |remaining| headers(800, remaining, reset);
         let rl = RateLimiter::new(Some((snap(10), SystemTime::now())));
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
@@ -380,11 +365,7 @@ mod tests {
         // the answers come back in reverse order. Each answer alone could leave
         // 99 requests uncounted; once all are in, 10 points are certain.
         let reset = epoch_now() as u64 + 30;
-        let snap = |remaining| RateLimitSnapshot {
-            limit: 200,
-            remaining,
-            reset,
-        };
+        let snap = |remaining| headers(200, remaining, reset);
         let rl = RateLimiter::new(Some((snap(100), SystemTime::now())));
         let tickets = reserve(&rl, 100).await;
         for (j, t) in tickets.into_iter().enumerate().rev() {
@@ -399,11 +380,7 @@ mod tests {
         // Two requests with one point left: t2 is processed first (remaining 1),
         // then t1 (remaining 0); t1's answer arrives first.
         let reset = epoch_now() as u64 + 30;
-        let snap = |remaining| RateLimitSnapshot {
-            limit: 800,
-            remaining,
-            reset,
-        };
+        let snap = |remaining| headers(800, remaining, reset);
         let rl = RateLimiter::new(Some((snap(2), SystemTime::now())));
         let t1 = rl.acquire(far()).await.unwrap();
         let t2 = rl.acquire(far()).await.unwrap();
@@ -415,11 +392,7 @@ mod tests {
 
     #[test]
     fn a_full_bucket_from_an_old_run_is_full_again() {
-        let snap = RateLimitSnapshot {
-            limit: 800,
-            remaining: 0,
-            reset: epoch_now() as u64 - 5,
-        };
+        let snap = headers(800, 0, epoch_now() as u64 - 5);
         let rl = RateLimiter::new(Some((snap, SystemTime::now() - Duration::from_secs(70))));
         assert_eq!(rl.lock().points, Some(800.0));
     }
@@ -432,11 +405,7 @@ mod tests {
         h.insert("RATELIMIT-RESET", "1700000000".parse().unwrap());
         assert_eq!(
             RateLimitSnapshot::from_headers(&h),
-            Some(RateLimitSnapshot {
-                limit: 800,
-                remaining: 12,
-                reset: 1_700_000_000
-            })
+            Some(headers(800, 12, 1_700_000_000))
         );
         h.remove("ratelimit-reset");
         assert_eq!(RateLimitSnapshot::from_headers(&h), None);
@@ -445,11 +414,7 @@ mod tests {
     #[test]
     fn refill_rate_is_read_only_from_a_mostly_empty_bucket_and_errs_slow() {
         let now = 1_000_000.0;
-        let snap = |limit, remaining, reset| RateLimitSnapshot {
-            limit,
-            remaining,
-            reset,
-        };
+        let snap = headers;
         // 800 a minute, empty bucket: reset 60 s away
         let r = rate_from(&snap(800, 0, 1_000_060), now).unwrap();
         assert!(r <= 800.0 / 60.0 && r > 800.0 / 60.0 * 0.9, "{r}");
@@ -465,22 +430,14 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_tightest_refill_reading_of_a_pass_is_kept() {
         let now = epoch_now();
-        let start = RateLimitSnapshot {
-            limit: 800,
-            remaining: 400,
-            reset: now as u64 + 60,
-        };
+        let start = headers(800, 400, now as u64 + 60);
         let rl = RateLimiter::new(Some((start, SystemTime::now())));
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
         let c = rl.acquire(far()).await.unwrap();
         let rate = || rl.lock().per_second;
         // 601 points missing, the bucket full 10-11 s from now: about 60 a second.
-        let snap = |reset: f64| RateLimitSnapshot {
-            limit: 800,
-            remaining: 199,
-            reset: reset.ceil() as u64,
-        };
+        let snap = |reset: f64| headers(800, 199, reset.ceil() as u64);
         rl.observe(a, Some(snap(now + 10.0)), false);
         let first = rate();
         assert!(first > 50.0 && first <= 60.0, "{first}");
@@ -498,24 +455,9 @@ mod tests {
         // waits for 4 points of refill (over 0.4 s), not 1.
         // reset 2-3 s away: 20 points in that time is 6.5-10 a second, shaded
         let reset = (epoch_now() + 2.0).ceil() as u64;
-        let rl = RateLimiter::new(Some((
-            RateLimitSnapshot {
-                limit: 20,
-                remaining: 4,
-                reset,
-            },
-            SystemTime::now(),
-        )));
+        let rl = RateLimiter::new(Some((headers(20, 4, reset), SystemTime::now())));
         let tickets: Vec<Ticket> = reserve(&rl, 4).await;
-        rl.observe(
-            tickets[0],
-            Some(RateLimitSnapshot {
-                limit: 20,
-                remaining: 0,
-                reset,
-            }),
-            false,
-        );
+        rl.observe(tickets[0], Some(headers(20, 0, reset)), false);
         let p = rl.lock().points.unwrap();
         assert!((-3.01..=-2.9).contains(&p), "{p}");
         let t = Instant::now();
