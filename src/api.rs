@@ -186,6 +186,15 @@ impl Written {
 /// only when a category is tracked: directory walks ask).
 type Tracked = std::collections::HashSet<String>;
 
+/// The enabled channels `ids`, if directory walks will ask about them.
+fn tracked(categories: &[Category], ids: &[String]) -> Tracked {
+    if categories.is_empty() {
+        Tracked::new()
+    } else {
+        ids.iter().cloned().collect()
+    }
+}
+
 /// The settings of a pass (and of the EventSub worker's Helix client), checked.
 pub(crate) fn settings() -> Result<SyncConfig, SyncError> {
     let url = |setting: &'static str, value: String| {
@@ -237,20 +246,19 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     }
     let config = settings()?;
     db::ensure_sample_partitions()?;
-    let mut state = db::read_state()?;
+    let policy = gucs::poll_policy();
+    let mut state = db::read_state(policy.is_none())?;
     let categories = db::read_categories()?;
-    // Only directory walks ask whether a channel is tracked.
-    let tracked: Tracked = if categories.is_empty() {
-        Tracked::new()
-    } else {
-        state.broadcaster_ids.iter().cloned().collect()
-    };
-    let (polling, walks) = match gucs::poll_policy() {
+    let (polling, walks, tracked) = match policy {
         Some(policy) => {
-            let (report, chosen, walks) = plan_checks(&policy, &mut state, &categories)?;
-            (Some((report, chosen)), walks)
+            let (report, chosen, walks, tracked) = plan_checks(&policy, &mut state, &categories)?;
+            (Some((report, chosen)), walks, tracked)
         }
-        None => (None, discovery::plan_walks(&categories, None)),
+        None => (
+            None,
+            discovery::plan_walks(&categories, None),
+            tracked(&categories, &state.broadcaster_ids),
+        ),
     };
     let discovery = (!categories.is_empty()).then(|| DiscoveryReport {
         categories: categories.len(),
@@ -277,12 +285,13 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
 /// Adaptive polling: narrows the run to the channels that are due, most
 /// overdue first, within the budget (twitch_sync_core::adaptive), after the
 /// directory walks' pages are set aside from it (twitch_sync_core::discovery).
-/// Returns the plan's report, the channels it chose, and the walks.
+/// Returns the plan's report, the channels it chose, the walks, and (when a
+/// category is tracked) every enabled channel.
 fn plan_checks(
     policy: &PollPolicy,
     state: &mut db::DbState,
     categories: &[Category],
-) -> Result<(PollingReport, Vec<String>, WalkPlan), SyncError> {
+) -> Result<(PollingReport, Vec<String>, WalkPlan, Tracked), SyncError> {
     let input = db::read_poll_input()?;
     let bucket = state
         .rate_limit
@@ -322,6 +331,7 @@ fn plan_checks(
         chosen: chosen.len(),
         classes: adaptive::staleness(policy, &input.channels, input.now),
     };
+    let tracked = tracked(categories, &input.ids);
     Ok((
         report,
         chosen,
@@ -329,6 +339,7 @@ fn plan_checks(
             covered: input.channels.len() - rest.len(),
             ..walks
         },
+        tracked,
     ))
 }
 

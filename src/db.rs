@@ -173,7 +173,10 @@ fn read_credentials(
     Ok((credentials, token))
 }
 
-pub fn read_state() -> Result<DbState, SyncError> {
+/// The run's state. Without `channels` (adaptive polling, whose plan reads
+/// the channels with what it needs about them: db::read_poll_input),
+/// `broadcaster_ids` is left empty.
+pub fn read_state(channels: bool) -> Result<DbState, SyncError> {
     Spi::connect(|client| {
         let (credentials, token) = read_credentials(client)?;
 
@@ -206,12 +209,16 @@ pub fn read_state() -> Result<DbState, SyncError> {
             None => None,
         };
 
-        let channels = client
-            .select("SELECT twitch_sync.poll_channels()", None, &[])
-            .map_err(internal)?;
-        let channels = match channels.into_iter().next() {
-            Some(r) => r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
-            None => String::new(),
+        let channels = if channels {
+            let list = client
+                .select("SELECT twitch_sync.poll_channels()", None, &[])
+                .map_err(internal)?;
+            match list.into_iter().next() {
+                Some(r) => r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
+                None => String::new(),
+            }
+        } else {
+            String::new()
         };
         // In broadcaster id order (numerically: an id is 1 to 20 digits with no
         // leading zero, so it fits a u128), sorted here: batches go in that order.
