@@ -97,7 +97,8 @@ pub struct DbState {
     pub credentials: Credentials,
     pub token: Option<CachedToken>,
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
-    /// The enabled channels, in broadcaster id order.
+    /// The enabled channels, in numeric broadcaster id order (empty for
+    /// adaptive polling: see read_state).
     pub broadcaster_ids: Vec<String>,
 }
 

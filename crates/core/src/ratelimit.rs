@@ -56,6 +56,9 @@ struct State {
     issued: u64,
     /// Requests finished so far (answered, or failed without an answer).
     finished: u64,
+    /// Of those, the ones that got no answer (not a 429): the server may count
+    /// them at any time, so no answer is taken to account for them.
+    unanswered: u64,
     /// Whether `per_second` was read from an answer of this pass (not the last run's).
     rate_read: bool,
     last: Option<RateLimitSnapshot>,
@@ -83,6 +86,7 @@ impl RateLimiter {
             paused_until: None,
             issued: 0,
             finished: 0,
+            unanswered: 0,
             rate_read: false,
             last: None,
         };
@@ -158,15 +162,25 @@ impl RateLimiter {
         st.finished += 1;
         let now = Instant::now();
         refill(&mut st, now);
+        if rate_limited {
+            // Empty, and whatever is still in flight will be paid for too. Paused
+            // until `Ratelimit-Reset`; without the header, for a point's refill
+            // (at least a second).
+            st.points = Some(-(st.in_flight as f64));
+            let until = match snap {
+                Some(snap) => (snap.reset as f64 - epoch_now()).clamp(0.05, 120.0),
+                None => (1.0 / st.per_second.max(1e-6)).clamp(1.0, 120.0),
+            };
+            st.paused_until = Some(now + Duration::from_secs_f64(until));
+        }
         let Some(snap) = snap else {
+            // No answer (a timeout, a dropped connection): Twitch may still
+            // count the request, at any time.
+            if !rate_limited {
+                st.unanswered += 1;
+            }
             return;
         };
-        if rate_limited {
-            // Empty, and whatever is still in flight will be paid for too.
-            st.points = Some(-(st.in_flight as f64));
-            let until = (snap.reset as f64 - epoch_now()).clamp(0.0, 120.0);
-            st.paused_until = Some(now + Duration::from_secs_f64(until.max(0.05)));
-        }
         st.limit = snap.limit;
         // Time left until reset, counted from when the request was sent: the server
         // answered later than that, so this errs long (slow), however late we read it.
@@ -187,6 +201,8 @@ impl RateLimiter {
             // be counted in this answer yet: assume they are not. The estimate may go
             // below zero: that debt is paid by refill before anything else is sent.
             let from_header = snap.remaining as f64 - st.in_flight as f64;
+            // Requests that got no answer may be counted later than any answer.
+            let from_header = from_header - st.unanswered as f64;
             // Concurrent requests reach the server in any order, so an answer may
             // predate requests sent before it: it can only lower the estimate. Only
             // a request sent alone, with nothing sent since, is answered after every
@@ -197,7 +213,7 @@ impl RateLimiter {
             // come back out of order (a burst), taking the minimum above leaves
             // the estimate a burst's worth of points low; this bound, once
             // requests trickle, gives those points back.
-            let certain = snap.remaining as f64 - st.in_flight as f64 - finished_meanwhile as f64;
+            let certain = from_header - finished_meanwhile as f64;
             st.points = Some(match st.points {
                 Some(p) if !accounts_for_all => p.min(from_header).max(certain),
                 _ => from_header,
@@ -248,8 +264,10 @@ fn refill(st: &mut State, now: Instant) {
 
 /// Points per second implied by a snapshot seen at `seen` (epoch seconds): the
 /// missing points come back by `reset`. Only a mostly empty bucket gives a
-/// usable reading: `Ratelimit-Reset` is whole seconds (rounded up, so the
-/// estimate errs slow), which near a full bucket is most of the interval.
+/// usable reading: `Ratelimit-Reset` is whole seconds, which near a full
+/// bucket is most of the interval. Taken as rounded up (so the estimate errs
+/// slow): Twitch documents it as when the bucket *is* full again, which a
+/// second rounded down would not be yet.
 /// `seen` is when the request was sent, so a late read cannot make it fast.
 fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
     // `Ratelimit-Remaining` is rounded down: up to one point more may be there.
@@ -388,6 +406,31 @@ mod tests {
         rl.observe(t2, Some(snap(1)), false);
         let p = rl.lock().points.unwrap();
         assert!(p < 0.5, "the server holds no point, the estimate says {p}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_429_without_headers_pauses_too() {
+        let rl = RateLimiter::new(Some((
+            headers(800, 100, epoch_now() as u64 + 60),
+            SystemTime::now(),
+        )));
+        let t = rl.acquire(far()).await.unwrap();
+        rl.observe(t, None, true);
+        let soon = Instant::now() + Duration::from_millis(300);
+        assert!(rl.acquire(soon).await.is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_without_an_answer_may_still_be_counted() {
+        let reset = epoch_now() as u64 + 30;
+        let rl = RateLimiter::new(Some((headers(800, 10, reset), SystemTime::now())));
+        // a times out; Twitch may count it after it answers b, sent alone later.
+        let a = rl.acquire(far()).await.unwrap();
+        rl.observe(a, None, false);
+        let b = rl.acquire(far()).await.unwrap();
+        rl.observe(b, Some(headers(800, 100, reset)), false);
+        let p = rl.lock().points.unwrap();
+        assert!((98.9..=99.1).contains(&p), "{p}");
     }
 
     #[test]
