@@ -45,6 +45,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::pg_sys;
 use pgrx::PgTryBuilder;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -74,8 +75,12 @@ const TRIM_EVERY: Duration = Duration::from_secs(30);
 pub const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// The worker's shard of its conduit (a conduit of one shard).
 const SHARD_ID: &str = "0";
-/// How often the latch wakes the worker to apply what arrived.
-const TICK: Duration = Duration::from_millis(10);
+/// How often the loop wakes with no event (reconciliation passes, the
+/// shard's state, the heartbeat); an event wakes it at once ([`WakePipe`]).
+const TICK: Duration = Duration::from_millis(100);
+/// The wake-up interval when no wake pipe could be made: events then wait
+/// for the next tick.
+const TICK_WITHOUT_PIPE: Duration = Duration::from_millis(10);
 /// How often the environment (extension, credentials, channels) is checked.
 const CHECK_IDLE: Duration = Duration::from_secs(1);
 const CHECK_RUNNING: Duration = Duration::from_secs(5);
@@ -181,6 +186,8 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
     /// The shard's task (dropping it stops the task).
     _shard: runtime::Background<()>,
+    /// The task passing events on and waking the loop (with the wake pipe).
+    _forwarder: Option<runtime::Background<()>>,
     events: mpsc::UnboundedReceiver<Envelope>,
     view: Arc<Mutex<ShardView>>,
     /// The pass in flight, if any: its task and its answer.
@@ -227,6 +234,60 @@ struct Worker {
     trimmed_at: Instant,
     /// The last stored conduit of a dropped extension, deleted at Twitch.
     orphan: Option<(Arc<TwitchClient>, String, String)>,
+    /// Wakes the loop when an event arrives (None: the pipe could not be made).
+    wake: Option<WakePipe>,
+}
+
+/// Wakes the main loop as soon as the runtime delivers an event: the loop
+/// waits on its latch and on this pipe's read end (WaitLatchOrSocket), and
+/// the runtime writes a byte after each delivery. No Postgres function is
+/// called off the main thread.
+struct WakePipe {
+    read: OwnedFd,
+    write: Arc<OwnedFd>,
+}
+
+impl WakePipe {
+    fn new() -> Option<WakePipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 fills `fds` with two new descriptors, owned from here on.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        // SAFETY: both descriptors were just created and nothing else owns them.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Some(WakePipe {
+            read,
+            write: Arc::new(write),
+        })
+    }
+
+    /// Passes events on, waking the loop after each (on the runtime).
+    fn forward(
+        &self,
+        mut from: mpsc::UnboundedReceiver<Envelope>,
+        to: mpsc::UnboundedSender<Envelope>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let write = self.write.clone();
+        async move {
+            while let Some(env) = from.recv().await {
+                if to.send(env).is_err() {
+                    break;
+                }
+                // A full pipe wakes the loop already: the result does not matter.
+                // SAFETY: one byte from a live buffer to a descriptor this task keeps open.
+                let _ = unsafe { libc::write(write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            }
+        }
+    }
+
+    /// Empties the pipe (after a wake-up).
+    fn drain(&self) {
+        let mut buf = [0u8; 256];
+        // SAFETY: reads into a live local buffer from a non-blocking descriptor owned here.
+        while unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {
+        }
+    }
 }
 
 impl Worker {
@@ -250,11 +311,42 @@ impl Worker {
             welcomed: false,
             trimmed_at: Instant::now(),
             orphan: None,
+            wake: WakePipe::new(),
         }
     }
 
+    /// Waits for the latch, an event, or the next tick; false once the worker
+    /// must stop (SIGTERM, or the postmaster died).
+    fn wait(&self) -> bool {
+        let Some(wake) = &self.wake else {
+            return BackgroundWorker::wait_latch(Some(TICK_WITHOUT_PIPE));
+        };
+        let events = (pg_sys::WL_LATCH_SET
+            | pg_sys::WL_TIMEOUT
+            | pg_sys::WL_POSTMASTER_DEATH
+            | pg_sys::WL_SOCKET_READABLE) as libc::c_int;
+        // SAFETY: the main thread of a background worker, on its own latch and a
+        // descriptor it owns; the latch is reset before the interrupt check, as
+        // BackgroundWorker::wait_latch does.
+        let woke = unsafe {
+            let woke = pg_sys::WaitLatchOrSocket(
+                pg_sys::MyLatch,
+                events,
+                wake.read.as_raw_fd(),
+                TICK.as_millis() as libc::c_long,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+            woke
+        };
+        pg_sys::check_for_interrupts!();
+        wake.drain();
+        !BackgroundWorker::sigterm_received()
+            && woke & pg_sys::WL_POSTMASTER_DEATH as libc::c_int == 0
+    }
+
     fn run(&mut self) {
-        while BackgroundWorker::wait_latch(Some(TICK)) {
+        while self.wait() {
             if BackgroundWorker::sighup_received() {
                 reload_configuration();
                 if gucs::eventsub_database().as_deref() != Some(self.database.as_str()) {
@@ -473,6 +565,15 @@ impl Worker {
         }
         let (token_tx, token_rx) = watch::channel(token.access_token.clone());
         let (deliver, events) = mpsc::unbounded_channel();
+        // With the wake pipe, events pass through a forwarder that wakes the loop.
+        let (deliver, forwarder) = match &self.wake {
+            Some(wake) => {
+                let (to_forwarder, from_shard) = mpsc::unbounded_channel();
+                let forwarder = runtime::spawn(wake.forward(from_shard, deliver));
+                (to_forwarder, Some(forwarder))
+            }
+            None => (deliver, None),
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let view = Arc::new(Mutex::new(ShardView::default()));
         let params = ShardParams {
@@ -510,6 +611,7 @@ impl Worker {
             conduit_id,
             stop: Some(stop_tx),
             _shard: shard,
+            _forwarder: forwarder,
             events,
             view,
             pass: None,
