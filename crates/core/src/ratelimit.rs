@@ -292,6 +292,12 @@ mod tests {
         }
     }
 
+    /// Asserts that the estimate is `want` points (within 0.1).
+    fn assert_points(rl: &RateLimiter, want: f64) {
+        let p = rl.lock().points.unwrap();
+        assert!((p - want).abs() <= 0.1, "{p}, not {want}");
+    }
+
     fn far() -> Instant {
         Instant::now() + Duration::from_secs(3600)
     }
@@ -351,29 +357,24 @@ mod tests {
         let b = rl.acquire(far()).await.unwrap();
         // b says 700 while a is in flight: a may not be counted yet, so 699 are certain.
         rl.observe(b, Some(snap(700)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((698.9..=699.1).contains(&p), "{p}");
+        assert_points(&rl, 699.0);
         // a, counted later (another client of the bucket spent points meanwhile),
         // lowers it.
         rl.observe(a, Some(snap(5)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((4.9..=5.1).contains(&p), "{p}");
+        assert_points(&rl, 5.0);
         // d answers before c with more than the estimate: c is still in flight.
         let c = rl.acquire(far()).await.unwrap();
         let d = rl.acquire(far()).await.unwrap();
         rl.observe(d, Some(snap(100)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((98.9..=99.1).contains(&p), "{p}");
+        assert_points(&rl, 99.0);
         // c finished after d, so d may have reached the server after c: c's 50
         // leaves 49 certain, and the estimate takes c's own reading, 50.
         rl.observe(c, Some(snap(50)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((49.9..=50.1).contains(&p), "{p}");
+        assert_points(&rl, 50.0);
         // A request alone in flight: its answer counts everything, and sets it.
         let e = rl.acquire(far()).await.unwrap();
         rl.observe(e, Some(snap(700)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((699.9..=700.1).contains(&p), "{p}");
+        assert_points(&rl, 700.0);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -389,8 +390,7 @@ mod tests {
         for (j, t) in tickets.into_iter().enumerate().rev() {
             rl.observe(t, Some(snap(110 - (j as u32 + 1))), false);
         }
-        let p = rl.lock().points.unwrap();
-        assert!((9.9..=10.1).contains(&p), "{p}");
+        assert_points(&rl, 10.0);
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -429,8 +429,7 @@ mod tests {
         rl.observe(a, None, false);
         let b = rl.acquire(far()).await.unwrap();
         rl.observe(b, Some(headers(800, 100, reset)), false);
-        let p = rl.lock().points.unwrap();
-        assert!((98.9..=99.1).contains(&p), "{p}");
+        assert_points(&rl, 99.0);
     }
 
     #[test]
