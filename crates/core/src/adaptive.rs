@@ -200,8 +200,9 @@ pub fn plan(
             load.push((runs(policy.interval(class, priority)).max(1), Vec::new()));
         }
     }
-    for (i, c) in channels.iter().enumerate() {
-        let (in_runs, interval) = when(c);
+    // Each channel's (runs until due, interval), for levelling below too.
+    let whens: Vec<(usize, f64)> = channels.iter().map(when).collect();
+    for (i, (c, &(in_runs, interval))) in channels.iter().zip(&whens).enumerate() {
         if in_runs == 0 {
             // ranked by how late it would be if left to the next run (never
             // checked: first)
@@ -236,7 +237,7 @@ pub fn plan(
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                let (in_runs, interval) = when(c);
+                let (in_runs, interval) = whens[i];
                 let at = c.checked_at?;
                 (in_runs > 0).then_some((in_runs, (now - at) / interval, i))
             })
@@ -438,23 +439,9 @@ mod tests {
 
     /// A world of `n` channels, `live` of them live (1 in 10 of those hot),
     /// that changes a little every run; runs every `period` seconds (with
-    /// ±5% jitter) for `horizon` seconds with `budget` requests each.
-    /// Returns the worst staleness seen per class at the moment of each run
-    /// (after the first full cycle), and the most requests any run used.
+    /// ±5% jitter) for `horizon` seconds with `budget` requests each; what
+    /// it saw after the first two offline intervals.
     fn simulate(
-        p: &PollPolicy,
-        n: usize,
-        live: usize,
-        period: f64,
-        horizon: f64,
-        budget: usize,
-        seed: u64,
-    ) -> (std::collections::BTreeMap<PollClass, f64>, usize) {
-        let seen = simulate_seen(p, n, live, period, horizon, budget, seed);
-        (seen.after, seen.most)
-    }
-
-    fn simulate_seen(
         p: &PollPolicy,
         n: usize,
         live: usize,
@@ -525,7 +512,9 @@ mod tests {
         let p = PollPolicy::default();
         // 5,000 channels, 500 live: needs about 50 hot + 450/2 live + 4,500/10
         // offline ids a minute = 7.3 requests; give it 10
-        let (worst, most) = simulate(&p, 5_000, 500, 60.0, 6.0 * 3600.0, 10, 7);
+        let Seen {
+            after: worst, most, ..
+        } = simulate(&p, 5_000, 500, 60.0, 6.0 * 3600.0, 10, 7);
         assert!(most <= 10, "budget exceeded: {most}");
         for (class, w) in &worst {
             let limit = p.interval(*class, 0) + 60.0 * 1.05;
@@ -538,7 +527,9 @@ mod tests {
     fn when_the_budget_binds_staleness_degrades_evenly_and_no_class_starves() {
         let p = PollPolicy::default();
         // the same world with half the budget it needs
-        let (worst, most) = simulate(&p, 5_000, 500, 60.0, 6.0 * 3600.0, 4, 11);
+        let Seen {
+            after: worst, most, ..
+        } = simulate(&p, 5_000, 500, 60.0, 6.0 * 3600.0, 4, 11);
         assert!(most <= 4, "budget exceeded: {most}");
         let ratios: Vec<f64> = worst
             .iter()
@@ -565,7 +556,7 @@ mod tests {
         // Every channel starts never checked, so the first runs check them
         // in a few large groups whose checks fall due together again.
         let (period, budget) = (60.0, 31);
-        let seen = simulate_seen(&p, 20_000, 2_000, period, 12.0 * 3600.0, budget, 3);
+        let seen = simulate(&p, 20_000, 2_000, period, 12.0 * 3600.0, budget, 3);
         assert!(seen.most <= budget, "budget exceeded: {}", seen.most);
         // A channel is due once its age reaches its interval minus half a
         // period, so on time means checked at the first run after that:
