@@ -211,13 +211,11 @@ pub fn read_state(channels: bool) -> Result<DbState, SyncError> {
         };
 
         let channels = if channels {
-            let list = client
+            client
                 .select("SELECT twitch_sync.poll_channels()", None, &[])
-                .map_err(internal)?;
-            match list.into_iter().next() {
-                Some(r) => r.get::<String>(1).map_err(internal)?.unwrap_or_default(),
-                None => String::new(),
-            }
+                .and_then(|list| list.first().get_one::<String>())
+                .map_err(internal)?
+                .unwrap_or_default()
         } else {
             String::new()
         };
