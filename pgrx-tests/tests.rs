@@ -32,8 +32,8 @@ fn schema_has_its_tables_and_functions() {
     assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
     for f in [
         "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
-        "apply_observations", "poll_observations", "apply_chunk", "stream_id_conflicts", "end_superseded",
-        "reopen_broadcasts", "start_broadcasts", "update_continuing", "count_misses", "apply_offline", "update_logins", "emit_events",
+        "apply_observations", "poll_observations", "apply_poll", "stream_id_conflicts", "end_superseded",
+        "reopen_broadcasts", "start_broadcasts", "continue_broadcasts", "update_continuing", "count_misses", "apply_offline", "update_logins", "emit_events",
         "record_run", "track_category", "untrack_category", "discover_channels",
     ] {
         let n = count(&format!(
@@ -214,15 +214,11 @@ struct Applied {
     events: i64,
 }
 
-/// Applies `obs` (an SQL expression of type twitch_sync.observation[]).
-fn apply_obs(obs: &str, misses: i32) -> Applied {
-    let sql = format!(
-        "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
-                (a).conflicted, (a).events::bigint
-           FROM (SELECT twitch_sync.apply_observations({obs}, {misses}, false) AS a) x"
-    );
+/// Runs `sql`, whose one row is a twitch_sync.applied `a` (and, for
+/// apply_poll, the chunk's error, which must be NULL).
+fn query_applied(sql: &str) -> Applied {
     Spi::connect_mut(|c| {
-        let row = c.update(&sql, Some(1), &[]).expect(&sql).first();
+        let row = c.update(sql, Some(1), &[]).expect(sql).first();
         let n = |i: usize| row.get::<i64>(i).expect("applied column").expect("not NULL");
         Applied {
             live: n(1),
@@ -235,18 +231,30 @@ fn apply_obs(obs: &str, misses: i32) -> Applied {
     })
 }
 
-/// Feeds apply_observations one poll chunk, built by twitch_sync.poll_observations
-/// as run() builds it: `live` is (stream id, broadcaster id, viewers); the other
-/// `checked` channels were not listed. observed_at is clock_timestamp(), so every
-/// call samples at its own time.
+/// Applies `obs` (an SQL expression of type twitch_sync.observation[]).
+fn apply_obs(obs: &str, misses: i32) -> Applied {
+    query_applied(&format!(
+        "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
+                (a).conflicted, (a).events::bigint
+           FROM (SELECT twitch_sync.apply_observations({obs}, {misses}, false) AS a) x"
+    ))
+}
+
+/// Writes one poll chunk with twitch_sync.apply_poll, as run() does: `live` is
+/// (stream id, broadcaster id, viewers); the other `checked` channels were not
+/// listed. observed_at is clock_timestamp(), so every call samples at its own
+/// time.
 fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> Applied {
     let arr = |v: Vec<String>, ty: &str| format!("ARRAY[{}]::{ty}[]", v.join(","));
     let q = |s: &str| format!("'{s}'");
     let not_listed: Vec<String> =
         checked.iter().filter(|c| !live.iter().any(|l| l.1 == **c)).map(|c| q(c)).collect();
-    let obs = format!(
-        "twitch_sync.poll_observations(clock_timestamp(), {bid}, {sid}, {login}, {vc}, {title}, {gid},
-                                       {gname}, {lang}, {started}, {not_listed})",
+    let sql = format!(
+        "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
+                (a).conflicted, (a).events::bigint
+           FROM twitch_sync.apply_poll(clock_timestamp(), {bid}, {sid}, {login}, {vc}, {title}, {gid},
+                                       {gname}, {lang}, {started}, {not_listed}, {misses}, false) AS p(a, error)
+          WHERE p.error IS NULL",
         bid = arr(live.iter().map(|l| q(l.1)).collect(), "text"),
         sid = arr(live.iter().map(|l| q(l.0)).collect(), "text"),
         login = arr(live.iter().map(|_| "NULL".into()).collect(), "text"),
@@ -258,7 +266,7 @@ fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> Applied {
         started = arr(live.iter().map(|_| q("2026-11-25T10:00:00Z")).collect(), "timestamptz"),
         not_listed = arr(not_listed, "text"),
     );
-    apply_obs(&obs, misses)
+    query_applied(&sql)
 }
 
 /// One EventSub-style observation: `state` 'live' or 'offline'; NULL fields are

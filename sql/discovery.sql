@@ -4,7 +4,7 @@
 -- automatically, up to the category's cap, and marked as discovered
 -- (channels.discovered_via / discovered_at). The live streams a directory lists
 -- are observations like any other: run() applies them through the transition
--- layer (twitch_sync.apply_chunk). Absence from a directory never ends a
+-- layer (twitch_sync.apply_poll). Absence from a directory never ends a
 -- stream: the channel may have ended, or switched category or language; only
 -- id checks end streams. The rules of the walk are in crates/core/src/discovery.rs.
 

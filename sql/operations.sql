@@ -78,11 +78,14 @@ $$;
 
 -- live_channels(): the enabled channels with a live stream, as 'id login'
 -- (or 'id' when no login is stored), comma-separated. run() reads it while its
--- first requests are in flight.
+-- first requests are in flight. The live rows are found through the partial
+-- index streams_one_live_per_broadcaster as a bitmap (the heap pages holding
+-- live rows, each read once), so ended broadcasts, which accumulate, cost
+-- nothing; an index scan would visit the heap once per live row.
 CREATE FUNCTION twitch_sync.live_channels() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-SET enable_indexscan = off SET enable_indexonlyscan = off SET enable_bitmapscan = off AS $$
+SET enable_indexscan = off SET enable_indexonlyscan = off AS $$
     SELECT pg_catalog.string_agg(s.broadcaster_id || coalesce(' ' || c.login, ''), ',')
       FROM twitch_sync.streams s
       JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled

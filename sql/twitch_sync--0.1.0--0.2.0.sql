@@ -757,7 +757,7 @@ CREATE TYPE twitch_sync.observation AS (
     started_at     timestamptz
 );
 -- One call takes at most one observation per broadcaster (a second one for the
--- same broadcaster makes the call fail: apply_chunk reports it).
+-- same broadcaster makes the call fail: apply_poll reports it).
 COMMENT ON TYPE twitch_sync.observation IS 'What a source (poll or eventsub) saw of one channel at one time: the input of twitch_sync.apply_observations.';
 
 -- What one call of apply_observations did.
@@ -816,12 +816,21 @@ $$;
 -- new sample, see sql/analytics.sql), records its viewer sample, and a title or
 -- category change in stream_changes, in one statement: nothing else can apply
 -- to it (the stream id is the broadcaster's own, there is nothing to supersede
--- or reopen). Returns those broadcasters; the steps below see only the other
--- observations. In a steady poll this is the only write there is.
-CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
+-- or reopen). The live observations come as columns (one element per stream)
+-- of one source and time: a poll chunk's live streams as run() sends them
+-- (apply_poll), with no observation built for them. Returns the broadcasters
+-- it updated; the steps below see only the other observations. In a steady
+-- poll this is the only write there is.
+CREATE FUNCTION twitch_sync.continue_broadcasts(
+    source text, observed_at timestamptz, broadcaster_id text[], stream_id text[],
+    viewer_count integer[], title text[], game_id text[], game_name text[], language text[],
+    started_at timestamptz[])
+RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     gap interval := twitch_sync.sample_gap();
+    seen timestamptz := observed_at;
+    seen_by text := source;
     continuing text[];
 BEGIN
     WITH updated AS (
@@ -830,46 +839,76 @@ BEGIN
                peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
                peak_at = CASE WHEN o.viewer_count > s.peak_viewer_count
                                 OR (s.peak_at IS NULL AND o.viewer_count IS NOT NULL)
-                              THEN o.observed_at ELSE s.peak_at END,
+                              THEN seen ELSE s.peak_at END,
                title = coalesce(o.title, s.title), game_id = coalesce(o.game_id, s.game_id),
                game_name = coalesce(o.game_name, s.game_name),
                language = coalesce(o.language, s.language),
                started_at = coalesce(s.started_at, o.started_at),
-               updated_at = o.observed_at, last_seen_at = o.observed_at, missed_polls = 0,
+               updated_at = seen, last_seen_at = seen, missed_polls = 0,
                sample_count = s.sample_count + (o.viewer_count IS NOT NULL)::integer,
                viewer_seconds = s.viewer_seconds + CASE
-                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
-                        AND o.observed_at - s.last_sampled_at <= gap
-                   THEN s.viewer_count * extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   WHEN o.viewer_count IS NOT NULL AND seen > s.last_sampled_at
+                        AND seen - s.last_sampled_at <= gap
+                   THEN s.viewer_count * extract(epoch FROM seen - s.last_sampled_at)::float8
                    ELSE 0 END,
                covered_seconds = s.covered_seconds + CASE
-                   WHEN o.viewer_count IS NOT NULL AND o.observed_at > s.last_sampled_at
-                        AND o.observed_at - s.last_sampled_at <= gap
-                   THEN extract(epoch FROM o.observed_at - s.last_sampled_at)::float8
+                   WHEN o.viewer_count IS NOT NULL AND seen > s.last_sampled_at
+                        AND seen - s.last_sampled_at <= gap
+                   THEN extract(epoch FROM seen - s.last_sampled_at)::float8
                    ELSE 0 END,
-               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at
+               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN seen
                                       ELSE s.last_sampled_at END,
                changed_at = CASE WHEN o.title IS DISTINCT FROM s.title AND o.title IS NOT NULL
                                    OR o.game_id IS DISTINCT FROM s.game_id AND o.game_id IS NOT NULL
-                                 THEN o.observed_at ELSE s.changed_at END
-          FROM unnest(obs) o
-         WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id
-           AND s.stream_id = o.stream_id AND s.is_live
-        RETURNING s.broadcaster_id, s.stream_id, o.observed_at, o.viewer_count, o.source,
-                  s.title, s.game_id, s.game_name, s.changed_at = o.observed_at AS changed
+                                 THEN seen ELSE s.changed_at END
+          FROM unnest(continue_broadcasts.broadcaster_id, continue_broadcasts.stream_id,
+                      continue_broadcasts.viewer_count, continue_broadcasts.title,
+                      continue_broadcasts.game_id, continue_broadcasts.game_name,
+                      continue_broadcasts.language, continue_broadcasts.started_at)
+            AS o(broadcaster_id, stream_id, viewer_count, title, game_id, game_name, language,
+                 started_at)
+         WHERE s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id AND s.is_live
+        RETURNING s.broadcaster_id, s.stream_id, o.viewer_count, s.title, s.game_id, s.game_name,
+                  s.changed_at = seen AS changed
     ), sampled AS (
         INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
-        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.viewer_count, u.game_id
+        SELECT u.broadcaster_id, u.stream_id, seen, u.viewer_count, u.game_id
           FROM updated u
          WHERE u.viewer_count IS NOT NULL
     ), changes AS (
         INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
-        SELECT u.broadcaster_id, u.stream_id, u.observed_at, u.source, u.title, u.game_id, u.game_name
+        SELECT u.broadcaster_id, u.stream_id, seen, seen_by, u.title, u.game_id, u.game_name
           FROM updated u
          WHERE u.changed
         ON CONFLICT DO NOTHING
     )
     SELECT coalesce(array_agg(u.broadcaster_id), '{}') INTO continuing FROM updated u;
+    RETURN continuing;
+END
+$$;
+
+-- Step 1 for observations: their live ones through continue_broadcasts, one
+-- call per source and time (one, for a poll chunk or an event).
+CREATE FUNCTION twitch_sync.update_continuing(obs twitch_sync.observation[]) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+    continuing text[] := '{}';
+BEGIN
+    FOR g IN
+        SELECT o.source, o.observed_at, array_agg(o.broadcaster_id) AS broadcaster_id,
+               array_agg(o.stream_id) AS stream_id, array_agg(o.viewer_count) AS viewer_count,
+               array_agg(o.title) AS title, array_agg(o.game_id) AS game_id,
+               array_agg(o.game_name) AS game_name, array_agg(o.language) AS language,
+               array_agg(o.started_at) AS started_at
+          FROM unnest(obs) o
+         WHERE o.state = 'live'
+         GROUP BY o.source, o.observed_at
+    LOOP
+        continuing := continuing || twitch_sync.continue_broadcasts(
+            g.source, g.observed_at, g.broadcaster_id, g.stream_id, g.viewer_count, g.title,
+            g.game_id, g.game_name, g.language, g.started_at);
+    END LOOP;
     RETURN continuing;
 END
 $$;
@@ -1095,10 +1134,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The transition layer's entry point: applies observations in order of the
--- steps above and says what it did. run() calls it once per chunk of answers;
--- an EventSub consumer calls it with single events. Steps with nothing to do
--- are not called: a steady poll (every live stream continuing, no misses, no
--- new logins) costs one pass over the observations and update_continuing.
+-- steps above and says what it did. run() gives it what remains of each chunk
+-- of answers once the continuing streams are written (apply_poll); an EventSub
+-- consumer calls it with single events. Steps with nothing to do are not
+-- called: observations that all continue their broadcasts cost one pass over
+-- them and update_continuing.
 CREATE FUNCTION twitch_sync.apply_observations(
     obs twitch_sync.observation[], offline_after_misses integer, notify boolean)
 RETURNS twitch_sync.applied
@@ -1191,12 +1231,13 @@ END
 $$;
 
 -- A poll chunk as observations: the live streams Helix listed (columns of
--- the same length, one element per stream) and the checked channels it did
--- not list. run() builds its chunks with this.
+-- the same length, one element per stream), except those of the broadcasters
+-- in `continuing` (already applied by continue_broadcasts), and the checked
+-- channels it did not list.
 CREATE FUNCTION twitch_sync.poll_observations(
     observed_at timestamptz, broadcaster_id text[], stream_id text[], login text[],
     viewer_count integer[], title text[], game_id text[], game_name text[], language text[],
-    started_at timestamptz[], not_listed text[])
+    started_at timestamptz[], not_listed text[], continuing text[])
 RETURNS twitch_sync.observation[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY(
@@ -1207,29 +1248,69 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                       game_name, language, started_at)
             AS l(broadcaster_id, stream_id, login, viewer_count, title, game_id, game_name,
                  language, started_at)
+         WHERE NOT EXISTS (SELECT 1 FROM unnest(continuing) c(id) WHERE c.id = l.broadcaster_id)
         UNION ALL
         SELECT ROW('poll', observed_at, n.id, 'not_listed', NULL, NULL, NULL, NULL, NULL,
                    NULL, NULL, NULL)::twitch_sync.observation
           FROM unnest(not_listed) AS n(id))
 $$;
 
--- apply_observations in a subtransaction: a chunk that still fails (the last
--- line of defence behind the validation in Rust) is rolled back alone and
--- reported with its error, so the run goes on and records itself. Query
--- cancel is not caught.
-CREATE FUNCTION twitch_sync.apply_chunk(
-    obs twitch_sync.observation[], offline_after_misses integer, notify boolean,
+-- One poll chunk through the transition layer, in a subtransaction: the
+-- live streams Helix listed (columns of the same length, one element per
+-- stream; `login` only where it differs from the stored one) and the checked
+-- channels it did not list that may have a live row. The streams that
+-- continue their broadcast go straight to continue_broadcasts (with their
+-- logins to update_logins); everything else becomes observations for
+-- apply_observations, which applies them exactly as if it had been given the
+-- whole chunk. A chunk that still fails (the last line of defence behind the
+-- validation in Rust) is rolled back alone and reported with its error, so
+-- the run goes on and records itself. Query cancel is not caught.
+CREATE FUNCTION twitch_sync.apply_poll(
+    observed_at timestamptz, broadcaster_id text[], stream_id text[], login text[],
+    viewer_count integer[], title text[], game_id text[], game_name text[], language text[],
+    started_at timestamptz[], not_listed text[], offline_after_misses integer, notify boolean,
     OUT applied twitch_sync.applied, OUT error text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
+    continuing text[] := '{}';
+    rest twitch_sync.observation[];
     state text;
     message text;
 BEGIN
-    applied := twitch_sync.apply_observations(obs, offline_after_misses, notify);
+    IF cardinality(broadcaster_id) > 0 THEN
+        continuing := twitch_sync.continue_broadcasts('poll', observed_at, broadcaster_id,
+            stream_id, viewer_count, title, game_id, game_name, language, started_at);
+        IF EXISTS (SELECT 1 FROM unnest(login) l WHERE l IS NOT NULL) THEN
+            PERFORM twitch_sync.update_logins(ARRAY(
+                SELECT ROW('poll', observed_at, l.broadcaster_id, 'live', NULL, l.login, NULL,
+                           NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
+                  FROM unnest(broadcaster_id, login) AS l(broadcaster_id, login)
+                 WHERE l.login IS NOT NULL
+                   AND l.broadcaster_id IN (SELECT c FROM unnest(continuing) c)));
+        END IF;
+    END IF;
+    IF cardinality(continuing) = cardinality(broadcaster_id) THEN
+        rest := CASE WHEN cardinality(not_listed) = 0 THEN '{}'
+                     ELSE twitch_sync.poll_observations(observed_at, '{}', '{}', '{}', '{}', '{}',
+                              '{}', '{}', '{}', '{}', not_listed, '{}') END;
+    ELSE
+        rest := twitch_sync.poll_observations(observed_at, broadcaster_id, stream_id, login,
+                                              viewer_count, title, game_id, game_name, language,
+                                              started_at, not_listed, continuing);
+    END IF;
+    IF cardinality(rest) > 0 THEN
+        applied := twitch_sync.apply_observations(rest, offline_after_misses, notify);
+    ELSE
+        applied := ROW(0, 0, 0, 0, '{}', 0)::twitch_sync.applied;
+    END IF;
+    applied.live := applied.live + cardinality(continuing);
+    applied.updated := applied.updated + cardinality(continuing);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+    applied := NULL;
     error := pg_catalog.format('writing %s observations failed (SQLSTATE %s): %s',
-                               cardinality(obs), state, pg_catalog.left(message, 500));
+                               cardinality(broadcaster_id) + cardinality(not_listed), state,
+                               pg_catalog.left(message, 500));
 END
 $$;
 
@@ -2644,7 +2725,7 @@ $$;
 -- automatically, up to the category's cap, and marked as discovered
 -- (channels.discovered_via / discovered_at). The live streams a directory lists
 -- are observations like any other: run() applies them through the transition
--- layer (twitch_sync.apply_chunk). Absence from a directory never ends a
+-- layer (twitch_sync.apply_poll). Absence from a directory never ends a
 -- stream: the channel may have ended, or switched category or language; only
 -- id checks end streams. The rules of the walk are in crates/core/src/discovery.rs.
 
@@ -2830,11 +2911,14 @@ $$;
 
 -- live_channels(): the enabled channels with a live stream, as 'id login'
 -- (or 'id' when no login is stored), comma-separated. run() reads it while its
--- first requests are in flight.
+-- first requests are in flight. The live rows are found through the partial
+-- index streams_one_live_per_broadcaster as a bitmap (the heap pages holding
+-- live rows, each read once), so ended broadcasts, which accumulate, cost
+-- nothing; an index scan would visit the heap once per live row.
 CREATE FUNCTION twitch_sync.live_channels() RETURNS text
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
-SET enable_indexscan = off SET enable_indexonlyscan = off SET enable_bitmapscan = off AS $$
+SET enable_indexscan = off SET enable_indexonlyscan = off AS $$
     SELECT pg_catalog.string_agg(s.broadcaster_id || coalesce(' ' || c.login, ''), ',')
       FROM twitch_sync.streams s
       JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled

@@ -142,7 +142,7 @@ impl Written {
     }
 
     /// Writes the pending answers through the transition layer (one call of
-    /// twitch_sync.apply_chunk, a subtransaction) and empties them.
+    /// twitch_sync.apply_poll, a subtransaction) and empties them.
     fn write(&mut self, misses: i32, notify: bool) -> Result<(), SyncError> {
         let pending = &mut self.pending;
         // Unknown channels (an entry about them was dropped) are left as they were.

@@ -1,10 +1,10 @@
 //! Every SPI call of twitch_sync: reading state before a run, writing its
 //! outcome after. Statements are parameterised; the set-based writes live in
-//! sql/transitions.sql (twitch_sync.apply_chunk), called here once per chunk
+//! sql/transitions.sql (twitch_sync.apply_poll), called here once per chunk
 //! of answers (run() writes a run's answers in several chunks as they arrive).
 
 use crate::error::SyncError;
-use pgrx::datum::DatumWithOid;
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::spi::Spi;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -380,7 +380,7 @@ pub fn record_polling(
     .map_err(internal)
 }
 
-/// What one chunk's write did: twitch_sync.apply_chunk's result.
+/// What one chunk's write did: twitch_sync.apply_poll's result.
 pub struct ChunkResult {
     pub live: i64,
     pub updated: i64,
@@ -393,11 +393,17 @@ pub struct ChunkResult {
     pub error: Option<String>,
 }
 
+/// Microseconds since the Unix epoch as a timestamptz (None outside its range).
+fn timestamptz(unix_micros: i64) -> Option<TimestampWithTimeZone> {
+    const UNIX_TO_POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
+    TimestampWithTimeZone::try_from(unix_micros.checked_sub(UNIX_TO_POSTGRES_EPOCH_MICROS)?).ok()
+}
+
 /// Writes one chunk of a poll through the transition layer
-/// (twitch_sync.poll_observations + twitch_sync.apply_chunk): the live streams
-/// listed, and the checked channels that were not listed but had a live stream
-/// when the run started (`live_at_start`; for any other channel "not listed"
-/// changes nothing, so it costs nothing).
+/// (twitch_sync.apply_poll, a subtransaction): the live streams listed, and
+/// the checked channels that were not listed but had a live stream when the
+/// run started (`live_at_start`; for any other channel "not listed" changes
+/// nothing, so it costs nothing). The columns borrow the streams' strings.
 pub fn apply_poll_chunk(
     checked: &[String],
     live: &[LiveStream],
@@ -406,35 +412,36 @@ pub fn apply_poll_chunk(
     notify: bool,
 ) -> Result<ChunkResult, SyncError> {
     let listed: HashSet<&str> = live.iter().map(|s| s.broadcaster_id.as_str()).collect();
-    let not_listed: Vec<String> = checked
+    let not_listed: Vec<&str> = checked
         .iter()
-        .filter(|id| !listed.contains(id.as_str()) && live_at_start.contains_key(id.as_str()))
-        .cloned()
+        .map(String::as_str)
+        .filter(|id| !listed.contains(id) && live_at_start.contains_key(*id))
         .collect();
-    let col = |f: fn(&LiveStream) -> Option<String>| -> Vec<Option<String>> {
-        live.iter().map(f).collect()
-    };
+    let col = |f: fn(&LiveStream) -> &str| -> Vec<&str> { live.iter().map(f).collect() };
     let args: Vec<DatumWithOid> = vec![
         epoch(SystemTime::now()).into(),
-        col(|s| Some(s.broadcaster_id.clone())).into(),
-        col(|s| Some(s.stream_id.clone())).into(),
+        col(|s| &s.broadcaster_id).into(),
+        col(|s| &s.stream_id).into(),
         live.iter()
             .map(|s| {
-                s.login.clone().filter(|l| {
+                s.login.as_deref().filter(|l| {
                     live_at_start.get(&s.broadcaster_id).map(Option::as_deref) != Some(Some(l))
                 })
             })
-            .collect::<Vec<Option<String>>>()
+            .collect::<Vec<Option<&str>>>()
             .into(),
         live.iter()
             .map(|s| s.viewer_count)
             .collect::<Vec<i32>>()
             .into(),
-        col(|s| Some(s.title.clone())).into(),
-        col(|s| Some(s.game_id.clone())).into(),
-        col(|s| Some(s.game_name.clone())).into(),
-        col(|s| Some(s.language.clone())).into(),
-        col(|s| s.started_at_rfc3339()).into(),
+        col(|s| &s.title).into(),
+        col(|s| &s.game_id).into(),
+        col(|s| &s.game_name).into(),
+        col(|s| &s.language).into(),
+        live.iter()
+            .map(|s| s.started_at.and_then(timestamptz))
+            .collect::<Vec<Option<TimestampWithTimeZone>>>()
+            .into(),
         not_listed.into(),
         offline_after_misses.into(),
         notify.into(),
@@ -444,10 +451,8 @@ pub fn apply_poll_chunk(
             .select(
                 "SELECT (c.applied).live, (c.applied).updated, (c.applied).started,
                         (c.applied).ended, (c.applied).conflicted, (c.applied).events, c.error
-                   FROM twitch_sync.apply_chunk(
-                            twitch_sync.poll_observations(pg_catalog.to_timestamp($1), $2, $3, $4,
-                                $5, $6, $7, $8, $9, $10::timestamptz[], $11),
-                            $12, $13) c",
+                   FROM twitch_sync.apply_poll(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6,
+                                               $7, $8, $9, $10, $11, $12, $13) c",
                 None,
                 &args,
             )
@@ -455,7 +460,7 @@ pub fn apply_poll_chunk(
         let row = rows
             .into_iter()
             .next()
-            .ok_or_else(|| SyncError::Internal("apply_chunk returned no row".into()))?;
+            .ok_or_else(|| SyncError::Internal("apply_poll returned no row".into()))?;
         let n = |i: usize| -> Result<i64, SyncError> {
             Ok(i64::from(row.get::<i32>(i).map_err(internal)?.unwrap_or(0)))
         };
