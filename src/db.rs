@@ -5,7 +5,8 @@
 
 use crate::error::SyncError;
 use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
-use pgrx::spi::Spi;
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{OwnedPreparedStatement, Spi};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -399,6 +400,21 @@ fn timestamptz(unix_micros: i64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(unix_micros.checked_sub(UNIX_TO_POSTGRES_EPOCH_MICROS)?).ok()
 }
 
+/// The call of twitch_sync.apply_poll that writes a chunk.
+const APPLY_POLL_SQL: &str = "SELECT (c.applied).live, (c.applied).updated, (c.applied).started,
+        (c.applied).ended, (c.applied).conflicted, (c.applied).events, c.error
+   FROM twitch_sync.apply_poll(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6, $7, $8, $9,
+                               $10, $11, $12, $13) c";
+
+thread_local! {
+    /// [`APPLY_POLL_SQL`], prepared once per backend (SPI_keepplan): a run
+    /// writes up to about 33 chunks, and parsing and planning the call each
+    /// time cost about 0.5 ms. Postgres' plan cache re-plans it if the
+    /// function is replaced (an upgrade, or a reinstall in the same session).
+    static APPLY_POLL: once_cell::unsync::OnceCell<OwnedPreparedStatement> =
+        const { once_cell::unsync::OnceCell::new() };
+}
+
 /// Writes one chunk of a poll through the transition layer
 /// (twitch_sync.apply_poll, a subtransaction): the live streams listed, and
 /// the checked channels that were not listed but had a live stream when the
@@ -447,15 +463,14 @@ pub fn apply_poll_chunk(
         notify.into(),
     ];
     Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT (c.applied).live, (c.applied).updated, (c.applied).started,
-                        (c.applied).ended, (c.applied).conflicted, (c.applied).events, c.error
-                   FROM twitch_sync.apply_poll(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6,
-                                               $7, $8, $9, $10, $11, $12, $13) c",
-                None,
-                &args,
-            )
+        let rows = APPLY_POLL
+            .with(|prepared| {
+                let statement = prepared.get_or_try_init(|| {
+                    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+                    client.prepare_mut(APPLY_POLL_SQL, &types).map(|p| p.keep())
+                })?;
+                client.select(statement, None, &args)
+            })
             .map_err(internal)?;
         let row = rows
             .into_iter()
