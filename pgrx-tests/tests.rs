@@ -214,11 +214,13 @@ struct Applied {
     events: i64,
 }
 
-/// Runs `sql`, whose one row is a twitch_sync.applied `a` (and, for
-/// apply_poll, the chunk's error, which must be NULL).
+/// Runs `sql`, whose one row is a twitch_sync.applied, column by column, and
+/// the write's error (apply_poll's), which must be NULL.
 fn query_applied(sql: &str) -> Applied {
     Spi::connect_mut(|c| {
         let row = c.update(sql, Some(1), &[]).expect(sql).first();
+        let error = row.get::<String>(7).expect("error column");
+        assert_eq!(error, None, "the write failed");
         let n = |i: usize| row.get::<i64>(i).expect("applied column").expect("not NULL");
         Applied {
             live: n(1),
@@ -235,7 +237,7 @@ fn query_applied(sql: &str) -> Applied {
 fn apply_obs(obs: &str, misses: i32) -> Applied {
     query_applied(&format!(
         "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
-                (a).conflicted, (a).events::bigint
+                (a).conflicted, (a).events::bigint, NULL::text
            FROM (SELECT twitch_sync.apply_observations({obs}, {misses}, false) AS a) x"
     ))
 }
@@ -251,10 +253,9 @@ fn apply(checked: &[&str], live: &[(&str, &str, i32)], misses: i32) -> Applied {
         checked.iter().filter(|c| !live.iter().any(|l| l.1 == **c)).map(|c| q(c)).collect();
     let sql = format!(
         "SELECT (a).live::bigint, (a).updated::bigint, (a).started::bigint, (a).ended::bigint,
-                (a).conflicted, (a).events::bigint
+                (a).conflicted, (a).events::bigint, p.error
            FROM twitch_sync.apply_poll(clock_timestamp(), {bid}, {sid}, {login}, {vc}, {title}, {gid},
-                                       {gname}, {lang}, {started}, {not_listed}, {misses}, false) AS p(a, error)
-          WHERE p.error IS NULL",
+                                       {gname}, {lang}, {started}, {not_listed}, {misses}, false) AS p(a, error)",
         bid = arr(live.iter().map(|l| q(l.1)).collect(), "text"),
         sid = arr(live.iter().map(|l| q(l.0)).collect(), "text"),
         login = arr(live.iter().map(|_| "NULL".into()).collect(), "text"),

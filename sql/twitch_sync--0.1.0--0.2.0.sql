@@ -1167,8 +1167,10 @@ BEGIN
                      WHERE o.state <> 'live'
                         OR o.broadcaster_id NOT IN (SELECT c FROM unnest(continuing) c)) END;
         IF EXISTS (SELECT 1 FROM unnest(rest) o WHERE o.source = 'poll') THEN
-            -- a channel untracked (or disabled) while a run was in flight:
-            -- what the run saw of it is not written
+            -- a channel untracked (or disabled) while a run was in flight: no
+            -- broadcast is started, reopened or ended from what the run saw of
+            -- it (a disabled channel's live row, still live, did take its sample
+            -- in update_continuing; untrack() ends the live row first)
             rest := ARRAY(SELECT o FROM unnest(rest) o
                            WHERE o.source <> 'poll'
                               OR EXISTS (SELECT 1 FROM twitch_sync.channels c
@@ -1257,7 +1259,8 @@ $$;
 
 -- One poll chunk through the transition layer, in a subtransaction: the
 -- live streams Helix listed (columns of the same length, one element per
--- stream; `login` only where it differs from the stored one) and the checked
+-- stream and at most one per broadcaster, as for apply_observations; `login`
+-- only where it differs from the stored one) and the checked
 -- channels it did not list that may have a live row. The streams that
 -- continue their broadcast go straight to continue_broadcasts (with their
 -- logins to update_logins); everything else becomes observations for
@@ -1309,7 +1312,8 @@ EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
     applied := NULL;
     error := pg_catalog.format('writing %s observations failed (SQLSTATE %s): %s',
-                               cardinality(broadcaster_id) + cardinality(not_listed), state,
+                               coalesce(cardinality(broadcaster_id), 0)
+                                   + coalesce(cardinality(not_listed), 0), state,
                                pg_catalog.left(message, 500));
 END
 $$;

@@ -8,6 +8,7 @@ use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
 use pgrx::pg_sys::PgOid;
 use pgrx::spi::{OwnedPreparedStatement, Spi};
 use std::collections::{HashMap, HashSet};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::adaptive::{PolledChannel, PollingReport};
@@ -411,7 +412,9 @@ thread_local! {
     /// writes up to about 33 chunks, and parsing and planning the call each
     /// time cost about 0.5 ms. Postgres' plan cache re-plans it if the
     /// function is replaced (an upgrade, or a reinstall in the same session).
-    static APPLY_POLL: once_cell::unsync::OnceCell<OwnedPreparedStatement> =
+    /// Never dropped (ManuallyDrop): its Drop would free the plan through
+    /// SPI at process exit, after Postgres has shut down.
+    static APPLY_POLL: once_cell::unsync::OnceCell<ManuallyDrop<OwnedPreparedStatement>> =
         const { once_cell::unsync::OnceCell::new() };
 }
 
@@ -467,9 +470,11 @@ pub fn apply_poll_chunk(
             .with(|prepared| {
                 let statement = prepared.get_or_try_init(|| {
                     let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-                    client.prepare_mut(APPLY_POLL_SQL, &types).map(|p| p.keep())
+                    client
+                        .prepare_mut(APPLY_POLL_SQL, &types)
+                        .map(|p| ManuallyDrop::new(p.keep()))
                 })?;
-                client.select(statement, None, &args)
+                client.select(&**statement, None, &args)
             })
             .map_err(internal)?;
         let row = rows

@@ -1,6 +1,7 @@
 //! A model-based test of the transition layer (issue 10): random, seeded
 //! sequences of observations go through `twitch_sync.apply_observations` over
-//! SQL, and after every step the database is compared with a plain reference
+//! SQL (every other poll chunk through `twitch_sync.apply_poll`, the columnar
+//! form run() writes with), and after every step the database is compared with a plain reference
 //! model written here from the documented rules (README "twitch_sync.run()",
 //! "Events", and the comments of sql/transitions.sql), not from the SQL:
 //!
@@ -584,6 +585,75 @@ impl Gen {
     }
 }
 
+/// Sends one poll step through apply_poll, as run() writes a chunk: the live
+/// observations as columns, the others as the channels not listed.
+fn send_poll(client: &mut Client, step: &Step) -> Applied {
+    let mut bid = Vec::new();
+    let mut sid = Vec::new();
+    let mut login: Vec<Option<String>> = Vec::new();
+    let mut viewers: Vec<Option<i32>> = Vec::new();
+    let mut title: Vec<Option<String>> = Vec::new();
+    let mut started: Vec<Option<f64>> = Vec::new();
+    let mut not_listed = Vec::new();
+    for o in &step.obs {
+        match o {
+            Obs::Live {
+                stream,
+                login: l,
+                viewers: v,
+                title: t,
+                started_at,
+                ..
+            } => {
+                bid.push(o.broadcaster().to_string());
+                sid.push(stream.clone());
+                login.push(l.clone());
+                viewers.push(*v);
+                title.push(t.clone());
+                started.push(started_at.map(|s| s as f64));
+            }
+            Obs::NotListed { broadcaster } => not_listed.push(broadcaster.clone()),
+            Obs::Offline { .. } => panic!("a poll step has no offline observation: {step}"),
+        }
+    }
+    let n = bid.len();
+    let none = vec![None::<String>; n];
+    let row = client
+        .query_one(
+            "SELECT (p.a).live, (p.a).updated, (p.a).started, (p.a).ended, (p.a).conflicted,
+                    (p.a).events, p.error
+               FROM twitch_sync.apply_poll(to_timestamp($1::float8), $2, $3, $4, $5, $6, $7, $7,
+                        $7, ARRAY(SELECT to_timestamp(s) FROM unnest($8::float8[]) WITH ORDINALITY
+                                      AS u(s, n) ORDER BY u.n),
+                        $9, $10, false) AS p(a, error)",
+            &[
+                &(step.at as f64),
+                &bid,
+                &sid,
+                &login,
+                &viewers,
+                &title,
+                &none,
+                &started,
+                &not_listed,
+                &step.misses,
+            ],
+        )
+        .expect("apply_poll");
+    let error: Option<String> = row.get(6);
+    assert_eq!(error, None, "apply_poll failed: {step}");
+    let mut conflicted: Vec<String> = row.get(4);
+    conflicted.sort();
+    Applied {
+        live: row.get(0),
+        updated: row.get(1),
+        started: row.get(2),
+        ended: row.get(3),
+        conflicted,
+        events: row.get(5),
+    }
+}
+
 /// Sends one step through apply_observations.
 fn send(client: &mut Client, step: &Step) -> Applied {
     let mut source = Vec::new();
@@ -793,7 +863,12 @@ fn run_seed(db: &mut TestDb, seed: u64, steps: usize, seen: &mut BTreeMap<String
     for n in 0..steps {
         let step = gen.step(&model, n + 1);
         trace.push(format!("step {}: {step}", n + 1));
-        let got = send(c, &step);
+        let via_apply_poll = step.source == "poll" && n % 2 == 0;
+        let got = if via_apply_poll {
+            send_poll(c, &step)
+        } else {
+            send(c, &step)
+        };
         let live_before: BTreeSet<String> = gen
             .ids
             .iter()
@@ -804,6 +879,9 @@ fn run_seed(db: &mut TestDb, seed: u64, steps: usize, seen: &mut BTreeMap<String
         // what this step exercised, so the test knows it covered each rule
         let mut tally = |k: String| *seen.entry(k).or_insert(0) += 1;
         tally(format!("{} step", step.source));
+        if via_apply_poll {
+            tally("poll step through apply_poll".into());
+        }
         if step.source == "poll" && step.obs.len() < CHANNELS {
             tally("failed batch (channels absent)".into());
         }
@@ -915,6 +993,7 @@ fn apply_observations_matches_the_reference_model() {
     if steps >= DEFAULT_STEPS {
         for k in [
             "poll step",
+            "poll step through apply_poll",
             "eventsub step",
             "failed batch (channels absent)",
             "online event",
