@@ -395,12 +395,6 @@ pub struct ChunkResult {
     pub error: Option<String>,
 }
 
-/// Microseconds since the Unix epoch as a timestamptz (None outside its range).
-fn timestamptz(unix_micros: i64) -> Option<TimestampWithTimeZone> {
-    const UNIX_TO_POSTGRES_EPOCH_MICROS: i64 = 946_684_800_000_000;
-    TimestampWithTimeZone::try_from(unix_micros.checked_sub(UNIX_TO_POSTGRES_EPOCH_MICROS)?).ok()
-}
-
 /// The call of twitch_sync.apply_poll that writes a chunk.
 const APPLY_POLL_SQL: &str = "SELECT (c.applied).live, (c.applied).updated, (c.applied).started,
         (c.applied).ended, (c.applied).conflicted, (c.applied).events, c.error
@@ -458,7 +452,7 @@ pub fn apply_poll_chunk(
         col(|s| &s.game_name).into(),
         col(|s| &s.language).into(),
         live.iter()
-            .map(|s| s.started_at.and_then(timestamptz))
+            .map(|s| s.started_at.and_then(crate::schedule::from_unix_micros))
             .collect::<Vec<Option<TimestampWithTimeZone>>>()
             .into(),
         not_listed.into(),

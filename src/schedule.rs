@@ -17,7 +17,8 @@ fn to_unix_micros(t: TimestampWithTimeZone) -> Option<i64> {
     micros.checked_add(PG_EPOCH_MICROS)
 }
 
-fn from_unix_micros(micros: i64) -> Option<TimestampWithTimeZone> {
+/// Microseconds since the Unix epoch as a timestamptz (None outside its range).
+pub(crate) fn from_unix_micros(micros: i64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from(micros.checked_sub(PG_EPOCH_MICROS)?).ok()
 }
 
