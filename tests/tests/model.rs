@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 use twitch_sync_core::rng::SplitMix64 as Rng;
-use twitch_sync_e2e::postgres::Client;
+use twitch_sync_e2e::postgres::{Client, Row};
 use twitch_sync_e2e::{world, TestDb};
 
 const CHANNELS: usize = 20;
@@ -585,63 +585,57 @@ impl Gen {
     }
 }
 
-/// Sends one poll step through apply_poll, as run() writes a chunk: the live
-/// observations as columns, the others as the channels not listed.
-fn send_poll(client: &mut Client, step: &Step) -> Applied {
-    let mut bid = Vec::new();
-    let mut sid = Vec::new();
-    let mut login: Vec<Option<String>> = Vec::new();
-    let mut viewers: Vec<Option<i32>> = Vec::new();
-    let mut title: Vec<Option<String>> = Vec::new();
-    let mut started: Vec<Option<f64>> = Vec::new();
-    let mut not_listed = Vec::new();
-    for o in &step.obs {
+/// A step's observations as columns, one element per observation: NULL
+/// fields for those that are not live.
+#[derive(Default)]
+struct Columns {
+    bid: Vec<String>,
+    state: Vec<String>,
+    sid: Vec<Option<String>>,
+    login: Vec<Option<String>>,
+    viewers: Vec<Option<i32>>,
+    title: Vec<Option<String>>,
+    started: Vec<Option<f64>>,
+}
+
+impl Columns {
+    fn push(&mut self, o: &Obs) {
+        self.bid.push(o.broadcaster().to_string());
         match o {
             Obs::Live {
                 stream,
-                login: l,
-                viewers: v,
-                title: t,
+                login,
+                viewers,
+                title,
                 started_at,
                 ..
             } => {
-                bid.push(o.broadcaster().to_string());
-                sid.push(stream.clone());
-                login.push(l.clone());
-                viewers.push(*v);
-                title.push(t.clone());
-                started.push(started_at.map(|s| s as f64));
+                self.state.push("live".into());
+                self.sid.push(Some(stream.clone()));
+                self.login.push(login.clone());
+                self.viewers.push(*viewers);
+                self.title.push(title.clone());
+                self.started.push(started_at.map(|s| s as f64));
             }
-            Obs::NotListed { broadcaster } => not_listed.push(broadcaster.clone()),
-            Obs::Offline { .. } => panic!("a poll step has no offline observation: {step}"),
+            Obs::NotListed { .. } | Obs::Offline { .. } => {
+                let state = if matches!(o, Obs::Offline { .. }) {
+                    "offline"
+                } else {
+                    "not_listed"
+                };
+                self.state.push(state.into());
+                self.sid.push(None);
+                self.login.push(None);
+                self.viewers.push(None);
+                self.title.push(None);
+                self.started.push(None);
+            }
         }
     }
-    let n = bid.len();
-    let none = vec![None::<String>; n];
-    let row = client
-        .query_one(
-            "SELECT (p.a).live, (p.a).updated, (p.a).started, (p.a).ended, (p.a).conflicted,
-                    (p.a).events, p.error
-               FROM twitch_sync.apply_poll(to_timestamp($1::float8), $2, $3, $4, $5, $6, $7, $7,
-                        $7, ARRAY(SELECT to_timestamp(s) FROM unnest($8::float8[]) WITH ORDINALITY
-                                      AS u(s, n) ORDER BY u.n),
-                        $9, $10, false) AS p(a, error)",
-            &[
-                &(step.at as f64),
-                &bid,
-                &sid,
-                &login,
-                &viewers,
-                &title,
-                &none,
-                &started,
-                &not_listed,
-                &step.misses,
-            ],
-        )
-        .expect("apply_poll");
-    let error: Option<String> = row.get(6);
-    assert_eq!(error, None, "apply_poll failed: {step}");
+}
+
+/// A twitch_sync.applied read from columns 0 to 5 of `row`.
+fn applied_from(row: &Row) -> Applied {
     let mut conflicted: Vec<String> = row.get(4);
     conflicted.sort();
     Applied {
@@ -654,53 +648,53 @@ fn send_poll(client: &mut Client, step: &Step) -> Applied {
     }
 }
 
-/// Sends one step through apply_observations.
-fn send(client: &mut Client, step: &Step) -> Applied {
-    let mut source = Vec::new();
-    let mut bid = Vec::new();
-    let mut state = Vec::new();
-    let mut sid: Vec<Option<String>> = Vec::new();
-    let mut login: Vec<Option<String>> = Vec::new();
-    let mut viewers: Vec<Option<i32>> = Vec::new();
-    let mut title: Vec<Option<String>> = Vec::new();
-    let mut started: Vec<Option<f64>> = Vec::new();
+/// Sends one poll step through apply_poll, as run() writes a chunk: the live
+/// observations as columns, the others as the channels not listed.
+fn send_poll(client: &mut Client, step: &Step) -> Applied {
+    let mut live = Columns::default();
+    let mut not_listed = Vec::new();
     for o in &step.obs {
-        source.push(step.source.to_string());
-        bid.push(o.broadcaster().to_string());
         match o {
-            Obs::Live {
-                stream,
-                login: l,
-                viewers: v,
-                title: t,
-                started_at,
-                ..
-            } => {
-                state.push("live".to_string());
-                sid.push(Some(stream.clone()));
-                login.push(l.clone());
-                viewers.push(*v);
-                title.push(t.clone());
-                started.push(started_at.map(|s| s as f64));
-            }
-            Obs::NotListed { .. } | Obs::Offline { .. } => {
-                state.push(
-                    if matches!(o, Obs::Offline { .. }) {
-                        "offline"
-                    } else {
-                        "not_listed"
-                    }
-                    .to_string(),
-                );
-                sid.push(None);
-                login.push(None);
-                viewers.push(None);
-                title.push(None);
-                started.push(None);
-            }
+            Obs::Live { .. } => live.push(o),
+            Obs::NotListed { broadcaster } => not_listed.push(broadcaster.clone()),
+            Obs::Offline { .. } => panic!("a poll step has no offline observation: {step}"),
         }
     }
-    let at = step.at as f64;
+    let none = vec![None::<String>; live.bid.len()];
+    let row = client
+        .query_one(
+            "SELECT (p.a).live, (p.a).updated, (p.a).started, (p.a).ended, (p.a).conflicted,
+                    (p.a).events, p.error
+               FROM twitch_sync.apply_poll(to_timestamp($1::float8), $2, $3, $4, $5, $6, $7, $7,
+                        $7, ARRAY(SELECT to_timestamp(s) FROM unnest($8::float8[]) WITH ORDINALITY
+                                      AS u(s, n) ORDER BY u.n),
+                        $9, $10, false) AS p(a, error)",
+            &[
+                &(step.at as f64),
+                &live.bid,
+                &live.sid,
+                &live.login,
+                &live.viewers,
+                &live.title,
+                &none,
+                &live.started,
+                &not_listed,
+                &step.misses,
+            ],
+        )
+        .expect("apply_poll");
+    let error: Option<String> = row.get(6);
+    assert_eq!(error, None, "apply_poll failed: {step}");
+    applied_from(&row)
+}
+
+/// Sends one step through apply_observations.
+fn send(client: &mut Client, step: &Step) -> Applied {
+    let mut obs = Columns::default();
+    for o in &step.obs {
+        obs.push(o);
+    }
+    let source = vec![step.source.to_string(); obs.bid.len()];
     let row = client
         .query_one(
             "SELECT (a).live, (a).updated, (a).started, (a).ended, (a).conflicted, (a).events
@@ -714,29 +708,20 @@ fn send(client: &mut Client, step: &Step) -> Applied {
                                                  started, n)
                          ORDER BY o.n), $10, false) AS a) x",
             &[
-                &at,
+                &(step.at as f64),
                 &source,
-                &bid,
-                &state,
-                &sid,
-                &login,
-                &viewers,
-                &title,
-                &started,
+                &obs.bid,
+                &obs.state,
+                &obs.sid,
+                &obs.login,
+                &obs.viewers,
+                &obs.title,
+                &obs.started,
                 &step.misses,
             ],
         )
         .expect("apply_observations");
-    let mut conflicted: Vec<String> = row.get(4);
-    conflicted.sort();
-    Applied {
-        live: row.get(0),
-        updated: row.get(1),
-        started: row.get(2),
-        ended: row.get(3),
-        conflicted,
-        events: row.get(5),
-    }
+    applied_from(&row)
 }
 
 struct DbState {
