@@ -43,7 +43,7 @@ struct Written {
     unknown_ids: Vec<String>,
     /// Chunks whose write failed (their subtransaction was rolled back).
     failures: Vec<BatchFailure>,
-    /// Channels live when the run started, with their logins (see db::DbState::live_at_start).
+    /// Channels live when the run started, with their logins (see db::LiveAtStart).
     live_at_start: db::LiveAtStart,
     /// The enabled channels, when a category is tracked (directory walks ask).
     tracked: Tracked,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use twitch_sync_e2e::helix_sim::tls::Alpn;
 use twitch_sync_e2e::helix_sim::world::WorldConfig;
 use twitch_sync_e2e::helix_sim::Config;
+use twitch_sync_e2e::postgres::types::ToSql;
+use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::serde_json::Value;
 use twitch_sync_e2e::{backend_private_memory_kib, TestDb};
 
@@ -83,6 +85,26 @@ fn runqueue_wait_ns(pid: i32) -> u64 {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("unexpected {path}: {stat:?}"))
+}
+
+/// The median of 3 timings of `statement` (after `setup`, not timed), each
+/// in its own transaction, rolled back.
+fn median_rolled_back(
+    client: &mut Client,
+    setup: &str,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> f64 {
+    let mut times = vec![];
+    for _ in 0..3 {
+        let mut tx = client.transaction().unwrap();
+        tx.batch_execute(setup).unwrap();
+        let t = Instant::now();
+        tx.execute(statement, params).unwrap();
+        times.push(t.elapsed().as_secs_f64());
+        tx.rollback().unwrap();
+    }
+    median(times)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -256,52 +278,36 @@ fn measure(s: &Scenario) -> Row {
             })
             .unzip()
     });
-    let mut sql_times = vec![];
-    for _ in 0..3 {
-        let mut tx = client.transaction().unwrap();
-        let t = Instant::now();
-        tx.execute(
-            "WITH i AS (SELECT * FROM unnest($1::text[], $2::int[]) AS i(stream_id, viewer_count)),
-                  u AS (UPDATE twitch_sync.streams s
-                           SET viewer_count = i.viewer_count,
-                               peak_viewer_count = greatest(s.peak_viewer_count, i.viewer_count),
-                               updated_at = now()
-                          FROM i WHERE s.stream_id = i.stream_id
-                        RETURNING s.stream_id, s.broadcaster_id, s.viewer_count)
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-             SELECT stream_id, broadcaster_id, clock_timestamp(), viewer_count FROM u",
-            &[&ids, &counts],
-        )
-        .unwrap();
-        sql_times.push(t.elapsed().as_secs_f64());
-        tx.rollback().unwrap();
-    }
+    let sql_floor = median_rolled_back(
+        &mut client,
+        "",
+        "WITH i AS (SELECT * FROM unnest($1::text[], $2::int[]) AS i(stream_id, viewer_count)),
+              u AS (UPDATE twitch_sync.streams s
+                       SET viewer_count = i.viewer_count,
+                           peak_viewer_count = greatest(s.peak_viewer_count, i.viewer_count),
+                           updated_at = now()
+                      FROM i WHERE s.stream_id = i.stream_id
+                    RETURNING s.stream_id, s.broadcaster_id, s.viewer_count)
+         INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+         SELECT stream_id, broadcaster_id, clock_timestamp(), viewer_count FROM u",
+        &[&ids, &counts],
+    );
     // The steady write alone: the one statement a steady poll's transition
     // amounts to (twitch_sync.continue_broadcasts: the live rows with their
     // analytics, their samples, title/category changes) over the same live
     // rows, one call, rolled back. What the database share spends beyond it
     // is reading, the rest of the layer, and recording the run.
-    let mut steady_times = vec![];
-    for _ in 0..3 {
-        let mut tx = client.transaction().unwrap();
-        tx.batch_execute(
-            "CREATE TEMP TABLE bench_live ON COMMIT DROP AS
-             SELECT array_agg(broadcaster_id) b, array_agg(stream_id) s, array_agg(viewer_count + 1) v,
-                    array_agg(title) t, array_agg(game_id) g, array_agg(game_name) n,
-                    array_agg(language) l, array_agg(started_at) a
-               FROM twitch_sync.streams WHERE is_live",
-        )
-        .unwrap();
-        let t = Instant::now();
-        tx.execute(
-            "SELECT twitch_sync.continue_broadcasts('poll', clock_timestamp(), b, s, v, t, g, n, l, a)
-               FROM bench_live",
-            &[],
-        )
-        .unwrap();
-        steady_times.push(t.elapsed().as_secs_f64());
-        tx.rollback().unwrap();
-    }
+    let steady_write = median_rolled_back(
+        &mut client,
+        "CREATE TEMP TABLE bench_live ON COMMIT DROP AS
+         SELECT array_agg(broadcaster_id) b, array_agg(stream_id) s, array_agg(viewer_count + 1) v,
+                array_agg(title) t, array_agg(game_id) g, array_agg(game_name) n,
+                array_agg(language) l, array_agg(started_at) a
+           FROM twitch_sync.streams WHERE is_live",
+        "SELECT twitch_sync.continue_broadcasts('poll', clock_timestamp(), b, s, v, t, g, n, l, a)
+           FROM bench_live",
+        &[],
+    );
 
     Row {
         name: s.name,
@@ -314,8 +320,8 @@ fn measure(s: &Scenario) -> Row {
         mem_growth_mib: (mem_after as f64 - mem_before as f64) / 1024.0,
         old,
         net_floor,
-        sql_floor: median(sql_times),
-        steady_write: median(steady_times),
+        sql_floor,
+        steady_write,
         cpu_wait: median(cpu_waits),
         target: s.target,
         db_target: s.db_target,
