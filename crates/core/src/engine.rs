@@ -7,7 +7,7 @@ use crate::concurrency::{in_flight_limit, Protocol};
 use crate::config::SyncConfig;
 use crate::discovery::{merge_directory, DirectoryWalk, WalkEnd, WalkReport};
 use crate::error::{redact, HelixError};
-use crate::ratelimit::{RateLimitSnapshot, RateLimiter};
+use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
 use crate::report::RunStatus;
 use crate::streams::{
     merge_batch, plan_batches, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
@@ -254,12 +254,18 @@ impl Pass {
             let (result, snapshot) = match answer {
                 Ok(a) => a,
                 Err(_) => {
-                    self.limiter.observe(ticket, None, false);
+                    self.limiter.observe(ticket, Heard::Nothing, false);
                     return Err(HelixError::Deadline);
                 }
             };
             let limited = matches!(result, Err(HelixError::RateLimited { .. }));
-            self.limiter.observe(ticket, snapshot, limited);
+            let heard = match (&result, snapshot) {
+                (Err(HelixError::Network { .. } | HelixError::Timeout { .. }), None) => {
+                    Heard::Nothing
+                }
+                (_, snapshot) => Heard::Answer(snapshot),
+            };
+            self.limiter.observe(ticket, heard, limited);
             let err = match result {
                 Ok(page) => return Ok(page),
                 Err(e) => e,
@@ -407,6 +413,20 @@ async fn mint(client: &TwitchClient, secret: &str) -> Result<CachedToken, HelixE
     })
 }
 
+/// How long before its expiry a token is replaced: `renew_before_expiry`, or
+/// half the life it had when it was minted or last validated if that is
+/// shorter. Twitch's app tokens live for weeks, but it documents no lifetime:
+/// a token issued for an hour is used for half an hour, not minted again by
+/// every run.
+fn renew_margin(token: &CachedToken, cfg: &SyncConfig) -> Duration {
+    let life = token
+        .validated_at
+        .and_then(|v| token.expires_at.duration_since(v).ok());
+    life.map_or(cfg.renew_before_expiry, |life| {
+        cfg.renew_before_expiry.min(life / 2)
+    })
+}
+
 /// Gets a usable token: the cached one if it is far from expiry and (hourly)
 /// still valid, else a new one.
 pub async fn prepare_token(
@@ -418,7 +438,7 @@ pub async fn prepare_token(
 ) -> Result<(CachedToken, bool), HelixError> {
     let now = SystemTime::now();
     let mint = || mint(client, secret);
-    let Some(mut token) = cached.filter(|t| t.expires_at > now + cfg.renew_before_expiry) else {
+    let Some(mut token) = cached.filter(|t| t.expires_at > now + renew_margin(t, cfg)) else {
         return Ok((mint().await?, true));
     };
     let due = token
@@ -432,7 +452,7 @@ pub async fn prepare_token(
         Ok(Validation::Valid { expires_in }) => {
             token.expires_at = now + expires_in;
             token.validated_at = Some(now);
-            if token.expires_at <= now + cfg.renew_before_expiry {
+            if token.expires_at <= now + renew_margin(&token, cfg) {
                 return Ok((mint().await?, true));
             }
             Ok((token, true))

@@ -152,8 +152,12 @@ impl RateLimiter {
         }
     }
 
-    /// Records the answer to the request of `ticket`.
-    pub fn observe(&self, ticket: Ticket, snap: Option<RateLimitSnapshot>, rate_limited: bool) {
+    /// Records what came back for the request of `ticket`.
+    pub fn observe(&self, ticket: Ticket, heard: Heard, rate_limited: bool) {
+        let (snap, answered) = match heard {
+            Heard::Nothing => (None, false),
+            Heard::Answer(snap) => (snap, true),
+        };
         let mut st = self.lock();
         st.in_flight = st.in_flight.saturating_sub(1);
         // Requests that finished while this one was in flight: they may have
@@ -174,10 +178,16 @@ impl RateLimiter {
             st.paused_until = Some(now + Duration::from_secs_f64(until));
         }
         let Some(snap) = snap else {
-            // No answer (a timeout, a dropped connection): Twitch may still
-            // count the request, at any time.
-            if !rate_limited {
+            if !answered {
+                // No answer (a timeout, a dropped connection): Twitch may still
+                // count the request, at any time.
                 st.unanswered += 1;
+            } else if st.points.is_none() && !rate_limited {
+                // An answer without the headers: Twitch counted the request when
+                // it answered (its point was reserved when it was sent). Until an
+                // answer carries them, the documented bucket stands in for them,
+                // less this request and those in flight; a 429 corrects it.
+                st.points = Some(f64::from(st.limit) - 1.0 - f64::from(st.in_flight));
             }
             return;
         };
@@ -226,6 +236,17 @@ impl RateLimiter {
     pub fn last_seen(&self) -> Option<RateLimitSnapshot> {
         self.lock().last
     }
+}
+
+/// What came back for a request, as [`RateLimiter::observe`] needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// No answer (a timeout, a dropped connection).
+    Nothing,
+    /// An answer, with its `Ratelimit-*` headers if it carried all three.
+    /// Twitch documents them on every answer; one without them neither
+    /// lowers the estimate nor leaves the requests that follow one at a time.
+    Answer(Option<RateLimitSnapshot>),
 }
 
 /// A reservation made by [`RateLimiter::acquire`], handed back to
@@ -310,7 +331,7 @@ mod tests {
         let quick = Instant::now() + Duration::from_millis(30);
         assert!(rl.acquire(quick).await.is_none());
         let reset = epoch_now() as u64 + 60;
-        rl.observe(t, Some(headers(800, 799, reset)), false);
+        rl.observe(t, Heard::Answer(Some(headers(800, 799, reset))), false);
         for _ in 0..799 {
             assert!(rl.acquire(far()).await.is_some());
         }
@@ -343,7 +364,7 @@ mod tests {
         let rl = RateLimiter::new(None);
         let t = rl.acquire(far()).await.unwrap();
         let reset = epoch_now() as u64 + 1;
-        rl.observe(t, Some(headers(800, 0, reset)), true);
+        rl.observe(t, Heard::Answer(Some(headers(800, 0, reset))), true);
         let before_reset = Instant::now() + Duration::from_millis(10);
         assert!(rl.acquire(before_reset).await.is_none());
     }
@@ -356,24 +377,24 @@ mod tests {
         let a = rl.acquire(far()).await.unwrap();
         let b = rl.acquire(far()).await.unwrap();
         // b says 700 while a is in flight: a may not be counted yet, so 699 are certain.
-        rl.observe(b, Some(snap(700)), false);
+        rl.observe(b, Heard::Answer(Some(snap(700))), false);
         assert_points(&rl, 699.0);
         // a, counted later (another client of the bucket spent points meanwhile),
         // lowers it.
-        rl.observe(a, Some(snap(5)), false);
+        rl.observe(a, Heard::Answer(Some(snap(5))), false);
         assert_points(&rl, 5.0);
         // d answers before c with more than the estimate: c is still in flight.
         let c = rl.acquire(far()).await.unwrap();
         let d = rl.acquire(far()).await.unwrap();
-        rl.observe(d, Some(snap(100)), false);
+        rl.observe(d, Heard::Answer(Some(snap(100))), false);
         assert_points(&rl, 99.0);
         // c finished after d, so d may have reached the server after c: c's 50
         // leaves 49 certain, and the estimate takes c's own reading, 50.
-        rl.observe(c, Some(snap(50)), false);
+        rl.observe(c, Heard::Answer(Some(snap(50))), false);
         assert_points(&rl, 50.0);
         // A request alone in flight: its answer counts everything, and sets it.
         let e = rl.acquire(far()).await.unwrap();
-        rl.observe(e, Some(snap(700)), false);
+        rl.observe(e, Heard::Answer(Some(snap(700))), false);
         assert_points(&rl, 700.0);
     }
 
@@ -388,7 +409,7 @@ mod tests {
         let rl = RateLimiter::new(Some((snap(100), SystemTime::now())));
         let tickets = reserve(&rl, 100).await;
         for (j, t) in tickets.into_iter().enumerate().rev() {
-            rl.observe(t, Some(snap(110 - (j as u32 + 1))), false);
+            rl.observe(t, Heard::Answer(Some(snap(110 - (j as u32 + 1)))), false);
         }
         assert_points(&rl, 10.0);
     }
@@ -402,8 +423,8 @@ mod tests {
         let rl = RateLimiter::new(Some((snap(2), SystemTime::now())));
         let t1 = rl.acquire(far()).await.unwrap();
         let t2 = rl.acquire(far()).await.unwrap();
-        rl.observe(t1, Some(snap(0)), false);
-        rl.observe(t2, Some(snap(1)), false);
+        rl.observe(t1, Heard::Answer(Some(snap(0))), false);
+        rl.observe(t2, Heard::Answer(Some(snap(1))), false);
         let p = rl.lock().points.unwrap();
         assert!(p < 0.5, "the server holds no point, the estimate says {p}");
     }
@@ -415,7 +436,7 @@ mod tests {
             SystemTime::now(),
         )));
         let t = rl.acquire(far()).await.unwrap();
-        rl.observe(t, None, true);
+        rl.observe(t, Heard::Answer(None), true);
         let soon = Instant::now() + Duration::from_millis(300);
         assert!(rl.acquire(soon).await.is_none());
     }
@@ -426,10 +447,43 @@ mod tests {
         let rl = RateLimiter::new(Some((headers(800, 10, reset), SystemTime::now())));
         // a times out; Twitch may count it after it answers b, sent alone later.
         let a = rl.acquire(far()).await.unwrap();
-        rl.observe(a, None, false);
+        rl.observe(a, Heard::Nothing, false);
         let b = rl.acquire(far()).await.unwrap();
-        rl.observe(b, Some(headers(800, 100, reset)), false);
+        rl.observe(b, Heard::Answer(Some(headers(800, 100, reset))), false);
         assert_points(&rl, 99.0);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_without_headers_fall_back_to_the_documented_bucket() {
+        // A Helix that sends no Ratelimit-* headers: after the first answer,
+        // requests go out together, not one at a time.
+        let rl = RateLimiter::new(None);
+        let t = rl.acquire(far()).await.unwrap();
+        rl.observe(t, Heard::Answer(None), false);
+        let quick = Instant::now() + Duration::from_millis(30);
+        for _ in 0..10 {
+            assert!(rl.acquire(quick).await.is_some());
+        }
+        assert_points(&rl, f64::from(DOCUMENTED_BUCKET_LIMIT) - 11.0);
+        assert_eq!(rl.last_seen(), None);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn error_answers_without_headers_do_not_lower_the_estimate() {
+        // 50 answers without headers (say, 500s), then one with them, sent alone:
+        // they were answered, so Twitch cannot count them later.
+        let reset = epoch_now() as u64 + 60;
+        let rl = RateLimiter::new(Some((headers(800, 800, reset), SystemTime::now())));
+        for _ in 0..50 {
+            let t = rl.acquire(far()).await.unwrap();
+            rl.observe(t, Heard::Answer(None), false);
+        }
+        let t = rl.acquire(far()).await.unwrap();
+        rl.observe(t, Heard::Answer(Some(headers(800, 749, reset))), false);
+        assert_points(&rl, 749.0);
+        let t = rl.acquire(far()).await.unwrap();
+        rl.observe(t, Heard::Answer(Some(headers(800, 748, reset))), false);
+        assert_points(&rl, 748.0);
     }
 
     #[test]
@@ -480,14 +534,14 @@ mod tests {
         let rate = || rl.lock().per_second;
         // 601 points missing, the bucket full 10-11 s from now: about 60 a second.
         let snap = |reset: f64| headers(800, 199, reset.ceil() as u64);
-        rl.observe(a, Some(snap(now + 10.0)), false);
+        rl.observe(a, Heard::Answer(Some(snap(now + 10.0))), false);
         let first = rate();
         assert!(first > 50.0 && first <= 60.0, "{first}");
         // A later reading whose reset was rounded up further says less: ignored.
-        rl.observe(b, Some(snap(now + 11.5)), false);
+        rl.observe(b, Heard::Answer(Some(snap(now + 11.5))), false);
         assert_eq!(rate(), first);
         // A tighter one is kept.
-        rl.observe(c, Some(snap(now + 9.5)), false);
+        rl.observe(c, Heard::Answer(Some(snap(now + 9.5))), false);
         assert!(rate() > first, "{} <= {first}", rate());
     }
 
@@ -499,7 +553,11 @@ mod tests {
         let reset = (epoch_now() + 2.0).ceil() as u64;
         let rl = RateLimiter::new(Some((headers(20, 4, reset), SystemTime::now())));
         let tickets: Vec<Ticket> = reserve(&rl, 4).await;
-        rl.observe(tickets[0], Some(headers(20, 0, reset)), false);
+        rl.observe(
+            tickets[0],
+            Heard::Answer(Some(headers(20, 0, reset))),
+            false,
+        );
         let p = rl.lock().points.unwrap();
         assert!((-3.01..=-2.9).contains(&p), "{p}");
         let t = Instant::now();

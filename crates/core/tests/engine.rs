@@ -124,6 +124,40 @@ fn a_reused_token_and_rate_limit_state_save_requests() {
 }
 
 #[test]
+fn a_token_issued_for_an_hour_is_reused_by_the_next_run() {
+    // Twitch documents no lifetime for app tokens: one issued for an hour
+    // (inside the hour-long renewal margin of weeks-long tokens) is still used
+    // for its first half, not minted again by every run.
+    let sim = start(
+        100,
+        0.3,
+        Config {
+            token_ttl: Duration::from_secs(3600),
+            ..Config::default()
+        },
+    );
+    let first = run(input(&sim, 100)).summary;
+    assert!(first.token_changed);
+    let mut next = input(&sim, 100);
+    next.token = first.token.clone();
+    let second = run(next).summary;
+    assert_eq!(second.fatal, None);
+    assert!(!second.token_changed);
+    assert_eq!(sim.counters().tokens_issued, 1);
+    // 2,600 s later, with less than half its life left, it is replaced.
+    let now = std::time::SystemTime::now();
+    let mut late = input(&sim, 100);
+    late.token = first.token.clone().map(|t| twitch_sync_core::CachedToken {
+        expires_at: now + Duration::from_secs(1000),
+        validated_at: Some(now - Duration::from_secs(2600)),
+        ..t
+    });
+    let third = run(late).summary;
+    assert!(third.token_changed);
+    assert_eq!(sim.counters().tokens_issued, 2);
+}
+
+#[test]
 fn failures_are_per_batch_and_redacted() {
     let sim = start(300, 0.3, Config::default());
     let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());

@@ -264,3 +264,24 @@ fn extra_ca_files_are_read_or_refused_with_the_reason() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_helix_without_rate_limit_headers_is_still_asked_concurrently() {
+    // No answer carries Ratelimit-* headers: after the first answer the client
+    // assumes Twitch's documented bucket (800 points) instead of asking one
+    // request at a time, and the server's real bucket still sends no 429.
+    let sim = start(10_000, Alpn::H2AndHttp1, 50);
+    let mut inp = warm(&sim, input(&sim));
+    inp.rate_limit = None;
+    sim.add_fault(helix_sim::Fault::new(
+        helix_sim::FaultKind::NoRateLimitHeaders,
+    ));
+    let (s, buffer) = run(inp);
+    assert_eq!(s.fatal, None);
+    assert!(s.failures.is_empty(), "{:?}", s.failures);
+    assert_eq!(buffer.checked.len(), 10_000);
+    let c = sim.counters();
+    assert_eq!(c.rate_limited, 0, "{c:?}");
+    assert!(c.max_in_flight >= 50, "{c:?}");
+    assert_eq!(s.rate_limit, None);
+}

@@ -133,6 +133,9 @@ pub enum FaultKind {
     /// Get Streams: pages hold at most `max` streams whatever `first` asks (as a
     /// Helix stand-in that pages more eagerly might).
     PageCap { max: usize },
+    /// Get Streams: the real answer without the `Ratelimit-*` headers (as a
+    /// Helix stand-in that does not send them might).
+    NoRateLimitHeaders,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -669,6 +672,9 @@ impl State {
             None => json!({}),
         };
         let body = json!({"data": data, "pagination": pagination});
+        if fault == Some(FaultKind::NoRateLimitHeaders) {
+            return Response::json(200, &body);
+        }
         with_limits(apply_body_fault(Response::json(200, &body), fault))
     }
 }
