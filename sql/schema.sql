@@ -324,8 +324,11 @@ $$;
 
 -- set_credentials(): the Twitch app's client id and secret. Replacing them
 -- drops the cached token, so the next run mints one for the new app.
+-- log_min_error_statement = panic: a refused call does not write its
+-- statement (with the secret in it) to the server log.
 CREATE FUNCTION twitch_sync.set_credentials(client_id text, client_secret text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET log_min_error_statement = panic AS $$
 BEGIN
     IF set_credentials.client_id IS NULL OR pg_catalog.btrim(set_credentials.client_id) = ''
        OR set_credentials.client_id ~ '[[:space:][:cntrl:]]' OR pg_catalog.length(set_credentials.client_id) > 256 THEN

@@ -1414,32 +1414,47 @@ BEGIN
 END
 $$;
 
+-- The schedule of schedule('auto'): every 10 minutes, or every minute with
+-- twitch_sync.adaptive_polling on (it decides per run what is due).
+CREATE FUNCTION twitch_sync.cron_auto_schedule() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
+                THEN '* * * * *' ELSE '*/10 * * * *' END
+$$;
+
 -- Raises, with the fix, unless pg_cron can schedule jobs from this database.
+-- When pg_cron runs in another database, the fix names this database's jobs
+-- after it: pg_cron's job names are one namespace per user, across databases,
+-- so scheduling a second database under the plain name would take over the
+-- first database's job.
 CREATE OR REPLACE FUNCTION twitch_sync.require_pg_cron() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cron_db text := pg_catalog.current_setting('cron.database_name', true);
+    here text := pg_catalog.current_database();
+    job text := twitch_sync.cron_job_name() || '-' || pg_catalog.current_database();
 BEGIN
     IF cron_db IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not loaded in this server'
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = pg_catalog.format('Add pg_cron to shared_preload_libraries, set cron.database_name = %L, '
-                      || 'restart PostgreSQL, then run CREATE EXTENSION pg_cron; in this database.',
-                      pg_catalog.current_database());
+                      || 'restart PostgreSQL, then run CREATE EXTENSION pg_cron; in this database.', here);
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
-        IF cron_db = pg_catalog.current_database() THEN
+        IF cron_db = here THEN
             RAISE EXCEPTION 'pg_cron is not installed in this database'
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Run CREATE EXTENSION pg_cron; as a superuser, then call this again.';
         END IF;
-        RAISE EXCEPTION 'pg_cron runs in database %, not in %', cron_db, pg_catalog.current_database()
+        RAISE EXCEPTION 'pg_cron runs in database %, not in %', cron_db, here
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = pg_catalog.format('Either set cron.database_name = %L and restart PostgreSQL, or connect '
-                      || 'to %I and run: SELECT cron.schedule_in_database(%L, '
-                      || '''*/10 * * * *'', ''SELECT twitch_sync.run()'', %L);',
-                      pg_catalog.current_database(), cron_db, twitch_sync.cron_job_name(),
-                      pg_catalog.current_database());
+                      || 'to %I and schedule this database''s jobs under their own names: '
+                      || 'SELECT cron.schedule_in_database(%L, %L, ''SELECT twitch_sync.run()'', %L); '
+                      || 'SELECT cron.schedule_in_database(%L, ''17 * * * *'', ''SELECT twitch_sync.maintain()'', %L); '
+                      || '(to remove them: SELECT cron.unschedule(%L); SELECT cron.unschedule(%L);)',
+                      here, cron_db, job, twitch_sync.cron_auto_schedule(), here,
+                      job || '-maintain', here, job, job || '-maintain');
     END IF;
 END
 $$;
@@ -1629,9 +1644,7 @@ BEGIN
     END IF;
     PERFORM twitch_sync.require_pg_cron();
     IF schedule = 'auto' THEN
-        -- adaptive polling decides per run what is due: run every minute
-        schedule := CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
-                         THEN '* * * * *' ELSE '*/10 * * * *' END;
+        schedule := twitch_sync.cron_auto_schedule();
     END IF;
     BEGIN
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
@@ -2930,4 +2943,8 @@ $$;
 
 -- As on a fresh install: nothing is readable or executable by PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
+-- set_credentials(): a refused call does not write its statement (with the
+-- secret in it) to the server log
+ALTER FUNCTION twitch_sync.set_credentials(text, text) SET log_min_error_statement = panic;
+
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;

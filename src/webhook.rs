@@ -207,8 +207,11 @@ fn handle(body: Option<&str>, given: Headers) -> Result<String, Refusal> {
         Err(DropReason::UnknownType) => return Err(Refusal::UnknownType),
         Err(r) if kind == "webhook_callback_verification" => return Err(Refusal::Challenge(r)),
         Err(r) => {
+            // The id is signed but otherwise unchecked (a bad one is a reason
+            // to drop): the warning shows at most its first 64 characters.
+            let shown: String = id.chars().take(64).collect();
             pgrx::warning!(
-                "twitch_sync: webhook message {id} ({kind}) dropped: {}",
+                "twitch_sync: webhook message {shown:?} ({kind}) dropped: {}",
                 reason_text(r)
             );
             format!("dropped: {}", reason_text(r))

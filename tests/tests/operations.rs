@@ -171,12 +171,28 @@ fn schedule_explains_what_is_missing() {
     assert_eq!(sqlstate(&err), "55000");
     let text = error_text(&err);
     assert!(text.contains("pg_cron runs in database postgres"), "{text}");
-    assert!(text.contains("cron.schedule_in_database"), "{text}");
+    // The fix schedules this database's jobs under names of their own: pg_cron
+    // job names span databases, and the plain name would take over the job of
+    // the database pg_cron runs in.
+    let job = format!("twitch-viewer-count-sync-{}", db.name);
+    for call in [
+        format!("cron.schedule_in_database('{job}', '*/10 * * * *', 'SELECT twitch_sync.run()', '{}')", db.name),
+        format!("cron.schedule_in_database('{job}-maintain', '17 * * * *', 'SELECT twitch_sync.maintain()', '{}')", db.name),
+        format!("cron.unschedule('{job}')"),
+        format!("cron.unschedule('{job}-maintain')"),
+    ] {
+        assert!(text.contains(&call), "{call} in {text}");
+    }
+    assert!(
+        !text.contains("'twitch-viewer-count-sync',"),
+        "never the plain name: {text}"
+    );
     let err = db
         .client
         .query_one("SELECT twitch_sync.unschedule()", &[])
         .unwrap_err();
     assert_eq!(sqlstate(&err), "55000");
+    assert!(error_text(&err).contains(&format!("cron.unschedule('{job}')")));
     // Without pg_cron here, what is missing is said first, whatever the
     // schedule (pg_cron judges schedules: pg_cron_runs_the_scheduled_job_for_real).
     let err = db

@@ -377,6 +377,24 @@ fn a_reader_role_cannot_reach_credentials_by_any_path() {
 }
 
 #[test]
+fn a_refused_set_credentials_call_leaves_the_secret_out_of_the_server_log() {
+    let mut db = TestDb::new(world(1, 0.0));
+    for sql in [
+        "SELECT twitch_sync.set_credentials('client-XYZC1', 'a secret with spaces XYZS1')",
+        "SELECT twitch_sync.set_credentials('a client id XYZC2', 'secretXYZS2')",
+    ] {
+        let e = db.client.batch_execute(sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{sql}: {}", error_text(&e));
+    }
+    let log = db.cluster().log();
+    // The refusals are logged (this is the server's log), their statements not.
+    assert!(log.contains("invalid client secret"), "{log}");
+    for marker in ["XYZC1", "XYZS1", "XYZC2", "XYZS2"] {
+        assert!(!log.contains(marker), "{marker} in the server log");
+    }
+}
+
+#[test]
 fn tls_certificates_are_verified() {
     // A local HTTPS server with a self-signed certificate: twitch_sync must refuse it.
     let dir = std::env::temp_dir().join(format!("twitch_sync_tls_{}", std::process::id()));

@@ -65,7 +65,13 @@ fn http_error(endpoint: &'static str, timeout_ms: u64, e: reqwest::Error) -> Hel
             timeout_ms,
         };
     }
-    // reqwest's text names the URL; ours carry no secrets (the token is a header).
+    // reqwest's text names the URL. Ours carry no secrets (the token is a
+    // header), but a Get Streams query holds 100 ids: the error names the
+    // URL without its query, short enough for runs.error and the dashboard.
+    let mut e = e;
+    if let Some(url) = e.url_mut() {
+        url.set_query(None);
+    }
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(&e);
     while let Some(s) = source {

@@ -158,6 +158,25 @@ fn a_token_issued_for_an_hour_is_reused_by_the_next_run() {
 }
 
 #[test]
+fn an_unreachable_helix_is_named_without_the_query() {
+    // A warm token, so only Get Streams is tried; nothing listens on port 1.
+    let sim = start(300, 0.3, Config::default());
+    let first = run(input(&sim, 300)).summary;
+    let mut inp = input(&sim, 300);
+    inp.token = first.token;
+    inp.config.helix_url = "http://127.0.0.1:1/helix".into();
+    inp.config.max_retries = 0;
+    let out = run(inp).summary;
+    assert_eq!(out.failures.len(), 3, "{:?}", out.failures);
+    for f in &out.failures {
+        assert!(f.error.contains("could not reach"), "{}", f.error);
+        assert!(f.error.contains("127.0.0.1:1/helix/streams"), "{}", f.error);
+        assert!(!f.error.contains("user_id"), "{}", f.error);
+        assert!(f.error.len() < 400, "{}", f.error);
+    }
+}
+
+#[test]
 fn failures_are_per_batch_and_redacted() {
     let sim = start(300, 0.3, Config::default());
     let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
