@@ -294,6 +294,10 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // Every twitch_sync.* setting is defined above: a misspelt one
+    // (SET twitch_sync.helix_ulr = ...) is an error, not a silent placeholder.
+    // SAFETY: called from _PG_init, after the definitions, with a static C string.
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"twitch_sync".as_ptr()) };
 }
 
 fn string(setting: &GucSetting<Option<CString>>) -> String {

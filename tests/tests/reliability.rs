@@ -569,4 +569,20 @@ fn errors_reach_users_as_clean_sql_errors_without_a_rust_backtrace() {
         "no backtrace in DETAIL: {}",
         error_text(&err)
     );
+    // A misspelt setting is refused (the prefix is reserved), not kept as a
+    // placeholder nothing reads; the real one still takes values.
+    db.client.batch_execute("RESET statement_timeout").unwrap();
+    let err = db
+        .client
+        .batch_execute("SET twitch_sync.helix_ulr = 'https://api.twitch.tv/helix'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42602", "{}", error_text(&err));
+    assert!(
+        error_text(&err).contains("twitch_sync.helix_ulr"),
+        "{}",
+        error_text(&err)
+    );
+    db.client
+        .batch_execute("SET twitch_sync.max_retries = 2")
+        .unwrap();
 }
