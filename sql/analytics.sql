@@ -222,10 +222,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a name from pg_timezone_names, such as ''UTC'' or ''Europe/Berlin''.';
     END IF;
-    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+    IF first_day IS NULL OR last_day IS NULL OR NOT pg_catalog.isfinite(first_day)
+       OR NOT pg_catalog.isfinite(last_day) OR last_day < first_day OR last_day - first_day > 3660 THEN
         RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+                  HINT = 'Pass finite days, first_day <= last_day, at most ten years apart.';
     END IF;
 END
 $$;
@@ -429,15 +430,17 @@ RETURNS TABLE (bucket_start timestamptz, min_viewers integer, avg_viewers double
                max_viewers integer, samples integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM twitch_sync.check_broadcaster_id(viewer_trend.broadcaster_id);
     IF bucket IS NULL OR bucket <= interval '0' OR bucket > interval '366 days'
        OR extract(month FROM bucket) <> 0 OR extract(year FROM bucket) <> 0 THEN
         RAISE EXCEPTION 'invalid bucket: %', coalesce(bucket::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a positive interval of days, hours, minutes or seconds, such as ''1 hour''.';
     END IF;
-    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time THEN
+    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time
+       OR NOT pg_catalog.isfinite(from_time) OR NOT pg_catalog.isfinite(to_time) THEN
         RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass from_time < to_time.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite times, from_time < to_time.';
     END IF;
     IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
         RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
@@ -470,9 +473,10 @@ BEGIN
         RAISE EXCEPTION 'invalid limit: %', coalesce(n::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a limit from 1 to 10,000.';
     END IF;
-    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day THEN
+    IF first_day IS NULL OR last_day IS NULL OR NOT pg_catalog.isfinite(first_day)
+       OR NOT pg_catalog.isfinite(last_day) OR last_day < first_day THEN
         RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass first_day <= last_day.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite days, first_day <= last_day.';
     END IF;
     RETURN QUERY
     WITH t AS (

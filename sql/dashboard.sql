@@ -69,6 +69,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
          WHERE m * p >= v * (1 - 1e-9)) END
 $$;
 
+-- The range of the dashboard and its panels: a positive interval of at most
+-- ten years (SQLSTATE 22023 otherwise). Returns it.
+CREATE FUNCTION twitch_sync.dashboard_range("range" interval) RETURNS interval
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF dashboard_range.range IS NULL OR dashboard_range.range <= interval '0'
+       OR dashboard_range.range > interval '3660 days' THEN
+        RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard_range.range::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
+                      || 'the page covers that much time up to now.';
+    END IF;
+    RETURN dashboard_range.range;
+END
+$$;
+
 -- Hours watched per UTC day over the last `range`, by the analytics rules
 -- (README "Analytics"; twitch_sync.sample_intervals): a sample's count holds
 -- until the broadcast's next sample within twitch_sync.max_sample_gap_secs;
@@ -79,7 +95,7 @@ CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24
 RETURNS TABLE (day date, hours_watched numeric)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH bounds AS (
-        SELECT pg_catalog.now() - $1 AS t0, pg_catalog.now() AS t1
+        SELECT pg_catalog.now() - twitch_sync.dashboard_range($1) AS t0, pg_catalog.now() AS t1
     ), seg AS (
         SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
                i.viewer_count::float8 AS viewers
@@ -266,13 +282,7 @@ DECLARE
     c4 text;
     c5 text;
 BEGIN
-    IF dashboard.range IS NULL OR dashboard.range <= interval '0' OR dashboard.range > interval '3660 days' THEN
-        RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard.range::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
-                      || 'the page covers that much time up to now.';
-    END IF;
-    t0 := t1 - dashboard.range;
+    t0 := t1 - twitch_sync.dashboard_range(dashboard.range);
     span := pg_catalog.date_part('epoch', t1 - t0);
     -- run histogram bars: a round width giving at most 60 bars
     SELECT coalesce(min(c), pg_catalog.ceil(span / 60 / 86400) * 86400) INTO bucket

@@ -27,6 +27,19 @@ COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lower
 CREATE DOMAIN twitch_sync.broadcaster_id AS text
     CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
 COMMENT ON DOMAIN twitch_sync.broadcaster_id IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+-- Raises SQLSTATE 22023, saying what a broadcaster id looks like, unless id is one.
+CREATE FUNCTION twitch_sync.check_broadcaster_id(id text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(id), false) THEN
+        RAISE EXCEPTION 'invalid broadcaster id: %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(id, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A broadcaster id is Twitch''s numeric user id as text: 1 to 20 digits, no '
+                      || 'leading zero, no spaces, such as ''141981764''. Helix Get Users returns it.';
+    END IF;
+END
+$$;
 
 -- Channels to keep current. Bulk-tracking with INSERT ... SELECT goes through
 -- the same validation as track() (trigger below).
@@ -229,13 +242,7 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts_alert_id_seq', ''
 CREATE FUNCTION twitch_sync.channels_validate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT coalesce(twitch_sync.is_broadcaster_id(NEW.broadcaster_id), false) THEN
-        RAISE EXCEPTION 'invalid broadcaster id: %',
-                coalesce(pg_catalog.quote_literal(pg_catalog.left(NEW.broadcaster_id, 40)), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A broadcaster id is Twitch''s numeric user id as text: 1 to 20 digits, no '
-                      || 'leading zero, no spaces, such as ''141981764''. Helix Get Users returns it.';
-    END IF;
+    PERFORM twitch_sync.check_broadcaster_id(NEW.broadcaster_id);
     IF NEW.login IS NOT NULL THEN
         NEW.login := pg_catalog.lower(NEW.login);
         IF NOT twitch_sync.is_login(NEW.login) THEN
@@ -262,10 +269,12 @@ CREATE TRIGGER channels_validate_update BEFORE UPDATE OF broadcaster_id, login, 
     EXECUTE FUNCTION twitch_sync.channels_validate();
 
 -- set_priority(): 0 (the default) to 10; with adaptive polling a channel's
--- interval is divided by 1 + priority. Returns false for an untracked channel.
+-- interval is divided by 1 + priority. Returns false for an untracked channel
+-- (22023 for what cannot be a broadcaster id, as track()).
 CREATE FUNCTION twitch_sync.set_priority(broadcaster_id text, priority integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM twitch_sync.check_broadcaster_id(set_priority.broadcaster_id);
     IF priority IS NULL OR priority NOT BETWEEN 0 AND 10 THEN
         RAISE EXCEPTION 'invalid priority: %', coalesce(priority::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -306,12 +315,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
-    IF NOT coalesce(twitch_sync.is_broadcaster_id(untrack.broadcaster_id), false) THEN
-        RAISE EXCEPTION 'invalid broadcaster id: %',
-                coalesce(pg_catalog.quote_literal(pg_catalog.left(untrack.broadcaster_id, 40)), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A broadcaster id is Twitch''s numeric user id as text, such as ''141981764''.';
-    END IF;
+    PERFORM twitch_sync.check_broadcaster_id(untrack.broadcaster_id);
     PERFORM twitch_sync.apply_observations(
         ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
                   NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],

@@ -47,6 +47,19 @@ COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lower
 CREATE DOMAIN twitch_sync.broadcaster_id AS text
     CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
 COMMENT ON DOMAIN twitch_sync.broadcaster_id IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+-- Raises SQLSTATE 22023, saying what a broadcaster id looks like, unless id is one.
+CREATE FUNCTION twitch_sync.check_broadcaster_id(id text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce(twitch_sync.is_broadcaster_id(id), false) THEN
+        RAISE EXCEPTION 'invalid broadcaster id: %',
+                coalesce(pg_catalog.quote_literal(pg_catalog.left(id, 40)), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A broadcaster id is Twitch''s numeric user id as text: 1 to 20 digits, no '
+                      || 'leading zero, no spaces, such as ''141981764''. Helix Get Users returns it.';
+    END IF;
+END
+$$;
 
 -- channels checks its ids and logins with the functions above.
 ALTER TABLE twitch_sync.channels
@@ -59,13 +72,7 @@ ALTER TABLE twitch_sync.channels
 CREATE OR REPLACE FUNCTION twitch_sync.channels_validate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT coalesce(twitch_sync.is_broadcaster_id(NEW.broadcaster_id), false) THEN
-        RAISE EXCEPTION 'invalid broadcaster id: %',
-                coalesce(pg_catalog.quote_literal(pg_catalog.left(NEW.broadcaster_id, 40)), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A broadcaster id is Twitch''s numeric user id as text: 1 to 20 digits, no '
-                      || 'leading zero, no spaces, such as ''141981764''. Helix Get Users returns it.';
-    END IF;
+    PERFORM twitch_sync.check_broadcaster_id(NEW.broadcaster_id);
     IF NEW.login IS NOT NULL THEN
         NEW.login := pg_catalog.lower(NEW.login);
         IF NOT twitch_sync.is_login(NEW.login) THEN
@@ -366,10 +373,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a name from pg_timezone_names, such as ''UTC'' or ''Europe/Berlin''.';
     END IF;
-    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day OR last_day - first_day > 3660 THEN
+    IF first_day IS NULL OR last_day IS NULL OR NOT pg_catalog.isfinite(first_day)
+       OR NOT pg_catalog.isfinite(last_day) OR last_day < first_day OR last_day - first_day > 3660 THEN
         RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass first_day <= last_day, at most ten years apart.';
+                  HINT = 'Pass finite days, first_day <= last_day, at most ten years apart.';
     END IF;
 END
 $$;
@@ -573,15 +581,17 @@ RETURNS TABLE (bucket_start timestamptz, min_viewers integer, avg_viewers double
                max_viewers integer, samples integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM twitch_sync.check_broadcaster_id(viewer_trend.broadcaster_id);
     IF bucket IS NULL OR bucket <= interval '0' OR bucket > interval '366 days'
        OR extract(month FROM bucket) <> 0 OR extract(year FROM bucket) <> 0 THEN
         RAISE EXCEPTION 'invalid bucket: %', coalesce(bucket::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a positive interval of days, hours, minutes or seconds, such as ''1 hour''.';
     END IF;
-    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time THEN
+    IF from_time IS NULL OR to_time IS NULL OR to_time <= from_time
+       OR NOT pg_catalog.isfinite(from_time) OR NOT pg_catalog.isfinite(to_time) THEN
         RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass from_time < to_time.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite times, from_time < to_time.';
     END IF;
     IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
         RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
@@ -614,9 +624,10 @@ BEGIN
         RAISE EXCEPTION 'invalid limit: %', coalesce(n::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass a limit from 1 to 10,000.';
     END IF;
-    IF first_day IS NULL OR last_day IS NULL OR last_day < first_day THEN
+    IF first_day IS NULL OR last_day IS NULL OR NOT pg_catalog.isfinite(first_day)
+       OR NOT pg_catalog.isfinite(last_day) OR last_day < first_day THEN
         RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass first_day <= last_day.';
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite days, first_day <= last_day.';
     END IF;
     RETURN QUERY
     WITH t AS (
@@ -1337,12 +1348,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
-    IF NOT coalesce(twitch_sync.is_broadcaster_id(untrack.broadcaster_id), false) THEN
-        RAISE EXCEPTION 'invalid broadcaster id: %',
-                coalesce(pg_catalog.quote_literal(pg_catalog.left(untrack.broadcaster_id, 40)), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A broadcaster id is Twitch''s numeric user id as text, such as ''141981764''.';
-    END IF;
+    PERFORM twitch_sync.check_broadcaster_id(untrack.broadcaster_id);
     PERFORM twitch_sync.apply_observations(
         ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
                   NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],
@@ -1354,10 +1360,12 @@ END
 $$;
 
 -- set_priority(): 0 (the default) to 10; with adaptive polling a channel's
--- interval is divided by 1 + priority. Returns false for an untracked channel.
+-- interval is divided by 1 + priority. Returns false for an untracked channel
+-- (22023 for what cannot be a broadcaster id, as track()).
 CREATE FUNCTION twitch_sync.set_priority(broadcaster_id text, priority integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    PERFORM twitch_sync.check_broadcaster_id(set_priority.broadcaster_id);
     IF priority IS NULL OR priority NOT BETWEEN 0 AND 10 THEN
         RAISE EXCEPTION 'invalid priority: %', coalesce(priority::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -1765,6 +1773,22 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
          WHERE m * p >= v * (1 - 1e-9)) END
 $$;
 
+-- The range of the dashboard and its panels: a positive interval of at most
+-- ten years (SQLSTATE 22023 otherwise). Returns it.
+CREATE FUNCTION twitch_sync.dashboard_range("range" interval) RETURNS interval
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF dashboard_range.range IS NULL OR dashboard_range.range <= interval '0'
+       OR dashboard_range.range > interval '3660 days' THEN
+        RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard_range.range::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
+                      || 'the page covers that much time up to now.';
+    END IF;
+    RETURN dashboard_range.range;
+END
+$$;
+
 -- Hours watched per UTC day over the last `range`, by the analytics rules
 -- (README "Analytics"; twitch_sync.sample_intervals): a sample's count holds
 -- until the broadcast's next sample within twitch_sync.max_sample_gap_secs;
@@ -1775,7 +1799,7 @@ CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24
 RETURNS TABLE (day date, hours_watched numeric)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH bounds AS (
-        SELECT pg_catalog.now() - $1 AS t0, pg_catalog.now() AS t1
+        SELECT pg_catalog.now() - twitch_sync.dashboard_range($1) AS t0, pg_catalog.now() AS t1
     ), seg AS (
         SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
                i.viewer_count::float8 AS viewers
@@ -1962,13 +1986,7 @@ DECLARE
     c4 text;
     c5 text;
 BEGIN
-    IF dashboard.range IS NULL OR dashboard.range <= interval '0' OR dashboard.range > interval '3660 days' THEN
-        RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard.range::text, 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
-                      || 'the page covers that much time up to now.';
-    END IF;
-    t0 := t1 - dashboard.range;
+    t0 := t1 - twitch_sync.dashboard_range(dashboard.range);
     span := pg_catalog.date_part('epoch', t1 - t0);
     -- run histogram bars: a round width giving at most 60 bars
     SELECT coalesce(min(c), pg_catalog.ceil(span / 60 / 86400) * 86400) INTO bucket

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 use twitch_sync_core::rng::SplitMix64 as Rng;
 use twitch_sync_e2e::postgres::Client;
-use twitch_sync_e2e::{sqlstate, world, TestDb};
+use twitch_sync_e2e::{error_text, sqlstate, world, TestDb};
 
 const GAP_SECS: f64 = 900.0;
 const GAMES: &[(&str, &str)] = &[
@@ -658,8 +658,70 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
         ("SELECT * FROM twitch_sync.top_channels(current_date, current_date, 'airtime', 0)", "limit"),
         ("SELECT * FROM twitch_sync.channel_days_in('Mars/Olympus', current_date, current_date)", "time zone"),
         ("SELECT * FROM twitch_sync.channel_days_in('UTC', current_date, current_date - 1)", "days"),
+        ("SELECT * FROM twitch_sync.viewer_trend('abc', now() - interval '1 day', now())", "id"),
+        ("SELECT * FROM twitch_sync.viewer_trend(NULL, now() - interval '1 day', now())", "NULL id"),
+        ("SELECT * FROM twitch_sync.viewer_trend('77', '-infinity', 'infinity')", "infinite range"),
+        ("SELECT * FROM twitch_sync.channel_days_in('UTC', '-infinity', 'infinity')", "infinite days"),
+        ("SELECT * FROM twitch_sync.category_days_in('UTC', current_date, 'infinity')", "infinite day"),
+        ("SELECT * FROM twitch_sync.top_channels('-infinity', 'infinity')", "infinite top days"),
+        ("SELECT twitch_sync.set_priority('abc', 1)", "priority of no broadcaster id"),
     ] {
         let e = c.query(sql, &[]).expect_err(what);
         assert_eq!(sqlstate(&e), "22023", "{what}: {e}");
+        assert!(
+            e.as_db_error().and_then(|d| d.hint()).is_some(),
+            "{what}: says what to pass: {e}"
+        );
     }
+
+    // A role with exactly the README's grants for an app that reads analytics.
+    c.batch_execute(
+        "CREATE ROLE analytics_reader LOGIN;
+         GRANT USAGE ON SCHEMA twitch_sync TO analytics_reader;
+         GRANT SELECT ON twitch_sync.streams, twitch_sync.channels, twitch_sync.viewer_samples,
+                         twitch_sync.channel_status, twitch_sync.events,
+                         twitch_sync.broadcasts, twitch_sync.live_now, twitch_sync.categories,
+                         twitch_sync.stream_changes, twitch_sync.channel_days, twitch_sync.category_days
+                      TO analytics_reader;
+         GRANT EXECUTE ON FUNCTION twitch_sync.viewer_trend(text, timestamptz, timestamptz, interval),
+                                   twitch_sync.top_channels(date, date, text, integer),
+                                   twitch_sync.channel_days_in(text, date, date),
+                                   twitch_sync.category_days_in(text, date, date),
+                                   twitch_sync.sample_intervals(timestamptz, timestamptz),
+                                   twitch_sync.sample_pieces(timestamptz, timestamptz, text),
+                                   twitch_sync.check_days_in(text, date, date),
+                                   twitch_sync.check_broadcaster_id(text),
+                                   twitch_sync.is_broadcaster_id(text),
+                                   twitch_sync.sample_gap() TO analytics_reader;",
+    )
+    .unwrap();
+    let mut reader = db.cluster().connect_as(&db.name, "analytics_reader");
+    let samples: i64 = reader
+        .query_one(
+            "SELECT sum(samples)::int8 FROM twitch_sync.viewer_trend('77', to_timestamp($1::float8), to_timestamp($1::float8) + interval '1 day')",
+            &[&(t0 as f64)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(samples, 5);
+    for call in [
+        "channel_days_in('UTC', x.d, x.d)",
+        "category_days_in('UTC', x.d, x.d)",
+        "top_channels(x.d, x.d)",
+    ] {
+        let sql = format!(
+            "SELECT count(*) FROM (SELECT (to_timestamp($1::float8) AT TIME ZONE 'UTC')::date AS d) x,
+                                 twitch_sync.{call}"
+        );
+        reader
+            .query_one(&sql, &[&(t0 as f64)])
+            .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
+    }
+    let e = reader
+        .query(
+            "SELECT * FROM twitch_sync.viewer_trend('abc', now() - interval '1 day', now())",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", error_text(&e));
 }

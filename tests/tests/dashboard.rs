@@ -565,6 +565,18 @@ fn hours_watched_per_day_from_samples() {
         (3..=4).contains(&days),
         "one row per UTC day in the range: {days}"
     );
+    // a range the dashboard refuses is refused here too, not an empty answer
+    for bad in ["-1 day", "0 seconds", "11 years"] {
+        tx.batch_execute("SAVEPOINT bad_range").unwrap();
+        let e = tx
+            .query(
+                "SELECT * FROM twitch_sync.dashboard_hours_per_day($1::text::interval)",
+                &[&bad],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{bad}: {e}");
+        tx.batch_execute("ROLLBACK TO SAVEPOINT bad_range").unwrap();
+    }
     // the same data with the gap closed counts it
     tx.batch_execute(
         "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
@@ -701,6 +713,7 @@ fn grafana_panels_run_against_a_populated_database() {
                              twitch_sync.viewer_samples, twitch_sync.rate_limit TO grafana_reader;
              GRANT EXECUTE ON FUNCTION twitch_sync.status(), twitch_sync.alert_hint(text),
                                        twitch_sync.dashboard_hours_per_day(interval),
+                                       twitch_sync.dashboard_range(interval),
                                        twitch_sync.sample_intervals(timestamptz, timestamptz),
                                        twitch_sync.sample_gap() TO grafana_reader;",
         )
