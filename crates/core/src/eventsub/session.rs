@@ -17,7 +17,8 @@
 //!   again every [`ShardConfig::assign_retry`] while
 //!   [`ShardConfig::assign_deadline`] (10 s from the welcome) allows; after
 //!   that the socket is closed and a new one opened (backoff).
-//! - **Keepalive**: any frame resets the timer; nothing for
+//! - **Keepalive**: any text frame resets the timer, also one that is then
+//!   dropped unparsed ([`Shard::on_frame`]); pings do not; nothing for
 //!   `keepalive_timeout_seconds` + [`ShardConfig::keepalive_grace`] (1 s by
 //!   default) means the connection is lost: close it, connect afresh.
 //! - **session_reconnect**: open the successor to the `reconnect_url`, keep
@@ -363,9 +364,27 @@ impl Shard {
         out.push(Action::Assign { session_id });
     }
 
-    /// A frame arrived on `socket`.
+    /// A text frame arrived on `socket`, whatever it holds: it restarts the
+    /// keepalive timer before anything judges it. Twitch sends a keepalive
+    /// only when it delivered nothing else within the window, so a frame the
+    /// client then drops (another subscription type, a bad field, too large)
+    /// proves the connection alive just as well. WebSocket pings do not come
+    /// here: Twitch says they don't reset the keepalive timer.
+    pub fn on_frame(&mut self, socket: SocketId, now: Instant) {
+        if let Some(s) = [self.primary.as_mut(), self.successor.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.id == socket)
+        {
+            s.last_frame = now;
+        }
+    }
+
+    /// A frame arrived on `socket` and parsed (it counts for the keepalive
+    /// timer as [`Shard::on_frame`] says).
     pub fn on_message(&mut self, socket: SocketId, env: Envelope, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        self.on_frame(socket, now);
         let is_primary = self.primary.as_ref().is_some_and(|s| s.id == socket);
         let is_successor = self.successor.as_ref().is_some_and(|s| s.id == socket);
         if !is_primary && !is_successor {
@@ -377,7 +396,6 @@ impl Shard {
             self.successor.as_mut()
         }
         .expect("checked above");
-        sock.last_frame = now;
         let welcomed = sock.welcome.is_some();
         match env.message {
             Message::Welcome(s) => {

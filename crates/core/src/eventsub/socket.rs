@@ -131,6 +131,26 @@ pub fn assign_result(
     }
 }
 
+/// One text frame from `socket`: it restarts the keepalive timer whatever it
+/// holds ([`Shard::on_frame`]), then it is parsed and handed to the shard, or
+/// dropped and counted.
+fn on_frame(
+    shard: &mut Shard,
+    drops: &mut DropStats,
+    socket: SocketId,
+    text: &str,
+    now: Instant,
+) -> Vec<Action> {
+    shard.on_frame(socket, now);
+    match parse_message(text) {
+        Ok(env) => shard.on_message(socket, env, now),
+        Err(r) => {
+            drops.count(r);
+            Vec::new()
+        }
+    }
+}
+
 /// Runs one conduit shard until `stop` fires: connects, assigns, follows
 /// reconnects, and sends every notification or revocation to `deliver`
 /// (admission — dedup, freshness, order — is the receiver's job).
@@ -213,10 +233,7 @@ pub async fn run_shard_with_token(
             }
             Some(ev) = ev_rx.recv() => {
                 actions = match ev {
-                    SocketEvent::Frame(id, text) => match parse_message(&text) {
-                        Ok(env) => shard.on_message(id, env, Instant::now()),
-                        Err(r) => { drops.count(r); Vec::new() }
-                    },
+                    SocketEvent::Frame(id, text) => on_frame(&mut shard, &mut drops, id, &text, Instant::now()),
                     SocketEvent::Closed(id, code) => {
                         sockets.remove(&id);
                         shard.on_closed(id, code, Instant::now())
@@ -230,5 +247,61 @@ pub async fn run_shard_with_token(
                 actions = shard.on_assigned(&session, result, Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventsub::message::{Message, SessionInfo};
+
+    /// A shard welcomed as `s1` (keepalive 10 s) and assigned at `t0`, and its socket.
+    fn assigned(t0: Instant) -> (Shard, SocketId) {
+        let cfg = ShardConfig {
+            base_url: "ws://127.0.0.1:1/ws".into(),
+            ..ShardConfig::default()
+        };
+        let mut sh = Shard::new(cfg, 7, t0);
+        let sock = match sh.on_timer(t0).as_slice() {
+            [Action::Connect { socket, .. }] => *socket,
+            a => panic!("{a:?}"),
+        };
+        let welcome = Envelope {
+            message_id: "m".into(),
+            message_timestamp: 0,
+            message: Message::Welcome(SessionInfo {
+                id: "s1".into(),
+                keepalive_timeout_seconds: Some(10),
+                reconnect_url: None,
+                connected_at: None,
+            }),
+        };
+        sh.on_message(sock, welcome, t0);
+        sh.on_assigned("s1", Ok(()), t0);
+        assert!(sh.is_connected());
+        (sh, sock)
+    }
+
+    #[test]
+    fn a_dropped_frame_still_resets_the_keepalive_timer() {
+        let t0 = Instant::now();
+        let (mut sh, sock) = assigned(t0);
+        let before = sh.next_wakeup().expect("a keepalive deadline");
+        let mut drops = DropStats::default();
+        // Twitch sent something, so it had no reason to send a keepalive: the
+        // connection is alive even if the client cannot use what came.
+        let other_type = r#"{"metadata":{"message_id":"m2","message_type":"notification","message_timestamp":"2026-01-01T00:00:00Z","subscription_type":"channel.update","subscription_version":"2"},"payload":{}}"#;
+        let too_large = "x".repeat(super::super::message::MAX_FRAME_BYTES + 1);
+        let t = t0 + Duration::from_secs(9);
+        for frame in [other_type, "not json", too_large.as_str()] {
+            assert!(on_frame(&mut sh, &mut drops, sock, frame, t).is_empty());
+        }
+        assert_eq!(
+            (drops.unsupported, drops.malformed, drops.too_large),
+            (1, 1, 1)
+        );
+        assert_eq!(sh.next_wakeup(), Some(before + Duration::from_secs(9)));
+        assert!(sh.on_timer(before).is_empty(), "no keepalive timeout");
+        assert!(sh.is_connected());
     }
 }
