@@ -116,6 +116,10 @@ pub struct ShardView {
     pub stats: ShardStats,
     pub drops: DropStats,
     pub last_assign_error: Option<String>,
+    /// Shard assignments Twitch refused with 401: each asks the token's owner
+    /// (who holds the sender of [`run_shard_with_token`]'s token) for a new
+    /// token; the background worker mints one when this grows.
+    pub token_refused: u64,
 }
 
 /// The outcome of one PATCH for one shard, as the state machine wants it.
@@ -151,6 +155,31 @@ fn on_frame(
     }
 }
 
+/// The token to retry a refused (401) assignment with, once: a token that
+/// already replaced `used` is taken at once; otherwise the owner is asked
+/// ([`ShardView::token_refused`]) and its new token awaited for at most
+/// `wait` (the state machine drops the socket at the assignment deadline
+/// anyway). None when no new token can come (the sender is gone: a fixed
+/// token) or none came in time; the 401 then stands.
+async fn renewed_token(
+    token: &mut watch::Receiver<String>,
+    used: &str,
+    view: &Mutex<ShardView>,
+    wait: Duration,
+) -> Option<String> {
+    if token.borrow().as_str() != used {
+        return Some(token.borrow_and_update().clone());
+    }
+    if token.has_changed().is_err() {
+        return None;
+    }
+    view.lock().unwrap_or_else(|e| e.into_inner()).token_refused += 1;
+    match tokio::time::timeout(wait, token.changed()).await {
+        Ok(Ok(())) => Some(token.borrow_and_update().clone()),
+        _ => None,
+    }
+}
+
 /// Runs one conduit shard until `stop` fires: connects, assigns, follows
 /// reconnects, and sends every notification or revocation to `deliver`
 /// (admission — dedup, freshness, order — is the receiver's job).
@@ -162,13 +191,18 @@ pub async fn run_shard(
     view: Arc<Mutex<ShardView>>,
     stop: oneshot::Receiver<()>,
 ) {
-    let (_keep, token) = watch::channel(token);
+    // the sender goes at once: nobody renews a fixed token, so a 401 on the
+    // assignment fails it without waiting for a new one
+    let (_, token) = watch::channel(token);
     run_shard_with_token(params, client, token, deliver, view, stop).await;
 }
 
 /// [`run_shard`] with a token that can change while it runs (the
 /// background worker mints a new one when Twitch refuses the old one): each
-/// assignment uses the latest.
+/// assignment uses the latest. A 401 on the assignment renews the token once
+/// and retries with it ([`renewed_token`]), within the 10 s Twitch gives a
+/// welcomed session: otherwise the socket would be dropped and every new
+/// one refused alike until some other call got a 401.
 pub async fn run_shard_with_token(
     params: ShardParams,
     client: Arc<TwitchClient>,
@@ -196,12 +230,23 @@ pub async fn run_shard_with_token(
                     }
                 }
                 Action::Assign { session_id } => {
-                    let (client, token, tx) =
-                        (client.clone(), token.borrow().clone(), as_tx.clone());
+                    let (client, mut token, tx, view) =
+                        (client.clone(), token.clone(), as_tx.clone(), view.clone());
                     let (conduit, shard_id) = (params.conduit_id.clone(), params.shard_id.clone());
+                    let wait = params.config.assign_deadline;
                     tokio::spawn(async move {
                         let pair = vec![(shard_id.clone(), session_id.clone())];
-                        let (r, _) = client.update_conduit_shards(&token, &conduit, &pair).await;
+                        let used = token.borrow_and_update().clone();
+                        let (mut r, _) = client.update_conduit_shards(&used, &conduit, &pair).await;
+                        if matches!(r, Err(HelixError::Unauthorized { .. })) {
+                            if let Some(fresh) = renewed_token(&mut token, &used, &view, wait).await
+                            {
+                                r = client
+                                    .update_conduit_shards(&fresh, &conduit, &pair)
+                                    .await
+                                    .0;
+                            }
+                        }
                         let _ = tx.send((session_id, assign_result(r, &shard_id)));
                     });
                 }
