@@ -200,9 +200,10 @@ struct Running {
     /// is found this way (README "EventSub").
     shard_check: Option<ShardCheck>,
     next_shard_check: Instant,
-    /// The shard's welcomes and dropped frames when last seen.
+    /// The shard's welcomes, dropped frames and token refusals when last seen.
     seen_welcomes: u64,
     seen_drops: u64,
+    seen_token_refused: u64,
     seen_session: Option<String>,
 }
 
@@ -622,6 +623,7 @@ impl Worker {
             next_shard_check: Instant::now() + gucs::eventsub_reconcile_every(),
             seen_welcomes: 0,
             seen_drops: 0,
+            seen_token_refused: 0,
             seen_session: None,
         });
         self.dirty = true;
@@ -789,12 +791,19 @@ impl Worker {
             r.seen_drops = v.drops.total();
             self.dirty = true;
         }
+        // Twitch refused the shard assignment's token (401): the shard waits
+        // for a new one to try again within the assignment's 10 s
+        let refused = v.token_refused > r.seen_token_refused;
+        r.seen_token_refused = v.token_refused;
         let (state, detail) = if v.connected {
             ("connected", None)
         } else {
             ("connecting", v.last_assign_error.clone())
         };
         self.set_state(state, detail);
+        if refused {
+            self.token_refused();
+        }
     }
 
     /// Asks Twitch for the shard's status every `eventsub_reconcile_secs`

@@ -7,14 +7,14 @@ use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Simulator};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use twitch_sync_core::client::TwitchClient;
 use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
 use twitch_sync_core::eventsub::helix::{CreateOutcome, SubscriptionFilter};
 use twitch_sync_core::eventsub::message::{Envelope, Message, StreamEvent};
 use twitch_sync_core::eventsub::now_micros;
 use twitch_sync_core::eventsub::session::ShardConfig;
-use twitch_sync_core::eventsub::socket::{run_shard, ShardParams, ShardView};
+use twitch_sync_core::eventsub::socket::{run_shard, run_shard_with_token, ShardParams, ShardView};
 use twitch_sync_core::{HelixError, SyncConfig};
 
 struct Rig {
@@ -89,6 +89,16 @@ impl Rig {
     /// A conduit with one shard, online and offline subscriptions for
     /// `channels`, and a shard running against the simulator.
     fn run(&self, channels: &[String], keepalive: u32) -> Running {
+        self.run_with(channels, keepalive, None)
+    }
+
+    /// [`Rig::run`], with a token its owner can replace when `token` is given.
+    fn run_with(
+        &self,
+        channels: &[String],
+        keepalive: u32,
+        token: Option<watch::Receiver<String>>,
+    ) -> Running {
         let conduit = self
             .rt
             .block_on(self.client.create_conduit(&self.token, 1))
@@ -120,14 +130,25 @@ impl Rig {
             shard_id: "0".into(),
             seed: 1,
         };
-        self.rt.spawn(run_shard(
-            params,
-            self.client.clone(),
-            self.token.clone(),
-            tx,
-            view.clone(),
-            stop_rx,
-        ));
+        let client = self.client.clone();
+        match token {
+            None => self.rt.spawn(run_shard(
+                params,
+                client,
+                self.token.clone(),
+                tx,
+                view.clone(),
+                stop_rx,
+            )),
+            Some(t) => self.rt.spawn(run_shard_with_token(
+                params,
+                client,
+                t,
+                tx,
+                view.clone(),
+                stop_rx,
+            )),
+        };
         let r = Running {
             rx,
             view,
@@ -239,14 +260,63 @@ fn silence_is_a_lost_connection_and_the_shard_is_reassigned() {
     let v = run.wait(Duration::from_secs(5), |v| {
         v.connected && v.session_id != first && v.stats.assigned == 2
     });
-    // keepalive (10 s) + grace (1 s) + a reconnect and a PATCH on loopback
+    // keepalive (10 s) + slack (2 s, a fifth) + a reconnect and a PATCH on loopback
     assert!(
-        t.elapsed() < Duration::from_secs(13),
+        t.elapsed() < Duration::from_secs(14),
         "{:?} {v:?}",
         t.elapsed()
     );
     r.sim.world(|w| w.go_live(&b));
     assert!(matches!(run.event(&r.rt), StreamEvent::Online { .. }));
+}
+
+#[test]
+fn a_401_on_the_assignment_renews_the_token_and_retries_on_the_same_socket() {
+    let r = rig(fast());
+    let b = channel(&r.sim, 7);
+    let (token_tx, token_rx) = watch::channel(r.token.clone());
+    let mut run = r.run_with(std::slice::from_ref(&b), 10, Some(token_rx));
+    let first = run.view.lock().unwrap().session_id.clone();
+    // Twitch stops accepting the token; the next assignment (of the new
+    // session after a drop) is refused with 401
+    r.sim.expire_tokens();
+    r.sim.es_fault(EsFault::DropSockets);
+    // the token's owner (the background worker) mints a new one when asked
+    run.wait(Duration::from_secs(5), |v| v.token_refused == 1);
+    let fresh =
+        r.rt.block_on(r.client.mint_token(&r.sim.client_secret()))
+            .unwrap()
+            .access_token;
+    token_tx.send(fresh).unwrap();
+    let v = run.wait(Duration::from_secs(5), |v| {
+        v.connected && v.session_id != first
+    });
+    assert_eq!(v.stats.connects, 2, "retried on the same socket: {v:?}");
+    assert_eq!(v.stats.assign_failures, 0, "{v:?}");
+    assert_eq!(v.stats.assigned, 2, "{v:?}");
+    assert_eq!(v.token_refused, 1, "{v:?}");
+    assert_eq!(v.last_assign_error, None, "{v:?}");
+    assert_eq!(r.sim.es_shards(&run.conduit)[0].1, "enabled");
+    r.sim.world(|w| w.go_live(&b));
+    assert!(matches!(run.event(&r.rt), StreamEvent::Online { .. }));
+}
+
+#[test]
+fn a_401_with_a_token_nobody_renews_drops_the_socket_at_once() {
+    let r = rig(fast());
+    let b = channel(&r.sim, 8);
+    let run = r.run(std::slice::from_ref(&b), 10);
+    r.sim.expire_tokens();
+    r.sim.es_fault(EsFault::DropSockets);
+    // run_shard's token is fixed: no wait for a new one, the assignment fails
+    let v = run.wait(Duration::from_secs(2), |v| v.stats.assign_failures >= 1);
+    assert_eq!(v.token_refused, 0, "{v:?}");
+    assert!(
+        v.last_assign_error
+            .as_deref()
+            .is_some_and(|e| e.contains("401")),
+        "{v:?}"
+    );
 }
 
 #[test]

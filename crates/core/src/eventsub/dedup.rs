@@ -10,7 +10,14 @@
 //!    [`Verdict::Stale`].
 //! 2. **Message id** seen within the window → [`Verdict::Duplicate`].
 //! 3. **Event key** ([`StreamEvent::event_key`]: online/offline + broadcaster +
-//!    stream id) seen within the window → [`Verdict::Duplicate`].
+//!    stream id) seen within the window → [`Verdict::Duplicate`]. The key
+//!    catches the same state delivered twice (resends keep their message id,
+//!    so check 2 is Twitch's dedupe); a change of state is news even when it
+//!    repeats an earlier one. So an admitted offline of a broadcaster forgets
+//!    its remembered online keys, and an admitted online its offline keys: a
+//!    flap that keeps its stream id (online → offline → online of stream 10)
+//!    is admitted whole, and an online repeated with no offline between is
+//!    still a duplicate.
 //! 4. **Order per broadcaster**: an event whose `message_timestamp` is older
 //!    than the last admitted event of the same broadcaster → [`Verdict::OutOfOrder`]
 //!    (an offline overtaken by a later online must not end the new broadcast).
@@ -76,7 +83,9 @@ impl SeenSet {
         if self.seen.contains_key(key) {
             return true;
         }
-        while self.seen.len() >= self.capacity {
+        // forgotten keys leave stale order entries behind: keep at most twice
+        // the capacity of them
+        while self.seen.len() >= self.capacity || self.order.len() >= 2 * self.capacity {
             match self.order.pop_front() {
                 Some((t, k)) => {
                     if self.seen.get(&k) == Some(&t) {
@@ -90,6 +99,15 @@ impl SeenSet {
         self.seen.insert(key.to_string(), now);
         self.order.push_back((now, key.to_string()));
         false
+    }
+
+    /// Forgets `key` (its order entry goes stale and is skipped).
+    pub fn forget(&mut self, key: &str) {
+        self.seen.remove(key);
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.seen.contains_key(key)
     }
 
     pub fn len(&self) -> usize {
@@ -128,6 +146,14 @@ pub struct Admission {
     /// [`MAX_AGE`] (anything older than that is stale anyway), at most `capacity`.
     last: HashMap<String, i64>,
     last_order: VecDeque<(i64, String)>,
+    /// Per broadcaster with keys to note: the event keys admitted since its
+    /// state last changed (true: online ones, false: offline ones), what its
+    /// next change of state forgets in `events`. Keys `events` no longer
+    /// holds are dropped when the broadcaster is next seen, and everywhere
+    /// once `capacity` keys were noted since the last sweep: at most twice
+    /// `capacity` keys.
+    state_keys: HashMap<String, (bool, Vec<String>)>,
+    added_since_sweep: usize,
     capacity: usize,
     pub stats: AdmissionStats,
 }
@@ -147,6 +173,8 @@ impl Admission {
             events: SeenSet::new(capacity, remember.max(MAX_AGE)),
             last: HashMap::new(),
             last_order: VecDeque::new(),
+            state_keys: HashMap::new(),
+            added_since_sweep: 0,
             capacity: capacity.max(1),
             stats: AdmissionStats::default(),
         }
@@ -190,8 +218,9 @@ impl Admission {
             self.stats.duplicate_message += 1;
             return Verdict::Duplicate;
         }
-        if let Some(k) = event.event_key() {
-            if self.events.check_and_insert(&k, now) {
+        let key = event.event_key();
+        if let Some(k) = &key {
+            if self.events.check_and_insert(k, now) {
                 self.stats.duplicate_event += 1;
                 return Verdict::Duplicate;
             }
@@ -219,13 +248,57 @@ impl Admission {
         self.last.insert(b.to_string(), message_timestamp);
         self.last_order
             .push_back((message_timestamp, b.to_string()));
+        self.remember_state(event, key);
         self.stats.admitted += 1;
         Verdict::New
     }
 
-    /// Keys held now (message ids, event keys, broadcasters), for memory checks.
+    /// An admitted event: a change of state forgets the broadcaster's event
+    /// keys of the state it leaves (see the module doc), then `key` is noted.
+    fn remember_state(&mut self, event: &StreamEvent, key: Option<String>) {
+        let online = matches!(event, StreamEvent::Online { .. });
+        let b = event.broadcaster_id();
+        let events = &mut self.events;
+        let mut keys = match self.state_keys.remove(b) {
+            Some((was_online, keys)) if was_online != online => {
+                for k in &keys {
+                    events.forget(k);
+                }
+                Vec::new()
+            }
+            Some((_, mut keys)) => {
+                keys.retain(|k| events.contains(k));
+                keys
+            }
+            None => Vec::new(),
+        };
+        if let Some(k) = key {
+            keys.push(k);
+            self.added_since_sweep += 1;
+        }
+        if !keys.is_empty() {
+            self.state_keys.insert(b.to_string(), (online, keys));
+        }
+        if self.added_since_sweep >= self.capacity {
+            self.added_since_sweep = 0;
+            self.state_keys.retain(|_, (_, keys)| {
+                keys.retain(|k| events.contains(k));
+                !keys.is_empty()
+            });
+        }
+    }
+
+    /// Keys held now (message ids, event keys, broadcasters, and the event
+    /// keys noted per broadcaster), for memory checks.
     pub fn held(&self) -> usize {
-        self.messages.len() + self.events.len() + self.last.len()
+        self.messages.len()
+            + self.events.len()
+            + self.last.len()
+            + self
+                .state_keys
+                .values()
+                .map(|(_, k)| k.len())
+                .sum::<usize>()
     }
 }
 
@@ -275,6 +348,19 @@ mod tests {
     }
 
     #[test]
+    fn forgotten_keys_are_new_and_their_order_entries_stay_bounded() {
+        let mut s = SeenSet::new(3, Duration::from_secs(600));
+        for i in 0..100 {
+            assert!(!s.check_and_insert("a", T0 + i));
+            assert!(s.contains("a"));
+            s.forget("a");
+            assert!(!s.contains("a"));
+        }
+        assert!(s.order.len() <= 6, "{}", s.order.len());
+        assert_eq!(s.evicted, 0);
+    }
+
+    #[test]
     fn memory_stays_flat_over_many_messages() {
         let mut a = Admission::new(1000, REMEMBER);
         for i in 0..100_000i64 {
@@ -287,7 +373,8 @@ mod tests {
             );
             assert_eq!(v, Verdict::New);
         }
-        assert!(a.held() <= 3000, "held {}", a.held());
+        // each set at most 1000 keys; the keys noted per broadcaster at most 2000
+        assert!(a.held() <= 5000, "held {}", a.held());
     }
 
     #[test]
@@ -330,6 +417,34 @@ mod tests {
             a.admit("m7", T0 + 6 * S, &offline("1", Some("11")), T0 + 6 * S),
             Verdict::Duplicate
         );
+    }
+
+    #[test]
+    fn a_change_of_state_makes_the_other_state_new_again() {
+        let mut a = Admission::default();
+        let mut n = 0;
+        let mut admit = |a: &mut Admission, e: StreamEvent| {
+            n += 1;
+            let t = T0 + n * S;
+            a.admit(&format!("m{n}"), t, &e, t)
+        };
+        // a flap that keeps its stream id, each message under a new id: all news
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::New);
+        assert_eq!(admit(&mut a, offline("1", Some("10"))), Verdict::New);
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::New);
+        assert_eq!(admit(&mut a, offline("1", Some("10"))), Verdict::New);
+        // the same state twice, without a change between: still a duplicate
+        assert_eq!(admit(&mut a, offline("1", Some("10"))), Verdict::Duplicate);
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::New);
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::Duplicate);
+        // an offline without a stream id is a change of state too
+        assert_eq!(admit(&mut a, offline("1", None)), Verdict::New);
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::New);
+        // another broadcaster's change forgets nothing of this one
+        assert_eq!(admit(&mut a, online("2", "20")), Verdict::New);
+        assert_eq!(admit(&mut a, offline("2", Some("20"))), Verdict::New);
+        assert_eq!(admit(&mut a, online("1", "10")), Verdict::Duplicate);
+        assert_eq!(a.stats.duplicate_event, 3);
     }
 
     #[test]

@@ -17,8 +17,10 @@
 //!   again every [`ShardConfig::assign_retry`] while
 //!   [`ShardConfig::assign_deadline`] (10 s from the welcome) allows; after
 //!   that the socket is closed and a new one opened (backoff).
-//! - **Keepalive**: any frame resets the timer; nothing for
-//!   `keepalive_timeout_seconds` + [`ShardConfig::keepalive_grace`] (1 s by
+//! - **Keepalive**: any text frame resets the timer, also one that is then
+//!   dropped unparsed ([`Shard::on_frame`]); pings do not; nothing for
+//!   `keepalive_timeout_seconds` + [`ShardConfig::keepalive_slack`] (a fifth
+//!   of the window, at least [`ShardConfig::keepalive_grace`], 1 s by
 //!   default) means the connection is lost: close it, connect afresh.
 //! - **session_reconnect**: open the successor to the `reconnect_url`, keep
 //!   the old socket (it delivers until the new welcome), and on the
@@ -34,7 +36,7 @@
 //!   4002 ping-pong, 4003 unused: these point at a bug or an overloaded
 //!   worker) or transient.
 //! - **Backoff** ([`Backoff`]): the first retry after a healthy period is
-//!   immediate (a dropped socket is re-assigned within keepalive + grace + one
+//!   immediate (a dropped socket is re-assigned within keepalive + slack + one
 //!   round trip), then 1 s, 2 s, 4 s … at most [`BackoffConfig::max`] (60 s),
 //!   each scaled by a random factor in [0.5, 1) so that many shards do not
 //!   retry in step. A successful assignment (or a welcome that needs none)
@@ -114,6 +116,8 @@ pub struct ShardConfig {
     pub base_url: String,
     /// Asked for with `?keepalive_timeout_seconds=`; clamped to 10..=600.
     pub keepalive_seconds: u32,
+    /// The least slack past the keepalive window; the slack itself is
+    /// [`ShardConfig::keepalive_slack`].
     pub keepalive_grace: Duration,
     pub welcome_timeout: Duration,
     pub assign_deadline: Duration,
@@ -138,6 +142,17 @@ impl Default for ShardConfig {
 }
 
 impl ShardConfig {
+    /// How long past `keepalive` (the welcome's `keepalive_timeout_seconds`)
+    /// of silence the connection still counts as alive: the larger of
+    /// [`ShardConfig::keepalive_grace`] and a fifth of the window. Twitch calls
+    /// the connection lost when nothing arrived for longer than the window,
+    /// but a sender checking on a tick, plus the network, can be late by more
+    /// than a fixed second, and more so on a long window (twurple allows
+    /// 1.2 × the window).
+    pub fn keepalive_slack(&self, keepalive: Duration) -> Duration {
+        self.keepalive_grace.max(keepalive / 5)
+    }
+
     /// The URL a fresh connection opens.
     pub fn connect_url(&self) -> String {
         let k = self.keepalive_seconds.clamp(10, 600);
@@ -363,9 +378,27 @@ impl Shard {
         out.push(Action::Assign { session_id });
     }
 
-    /// A frame arrived on `socket`.
+    /// A text frame arrived on `socket`, whatever it holds: it restarts the
+    /// keepalive timer before anything judges it. Twitch sends a keepalive
+    /// only when it delivered nothing else within the window, so a frame the
+    /// client then drops (another subscription type, a bad field, too large)
+    /// proves the connection alive just as well. WebSocket pings do not come
+    /// here: Twitch says they don't reset the keepalive timer.
+    pub fn on_frame(&mut self, socket: SocketId, now: Instant) {
+        if let Some(s) = [self.primary.as_mut(), self.successor.as_mut()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.id == socket)
+        {
+            s.last_frame = now;
+        }
+    }
+
+    /// A frame arrived on `socket` and parsed (it counts for the keepalive
+    /// timer as [`Shard::on_frame`] says).
     pub fn on_message(&mut self, socket: SocketId, env: Envelope, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        self.on_frame(socket, now);
         let is_primary = self.primary.as_ref().is_some_and(|s| s.id == socket);
         let is_successor = self.successor.as_ref().is_some_and(|s| s.id == socket);
         if !is_primary && !is_successor {
@@ -377,7 +410,6 @@ impl Shard {
             self.successor.as_mut()
         }
         .expect("checked above");
-        sock.last_frame = now;
         let welcomed = sock.welcome.is_some();
         match env.message {
             Message::Welcome(s) => {
@@ -498,6 +530,11 @@ impl Shard {
         out
     }
 
+    /// When `sock`'s silence means the connection is lost.
+    fn keepalive_deadline(&self, sock: &Sock, w: &Welcomed) -> Instant {
+        sock.last_frame + w.keepalive + self.cfg.keepalive_slack(w.keepalive)
+    }
+
     /// The earliest time [`Shard::on_timer`] has something to do.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let mut t: Vec<Instant> = Vec::new();
@@ -507,9 +544,7 @@ impl Shard {
         if let Some(p) = &self.primary {
             match &p.welcome {
                 None => t.push(p.opened + self.cfg.welcome_timeout),
-                Some(w) if self.successor.is_none() => {
-                    t.push(p.last_frame + w.keepalive + self.cfg.keepalive_grace)
-                }
+                Some(w) if self.successor.is_none() => t.push(self.keepalive_deadline(p, w)),
                 Some(_) => {}
             }
         }
@@ -546,10 +581,7 @@ impl Shard {
                     self.stats.welcome_timeouts += 1;
                     self.lose_primary(now, &mut out, Some("no welcome in time"));
                 }
-                Some(w)
-                    if self.successor.is_none()
-                        && p.last_frame + w.keepalive + self.cfg.keepalive_grace <= now =>
-                {
+                Some(w) if self.successor.is_none() && self.keepalive_deadline(p, w) <= now => {
                     self.stats.keepalive_timeouts += 1;
                     self.lose_primary(now, &mut out, Some("keepalive timeout"));
                 }

@@ -116,6 +116,10 @@ pub struct ShardView {
     pub stats: ShardStats,
     pub drops: DropStats,
     pub last_assign_error: Option<String>,
+    /// Shard assignments Twitch refused with 401: each asks the token's owner
+    /// (who holds the sender of [`run_shard_with_token`]'s token) for a new
+    /// token; the background worker mints one when this grows.
+    pub token_refused: u64,
 }
 
 /// The outcome of one PATCH for one shard, as the state machine wants it.
@@ -131,6 +135,51 @@ pub fn assign_result(
     }
 }
 
+/// One text frame from `socket`: it restarts the keepalive timer whatever it
+/// holds ([`Shard::on_frame`]), then it is parsed and handed to the shard, or
+/// dropped and counted.
+fn on_frame(
+    shard: &mut Shard,
+    drops: &mut DropStats,
+    socket: SocketId,
+    text: &str,
+    now: Instant,
+) -> Vec<Action> {
+    shard.on_frame(socket, now);
+    match parse_message(text) {
+        Ok(env) => shard.on_message(socket, env, now),
+        Err(r) => {
+            drops.count(r);
+            Vec::new()
+        }
+    }
+}
+
+/// The token to retry a refused (401) assignment with, once: a token that
+/// already replaced `used` is taken at once; otherwise the owner is asked
+/// ([`ShardView::token_refused`]) and its new token awaited for at most
+/// `wait` (the state machine drops the socket at the assignment deadline
+/// anyway). None when no new token can come (the sender is gone: a fixed
+/// token) or none came in time; the 401 then stands.
+async fn renewed_token(
+    token: &mut watch::Receiver<String>,
+    used: &str,
+    view: &Mutex<ShardView>,
+    wait: Duration,
+) -> Option<String> {
+    if token.borrow().as_str() != used {
+        return Some(token.borrow_and_update().clone());
+    }
+    if token.has_changed().is_err() {
+        return None;
+    }
+    view.lock().unwrap_or_else(|e| e.into_inner()).token_refused += 1;
+    match tokio::time::timeout(wait, token.changed()).await {
+        Ok(Ok(())) => Some(token.borrow_and_update().clone()),
+        _ => None,
+    }
+}
+
 /// Runs one conduit shard until `stop` fires: connects, assigns, follows
 /// reconnects, and sends every notification or revocation to `deliver`
 /// (admission — dedup, freshness, order — is the receiver's job).
@@ -142,13 +191,18 @@ pub async fn run_shard(
     view: Arc<Mutex<ShardView>>,
     stop: oneshot::Receiver<()>,
 ) {
-    let (_keep, token) = watch::channel(token);
+    // the sender goes at once: nobody renews a fixed token, so a 401 on the
+    // assignment fails it without waiting for a new one
+    let (_, token) = watch::channel(token);
     run_shard_with_token(params, client, token, deliver, view, stop).await;
 }
 
 /// [`run_shard`] with a token that can change while it runs (the
 /// background worker mints a new one when Twitch refuses the old one): each
-/// assignment uses the latest.
+/// assignment uses the latest. A 401 on the assignment renews the token once
+/// and retries with it ([`renewed_token`]), within the 10 s Twitch gives a
+/// welcomed session: otherwise the socket would be dropped and every new
+/// one refused alike until some other call got a 401.
 pub async fn run_shard_with_token(
     params: ShardParams,
     client: Arc<TwitchClient>,
@@ -176,12 +230,23 @@ pub async fn run_shard_with_token(
                     }
                 }
                 Action::Assign { session_id } => {
-                    let (client, token, tx) =
-                        (client.clone(), token.borrow().clone(), as_tx.clone());
+                    let (client, mut token, tx, view) =
+                        (client.clone(), token.clone(), as_tx.clone(), view.clone());
                     let (conduit, shard_id) = (params.conduit_id.clone(), params.shard_id.clone());
+                    let wait = params.config.assign_deadline;
                     tokio::spawn(async move {
                         let pair = vec![(shard_id.clone(), session_id.clone())];
-                        let (r, _) = client.update_conduit_shards(&token, &conduit, &pair).await;
+                        let used = token.borrow_and_update().clone();
+                        let (mut r, _) = client.update_conduit_shards(&used, &conduit, &pair).await;
+                        if matches!(r, Err(HelixError::Unauthorized { .. })) {
+                            if let Some(fresh) = renewed_token(&mut token, &used, &view, wait).await
+                            {
+                                r = client
+                                    .update_conduit_shards(&fresh, &conduit, &pair)
+                                    .await
+                                    .0;
+                            }
+                        }
                         let _ = tx.send((session_id, assign_result(r, &shard_id)));
                     });
                 }
@@ -213,10 +278,7 @@ pub async fn run_shard_with_token(
             }
             Some(ev) = ev_rx.recv() => {
                 actions = match ev {
-                    SocketEvent::Frame(id, text) => match parse_message(&text) {
-                        Ok(env) => shard.on_message(id, env, Instant::now()),
-                        Err(r) => { drops.count(r); Vec::new() }
-                    },
+                    SocketEvent::Frame(id, text) => on_frame(&mut shard, &mut drops, id, &text, Instant::now()),
                     SocketEvent::Closed(id, code) => {
                         sockets.remove(&id);
                         shard.on_closed(id, code, Instant::now())
@@ -230,5 +292,61 @@ pub async fn run_shard_with_token(
                 actions = shard.on_assigned(&session, result, Instant::now());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventsub::message::{Message, SessionInfo};
+
+    /// A shard welcomed as `s1` (keepalive 10 s) and assigned at `t0`, and its socket.
+    fn assigned(t0: Instant) -> (Shard, SocketId) {
+        let cfg = ShardConfig {
+            base_url: "ws://127.0.0.1:1/ws".into(),
+            ..ShardConfig::default()
+        };
+        let mut sh = Shard::new(cfg, 7, t0);
+        let sock = match sh.on_timer(t0).as_slice() {
+            [Action::Connect { socket, .. }] => *socket,
+            a => panic!("{a:?}"),
+        };
+        let welcome = Envelope {
+            message_id: "m".into(),
+            message_timestamp: 0,
+            message: Message::Welcome(SessionInfo {
+                id: "s1".into(),
+                keepalive_timeout_seconds: Some(10),
+                reconnect_url: None,
+                connected_at: None,
+            }),
+        };
+        sh.on_message(sock, welcome, t0);
+        sh.on_assigned("s1", Ok(()), t0);
+        assert!(sh.is_connected());
+        (sh, sock)
+    }
+
+    #[test]
+    fn a_dropped_frame_still_resets_the_keepalive_timer() {
+        let t0 = Instant::now();
+        let (mut sh, sock) = assigned(t0);
+        let before = sh.next_wakeup().expect("a keepalive deadline");
+        let mut drops = DropStats::default();
+        // Twitch sent something, so it had no reason to send a keepalive: the
+        // connection is alive even if the client cannot use what came.
+        let other_type = r#"{"metadata":{"message_id":"m2","message_type":"notification","message_timestamp":"2026-01-01T00:00:00Z","subscription_type":"channel.update","subscription_version":"2"},"payload":{}}"#;
+        let too_large = "x".repeat(super::super::message::MAX_FRAME_BYTES + 1);
+        let t = t0 + Duration::from_secs(9);
+        for frame in [other_type, "not json", too_large.as_str()] {
+            assert!(on_frame(&mut sh, &mut drops, sock, frame, t).is_empty());
+        }
+        assert_eq!(
+            (drops.unsupported, drops.malformed, drops.too_large),
+            (1, 1, 1)
+        );
+        assert_eq!(sh.next_wakeup(), Some(before + Duration::from_secs(9)));
+        assert!(sh.on_timer(before).is_empty(), "no keepalive timeout");
+        assert!(sh.is_connected());
     }
 }

@@ -122,14 +122,14 @@ fn notifications_before_welcome_are_not_delivered() {
 }
 
 #[test]
-fn keepalive_timeout_is_keepalive_plus_grace_and_reconnects_at_once() {
+fn keepalive_timeout_is_keepalive_plus_slack_and_reconnects_at_once() {
     let t0 = Instant::now();
     let (mut sh, sock) = assigned(t0);
-    // keepalive at t0+10 resets the timer
+    // keepalive at t0+10 resets the timer; 10 s window + 2 s slack (a fifth)
     sh.on_message(sock, env(Message::Keepalive), t0 + secs(10));
-    assert_eq!(sh.next_wakeup(), Some(t0 + secs(21)));
-    assert!(sh.on_timer(t0 + secs(20)).is_empty());
-    let a = sh.on_timer(t0 + secs(21));
+    assert_eq!(sh.next_wakeup(), Some(t0 + secs(22)));
+    assert!(sh.on_timer(t0 + secs(21)).is_empty());
+    let a = sh.on_timer(t0 + secs(22));
     assert_eq!(sh.stats.keepalive_timeouts, 1);
     assert!(a.contains(&Action::Close {
         socket: sock,
@@ -140,13 +140,41 @@ fn keepalive_timeout_is_keepalive_plus_grace_and_reconnects_at_once() {
     assert_ne!(s2, sock);
     assert!(url.starts_with("ws://127.0.0.1:1/ws?"));
     // the new session is assigned even if Twitch reused the session id
-    let a = sh.on_message(s2, welcome("s1", 10), t0 + secs(22));
+    let a = sh.on_message(s2, welcome("s1", 10), t0 + secs(23));
     assert_eq!(
         a,
         vec![Action::Assign {
             session_id: "s1".into()
         }]
     );
+}
+
+#[test]
+fn keepalive_grace_grows_with_the_keepalive_window() {
+    let t0 = Instant::now();
+    // the larger of the fixed grace (1 s) and a fifth of the window
+    for (keepalive, grace, wait) in [(10, 1, 12), (30, 1, 36), (600, 1, 720), (10, 5, 15)] {
+        let mut sh = Shard::new(
+            ShardConfig {
+                keepalive_grace: secs(grace),
+                ..cfg()
+            },
+            7,
+            t0,
+        );
+        let (sock, _) = connect_of(&sh.on_timer(t0));
+        sh.on_message(sock, welcome("s1", keepalive), t0);
+        sh.on_assigned("s1", Ok(()), t0);
+        assert_eq!(sh.next_wakeup(), Some(t0 + secs(wait)), "{keepalive} s");
+        assert!(sh.on_timer(t0 + secs(wait - 1)).is_empty(), "{keepalive} s");
+        assert!(
+            sh.on_timer(t0 + secs(wait)).contains(&Action::Close {
+                socket: sock,
+                why: "keepalive timeout"
+            }),
+            "{keepalive} s"
+        );
+    }
 }
 
 #[test]
