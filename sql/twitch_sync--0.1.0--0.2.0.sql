@@ -1165,10 +1165,35 @@ DECLARE
     changes twitch_sync.transition[] := '{}';
     live_changes twitch_sync.transition[] := '{}';
     result twitch_sync.applied;
+    bad text;
 BEGIN
-    SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL)
-      INTO n_live, n_logins
+    IF offline_after_misses IS NULL OR offline_after_misses < 1 OR notify IS NULL THEN
+        RAISE EXCEPTION 'invalid offline_after_misses or notify: %, %',
+                coalesce(offline_after_misses::text, 'NULL'), coalesce(notify::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass offline_after_misses >= 1 (checks without a listing that end a live '
+                      || 'stream) and notify true or false.';
+    END IF;
+    -- One pass: what is live, what carries a login, and the first observation
+    -- that breaks the type's rules (Rust's observations never do; this is for
+    -- a hand-written source).
+    SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL),
+           min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
+               FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
+                          OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
+                          OR NOT coalesce(twitch_sync.is_broadcaster_id(o.broadcaster_id), false)
+                          OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
+                          OR o.state = 'live' AND (o.stream_id IS NULL OR o.stream_id !~ '^[0-9]{1,20}$')
+                          OR o.viewer_count < 0)
+      INTO n_live, n_logins, bad
       FROM unnest(obs) o;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'invalid observation of broadcaster %', bad
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Each observation needs source ''poll'', ''eventsub'' or ''untrack'', a finite '
+                      || 'observed_at, a broadcaster id, state ''live'', ''not_listed'' or ''offline'', '
+                      || 'and when live a numeric stream_id; viewer_count is NULL or >= 0.';
+    END IF;
     IF n_live > 0 THEN
         continuing := twitch_sync.update_continuing(obs);
     END IF;

@@ -491,3 +491,89 @@ fn the_run_deadline_bounds_the_pass() {
     assert_eq!(doc["errors"], 100);
     assert!(doc["error"].as_str().unwrap().contains("deadline"), "{doc}");
 }
+
+#[test]
+fn a_hand_written_observation_that_breaks_the_rules_is_a_clear_error() {
+    // apply_observations is the owner's entry to the transition layer for a
+    // source of their own: what breaks the observation type's rules is a 22023
+    // with a hint, and writes nothing.
+    let mut db = TestDb::bare(world(1, 0.0));
+    db.client
+        .batch_execute("SELECT twitch_sync.track('77')")
+        .unwrap();
+    let obs = |source: &str, at: &str, id: &str, state: &str, sid: &str, viewers: &str| {
+        format!(
+            "ROW({source}, {at}, {id}, {state}, {sid}, NULL, {viewers}, 't', '', '', '', now())::twitch_sync.observation"
+        )
+    };
+    let good = obs("'eventsub'", "now()", "'77'", "'live'", "'700'", "5");
+    for (what, arr, misses, notify) in [
+        (
+            "source",
+            obs("'bogus'", "now()", "'77'", "'live'", "'700'", "5"),
+            "1",
+            "false",
+        ),
+        (
+            "time",
+            obs("'eventsub'", "NULL", "'77'", "'live'", "'700'", "5"),
+            "1",
+            "false",
+        ),
+        (
+            "infinite time",
+            obs("'poll'", "'infinity'", "'77'", "'live'", "'700'", "5"),
+            "1",
+            "false",
+        ),
+        (
+            "state",
+            obs("'eventsub'", "now()", "'77'", "'sideways'", "'700'", "5"),
+            "1",
+            "false",
+        ),
+        (
+            "stream id",
+            obs("'eventsub'", "now()", "'77'", "'live'", "NULL", "5"),
+            "1",
+            "false",
+        ),
+        (
+            "viewers",
+            obs("'eventsub'", "now()", "'77'", "'live'", "'700'", "-5"),
+            "1",
+            "false",
+        ),
+        (
+            "broadcaster",
+            obs("'eventsub'", "now()", "'abc'", "'live'", "'700'", "5"),
+            "1",
+            "false",
+        ),
+        ("misses", good.clone(), "0", "false"),
+        ("notify", good.clone(), "1", "NULL"),
+    ] {
+        let sql =
+            format!("SELECT twitch_sync.apply_observations(ARRAY[{arr}], {misses}, {notify})");
+        let e = db.client.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{what}: {}", error_text(&e));
+        assert!(
+            e.as_db_error().and_then(|d| d.hint()).is_some(),
+            "{what}: {}",
+            error_text(&e)
+        );
+    }
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams"),
+        0,
+        "nothing written"
+    );
+    let started = db.scalar_i64(&format!(
+        "SELECT (twitch_sync.apply_observations(ARRAY[{good}], 1, false)).started::int8"
+    ));
+    assert_eq!(started, 1);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        1
+    );
+}
