@@ -50,7 +50,8 @@ impl SyncError {
                     .into(),
             ),
             SyncError::BadSetting { setting, .. } => Some(format!(
-                "Fix it with ALTER SYSTEM SET {setting} = '...' (or ALTER DATABASE ... SET), then SELECT pg_reload_conf();"
+                "Fix it with ALTER SYSTEM SET {setting} = '...' then SELECT pg_reload_conf(); \
+                 or with ALTER DATABASE ... SET {setting} = '...', which new sessions see."
             )),
             SyncError::SchemaVersionMismatch { .. } => Some(
                 "New twitch_sync binaries were installed: run ALTER EXTENSION twitch_sync UPDATE; \

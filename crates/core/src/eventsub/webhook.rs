@@ -180,8 +180,8 @@ impl Headers {
         }
     }
 
-    /// The first required header that is missing (id, timestamp, signature,
-    /// type), by its name.
+    /// The first required header that is missing or empty (id, timestamp,
+    /// signature, type), by its name.
     pub fn missing(&self) -> Option<&'static str> {
         [
             (&self.message_id, HEADER_MESSAGE_ID),
@@ -190,7 +190,7 @@ impl Headers {
             (&self.message_type, HEADER_MESSAGE_TYPE),
         ]
         .into_iter()
-        .find(|(v, _)| v.is_none())
+        .find(|(v, _)| v.as_deref().is_none_or(str::is_empty))
         .map(|(_, name)| name)
     }
 }
@@ -198,6 +198,28 @@ impl Headers {
 #[cfg(test)]
 mod header_tests {
     use super::*;
+
+    #[test]
+    fn an_empty_required_header_is_missing() {
+        let full = Headers {
+            message_id: Some("abc".into()),
+            timestamp: Some("2026-11-20T14:56:51Z".into()),
+            signature: Some("sha256=00".into()),
+            message_type: Some("notification".into()),
+            ..Headers::default()
+        };
+        assert_eq!(full.missing(), None);
+        let h = Headers {
+            message_id: Some(String::new()),
+            ..full.clone()
+        };
+        assert_eq!(h.missing(), Some(HEADER_MESSAGE_ID));
+        let h = Headers {
+            signature: Some(String::new()),
+            ..full
+        };
+        assert_eq!(h.missing(), Some(HEADER_SIGNATURE));
+    }
 
     #[test]
     fn headers_from_postgrest_json() {
