@@ -439,7 +439,7 @@ BEGIN
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
                           OR NOT coalesce(twitch_sync.is_broadcaster_id(o.broadcaster_id), false)
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
-                          OR o.state = 'live' AND (o.stream_id IS NULL OR o.stream_id !~ '^[0-9]{1,20}$')
+                          OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
                           OR o.viewer_count < 0)
       INTO n_live, n_logins, bad
       FROM unnest(obs) o;
@@ -448,7 +448,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Each observation needs source ''poll'', ''eventsub'' or ''untrack'', a finite '
                       || 'observed_at, a broadcaster id, state ''live'', ''not_listed'' or ''offline'', '
-                      || 'and when live a numeric stream_id; viewer_count is NULL or >= 0.';
+                      || 'and when live a stream_id; viewer_count is NULL or >= 0.';
     END IF;
     IF n_live > 0 THEN
         continuing := twitch_sync.update_continuing(obs);
