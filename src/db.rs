@@ -850,6 +850,28 @@ pub fn save_conduit(client_id: &str, conduit_id: &str) -> Result<(), SyncError> 
     Spi::run("DELETE FROM twitch_sync.eventsub_subscriptions").map_err(internal)
 }
 
+/// The stored conduit is gone at Twitch (deleted, its subscriptions
+/// disabled with it): it is forgotten, so the worker's next start creates a
+/// new one, and the subscriptions on record that were enabled become
+/// `conduit_deleted` (Twitch's status for them), so
+/// twitch_sync.eventsub_covered() no longer counts those channels and
+/// polling covers them again at once. [`save_conduit`] clears them when the
+/// new conduit is stored.
+pub fn forget_conduit(conduit_id: &str) -> Result<(), SyncError> {
+    Spi::run_with_args(
+        "UPDATE twitch_sync.eventsub_worker SET conduit_id = NULL, updated_at = pg_catalog.now()
+          WHERE conduit_id = $1",
+        &[conduit_id.into()],
+    )
+    .map_err(internal)?;
+    Spi::run(
+        "UPDATE twitch_sync.eventsub_subscriptions
+            SET status = 'conduit_deleted', status_at = pg_catalog.now()
+          WHERE status = 'enabled'",
+    )
+    .map_err(internal)
+}
+
 // ---------------------------------------------------------------------------
 // The webhook transport (src/webhook.rs, sql/webhook.sql). It applies
 // notifications with apply_event and records revocations with

@@ -33,6 +33,12 @@
 //! - every `eventsub_reconcile_secs` the shard's status is read back (Get
 //!   Conduit Shards): a shard Twitch disabled while the socket stayed open
 //!   gets a new session;
+//! - a 404 for the conduit (Get Conduit Shards, or the shard assignment):
+//!   Twitch deleted it (Delete Conduit, or 72 h with every shard disabled)
+//!   and disabled its subscriptions; the worker forgets it, marks the
+//!   subscriptions on record `conduit_deleted` (polling covers those
+//!   channels again at once) and starts again as with no stored conduit: a
+//!   new one, shard 0 assigned, subscriptions created by reconciliation;
 //! - a changed `eventsub_database` (SIGHUP) or an ERROR outside the guarded
 //!   transactions ends the process; Postgres starts it again after
 //!   [`RESTART_AFTER`].
@@ -54,7 +60,7 @@ use twitch_sync_core::engine::{prepare_token, CachedToken, Credentials};
 use twitch_sync_core::error::HelixError;
 use twitch_sync_core::eventsub::apply::EventArgs;
 use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
-use twitch_sync_core::eventsub::helix::{Budget, Subscription};
+use twitch_sync_core::eventsub::helix::{self, Budget, Subscription};
 use twitch_sync_core::eventsub::message::{is_reconnect_url, Envelope, Message};
 use twitch_sync_core::eventsub::now_micros;
 use twitch_sync_core::eventsub::reconcile::{self, Outcome, PassResult, PlanConfig};
@@ -643,6 +649,39 @@ impl Worker {
         self.set_state(state, detail);
     }
 
+    /// Twitch answered 404 for the worker's conduit (`found_by`: Get Conduit
+    /// Shards, or Update Conduit Shards when the shard was assigned): it was
+    /// deleted at Twitch, and its subscriptions were disabled with it
+    /// (`conduit_deleted`). The worker forgets it (here and in
+    /// twitch_sync.eventsub_worker), marks the subscriptions on record
+    /// `conduit_deleted` so that polling covers their channels again at once,
+    /// closes the shard, and starts again at once the way it does when no
+    /// stored conduit exists ([`Worker::start`]): a new conduit, shard 0
+    /// assigned, a new [`Running`] whose first pass lists the new conduit
+    /// and then subscribes every channel the budget covers.
+    fn conduit_gone(&mut self, found_by: &str) {
+        let Some(conduit) = self.running.as_ref().map(|r| r.conduit_id.clone()) else {
+            return;
+        };
+        pgrx::log!(
+            "twitch_sync eventsub worker: {found_by} answered 404 for conduit {conduit}: deleted at Twitch, making a new one"
+        );
+        if let Err(e) = in_transaction(|| db::forget_conduit(&conduit)) {
+            // start() still finds it missing from Get Conduits
+            pgrx::warning!("twitch_sync eventsub worker: {e}");
+        }
+        // nothing left to delete on DROP EXTENSION
+        self.orphan = None;
+        self.row.conduit_id = None;
+        self.stop(
+            "connecting",
+            Some(format!(
+                "conduit {conduit} was deleted at Twitch: making a new one"
+            )),
+        );
+        self.next_check = Instant::now();
+    }
+
     /// A token close to expiry (or refused) is replaced; the shard's next
     /// assignment uses the new one.
     fn refresh_token(&mut self) {
@@ -768,6 +807,10 @@ impl Worker {
             return;
         };
         let v = r.view.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if v.conduit_gone {
+            self.conduit_gone("Update Conduit Shards");
+            return;
+        }
         if v.session_id != r.seen_session {
             r.seen_session.clone_from(&v.session_id);
             self.row.session_id.clone_from(&v.session_id);
@@ -846,6 +889,7 @@ impl Worker {
                     }
                 }
                 Err(HelixError::Unauthorized { .. }) => self.token_refused(),
+                Err(e) if helix::conduit_gone(&e) => self.conduit_gone("Get Conduit Shards"),
                 Err(_) => {}
             }
             return;

@@ -5,7 +5,8 @@
 //! cost budget (highest priority first), applies online and offline events
 //! within about a second, follows untrack / track, records revocations,
 //! reconnects after a dropped socket, comes back after pg_terminate_backend,
-//! and deletes its conduit on DROP EXTENSION.
+//! replaces a conduit deleted at Twitch (and subscribes again on the new
+//! one), and deletes its conduit on DROP EXTENSION.
 //!
 //! One worker serves one database of the cluster, so this file is one test.
 
@@ -296,6 +297,93 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     .expect("the worker is back");
     assert_eq!(conduit2.as_deref(), Some(conduit.as_str()));
     assert_ne!(pid2, pid);
+
+    // the conduit is deleted at Twitch (Delete Conduit, or Twitch's 72 hours
+    // with every shard disabled) while the worker is connected: Get Conduit
+    // Shards answers 404; the worker forgets it, creates a new conduit,
+    // assigns its shard, subscribes every tracked channel again on it (the
+    // revoked one too: it was a subscription of the old conduit), and events
+    // flow through it. Then once more with the socket dropped at the same
+    // time: the new session's assignment answers 404 as well.
+    let mut conduit = conduit;
+    for (round, drop_socket) in [(1, false), (2, true)] {
+        let old = conduit.clone();
+        assert!(db.sim.es_delete_conduit(&old));
+        if drop_socket {
+            db.sim.es_fault(EsFault::DropSockets);
+        }
+        let new = wait_for(Duration::from_secs(20), || {
+            let (state, c): (Option<String>, Option<String>) = {
+                let r = db
+                    .client
+                    .query_one(
+                        "SELECT eventsub ->> 'state', eventsub ->> 'conduit_id' FROM twitch_sync.status()",
+                        &[],
+                    )
+                    .unwrap();
+                (r.get(0), r.get(1))
+            };
+            c.filter(|c| *c != old && state.as_deref() == Some("connected"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "round {round}: a new conduit after the old one was deleted: {:?}\n{}",
+                db.eventsub_worker(),
+                db.cluster().log()
+            )
+        });
+        assert_eq!(db.sim.es_shards(&new)[0].1, "enabled", "round {round}");
+        wait_for(Duration::from_secs(20), || {
+            (enabled_subscriptions(&mut db.client) == want2 && sim_enabled(&db, &new) == want2)
+                .then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "round {round}: subscribed again on the new conduit: {:?} / sim {:?}",
+                enabled_subscriptions(&mut db.client),
+                sim_enabled(&db, &new)
+            )
+        });
+        // the rows on record are the new conduit's subscriptions
+        let mut on_record: Vec<String> = db
+            .client
+            .query(
+                "SELECT subscription_id FROM twitch_sync.eventsub_subscriptions",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        on_record.sort();
+        let mut at_sim: Vec<String> = db
+            .sim
+            .es_subscriptions()
+            .into_iter()
+            .filter(|s| s.3 == "enabled")
+            .map(|s| s.0)
+            .collect();
+        at_sim.sort();
+        assert_eq!(on_record, at_sim, "round {round}");
+        // an online event through the new conduit opens the live row
+        let b = &ids[3];
+        db.sim.world(|w| w.go_live(b));
+        let stream_id = db.sim.world(|w| w.stream_of(b).unwrap().id.clone());
+        wait_for(Duration::from_secs(5), || {
+            (live_stream(&mut db.client, b).as_deref() == Some(stream_id.as_str())).then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: the online event through the new conduit"));
+        db.sim.world(|w| w.go_offline(b));
+        wait_for(Duration::from_secs(5), || {
+            live_stream(&mut db.client, b).is_none().then_some(())
+        })
+        .unwrap_or_else(|| panic!("round {round}: the offline event through the new conduit"));
+        let stored = db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.eventsub_worker WHERE conduit_id = '{new}'"
+        ));
+        assert_eq!(stored, 1, "round {round}: the new conduit is stored");
+        conduit = new;
+    }
 
     // DROP EXTENSION: the worker lets go and deletes its conduit at Twitch
     db.client

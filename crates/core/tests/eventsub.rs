@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use twitch_sync_core::client::TwitchClient;
 use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
-use twitch_sync_core::eventsub::helix::{CreateOutcome, SubscriptionFilter};
+use twitch_sync_core::eventsub::helix::{conduit_gone, CreateOutcome, SubscriptionFilter};
 use twitch_sync_core::eventsub::message::{Envelope, Message, StreamEvent};
 use twitch_sync_core::eventsub::now_micros;
 use twitch_sync_core::eventsub::session::ShardConfig;
@@ -646,6 +646,42 @@ fn shard_update_errors_come_back_inside_the_202() {
             .0,
         Err(HelixError::Status { status: 404, .. })
     ));
+}
+
+#[test]
+fn a_deleted_conduit_answers_404_and_the_shard_reports_it_gone() {
+    let r = rig(fast());
+    let b = channel(&r.sim, 9);
+    let run = r.run(std::slice::from_ref(&b), 10);
+    assert!(!run.view.lock().unwrap().conduit_gone);
+    // deleted at Twitch (Delete Conduit, or 72 h with every shard disabled):
+    // its subscriptions are disabled with it
+    assert!(r.sim.es_delete_conduit(&run.conduit));
+    let subs = r.sim.es_subscriptions();
+    assert_eq!(subs.len(), 2);
+    assert!(subs.iter().all(|s| s.3 == "conduit_deleted"), "{subs:?}");
+    // Get Conduit Shards answers 404: the conduit is gone, not a passing failure
+    let e =
+        r.rt.block_on(r.client.get_conduit_shards(&r.token, &run.conduit))
+            .0
+            .unwrap_err();
+    assert!(conduit_gone(&e), "{e:?}");
+    // the socket stays open; once it drops, the new session's assignment
+    // answers 404 and the shard says the conduit is gone
+    r.sim.es_fault(EsFault::DropSockets);
+    let v = run.wait(Duration::from_secs(5), |v| v.conduit_gone);
+    assert!(!v.connected, "{v:?}");
+    assert!(
+        v.last_assign_error
+            .as_deref()
+            .is_some_and(|e| e.contains("404")),
+        "{v:?}"
+    );
+    // a new conduit works as the first did
+    let mut run2 = r.run(std::slice::from_ref(&b), 10);
+    assert!(!run2.view.lock().unwrap().conduit_gone);
+    r.sim.world(|w| w.go_live(&b));
+    assert!(matches!(run2.event(&r.rt), StreamEvent::Online { .. }));
 }
 
 type Ws =

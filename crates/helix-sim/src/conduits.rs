@@ -351,19 +351,10 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
         ("DELETE", "/helix/eventsub/conduits") => match req.query_all("id").next() {
             None | Some("") => helix_error(400, "The id query parameter is required."),
             Some(id) => {
-                match h
-                    .conduits
-                    .iter()
-                    .position(|c| c.id == id && c.client_id == client_id)
-                {
-                    Some(i) => {
-                        h.conduits.remove(i);
-                        for s in h.subs.iter_mut().filter(|s| s.conduit_id == id) {
-                            s.status = "conduit_deleted".into();
-                        }
-                        Response::text(204, "")
-                    }
-                    None => helix_error(404, "Conduit not found."),
+                if h.delete_conduit(Some(&client_id), id) {
+                    Response::text(204, "")
+                } else {
+                    helix_error(404, "Conduit not found.")
                 }
             }
         },

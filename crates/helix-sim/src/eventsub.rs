@@ -422,6 +422,28 @@ impl HubState {
         }
     }
 
+    /// Deletes a conduit (of `client_id`, when given), as Delete Conduit
+    /// does: it is gone from Get Conduits, Get / Update Conduit Shards for it
+    /// answer 404, and its subscriptions become `conduit_deleted` (Twitch's
+    /// status for them; they stop costing and get no more notifications). No
+    /// revocation is sent (the conduit has no shard left to carry one), and
+    /// its shards' sockets stay open: Twitch documents neither, so a client
+    /// finds out from Helix. False when there is no such conduit.
+    pub fn delete_conduit(&mut self, client_id: Option<&str>, conduit_id: &str) -> bool {
+        let Some(i) = self
+            .conduits
+            .iter()
+            .position(|c| c.id == conduit_id && client_id.is_none_or(|x| c.client_id == x))
+        else {
+            return false;
+        };
+        self.conduits.remove(i);
+        for s in self.subs.iter_mut().filter(|s| s.conduit_id == conduit_id) {
+            s.status = "conduit_deleted".into();
+        }
+        true
+    }
+
     /// Revokes a subscription: its status becomes `status`, it stops costing,
     /// and a `revocation` goes to the shard its broadcaster hashes to.
     pub fn revoke(&mut self, sub_id: &str, status: &str) -> bool {
@@ -793,6 +815,14 @@ impl Simulator {
     /// Revokes a subscription with a status (`authorization_revoked`, `user_removed`, ...).
     pub fn es_revoke(&self, subscription_id: &str, status: &str) -> bool {
         self.shared.eventsub.lock().revoke(subscription_id, status)
+    }
+
+    /// Deletes a conduit as Twitch does on Delete Conduit, or by itself after
+    /// 72 hours with every shard disabled: its subscriptions become
+    /// `conduit_deleted`, Get / Update Conduit Shards for it answer 404.
+    /// False when there is no such conduit.
+    pub fn es_delete_conduit(&self, conduit_id: &str) -> bool {
+        self.shared.eventsub.lock().delete_conduit(None, conduit_id)
     }
 
     /// Subscriptions as `(id, type, broadcaster, status, cost)`, oldest first.

@@ -215,3 +215,83 @@ fn conduit_and_subscription_rules() {
         401
     );
 }
+
+#[test]
+fn a_deleted_conduit_is_gone_and_its_subscriptions_are_disabled() {
+    let (sim, http, token) = setup();
+    let url = |p: &str| format!("{}/eventsub/{p}", sim.helix_url());
+    let create = || {
+        let (s, v, _) = send(
+            authed(&sim, http.post(url("conduits")), &token).body_json(&json!({"shard_count": 1})),
+        );
+        assert_eq!(s, 200);
+        v["data"][0]["id"].as_str().unwrap().to_string()
+    };
+    let (gone, kept) = (create(), create());
+    let b = sim.world(|w| w.channels[0].id.clone());
+    for (conduit, kind) in [(&gone, "stream.online"), (&kept, "stream.offline")] {
+        let (s, _, _) = send(
+            authed(&sim, http.post(url("subscriptions")), &token).body_json(&json!({
+                "type": kind, "version": "1", "condition": {"broadcaster_user_id": b},
+                "transport": {"method": "conduit", "conduit_id": conduit}})),
+        );
+        assert_eq!(s, 202);
+    }
+    let del = |id: Option<&str>| {
+        let rb = authed(&sim, http.delete(url("conduits")), &token);
+        send(match id {
+            Some(id) => rb.query(&[("id", id)]),
+            None => rb,
+        })
+        .0
+    };
+    assert_eq!(del(None), 400);
+    assert_eq!(del(Some(&gone)), 204);
+    assert_eq!(del(Some(&gone)), 404);
+    // gone from Get Conduits; Get / Update Conduit Shards answer 404
+    let (_, v, _) = send(authed(&sim, http.get(url("conduits")), &token));
+    assert_eq!(v["data"], json!([{"id": kept, "shard_count": 1}]));
+    let (s, v, _) = send(
+        authed(&sim, http.get(url("conduits/shards")), &token).query(&[("conduit_id", &gone)]),
+    );
+    assert_eq!(
+        (s, v["message"].as_str()),
+        (404, Some("Conduit not found."))
+    );
+    let (s, _, _) = send(
+        authed(&sim, http.patch(url("conduits/shards")), &token).body_json(&json!({
+            "conduit_id": gone,
+            "shards": [{"id": "0", "transport": {"method": "websocket", "session_id": "s"}}]})),
+    );
+    assert_eq!(s, 404);
+    // its subscription is disabled (conduit_deleted) and costs nothing; the
+    // other conduit's stays enabled
+    let (_, v, _) = send(authed(&sim, http.get(url("subscriptions")), &token));
+    let statuses: Vec<(&str, &str)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["transport"]["conduit_id"].as_str().unwrap(),
+                d["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (gone.as_str(), "conduit_deleted"),
+            (kept.as_str(), "enabled")
+        ]
+    );
+    assert_eq!(v["total_cost"], 1);
+    // the in-process way tests delete one: the same rules
+    assert!(sim.es_delete_conduit(&kept));
+    assert!(!sim.es_delete_conduit(&kept));
+    assert!(sim
+        .es_subscriptions()
+        .iter()
+        .all(|s| s.3 == "conduit_deleted"));
+    assert!(sim.es_shards(&kept).is_empty());
+}

@@ -80,6 +80,15 @@ impl ShardsUpdate {
     }
 }
 
+/// Twitch no longer knows the conduit: Get or Update Conduit Shards for it
+/// answered 404 ("Conduit not found."). It was deleted (Delete Conduit, or
+/// by Twitch after 72 hours with every shard disabled), and its
+/// subscriptions are disabled with it (`conduit_deleted`): only a new
+/// conduit, with new subscriptions, brings events again.
+pub fn conduit_gone(e: &HelixError) -> bool {
+    matches!(e, HelixError::Status { status: 404, .. })
+}
+
 /// The cost figures of a subscription answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Budget {
@@ -507,6 +516,34 @@ mod tests {
         assert_eq!(u.shard("0"), Ok(()));
         assert!(u.shard("3").unwrap_err().contains("outside"));
         assert!(u.shard("1").is_err());
+    }
+
+    #[test]
+    fn only_a_404_means_the_conduit_is_gone() {
+        let status = |status| HelixError::Status {
+            endpoint: SHARDS,
+            status,
+            message: "Conduit not found.".into(),
+        };
+        assert!(conduit_gone(&status(404)));
+        for e in [
+            status(400),
+            status(503),
+            HelixError::Unauthorized {
+                endpoint: SHARDS,
+                message: String::new(),
+            },
+            HelixError::RateLimited {
+                endpoint: SHARDS,
+                snapshot: None,
+            },
+            HelixError::Network {
+                endpoint: SHARDS,
+                detail: String::new(),
+            },
+        ] {
+            assert!(!conduit_gone(&e), "{e:?}");
+        }
     }
 
     #[test]

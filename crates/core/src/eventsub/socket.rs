@@ -7,7 +7,7 @@
 //! The client never sends a data frame: Twitch closes a connection that sends
 //! anything but pongs (4001). tungstenite answers the server's pings itself.
 
-use super::helix::ShardsUpdate;
+use super::helix::{conduit_gone, ShardsUpdate};
 use super::message::{parse_message, DropStats, Envelope};
 use super::session::{Action, AssignError, Shard, ShardConfig, ShardStats, SocketId};
 use crate::client::TwitchClient;
@@ -120,6 +120,11 @@ pub struct ShardView {
     /// (who holds the sender of [`run_shard_with_token`]'s token) for a new
     /// token; the background worker mints one when this grows.
     pub token_refused: u64,
+    /// Twitch answered 404 to a shard assignment: the conduit is gone
+    /// ([`super::helix::conduit_gone`]). Every later assignment fails alike,
+    /// so the shard's owner stops it and starts again with a new conduit
+    /// (the background worker does).
+    pub conduit_gone: bool,
 }
 
 /// The outcome of one PATCH for one shard, as the state machine wants it.
@@ -202,7 +207,9 @@ pub async fn run_shard(
 /// assignment uses the latest. A 401 on the assignment renews the token once
 /// and retries with it ([`renewed_token`]), within the 10 s Twitch gives a
 /// welcomed session: otherwise the socket would be dropped and every new
-/// one refused alike until some other call got a 401.
+/// one refused alike until some other call got a 401. A 404 on the
+/// assignment (the conduit is gone) sets [`ShardView::conduit_gone`]: no new
+/// session can help, only a new conduit.
 pub async fn run_shard_with_token(
     params: ShardParams,
     client: Arc<TwitchClient>,
@@ -246,6 +253,9 @@ pub async fn run_shard_with_token(
                                     .await
                                     .0;
                             }
+                        }
+                        if r.as_ref().is_err_and(conduit_gone) {
+                            view.lock().unwrap_or_else(|e| e.into_inner()).conduit_gone = true;
                         }
                         let _ = tx.send((session_id, assign_result(r, &shard_id)));
                     });
