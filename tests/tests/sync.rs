@@ -501,55 +501,33 @@ fn a_hand_written_observation_that_breaks_the_rules_is_a_clear_error() {
     db.client
         .batch_execute("SELECT twitch_sync.track('77')")
         .unwrap();
-    let obs = |source: &str, at: &str, id: &str, state: &str, sid: &str, viewers: &str| {
+    // A good observation, with one field replaced by `value`.
+    let obs = |field: &str, value: &str| {
+        let f: Vec<&str> = [
+            ("source", "'eventsub'"),
+            ("at", "now()"),
+            ("id", "'77'"),
+            ("state", "'live'"),
+            ("sid", "'700'"),
+            ("viewers", "5"),
+        ]
+        .iter()
+        .map(|&(k, v)| if k == field { value } else { v })
+        .collect();
         format!(
-            "ROW({source}, {at}, {id}, {state}, {sid}, NULL, {viewers}, 't', '', '', '', now())::twitch_sync.observation"
+            "ROW({}, {}, {}, {}, {}, NULL, {}, 't', '', '', '', now())::twitch_sync.observation",
+            f[0], f[1], f[2], f[3], f[4], f[5]
         )
     };
-    let good = obs("'eventsub'", "now()", "'77'", "'live'", "'700'", "5");
+    let good = obs("", "");
     for (what, arr, misses, notify) in [
-        (
-            "source",
-            obs("'bogus'", "now()", "'77'", "'live'", "'700'", "5"),
-            "1",
-            "false",
-        ),
-        (
-            "time",
-            obs("'eventsub'", "NULL", "'77'", "'live'", "'700'", "5"),
-            "1",
-            "false",
-        ),
-        (
-            "infinite time",
-            obs("'poll'", "'infinity'", "'77'", "'live'", "'700'", "5"),
-            "1",
-            "false",
-        ),
-        (
-            "state",
-            obs("'eventsub'", "now()", "'77'", "'sideways'", "'700'", "5"),
-            "1",
-            "false",
-        ),
-        (
-            "stream id",
-            obs("'eventsub'", "now()", "'77'", "'live'", "NULL", "5"),
-            "1",
-            "false",
-        ),
-        (
-            "viewers",
-            obs("'eventsub'", "now()", "'77'", "'live'", "'700'", "-5"),
-            "1",
-            "false",
-        ),
-        (
-            "broadcaster",
-            obs("'eventsub'", "now()", "'abc'", "'live'", "'700'", "5"),
-            "1",
-            "false",
-        ),
+        ("source", obs("source", "'bogus'"), "1", "false"),
+        ("time", obs("at", "NULL"), "1", "false"),
+        ("infinite time", obs("at", "'infinity'"), "1", "false"),
+        ("state", obs("state", "'sideways'"), "1", "false"),
+        ("stream id", obs("sid", "NULL"), "1", "false"),
+        ("viewers", obs("viewers", "-5"), "1", "false"),
+        ("broadcaster", obs("id", "'abc'"), "1", "false"),
         ("misses", good.clone(), "0", "false"),
         ("notify", good.clone(), "1", "NULL"),
     ] {
