@@ -1174,9 +1174,9 @@ BEGIN
                   HINT = 'Pass offline_after_misses >= 1 (checks without a listing that end a live '
                       || 'stream) and notify true or false.';
     END IF;
-    -- One pass: what is live, what carries a login, and the first observation
-    -- that breaks the type's rules (Rust's observations never do; this is for
-    -- a hand-written source).
+    -- One pass: what is live, what carries a login, and an observation that
+    -- breaks the type's rules (the lowest broadcaster id of those; Rust's
+    -- observations never do: this is for a hand-written source).
     SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')

@@ -38,7 +38,9 @@
 //!   and disabled its subscriptions; the worker forgets it, marks the
 //!   subscriptions on record `conduit_deleted` (polling covers those
 //!   channels again at once) and starts again as with no stored conduit: a
-//!   new one, shard 0 assigned, subscriptions created by reconciliation;
+//!   new one, shard 0 assigned, subscriptions created by reconciliation
+//!   (the old id is deleted anyway, and replacements within a minute of
+//!   each other back off);
 //! - a changed `eventsub_database` (SIGHUP) or an ERROR outside the guarded
 //!   transactions ends the process; Postgres starts it again after
 //!   [`RESTART_AFTER`].
@@ -100,6 +102,8 @@ const MAX_LIST_PAGES: usize = 1_000;
 /// A failed start is retried after this long (doubling up to [`MAX_RETRY`]).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Conduit replacements closer together than this back off (Worker::conduit_gone).
+const REPLACE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Registers the worker; called from `_PG_init` while shared_preload_libraries loads.
 pub fn register() {
@@ -241,6 +245,9 @@ struct Worker {
     trimmed_at: Instant,
     /// The last stored conduit of a dropped extension, deleted at Twitch.
     orphan: Option<(Arc<TwitchClient>, String, String)>,
+    /// When the conduit was last replaced after a 404, and the wait before
+    /// that replacement ([`Worker::conduit_gone`]).
+    replaced: Option<(Instant, Duration)>,
     /// Wakes the loop when an event arrives (None: the pipe could not be made).
     wake: Option<WakePipe>,
 }
@@ -318,6 +325,7 @@ impl Worker {
             welcomed: false,
             trimmed_at: Instant::now(),
             orphan: None,
+            replaced: None,
             wake: WakePipe::new(),
         }
     }
@@ -670,8 +678,14 @@ impl Worker {
             // start() still finds it missing from Get Conduits
             pgrx::warning!("twitch_sync eventsub worker: {e}");
         }
-        // nothing left to delete on DROP EXTENSION
-        self.orphan = None;
+        // Delete it anyway (a 404 again if it is gone): should the 404 have
+        // been wrong, the old conduit does not linger until Twitch's 72 h
+        // expiry, counting against the client's conduit limit.
+        if let Some((client, token, old)) = self.orphan.take() {
+            runtime::block_on_until_shutdown(
+                async move { client.delete_conduit(&token, &old).await.0 },
+            );
+        }
         self.row.conduit_id = None;
         self.stop(
             "connecting",
@@ -679,7 +693,18 @@ impl Worker {
                 "conduit {conduit} was deleted at Twitch: making a new one"
             )),
         );
-        self.next_check = Instant::now();
+        // At once the first time; if Twitch keeps answering 404 for the new
+        // conduits, each replacement within a minute of the last waits twice
+        // as long (up to MAX_RETRY) instead of making conduits in a loop.
+        let now = Instant::now();
+        let wait = match self.replaced {
+            Some((at, last)) if now.duration_since(at) < REPLACE_WINDOW => {
+                (last * 2).clamp(FIRST_RETRY, MAX_RETRY)
+            }
+            _ => Duration::ZERO,
+        };
+        self.replaced = Some((now, wait));
+        self.next_check = now + wait;
     }
 
     /// A token close to expiry (or refused) is replaced; the shard's next

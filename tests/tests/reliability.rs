@@ -586,3 +586,51 @@ fn errors_reach_users_as_clean_sql_errors_without_a_rust_backtrace() {
         .batch_execute("SET twitch_sync.max_retries = 2")
         .unwrap();
 }
+
+#[test]
+fn a_role_with_the_readme_grants_can_track_in_bulk() {
+    // README "SQL reference": bulk tracking by INSERT from another role needs
+    // INSERT on channels and EXECUTE on the rules the trigger and checks call.
+    let db = TestDb::new(world(1, 0.0));
+    let role = format!("bulk_tracker_{}", db.name);
+    let mut owner = db.connect();
+    owner
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT USAGE ON SCHEMA twitch_sync TO {role};
+             GRANT INSERT ON twitch_sync.channels TO {role};
+             GRANT EXECUTE ON FUNCTION twitch_sync.check_broadcaster_id(text),
+                                       twitch_sync.is_broadcaster_id(text),
+                                       twitch_sync.is_login(text) TO {role};"
+        ))
+        .unwrap();
+    let mut tracker = db.cluster().connect_as(&db.name, &role);
+    tracker
+        .batch_execute(
+            "INSERT INTO twitch_sync.channels (broadcaster_id, login)
+             SELECT (500 + i)::text, 'streamer_' || i FROM generate_series(1, 3) i",
+        )
+        .unwrap();
+    let e = tracker
+        .batch_execute("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('abc')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", error_text(&e));
+    let tracked: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.channels WHERE broadcaster_id IN ('501', '502', '503')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tracked, 3);
+    // without EXECUTE on the id rule, the trigger cannot run for it
+    owner
+        .batch_execute(&format!(
+            "REVOKE EXECUTE ON FUNCTION twitch_sync.check_broadcaster_id(text) FROM {role}"
+        ))
+        .unwrap();
+    let e = tracker
+        .batch_execute("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('504')")
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "42501", "{}", error_text(&e));
+}

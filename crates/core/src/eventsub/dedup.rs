@@ -241,6 +241,11 @@ impl Admission {
         let b = event.broadcaster_id();
         if let Some(&prev) = self.last.get(b) {
             if message_timestamp < prev {
+                // Not admitted: its event key must not make a later delivery
+                // of the same state a duplicate.
+                if let Some(k) = &key {
+                    self.events.forget(k);
+                }
                 self.stats.out_of_order += 1;
                 return Verdict::OutOfOrder;
             }
@@ -487,5 +492,24 @@ mod tests {
             Verdict::New
         );
         assert_eq!(a.stats.out_of_order, 1);
+    }
+
+    #[test]
+    fn an_event_refused_as_out_of_order_is_not_remembered() {
+        let mut a = Admission::default();
+        assert_eq!(
+            a.admit("m2", T0 + 5 * S, &offline("1", Some("10")), T0 + 6 * S),
+            Verdict::New
+        );
+        // an online older than that offline is refused...
+        assert_eq!(
+            a.admit("m1", T0, &online("1", "12"), T0 + 6 * S),
+            Verdict::OutOfOrder
+        );
+        // ...and does not make the real, later online of that stream a duplicate
+        assert_eq!(
+            a.admit("m3", T0 + 9 * S, &online("1", "12"), T0 + 10 * S),
+            Verdict::New
+        );
     }
 }
