@@ -135,7 +135,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"twitch_sync.max_concurrent_requests",
         c"Cap on Get Streams requests in flight at once during a run.",
-        c"Below the cap, the rate-limit bucket and the connection decide (HTTP/2: 100 streams; HTTP/1.1: 32 connections).",
+        c"Below the cap, the rate-limit bucket and the connection decide (HTTP/2: 100 streams; HTTP/1.1: 100 connections).",
         &MAX_CONCURRENT_REQUESTS,
         1,
         1000,

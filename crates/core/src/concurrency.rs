@@ -36,8 +36,10 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 /// Connections a run opens at most to an HTTP/1.1-only server (one request
-/// each at a time): the fixed concurrency of twitch_sync up to 0.2.
-pub const HTTP1_MAX_CONNECTIONS: usize = 32;
+/// each at a time): as many as the requests of one round over HTTP/2
+/// ([`HTTP2_STREAMS`]), so a 10,000-channel run is one round trip over
+/// either protocol. (0.1.0 used a fixed 32: four round trips at 10,000.)
+pub const HTTP1_MAX_CONNECTIONS: usize = HTTP2_STREAMS;
 
 /// Streams a run keeps open at most on its HTTP/2 connection: RFC 9113
 /// (section 6.5.2) recommends servers allow no fewer than 100.
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(in_flight_limit(800, Protocol::Http1), HTTP1_MAX_CONNECTIONS);
         assert_eq!(
             in_flight_limit(HTTP1_MAX_CONNECTIONS + 1, Protocol::Http1),
-            32
+            100
         );
         assert_eq!(in_flight_limit(5, Protocol::Http1), 5);
         assert_eq!(in_flight_limit(0, Protocol::Http1), 1);

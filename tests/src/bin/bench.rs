@@ -17,9 +17,9 @@ use twitch_sync_e2e::serde_json::Value;
 use twitch_sync_e2e::{backend_private_memory_kib, TestDb};
 
 /// Streams twitch_sync keeps open on its HTTP/2 connection (the simulator allows as many).
-const H2_STREAMS: u64 = 100;
+const H2_STREAMS: u64 = twitch_sync_core::concurrency::HTTP2_STREAMS as u64;
 /// twitch_sync's connections to an HTTP/1.1-only server.
-const H1_CONNECTIONS: u64 = 32;
+const H1_CONNECTIONS: u64 = twitch_sync_core::concurrency::HTTP1_MAX_CONNECTIONS as u64;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Target {
