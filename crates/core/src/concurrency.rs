@@ -41,6 +41,9 @@ use std::task::{Context, Poll};
 /// either protocol. (0.1.0 used a fixed 32: four round trips at 10,000.)
 pub const HTTP1_MAX_CONNECTIONS: usize = HTTP2_STREAMS;
 
+/// New connections that start at most in one millisecond ([`ConnWatch`]).
+pub const CONNECTS_PER_MS: usize = 8;
+
 /// Streams a run keeps open at most on its HTTP/2 connection: RFC 9113
 /// (section 6.5.2) recommends servers allow no fewer than 100.
 pub const HTTP2_STREAMS: usize = 100;
@@ -86,6 +89,11 @@ pub fn in_flight_limit(cap: usize, protocol: Protocol) -> usize {
 
 #[derive(Debug, Default)]
 struct WatchState {
+    /// Connection attempts started in the millisecond `paced_from` + `paced_ms`
+    /// (see [`ConnWatch::connect_delay`]).
+    paced_from: Option<std::time::Instant>,
+    paced_ms: u64,
+    paced_in_ms: usize,
     connections: u32,
     /// Set once the token step is over: from then on a new connection is one to Helix.
     helix_phase: bool,
@@ -138,6 +146,29 @@ impl ConnWatch {
     /// From now on, a new connection is a connection to Helix.
     pub fn start_helix_phase(&self) {
         self.lock().helix_phase = true;
+    }
+
+    /// How long a new connection attempt waits before it starts: at most
+    /// [`CONNECTS_PER_MS`] attempts start in any millisecond. A burst of 100
+    /// simultaneous SYNs overflows the accept queue of a server with a small
+    /// listen backlog (Python's http.server has 5), and every dropped one
+    /// costs a one-second retransmission; paced, 100 connections start over
+    /// about 12 ms.
+    fn connect_delay(&self) -> std::time::Duration {
+        let mut st = self.lock();
+        let now = std::time::Instant::now();
+        let from = *st.paced_from.get_or_insert(now);
+        let now_ms = now.duration_since(from).as_millis() as u64;
+        if now_ms > st.paced_ms {
+            st.paced_ms = now_ms;
+            st.paced_in_ms = 0;
+        }
+        if st.paced_in_ms >= CONNECTS_PER_MS {
+            st.paced_ms += 1;
+            st.paced_in_ms = 0;
+        }
+        st.paced_in_ms += 1;
+        (from + std::time::Duration::from_millis(st.paced_ms)).saturating_duration_since(now)
     }
 
     /// Connections opened so far.
@@ -204,7 +235,11 @@ where
     fn call(&mut self, req: R) -> Self::Future {
         let fut = self.inner.call(req);
         let watch = self.watch.clone();
+        let delay = watch.connect_delay();
         Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let conn = fut.await?;
             watch.connected(conn.connected().is_negotiated_h2());
             Ok(conn)
@@ -215,6 +250,26 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_of_connections_starts_a_few_per_millisecond() {
+        let watch = ConnWatch::default();
+        let t0 = std::time::Instant::now();
+        let starts: Vec<u128> = (0..100)
+            .map(|_| (t0.elapsed() + watch.connect_delay()).as_millis())
+            .collect();
+        let mut per_ms = std::collections::BTreeMap::new();
+        for ms in &starts {
+            *per_ms.entry(*ms).or_insert(0usize) += 1;
+        }
+        assert!(per_ms.values().all(|&n| n <= CONNECTS_PER_MS), "{per_ms:?}");
+        // 100 connections over about 100 / CONNECTS_PER_MS milliseconds
+        let last = *starts.iter().max().unwrap();
+        assert!((11..=14).contains(&last), "{per_ms:?}");
+        // a connection after the burst has passed starts at once
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(watch.connect_delay(), std::time::Duration::ZERO);
+    }
 
     #[test]
     fn one_request_until_the_protocol_is_known() {

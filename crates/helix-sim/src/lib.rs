@@ -73,6 +73,9 @@ pub struct Config {
     /// SETTINGS_MAX_CONCURRENT_STREAMS of HTTP/2 connections (100: the least
     /// RFC 9113 recommends, a common server default).
     pub h2_max_concurrent_streams: u32,
+    /// The listening socket's backlog: connections accepted by the kernel and
+    /// not yet by the server (1024; Python's http.server uses 5).
+    pub listen_backlog: u32,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             tls: None,
             ca_file: None,
             h2_max_concurrent_streams: 100,
+            listen_backlog: 1024,
         }
     }
 }
@@ -810,10 +814,22 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
     resp
 }
 
+/// A listening socket on 127.0.0.1:`port` whose accept queue holds `backlog`
+/// connections (the kernel drops SYNs beyond it, and clients retransmit a
+/// second later).
+fn listen(port: u16, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
+}
+
 impl Simulator {
     /// Starts a simulator on 127.0.0.1 on its own runtime thread.
     pub fn start(cfg: Config) -> std::io::Result<Simulator> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", cfg.port))?;
+        let listener = listen(cfg.port, cfg.listen_backlog)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let tls_alpn = cfg.tls;

@@ -52,6 +52,8 @@ struct Scenario {
     cold: bool,
     /// Issue 10's target: the database share at most this multiple of the live-only floor.
     db_target: Option<f64>,
+    /// The simulator's listen backlog (None: its default).
+    listen_backlog: Option<u32>,
 }
 
 impl Scenario {
@@ -67,6 +69,7 @@ impl Scenario {
             refill_between: Duration::ZERO,
             target,
             alpn: Alpn::H2AndHttp1,
+            listen_backlog: None,
             cap: None,
             cold: false,
             db_target: None,
@@ -153,6 +156,7 @@ fn measure(s: &Scenario) -> Row {
             ..Default::default()
         },
         tls: Some(s.alpn),
+        listen_backlog: s.listen_backlog.unwrap_or(Config::default().listen_backlog),
         ..Default::default()
     });
     db.track_first(s.channels);
@@ -393,6 +397,18 @@ fn main() {
             alpn: Alpn::Http1Only,
             ..Scenario::new(
                 "h1 vs h2: 10,000 / 2,000, HTTP/1.1-only server",
+                10_000,
+                0.2,
+                Target::None,
+            )
+        },
+        Scenario {
+            runs,
+            refill_between: Duration::from_secs(1),
+            alpn: Alpn::Http1Only,
+            listen_backlog: Some(5),
+            ..Scenario::new(
+                "h1, listen backlog 5 (as Python's http.server): 10,000 / 2,000",
                 10_000,
                 0.2,
                 Target::None,
