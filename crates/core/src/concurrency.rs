@@ -16,7 +16,8 @@
 //!    to it means a request is on the wire when the rate limiter pays for it,
 //!    so its answer dates the bucket's state right and its timeout is not spent
 //!    queueing. With HTTP/1.1 a connection carries one request at a time, so a
-//!    run opens at most [`HTTP1_MAX_CONNECTIONS`];
+//!    run opens at most [`HTTP1_MAX_CONNECTIONS`], at most [`CONNECTS_PER_MS`]
+//!    starting in each millisecond (a small listen backlog drops a burst);
 //! 3. **the cap**: `twitch_sync.max_concurrent_requests`
 //!    ([`SyncConfig::max_concurrent_requests`](crate::SyncConfig)).
 //!
@@ -149,20 +150,29 @@ impl ConnWatch {
     }
 
     /// How long a new connection attempt waits before it starts: at most
-    /// [`CONNECTS_PER_MS`] attempts start in any millisecond. A burst of 100
-    /// simultaneous SYNs overflows the accept queue of a server with a small
-    /// listen backlog (Python's http.server has 5), and every dropped one
-    /// costs a one-second retransmission; paced, 100 connections start over
-    /// about 12 ms.
+    /// [`CONNECTS_PER_MS`] attempts start in each millisecond of a burst. A
+    /// burst of 100 simultaneous SYNs overflows the accept queue of a server
+    /// with a small listen backlog (Python's http.server has 5), and every
+    /// dropped one costs a one-second retransmission; paced, 100 connections
+    /// start over about 12 ms.
     fn connect_delay(&self) -> std::time::Duration {
+        self.connect_delay_at(std::time::Instant::now())
+    }
+
+    /// [`ConnWatch::connect_delay`] for an attempt made at `now`. The
+    /// milliseconds are counted from the burst's first attempt: an attempt
+    /// made when every slot counted so far has passed starts a new burst.
+    fn connect_delay_at(&self, now: std::time::Instant) -> std::time::Duration {
         let mut st = self.lock();
-        let now = std::time::Instant::now();
-        let from = *st.paced_from.get_or_insert(now);
-        let now_ms = now.duration_since(from).as_millis() as u64;
-        if now_ms > st.paced_ms {
-            st.paced_ms = now_ms;
-            st.paced_in_ms = 0;
-        }
+        let from = match st.paced_from {
+            Some(from) if now.duration_since(from).as_millis() as u64 <= st.paced_ms => from,
+            _ => {
+                st.paced_from = Some(now);
+                st.paced_ms = 0;
+                st.paced_in_ms = 0;
+                now
+            }
+        };
         if st.paced_in_ms >= CONNECTS_PER_MS {
             st.paced_ms += 1;
             st.paced_in_ms = 0;
@@ -195,8 +205,9 @@ impl ConnWatch {
     }
 }
 
-/// A connector layer for reqwest that reports each established connection to a
-/// [`ConnWatch`].
+/// A connector layer for reqwest that paces new connection attempts
+/// ([`ConnWatch::connect_delay`]) and reports each established connection to
+/// a [`ConnWatch`].
 #[derive(Clone)]
 pub struct WatchLayer(pub std::sync::Arc<ConnWatch>);
 
@@ -253,22 +264,43 @@ mod tests {
 
     #[test]
     fn a_burst_of_connections_starts_a_few_per_millisecond() {
+        use std::time::{Duration, Instant};
         let watch = ConnWatch::default();
-        let t0 = std::time::Instant::now();
-        let starts: Vec<u128> = (0..100)
-            .map(|_| (t0.elapsed() + watch.connect_delay()).as_millis())
+        let t0 = Instant::now();
+        // 100 attempts within the burst's first 0.1 ms
+        let starts: Vec<Duration> = (0..100u64)
+            .map(|i| {
+                let at = t0 + Duration::from_micros(i);
+                at.duration_since(t0) + watch.connect_delay_at(at)
+            })
             .collect();
         let mut per_ms = std::collections::BTreeMap::new();
-        for ms in &starts {
-            *per_ms.entry(*ms).or_insert(0usize) += 1;
+        for d in &starts {
+            *per_ms.entry(d.as_millis()).or_insert(0usize) += 1;
         }
         assert!(per_ms.values().all(|&n| n <= CONNECTS_PER_MS), "{per_ms:?}");
-        // 100 connections over about 100 / CONNECTS_PER_MS milliseconds
-        let last = *starts.iter().max().unwrap();
-        assert!((11..=14).contains(&last), "{per_ms:?}");
-        // a connection after the burst has passed starts at once
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        assert_eq!(watch.connect_delay(), std::time::Duration::ZERO);
+        assert_eq!(
+            per_ms.len(),
+            100usize.div_ceil(CONNECTS_PER_MS),
+            "{per_ms:?}"
+        );
+        // one more while the burst's slots are still ahead takes the last
+        // slot's free place (slot 12 holds 4 of 100): 12 ms from the start
+        let late = t0 + Duration::from_millis(5);
+        assert_eq!(watch.connect_delay_at(late), Duration::from_millis(7));
+        // once they have passed, an attempt starts a new burst, at once
+        let after = t0 + Duration::from_millis(40);
+        assert_eq!(watch.connect_delay_at(after), Duration::ZERO);
+        for i in 1..CONNECTS_PER_MS as u64 {
+            assert_eq!(
+                watch.connect_delay_at(after + Duration::from_micros(i)),
+                Duration::ZERO
+            );
+        }
+        assert_eq!(
+            watch.connect_delay_at(after + Duration::from_micros(10)),
+            Duration::from_millis(1) - Duration::from_micros(10)
+        );
     }
 
     #[test]
