@@ -296,7 +296,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cron_db text := pg_catalog.current_setting('cron.database_name', true);
     here text := pg_catalog.current_database();
-    job text := twitch_sync.cron_job_name() || '-' || pg_catalog.current_database();
+    job text := twitch_sync.cron_job_name() || '-' || here;
 BEGIN
     IF cron_db IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not loaded in this server'

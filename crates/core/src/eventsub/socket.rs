@@ -140,9 +140,9 @@ pub fn assign_result(
     }
 }
 
-/// One text frame from `socket`: it restarts the keepalive timer whatever it
-/// holds ([`Shard::on_frame`]), then it is parsed and handed to the shard, or
-/// dropped and counted.
+/// One text frame from `socket`: parsed and handed to the shard, or dropped
+/// and counted. Either way it restarts the keepalive timer
+/// ([`Shard::on_frame`]; [`Shard::on_message`] does it for a parsed one).
 fn on_frame(
     shard: &mut Shard,
     drops: &mut DropStats,
@@ -150,10 +150,10 @@ fn on_frame(
     text: &str,
     now: Instant,
 ) -> Vec<Action> {
-    shard.on_frame(socket, now);
     match parse_message(text) {
         Ok(env) => shard.on_message(socket, env, now),
         Err(r) => {
+            shard.on_frame(socket, now);
             drops.count(r);
             Vec::new()
         }
