@@ -278,6 +278,12 @@ BEGIN
 END
 $$;
 
+-- The schedule of the maintenance job: hourly, at minute 17.
+CREATE FUNCTION twitch_sync.cron_maintain_schedule() RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '17 * * * *'
+$$;
+
 -- The schedule of schedule('auto'): every 10 minutes, or every minute with
 -- twitch_sync.adaptive_polling on (it decides per run what is due).
 CREATE FUNCTION twitch_sync.cron_auto_schedule() RETURNS text
@@ -315,10 +321,10 @@ BEGIN
                   HINT = pg_catalog.format('Either set cron.database_name = %L and restart PostgreSQL, or connect '
                       || 'to %I and schedule this database''s jobs under their own names: '
                       || 'SELECT cron.schedule_in_database(%L, %L, ''SELECT twitch_sync.run()'', %L); '
-                      || 'SELECT cron.schedule_in_database(%L, ''17 * * * *'', ''SELECT twitch_sync.maintain()'', %L); '
+                      || 'SELECT cron.schedule_in_database(%L, %L, ''SELECT twitch_sync.maintain()'', %L); '
                       || '(to remove them: SELECT cron.unschedule(%L); SELECT cron.unschedule(%L);)',
                       here, cron_db, job, twitch_sync.cron_auto_schedule(), here,
-                      job || '-maintain', here, job, job || '-maintain');
+                      job || '-maintain', twitch_sync.cron_maintain_schedule(), here, job, job || '-maintain');
     END IF;
 END
 $$;
@@ -354,7 +360,7 @@ BEGIN
            INTO id
           USING twitch_sync.cron_job_name(), schedule, 'SELECT twitch_sync.run()', pg_catalog.current_database();
         EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
-          USING twitch_sync.cron_maintain_job_name(), '17 * * * *', 'SELECT twitch_sync.maintain()',
+          USING twitch_sync.cron_maintain_job_name(), twitch_sync.cron_maintain_schedule(), 'SELECT twitch_sync.maintain()',
                 pg_catalog.current_database();
     EXCEPTION WHEN invalid_parameter_value THEN
         GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
