@@ -252,6 +252,14 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT 'twitch-viewer-count-sync'::text
 $$;
 
+-- Whether a pg_cron job's command is the statement `call`: compared without
+-- case, blanks or semicolons, so 'select twitch_sync.run();' counts too.
+CREATE FUNCTION twitch_sync.cron_command_is(command text, call text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.regexp_replace(pg_catalog.lower(command), '[[:space:];]', '', 'g')
+         = pg_catalog.regexp_replace(pg_catalog.lower(call), '[[:space:];]', '', 'g')
+$$;
+
 -- The name of its maintenance job (twitch_sync.maintain()).
 CREATE FUNCTION twitch_sync.cron_maintain_job_name() RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -259,6 +267,10 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- The pg_cron job of this database, if pg_cron is here; NULLs otherwise.
+-- pg_cron job names are unique per user only, so a job is ours only if it
+-- runs SELECT twitch_sync.run() (case, blanks and a trailing ; aside): another
+-- role's job under the same name cannot stand in for it in status(),
+-- dashboard() or unschedule(). Of several, the caller's own comes first.
 CREATE FUNCTION twitch_sync.cron_job()
 RETURNS TABLE (jobid bigint, schedule text, active boolean, last_status text,
                last_start timestamptz, last_message text)
@@ -272,9 +284,10 @@ BEGIN
         SELECT j.jobid, j.schedule, j.active, d.status, d.start_time, d.return_message
           FROM (SELECT 1) one
           LEFT JOIN cron.job j ON j.jobname = twitch_sync.cron_job_name() AND j.database = pg_catalog.current_database()
+                                  AND twitch_sync.cron_command_is(j.command, 'SELECT twitch_sync.run()')
           LEFT JOIN LATERAL (SELECT r.status, r.start_time, r.return_message FROM cron.job_run_details r
                               WHERE r.jobid = j.jobid ORDER BY r.runid DESC LIMIT 1) d ON true
-         ORDER BY j.jobid LIMIT 1 $q$;
+         ORDER BY j.username = pg_catalog.session_user() DESC, j.jobid LIMIT 1 $q$;
 END
 $$;
 
@@ -385,8 +398,10 @@ DECLARE
     maintain_id bigint;
 BEGIN
     PERFORM twitch_sync.require_pg_cron();
-    EXECUTE 'SELECT j.jobid FROM cron.job j WHERE j.jobname = $1 AND j.database = pg_catalog.current_database()'
-       INTO maintain_id USING twitch_sync.cron_maintain_job_name();
+    EXECUTE 'SELECT j.jobid FROM cron.job j WHERE j.jobname = $1 AND j.database = pg_catalog.current_database()
+                AND twitch_sync.cron_command_is(j.command, $2)
+              ORDER BY j.username = pg_catalog.session_user() DESC, j.jobid LIMIT 1'
+       INTO maintain_id USING twitch_sync.cron_maintain_job_name(), 'SELECT twitch_sync.maintain()';
     IF maintain_id IS NOT NULL THEN
         EXECUTE 'SELECT cron.unschedule($1)' USING maintain_id;
     END IF;

@@ -59,7 +59,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 use twitch_sync_core::client::TwitchClient;
 use twitch_sync_core::engine::{prepare_token, CachedToken, Credentials};
-use twitch_sync_core::error::HelixError;
+use twitch_sync_core::error::{redact, HelixError};
 use twitch_sync_core::eventsub::apply::EventArgs;
 use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
 use twitch_sync_core::eventsub::helix::{self, Budget, Subscription};
@@ -393,6 +393,15 @@ impl Worker {
     }
 
     fn set_state(&mut self, state: &'static str, detail: Option<String>) {
+        // The detail goes to the log and to eventsub_worker: never a secret
+        // in it, as for runs.error.
+        let detail = detail.map(|d| match &self.running {
+            Some(r) => redact(
+                &d,
+                &[&r.credentials.client_secret, &r.token.access_token],
+            ),
+            None => d,
+        });
         if self.row.state != state || self.row.detail != detail {
             if self.row.state != state || state != "connecting" {
                 pgrx::log!(

@@ -87,6 +87,25 @@ fn pg_cron_runs_the_scheduled_job_for_real() {
         0,
         "a refused schedule creates no job"
     );
+    // pg_cron job names are unique per user only: another role's job under
+    // the same name, running something else, is not twitch_sync's job.
+    db.client
+        .batch_execute(
+            "DROP ROLE IF EXISTS cron_squatter; CREATE ROLE cron_squatter;
+             GRANT USAGE ON SCHEMA cron TO cron_squatter;
+             SET ROLE cron_squatter;
+             SELECT cron.schedule('twitch-viewer-count-sync', '0 0 1 1 *', 'SELECT 1');
+             SELECT cron.schedule('twitch-viewer-count-sync-maintain', '0 0 1 1 *', 'SELECT 2');
+             RESET ROLE;",
+        )
+        .unwrap();
+    let squatter_jobs = "SELECT count(*) FROM cron.job WHERE username = 'cron_squatter'";
+    let schedule_shown: Option<String> = db
+        .client
+        .query_one("SELECT schedule FROM twitch_sync.status()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(schedule_shown, None, "another role's job is not ours");
     let jobid: i64 = db
         .client
         .query_one("SELECT twitch_sync.schedule('* * * * *')", &[])
@@ -158,6 +177,17 @@ fn pg_cron_runs_the_scheduled_job_for_real() {
         .unwrap()
         .get(0);
     assert_eq!(gone, None);
+    assert_eq!(
+        db.scalar_i64(squatter_jobs),
+        2,
+        "unschedule() left the other role's jobs alone"
+    );
+    db.client
+        .batch_execute(
+            "SELECT cron.unschedule(jobid) FROM cron.job WHERE username = 'cron_squatter';
+             REVOKE USAGE ON SCHEMA cron FROM cron_squatter; DROP ROLE cron_squatter;",
+        )
+        .unwrap();
 }
 
 #[test]

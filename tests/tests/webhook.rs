@@ -419,6 +419,25 @@ fn signed_deliveries_over_http_through_the_postgrest_wiring() {
         .unwrap()
         .get(0);
     assert_eq!(status, "authorization_revoked");
+    // Twitch signs the id, the timestamp and the body, not the message type: a
+    // captured notification sent again as a "revocation" is not one.
+    let mut replayed = online.resend();
+    replayed.message_type = "revocation".into();
+    let reply = twitch.send(&replayed).unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "dropped: malformed"),
+        "{reply:?}"
+    );
+    let status: String = db
+        .client
+        .query_one(
+            "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
+            &[&online_sub.id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "authorization_revoked", "the replay changed nothing");
     let reply = twitch
         .send(&Delivery::revocation(&offline_sub, "user_removed"))
         .unwrap();

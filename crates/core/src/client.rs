@@ -32,11 +32,21 @@ pub enum StreamsQuery<'a> {
     },
 }
 
-/// An app access token as the client-credentials grant returns it.
-#[derive(Debug, Clone, PartialEq)]
+/// An app access token as the client-credentials grant returns it (Debug
+/// hides the token).
+#[derive(Clone, PartialEq)]
 pub struct AppToken {
     pub access_token: String,
     pub expires_in: Duration,
+}
+
+impl std::fmt::Debug for AppToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -162,6 +162,10 @@ pub fn validate_base_url(url: &str) -> Result<String, String> {
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
+/// Largest `twitch_sync.extra_ca_file` read (a whole public CA bundle is
+/// about 0.2 MiB).
+pub const MAX_CA_FILE_BYTES: u64 = 4 << 20;
+
 /// Reads the CA certificates of a PEM file (`twitch_sync.extra_ca_file`): every
 /// `CERTIFICATE` block, each checked to be usable as a trust anchor the way
 /// rustls will use it. Other blocks (a private key, say) are ignored. An empty
@@ -178,7 +182,28 @@ pub fn load_ca_file(path: &str) -> Result<Vec<Vec<u8>>, String> {
              by its absolute path, or set '' for none"
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file \"{path}\": {e}"))?;
+    // A FIFO or a device would block the backend in open() or read() where
+    // no cancel reaches it, or fill its memory: only a regular file of a
+    // bounded size is read.
+    let cannot_read = |e: std::io::Error| format!("cannot read the file \"{path}\": {e}");
+    let meta = std::fs::metadata(path).map_err(cannot_read)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "\"{path}\" is not a regular file: name a PEM file of CA certificates"
+        ));
+    }
+    if meta.len() > MAX_CA_FILE_BYTES {
+        return Err(format!(
+            "\"{path}\" is larger than {} MiB: name a PEM file of only the CA certificates to add",
+            MAX_CA_FILE_BYTES >> 20
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(path).map_err(cannot_read)?, MAX_CA_FILE_BYTES),
+        &mut bytes,
+    )
+    .map_err(cannot_read)?;
     let mut certs = Vec::new();
     for section in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(&bytes) {
         match section {

@@ -18,18 +18,39 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-#[derive(Debug, Clone, PartialEq)]
+/// Debug shows the client id only: a `{:?}` of anything holding credentials
+/// never prints the secret.
+#[derive(Clone, PartialEq)]
 pub struct Credentials {
     pub client_id: String,
     pub client_secret: String,
 }
 
-/// The app access token as cached in the database.
-#[derive(Debug, Clone, PartialEq)]
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The app access token as cached in the database (Debug hides the token).
+#[derive(Clone, PartialEq)]
 pub struct CachedToken {
     pub access_token: String,
     pub expires_at: SystemTime,
     pub validated_at: Option<SystemTime>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("validated_at", &self.validated_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -718,4 +739,32 @@ pub async fn sync_streaming(
     outcome.rate_limited = pass.rate_limited.load(Ordering::Relaxed);
     outcome.rate_limit = pass.limiter.last_seen();
     outcome
+}
+
+#[cfg(test)]
+mod debug_tests {
+    use super::*;
+    use crate::client::AppToken;
+
+    #[test]
+    fn debug_output_never_shows_a_secret() {
+        let shown = format!(
+            "{:?} {:?} {:?}",
+            Credentials {
+                client_id: "the-client-id".into(),
+                client_secret: "s3cr3t-client".into(),
+            },
+            CachedToken {
+                access_token: "s3cr3t-token".into(),
+                expires_at: SystemTime::UNIX_EPOCH,
+                validated_at: None,
+            },
+            AppToken {
+                access_token: "s3cr3t-app".into(),
+                expires_in: Duration::from_secs(60),
+            }
+        );
+        assert!(shown.contains("the-client-id"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
 }

@@ -7,7 +7,7 @@ use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Simulator};
 use std::time::{Duration, SystemTime};
 use twitch_sync_core::concurrency::{Protocol, HTTP1_MAX_CONNECTIONS};
-use twitch_sync_core::config::load_ca_file;
+use twitch_sync_core::config::{load_ca_file, MAX_CA_FILE_BYTES};
 use twitch_sync_core::{
     sync_streaming, BatchBuffer, BatchResult, CachedToken, Credentials, PassSummary, SyncConfig,
     SyncInput,
@@ -225,7 +225,32 @@ fn extra_ca_files_are_read_or_refused_with_the_reason() {
             dir.join("missing.pem").to_str().unwrap().to_string(),
             "cannot read the file",
         ),
-        (dir.to_str().unwrap().to_string(), "cannot read the file"),
+        (dir.to_str().unwrap().to_string(), "is not a regular file"),
+        // a device or a FIFO would block or fill memory: refused unread
+        ("/dev/zero".to_string(), "is not a regular file"),
+        (
+            {
+                let fifo = dir.join("ca.fifo");
+                let made = std::process::Command::new("mkfifo")
+                    .arg(&fifo)
+                    .status()
+                    .unwrap();
+                assert!(made.success());
+                fifo.to_str().unwrap().to_string()
+            },
+            "is not a regular file",
+        ),
+        (
+            {
+                let big = dir.join("big.pem");
+                std::fs::File::create(&big)
+                    .unwrap()
+                    .set_len(MAX_CA_FILE_BYTES + 1)
+                    .unwrap();
+                big.to_str().unwrap().to_string()
+            },
+            "is larger than 4 MiB",
+        ),
         (file("empty.pem", ""), "holds no PEM certificate"),
         (
             file("text.pem", "just some text\n"),

@@ -336,6 +336,22 @@ fn subscription(payload: &Value, meta_type: Option<&str>) -> Result<Subscription
     })
 }
 
+/// A revocation's subscription. Twitch does not sign the message type (only
+/// id, timestamp and body), so the body must be a revocation's too: no
+/// `event`, and a status other than `enabled` (Twitch sends the reason, such as
+/// `authorization_revoked`). A signed notification body replayed with its type
+/// changed to `revocation` is dropped, not recorded as one.
+fn revoked_subscription(
+    payload: &Value,
+    meta_type: Option<&str>,
+) -> Result<SubscriptionInfo, DropReason> {
+    let sub = subscription(payload, meta_type)?;
+    if payload.get("event").is_some() || sub.status.is_empty() || sub.status == "enabled" {
+        return Err(DropReason::Malformed);
+    }
+    Ok(sub)
+}
+
 fn stream_event(
     sub: &SubscriptionInfo,
     payload: &Value,
@@ -439,7 +455,7 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
             })
         }
         Some("revocation") => {
-            Message::Revocation(subscription(&payload, m.subscription_type.as_deref())?)
+            Message::Revocation(revoked_subscription(&payload, m.subscription_type.as_deref())?)
         }
         _ => return Err(DropReason::UnknownType),
     };
@@ -562,7 +578,7 @@ pub fn parse_webhook_body(
         }
         "revocation" => {
             check_headers()?;
-            let sub = subscription(&payload, subscription_type)?;
+            let sub = revoked_subscription(&payload, subscription_type)?;
             Ok(WebhookBody::Revocation(envelope(Message::Revocation(sub))))
         }
         _ => Err(DropReason::UnknownType),
@@ -717,6 +733,25 @@ mod webhook_body_tests {
         assert!(
             matches!(env.message, Message::Revocation(s) if s.status == "authorization_revoked")
         );
+        // The message type is not signed: a notification's body sent again as
+        // a revocation is not one (it carries an event, its status is enabled).
+        let notification = online();
+        assert!(matches!(
+            parse("notification", Some("stream.online"), &notification),
+            Ok(WebhookBody::Notification(_))
+        ));
+        assert_eq!(
+            parse("revocation", Some("stream.online"), &notification),
+            Err(DropReason::Malformed)
+        );
+        for status in ["enabled", ""] {
+            let b = json!({"subscription": sub("stream.offline", status)});
+            assert_eq!(
+                parse("revocation", Some("stream.offline"), &b.to_string()),
+                Err(DropReason::Malformed),
+                "{status:?}"
+            );
+        }
         assert_eq!(
             parse("session_welcome", None, "{}"),
             Err(DropReason::UnknownType)
