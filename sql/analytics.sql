@@ -86,12 +86,15 @@ $$;
 
 -- Creates the missing day partitions of viewer_samples from first_day to
 -- last_day (UTC), moving that day's rows out of viewer_samples_default;
--- returns how many it created.
+-- returns how many it created. A day whose partition cannot be attached
+-- within 100 ms (a reader of viewer_samples holds the default partition) is
+-- left for the next call: run() calls this for today and tomorrow.
 CREATE FUNCTION twitch_sync.create_sample_partitions(first_day date, last_day date) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     d date := first_day;
     created integer := 0;
+    old_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF first_day IS NULL OR last_day IS NULL OR last_day - first_day > 3660 THEN
         RAISE EXCEPTION 'invalid day range: % to %', first_day, last_day
@@ -101,6 +104,9 @@ BEGIN
     WHILE d <= last_day LOOP
         IF pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d)) IS NULL THEN
             BEGIN
+                -- Attaching locks the default partition: readers of
+                -- viewer_samples would queue behind a long wait for it.
+                PERFORM pg_catalog.set_config('lock_timeout', '100ms', true);
                 EXECUTE pg_catalog.format(
                     'CREATE TABLE twitch_sync.%I (LIKE twitch_sync.viewer_samples INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
                                                   PRIMARY KEY (broadcaster_id, sampled_at, stream_id))',
@@ -115,9 +121,13 @@ BEGIN
                     twitch_sync.sample_partition(d),
                     d::timestamp AT TIME ZONE 'UTC', (d + 1)::timestamp AT TIME ZONE 'UTC');
                 created := created + 1;
-            EXCEPTION WHEN duplicate_table OR unique_violation THEN
-                NULL;  -- another session created it meanwhile
+            EXCEPTION
+                WHEN duplicate_table OR unique_violation THEN
+                    NULL;  -- another session created it meanwhile
+                WHEN lock_not_available THEN
+                    NULL;  -- in use: its samples wait in the default partition for the next call
             END;
+            PERFORM pg_catalog.set_config('lock_timeout', old_timeout, true);
         END IF;
         d := d + 1;
     END LOOP;

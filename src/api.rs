@@ -241,6 +241,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     let started_at = SystemTime::now();
     let clock = Instant::now();
     db::check_schema_version()?;
+    db::check_writable()?;
     if !db::try_lock_run()? {
         return skip(started_at, clock);
     }

@@ -61,6 +61,19 @@ pub fn check_schema_version() -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Refuses a read-only transaction (`SET default_transaction_read_only`, `BEGIN
+/// READ ONLY`, a hot standby) before run() sends anything to Twitch.
+pub fn check_writable() -> Result<(), SyncError> {
+    let read_only =
+        Spi::get_one::<bool>("SELECT pg_catalog.current_setting('transaction_read_only')::bool")
+            .map_err(internal)?
+            .unwrap_or(false);
+    if read_only {
+        return Err(SyncError::ReadOnly);
+    }
+    Ok(())
+}
+
 /// The local transaction id (`MyProc->lxid`) in which this backend last took
 /// the run lock; 0 (InvalidLocalTransactionId) before the first.
 static RUN_LOCK_LXID: AtomicU32 = AtomicU32::new(0);

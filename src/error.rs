@@ -22,6 +22,10 @@ pub enum SyncError {
         installed: String,
         library: &'static str,
     },
+    /// run() was called in a read-only transaction (or on a standby): refused
+    /// before any request is sent, since nothing it learns could be written.
+    #[error("twitch_sync.run() cannot run in a read-only transaction")]
+    ReadOnly,
     /// A cancel, statement_timeout or terminate arrived while run() waited on
     /// Twitch, and Postgres did not raise it itself (interrupts held off).
     #[error("canceling statement: {0}")]
@@ -37,6 +41,7 @@ impl SyncError {
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE
             }
             SyncError::BadSetting { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            SyncError::ReadOnly => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             SyncError::Interrupted(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
@@ -56,6 +61,11 @@ impl SyncError {
             SyncError::SchemaVersionMismatch { .. } => Some(
                 "New twitch_sync binaries were installed: run ALTER EXTENSION twitch_sync UPDATE; \
                  as a superuser in this database (and in every other database that has it)."
+                    .into(),
+            ),
+            SyncError::ReadOnly => Some(
+                "run() writes what it learns: call it in a read-write transaction on the primary \
+                 (default_transaction_read_only = off). No request was sent to Twitch."
                     .into(),
             ),
             SyncError::Interrupted(_) | SyncError::Internal(_) => None,

@@ -396,10 +396,7 @@ impl Worker {
         // The detail goes to the log and to eventsub_worker: never a secret
         // in it, as for runs.error.
         let detail = detail.map(|d| match &self.running {
-            Some(r) => redact(
-                &d,
-                &[&r.credentials.client_secret, &r.token.access_token],
-            ),
+            Some(r) => redact(&d, &[&r.credentials.client_secret, &r.token.access_token]),
             None => d,
         });
         if self.row.state != state || self.row.detail != detail {

@@ -637,3 +637,47 @@ fn metrics_are_valid_prometheus_text() {
     assert!(text.contains("# HELP twitch_sync_live_streams "));
     assert!(!text.contains(&db.sim.client_secret()));
 }
+
+#[test]
+fn a_partition_in_use_is_left_for_the_next_run_instead_of_stalling_readers() {
+    let mut db = TestDb::new(world(10, 0.5));
+    db.track_first(10);
+    db.run();
+    // Tomorrow's partition is missing while a reader holds viewer_samples in a
+    // long transaction: attaching it would wait for the reader, and every
+    // later reader would queue behind that wait.
+    let tomorrow: String = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.sample_partition((now() AT TIME ZONE 'UTC')::date + 1)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    db.client
+        .batch_execute(&format!("DROP TABLE twitch_sync.{tomorrow}"))
+        .unwrap();
+    let exists =
+        format!("SELECT count(*) FROM pg_class WHERE oid = to_regclass('twitch_sync.{tomorrow}')");
+    assert_eq!(db.scalar_i64(&exists), 0);
+    let mut reader = db.connect();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM twitch_sync.viewer_samples;")
+        .unwrap();
+    // (before the fix run() waited for the reader: the timeout ends the test)
+    db.client
+        .batch_execute("SET statement_timeout = '10s'")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let doc = db.run();
+    let took = t.elapsed();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    assert!(
+        took < Duration::from_secs(3),
+        "run() did not wait for the reader: {took:?}"
+    );
+    assert_eq!(db.scalar_i64(&exists), 0, "left for the next call");
+    reader.batch_execute("COMMIT").unwrap();
+    db.run();
+    assert_eq!(db.scalar_i64(&exists), 1, "created once the reader is done");
+}

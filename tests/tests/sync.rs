@@ -407,6 +407,36 @@ fn concurrent_runs_are_skipped() {
 }
 
 #[test]
+fn a_read_only_transaction_is_refused_before_any_request() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    let runs = db.scalar_i64("SELECT count(*) FROM twitch_sync.runs");
+    for setup in ["SET default_transaction_read_only = on", "BEGIN READ ONLY"] {
+        db.client.batch_execute(setup).unwrap();
+        let before = db.sim.counters();
+        let err = db
+            .client
+            .query_one("SELECT twitch_sync.run()", &[])
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "25006", "{setup}: {}", error_text(&err));
+        let text = error_text(&err);
+        assert!(text.contains("read-only transaction"), "{text}");
+        assert!(text.contains("No request was sent"), "{text}");
+        let after = db.sim.counters();
+        assert_eq!(
+            (after.streams_requests, after.token_requests),
+            (before.streams_requests, before.token_requests),
+            "{setup}: nothing was asked of Twitch"
+        );
+        db.client
+            .batch_execute("ROLLBACK; RESET default_transaction_read_only")
+            .unwrap();
+    }
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), runs);
+    assert_eq!(db.run()["status"], "ok");
+}
+
+#[test]
 fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_write_nothing() {
     let mut db = TestDb::new(world(100, 0.5));
     db.track_first(100);

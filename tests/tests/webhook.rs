@@ -437,7 +437,10 @@ fn signed_deliveries_over_http_through_the_postgrest_wiring() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(status, "authorization_revoked", "the replay changed nothing");
+    assert_eq!(
+        status, "authorization_revoked",
+        "the replay changed nothing"
+    );
     let reply = twitch
         .send(&Delivery::revocation(&offline_sub, "user_removed"))
         .unwrap();

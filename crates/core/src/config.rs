@@ -200,7 +200,10 @@ pub fn load_ca_file(path: &str) -> Result<Vec<Vec<u8>>, String> {
     }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::open(path).map_err(cannot_read)?, MAX_CA_FILE_BYTES),
+        &mut std::io::Read::take(
+            std::fs::File::open(path).map_err(cannot_read)?,
+            MAX_CA_FILE_BYTES,
+        ),
         &mut bytes,
     )
     .map_err(cannot_read)?;

@@ -454,9 +454,10 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
                 event,
             })
         }
-        Some("revocation") => {
-            Message::Revocation(revoked_subscription(&payload, m.subscription_type.as_deref())?)
-        }
+        Some("revocation") => Message::Revocation(revoked_subscription(
+            &payload,
+            m.subscription_type.as_deref(),
+        )?),
         _ => return Err(DropReason::UnknownType),
     };
     Ok(Envelope {
