@@ -26,6 +26,15 @@ IMMUTABLE PARALLEL SAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'cron_next_run_wrapper';
 
+-- setting(): how the SQL parts read twitch_sync's settings (it loads the
+-- library, so a placeholder a non-superuser set is never used).
+CREATE FUNCTION twitch_sync."setting"(
+	"name" TEXT
+) RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'setting_wrapper';
+
 ---------------------------------------------------------------------------
 -- Tables
 ---------------------------------------------------------------------------

@@ -361,3 +361,46 @@ pub fn poll_policy() -> Option<twitch_sync_core::adaptive::PollPolicy> {
 pub fn notify_events() -> bool {
     NOTIFY_EVENTS.get()
 }
+
+#[pgrx::pg_schema]
+mod twitch_sync {
+    use pgrx::prelude::*;
+    use std::ffi::{CStr, CString};
+
+    /// `twitch_sync.setting(name)`: the current value of one of twitch_sync's
+    /// settings, as text. The SQL parts read their settings through it rather
+    /// than with `current_setting()`: calling it loads this library, which
+    /// defines every `twitch_sync.*` setting as superuser-only, so a value a
+    /// non-superuser `SET` before the library was loaded (a placeholder) is
+    /// dropped with a WARNING, and a `SECURITY DEFINER` function such as
+    /// `prune()` never acts on it. The defaults come from the definitions
+    /// above (one source). Internal: not granted to anyone.
+    #[pg_extern(stable, parallel_safe, strict)]
+    fn setting(name: &str) -> String {
+        let own = name
+            .strip_prefix("twitch_sync.")
+            .is_some_and(|rest| !rest.is_empty());
+        let c_name = CString::new(name).ok().filter(|_| own);
+        let Some(c_name) = c_name else {
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "not a twitch_sync setting",
+                "twitch_sync",
+            )
+            .set_hint("Pass the name of a twitch_sync.* setting (README \"Configuration\").")
+            .report(PgLogLevel::ERROR);
+            unreachable!("ERROR does not return")
+        };
+        // SAFETY: a NUL-terminated name; with missing_ok false an unknown name
+        // raises an ERROR (42704) instead of returning NULL, and the result is
+        // copied before anything else can change the setting.
+        let value = unsafe { pg_sys::GetConfigOption(c_name.as_ptr(), false, false) };
+        if value.is_null() {
+            return String::new();
+        }
+        // SAFETY: GetConfigOption returns a NUL-terminated string.
+        unsafe { CStr::from_ptr(value) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}

@@ -34,10 +34,12 @@ mod worker;
 pgrx::pg_module_magic!();
 
 pgrx::extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// Settings are read in SQL through twitch_sync.setting() (src/gucs.rs), which
+// the SQL-language functions of every file below name in their bodies.
 pgrx::extension_sql_file!(
     "../sql/analytics.sql",
     name = "analytics",
-    requires = ["schema"]
+    requires = ["schema", gucs::twitch_sync::setting]
 );
 pgrx::extension_sql_file!(
     "../sql/transitions.sql",
