@@ -66,10 +66,13 @@ CREATE INDEX category_days_day ON twitch_sync.category_days (day);
 COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours watched, highest single-stream viewers, channels live (twitch_sync.maintain()).';
 
 -- How far the rollups are: samples up to rolled_up_to (the latest sample
--- rolled up) are in them.
+-- rolled up) are in them. stale_from: the earliest time of what was written
+-- since at an earlier time (a backfill; twitch_sync.mark_rollups_stale), where
+-- the next maintain() starts; NULL when nothing was.
 CREATE TABLE twitch_sync.rollup_state (
     singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    rolled_up_to  timestamptz NOT NULL
+    rolled_up_to  timestamptz NOT NULL,
+    stale_from    timestamptz
 );
 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
@@ -137,13 +140,16 @@ $$;
 
 -- Drops the day partitions of viewer_samples older than keep_days (whole UTC
 -- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
--- A partition that is in use (its lock not granted within a second) is left
--- for the next call.
+-- A day maintain() has not rolled up for good is rolled up first. A partition
+-- that is in use (its lock not granted within a second) is left for the next
+-- call.
 CREATE FUNCTION twitch_sync.drop_sample_partitions(keep_days integer) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     oldest_kept text;
     part text;
+    part_day date;
+    final_before timestamptz;
     n bigint;
     dropped bigint := 0;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
@@ -153,12 +159,21 @@ BEGIN
     END IF;
     oldest_kept := twitch_sync.sample_partition(
         ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
+    -- Days before this are rolled up for good: maintain() has rolled up the
+    -- samples up to rolled_up_to, and nothing older was written since.
+    SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
+      FROM twitch_sync.rollup_state r;
     FOR part IN
         SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'twitch_sync.viewer_samples'::regclass
            AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
          ORDER BY c.relname
     LOOP
+        -- a day not rolled up for good is rolled up now, before its samples go
+        part_day := pg_catalog.to_date(pg_catalog.substr(part, 16), 'YYYYMMDD');
+        IF final_before IS NULL OR (part_day + 1)::timestamp AT TIME ZONE 'UTC' > final_before THEN
+            PERFORM twitch_sync.roll_up_days(part_day, part_day);
+        END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
             EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
@@ -191,26 +206,49 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHERE v.sampled_at >= lo - g.gap AND v.sampled_at < hi + g.gap) x
 $$;
 
--- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz:
--- one piece per day an interval covers (at most two: the gap limit is at most
--- a day), with its length in seconds.
+-- The first instant of day `day` in time zone tz: the first instant whose
+-- local date is `day`. Every day's bounds come from here, and an instant's day
+-- is (instant AT TIME ZONE tz)::date, so the two agree. Where midnight happens
+-- twice (America/Havana on 2026-11-01), `day::timestamp AT TIME ZONE tz` is
+-- the later one; with the offset of three hours before, the earlier one. Where
+-- midnight is skipped, it is the end of the gap.
+CREATE FUNCTION twitch_sync.day_start(day date, tz text) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT min(k.c)
+      FROM (SELECT day::timestamp AT TIME ZONE tz AS x) x,
+           LATERAL (VALUES (x.x),
+                           ((day::timestamp - (((x.x - interval '3 hours') AT TIME ZONE tz)
+                                               - ((x.x - interval '3 hours') AT TIME ZONE 'UTC')))
+                            AT TIME ZONE 'UTC')) k(c)
+     WHERE (k.c AT TIME ZONE tz)::date = day
+$$;
+
+-- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz
+-- (days as day_start() bounds them): one piece per day an interval covers,
+-- with its length in seconds.
 CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                secs double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH s AS (
+    WITH days AS MATERIALIZED (  -- the days the intervals can touch, with their bounds, once
+        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
+               twitch_sync.day_start(d::date + 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(((lo - twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
+                                          ((hi + twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
+                                          interval '1 day') d
+    ), s AS (
         SELECT i.*, (i.sampled_at AT TIME ZONE tz)::date AS d0, (i.next_at AT TIME ZONE tz)::date AS d1
           FROM twitch_sync.sample_intervals(lo, hi) i
          WHERE i.next_at IS NOT NULL
     )
     SELECT s.d0, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, (s.d0 + 1)::timestamp AT TIME ZONE tz) - s.sampled_at)::float8
-      FROM s
-    UNION ALL
-    SELECT s.d1, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM s.next_at - (s.d1::timestamp AT TIME ZONE tz))::float8
-      FROM s
-     WHERE s.d1 > s.d0 AND s.next_at > (s.d1::timestamp AT TIME ZONE tz)
+           extract(epoch FROM least(s.next_at, x.day_hi) - s.sampled_at)::float8
+      FROM s JOIN days x ON x.day = s.d0
+    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
+    SELECT x.day, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
+           extract(epoch FROM least(s.next_at, x.day_hi) - x.day_lo)::float8
+      FROM s JOIN days x ON x.day > s.d0 AND x.day <= s.d1
+     WHERE s.d1 > s.d0 AND s.next_at > x.day_lo
 $$;
 
 -- The latest name of each category.
@@ -253,7 +291,11 @@ BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
-        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
+    ), days AS MATERIALIZED (  -- each day with its bounds, once
+        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
+               twitch_sync.day_start(d::date + 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
     ), s AS (  -- the samples of the days
         SELECT v.* FROM bounds, twitch_sync.viewer_samples v
          WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi
@@ -267,19 +309,37 @@ BEGIN
                array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
           FROM s
          GROUP BY 1, 2
-    ), aired AS (
-        SELECT g.day, b.broadcaster_id, sum(g.overlap) AS airtime, count(*)::int AS broadcasts
-          FROM twitch_sync.streams b, bounds,
-               LATERAL (SELECT d::date AS day,
-                               least(coalesce(b.ended_at, pg_catalog.now()), (d::date + 1)::timestamp AT TIME ZONE tz)
-                               - greatest(coalesce(b.started_at, b.first_seen_at), d::date::timestamp AT TIME ZONE tz) AS overlap
-                          FROM pg_catalog.generate_series(
-                                   greatest((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE tz)::date, first_day),
-                                   least((coalesce(b.ended_at, pg_catalog.now()) AT TIME ZONE tz)::date, last_day),
-                                   interval '1 day') d) g
+    ), spans AS (  -- each broadcast's time within the days
+        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), bounds.lo) AS a,
+               least(coalesce(b.ended_at, pg_catalog.now()), bounds.hi) AS z
+          FROM twitch_sync.streams b, bounds
          WHERE coalesce(b.started_at, b.first_seen_at) < bounds.hi
            AND coalesce(b.ended_at, pg_catalog.now()) > bounds.lo
-           AND g.overlap > interval '0'
+    ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
+        SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
+          FROM (SELECT m.broadcaster_id, m.a, m.z,
+                       count(*) FILTER (WHERE m.reach IS NULL OR m.a > m.reach)
+                           OVER (PARTITION BY m.broadcaster_id ORDER BY m.a, m.z) AS run
+                  FROM (SELECT p.broadcaster_id, p.a, p.z,
+                               max(p.z) OVER (PARTITION BY p.broadcaster_id ORDER BY p.a, p.z
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+                          FROM spans p WHERE p.z > p.a) m) r
+         GROUP BY r.broadcaster_id, r.run
+    ), aired AS (
+        SELECT x.day, r.broadcaster_id, sum(least(r.z, x.day_hi) - greatest(r.a, x.day_lo)) AS airtime
+          FROM runs r
+         CROSS JOIN LATERAL pg_catalog.generate_series((r.a AT TIME ZONE tz)::date,
+                                                       (r.z AT TIME ZONE tz)::date, interval '1 day') d
+          JOIN days x ON x.day = d::date
+         WHERE least(r.z, x.day_hi) > greatest(r.a, x.day_lo)
+         GROUP BY 1, 2
+    ), counted AS (  -- broadcasts on the air each day
+        SELECT x.day, p.broadcaster_id, count(*)::int AS broadcasts
+          FROM spans p
+         CROSS JOIN LATERAL pg_catalog.generate_series((p.a AT TIME ZONE tz)::date,
+                                                       (p.z AT TIME ZONE tz)::date, interval '1 day') d
+          JOIN days x ON x.day = d::date
+         WHERE least(p.z, x.day_hi) > greatest(p.a, x.day_lo)
          GROUP BY 1, 2
     ), keys AS (
         SELECT a.day, a.broadcaster_id FROM aired a
@@ -289,11 +349,12 @@ BEGIN
         SELECT c.game_id, c.game_name FROM twitch_sync.categories c
     )
     SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
-           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
-           coalesce(ARRAY(SELECT coalesce(n.game_name, g) FROM unnest(x.game_ids) g
-                            LEFT JOIN names n ON n.game_id = g ORDER BY 1), '{}')
+           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(n.broadcasts, 0),
+           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
+                            LEFT JOIN names c ON c.game_id = g ORDER BY 1), '{}')
       FROM keys k
       LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
+      LEFT JOIN counted n ON n.day = k.day AND n.broadcaster_id = k.broadcaster_id
       LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
       LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
 END
@@ -309,7 +370,7 @@ BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
-        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
     ), s AS (  -- the samples of the days, with a category
         SELECT v.* FROM bounds, twitch_sync.viewer_samples v
          WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi AND v.game_id <> ''
@@ -352,18 +413,22 @@ $$;
 
 -- maintain(): the maintenance step, scheduled by twitch_sync.schedule() (hourly)
 -- or called by hand. Creates viewer_samples partitions a week ahead, rolls up
--- every day that got samples (or airtime) since the last call, and drops
--- rollups past twitch_sync.rollups_retention_days (0, the default, keeps them).
+-- every day that got samples (or airtime) since the last call, or from a
+-- backfill (rollup_state.stale_from), among the days whose samples are kept,
+-- and drops rollups past twitch_sync.rollups_retention_days (0, the default,
+-- keeps them).
 CREATE FUNCTION twitch_sync.maintain(
     OUT partitions_created integer, OUT days_rolled_up integer, OUT rollups_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     since timestamptz;
+    stale timestamptz;
     first_day date;
     keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
     n bigint;
     day date;
+    span record;
 BEGIN
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
@@ -372,23 +437,47 @@ BEGIN
         partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
     END LOOP;
     -- The first call rolls up everything there is.
-    SELECT r.rolled_up_to INTO since FROM twitch_sync.rollup_state r;
+    SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
     IF since IS NULL THEN
         since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
                        (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
     END IF;
     -- Days whose figures can have changed since: an interval ending after
-    -- `since` may start up to a gap earlier; a broadcast still live adds airtime.
-    first_day := least(((coalesce(since, pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
+    -- `since` (or after `stale`, the oldest observation written since the last
+    -- call at an earlier time: a backfill) may start up to a gap earlier; a
+    -- broadcast still live adds airtime.
+    first_day := least(((coalesce(least(since, stale), pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
                        coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
                                    FROM twitch_sync.streams b WHERE b.is_live), today),
                        today);
-    days_rolled_up := twitch_sync.roll_up_days(first_day, today);
+    -- Only days whose samples are kept are recomputed: a day without its
+    -- partition of viewer_samples (dropped by samples_retention_days, or from
+    -- before the first sample) keeps the rollups it has, and so does the day
+    -- after a dropped one that was rolled up (its first interval began the day
+    -- before). Consecutive days go in one roll_up_days call.
+    days_rolled_up := 0;
+    FOR span IN
+        WITH kept AS (
+            SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
+             WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+               AND (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date - 1)) IS NOT NULL
+                    OR NOT EXISTS (SELECT 1 FROM twitch_sync.channel_days c WHERE c.day = d::date - 1))
+        )
+        SELECT min(k.d) AS a, max(k.d) AS z
+          FROM (SELECT k.d, k.d - (pg_catalog.row_number() OVER (ORDER BY k.d))::integer AS run FROM kept k) k
+         GROUP BY k.run ORDER BY 1
+    LOOP
+        days_rolled_up := days_rolled_up + twitch_sync.roll_up_days(span.a, span.z);
+    END LOOP;
     since := greatest(since, (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
                                WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC'));
     IF since IS NOT NULL THEN
+        -- stale_from is cleared unless a backfill moved it meanwhile (then the
+        -- next call starts there)
         INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
-        ON CONFLICT (singleton) DO UPDATE SET rolled_up_to = EXCLUDED.rolled_up_to;
+        ON CONFLICT (singleton) DO UPDATE
+            SET rolled_up_to = EXCLUDED.rolled_up_to,
+                stale_from = CASE WHEN r.stale_from IS NOT DISTINCT FROM stale THEN NULL ELSE r.stale_from END;
     END IF;
     rollups_deleted := 0;
     IF keep_days > 0 THEN
@@ -402,12 +491,13 @@ BEGIN
 END
 $$;
 
--- One row per broadcast, kept after it ends.
+-- One row per broadcast, kept after it ends. Its peak is the highest sample
+-- (NULL with no sample, as in channel_days).
 CREATE VIEW twitch_sync.broadcasts AS
 SELECT s.stream_id, s.broadcaster_id, c.login, s.is_live,
        coalesce(s.started_at, s.first_seen_at) AS started_at, s.ended_at,
        coalesce(s.ended_at, pg_catalog.now()) - coalesce(s.started_at, s.first_seen_at) AS airtime,
-       s.peak_viewer_count AS peak_viewers, s.peak_at,
+       CASE WHEN s.sample_count > 0 THEN s.peak_viewer_count END AS peak_viewers, s.peak_at,
        CASE WHEN s.covered_seconds > 0 THEN s.viewer_seconds / s.covered_seconds END AS avg_viewers,
        s.viewer_seconds / 3600 AS hours_watched,
        s.sample_count AS samples,

@@ -95,7 +95,9 @@ CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24
 RETURNS TABLE (day date, hours_watched numeric)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH bounds AS (
-        SELECT pg_catalog.now() - twitch_sync.dashboard_range($1) AS t0, pg_catalog.now() AS t1
+        -- in UTC: the same length whatever the session's TimeZone ('30 days' across a DST change)
+        SELECT (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC' AS t0,
+               pg_catalog.now() AS t1
     ), seg AS (
         SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
                i.viewer_count::float8 AS viewers
@@ -282,7 +284,8 @@ DECLARE
     c4 text;
     c5 text;
 BEGIN
-    t0 := t1 - twitch_sync.dashboard_range(dashboard.range);
+    -- in UTC: the same length whatever the session's TimeZone
+    t0 := (t1 AT TIME ZONE 'UTC' - twitch_sync.dashboard_range(dashboard.range)) AT TIME ZONE 'UTC';
     span := pg_catalog.date_part('epoch', t1 - t0);
     -- run histogram bars: a round width giving at most 60 bars
     SELECT coalesce(min(c), pg_catalog.ceil(span / 60 / 86400) * 86400) INTO bucket

@@ -105,11 +105,9 @@ BEGIN
     DELETE FROM twitch_sync.tracked_categories t WHERE t.game_id = untrack_category.game_id;
     found_it := FOUND;
     IF untrack_channels THEN
-        PERFORM twitch_sync.apply_observations(ARRAY(
-            SELECT ROW('untrack', pg_catalog.now(), c.broadcaster_id, 'offline', NULL, NULL, NULL,
-                       NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
-              FROM twitch_sync.channels c WHERE c.discovered_via = untrack_category.game_id),
-            1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
+            SELECT c.broadcaster_id FROM twitch_sync.channels c
+             WHERE c.discovered_via = untrack_category.game_id));
         DELETE FROM twitch_sync.channels c WHERE c.discovered_via = untrack_category.game_id;
     END IF;
     RETURN found_it;

@@ -309,17 +309,15 @@ $$;
 -- untrack(): stop keeping a channel current. Idempotent; returns true when it
 -- was tracked. Its streams and samples stay as history; a stream still marked
 -- live is ended now, since nobody will check it again: an 'offline' observation
--- (source 'untrack') through the transition layer, with its event.
+-- (source 'untrack') through the transition layer, with its event
+-- (twitch_sync.end_live_broadcasts; disabling a channel does the same).
 CREATE FUNCTION twitch_sync.untrack(broadcaster_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
     PERFORM twitch_sync.check_broadcaster_id(untrack.broadcaster_id);
-    PERFORM twitch_sync.apply_observations(
-        ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
-                  NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],
-        1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+    PERFORM twitch_sync.end_live_broadcasts(ARRAY[untrack.broadcaster_id]);
     DELETE FROM twitch_sync.channels c WHERE c.broadcaster_id = untrack.broadcaster_id;
     found_it := FOUND;
     RETURN found_it;

@@ -180,14 +180,22 @@ BEGIN
 END
 $$;
 
--- Step 2: a channel seen live under a new stream id ends its previous broadcast.
+-- Step 2: a channel seen live under a new stream id ends its previous broadcast:
+-- when the new one started, if that was after the previous one was last seen
+-- (else when last seen), and never after the observation.
 CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
+       SET is_live = false,
+           -- no later than the new broadcast's start (when after the old one
+           -- was last seen): a channel's airtime never counts an instant twice
+           ended_at = greatest(coalesce(s.started_at, s.first_seen_at),
+                               least(o.observed_at,
+                                     greatest(s.last_seen_at, coalesce(o.started_at, o.observed_at)))),
+           updated_at = o.observed_at,
            missed_polls = 0, state_source = o.source, state_at = o.observed_at
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
@@ -400,6 +408,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 ELSE o.state = 'live' AND o.stream_id = s.stream_id END
 $$;
 
+-- Observations at a time the rollups are past (a backfill through
+-- apply_observations) change days maintain() would not look at again: the
+-- earliest such time is kept in rollup_state.stale_from, and the next
+-- maintain() starts there. Nothing is written unless that moves the first day
+-- maintain() recomputes back, so a poll of now costs one read of one row.
+CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.rollup_state r SET stale_from = since
+     WHERE ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+           < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+$$;
+
 -- The transition layer's entry point: applies observations in order of the
 -- steps above and says what it did. run() gives it what remains of each chunk
 -- of answers once the continuing streams are written (apply_poll); an EventSub
@@ -414,6 +434,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     n_live integer;
     n_logins integer;
+    oldest timestamptz;
     continuing text[] := '{}';
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
@@ -434,6 +455,7 @@ BEGIN
     -- breaks the type's rules (the lowest broadcaster id of those; Rust's
     -- observations never do: this is for a hand-written source).
     SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL),
+           min(o.observed_at),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
@@ -441,7 +463,7 @@ BEGIN
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
                           OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
                           OR o.viewer_count < 0)
-      INTO n_live, n_logins, bad
+      INTO n_live, n_logins, oldest, bad
       FROM unnest(obs) o;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid observation of broadcaster %', bad
@@ -461,8 +483,8 @@ BEGIN
         IF EXISTS (SELECT 1 FROM unnest(rest) o WHERE o.source = 'poll') THEN
             -- a channel untracked (or disabled) while a run was in flight: no
             -- broadcast is started, reopened or ended from what the run saw of
-            -- it (a disabled channel's live row, still live, did take its sample
-            -- in update_continuing; untrack() ends the live row first)
+            -- it (untrack() and disabling end its live row first, so
+            -- update_continuing found none)
             rest := ARRAY(SELECT o FROM unnest(rest) o
                            WHERE o.source <> 'poll'
                               OR EXISTS (SELECT 1 FROM twitch_sync.channels c
@@ -496,6 +518,11 @@ BEGIN
     IF n_logins > 0 THEN
         PERFORM twitch_sync.update_logins(obs);
     END IF;
+    -- a backfill: what it wrote is older than the rollups (a broadcast's
+    -- airtime changes from its start, or from its end)
+    PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
+        SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
+          FROM unnest(changes) t)));
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);
@@ -572,6 +599,7 @@ DECLARE
     state text;
     message text;
 BEGIN
+    PERFORM twitch_sync.mark_rollups_stale(observed_at);  -- a poll of the past (else one read)
     IF cardinality(broadcaster_id) > 0 THEN
         continuing := twitch_sync.continue_broadcasts('poll', observed_at, broadcaster_id,
             stream_id, viewer_count, title, game_id, game_name, language, started_at);
@@ -609,3 +637,43 @@ EXCEPTION WHEN OTHERS THEN
                                pg_catalog.left(message, 500));
 END
 $$;
+
+-- Ends the live broadcasts of channels nobody will check any more (untracked,
+-- disabled, deleted): an 'offline' observation each (source 'untrack') through
+-- apply_observations, with its event. Channels without a live broadcast cost
+-- one probe of streams_one_live_per_broadcaster.
+CREATE FUNCTION twitch_sync.end_live_broadcasts(broadcaster_ids text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    obs twitch_sync.observation[];
+BEGIN
+    obs := ARRAY(SELECT ROW('untrack', pg_catalog.now(), s.broadcaster_id, 'offline', NULL, NULL, NULL,
+                            NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
+                   FROM twitch_sync.streams s
+                  WHERE s.broadcaster_id = ANY (broadcaster_ids) AND s.is_live
+                  ORDER BY s.broadcaster_id);
+    IF cardinality(obs) > 0 THEN
+        PERFORM twitch_sync.apply_observations(obs, 1,
+            coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+    END IF;
+END
+$$;
+
+-- A channel disabled (enabled set to false) or deleted is not checked any
+-- more: its live broadcast ends now, as untrack() ends it. SECURITY DEFINER:
+-- a role allowed to update channels need not write streams and events.
+CREATE FUNCTION twitch_sync.channels_end_live() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM twitch_sync.end_live_broadcasts(ARRAY[OLD.broadcaster_id]);
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER channels_end_live_disabled AFTER UPDATE OF enabled
+    ON twitch_sync.channels FOR EACH ROW
+    WHEN (OLD.enabled AND NOT NEW.enabled)
+    EXECUTE FUNCTION twitch_sync.channels_end_live();
+-- before the delete: the 'offline' event still finds the channel's login
+CREATE TRIGGER channels_end_live_deleted BEFORE DELETE
+    ON twitch_sync.channels FOR EACH ROW
+    EXECUTE FUNCTION twitch_sync.channels_end_live();

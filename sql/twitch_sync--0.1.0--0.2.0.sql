@@ -226,10 +226,13 @@ CREATE INDEX category_days_day ON twitch_sync.category_days (day);
 COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours watched, highest single-stream viewers, channels live (twitch_sync.maintain()).';
 
 -- How far the rollups are: samples up to rolled_up_to (the latest sample
--- rolled up) are in them.
+-- rolled up) are in them. stale_from: the earliest time of what was written
+-- since at an earlier time (a backfill; twitch_sync.mark_rollups_stale), where
+-- the next maintain() starts; NULL when nothing was.
 CREATE TABLE twitch_sync.rollup_state (
     singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    rolled_up_to  timestamptz NOT NULL
+    rolled_up_to  timestamptz NOT NULL,
+    stale_from    timestamptz
 );
 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
@@ -297,13 +300,16 @@ $$;
 
 -- Drops the day partitions of viewer_samples older than keep_days (whole UTC
 -- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
--- A partition that is in use (its lock not granted within a second) is left
--- for the next call.
+-- A day maintain() has not rolled up for good is rolled up first. A partition
+-- that is in use (its lock not granted within a second) is left for the next
+-- call.
 CREATE FUNCTION twitch_sync.drop_sample_partitions(keep_days integer) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     oldest_kept text;
     part text;
+    part_day date;
+    final_before timestamptz;
     n bigint;
     dropped bigint := 0;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
@@ -313,12 +319,21 @@ BEGIN
     END IF;
     oldest_kept := twitch_sync.sample_partition(
         ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
+    -- Days before this are rolled up for good: maintain() has rolled up the
+    -- samples up to rolled_up_to, and nothing older was written since.
+    SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
+      FROM twitch_sync.rollup_state r;
     FOR part IN
         SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'twitch_sync.viewer_samples'::regclass
            AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
          ORDER BY c.relname
     LOOP
+        -- a day not rolled up for good is rolled up now, before its samples go
+        part_day := pg_catalog.to_date(pg_catalog.substr(part, 16), 'YYYYMMDD');
+        IF final_before IS NULL OR (part_day + 1)::timestamp AT TIME ZONE 'UTC' > final_before THEN
+            PERFORM twitch_sync.roll_up_days(part_day, part_day);
+        END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
             EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
@@ -351,26 +366,49 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
              WHERE v.sampled_at >= lo - g.gap AND v.sampled_at < hi + g.gap) x
 $$;
 
--- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz:
--- one piece per day an interval covers (at most two: the gap limit is at most
--- a day), with its length in seconds.
+-- The first instant of day `day` in time zone tz: the first instant whose
+-- local date is `day`. Every day's bounds come from here, and an instant's day
+-- is (instant AT TIME ZONE tz)::date, so the two agree. Where midnight happens
+-- twice (America/Havana on 2026-11-01), `day::timestamp AT TIME ZONE tz` is
+-- the later one; with the offset of three hours before, the earlier one. Where
+-- midnight is skipped, it is the end of the gap.
+CREATE FUNCTION twitch_sync.day_start(day date, tz text) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT min(k.c)
+      FROM (SELECT day::timestamp AT TIME ZONE tz AS x) x,
+           LATERAL (VALUES (x.x),
+                           ((day::timestamp - (((x.x - interval '3 hours') AT TIME ZONE tz)
+                                               - ((x.x - interval '3 hours') AT TIME ZONE 'UTC')))
+                            AT TIME ZONE 'UTC')) k(c)
+     WHERE (k.c AT TIME ZONE tz)::date = day
+$$;
+
+-- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz
+-- (days as day_start() bounds them): one piece per day an interval covers,
+-- with its length in seconds.
 CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                secs double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH s AS (
+    WITH days AS MATERIALIZED (  -- the days the intervals can touch, with their bounds, once
+        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
+               twitch_sync.day_start(d::date + 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(((lo - twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
+                                          ((hi + twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
+                                          interval '1 day') d
+    ), s AS (
         SELECT i.*, (i.sampled_at AT TIME ZONE tz)::date AS d0, (i.next_at AT TIME ZONE tz)::date AS d1
           FROM twitch_sync.sample_intervals(lo, hi) i
          WHERE i.next_at IS NOT NULL
     )
     SELECT s.d0, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, (s.d0 + 1)::timestamp AT TIME ZONE tz) - s.sampled_at)::float8
-      FROM s
-    UNION ALL
-    SELECT s.d1, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM s.next_at - (s.d1::timestamp AT TIME ZONE tz))::float8
-      FROM s
-     WHERE s.d1 > s.d0 AND s.next_at > (s.d1::timestamp AT TIME ZONE tz)
+           extract(epoch FROM least(s.next_at, x.day_hi) - s.sampled_at)::float8
+      FROM s JOIN days x ON x.day = s.d0
+    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
+    SELECT x.day, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
+           extract(epoch FROM least(s.next_at, x.day_hi) - x.day_lo)::float8
+      FROM s JOIN days x ON x.day > s.d0 AND x.day <= s.d1
+     WHERE s.d1 > s.d0 AND s.next_at > x.day_lo
 $$;
 
 -- The latest name of each category.
@@ -413,7 +451,11 @@ BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
-        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
+    ), days AS MATERIALIZED (  -- each day with its bounds, once
+        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
+               twitch_sync.day_start(d::date + 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
     ), s AS (  -- the samples of the days
         SELECT v.* FROM bounds, twitch_sync.viewer_samples v
          WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi
@@ -427,19 +469,37 @@ BEGIN
                array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
           FROM s
          GROUP BY 1, 2
-    ), aired AS (
-        SELECT g.day, b.broadcaster_id, sum(g.overlap) AS airtime, count(*)::int AS broadcasts
-          FROM twitch_sync.streams b, bounds,
-               LATERAL (SELECT d::date AS day,
-                               least(coalesce(b.ended_at, pg_catalog.now()), (d::date + 1)::timestamp AT TIME ZONE tz)
-                               - greatest(coalesce(b.started_at, b.first_seen_at), d::date::timestamp AT TIME ZONE tz) AS overlap
-                          FROM pg_catalog.generate_series(
-                                   greatest((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE tz)::date, first_day),
-                                   least((coalesce(b.ended_at, pg_catalog.now()) AT TIME ZONE tz)::date, last_day),
-                                   interval '1 day') d) g
+    ), spans AS (  -- each broadcast's time within the days
+        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), bounds.lo) AS a,
+               least(coalesce(b.ended_at, pg_catalog.now()), bounds.hi) AS z
+          FROM twitch_sync.streams b, bounds
          WHERE coalesce(b.started_at, b.first_seen_at) < bounds.hi
            AND coalesce(b.ended_at, pg_catalog.now()) > bounds.lo
-           AND g.overlap > interval '0'
+    ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
+        SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
+          FROM (SELECT m.broadcaster_id, m.a, m.z,
+                       count(*) FILTER (WHERE m.reach IS NULL OR m.a > m.reach)
+                           OVER (PARTITION BY m.broadcaster_id ORDER BY m.a, m.z) AS run
+                  FROM (SELECT p.broadcaster_id, p.a, p.z,
+                               max(p.z) OVER (PARTITION BY p.broadcaster_id ORDER BY p.a, p.z
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+                          FROM spans p WHERE p.z > p.a) m) r
+         GROUP BY r.broadcaster_id, r.run
+    ), aired AS (
+        SELECT x.day, r.broadcaster_id, sum(least(r.z, x.day_hi) - greatest(r.a, x.day_lo)) AS airtime
+          FROM runs r
+         CROSS JOIN LATERAL pg_catalog.generate_series((r.a AT TIME ZONE tz)::date,
+                                                       (r.z AT TIME ZONE tz)::date, interval '1 day') d
+          JOIN days x ON x.day = d::date
+         WHERE least(r.z, x.day_hi) > greatest(r.a, x.day_lo)
+         GROUP BY 1, 2
+    ), counted AS (  -- broadcasts on the air each day
+        SELECT x.day, p.broadcaster_id, count(*)::int AS broadcasts
+          FROM spans p
+         CROSS JOIN LATERAL pg_catalog.generate_series((p.a AT TIME ZONE tz)::date,
+                                                       (p.z AT TIME ZONE tz)::date, interval '1 day') d
+          JOIN days x ON x.day = d::date
+         WHERE least(p.z, x.day_hi) > greatest(p.a, x.day_lo)
          GROUP BY 1, 2
     ), keys AS (
         SELECT a.day, a.broadcaster_id FROM aired a
@@ -449,11 +509,12 @@ BEGIN
         SELECT c.game_id, c.game_name FROM twitch_sync.categories c
     )
     SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
-           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
-           coalesce(ARRAY(SELECT coalesce(n.game_name, g) FROM unnest(x.game_ids) g
-                            LEFT JOIN names n ON n.game_id = g ORDER BY 1), '{}')
+           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(n.broadcasts, 0),
+           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
+                            LEFT JOIN names c ON c.game_id = g ORDER BY 1), '{}')
       FROM keys k
       LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
+      LEFT JOIN counted n ON n.day = k.day AND n.broadcaster_id = k.broadcaster_id
       LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
       LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
 END
@@ -469,7 +530,7 @@ BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
     RETURN QUERY
     WITH bounds AS (
-        SELECT (first_day::timestamp AT TIME ZONE tz) AS lo, ((last_day + 1)::timestamp AT TIME ZONE tz) AS hi
+        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
     ), s AS (  -- the samples of the days, with a category
         SELECT v.* FROM bounds, twitch_sync.viewer_samples v
          WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi AND v.game_id <> ''
@@ -512,18 +573,22 @@ $$;
 
 -- maintain(): the maintenance step, scheduled by twitch_sync.schedule() (hourly)
 -- or called by hand. Creates viewer_samples partitions a week ahead, rolls up
--- every day that got samples (or airtime) since the last call, and drops
--- rollups past twitch_sync.rollups_retention_days (0, the default, keeps them).
+-- every day that got samples (or airtime) since the last call, or from a
+-- backfill (rollup_state.stale_from), among the days whose samples are kept,
+-- and drops rollups past twitch_sync.rollups_retention_days (0, the default,
+-- keeps them).
 CREATE FUNCTION twitch_sync.maintain(
     OUT partitions_created integer, OUT days_rolled_up integer, OUT rollups_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     since timestamptz;
+    stale timestamptz;
     first_day date;
     keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
     n bigint;
     day date;
+    span record;
 BEGIN
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
@@ -532,23 +597,47 @@ BEGIN
         partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
     END LOOP;
     -- The first call rolls up everything there is.
-    SELECT r.rolled_up_to INTO since FROM twitch_sync.rollup_state r;
+    SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
     IF since IS NULL THEN
         since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
                        (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
     END IF;
     -- Days whose figures can have changed since: an interval ending after
-    -- `since` may start up to a gap earlier; a broadcast still live adds airtime.
-    first_day := least(((coalesce(since, pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
+    -- `since` (or after `stale`, the oldest observation written since the last
+    -- call at an earlier time: a backfill) may start up to a gap earlier; a
+    -- broadcast still live adds airtime.
+    first_day := least(((coalesce(least(since, stale), pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
                        coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
                                    FROM twitch_sync.streams b WHERE b.is_live), today),
                        today);
-    days_rolled_up := twitch_sync.roll_up_days(first_day, today);
+    -- Only days whose samples are kept are recomputed: a day without its
+    -- partition of viewer_samples (dropped by samples_retention_days, or from
+    -- before the first sample) keeps the rollups it has, and so does the day
+    -- after a dropped one that was rolled up (its first interval began the day
+    -- before). Consecutive days go in one roll_up_days call.
+    days_rolled_up := 0;
+    FOR span IN
+        WITH kept AS (
+            SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
+             WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+               AND (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date - 1)) IS NOT NULL
+                    OR NOT EXISTS (SELECT 1 FROM twitch_sync.channel_days c WHERE c.day = d::date - 1))
+        )
+        SELECT min(k.d) AS a, max(k.d) AS z
+          FROM (SELECT k.d, k.d - (pg_catalog.row_number() OVER (ORDER BY k.d))::integer AS run FROM kept k) k
+         GROUP BY k.run ORDER BY 1
+    LOOP
+        days_rolled_up := days_rolled_up + twitch_sync.roll_up_days(span.a, span.z);
+    END LOOP;
     since := greatest(since, (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
                                WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC'));
     IF since IS NOT NULL THEN
+        -- stale_from is cleared unless a backfill moved it meanwhile (then the
+        -- next call starts there)
         INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
-        ON CONFLICT (singleton) DO UPDATE SET rolled_up_to = EXCLUDED.rolled_up_to;
+        ON CONFLICT (singleton) DO UPDATE
+            SET rolled_up_to = EXCLUDED.rolled_up_to,
+                stale_from = CASE WHEN r.stale_from IS NOT DISTINCT FROM stale THEN NULL ELSE r.stale_from END;
     END IF;
     rollups_deleted := 0;
     IF keep_days > 0 THEN
@@ -562,12 +651,13 @@ BEGIN
 END
 $$;
 
--- One row per broadcast, kept after it ends.
+-- One row per broadcast, kept after it ends. Its peak is the highest sample
+-- (NULL with no sample, as in channel_days).
 CREATE VIEW twitch_sync.broadcasts AS
 SELECT s.stream_id, s.broadcaster_id, c.login, s.is_live,
        coalesce(s.started_at, s.first_seen_at) AS started_at, s.ended_at,
        coalesce(s.ended_at, pg_catalog.now()) - coalesce(s.started_at, s.first_seen_at) AS airtime,
-       s.peak_viewer_count AS peak_viewers, s.peak_at,
+       CASE WHEN s.sample_count > 0 THEN s.peak_viewer_count END AS peak_viewers, s.peak_at,
        CASE WHEN s.covered_seconds > 0 THEN s.viewer_seconds / s.covered_seconds END AS avg_viewers,
        s.viewer_seconds / 3600 AS hours_watched,
        s.sample_count AS samples,
@@ -943,14 +1033,22 @@ BEGIN
 END
 $$;
 
--- Step 2: a channel seen live under a new stream id ends its previous broadcast.
+-- Step 2: a channel seen live under a new stream id ends its previous broadcast:
+-- when the new one started, if that was after the previous one was last seen
+-- (else when last seen), and never after the observation.
 CREATE FUNCTION twitch_sync.end_superseded(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
     UPDATE twitch_sync.streams s
-       SET is_live = false, ended_at = o.observed_at, updated_at = o.observed_at,
+       SET is_live = false,
+           -- no later than the new broadcast's start (when after the old one
+           -- was last seen): a channel's airtime never counts an instant twice
+           ended_at = greatest(coalesce(s.started_at, s.first_seen_at),
+                               least(o.observed_at,
+                                     greatest(s.last_seen_at, coalesce(o.started_at, o.observed_at)))),
+           updated_at = o.observed_at,
            missed_polls = 0, state_source = o.source, state_at = o.observed_at
       FROM unnest(obs) o
      WHERE o.state = 'live' AND s.broadcaster_id = o.broadcaster_id AND s.is_live
@@ -1163,6 +1261,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 ELSE o.state = 'live' AND o.stream_id = s.stream_id END
 $$;
 
+-- Observations at a time the rollups are past (a backfill through
+-- apply_observations) change days maintain() would not look at again: the
+-- earliest such time is kept in rollup_state.stale_from, and the next
+-- maintain() starts there. Nothing is written unless that moves the first day
+-- maintain() recomputes back, so a poll of now costs one read of one row.
+CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE twitch_sync.rollup_state r SET stale_from = since
+     WHERE ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+           < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+$$;
+
 -- The transition layer's entry point: applies observations in order of the
 -- steps above and says what it did. run() gives it what remains of each chunk
 -- of answers once the continuing streams are written (apply_poll); an EventSub
@@ -1177,6 +1287,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     n_live integer;
     n_logins integer;
+    oldest timestamptz;
     continuing text[] := '{}';
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
@@ -1197,6 +1308,7 @@ BEGIN
     -- breaks the type's rules (the lowest broadcaster id of those; Rust's
     -- observations never do: this is for a hand-written source).
     SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL),
+           min(o.observed_at),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
@@ -1204,7 +1316,7 @@ BEGIN
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
                           OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
                           OR o.viewer_count < 0)
-      INTO n_live, n_logins, bad
+      INTO n_live, n_logins, oldest, bad
       FROM unnest(obs) o;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid observation of broadcaster %', bad
@@ -1224,8 +1336,8 @@ BEGIN
         IF EXISTS (SELECT 1 FROM unnest(rest) o WHERE o.source = 'poll') THEN
             -- a channel untracked (or disabled) while a run was in flight: no
             -- broadcast is started, reopened or ended from what the run saw of
-            -- it (a disabled channel's live row, still live, did take its sample
-            -- in update_continuing; untrack() ends the live row first)
+            -- it (untrack() and disabling end its live row first, so
+            -- update_continuing found none)
             rest := ARRAY(SELECT o FROM unnest(rest) o
                            WHERE o.source <> 'poll'
                               OR EXISTS (SELECT 1 FROM twitch_sync.channels c
@@ -1259,6 +1371,11 @@ BEGIN
     IF n_logins > 0 THEN
         PERFORM twitch_sync.update_logins(obs);
     END IF;
+    -- a backfill: what it wrote is older than the rollups (a broadcast's
+    -- airtime changes from its start, or from its end)
+    PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
+        SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
+          FROM unnest(changes) t)));
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);
@@ -1335,6 +1452,7 @@ DECLARE
     state text;
     message text;
 BEGIN
+    PERFORM twitch_sync.mark_rollups_stale(observed_at);  -- a poll of the past (else one read)
     IF cardinality(broadcaster_id) > 0 THEN
         continuing := twitch_sync.continue_broadcasts('poll', observed_at, broadcaster_id,
             stream_id, viewer_count, title, game_id, game_name, language, started_at);
@@ -1373,6 +1491,46 @@ EXCEPTION WHEN OTHERS THEN
 END
 $$;
 
+-- Ends the live broadcasts of channels nobody will check any more (untracked,
+-- disabled, deleted): an 'offline' observation each (source 'untrack') through
+-- apply_observations, with its event. Channels without a live broadcast cost
+-- one probe of streams_one_live_per_broadcaster.
+CREATE FUNCTION twitch_sync.end_live_broadcasts(broadcaster_ids text[]) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    obs twitch_sync.observation[];
+BEGIN
+    obs := ARRAY(SELECT ROW('untrack', pg_catalog.now(), s.broadcaster_id, 'offline', NULL, NULL, NULL,
+                            NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
+                   FROM twitch_sync.streams s
+                  WHERE s.broadcaster_id = ANY (broadcaster_ids) AND s.is_live
+                  ORDER BY s.broadcaster_id);
+    IF cardinality(obs) > 0 THEN
+        PERFORM twitch_sync.apply_observations(obs, 1,
+            coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+    END IF;
+END
+$$;
+
+-- A channel disabled (enabled set to false) or deleted is not checked any
+-- more: its live broadcast ends now, as untrack() ends it. SECURITY DEFINER:
+-- a role allowed to update channels need not write streams and events.
+CREATE FUNCTION twitch_sync.channels_end_live() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM twitch_sync.end_live_broadcasts(ARRAY[OLD.broadcaster_id]);
+    RETURN OLD;
+END
+$$;
+CREATE TRIGGER channels_end_live_disabled AFTER UPDATE OF enabled
+    ON twitch_sync.channels FOR EACH ROW
+    WHEN (OLD.enabled AND NOT NEW.enabled)
+    EXECUTE FUNCTION twitch_sync.channels_end_live();
+-- before the delete: the 'offline' event still finds the channel's login
+CREATE TRIGGER channels_end_live_deleted BEFORE DELETE
+    ON twitch_sync.channels FOR EACH ROW
+    EXECUTE FUNCTION twitch_sync.channels_end_live();
+
 
 ---------------------------------------------------------------------------
 -- Operations
@@ -1386,17 +1544,15 @@ DROP FUNCTION twitch_sync.runs_after_insert();
 -- untrack(): stop keeping a channel current. Idempotent; returns true when it
 -- was tracked. Its streams and samples stay as history; a stream still marked
 -- live is ended now, since nobody will check it again: an 'offline' observation
--- (source 'untrack') through the transition layer, with its event.
+-- (source 'untrack') through the transition layer, with its event
+-- (twitch_sync.end_live_broadcasts; disabling a channel does the same).
 CREATE OR REPLACE FUNCTION twitch_sync.untrack(broadcaster_id text) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
     PERFORM twitch_sync.check_broadcaster_id(untrack.broadcaster_id);
-    PERFORM twitch_sync.apply_observations(
-        ARRAY[ROW('untrack', pg_catalog.now(), untrack.broadcaster_id, 'offline', NULL, NULL, NULL,
-                  NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation],
-        1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+    PERFORM twitch_sync.end_live_broadcasts(ARRAY[untrack.broadcaster_id]);
     DELETE FROM twitch_sync.channels c WHERE c.broadcaster_id = untrack.broadcaster_id;
     found_it := FOUND;
     RETURN found_it;
@@ -1864,7 +2020,9 @@ CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24
 RETURNS TABLE (day date, hours_watched numeric)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH bounds AS (
-        SELECT pg_catalog.now() - twitch_sync.dashboard_range($1) AS t0, pg_catalog.now() AS t1
+        -- in UTC: the same length whatever the session's TimeZone ('30 days' across a DST change)
+        SELECT (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC' AS t0,
+               pg_catalog.now() AS t1
     ), seg AS (
         SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
                i.viewer_count::float8 AS viewers
@@ -2051,7 +2209,8 @@ DECLARE
     c4 text;
     c5 text;
 BEGIN
-    t0 := t1 - twitch_sync.dashboard_range(dashboard.range);
+    -- in UTC: the same length whatever the session's TimeZone
+    t0 := (t1 AT TIME ZONE 'UTC' - twitch_sync.dashboard_range(dashboard.range)) AT TIME ZONE 'UTC';
     span := pg_catalog.date_part('epoch', t1 - t0);
     -- run histogram bars: a round width giving at most 60 bars
     SELECT coalesce(min(c), pg_catalog.ceil(span / 60 / 86400) * 86400) INTO bucket
@@ -2926,11 +3085,9 @@ BEGIN
     DELETE FROM twitch_sync.tracked_categories t WHERE t.game_id = untrack_category.game_id;
     found_it := FOUND;
     IF untrack_channels THEN
-        PERFORM twitch_sync.apply_observations(ARRAY(
-            SELECT ROW('untrack', pg_catalog.now(), c.broadcaster_id, 'offline', NULL, NULL, NULL,
-                       NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
-              FROM twitch_sync.channels c WHERE c.discovered_via = untrack_category.game_id),
-            1, coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
+            SELECT c.broadcaster_id FROM twitch_sync.channels c
+             WHERE c.discovered_via = untrack_category.game_id));
         DELETE FROM twitch_sync.channels c WHERE c.discovered_via = untrack_category.game_id;
     END IF;
     RETURN found_it;
@@ -3023,6 +3180,11 @@ SET enable_indexscan = off SET enable_indexonlyscan = off AS $$
       JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled
      WHERE s.is_live
 $$;
+
+-- 0.1.0 kept a disabled channel's live broadcast live for good (nobody checks
+-- it): it ends now, as disabling ends it from 0.2.0 on, with its event.
+SELECT twitch_sync.end_live_broadcasts(ARRAY(
+    SELECT c.broadcaster_id FROM twitch_sync.channels c WHERE NOT c.enabled));
 
 -- As on a fresh install: nothing is readable or executable by PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;

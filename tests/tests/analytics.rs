@@ -10,7 +10,8 @@
 //!   within the gap limit; longer gaps count nothing;
 //! - hours watched = sum of viewers x seconds / 3600; average = viewers x
 //!   seconds / seconds covered; airtime = started_at (else first seen) to
-//!   ended_at; days split at midnight (UTC, or the time zone asked for).
+//!   ended_at, a channel's overlapping broadcasts counted once; days split at
+//!   midnight (UTC, or the time zone asked for).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -305,13 +306,36 @@ fn reference(
     let mut covered: BTreeMap<(String, i64), f64> = BTreeMap::new();
     let mut cat_channels: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
     let mut ch_games: BTreeMap<(String, i64), BTreeSet<String>> = BTreeMap::new();
+    // airtime: a channel's broadcasts merged where they overlap (no instant
+    // counts twice); broadcasts: each one on the air that day
+    let mut spans: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for b in broadcasts {
+        spans
+            .entry(b.bid.clone())
+            .or_default()
+            .push((b.start, b.end));
         for d in first..=last {
             let (ds, de) = bounds(d);
-            if b.start < de && b.end > ds {
-                let e = ch.entry((b.bid.clone(), d)).or_default();
-                e.airtime += b.end.min(de) - b.start.max(ds);
-                e.broadcasts += 1;
+            if b.end.min(de) > b.start.max(ds) {
+                ch.entry((b.bid.clone(), d)).or_default().broadcasts += 1;
+            }
+        }
+    }
+    for (bid, mut list) in spans {
+        list.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut merged: Vec<(f64, f64)> = Vec::new();
+        for (a, z) in list {
+            match merged.last_mut() {
+                Some(m) if a <= m.1 => m.1 = m.1.max(z),
+                _ => merged.push((a, z)),
+            }
+        }
+        for (a, z) in merged {
+            for d in first..=last {
+                let (ds, de) = bounds(d);
+                if z.min(de) > a.max(ds) {
+                    ch.entry((bid.clone(), d)).or_default().airtime += z.min(de) - a.max(ds);
+                }
             }
         }
     }
@@ -501,9 +525,9 @@ fn run_seed(seed: u64) {
         let got_avg: Option<f64> = r.get(6);
         assert_eq!(r.get::<_, i64>(2), n, "seed {seed}: samples of {key:?}");
         assert_eq!(
-            r.get::<_, i64>(3),
-            peak.max(0),
-            "seed {seed}: peak of {key:?}"
+            r.get::<_, Option<i64>>(3),
+            (n > 0).then_some(peak),
+            "seed {seed}: peak of {key:?} (NULL without samples)"
         );
         assert_eq!(
             r.get::<_, Option<f64>>(4),
@@ -689,6 +713,7 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
                                    twitch_sync.category_days_in(text, date, date),
                                    twitch_sync.sample_intervals(timestamptz, timestamptz),
                                    twitch_sync.sample_pieces(timestamptz, timestamptz, text),
+                                   twitch_sync.day_start(date, text),
                                    twitch_sync.check_days_in(text, date, date),
                                    twitch_sync.check_broadcaster_id(text),
                                    twitch_sync.is_broadcaster_id(text),
@@ -724,4 +749,477 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
         )
         .unwrap_err();
     assert_eq!(sqlstate(&e), "22023", "{}", error_text(&e));
+}
+
+/// A live observation of `bid` under stream `sid` with `viewers`, Helix's
+/// `started_at` being `started`.
+fn live(bid: &str, sid: &str, viewers: Option<i32>, started: Option<i64>) -> Obs {
+    Obs {
+        bid: bid.to_string(),
+        state: "live",
+        sid: Some(sid.to_string()),
+        viewers,
+        title: Some("t".into()),
+        game: Some(0),
+        started,
+    }
+}
+
+/// `bid` live under `sid` from `a` to `b` (epoch seconds), a sample every
+/// `step` seconds, counts from `viewers`; not listed one step after `b` when
+/// `end`.
+fn broadcast(
+    c: &mut Client,
+    bid: &str,
+    sid: &str,
+    (a, b, step): (i64, i64, i64),
+    viewers: &dyn Fn(i64) -> i32,
+    end: bool,
+) {
+    let mut t = a;
+    while t <= b {
+        send(c, t, &[live(bid, sid, Some(viewers(t)), Some(a))]);
+        t += step;
+    }
+    if end {
+        send(c, t, &[ended_obs(bid, "not_listed")]);
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// channel_days as text rows, for days before `before` (days since the epoch).
+fn rollup_rows(c: &mut Client, before: i64) -> Vec<String> {
+    c.query(
+        "SELECT format('%s %s %s %s %s %s %s %s', d.broadcaster_id, d.day, d.airtime,
+                       round(d.hours_watched::numeric, 6), d.peak_viewers, round(d.avg_viewers::numeric, 6),
+                       d.broadcasts, d.categories)
+           FROM twitch_sync.channel_days d WHERE d.day < date '1970-01-01' + $1::int
+         UNION ALL
+         SELECT format('%s %s %s %s %s', g.game_id, g.day, round(g.hours_watched::numeric, 6),
+                       g.peak_viewers, g.channels_live)
+           FROM twitch_sync.category_days g WHERE g.day < date '1970-01-01' + $1::int
+          ORDER BY 1",
+        &[&(before as i32)],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Retention drops the samples of old days; maintain() must not recompute
+/// those days from what is left (it wiped their rollups: a channel live since
+/// before them pulled every day back into the recomputation). A day whose
+/// samples go before maintain() rolled it up is rolled up first.
+#[test]
+fn retention_never_costs_rollups() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let today = now_secs().div_euclid(DAY);
+    // 20: two hours three days ago; 10: live since four days ago (still live)
+    broadcast(
+        c,
+        "20",
+        "2001",
+        ((today - 3) * DAY + 36_000, (today - 3) * DAY + 43_200, 600),
+        &|t| (500 + t % 97) as i32,
+        true,
+    );
+    broadcast(
+        c,
+        "10",
+        "1001",
+        ((today - 4) * DAY + 72_000, (today - 4) * DAY + 75_600, 600),
+        &|t| (50 + t % 89) as i32,
+        false,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let before = rollup_rows(c, today - 2);
+    assert!(before.len() >= 4, "rollups of days -4 and -3: {before:?}");
+    // retention of 2 days drops days -4 and -3 (prune() drops the same way)
+    let dropped = db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)");
+    assert!(dropped > 0, "samples dropped");
+    let c = &mut db.client;
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(
+        rollup_rows(c, today - 2),
+        before,
+        "maintain() after retention"
+    );
+
+    // Samples of day -6 written after the rollups (a backfill), dropped before
+    // any maintain(): rolled up on the way out, as a recomputation says.
+    c.batch_execute(&format!(
+        "SELECT twitch_sync.create_sample_partitions(date '1970-01-01' + {0}, date '1970-01-01' + {0})",
+        today - 6
+    ))
+    .unwrap();
+    broadcast(
+        c,
+        "30",
+        "3001",
+        ((today - 6) * DAY + 3_600, (today - 6) * DAY + 7_200, 600),
+        &|t| (70 + t % 13) as i32,
+        true,
+    );
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", today - 6);
+    assert!(!want.is_empty());
+    db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)");
+    let c = &mut db.client;
+    assert_eq!(
+        rollup_rows_of(c, "channel_days", today - 6),
+        want,
+        "day -6 rolled up before its samples went"
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(
+        rollup_rows_of(c, "channel_days", today - 6),
+        want,
+        "and kept"
+    );
+}
+
+/// One day of channel_days, or of channel_days_in (`src` names x, the day).
+fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
+    c.query(
+        &format!(
+            "SELECT format('%s %s %s %s %s %s', d.broadcaster_id, d.airtime, round(d.hours_watched::numeric, 6),
+                           d.peak_viewers, round(d.avg_viewers::numeric, 6), d.broadcasts)
+               FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} d
+              WHERE d.day = x.x ORDER BY 1"
+        ),
+        &[&(day as i32)],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Disabling a live channel (`enabled = false`), or deleting its row, ends its
+/// broadcast now, as untrack() does: through the transition layer, with its
+/// 'offline' event. (It stayed live for good, with 24 hours of airtime a day.)
+#[test]
+fn disabling_a_live_channel_ends_its_broadcast() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let t = now_secs() - 3_600;
+    c.batch_execute(
+        "INSERT INTO twitch_sync.channels (broadcaster_id, login) VALUES ('41', 'fortyone'), ('42', 'fortytwo')",
+    )
+    .unwrap();
+    send(
+        c,
+        t,
+        &[
+            live("41", "4101", Some(10), Some(t)),
+            live("42", "4201", Some(20), Some(t)),
+        ],
+    );
+    c.batch_execute(
+        "UPDATE twitch_sync.channels SET enabled = false WHERE broadcaster_id = '41';
+         DELETE FROM twitch_sync.channels WHERE broadcaster_id = '42';",
+    )
+    .unwrap();
+    let rows: Vec<(String, bool, bool)> = c
+        .query(
+            "SELECT broadcaster_id, is_live, ended_at > now() - interval '1 minute' FROM twitch_sync.streams ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("41".into(), false, true), ("42".into(), false, true)]
+    );
+    let events: Vec<(String, String, Option<String>)> = c
+        .query(
+            "SELECT broadcaster_id, event, payload->>'login' FROM twitch_sync.events
+              WHERE event = 'offline' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("41".into(), "offline".into(), Some("fortyone".into())),
+            ("42".into(), "offline".into(), Some("fortytwo".into()))
+        ]
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.live_now"),
+        0
+    );
+    // enabled again and listed: the broadcast is reopened
+    let c = &mut db.client;
+    c.batch_execute("UPDATE twitch_sync.channels SET enabled = true WHERE broadcaster_id = '41'")
+        .unwrap();
+    send(c, now_secs(), &[live("41", "4101", Some(12), Some(t))]);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.events WHERE event = 'online' AND (payload->>'reopened')::boolean"),
+        1
+    );
+}
+
+/// A restart: Helix lists the new stream id at 12:10, its started_at 12:00.
+/// The old broadcast ends at 12:00, and a channel's airtime never counts an
+/// instant twice (also when the old one was seen after the new one started):
+/// a day of restarts is 24 hours of airtime, not more.
+#[test]
+fn a_restart_never_counts_airtime_twice() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let day = now_secs().div_euclid(DAY) - 3;
+    let d0 = day * DAY;
+    // 30: 3001 from midnight, 3002 started 12:00 listed 12:10
+    send(c, d0, &[live("30", "3001", Some(100), Some(d0))]);
+    send(
+        c,
+        d0 + 43_800,
+        &[live("30", "3002", Some(100), Some(d0 + 43_200))],
+    );
+    send(c, d0 + DAY, &[ended_obs("30", "not_listed")]);
+    // 31: 3101 last seen 12:05, then 3102 started 12:00 listed 12:10
+    send(c, d0, &[live("31", "3101", Some(100), Some(d0))]);
+    send(c, d0 + 43_500, &[live("31", "3101", Some(100), Some(d0))]);
+    send(
+        c,
+        d0 + 43_800,
+        &[live("31", "3102", Some(100), Some(d0 + 43_200))],
+    );
+    send(c, d0 + DAY, &[ended_obs("31", "not_listed")]);
+    let ended: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM ended_at)::float8 FROM twitch_sync.streams WHERE stream_id = '3001'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended as i64, d0 + 43_200, "3001 ends when 3002 started");
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    for src in [
+        "channel_days",
+        "channel_days_in('UTC', x, x)",
+        "channel_days_in('Asia/Tokyo', x, x)",
+    ] {
+        let rows: Vec<(String, f64, i32)> = c
+            .query(
+                &format!(
+                    "SELECT d.broadcaster_id, extract(epoch FROM d.airtime)::float8, d.broadcasts
+                       FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} d
+                      WHERE d.day = x.x ORDER BY 1"
+                ),
+                &[&(day as i32)],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        if src.contains("Tokyo") {
+            // 09:00 to midnight of the day in Tokyo: all on the air
+            assert!(rows.iter().all(|r| r.1 == 15.0 * 3600.0), "{src}: {rows:?}");
+        } else {
+            assert_eq!(
+                rows,
+                vec![("30".into(), 86_400.0, 2), ("31".into(), 86_400.0, 2)],
+                "{src}"
+            );
+        }
+    }
+    let top: f64 = c
+        .query_one(
+            "SELECT extract(epoch FROM airtime)::float8 FROM twitch_sync.top_channels(
+                 date '1970-01-01' + $1::int, date '1970-01-01' + $1::int, 'airtime', 1)",
+            &[&(day as i32)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(top, 86_400.0);
+}
+
+/// Observations written at past times (a backfill through apply_observations)
+/// after maintain() has rolled up later days are rolled up by the next
+/// maintain(); a poll of now marks nothing.
+#[test]
+fn maintain_rolls_up_a_backfill() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let now = now_secs();
+    let today = now.div_euclid(DAY);
+    broadcast(
+        c,
+        "50",
+        "5001",
+        (now - 7_200, now - 3_600, 600),
+        &|t| (40 + t % 7) as i32,
+        true,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    send(c, now, &[ended_obs("50", "not_listed")]);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.rollup_state WHERE stale_from IS NOT NULL"),
+        0,
+        "a poll of now marks nothing"
+    );
+    let c = &mut db.client;
+    let day = today - 10;
+    broadcast(
+        c,
+        "50",
+        "5000",
+        (day * DAY + 36_000, day * DAY + 39_600, 600),
+        &|t| (60 + t % 11) as i32,
+        true,
+    );
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    assert_eq!(want.len(), 1);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(
+        rollup_rows_of(c, "channel_days", day),
+        want,
+        "the backfilled day"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.rollup_state WHERE stale_from IS NOT NULL"),
+        0,
+        "cleared"
+    );
+}
+
+/// A day is [its first instant, the next day's first instant) everywhere, and
+/// an instant's day is its local date: where midnight happens twice
+/// (America/Havana, 2026-11-01: 04:00 and 05:00 UTC) the day starts at the
+/// first. An interval may cover three days (a gap limit of a day across a
+/// 23-hour day: Europe/Berlin, 2026-03-29).
+#[test]
+fn days_are_bounded_by_their_first_instant() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 86400")
+        .unwrap();
+    // Havana: samples every 10 minutes from 02:00 to 08:00 UTC, 100 viewers
+    // before 04:00 UTC, 300 from then; not listed at 08:10
+    let h = 1_793_498_400i64; // 2026-11-01 02:00 UTC
+    broadcast(
+        c,
+        "60",
+        "6001",
+        (h, h + 6 * 3_600, 600),
+        &|t| if t < h + 7_200 { 100 } else { 300 },
+        true,
+    );
+    let rows: Vec<(String, f64, f64, i32)> = c
+        .query(
+            "SELECT day::text, extract(epoch FROM airtime)::float8, hours_watched, peak_viewers
+               FROM twitch_sync.channel_days_in('America/Havana', '2026-10-31', '2026-11-01') ORDER BY day",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("2026-10-31".into(), 7_200.0, 200.0, 100),
+            ("2026-11-01".into(), 4.0 * 3_600.0 + 600.0, 1_200.0, 300)
+        ]
+    );
+    // Berlin: samples at 2026-03-28 23:30 and 2026-03-30 00:10 local, 60 viewers
+    let b = 1_774_737_000i64; // 2026-03-28 22:30 UTC
+    send(c, b, &[live("61", "6101", Some(60), Some(b))]);
+    send(c, b + 85_200, &[live("61", "6101", Some(60), Some(b))]);
+    let rows: Vec<(String, f64)> = c
+        .query(
+            "SELECT day::text, hours_watched FROM twitch_sync.channel_days_in('Europe/Berlin', '2026-03-28', '2026-03-30')
+              WHERE broadcaster_id = '61' ORDER BY day",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("2026-03-28".into(), 30.0),
+            ("2026-03-29".into(), 23.0 * 60.0),
+            ("2026-03-30".into(), 10.0)
+        ]
+    );
+}
+
+/// A broadcast seen only without a count (an EventSub online, then offline)
+/// has no samples and no peak: NULL, as channel_days says, not 0.
+#[test]
+fn a_broadcast_without_samples_has_no_peak() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let t = now_secs() - 7_200;
+    send(c, t, &[live("70", "7001", None, Some(t))]);
+    send(c, t + 3_600, &[ended_obs("70", "offline")]);
+    let row = c
+        .query_one(
+            "SELECT samples, peak_viewers, peak_at IS NULL FROM twitch_sync.broadcasts WHERE stream_id = '7001'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i32>(0),
+            row.get::<_, Option<i32>>(1),
+            row.get::<_, bool>(2)
+        ),
+        (0, None, true)
+    );
+}
+
+/// The dashboard's range is that much time, whatever the session's TimeZone:
+/// '30 days' across a DST change was 721 (or 719) hours in Los Angeles.
+#[test]
+fn the_dashboard_range_is_the_same_length_in_every_time_zone() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    // a number of days whose range crosses a DST change in Los Angeles now
+    let days: i32 = c
+        .query_one(
+            "SELECT min(n)::int FROM generate_series(1, 400) n
+              WHERE (now() AT TIME ZONE 'America/Los_Angeles' - make_interval(days => n))
+                    AT TIME ZONE 'America/Los_Angeles' <> now() - make_interval(hours => 24 * n)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    // 10-minute intervals of 60 viewers ending 25 minutes before and starting
+    // 25 minutes after the range's start: only the second is in it
+    c.execute(
+        "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
+         SELECT x.s, '80', now() - make_interval(hours => 24 * $1) + make_interval(mins => m), 60, ''
+           FROM (VALUES ('8001', -35), ('8001', -25), ('8002', 25), ('8002', 35)) x(s, m)",
+        &[&days],
+    )
+    .unwrap();
+    for tz in ["UTC", "America/Los_Angeles", "Australia/Lord_Howe"] {
+        c.batch_execute(&format!("SET TimeZone = '{tz}'")).unwrap();
+        let hours: f64 = c
+            .query_one(
+                "SELECT sum(hours_watched)::float8 FROM twitch_sync.dashboard_hours_per_day(make_interval(days => $1))",
+                &[&days],
+            )
+            .unwrap()
+            .get(0);
+        // (10 exactly, but for rounding when the interval crosses midnight)
+        assert!((hours - 10.0).abs() < 0.02, "{tz}: {days} days: {hours}");
+    }
 }

@@ -151,6 +151,8 @@ struct Model {
     /// (broadcaster, stream) -> row
     streams: BTreeMap<(String, String), StreamRow>,
     samples: BTreeMap<(String, String), i64>,
+    /// (broadcaster, stream) -> (first seen live, last seen live)
+    seen: BTreeMap<(String, String), (i64, i64)>,
 }
 
 impl Model {
@@ -263,13 +265,22 @@ impl Model {
                     started_at,
                 } => {
                     applied.live += 1;
-                    // a restart ends the previous broadcast
+                    // a restart ends the previous broadcast: when the new one
+                    // started, if after the previous one was last seen (else
+                    // then), never after now nor before the previous one began
                     let previous = self.live_stream_of(b).filter(|cur| cur != sid);
                     if let Some(p) = &previous {
-                        self.end(b, p, at, step.source);
+                        let pkey = (b.clone(), p.clone());
+                        let (first, last) = self.seen[&pkey];
+                        let began = self.streams[&pkey].started_at.unwrap_or(first);
+                        let end = began.max(at.min(last.max(started_at.unwrap_or(at))));
+                        self.end(b, p, end, step.source);
+                        self.streams.get_mut(&pkey).unwrap().state_at = at;
                         applied.ended += 1;
                     }
                     let key = (b.clone(), sid.clone());
+                    let seen = self.seen.entry(key.clone()).or_insert((at, at));
+                    seen.1 = at;
                     let event = match self.streams.get_mut(&key) {
                         Some(row) => {
                             let reopened = !row.is_live;
