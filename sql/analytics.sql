@@ -18,8 +18,7 @@
 -- is schema-qualified or a keyword).
 CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
-        nullif(pg_catalog.current_setting('twitch_sync.max_sample_gap_secs', true), '')::integer, 1200), 1))
+    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.max_sample_gap_secs')::integer, 1))
 $$;
 
 -- Every title and category a broadcast had: one row when it is first seen,
@@ -425,7 +424,7 @@ DECLARE
     since timestamptz;
     stale timestamptz;
     first_day date;
-    keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
+    keep_days integer := twitch_sync.setting('twitch_sync.rollups_retention_days')::integer;
     n bigint;
     day date;
     span record;

@@ -152,3 +152,7 @@ $$;
 -- viewer_samples with the caller's rights (for Grafana's role, README "Dashboard").
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;
+-- ... except setting(): SQL functions a reader is granted (sample_gap(), the
+-- analytics) read settings through it, and every setting is readable by
+-- anyone with SHOW anyway. It still takes USAGE on the schema to reach it.
+GRANT EXECUTE ON FUNCTION twitch_sync.setting(text) TO PUBLIC;

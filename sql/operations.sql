@@ -159,7 +159,7 @@ BEGIN
         INSERT INTO twitch_sync.alerts AS a (run_id, alert, payload, created_at)
         VALUES (r.run_id, alert_payload ->> 'alert', alert_payload, r.finished_at)
         RETURNING a.alert_id INTO id;
-        IF coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+        IF twitch_sync.setting('twitch_sync.notify_alerts')::boolean THEN
             PERFORM pg_catalog.pg_notify('twitch_sync_alerts', id::text);
         END IF;
     END IF;
@@ -210,8 +210,8 @@ CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
 RETURNS TABLE (runs_deleted bigint, samples_deleted bigint, events_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    runs_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.runs_retention_days', true), '')::integer, 30);
-    samples_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.samples_retention_days', true), '')::integer, 90);
+    runs_days integer := twitch_sync.setting('twitch_sync.runs_retention_days')::integer;
+    samples_days integer := twitch_sync.setting('twitch_sync.samples_retention_days')::integer;
     runs_cutoff timestamptz := pg_catalog.now() - pg_catalog.make_interval(days => runs_days);
     n bigint;
 BEGIN
@@ -301,7 +301,7 @@ $$;
 -- twitch_sync.adaptive_polling on (it decides per run what is due).
 CREATE FUNCTION twitch_sync.cron_auto_schedule() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
+    SELECT CASE WHEN twitch_sync.setting('twitch_sync.adaptive_polling')::boolean
                 THEN '* * * * *' ELSE '*/10 * * * *' END
 $$;
 

@@ -388,8 +388,7 @@ $$;
 -- Returns the broadcasters whose poll observations are held.
 CREATE FUNCTION twitch_sync.eventsub_grace() RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
-        nullif(pg_catalog.current_setting('twitch_sync.eventsub_grace_secs', true), '')::integer, 180), 0))
+    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.eventsub_grace_secs')::integer, 0))
 $$;
 
 CREATE FUNCTION twitch_sync.held_by_events(obs twitch_sync.observation[]) RETURNS text[]
@@ -654,7 +653,7 @@ BEGIN
                   ORDER BY s.broadcaster_id);
     IF cardinality(obs) > 0 THEN
         PERFORM twitch_sync.apply_observations(obs, 1,
-            coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+            twitch_sync.setting('twitch_sync.notify_events')::boolean);
     END IF;
 END
 $$;

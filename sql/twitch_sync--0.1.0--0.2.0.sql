@@ -178,8 +178,7 @@ ALTER TABLE twitch_sync.streams
 -- is schema-qualified or a keyword).
 CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
-        nullif(pg_catalog.current_setting('twitch_sync.max_sample_gap_secs', true), '')::integer, 1200), 1))
+    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.max_sample_gap_secs')::integer, 1))
 $$;
 
 -- Every title and category a broadcast had: one row when it is first seen,
@@ -585,7 +584,7 @@ DECLARE
     since timestamptz;
     stale timestamptz;
     first_day date;
-    keep_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.rollups_retention_days', true), '')::integer, 0);
+    keep_days integer := twitch_sync.setting('twitch_sync.rollups_retention_days')::integer;
     n bigint;
     day date;
     span record;
@@ -1241,8 +1240,7 @@ $$;
 -- Returns the broadcasters whose poll observations are held.
 CREATE FUNCTION twitch_sync.eventsub_grace() RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.make_interval(secs => greatest(coalesce(
-        nullif(pg_catalog.current_setting('twitch_sync.eventsub_grace_secs', true), '')::integer, 180), 0))
+    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.eventsub_grace_secs')::integer, 0))
 $$;
 
 CREATE FUNCTION twitch_sync.held_by_events(obs twitch_sync.observation[]) RETURNS text[]
@@ -1507,7 +1505,7 @@ BEGIN
                   ORDER BY s.broadcaster_id);
     IF cardinality(obs) > 0 THEN
         PERFORM twitch_sync.apply_observations(obs, 1,
-            coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_events', true), ''), 'on')::boolean);
+            twitch_sync.setting('twitch_sync.notify_events')::boolean);
     END IF;
 END
 $$;
@@ -1645,7 +1643,7 @@ $$;
 -- twitch_sync.adaptive_polling on (it decides per run what is due).
 CREATE FUNCTION twitch_sync.cron_auto_schedule() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN coalesce(nullif(pg_catalog.current_setting('twitch_sync.adaptive_polling', true), ''), 'off')::boolean
+    SELECT CASE WHEN twitch_sync.setting('twitch_sync.adaptive_polling')::boolean
                 THEN '* * * * *' ELSE '*/10 * * * *' END
 $$;
 
@@ -1774,7 +1772,7 @@ BEGIN
         INSERT INTO twitch_sync.alerts AS a (run_id, alert, payload, created_at)
         VALUES (r.run_id, alert_payload ->> 'alert', alert_payload, r.finished_at)
         RETURNING a.alert_id INTO id;
-        IF coalesce(nullif(pg_catalog.current_setting('twitch_sync.notify_alerts', true), ''), 'on')::boolean THEN
+        IF twitch_sync.setting('twitch_sync.notify_alerts')::boolean THEN
             PERFORM pg_catalog.pg_notify('twitch_sync_alerts', id::text);
         END IF;
     END IF;
@@ -1814,8 +1812,8 @@ CREATE FUNCTION twitch_sync.prune(max_rows integer DEFAULT 50000)
 RETURNS TABLE (runs_deleted bigint, samples_deleted bigint, events_deleted bigint)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    runs_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.runs_retention_days', true), '')::integer, 30);
-    samples_days integer := coalesce(nullif(pg_catalog.current_setting('twitch_sync.samples_retention_days', true), '')::integer, 90);
+    runs_days integer := twitch_sync.setting('twitch_sync.runs_retention_days')::integer;
+    samples_days integer := twitch_sync.setting('twitch_sync.samples_retention_days')::integer;
     runs_cutoff timestamptz := pg_catalog.now() - pg_catalog.make_interval(days => runs_days);
     n bigint;
 BEGIN
@@ -3193,3 +3191,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 ALTER FUNCTION twitch_sync.set_credentials(text, text) SET log_min_error_statement = panic;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;
+-- ... except setting(): SQL functions a reader is granted (sample_gap(), the
+-- analytics) read settings through it, and every setting is readable by
+-- anyone with SHOW anyway. It still takes USAGE on the schema to reach it.
+GRANT EXECUTE ON FUNCTION twitch_sync.setting(text) TO PUBLIC;

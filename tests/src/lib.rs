@@ -80,10 +80,18 @@ impl Cluster {
     /// The cluster of this test binary, started on first use.
     pub fn shared() -> &'static Cluster {
         static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-        CLUSTER.get_or_init(Cluster::start)
+        CLUSTER.get_or_init(|| Cluster::start("pg_cron,twitch_sync"))
     }
 
-    fn start() -> Cluster {
+    /// A second cluster of this test binary, with only pg_cron preloaded: its
+    /// backends load twitch_sync's library when they first call into it, as on
+    /// a server where README's optional preload was skipped.
+    pub fn without_preload() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| Cluster::start("pg_cron"))
+    }
+
+    fn start(preload: &str) -> Cluster {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("twitch_sync_e2e_{}_{port}", std::process::id()));
@@ -114,7 +122,7 @@ impl Cluster {
         run_checked(initdb, "initdb");
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
-             shared_preload_libraries = 'pg_cron,twitch_sync'\ncron.database_name = 'postgres'\n\
+             shared_preload_libraries = '{preload}'\ncron.database_name = 'postgres'\n\
              cron.use_background_workers = on\nmax_worker_processes = 32\n\
              max_connections = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
              log_min_messages = info\nlog_line_prefix = '%m [%p] %d '\nlogging_collector = off\n",

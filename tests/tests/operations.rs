@@ -681,3 +681,66 @@ fn a_partition_in_use_is_left_for_the_next_run_instead_of_stalling_readers() {
     db.run();
     assert_eq!(db.scalar_i64(&exists), 1, "created once the reader is done");
 }
+
+#[test]
+fn a_setting_a_non_superuser_set_before_the_library_loaded_is_never_used() {
+    // Without twitch_sync in shared_preload_libraries, a session's first
+    // `SET twitch_sync.*` makes a placeholder that any role may set. prune()
+    // and maintain() run as the extension's owner: they must use the real
+    // (superuser-only) setting, not the placeholder.
+    let cluster = twitch_sync_e2e::Cluster::without_preload();
+    let mut admin = cluster.connect("postgres");
+    for sql in [
+        "CREATE DATABASE placeholder_test",
+        "CREATE ROLE placeholder_maint LOGIN",
+    ] {
+        admin.batch_execute(sql).unwrap();
+    }
+    let mut db = cluster.connect("placeholder_test");
+    db.batch_execute(
+        "CREATE EXTENSION twitch_sync CASCADE;
+         GRANT USAGE ON SCHEMA twitch_sync TO placeholder_maint;
+         GRANT EXECUTE ON FUNCTION twitch_sync.prune(integer), twitch_sync.maintain() TO placeholder_maint;
+         INSERT INTO twitch_sync.runs (started_at, finished_at, status)
+         VALUES (now() - interval '5 days', now() - interval '5 days', 'ok');",
+    )
+    .unwrap();
+    let mut maint = cluster.connect_as("placeholder_test", "placeholder_maint");
+    // the library is not loaded in this backend yet: the SET makes a placeholder
+    maint
+        .batch_execute("SET twitch_sync.runs_retention_days = 1")
+        .unwrap();
+    maint
+        .query("SELECT * FROM twitch_sync.prune()", &[])
+        .unwrap();
+    let runs: i64 = db
+        .query_one("SELECT count(*) FROM twitch_sync.runs", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the 5-day-old run is within the default 30 days");
+    // once loaded, the setting is the superuser's to set
+    let err = maint
+        .batch_execute("SET twitch_sync.runs_retention_days = 1")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "42501", "{}", error_text(&err));
+    // and the default (one source: the setting's definition) is what SQL reads
+    let gap: String = db
+        .query_one(
+            "SELECT twitch_sync.setting('twitch_sync.max_sample_gap_secs')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(gap, "1200");
+    let err = db
+        .query_one("SELECT twitch_sync.setting('search_path')", &[])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023", "{}", error_text(&err));
+    drop((maint, db));
+    for sql in [
+        "DROP DATABASE placeholder_test WITH (FORCE)",
+        "DROP ROLE placeholder_maint",
+    ] {
+        admin.batch_execute(sql).unwrap();
+    }
+}
