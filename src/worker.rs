@@ -134,6 +134,19 @@ pub extern "C-unwind" fn twitch_sync_eventsub_worker_main(_arg: pg_sys::Datum) {
         }
     };
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The worker runs as the bootstrap superuser: a search_path the database's
+    // owner set (ALTER DATABASE ... SET search_path) must not decide which
+    // operator or function its statements call. As for the SECURITY DEFINER
+    // functions: pg_catalog, then pg_temp.
+    // SAFETY: static C strings; called once, before any statement.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
     pgrx::log!("twitch_sync eventsub worker serving database \"{database}\"");
     Worker::new(database).run();
     exit_for_restart();
