@@ -12,7 +12,7 @@
 -- filter and one cap per category (track_category again replaces them).
 CREATE TABLE twitch_sync.tracked_categories (
     game_id       text PRIMARY KEY,
-    -- NULL: every language; else an ISO 639-1 code ('en'), a region form ('zh-hk') or 'other'
+    -- NULL: every language; else an ISO 639-1 code ('en'), a region form ('zh-hk'), 'asl' or 'other'
     language      text,
     -- at most this many tracked channels may have been added by this category
     max_channels  integer NOT NULL DEFAULT 1000,
@@ -27,7 +27,7 @@ CREATE TABLE twitch_sync.tracked_categories (
     discovered    integer NOT NULL DEFAULT 0,
     CONSTRAINT tracked_categories_game_id_format CHECK (game_id OPERATOR(pg_catalog.~) '^[0-9]{1,20}$'),
     CONSTRAINT tracked_categories_language_format
-        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|other)$'),
+        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|asl|other)$'),
     CONSTRAINT tracked_categories_max_channels CHECK (max_channels BETWEEN 1 AND 100000),
     CONSTRAINT tracked_categories_last_end
         CHECK (last_end IN ('complete', 'truncated', 'empty_page', 'cursor_loop', 'failed'))
@@ -59,11 +59,11 @@ BEGIN
                       || '''509658'' (Just Chatting). Helix Get Games returns it; twitch_sync.categories '
                       || 'lists the ones seen so far.';
     END IF;
-    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|other)$' THEN
+    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|asl|other)$' THEN
         RAISE EXCEPTION 'invalid language: %', pg_catalog.quote_literal(pg_catalog.left(track_category.language, 40))
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass an ISO 639-1 two-letter code as Twitch uses them (''en'', ''de'', ''zh-hk''), '
-                      || '''other'', or NULL for every language.';
+                      || '''asl'' (American Sign Language), ''other'', or NULL for every language.';
     END IF;
     IF track_category.max_channels IS NULL OR track_category.max_channels NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'invalid max_channels: %', coalesce(track_category.max_channels::text, 'NULL')

@@ -183,16 +183,20 @@ $$;
 
 -- channel_status: each tracked channel with what is known of it. Its last
 -- successful check is derived (runs write nothing per checked channel): the
--- latest ok or partial run since it was added that did not list it in
--- run_unchecked. NULL for disabled channels and channels no run has checked yet.
+-- latest ok or partial run with fixed polling (which checks every enabled
+-- channel; runs.polling is NULL) since it was added that did not list it in
+-- run_unchecked, or, if later, channels.checked_at (adaptive polling's runs
+-- record the channels they checked there, and only those). NULL for disabled
+-- channels and channels no run has checked yet.
 CREATE VIEW twitch_sync.channel_status AS
 SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
-       CASE WHEN c.enabled THEN (
+       CASE WHEN c.enabled THEN greatest(c.checked_at, (
            SELECT r.started_at FROM twitch_sync.runs r
-            WHERE r.status IN ('ok', 'partial') AND r.started_at >= c.added_at
+            WHERE r.status IN ('ok', 'partial') AND r.polling IS NULL AND r.started_at >= c.added_at
+              AND r.started_at > coalesce(c.checked_at, '-infinity')
               AND NOT EXISTS (SELECT 1 FROM twitch_sync.run_unchecked u
                                WHERE u.broadcaster_id = c.broadcaster_id AND u.run_id = r.run_id)
-            ORDER BY r.started_at DESC LIMIT 1) END AS last_checked_at,
+            ORDER BY r.started_at DESC LIMIT 1)) END AS last_checked_at,
        (SELECT max(s.last_seen_at) FROM twitch_sync.streams s
          WHERE s.broadcaster_id = c.broadcaster_id) AS last_live_at,
        l.stream_id AS live_stream_id, l.viewer_count, l.title, l.game_name, l.started_at,

@@ -1783,16 +1783,20 @@ $$;
 
 -- channel_status: each tracked channel with what is known of it. Its last
 -- successful check is derived (runs write nothing per checked channel): the
--- latest ok or partial run since it was added that did not list it in
--- run_unchecked. NULL for disabled channels and channels no run has checked yet.
+-- latest ok or partial run with fixed polling (which checks every enabled
+-- channel; runs.polling is NULL) since it was added that did not list it in
+-- run_unchecked, or, if later, channels.checked_at (adaptive polling's runs
+-- record the channels they checked there, and only those). NULL for disabled
+-- channels and channels no run has checked yet.
 CREATE VIEW twitch_sync.channel_status AS
 SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
-       CASE WHEN c.enabled THEN (
+       CASE WHEN c.enabled THEN greatest(c.checked_at, (
            SELECT r.started_at FROM twitch_sync.runs r
-            WHERE r.status IN ('ok', 'partial') AND r.started_at >= c.added_at
+            WHERE r.status IN ('ok', 'partial') AND r.polling IS NULL AND r.started_at >= c.added_at
+              AND r.started_at > coalesce(c.checked_at, '-infinity')
               AND NOT EXISTS (SELECT 1 FROM twitch_sync.run_unchecked u
                                WHERE u.broadcaster_id = c.broadcaster_id AND u.run_id = r.run_id)
-            ORDER BY r.started_at DESC LIMIT 1) END AS last_checked_at,
+            ORDER BY r.started_at DESC LIMIT 1)) END AS last_checked_at,
        (SELECT max(s.last_seen_at) FROM twitch_sync.streams s
          WHERE s.broadcaster_id = c.broadcaster_id) AS last_live_at,
        l.stream_id AS live_stream_id, l.viewer_count, l.title, l.game_name, l.started_at,
@@ -2990,7 +2994,7 @@ $$;
 -- filter and one cap per category (track_category again replaces them).
 CREATE TABLE twitch_sync.tracked_categories (
     game_id       text PRIMARY KEY,
-    -- NULL: every language; else an ISO 639-1 code ('en'), a region form ('zh-hk') or 'other'
+    -- NULL: every language; else an ISO 639-1 code ('en'), a region form ('zh-hk'), 'asl' or 'other'
     language      text,
     -- at most this many tracked channels may have been added by this category
     max_channels  integer NOT NULL DEFAULT 1000,
@@ -3005,7 +3009,7 @@ CREATE TABLE twitch_sync.tracked_categories (
     discovered    integer NOT NULL DEFAULT 0,
     CONSTRAINT tracked_categories_game_id_format CHECK (game_id OPERATOR(pg_catalog.~) '^[0-9]{1,20}$'),
     CONSTRAINT tracked_categories_language_format
-        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|other)$'),
+        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|asl|other)$'),
     CONSTRAINT tracked_categories_max_channels CHECK (max_channels BETWEEN 1 AND 100000),
     CONSTRAINT tracked_categories_last_end
         CHECK (last_end IN ('complete', 'truncated', 'empty_page', 'cursor_loop', 'failed'))
@@ -3037,11 +3041,11 @@ BEGIN
                       || '''509658'' (Just Chatting). Helix Get Games returns it; twitch_sync.categories '
                       || 'lists the ones seen so far.';
     END IF;
-    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|other)$' THEN
+    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|asl|other)$' THEN
         RAISE EXCEPTION 'invalid language: %', pg_catalog.quote_literal(pg_catalog.left(track_category.language, 40))
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass an ISO 639-1 two-letter code as Twitch uses them (''en'', ''de'', ''zh-hk''), '
-                      || '''other'', or NULL for every language.';
+                      || '''asl'' (American Sign Language), ''other'', or NULL for every language.';
     END IF;
     IF track_category.max_channels IS NULL OR track_category.max_channels NOT BETWEEN 1 AND 100000 THEN
         RAISE EXCEPTION 'invalid max_channels: %', coalesce(track_category.max_channels::text, 'NULL')

@@ -306,7 +306,7 @@ pub fn read_poll_input() -> Result<PollInput, SyncError> {
                         (SELECT extract(epoch FROM pg_catalog.now() - max(r.started_at))::float8
                            FROM twitch_sync.runs r WHERE r.status <> 'skipped'),
                         coalesce(array_agg(e.broadcaster_id IS NOT NULL), '{}'),
-                        coalesce(array_agg(s.game_id), '{}'),
+                        coalesce(array_agg(CASE WHEN s.missed_polls = 0 THEN s.game_id END), '{}'),
                         coalesce(array_agg(s.language), '{}')
                    FROM twitch_sync.channels c
                    LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = c.broadcaster_id AND s.is_live
@@ -950,11 +950,16 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
     })
 }
 
-/// `^([a-z]{2}(-[a-z]{2})?|other)$`: the language filter's rule (as the table checks it).
+/// `^([a-z]{2}(-[a-z]{2})?|asl|other)$`: the language filter's rule (as the
+/// table checks it). `asl`, American Sign Language, is a stream language on
+/// Twitch beside the ISO 639-1 codes.
 fn is_language(l: &str) -> bool {
     let b = l.as_bytes();
     let two = |s: &[u8]| s.len() == 2 && s.iter().all(u8::is_ascii_lowercase);
-    l == "other" || two(b) || (b.len() == 5 && two(&b[..2]) && b[2] == b'-' && two(&b[3..]))
+    l == "other"
+        || l == "asl"
+        || two(b)
+        || (b.len() == 5 && two(&b[..2]) && b[2] == b'-' && two(&b[3..]))
 }
 
 /// What twitch_sync.discover_channels did with one walk.
@@ -989,7 +994,13 @@ pub fn discover_channels(
             .collect::<Vec<Option<String>>>()
             .into(),
         (report.pages.min(i32::MAX as u32) as i32).into(),
-        (report.streams.min(i32::MAX as u32) as i32).into(),
+        // the live streams the directory listed in the category, those of
+        // channels this run also checked by id included
+        (report
+            .streams
+            .saturating_add(report.in_batches)
+            .min(i32::MAX as u32) as i32)
+            .into(),
         end.into(),
         report.error.clone().into(),
     ];

@@ -63,6 +63,18 @@ fn a_run_checks_what_is_due_most_overdue_first_within_the_budget() {
     assert_eq!(idle["polling"]["chosen"], 0, "{idle}");
     assert_eq!(idle["helix_requests"], 0, "{idle}");
     assert_eq!(idle["status"], "ok", "{idle}");
+    // channel_status tells the truth: a run that left every channel for later
+    // checked none of them (last_checked_at is each channel's own last check).
+    let checked_by = |db: &mut TestDb, run: &serde_json::Value| {
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.channel_status s, twitch_sync.runs r
+              WHERE r.run_id = {} AND s.last_checked_at = r.started_at",
+            run["run_id"]
+        ))
+    };
+    assert_eq!(checked_by(&mut db, &idle), 0);
+    assert_eq!(checked_by(&mut db, &first), 100);
+    assert_eq!(checked_by(&mut db, &second), 200);
 
     // Hot streams (the top third by viewers here) come due first.
     let hot_viewers = db.scalar_i64(
@@ -125,6 +137,11 @@ fn a_run_checks_what_is_due_most_overdue_first_within_the_budget() {
     let fixed = db.run();
     assert_eq!(fixed["total_streams"], 300, "{fixed}");
     assert!(fixed.get("polling").is_none(), "{fixed}");
+    assert_eq!(
+        checked_by(&mut db, &fixed),
+        300,
+        "a fixed run checks every channel"
+    );
 }
 
 #[test]

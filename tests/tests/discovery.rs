@@ -262,6 +262,27 @@ fn track_and_untrack_category_check_their_arguments_and_privileges() {
         db.scalar_i64("SELECT count(*) FROM twitch_sync.tracked_categories"),
         0
     );
+    // Twitch's stream languages: ISO 639-1 codes, region forms, ASL, other.
+    for (language, stored) in [
+        ("EN", "en"),
+        ("zh-HK", "zh-hk"),
+        ("ASL", "asl"),
+        ("other", "other"),
+    ] {
+        db.client
+            .execute("SELECT twitch_sync.track_category('777', $1)", &[&language])
+            .unwrap_or_else(|e| panic!("{language}: {}", error_text(&e)));
+        assert_eq!(
+            db.client
+                .query_one("SELECT language FROM twitch_sync.tracked_categories", &[])
+                .unwrap()
+                .get::<_, String>(0),
+            stored
+        );
+    }
+    db.client
+        .execute("SELECT twitch_sync.untrack_category('777')", &[])
+        .unwrap();
     // Direct inserts are checked too.
     let err = db
         .client
@@ -538,6 +559,11 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
     assert_eq!(first["status"], "ok", "{first}");
     assert_eq!(first["discovery"]["pages"], 3, "{first}");
     assert_eq!(first["discovery"]["walks"][0]["in_batches"], 300, "{first}");
+    assert_eq!(
+        db.scalar_i64("SELECT last_streams::int8 FROM twitch_sync.tracked_categories"),
+        300,
+        "the walk listed 300 live streams, though all were checked by id too"
+    );
     assert_eq!(first["helix_requests"], 4 + 3, "{first}");
 
     // Once due again, the 300 live in the category are left to the walk: it
@@ -578,18 +604,35 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
     assert_eq!(live_now(&mut db, &gone), 1, "not listed is not offline");
     // ... until their last check is older than their interval plus a run
     // period: then they are checked by id, which ends the one that ended and
-    // sees the other in its new category.
-    let mut ended = false;
-    for _ in 0..4 {
+    // sees the other in its new category. With two misses needed, a stream
+    // that missed one is checked by id at its interval again: a walk that
+    // does not list it cannot confirm the end, so it is no longer left to one.
+    db.client
+        .batch_execute("SET twitch_sync.offline_after_misses = 2")
+        .unwrap();
+    let (mut missed_in, mut ended_in) = (None, None);
+    for i in 0..6 {
         std::thread::sleep(Duration::from_millis(2100));
         let doc = db.run();
         assert_eq!(doc["status"], "ok", "{doc}");
+        let missed = db.scalar_i64(&format!(
+            "SELECT coalesce(max(missed_polls), 0)::int8 FROM twitch_sync.streams
+              WHERE broadcaster_id = '{gone}' AND is_live"
+        ));
+        if missed == 1 && missed_in.is_none() {
+            missed_in = Some(i);
+        }
         if live_now(&mut db, &gone) == 0 {
-            ended = true;
+            ended_in = Some(i);
             break;
         }
     }
-    assert!(ended, "an id check ended the stream that ended");
+    let missed_in = missed_in.expect("an id check missed the stream that ended");
+    assert_eq!(
+        ended_in,
+        Some(missed_in + 1),
+        "the run after the first miss checked it by id and ended it"
+    );
     assert_eq!(live_now(&mut db, &moved), 1);
     assert_eq!(
         db.scalar_i64(&format!(

@@ -163,8 +163,11 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
 
 /// Which channels a run leaves to its directory walks instead of id batches
 /// (see the module's rules): live, with their stream in a walked category and
-/// language (`live_in[i]`: the stored live stream's game id and language), and
-/// last checked less than their interval plus one run period ago.
+/// language (`live_in[i]`: the stored live stream's game id and language; the
+/// caller gives None for a live stream whose last id check missed it, since a
+/// walk that does not list it cannot confirm the end that
+/// `offline_after_misses` > 1 waits for), and last checked less than their
+/// interval plus one run period ago.
 pub fn covered_by_walks(
     policy: &PollPolicy,
     channels: &[PolledChannel],
