@@ -248,6 +248,16 @@ fn assert_refused(reply: &WebhookReply, status: u16, code: &str, signature: &str
     );
 }
 
+/// The status recorded for a subscription of the worker's table.
+fn subscription_status(c: &mut Client, subscription_id: &str) -> String {
+    c.query_one(
+        "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
+        &[&subscription_id],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn signature_of(d: &Delivery) -> String {
     d.headers(SECRET)
         .into_iter()
@@ -410,15 +420,10 @@ fn signed_deliveries_over_http_through_the_postgrest_wiring() {
         (200, "revocation recorded"),
         "{reply:?}"
     );
-    let status: String = db
-        .client
-        .query_one(
-            "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
-            &[&online_sub.id],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(status, "authorization_revoked");
+    assert_eq!(
+        subscription_status(&mut db.client, &online_sub.id),
+        "authorization_revoked"
+    );
     // Twitch signs the id, the timestamp and the body, not the message type: a
     // captured notification sent again as a "revocation" is not one.
     let mut replayed = online.resend();
@@ -429,16 +434,9 @@ fn signed_deliveries_over_http_through_the_postgrest_wiring() {
         (200, "dropped: malformed"),
         "{reply:?}"
     );
-    let status: String = db
-        .client
-        .query_one(
-            "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
-            &[&online_sub.id],
-        )
-        .unwrap()
-        .get(0);
     assert_eq!(
-        status, "authorization_revoked",
+        subscription_status(&mut db.client, &online_sub.id),
+        "authorization_revoked",
         "the replay changed nothing"
     );
     let reply = twitch
