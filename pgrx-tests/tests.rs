@@ -759,7 +759,7 @@ fn discover_channels_adds_in_directory_order_within_the_cap() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id, enabled) VALUES ('4', false)").unwrap();
     let sql = "SELECT array_to_string(ARRAY(SELECT unnest(added) ORDER BY 1), ','), capped, error IS NULL
                  FROM twitch_sync.discover_channels('777', ARRAY['9','5','4','8','7','6'],
-                                                    ARRAY['a',NULL,NULL,'c','d','e'], 1, 6, 'complete', NULL)";
+                                                    ARRAY['a',NULL,NULL,'c','d','e'], 1, 6, 'complete', NULL, NULL)";
     let (added, capped, ok) = Spi::get_three::<String, i32, bool>(sql).unwrap();
     // 5 is tracked and 4 disabled (never touched); of 9, 8, 7, 6 the cap takes the first three.
     assert_eq!(added.as_deref(), Some("7,8,9"));
@@ -786,7 +786,7 @@ fn discover_channels_adds_in_directory_order_within_the_cap() {
     // A write that fails is reported, not raised.
     Spi::run("SELECT twitch_sync.track_category('778')").unwrap();
     let (_, _, ok) = Spi::get_three::<String, i32, bool>(
-        "SELECT '', 0, error IS NULL FROM twitch_sync.discover_channels('778', ARRAY['12'], ARRAY['a'], 1, 1, 'bogus', NULL)",
+        "SELECT '', 0, error IS NULL FROM twitch_sync.discover_channels('778', ARRAY['12'], ARRAY['a'], 1, 1, 'bogus', NULL, NULL)",
     )
     .unwrap();
     assert_eq!(ok, Some(false));

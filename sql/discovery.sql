@@ -23,6 +23,11 @@ CREATE TABLE twitch_sync.tracked_categories (
     last_streams  integer,
     last_end      text,
     last_error    text,
+    -- its last walk's floor when it ended 'truncated' (its page allowance ran
+    -- out): the lowest viewer count on its last page; NULL otherwise. Adaptive
+    -- polling leaves a live channel to the next walk only if its count is at
+    -- or above it (a 'complete' walk listed every live stream).
+    last_floor_viewers integer,
     -- channels it has added, in all (untracked ones included)
     discovered    integer NOT NULL DEFAULT 0,
     CONSTRAINT tracked_categories_game_id_format CHECK (game_id OPERATOR(pg_catalog.~) '^[0-9]{1,20}$'),
@@ -118,13 +123,14 @@ $$;
 -- logins, checked in Rust, in directory order: viewer count, most first):
 -- tracks those not in channels, in that order, while the category's cap
 -- allows (channels that exist — tracked, or disabled — are never touched),
--- and records the walk on the category. A category untracked meanwhile adds
+-- and records the walk on the category (floor_viewers: the walk's floor, NULL
+-- unless it ended 'truncated'). A category untracked meanwhile adds
 -- nothing. Returns the channels added, how many new ones the cap left out,
 -- and, instead of raising, the error of a write that failed (nothing of it is
 -- kept; the run goes on and records itself).
 CREATE FUNCTION twitch_sync.discover_channels(
     game_id text, broadcaster_ids text[], logins text[], pages integer, streams integer,
-    walk_end text, walk_error text,
+    walk_end text, walk_error text, floor_viewers integer,
     OUT added text[], OUT capped integer, OUT error text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -159,7 +165,7 @@ BEGIN
     capped := greatest(candidates - cardinality(added), 0);
     UPDATE twitch_sync.tracked_categories t
        SET last_paged_at = pg_catalog.now(), last_pages = pages, last_streams = streams,
-           last_end = walk_end, last_error = walk_error,
+           last_end = walk_end, last_error = walk_error, last_floor_viewers = floor_viewers,
            discovered = t.discovered + cardinality(added)
      WHERE t.game_id = discover_channels.game_id;
 EXCEPTION WHEN OTHERS THEN

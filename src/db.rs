@@ -12,7 +12,7 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use twitch_sync_core::adaptive::{PolledChannel, PollingReport};
-use twitch_sync_core::discovery::{Category, WalkReport};
+use twitch_sync_core::discovery::{Category, WalkEnd, WalkReport};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
 use twitch_sync_core::streams::LiveStream;
@@ -914,7 +914,8 @@ pub fn set_response_headers(json: &str) -> Result<(), SyncError> {
 }
 
 /// The tracked categories (twitch_sync.tracked_categories), with the room left
-/// under each cap: what a run's directory walks are planned from.
+/// under each cap and how each was last walked: what a run's directory walks
+/// are planned from.
 pub fn read_categories() -> Result<Vec<Category>, SyncError> {
     Spi::connect(|client| {
         let rows = client
@@ -922,7 +923,7 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
                 "SELECT t.game_id, t.language, t.max_channels,
                         greatest(t.max_channels - (SELECT count(*) FROM twitch_sync.channels c
                                                     WHERE c.discovered_via = t.game_id), 0)::int4,
-                        t.last_pages
+                        t.last_pages, t.last_end, t.last_floor_viewers
                    FROM twitch_sync.tracked_categories t ORDER BY t.game_id",
                 None,
                 &[],
@@ -944,6 +945,12 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
                 max_channels: r.get::<i32>(3).map_err(internal)?.unwrap_or(1).max(1) as u32,
                 room: r.get::<i32>(4).map_err(internal)?.unwrap_or(0).max(0) as u32,
                 last_pages: r.get::<i32>(5).map_err(internal)?.map(|p| p.max(0) as u32),
+                // An end this build does not know reaches nothing (as never walked).
+                last_end: r
+                    .get::<String>(6)
+                    .map_err(internal)?
+                    .and_then(|e| WalkEnd::parse(&e)),
+                last_floor: r.get::<i32>(7).map_err(internal)?.map(|v| v.max(0) as u32),
             });
         }
         Ok(out)
@@ -977,10 +984,7 @@ pub fn discover_channels(
     report: &WalkReport,
     candidates: &[&LiveStream],
 ) -> Result<Discovered, SyncError> {
-    let end = serde_json::to_value(report.end)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let end = report.end.as_str();
     let args: Vec<DatumWithOid> = vec![
         report.game_id.clone().into(),
         candidates
@@ -1003,12 +1007,16 @@ pub fn discover_channels(
             .into(),
         end.into(),
         report.error.clone().into(),
+        report
+            .floor_viewers
+            .map(|v| v.min(i32::MAX as u32) as i32)
+            .into(),
     ];
     Spi::connect(|client| {
         let rows = client
             .select(
                 "SELECT d.added, d.capped, d.error
-                   FROM twitch_sync.discover_channels($1, $2, $3, $4, $5, $6, $7) d",
+                   FROM twitch_sync.discover_channels($1, $2, $3, $4, $5, $6, $7, $8) d",
                 None,
                 &args,
             )

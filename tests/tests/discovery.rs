@@ -304,7 +304,7 @@ fn track_and_untrack_category_check_their_arguments_and_privileges() {
     for call in [
         "SELECT twitch_sync.track_category('777')",
         "SELECT twitch_sync.untrack_category('777')",
-        "SELECT twitch_sync.discover_channels('777', '{}', '{}', 0, 0, 'complete', NULL)",
+        "SELECT twitch_sync.discover_channels('777', '{}', '{}', 0, 0, 'complete', NULL, NULL)",
         "SELECT * FROM twitch_sync.tracked_categories",
     ] {
         let err = user.query_one(call, &[]).expect_err(call);
@@ -651,4 +651,98 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
     assert_eq!(tight["polling"]["budget_requests"], 4, "{tight}");
     assert_eq!(tight["discovery"]["pages_planned"], 2, "{tight}");
     assert!(tight["helix_requests"].as_i64().unwrap() <= 4, "{tight}");
+}
+
+#[test]
+fn adaptive_polling_checks_by_id_a_live_channel_ranked_below_a_truncated_walk() {
+    // 300 live streams in the category and a cap of 100: every walk reads one
+    // page (the 100 most watched) and ends truncated.
+    let mut db = setup(400, 300);
+    db.track_first(400);
+    // A tracked channel live in the category with no viewers: ranked far below
+    // the walk's page, so no walk ever lists it.
+    let low: String = db.sim.world(|w| {
+        let id = w
+            .channels
+            .iter()
+            .find(|c| c.live.as_ref().is_some_and(|s| s.game_id == GAME))
+            .map(|c| c.id.clone())
+            .unwrap();
+        w.set_viewers(&id, 0);
+        id
+    });
+    db.client
+        .batch_execute(
+            "SET twitch_sync.adaptive_polling = on;
+             SET twitch_sync.poll_hot_interval_secs = 2;
+             SET twitch_sync.poll_live_interval_secs = 2;
+             SET twitch_sync.poll_offline_interval_secs = 3600;",
+        )
+        .unwrap();
+    db.client
+        .execute("SELECT twitch_sync.track_category($1, NULL, 100)", &[&GAME])
+        .unwrap();
+    let first = db.run();
+    assert_eq!(first["status"], "ok", "{first}");
+    let walk = &first["discovery"]["walks"][0];
+    assert_eq!(walk["end"], "truncated", "{first}");
+    assert_eq!(walk["pages"], 1, "{first}");
+    let floor = walk["floor_viewers"]
+        .as_i64()
+        .expect("a truncated walk has a floor");
+    assert!(floor > 0, "{first}");
+    let row = db
+        .client
+        .query_one(
+            "SELECT last_end, last_floor_viewers FROM twitch_sync.tracked_categories",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "truncated");
+    assert_eq!(row.get::<_, Option<i32>>(1), Some(floor as i32));
+    // The channels the next walk reaches: live in the category at or above the floor.
+    let reached = db.scalar_i64(&format!(
+        "SELECT count(*) FROM twitch_sync.streams
+          WHERE is_live AND game_id = '{GAME}' AND viewer_count >= {floor}"
+    ));
+    assert!((100..300).contains(&reached), "{reached}");
+
+    let checked_at = |db: &mut TestDb| -> f64 {
+        db.client
+            .query_one(
+                "SELECT extract(epoch FROM checked_at)::float8 FROM twitch_sync.channels
+                  WHERE broadcaster_id = $1",
+                &[&low],
+            )
+            .unwrap()
+            .get(0)
+    };
+    // Every run (each at its 2-second interval): the channel below the floor
+    // is checked by id, never left to a walk that cannot list it; those the
+    // walk reaches are left to it.
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(2100));
+        db.sim.tick();
+        db.sim.world(|w| w.set_viewers(&low, 0));
+        let before = checked_at(&mut db);
+        let doc = db.run();
+        assert_eq!(doc["status"], "ok", "{doc}");
+        let covered = doc["discovery"]["covered"].as_i64().unwrap();
+        if i == 0 {
+            assert_eq!(covered, reached, "{doc}");
+        }
+        assert!(covered > 0 && covered < 300, "{doc}");
+        assert!(doc["discovery"]["refreshed"].as_i64().unwrap() > 0, "{doc}");
+        assert!(
+            checked_at(&mut db) > before,
+            "run {i}: the channel below the walk's floor was checked by id: {doc}"
+        );
+    }
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.streams
+              WHERE broadcaster_id = '{low}' AND is_live AND viewer_count = 0"
+        )),
+        1
+    );
 }

@@ -28,12 +28,23 @@
 //!   count, title, category), so it counts as the channel's check. A live
 //!   channel whose stream is in a category this run walks (in the walk's
 //!   language) is left out of the id batches while its last check is younger
-//!   than its interval plus one run period ([`covered_by_walks`]): the walk
-//!   will most likely list it again. If the walk does not list it (it ended,
-//!   switched category or language, or fell beyond the walk's pages), its
-//!   last check ages past that bound and the next run checks it by id — which
-//!   ends it if it is offline. A stream's end is thus seen at most one run
-//!   period later than with id batches alone.
+//!   than its interval plus one run period ([`covered_by_walks`]) — but only
+//!   if the walk can be expected to list it ([`Reach`], from the category's
+//!   last walk): a walk that ended `complete` saw the whole directory, so it
+//!   reaches every live stream in it; one that ended `truncated` (its page
+//!   allowance ran out) listed only the streams down to its *floor*, the
+//!   lowest viewer count on its last page (Helix lists by viewer count, most
+//!   first), so it reaches the channels whose stored count is at or above
+//!   that floor; a category never walked, or whose last walk stopped early
+//!   (`failed`, `empty_page`, `cursor_loop`: it stopped at no predictable
+//!   rank), or that this run may walk in fewer pages than its last walk took
+//!   (a short budget), reaches nothing. A channel below the floor is checked
+//!   by id at its interval, as without discovery. If the walk does not list a
+//!   channel it reaches (it ended, switched category or language, or its
+//!   count fell below the walk's pages), its last check ages past that bound
+//!   and the next run checks it by id — which ends it if it is offline. A
+//!   stream's end is thus seen at most one run period later than with id
+//!   batches alone.
 //! - Entries of broadcasters that this run checks by id are dropped (the id
 //!   batch is the authority for them this run: one observation per channel);
 //!   entries outside the asked category or language are dropped and counted
@@ -65,6 +76,51 @@ pub struct Category {
     pub room: u32,
     /// Pages its last walk took (None: never walked).
     pub last_pages: Option<u32>,
+    /// How its last walk ended (None: never walked).
+    pub last_end: Option<WalkEnd>,
+    /// Its last walk's floor: the lowest viewer count on its last page, when
+    /// it ended [`WalkEnd::Truncated`] (None otherwise).
+    pub last_floor: Option<u32>,
+}
+
+/// Which live streams of its category a walk can be expected to list, judged
+/// from the category's last walk (see the module's rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// None can be counted on: never walked, the last walk stopped early, or
+    /// this walk may take fewer pages than the last one did.
+    Nothing,
+    /// Every live stream: the last walk saw the whole directory.
+    All,
+    /// Live streams with at least this many viewers (the last walk's floor).
+    AtLeast(u32),
+}
+
+impl Reach {
+    /// What a walk of `max_pages` pages of `c` can be expected to list.
+    pub fn of(c: &Category, max_pages: u32) -> Reach {
+        let Some(last_pages) = c.last_pages else {
+            return Reach::Nothing;
+        };
+        if max_pages < last_pages {
+            // A shorter walk than the one measured: its floor is higher, unknown.
+            return Reach::Nothing;
+        }
+        match (c.last_end, c.last_floor) {
+            (Some(WalkEnd::Complete), _) => Reach::All,
+            (Some(WalkEnd::Truncated), Some(floor)) => Reach::AtLeast(floor),
+            _ => Reach::Nothing,
+        }
+    }
+
+    /// Whether a live stream with `viewers` viewers is within reach.
+    pub fn includes(self, viewers: u32) -> bool {
+        match self {
+            Reach::Nothing => false,
+            Reach::All => true,
+            Reach::AtLeast(floor) => viewers >= floor,
+        }
+    }
 }
 
 /// One directory walk of a run.
@@ -74,6 +130,8 @@ pub struct DirectoryWalk {
     pub language: Option<String>,
     /// Pages this walk may take (at least 1).
     pub max_pages: u32,
+    /// The live streams it can be expected to list ([`covered_by_walks`]).
+    pub reach: Reach,
 }
 
 /// Pages that list a category's `max_channels` most-watched streams.
@@ -105,6 +163,7 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
         game_id: c.game_id.clone(),
         language: c.language.clone(),
         max_pages,
+        reach: Reach::of(c, max_pages),
     };
     let Some(budget) = budget else {
         let walks: Vec<DirectoryWalk> = categories
@@ -166,8 +225,9 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
 /// language (`live_in[i]`: the stored live stream's game id and language; the
 /// caller gives None for a live stream whose last id check missed it, since a
 /// walk that does not list it cannot confirm the end that
-/// `offline_after_misses` > 1 waits for), and last checked less than their
-/// interval plus one run period ago.
+/// `offline_after_misses` > 1 waits for), within that walk's [`Reach`] by
+/// their stored viewer count, and last checked less than their interval plus
+/// one run period ago.
 pub fn covered_by_walks(
     policy: &PollPolicy,
     channels: &[PolledChannel],
@@ -183,14 +243,15 @@ pub fn covered_by_walks(
             let Some((game, language)) = live_in.get(i).and_then(Option::as_ref) else {
                 return false;
             };
-            if c.live_viewers.is_none() {
+            let Some(viewers) = c.live_viewers else {
                 return false;
-            }
+            };
             let walked = walks.iter().any(|w| {
                 w.game_id == *game
                     && w.language
                         .as_deref()
                         .is_none_or(|l| l.eq_ignore_ascii_case(language))
+                    && w.reach.includes(viewers)
             });
             let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0);
             walked && c.checked_at.is_some_and(|t| now - t < bound)
@@ -214,6 +275,32 @@ pub enum WalkEnd {
     Failed,
 }
 
+impl WalkEnd {
+    /// Its name, as run()'s document and `tracked_categories.last_end` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WalkEnd::Complete => "complete",
+            WalkEnd::Truncated => "truncated",
+            WalkEnd::EmptyPage => "empty_page",
+            WalkEnd::CursorLoop => "cursor_loop",
+            WalkEnd::Failed => "failed",
+        }
+    }
+
+    /// The end named `name` (as [`WalkEnd::as_str`] spells it).
+    pub fn parse(name: &str) -> Option<WalkEnd> {
+        [
+            WalkEnd::Complete,
+            WalkEnd::Truncated,
+            WalkEnd::EmptyPage,
+            WalkEnd::CursorLoop,
+            WalkEnd::Failed,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == name)
+    }
+}
+
 /// What one walk saw and did, for the run's result document.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WalkReport {
@@ -222,6 +309,10 @@ pub struct WalkReport {
     /// Get Streams requests of this walk that got an answer page (retries not counted).
     pub pages: u32,
     pub end: WalkEnd,
+    /// When it ended [`WalkEnd::Truncated`]: the lowest viewer count among the
+    /// entries of its last page in the asked category and language (the walk
+    /// listed no stream below it); None otherwise.
+    pub floor_viewers: Option<u32>,
     /// Live streams kept (one per broadcaster, checked), before the database
     /// decides which are new, tracked, or over the cap.
     pub streams: u32,
@@ -319,6 +410,20 @@ pub fn merge_directory(
     }
 }
 
+/// A walk's floor: the lowest viewer count among the entries of `last_page`
+/// (the last page it read) in the asked category and language; None when it
+/// holds none.
+pub fn walk_floor(game_id: &str, language: Option<&str>, last_page: &StreamsPage) -> Option<u32> {
+    last_page
+        .streams
+        .iter()
+        .filter(|s| {
+            s.game_id == game_id && language.is_none_or(|l| l.eq_ignore_ascii_case(&s.language))
+        })
+        .map(|s| s.viewer_count.max(0) as u32)
+        .min()
+}
+
 /// What the run's walks add up to: the `discovery` key of run()'s document.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct DiscoveryReport {
@@ -364,6 +469,8 @@ mod tests {
             max_channels: max,
             room,
             last_pages: last,
+            last_end: last.map(|_| WalkEnd::Complete),
+            last_floor: None,
         }
     }
 
@@ -506,11 +613,13 @@ mod tests {
                 game_id: "1".into(),
                 language: None,
                 max_pages: 1,
+                reach: Reach::All,
             },
             DirectoryWalk {
                 game_id: "2".into(),
                 language: Some("DE".into()),
                 max_pages: 1,
+                reach: Reach::All,
             },
         ];
         let covered = covered_by_walks(&policy, &channels, &live_in, &walks, now, 60.0);
@@ -523,6 +632,132 @@ mod tests {
                 .iter()
                 .all(|c| !c)
         );
+    }
+
+    #[test]
+    fn a_walk_reaches_what_its_category_s_last_walk_listed() {
+        let c = |pages: Option<u32>, end: Option<WalkEnd>, floor: Option<u32>| Category {
+            last_pages: pages,
+            last_end: end,
+            last_floor: floor,
+            ..cat("1", 5000, 0, None)
+        };
+        use WalkEnd::*;
+        // Never walked: nothing can be counted on.
+        assert_eq!(Reach::of(&c(None, None, None), 50), Reach::Nothing);
+        // Complete: the whole directory; truncated: down to its floor.
+        assert_eq!(Reach::of(&c(Some(3), Some(Complete), None), 7), Reach::All);
+        assert_eq!(
+            Reach::of(&c(Some(3), Some(Truncated), Some(40)), 3),
+            Reach::AtLeast(40)
+        );
+        // A truncated walk without a floor (its last page held no entry of the category).
+        assert_eq!(
+            Reach::of(&c(Some(3), Some(Truncated), None), 7),
+            Reach::Nothing
+        );
+        // Stopped early: at no predictable rank.
+        for end in [Failed, EmptyPage, CursorLoop] {
+            assert_eq!(
+                Reach::of(&c(Some(3), Some(end), Some(40)), 7),
+                Reach::Nothing
+            );
+        }
+        // A shorter walk than the last one (short budget): its floor is unknown.
+        assert_eq!(
+            Reach::of(&c(Some(3), Some(Complete), None), 2),
+            Reach::Nothing
+        );
+        assert_eq!(
+            Reach::of(&c(Some(3), Some(Truncated), Some(40)), 2),
+            Reach::Nothing
+        );
+        // plan_walks attaches it to each walk.
+        let plan = plan_walks(&[c(Some(1), Some(Truncated), Some(40))], Some(760));
+        assert_eq!(plan.walks[0].reach, Reach::AtLeast(40));
+        let plan = plan_walks(&[c(Some(4), Some(Truncated), Some(40))], Some(6));
+        assert_eq!(plan.walks[0].max_pages, 3);
+        assert_eq!(plan.walks[0].reach, Reach::Nothing);
+    }
+
+    #[test]
+    fn only_channels_a_truncated_walk_reaches_are_left_to_it() {
+        let policy = PollPolicy {
+            hot_viewers: 1000,
+            hot_interval: 60.0,
+            live_interval: 120.0,
+            ..PollPolicy::default()
+        };
+        let now = 10_000.0;
+        let ch = |viewers: u32| PolledChannel {
+            live_viewers: Some(viewers),
+            covered: false,
+            priority: 0,
+            checked_at: Some(now - 60.0),
+        };
+        // Ranked below the walk's pages, at its floor, above it, hot.
+        let channels = [ch(3), ch(40), ch(41), ch(5000)];
+        let live_in = vec![Some(("1".to_string(), "en".to_string())); channels.len()];
+        let walk = |reach: Reach| DirectoryWalk {
+            game_id: "1".into(),
+            language: None,
+            max_pages: 1,
+            reach,
+        };
+        let covered = |reach: Reach| {
+            covered_by_walks(&policy, &channels, &live_in, &[walk(reach)], now, 60.0)
+        };
+        assert_eq!(
+            covered(Reach::AtLeast(40)),
+            vec![false, true, true, true],
+            "a channel below the floor is checked by id"
+        );
+        assert_eq!(
+            covered(Reach::All),
+            vec![true; 4],
+            "a complete walk lists them all"
+        );
+        assert_eq!(covered(Reach::Nothing), vec![false; 4]);
+    }
+
+    #[test]
+    fn a_walk_s_floor_is_the_least_watched_entry_of_its_category_on_its_last_page() {
+        let e = |user: &str, game: &str, lang: &str, viewers: i64| {
+            let mut v = entry(
+                user,
+                &format!("9{user}"),
+                game,
+                lang,
+                "2026-01-01T00:00:00Z",
+            );
+            v["viewer_count"] = json!(viewers);
+            v
+        };
+        let p = page(json!([
+            e("1", "77", "en", 90),
+            e("2", "77", "de", 50),
+            e("3", "78", "en", 1), // another category: not the walk's
+            e("4", "77", "en", 60),
+        ]));
+        assert_eq!(walk_floor("77", None, &p), Some(50));
+        assert_eq!(walk_floor("77", Some("EN"), &p), Some(60));
+        assert_eq!(walk_floor("79", None, &p), None);
+        assert_eq!(walk_floor("77", None, &page(json!([]))), None);
+    }
+
+    #[test]
+    fn walk_ends_are_named_as_serde_names_them() {
+        for end in [
+            WalkEnd::Complete,
+            WalkEnd::Truncated,
+            WalkEnd::EmptyPage,
+            WalkEnd::CursorLoop,
+            WalkEnd::Failed,
+        ] {
+            assert_eq!(serde_json::to_value(end).unwrap(), json!(end.as_str()));
+            assert_eq!(WalkEnd::parse(end.as_str()), Some(end));
+        }
+        assert_eq!(WalkEnd::parse("bogus"), None);
     }
 
     fn page(entries: serde_json::Value) -> StreamsPage {

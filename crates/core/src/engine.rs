@@ -5,7 +5,7 @@
 use crate::client::{StreamsQuery, TwitchClient, Validation};
 use crate::concurrency::{in_flight_limit, Protocol};
 use crate::config::SyncConfig;
-use crate::discovery::{merge_directory, DirectoryWalk, WalkEnd, WalkReport};
+use crate::discovery::{merge_directory, walk_floor, DirectoryWalk, WalkEnd, WalkReport};
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
 use crate::report::RunStatus;
@@ -393,6 +393,12 @@ impl Pass {
             }
         }
         let n_pages = pages.len() as u32;
+        let floor_viewers = match (end, pages.last()) {
+            (WalkEnd::Truncated, Some(last)) => {
+                walk_floor(&walk.game_id, walk.language.as_deref(), last)
+            }
+            _ => None,
+        };
         let merged = merge_directory(
             &walk.game_id,
             walk.language.as_deref(),
@@ -405,6 +411,7 @@ impl Pass {
             language: walk.language.clone(),
             pages: n_pages,
             end,
+            floor_viewers,
             streams: merged.live.len() as u32,
             in_batches: merged.in_batches,
             off_filter: merged.off_filter,

@@ -6,7 +6,7 @@
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Fault, FaultKind, Simulator};
 use std::time::Instant;
-use twitch_sync_core::discovery::{DirectoryWalk, WalkEnd};
+use twitch_sync_core::discovery::{DirectoryWalk, Reach, WalkEnd};
 use twitch_sync_core::engine::DirectoryResult;
 use twitch_sync_core::{
     sync_streaming, BatchResult, Credentials, PassSummary, SyncConfig, SyncInput,
@@ -61,6 +61,7 @@ fn walk(max_pages: u32) -> DirectoryWalk {
         game_id: GAME.into(),
         language: None,
         max_pages,
+        reach: Reach::Nothing,
     }
 }
 
@@ -116,6 +117,26 @@ fn the_allowance_cuts_a_walk_short_and_a_language_filters_it() {
     // The 200 most watched of the category.
     let counts: Vec<i32> = dirs[0].live.iter().map(|s| s.viewer_count).collect();
     assert!(counts.windows(2).all(|w| w[0] >= w[1]));
+    // Its floor: the least watched stream it listed; none left out has more.
+    let floor = *counts.last().unwrap();
+    assert_eq!(dirs[0].report.floor_viewers, Some(floor as u32));
+    let listed: std::collections::HashSet<&str> = dirs[0]
+        .live
+        .iter()
+        .map(|s| s.broadcaster_id.as_str())
+        .collect();
+    sim.world(|w| {
+        for c in &w.channels {
+            let Some(s) = &c.live else { continue };
+            if s.game_id == GAME && !listed.contains(c.id.as_str()) {
+                assert!(
+                    s.viewer_count <= floor as i64,
+                    "{} > {floor}",
+                    s.viewer_count
+                );
+            }
+        }
+    });
 
     let sim = start(300, 300);
     let german: Vec<String> = sim.world(|w| {
@@ -130,6 +151,10 @@ fn the_allowance_cuts_a_walk_short_and_a_language_filters_it() {
     let (_, dirs, _) = run(input(&sim, Vec::new(), vec![w]));
     assert_eq!(dirs[0].report.end, WalkEnd::Complete);
     assert_eq!(dirs[0].report.pages, 1);
+    assert_eq!(
+        dirs[0].report.floor_viewers, None,
+        "it saw the whole directory"
+    );
     let mut got: Vec<String> = dirs[0]
         .live
         .iter()
