@@ -538,10 +538,8 @@ fn a_failing_page_ends_its_walk_not_the_run() {
     assert!(doc["run_id"].as_i64().unwrap() > run_id);
 }
 
-#[test]
-fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_checks_only() {
-    let mut db = setup(400, 300);
-    db.track_first(400);
+/// Adaptive polling on, live channels due every 2 s, offline ones hourly.
+fn adaptive_every_2s(db: &mut TestDb) {
     db.client
         .batch_execute(
             "SET twitch_sync.adaptive_polling = on;
@@ -550,6 +548,13 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
              SET twitch_sync.poll_offline_interval_secs = 3600;",
         )
         .unwrap();
+}
+
+#[test]
+fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_checks_only() {
+    let mut db = setup(400, 300);
+    db.track_first(400);
+    adaptive_every_2s(&mut db);
     db.client
         .execute("SELECT twitch_sync.track_category($1)", &[&GAME])
         .unwrap();
@@ -671,14 +676,7 @@ fn adaptive_polling_checks_by_id_a_live_channel_ranked_below_a_truncated_walk() 
         w.set_viewers(&id, 0);
         id
     });
-    db.client
-        .batch_execute(
-            "SET twitch_sync.adaptive_polling = on;
-             SET twitch_sync.poll_hot_interval_secs = 2;
-             SET twitch_sync.poll_live_interval_secs = 2;
-             SET twitch_sync.poll_offline_interval_secs = 3600;",
-        )
-        .unwrap();
+    adaptive_every_2s(&mut db);
     db.client
         .execute("SELECT twitch_sync.track_category($1, NULL, 100)", &[&GAME])
         .unwrap();
