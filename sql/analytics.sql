@@ -210,10 +210,12 @@ $$;
 -- is (instant AT TIME ZONE tz)::date, so the two agree. Where midnight happens
 -- twice (America/Havana on 2026-11-01), `day::timestamp AT TIME ZONE tz` is
 -- the later one; with the offset of three hours before, the earlier one. Where
--- midnight is skipped, it is the end of the gap.
+-- midnight is skipped, it is the end of the gap. A day the zone skipped
+-- altogether (Pacific/Apia, 2011-12-30) is empty: it starts when the next
+-- day does.
 CREATE FUNCTION twitch_sync.day_start(day date, tz text) RETURNS timestamptz
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(k.c)
+    SELECT coalesce(min(k.c), (day + 1)::timestamp AT TIME ZONE tz)
       FROM (SELECT day::timestamp AT TIME ZONE tz AS x) x,
            LATERAL (VALUES (x.x),
                            ((day::timestamp - (((x.x - interval '3 hours') AT TIME ZONE tz)
@@ -428,6 +430,7 @@ DECLARE
     n bigint;
     day date;
     span record;
+    pending date[];
 BEGIN
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
@@ -435,6 +438,10 @@ BEGIN
                  FROM twitch_sync.viewer_samples_default v ORDER BY 1 LOOP
         partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
     END LOOP;
+    -- a day whose partition could not be attached (a reader held the default
+    -- partition) still has its samples there: it is rolled up like the others
+    SELECT coalesce(array_agg(DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date), '{}') INTO pending
+      FROM twitch_sync.viewer_samples_default v;
     -- The first call rolls up everything there is.
     SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
     IF since IS NULL THEN
@@ -458,8 +465,10 @@ BEGIN
     FOR span IN
         WITH kept AS (
             SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
-             WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+             WHERE (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+                    OR d::date = ANY (pending))
                AND (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date - 1)) IS NOT NULL
+                    OR d::date - 1 = ANY (pending)
                     OR NOT EXISTS (SELECT 1 FROM twitch_sync.channel_days c WHERE c.day = d::date - 1))
         )
         SELECT min(k.d) AS a, max(k.d) AS z

@@ -81,7 +81,13 @@ BEGIN
     INSERT INTO twitch_sync.tracked_categories AS t (game_id, language, max_channels)
     VALUES (track_category.game_id, lang, track_category.max_channels)
     ON CONFLICT ON CONSTRAINT tracked_categories_pkey DO UPDATE
-        SET language = EXCLUDED.language, max_channels = EXCLUDED.max_channels;
+        SET language = EXCLUDED.language, max_channels = EXCLUDED.max_channels,
+            -- the last walk listed another language: what it reached says
+            -- nothing of the new filter's directory (adaptive polling's cover)
+            last_pages = CASE WHEN t.language IS NOT DISTINCT FROM EXCLUDED.language THEN t.last_pages END,
+            last_end = CASE WHEN t.language IS NOT DISTINCT FROM EXCLUDED.language THEN t.last_end END,
+            last_floor_viewers = CASE WHEN t.language IS NOT DISTINCT FROM EXCLUDED.language
+                                      THEN t.last_floor_viewers END;
     RETURN coalesce(was_new, true);
 END
 $$;

@@ -154,6 +154,10 @@ CREATE TABLE twitch_sync.runs (
 );
 CREATE INDEX runs_started_at ON twitch_sync.runs (started_at);
 CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
+-- The runs that checked every enabled channel (fixed polling): channel_status
+-- finds a channel's last check among them without reading adaptive runs.
+CREATE INDEX runs_fixed_polling ON twitch_sync.runs (started_at)
+    WHERE polling IS NULL AND status IN ('ok', 'partial');
 
 -- Channels a run could not check (their batch failed, or an entry about them
 -- was dropped as bad): the only per-channel bookkeeping a run writes, so its

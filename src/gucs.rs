@@ -374,7 +374,9 @@ mod twitch_sync {
     /// non-superuser `SET` before the library was loaded (a placeholder) is
     /// dropped with a WARNING, and a `SECURITY DEFINER` function such as
     /// `prune()` never acts on it. The defaults come from the definitions
-    /// above (one source). Internal: not granted to anyone.
+    /// above (one source). Executable by PUBLIC (sql/finalize.sql): the SQL
+    /// functions a reader is granted call it, and every setting is readable
+    /// with SHOW anyway.
     #[pg_extern(stable, parallel_safe, strict)]
     fn setting(name: &str) -> String {
         let own = name

@@ -813,6 +813,55 @@ fn rollup_rows(c: &mut Client, before: i64) -> Vec<String> {
     .collect()
 }
 
+/// A day whose samples wait in the default partition, because a reader held
+/// it when maintain() tried to attach the day's partition, is rolled up all
+/// the same (it was skipped for good: the watermark moved past it).
+#[test]
+fn a_day_left_in_the_default_partition_is_rolled_up() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let today = now_secs().div_euclid(DAY);
+    // day -2 has no partition: its samples land in viewer_samples_default
+    broadcast(
+        &mut db.client,
+        "70",
+        "7001",
+        ((today - 2) * DAY + 3_600, (today - 2) * DAY + 7_200, 600),
+        &|t| (40 + t % 7) as i32,
+        true,
+    );
+    assert!(db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples_default") > 0);
+    let want = rollup_rows_of(&mut db.client, "channel_days_in('UTC', x, x)", today - 2);
+    assert!(!want.is_empty());
+    let mut reader = db.connect();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM twitch_sync.viewer_samples_default;")
+        .unwrap();
+    db.client
+        .batch_execute("SELECT twitch_sync.maintain()")
+        .unwrap();
+    assert!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples_default") > 0,
+        "the reader kept the day in the default partition"
+    );
+    assert_eq!(
+        rollup_rows_of(&mut db.client, "channel_days", today - 2),
+        want
+    );
+    reader.batch_execute("COMMIT").unwrap();
+    db.client
+        .batch_execute("SELECT twitch_sync.maintain()")
+        .unwrap();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples_default"),
+        0,
+        "attached once the reader is done"
+    );
+    assert_eq!(
+        rollup_rows_of(&mut db.client, "channel_days", today - 2),
+        want
+    );
+}
+
 /// Retention drops the samples of old days; maintain() must not recompute
 /// those days from what is left (it wiped their rollups: a channel live since
 /// before them pulled every day back into the recomputation). A day whose
@@ -1105,6 +1154,15 @@ fn maintain_rolls_up_a_backfill() {
 #[test]
 fn days_are_bounded_by_their_first_instant() {
     let mut db = TestDb::bare(world(1, 0.0));
+    // a day the zone skipped (Samoa, 2011-12-30) is empty, not unbounded
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM (SELECT twitch_sync.day_start('2011-12-30', 'Pacific/Apia') a,
+                                          twitch_sync.day_start('2011-12-31', 'Pacific/Apia') b) x
+              WHERE a = b AND a = timestamptz '2011-12-31 00:00 +14'"
+        ),
+        1
+    );
     let c = &mut db.client;
     c.batch_execute("SET twitch_sync.max_sample_gap_secs = 86400")
         .unwrap();

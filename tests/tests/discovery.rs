@@ -743,4 +743,16 @@ fn adaptive_polling_checks_by_id_a_live_channel_ranked_below_a_truncated_walk() 
         )),
         1
     );
+    // Another language: what the last walk reached says nothing of the new
+    // filter's directory, so it is forgotten (the cap alone keeps it).
+    let last = "SELECT count(*) FROM twitch_sync.tracked_categories
+                 WHERE last_end IS NOT NULL OR last_pages IS NOT NULL OR last_floor_viewers IS NOT NULL";
+    db.client
+        .execute("SELECT twitch_sync.track_category($1, NULL, 200)", &[&GAME])
+        .unwrap();
+    assert_eq!(db.scalar_i64(last), 1, "same language: kept");
+    db.client
+        .execute("SELECT twitch_sync.track_category($1, 'de', 200)", &[&GAME])
+        .unwrap();
+    assert_eq!(db.scalar_i64(last), 0, "another language: forgotten");
 }
