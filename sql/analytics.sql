@@ -326,21 +326,17 @@ BEGIN
                                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
                           FROM spans p WHERE p.z > p.a) m) r
          GROUP BY r.broadcaster_id, r.run
-    ), aired AS (
-        SELECT x.day, r.broadcaster_id, sum(least(r.z, x.day_hi) - greatest(r.a, x.day_lo)) AS airtime
-          FROM runs r
-         CROSS JOIN LATERAL pg_catalog.generate_series((r.a AT TIME ZONE tz)::date,
-                                                       (r.z AT TIME ZONE tz)::date, interval '1 day') d
+    ), aired AS (  -- per day: the merged runs' airtime, and the broadcasts on the air
+        SELECT x.day, i.broadcaster_id,
+               sum(least(i.z, x.day_hi) - greatest(i.a, x.day_lo)) FILTER (WHERE i.merged) AS airtime,
+               (count(*) FILTER (WHERE NOT i.merged))::int AS broadcasts
+          FROM (SELECT r.broadcaster_id, r.a, r.z, true AS merged FROM runs r
+                UNION ALL
+                SELECT p.broadcaster_id, p.a, p.z, false FROM spans p) i
+         CROSS JOIN LATERAL pg_catalog.generate_series((i.a AT TIME ZONE tz)::date,
+                                                       (i.z AT TIME ZONE tz)::date, interval '1 day') d
           JOIN days x ON x.day = d::date
-         WHERE least(r.z, x.day_hi) > greatest(r.a, x.day_lo)
-         GROUP BY 1, 2
-    ), counted AS (  -- broadcasts on the air each day
-        SELECT x.day, p.broadcaster_id, count(*)::int AS broadcasts
-          FROM spans p
-         CROSS JOIN LATERAL pg_catalog.generate_series((p.a AT TIME ZONE tz)::date,
-                                                       (p.z AT TIME ZONE tz)::date, interval '1 day') d
-          JOIN days x ON x.day = d::date
-         WHERE least(p.z, x.day_hi) > greatest(p.a, x.day_lo)
+         WHERE least(i.z, x.day_hi) > greatest(i.a, x.day_lo)
          GROUP BY 1, 2
     ), keys AS (
         SELECT a.day, a.broadcaster_id FROM aired a
@@ -350,12 +346,11 @@ BEGIN
         SELECT c.game_id, c.game_name FROM twitch_sync.categories c
     )
     SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
-           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(n.broadcasts, 0),
+           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
            coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
                             LEFT JOIN names c ON c.game_id = g ORDER BY 1), '{}')
       FROM keys k
       LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
-      LEFT JOIN counted n ON n.day = k.day AND n.broadcaster_id = k.broadcaster_id
       LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
       LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
 END
