@@ -2664,16 +2664,25 @@ CREATE TABLE twitch_sync.eventsub_subscriptions (
 CREATE UNIQUE INDEX eventsub_subscriptions_id ON twitch_sync.eventsub_subscriptions (subscription_id);
 COMMENT ON TABLE twitch_sync.eventsub_subscriptions IS 'EventSub subscriptions of the worker''s conduit: one row per tracked channel and type, with Twitch''s status.';
 
--- Channels covered by EventSub right now: both subscriptions enabled and the
--- worker's shard connected (updated in the last minute). Adaptive polling
--- checks these only in its slow sweep (poll_covered_interval_secs).
+-- Channels covered by EventSub right now: both subscriptions enabled, the
+-- worker's shard connected (updated in the last minute), and the channel
+-- checked by a poll since the current session began and since both
+-- subscriptions were enabled. Twitch does not replay what a dropped
+-- connection missed (nor what happened before a subscription existed): a
+-- channel that went live meanwhile is found by that one check, not by the
+-- slow sweep an hour later. Adaptive polling checks covered channels only in
+-- its slow sweep (poll_covered_interval_secs).
 CREATE FUNCTION twitch_sync.eventsub_covered() RETURNS TABLE (broadcaster_id text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.broadcaster_id FROM twitch_sync.eventsub_subscriptions s
+    SELECT s.broadcaster_id
+      FROM twitch_sync.eventsub_subscriptions s
+      JOIN twitch_sync.eventsub_worker w
+        ON w.state = 'connected' AND w.updated_at > now() - interval '1 minute'
+      JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id
      WHERE s.status = 'enabled'
-       AND EXISTS (SELECT 1 FROM twitch_sync.eventsub_worker w
-                    WHERE w.state = 'connected' AND w.updated_at > now() - interval '1 minute')
-     GROUP BY s.broadcaster_id HAVING count(*) = 2
+     GROUP BY s.broadcaster_id, c.checked_at, w.connected_since
+    HAVING count(*) = 2
+       AND c.checked_at >= greatest(coalesce(w.connected_since, 'infinity'), max(s.status_at))
 $$;
 
 -- The worker and the subscriptions, for status() and metrics(): no secret

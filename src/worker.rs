@@ -65,7 +65,7 @@ use twitch_sync_core::eventsub::dedup::{Admission, Verdict};
 use twitch_sync_core::eventsub::helix::{self, Budget, Subscription};
 use twitch_sync_core::eventsub::message::{is_reconnect_url, Envelope, Message};
 use twitch_sync_core::eventsub::now_micros;
-use twitch_sync_core::eventsub::reconcile::{self, Outcome, PassResult, PlanConfig};
+use twitch_sync_core::eventsub::reconcile::{self, CreateBackoff, Outcome, PassResult, PlanConfig};
 use twitch_sync_core::eventsub::session::ShardConfig;
 use twitch_sync_core::eventsub::socket::{run_shard_with_token, ShardParams, ShardView};
 use twitch_sync_core::SyncConfig;
@@ -215,9 +215,14 @@ struct Running {
     view: Arc<Mutex<ShardView>>,
     /// The pass in flight, if any: its task and its answer.
     pass: Option<(runtime::Background<()>, oneshot::Receiver<PassOutput>)>,
+    /// The conduit's subscriptions were listed (and recorded) since the
+    /// current session began: a revocation Twitch sent while the shard was
+    /// disconnected was never delivered, so every new session lists again.
     listed: bool,
     budget: Option<Budget>,
     next_pass: Instant,
+    /// Channels whose subscription creation failed, waiting before the next try.
+    create_backoff: CreateBackoff,
     /// Get Conduit Shards in flight (the session it was asked for), and when
     /// the next is due: a shard Twitch disabled while the socket stayed open
     /// is found this way (README "EventSub").
@@ -650,6 +655,7 @@ impl Worker {
             view,
             pass: None,
             listed: false,
+            create_backoff: CreateBackoff::default(),
             budget: None,
             next_pass: Instant::now(),
             shard_check: None,
@@ -856,6 +862,11 @@ impl Worker {
             return;
         }
         if v.session_id != r.seen_session {
+            // a new session after an earlier one (not the worker's first):
+            // list the subscriptions again for what was revoked meanwhile
+            if v.session_id.is_some() && r.seen_welcomes > 0 {
+                r.listed = false;
+            }
             r.seen_session.clone_from(&v.session_id);
             self.row.session_id.clone_from(&v.session_id);
             self.row.connected_since = v.session_id.as_ref().map(|_| epoch(SystemTime::now()));
@@ -986,7 +997,13 @@ impl Worker {
                 max_changes: gucs::eventsub_changes_per_pass(),
                 ..PlanConfig::default()
             };
-            let plan = reconcile::plan(&state.0, &state.1, r.budget.map(|b| b.remaining()), &cfg);
+            let plan = reconcile::plan(
+                &state.0,
+                &state.1,
+                r.budget.map(|b| b.remaining()),
+                &r.create_backoff.held_back(Instant::now()),
+                &cfg,
+            );
             if plan.changes.is_empty() {
                 r.next_pass = Instant::now() + gucs::eventsub_reconcile_every();
                 self.row.reconciled_at = Some(epoch(SystemTime::now()));
@@ -1058,6 +1075,11 @@ impl Worker {
                 let bucket_low = res.bucket_low();
                 let reset = res.rate_limit.map_or(0, |s| s.reset);
                 let outcomes = res.outcomes;
+                r.create_backoff.record(
+                    &outcomes,
+                    Instant::now(),
+                    PlanConfig::default().retry_revoked_after,
+                );
                 let recorded = in_transaction(|| {
                     for o in &outcomes {
                         match o {

@@ -525,6 +525,93 @@ fn secrets_stay_out_of_verbose_logs_errors_and_alerts() {
 }
 
 #[test]
+fn what_a_broken_helix_puts_in_error_bodies_and_headers_never_stops_a_run_or_the_next() {
+    let mut db = TestDb::new(world(200, 0.5));
+    let ids = db.track_first(200);
+    db.client
+        .batch_execute("SET twitch_sync.max_retries = 0; SET twitch_sync.run_deadline_ms = 8000")
+        .unwrap();
+    // an error body whose message holds a NUL: the batch fails, the run is
+    // partial and leaves its row and its alert, the message without the NUL
+    db.sim.add_fault(
+        Fault::new(FaultKind::ErrorMessage {
+            status: 400,
+            message: "bad\u{0}thing".into(),
+        })
+        .for_user(&ids[199]),
+    );
+    let doc = db.run();
+    assert_eq!(doc["status"], "partial", "{doc}");
+    assert_eq!(doc["errors"], 100, "{doc}");
+    let row = db
+        .client
+        .query_one(
+            "SELECT r.status, r.error, (SELECT count(*) FROM twitch_sync.alerts a WHERE a.run_id = r.run_id)
+               FROM twitch_sync.runs r ORDER BY r.run_id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "partial");
+    let error: String = row.get(1);
+    assert!(error.contains("badthing"), "{error}");
+    assert_eq!(row.get::<_, i64>(2), 1, "its alert");
+    db.sim.clear_faults();
+    assert_eq!(db.run()["status"], "ok");
+
+    // Ratelimit-* headers no Helix should send: a bucket of 0 (or of 2^32,
+    // which wraps to 0), more left than the bucket holds, a reset ten years
+    // ahead or past any timestamp. The run that hears them is fine, and so
+    // is the next one against a healthy Helix: it checks every channel at
+    // once instead of waiting for a bucket that never refills.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let broken = [
+        ("a bucket of 0", "0", "0", (now + 60).to_string()),
+        ("2^32 points", "4294967296", "0", (now + 60).to_string()),
+        (
+            "more left than held",
+            "800",
+            "4000000000",
+            (now + 60).to_string(),
+        ),
+        (
+            "a reset in ten years",
+            "800",
+            "0",
+            (now + 315_360_000).to_string(),
+        ),
+        (
+            "a reset past any timestamp",
+            "800",
+            "0",
+            "99999999999999".to_string(),
+        ),
+    ];
+    for (name, limit, remaining, reset) in broken {
+        db.sim.add_fault(Fault::new(FaultKind::RateLimitHeaders {
+            limit: limit.into(),
+            remaining: remaining.into(),
+            reset,
+        }));
+        let doc = db.run();
+        assert_eq!(doc["status"], "ok", "{name}: {doc}");
+        db.sim.clear_faults();
+        let t = Instant::now();
+        let doc = db.run();
+        assert_eq!(doc["status"], "ok", "{name}: the next run: {doc}");
+        assert_eq!(doc["helix_requests"], 2, "{name}: {doc}");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{name}: the next run waited {:?}",
+            t.elapsed()
+        );
+    }
+    db.assert_matches_world();
+}
+
+#[test]
 fn errors_reach_users_as_clean_sql_errors_without_a_rust_backtrace() {
     // The harness starts the server with RUST_BACKTRACE=1, as some servers run.
     let mut db = TestDb::bare(world(10, 0.5));

@@ -7,7 +7,7 @@
 
 use crate::concurrency::{ConnWatch, WatchLayer, HTTP1_MAX_CONNECTIONS};
 use crate::config::{SyncConfig, PAGE_SIZE};
-use crate::error::HelixError;
+use crate::error::{network_text, HelixError};
 use crate::ratelimit::RateLimitSnapshot;
 use crate::streams::{parse_streams_page, StreamsPage};
 use reqwest::header::{HeaderValue, AUTHORIZATION};
@@ -99,7 +99,7 @@ pub(crate) fn error_message(body: &[u8]) -> String {
         message: Option<String>,
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { message: Some(m) }) => m.chars().take(200).collect(),
+        Ok(ErrorBody { message: Some(m) }) => network_text(&m),
         _ => format!("{} bytes of non-JSON error body", body.len()),
     }
 }
@@ -234,7 +234,7 @@ impl TwitchClient {
         }
         Ok(AppToken {
             access_token: t.access_token,
-            expires_in: Duration::from_secs(t.expires_in),
+            expires_in: token_lifetime(t.expires_in),
         })
     }
 
@@ -253,7 +253,7 @@ impl TwitchClient {
             200 => {
                 let v: ValidBody = answer.json()?;
                 Ok(Validation::Valid {
-                    expires_in: Duration::from_secs(v.expires_in),
+                    expires_in: token_lifetime(v.expires_in),
                 })
             }
             401 => Ok(Validation::Invalid),
@@ -308,7 +308,7 @@ impl TwitchClient {
         let result = answer.and_then(|answer| match answer.status {
             200 => parse_streams_page(&answer.body).map_err(|e| HelixError::Malformed {
                 endpoint: STREAMS,
-                detail: e.to_string(),
+                detail: network_text(&e.to_string()),
             }),
             401 => Err(HelixError::Unauthorized {
                 endpoint: STREAMS,
@@ -324,6 +324,16 @@ impl TwitchClient {
     }
 }
 
+/// The longest a token is taken to live, whatever `expires_in` says (Twitch's
+/// app tokens live about 60 days, and are validated hourly anyway): a larger
+/// figure could not be stored as a timestamp.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A token's `expires_in` (seconds), at most [`MAX_TOKEN_LIFETIME`].
+fn token_lifetime(expires_in: u64) -> Duration {
+    Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME)
+}
+
 /// An answer read in full (under the cap), for the endpoint that sent it.
 pub(crate) struct Answer {
     pub(crate) endpoint: &'static str,
@@ -336,7 +346,7 @@ impl Answer {
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HelixError> {
         serde_json::from_slice(&self.body).map_err(|e| HelixError::Malformed {
             endpoint: self.endpoint,
-            detail: e.to_string(),
+            detail: network_text(&e.to_string()),
         })
     }
 
@@ -359,4 +369,33 @@ pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("invalid"));
     v.set_sensitive(true);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_message_keeps_no_nul_and_no_more_than_its_cap() {
+        assert_eq!(
+            error_message(br#"{"error":"Bad Request","status":400,"message":"bad\u0000thing"}"#),
+            "badthing"
+        );
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(10_000));
+        assert_eq!(
+            error_message(long.as_bytes()).chars().count(),
+            crate::error::MAX_ERROR_CHARS
+        );
+    }
+
+    #[test]
+    fn a_token_lives_at_most_a_year_whatever_expires_in_says() {
+        assert_eq!(token_lifetime(5_000_000), Duration::from_secs(5_000_000));
+        assert_eq!(token_lifetime(10_000_000_000_000), MAX_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(u64::MAX), MAX_TOKEN_LIFETIME);
+        // the deadline it makes can be computed and stored
+        assert!(std::time::SystemTime::now()
+            .checked_add(token_lifetime(u64::MAX))
+            .is_some());
+    }
 }

@@ -59,6 +59,16 @@ impl HelixError {
 
 /// Removes every occurrence of each secret from a message (secrets shorter than
 /// 4 characters are left alone: they would only garble the text).
+/// The longest text from the network an error keeps.
+pub const MAX_ERROR_CHARS: usize = 300;
+
+/// Text a server sent (an error body's `message`, a parser's description of
+/// a bad answer, which quotes it) made fit for an error: NULs removed (no
+/// Postgres text can hold one), at most [`MAX_ERROR_CHARS`] characters.
+pub fn network_text(s: &str) -> String {
+    crate::streams::clean_text(s, MAX_ERROR_CHARS).0
+}
+
 pub fn redact(message: &str, secrets: &[&str]) -> String {
     let mut out = message.to_string();
     for s in secrets.iter().filter(|s| s.len() >= 4) {

@@ -14,15 +14,40 @@ pub struct RateLimitSnapshot {
     pub reset: u64,
 }
 
+/// The largest `Ratelimit-Limit` believed (Twitch's app bucket is 800 points;
+/// some clients are granted more, none a million).
+pub const MAX_BUCKET_LIMIT: u32 = 1_000_000;
+
+/// How far ahead of the clock a `Ratelimit-Reset` is believed, in seconds:
+/// Twitch's bucket refills in a minute, so a later reset is a broken header
+/// or a clock far off, and either way no reason to stop asking.
+pub const MAX_RESET_AHEAD_SECS: u64 = 120;
+
 impl RateLimitSnapshot {
+    /// The three headers, if all are there and plausible: a limit of 1 to
+    /// [`MAX_BUCKET_LIMIT`], at most that many remaining, a reset at most
+    /// [`MAX_RESET_AHEAD_SECS`] ahead. Anything else is treated as an answer
+    /// without the headers (a limit of 0, or a reset ten years ahead, would
+    /// otherwise stop every later run from sending a request).
     pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
         let num =
             |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-        Some(RateLimitSnapshot {
-            limit: num("ratelimit-limit")? as u32,
-            remaining: num("ratelimit-remaining")? as u32,
+        RateLimitSnapshot {
+            limit: u32::try_from(num("ratelimit-limit")?).ok()?,
+            remaining: u32::try_from(num("ratelimit-remaining")?).ok()?,
             reset: num("ratelimit-reset")?,
-        })
+        }
+        .plausible(epoch_now())
+    }
+
+    /// This snapshot if it is plausible at `now` (Unix seconds; see
+    /// [`RateLimitSnapshot::from_headers`]).
+    pub fn plausible(self, now: f64) -> Option<Self> {
+        (self.limit >= 1
+            && self.limit <= MAX_BUCKET_LIMIT
+            && self.remaining <= self.limit
+            && (self.reset as f64) <= now + MAX_RESET_AHEAD_SECS as f64)
+            .then_some(self)
     }
 }
 
@@ -90,11 +115,16 @@ impl RateLimiter {
             rate_read: false,
             last: None,
         };
-        if let Some((snap, seen_at)) = last_seen {
+        // what the last run stored is believed as a fresh answer would be
+        // (a row written before the headers were checked may hold anything)
+        let last_seen = last_seen.and_then(|(snap, seen_at)| {
             let seen = seen_at
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
+            snap.plausible(seen).map(|snap| (snap, seen))
+        });
+        if let Some((snap, seen)) = last_seen {
             st.limit = snap.limit;
             st.per_second =
                 rate_from(&snap, seen).unwrap_or(snap.limit as f64 / DOCUMENTED_PERIOD_SECS);
@@ -294,7 +324,7 @@ fn rate_from(snap: &RateLimitSnapshot, seen: f64) -> Option<f64> {
     // `Ratelimit-Remaining` is rounded down: up to one point more may be there.
     let missing = snap.limit.saturating_sub(snap.remaining) as f64 - 1.0;
     let secs = snap.reset as f64 - seen;
-    if snap.remaining * 2 > snap.limit || secs < 1.0 || missing < 1.0 {
+    if u64::from(snap.remaining) * 2 > u64::from(snap.limit) || secs < 1.0 || missing < 1.0 {
         return None;
     }
     Some(missing / secs * SAFETY)
@@ -484,6 +514,47 @@ mod tests {
         let t = rl.acquire(far()).await.unwrap();
         rl.observe(t, Heard::Answer(Some(headers(800, 748, reset))), false);
         assert_points(&rl, 748.0);
+    }
+
+    #[test]
+    fn implausible_headers_are_not_believed() {
+        let now = epoch_now() as u64;
+        let with = |limit: &str, remaining: &str, reset: u64| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("Ratelimit-Limit", limit.parse().unwrap());
+            h.insert("Ratelimit-Remaining", remaining.parse().unwrap());
+            h.insert("Ratelimit-Reset", reset.to_string().parse().unwrap());
+            RateLimitSnapshot::from_headers(&h)
+        };
+        assert_eq!(with("800", "0", now + 60), Some(headers(800, 0, now + 60)));
+        // a bucket of nothing, one that wraps to nothing, or past belief
+        assert_eq!(with("0", "0", now + 60), None);
+        assert_eq!(with("4294967296", "0", now + 60), None);
+        assert_eq!(with("4000000000", "3000000000", now + 60), None);
+        // more left than the bucket holds
+        assert_eq!(with("800", "900", now + 60), None);
+        // a reset ten years ahead, or out of any timestamp's range
+        assert_eq!(with("800", "0", now + 315_360_000), None);
+        assert_eq!(with("800", "0", 99_999_999_999_999), None);
+        // rate_from cannot overflow, whatever it is given
+        assert_eq!(
+            rate_from(&headers(u32::MAX, u32::MAX, now + 60), now as f64),
+            None
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_implausible_snapshot_from_the_last_run_is_forgotten() {
+        // what a run stored before headers were checked: an empty bucket of
+        // 0 points, or one that refills in ten years
+        for snap in [
+            headers(0, 0, epoch_now() as u64 + 60),
+            headers(800, 0, epoch_now() as u64 + 315_360_000),
+        ] {
+            let rl = RateLimiter::new(Some((snap, SystemTime::now())));
+            assert_eq!(rl.lock().points, None, "{snap:?}");
+            assert!(rl.acquire(far()).await.is_some(), "a probe goes out");
+        }
     }
 
     #[test]

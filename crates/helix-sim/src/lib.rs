@@ -114,6 +114,16 @@ pub enum Endpoint {
 pub enum FaultKind {
     /// Answer with this status and Twitch's JSON error body (429 keeps the rate-limit headers).
     Status { status: u16 },
+    /// Get Streams: answer with this status and Twitch's JSON error body
+    /// carrying this `message` (which may hold anything a server could send).
+    ErrorMessage { status: u16, message: String },
+    /// Get Streams: the real answer, with these values as its `Ratelimit-*`
+    /// headers, sent as they are (a Helix stand-in with a broken bucket).
+    RateLimitHeaders {
+        limit: String,
+        remaining: String,
+        reset: String,
+    },
     /// Wait this long before answering (past a client's timeout, say).
     Delay { ms: u64 },
     /// Send the headers and half the body, then close the connection.
@@ -594,6 +604,9 @@ impl State {
             }
             return with_limits(helix_error(status, "Simulated failure"));
         }
+        if let Some(FaultKind::ErrorMessage { status, message }) = &fault {
+            return with_limits(helix_error(*status, message));
+        }
 
         // Which live streams the query selects: by id and login, each at most once,
         // ordered by viewer count like Twitch's listing.
@@ -678,6 +691,17 @@ impl State {
         let body = json!({"data": data, "pagination": pagination});
         if fault == Some(FaultKind::NoRateLimitHeaders) {
             return Response::json(200, &body);
+        }
+        if let Some(FaultKind::RateLimitHeaders {
+            limit,
+            remaining,
+            reset,
+        }) = &fault
+        {
+            return Response::json(200, &body)
+                .with_header("Ratelimit-Limit", limit.clone())
+                .with_header("Ratelimit-Remaining", remaining.clone())
+                .with_header("Ratelimit-Reset", reset.clone());
         }
         with_limits(apply_body_fault(Response::json(200, &body), fault))
     }

@@ -218,7 +218,7 @@ impl BodyJson for reqwest::RequestBuilder {
 fn malformed(endpoint: &'static str, detail: &str) -> HelixError {
     HelixError::Malformed {
         endpoint,
-        detail: detail.to_string(),
+        detail: crate::error::network_text(detail),
     }
 }
 

@@ -17,6 +17,10 @@
 //!   already paid for is kept even when a higher-ranked channel does not fit;
 //! - a revoked subscription (`authorization_revoked`, `user_removed`, ...)
 //!   is recreated no sooner than [`PlanConfig::retry_revoked_after`];
+//! - a channel whose creation failed (Twitch answered 400 for a banned or
+//!   deleted user, say) is held back ([`CreateBackoff`]): it costs no request,
+//!   budget or change slot until its wait is over, so it cannot starve the
+//!   channels ranked below it;
 //! - at most [`PlanConfig::max_changes`] requests per pass, and a pass stops
 //!   while a quarter of the rate-limit bucket is left ([`BUCKET_RESERVE`]):
 //!   polling (and other apps on the client id) keep it; the next pass waits
@@ -27,7 +31,7 @@ use crate::client::TwitchClient;
 use crate::error::HelixError;
 use crate::ratelimit::RateLimitSnapshot;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The share of the bucket a reconciliation leaves to everything else.
 pub const BUCKET_RESERVE: f64 = 0.25;
@@ -63,6 +67,58 @@ impl Default for PlanConfig {
     }
 }
 
+/// How long a channel whose subscription could not be created waits before
+/// the next try: this after its first failure, twice as long after each
+/// further one, up to [`PlanConfig::retry_revoked_after`].
+pub const CREATE_RETRY_FIRST: Duration = Duration::from_secs(60);
+
+/// Channels whose subscription creation failed, and until when each is held
+/// back from the passes (in the worker's memory: a restart tries them all
+/// again). A creation that succeeds forgets the channel.
+#[derive(Debug, Clone, Default)]
+pub struct CreateBackoff {
+    failed: HashMap<String, (u32, Instant)>,
+}
+
+impl CreateBackoff {
+    /// Learns from a pass's outcomes: creations Twitch refused for the
+    /// channel wait longer, created subscriptions end their channel's wait.
+    /// Waits long over are dropped.
+    pub fn record(&mut self, outcomes: &[Outcome], now: Instant, cap: Duration) {
+        for o in outcomes {
+            match o {
+                Outcome::Failed {
+                    change: Change::Create { broadcaster_id, .. },
+                    about_channel: true,
+                    ..
+                } => {
+                    let failures = self.failed.get(broadcaster_id).map_or(0, |f| f.0) + 1;
+                    let wait = CREATE_RETRY_FIRST
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(cap.max(CREATE_RETRY_FIRST));
+                    self.failed
+                        .insert(broadcaster_id.clone(), (failures, now + wait));
+                }
+                Outcome::Created(s) => {
+                    self.failed.remove(&s.broadcaster_id);
+                }
+                _ => {}
+            }
+        }
+        // a channel that stopped failing long ago (untracked, say) is forgotten
+        self.failed.retain(|_, (_, until)| *until + cap > now);
+    }
+
+    /// The channels still waiting at `now`.
+    pub fn held_back(&self, now: Instant) -> HashSet<&str> {
+        self.failed
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .map(|(b, _)| b.as_str())
+            .collect()
+    }
+}
+
 /// One request of a pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -93,10 +149,13 @@ pub struct Plan {
 
 /// Plans one pass. `remaining` is the cost budget left according to the last
 /// answer (None before any answer: the first creation finds out).
+/// `held_back`: channels whose creation failed recently ([`CreateBackoff`]),
+/// left to polling for this pass.
 pub fn plan(
     ranked: &[String],
     recorded: &[Recorded],
     remaining: Option<u64>,
+    held_back: &HashSet<&str>,
     cfg: &PlanConfig,
 ) -> Plan {
     let tracked: HashSet<&str> = ranked.iter().map(String::as_str).collect();
@@ -148,6 +207,10 @@ pub fn plan(
             }
             continue;
         }
+        if held_back.contains(b.as_str()) {
+            p.poll_only += 1;
+            continue;
+        }
         let cost = missing.len() as u64;
         if full || budget.is_some_and(|left| left < cost) {
             full = true;
@@ -188,6 +251,11 @@ pub enum Outcome {
     Failed {
         change: Change,
         error: String,
+        /// Twitch refused this request for what it asks (400, 403, 422: a
+        /// banned or deleted user, a subscription on another transport), not
+        /// for the moment (429, 5xx, the network): only these are held back
+        /// ([`CreateBackoff`]).
+        about_channel: bool,
     },
 }
 
@@ -260,6 +328,7 @@ async fn carry_out(client: &TwitchClient, token: &str, conduit_id: &str, change:
                             None => Outcome::Failed {
                                 change: change.clone(),
                                 error: "409: the subscription exists on another transport".into(),
+                                about_channel: true,
                             },
                         }
                     });
@@ -356,6 +425,13 @@ pub async fn execute(
                 }
                 Err(e) => res.outcomes.push(Outcome::Failed {
                     change: d.change,
+                    about_channel: matches!(
+                        e,
+                        HelixError::Status {
+                            status: 400 | 403 | 422,
+                            ..
+                        }
+                    ),
                     error: e.to_string(),
                 }),
             }
@@ -435,7 +511,13 @@ mod tests {
 
     #[test]
     fn every_channel_gets_both_types_when_the_budget_allows() {
-        let p = plan(&ids(3), &[], Some(100), &PlanConfig::default());
+        let p = plan(
+            &ids(3),
+            &[],
+            Some(100),
+            &HashSet::new(),
+            &PlanConfig::default(),
+        );
         assert_eq!(creates(&p).len(), 6);
         assert_eq!((p.covered, p.poll_only, p.deferred), (3, 0, 0));
         assert_eq!(creates(&p)[0], ("1".into(), "stream.online"));
@@ -447,7 +529,13 @@ mod tests {
         // 5 units: channels 1 and 2 (2 each); 3 needs 2 and only 1 is left: it
         // and everything after it stay poll-only, even 4 which needs 1
         let recorded = [rec("4", "stream.online", "enabled", 0.0)];
-        let p = plan(&ids(4), &recorded, Some(5), &PlanConfig::default());
+        let p = plan(
+            &ids(4),
+            &recorded,
+            Some(5),
+            &HashSet::new(),
+            &PlanConfig::default(),
+        );
         assert_eq!(
             creates(&p),
             vec![
@@ -470,7 +558,13 @@ mod tests {
             rec("1", "stream.online", "enabled", 0.0),
             rec("1", "stream.offline", "enabled", 0.0),
         ];
-        let p = plan(&ids(2), &recorded, None, &PlanConfig::default());
+        let p = plan(
+            &ids(2),
+            &recorded,
+            None,
+            &HashSet::new(),
+            &PlanConfig::default(),
+        );
         assert!(
             matches!(&p.changes[0], Change::Delete { subscription_id, .. } if subscription_id == "9-stream.online")
         );
@@ -490,7 +584,13 @@ mod tests {
             rec("1", "stream.online", "enabled", 0.0),
             rec("1", "stream.offline", "enabled", 0.0),
         ];
-        let p = plan(&ids(3), &recorded, Some(0), &PlanConfig::default());
+        let p = plan(
+            &ids(3),
+            &recorded,
+            Some(0),
+            &HashSet::new(),
+            &PlanConfig::default(),
+        );
         assert_eq!(
             creates(&p),
             vec![
@@ -502,20 +602,81 @@ mod tests {
     }
 
     #[test]
+    fn channels_whose_creation_fails_wait_and_do_not_starve_the_rest() {
+        let cfg = PlanConfig::default();
+        let failed = |b: &str| Outcome::Failed {
+            change: Change::Create {
+                broadcaster_id: b.into(),
+                kind: "stream.online",
+            },
+            error: "400: The user specified in the condition object does not exist.".into(),
+            about_channel: true,
+        };
+        let t0 = Instant::now();
+        // budget for two channels: the two top-ranked ones, banned, take it
+        let p = plan(&ids(6), &[], Some(4), &HashSet::new(), &cfg);
+        let first: Vec<String> = creates(&p).into_iter().map(|c| c.0).collect();
+        assert_eq!(first, ["1", "1", "2", "2"]);
+        let mut backoff = CreateBackoff::default();
+        backoff.record(&[failed("1"), failed("2")], t0, cfg.retry_revoked_after);
+        // the next pass skips them: channels 3 and 4 get the budget
+        let p = plan(&ids(6), &[], Some(4), &backoff.held_back(t0), &cfg);
+        let next: Vec<String> = creates(&p).into_iter().map(|c| c.0).collect();
+        assert_eq!(next, ["3", "3", "4", "4"]);
+        assert_eq!(p.poll_only, 4);
+        // their wait: a minute, then two after a second failure
+        let after = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(backoff.held_back(after(59)).len(), 2);
+        assert!(backoff.held_back(after(61)).is_empty());
+        backoff.record(&[failed("1")], after(61), cfg.retry_revoked_after);
+        assert!(backoff.held_back(after(61 + 119)).contains("1"));
+        assert!(backoff.held_back(after(61 + 121)).is_empty());
+        // never longer than retry_revoked_after
+        for i in 0..20 {
+            backoff.record(&[failed("1")], after(200 + i), cfg.retry_revoked_after);
+        }
+        assert!(backoff.held_back(after(219 + 3599)).contains("1"));
+        assert!(backoff.held_back(after(219 + 3601)).is_empty());
+        // a creation that succeeds ends the wait
+        let created = Outcome::Created(Subscription {
+            id: "s1".into(),
+            status: "enabled".into(),
+            kind: "stream.online".into(),
+            version: "1".into(),
+            broadcaster_id: "1".into(),
+            conduit_id: Some("c".into()),
+            cost: 0,
+        });
+        backoff.record(&[failed("1"), created], after(300), cfg.retry_revoked_after);
+        assert!(backoff.held_back(after(300)).is_empty());
+        // a failure of the moment (a 5xx, over the cost budget) holds nothing back
+        let busy = Outcome::Failed {
+            change: Change::Create {
+                broadcaster_id: "2".into(),
+                kind: "stream.online",
+            },
+            error: "503".into(),
+            about_channel: false,
+        };
+        backoff.record(&[busy], after(400), cfg.retry_revoked_after);
+        assert!(backoff.held_back(after(400)).is_empty());
+    }
+
+    #[test]
     fn revoked_subscriptions_wait_before_they_are_created_again() {
         let cfg = PlanConfig::default();
         let recorded = [
             rec("1", "stream.online", "enabled", 0.0),
             rec("1", "stream.offline", "user_removed", 10.0),
         ];
-        let p = plan(&ids(1), &recorded, Some(10), &cfg);
+        let p = plan(&ids(1), &recorded, Some(10), &HashSet::new(), &cfg);
         assert!(p.changes.is_empty());
         assert_eq!((p.covered, p.poll_only), (0, 1));
         let recorded = [
             rec("1", "stream.online", "enabled", 0.0),
             rec("1", "stream.offline", "user_removed", 3601.0),
         ];
-        let p = plan(&ids(1), &recorded, Some(10), &cfg);
+        let p = plan(&ids(1), &recorded, Some(10), &HashSet::new(), &cfg);
         assert_eq!(creates(&p), vec![("1".into(), "stream.offline")]);
         assert_eq!(p.covered, 1);
     }
@@ -526,7 +687,7 @@ mod tests {
             max_changes: 5,
             ..PlanConfig::default()
         };
-        let p = plan(&ids(10), &[], None, &cfg);
+        let p = plan(&ids(10), &[], None, &HashSet::new(), &cfg);
         assert_eq!(p.changes.len(), 5);
         assert_eq!(p.deferred, 15);
     }
@@ -552,7 +713,13 @@ mod tests {
 
     #[test]
     fn a_full_budget_creates_nothing() {
-        let p = plan(&ids(3), &[], Some(0), &PlanConfig::default());
+        let p = plan(
+            &ids(3),
+            &[],
+            Some(0),
+            &HashSet::new(),
+            &PlanConfig::default(),
+        );
         assert!(p.changes.is_empty());
         assert_eq!((p.covered, p.poll_only), (0, 3));
     }
