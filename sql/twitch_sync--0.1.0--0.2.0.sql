@@ -3,8 +3,30 @@
 -- database equals a fresh install of 0.2.0 (tests/tests/upgrade.rs compares
 -- their catalogs and data). Functions new in 0.2.0 are created as in sql/*.sql;
 -- changed ones are replaced (CREATE OR REPLACE keeps grants a user added) or,
--- where their signature changed (prune), dropped and created again.
+-- where their result type changed (prune, status), renamed, created again, and
+-- the grants users had on the old one copied to the new one; the same for
+-- viewer_samples, which becomes a partitioned table.
 \echo Use "ALTER EXTENSION twitch_sync UPDATE" to load this file. \quit
+
+-- For this script only (dropped at its end): grants roles other than the
+-- old object's owner held on it (its ACL) are given on `target` too. PUBLIC
+-- is left out: what PUBLIC may do is this script's decision (the REVOKEs at
+-- its end). Column privileges are not carried.
+CREATE FUNCTION twitch_sync.carry_grants_0_2_0(acl aclitem[], owner oid, target text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT a.privilege_type, a.is_grantable, r.rolname
+               FROM pg_catalog.aclexplode(acl) a
+               JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+              WHERE a.grantee <> owner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON %s TO %I%s', g.privilege_type, target, g.rolname,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END
+$$;
 
 -- run(): SECURITY DEFINER and the pinned search_path are now part of its
 -- declaration (0.1.0 set them with an ALTER that an upgrade could lose).
@@ -155,6 +177,8 @@ INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, v
 SELECT v.stream_id, v.broadcaster_id, v.sampled_at, v.viewer_count, NULLIF(s.game_id, '')
   FROM twitch_sync.viewer_samples_0_1_0 v
   LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = v.broadcaster_id AND s.stream_id = v.stream_id;
+SELECT twitch_sync.carry_grants_0_2_0(c.relacl, c.relowner, 'TABLE twitch_sync.viewer_samples')
+  FROM pg_catalog.pg_class c WHERE c.oid = 'twitch_sync.viewer_samples_0_1_0'::regclass;
 ALTER EXTENSION twitch_sync DROP TABLE twitch_sync.viewer_samples_0_1_0;  -- and from pg_dump's list
 DROP TABLE twitch_sync.viewer_samples_0_1_0;
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.viewer_samples_default', '');
@@ -1813,8 +1837,9 @@ SELECT c.broadcaster_id, c.login, c.enabled, c.added_at,
   LEFT JOIN twitch_sync.streams l ON l.broadcaster_id = c.broadcaster_id AND l.is_live;
 COMMENT ON VIEW twitch_sync.channel_status IS 'Tracked channels: last successful check, last seen live, and the live stream if any.';
 
--- prune() also reports events and alerts deleted: a new result type.
-DROP FUNCTION twitch_sync.prune(integer);
+-- prune() also reports events and alerts deleted: a new result type (the old
+-- one's grants are carried over once the new one exists).
+ALTER FUNCTION twitch_sync.prune(integer) RENAME TO prune_0_1_0;
 -- prune(): deletes runs (with their run_unchecked rows), events, alerts and
 -- viewer samples older than their retention (twitch_sync.runs_retention_days
 -- for the first four, twitch_sync.samples_retention_days for samples; 0 keeps
@@ -2774,8 +2799,9 @@ $$;
 
 -- status(): one row an operator reads at psql. Says whether credentials are
 -- set and when the token expires, never the credentials themselves.
--- status() gained the columns polling and eventsub: a new result type (re-grant EXECUTE).
-DROP FUNCTION twitch_sync.status();
+-- status() gained the columns polling and eventsub: a new result type (the old
+-- one's grants are carried over once the new one exists).
+ALTER FUNCTION twitch_sync.status() RENAME TO status_0_1_0;
 CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     run_in_progress      boolean,
     last_run_id          bigint,
@@ -3216,6 +3242,15 @@ $$;
 -- it): it ends now, as disabling ends it from 0.2.0 on, with its event.
 SELECT twitch_sync.end_live_broadcasts(ARRAY(
     SELECT c.broadcaster_id FROM twitch_sync.channels c WHERE NOT c.enabled));
+
+-- The grants users had on prune() and status() of 0.1.0.
+SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.prune(integer)')
+  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.prune_0_1_0(integer)'::regprocedure;
+SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.status()')
+  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.status_0_1_0()'::regprocedure;
+DROP FUNCTION twitch_sync.prune_0_1_0(integer);
+DROP FUNCTION twitch_sync.status_0_1_0();
+DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);
 
 -- As on a fresh install: nothing is readable or executable by PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;

@@ -33,6 +33,21 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         assert_eq!(doc["status"], "ok", "{doc}");
     }
     old.assert_matches_world();
+    // Grants an app gave on 0.1.0 objects the upgrade replaces (status() and
+    // prune() change their result types; viewer_samples becomes partitioned).
+    old.client
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'twitch_sync_upgrade_reader') THEN
+                     CREATE ROLE twitch_sync_upgrade_reader;
+                 END IF;
+             END $$;
+             GRANT USAGE ON SCHEMA twitch_sync TO twitch_sync_upgrade_reader;
+             GRANT EXECUTE ON FUNCTION twitch_sync.status() TO twitch_sync_upgrade_reader;
+             GRANT EXECUTE ON FUNCTION twitch_sync.prune(integer) TO twitch_sync_upgrade_reader;
+             GRANT SELECT ON twitch_sync.viewer_samples TO twitch_sync_upgrade_reader",
+        )
+        .unwrap();
     let before = user_data(&mut old.client);
     assert!(
         before.len() > 300,
@@ -83,6 +98,40 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         .unwrap()
         .get(0);
     assert_eq!(version, catalog::current_version());
+
+    // The grants were carried over to the new objects; then they go, so that
+    // the catalog can be compared with a fresh install's.
+    let kept = client
+        .query_one(
+            "SELECT has_function_privilege('twitch_sync_upgrade_reader', 'twitch_sync.status()', 'EXECUTE'),
+                    has_function_privilege('twitch_sync_upgrade_reader', 'twitch_sync.prune(integer)', 'EXECUTE'),
+                    has_table_privilege('twitch_sync_upgrade_reader', 'twitch_sync.viewer_samples', 'SELECT'),
+                    has_table_privilege('twitch_sync_upgrade_reader', 'twitch_sync.viewer_samples', 'INSERT')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            kept.get::<_, bool>(0),
+            kept.get::<_, bool>(1),
+            kept.get::<_, bool>(2),
+            kept.get::<_, bool>(3)
+        ),
+        (true, true, true, false),
+        "the upgrade keeps the grants on status(), prune() and viewer_samples, and adds none"
+    );
+    client
+        .batch_execute(
+            "SET ROLE twitch_sync_upgrade_reader;
+             SELECT count(*) FROM twitch_sync.viewer_samples;
+             SELECT last_run_status FROM twitch_sync.status();
+             RESET ROLE;
+             REVOKE EXECUTE ON FUNCTION twitch_sync.status() FROM twitch_sync_upgrade_reader;
+             REVOKE EXECUTE ON FUNCTION twitch_sync.prune(integer) FROM twitch_sync_upgrade_reader;
+             REVOKE SELECT ON twitch_sync.viewer_samples FROM twitch_sync_upgrade_reader;
+             REVOKE USAGE ON SCHEMA twitch_sync FROM twitch_sync_upgrade_reader",
+        )
+        .expect("the reader uses its grants after the upgrade");
 
     // The upgraded catalog equals a fresh install's.
     let upgraded = catalog::describe(&mut client);
