@@ -211,7 +211,7 @@ CREATE TABLE twitch_sync.credentials (
     updated_at         timestamptz NOT NULL DEFAULT now(),
     -- EventSub's webhook transport: the secret Twitch signs requests with
     -- (set_webhook_secret(), sql/webhook.sql); Twitch's rule, as the core's.
-    webhook_secret     text CHECK (webhook_secret ~ '^[!-~]{10,100}$')
+    webhook_secret     text CHECK (webhook_secret ~ '^[ -~]{10,100}$')
 );
 
 -- The last Ratelimit-* headers Helix sent, so the next run starts informed.

@@ -2948,7 +2948,7 @@ $$;
 
 -- The webhook secret, stored with the client secret (sql/schema.sql).
 ALTER TABLE twitch_sync.credentials
-    ADD COLUMN webhook_secret text CHECK (webhook_secret ~ '^[!-~]{10,100}$');
+    ADD COLUMN webhook_secret text CHECK (webhook_secret ~ '^[ -~]{10,100}$');
 
 -- set_webhook_secret(): the secret given to Twitch as transport.secret when
 -- the webhook subscriptions (or conduit webhook shards) were created. Twitch's
@@ -2961,11 +2961,11 @@ CREATE FUNCTION twitch_sync.set_webhook_secret(secret text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET log_min_error_statement = panic AS $$
 BEGIN
-    IF secret IS NOT NULL AND secret !~ '^[!-~]{10,100}$' THEN
-        RAISE EXCEPTION 'invalid webhook secret: it must be 10 to 100 visible ASCII characters (no spaces), it has %',
+    IF secret IS NOT NULL AND secret !~ '^[ -~]{10,100}$' THEN
+        RAISE EXCEPTION 'invalid webhook secret: it must be 10 to 100 printable ASCII characters (spaces included), it has %',
                 CASE WHEN pg_catalog.length(secret) NOT BETWEEN 10 AND 100
                      THEN pg_catalog.length(secret)::text || ' characters'
-                     ELSE 'a space, a control or a non-ASCII character' END
+                     ELSE 'a control or a non-ASCII character' END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Use the same secret as the transport.secret of your webhook subscriptions; '
                       || 'Twitch requires 10 to 100 ASCII characters.';
@@ -2979,7 +2979,7 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION twitch_sync.set_webhook_secret(text) IS 'Stores the EventSub webhook secret (10 to 100 visible ASCII characters; NULL removes it) that twitch_sync.eventsub_webhook checks signatures with.';
+COMMENT ON FUNCTION twitch_sync.set_webhook_secret(text) IS 'Stores the EventSub webhook secret (10 to 100 printable ASCII characters, spaces included; NULL removes it) that twitch_sync.eventsub_webhook checks signatures with.';
 
 -- The receiver (src/webhook.rs), as pgrx declares it.
 CREATE FUNCTION twitch_sync."eventsub_webhook"(

@@ -89,7 +89,7 @@ impl Refusal {
                 "twitch_sync has no webhook secret".into(),
                 Some(
                     "Store the secret your subscriptions were created with: \
-                     SELECT twitch_sync.set_webhook_secret('<secret>'); (10 to 100 visible ASCII characters)",
+                     SELECT twitch_sync.set_webhook_secret('<secret>'); (10 to 100 printable ASCII characters)",
                 ),
             ),
             Refusal::Verify(e) => {

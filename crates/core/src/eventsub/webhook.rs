@@ -23,7 +23,7 @@ pub const MAX_AGE_SECS: i64 = 600;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WebhookError {
-    #[error("the webhook secret must be 10 to 100 visible ASCII characters")]
+    #[error("the webhook secret must be 10 to 100 printable ASCII characters")]
     BadSecret,
     #[error(
         "the Twitch-Eventsub-Message-Signature header is missing or not sha256=<64 hex digits>"
@@ -39,10 +39,12 @@ pub enum WebhookError {
     TooOld,
 }
 
-/// Twitch's rule for a secret, applied when one is stored.
+/// Twitch's rule for a secret ("an ASCII string", 10 to 100 characters),
+/// held to printable ASCII, spaces included (`set_webhook_secret` applies the
+/// same rule when one is stored).
 pub fn check_secret(secret: &str) -> Result<(), WebhookError> {
     if (MIN_SECRET_LEN..=MAX_SECRET_LEN).contains(&secret.len())
-        && secret.bytes().all(|b| (0x21..=0x7e).contains(&b))
+        && secret.bytes().all(|b| (0x20..=0x7e).contains(&b))
     {
         Ok(())
     } else {
@@ -371,10 +373,9 @@ mod tests {
         }
         assert_eq!(check_secret("short"), Err(WebhookError::BadSecret));
         assert_eq!(check_secret(&"x".repeat(101)), Err(WebhookError::BadSecret));
-        assert_eq!(
-            check_secret("with space in it"),
-            Err(WebhookError::BadSecret)
-        );
+        assert_eq!(check_secret("with space in it"), Ok(()));
+        assert_eq!(check_secret("with\ttab in it"), Err(WebhookError::BadSecret));
+        assert_eq!(check_secret("non-ascii é in it"), Err(WebhookError::BadSecret));
         assert_eq!(check_secret(&"x".repeat(100)), Ok(()));
     }
 
