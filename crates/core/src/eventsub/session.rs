@@ -282,6 +282,11 @@ pub struct Shard {
     cfg: ShardConfig,
     primary: Option<Sock>,
     successor: Option<Sock>,
+    /// The socket a completed reconnect replaced: a notification or
+    /// revocation it still reads (sent before Twitch switched to the new
+    /// connection, in flight when the new welcome came) is delivered; the
+    /// message-id check downstream drops any copy.
+    retired: Option<SocketId>,
     reconnect_deadline: Option<Instant>,
     /// The session id the shard was last assigned to (confirmed by Helix).
     registered: Option<String>,
@@ -302,6 +307,7 @@ impl Shard {
             cfg,
             primary: None,
             successor: None,
+            retired: None,
             reconnect_deadline: None,
             registered: None,
             assigning: Assigning::Idle,
@@ -402,6 +408,15 @@ impl Shard {
         let is_primary = self.primary.as_ref().is_some_and(|s| s.id == socket);
         let is_successor = self.successor.as_ref().is_some_and(|s| s.id == socket);
         if !is_primary && !is_successor {
+            if self.retired == Some(socket)
+                && matches!(
+                    env.message,
+                    Message::Notification(_) | Message::Revocation(_)
+                )
+            {
+                self.stats.delivered += 1;
+                out.push(Action::Deliver(Box::new(env)));
+            }
             return out;
         }
         let sock = if is_primary {
@@ -429,6 +444,7 @@ impl Shard {
                     // the reconnect is complete: the old socket goes, the new one takes over
                     self.stats.reconnects += 1;
                     if let Some(old) = self.primary.take() {
+                        self.retired = Some(old.id);
                         out.push(Action::Close {
                             socket: old.id,
                             why: "replaced by the reconnected session",

@@ -374,8 +374,14 @@ mod tests {
         assert_eq!(check_secret("short"), Err(WebhookError::BadSecret));
         assert_eq!(check_secret(&"x".repeat(101)), Err(WebhookError::BadSecret));
         assert_eq!(check_secret("with space in it"), Ok(()));
-        assert_eq!(check_secret("with\ttab in it"), Err(WebhookError::BadSecret));
-        assert_eq!(check_secret("non-ascii é in it"), Err(WebhookError::BadSecret));
+        assert_eq!(
+            check_secret("with\ttab in it"),
+            Err(WebhookError::BadSecret)
+        );
+        assert_eq!(
+            check_secret("non-ascii é in it"),
+            Err(WebhookError::BadSecret)
+        );
         assert_eq!(check_secret(&"x".repeat(100)), Ok(()));
     }
 
