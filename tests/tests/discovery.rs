@@ -226,6 +226,9 @@ fn track_and_untrack_category_check_their_arguments_and_privileges() {
         ("SELECT twitch_sync.track_category('abc')", "game id"),
         ("SELECT twitch_sync.track_category(NULL)", "game id"),
         ("SELECT twitch_sync.track_category(' 777')", "game id"),
+        // Twitch's ids have no leading zero: '0777' would never match a listing's '777'
+        ("SELECT twitch_sync.track_category('0777')", "game id"),
+        ("SELECT twitch_sync.untrack_category('0777')", "game id"),
         (
             "SELECT twitch_sync.track_category('777', 'english')",
             "language",
