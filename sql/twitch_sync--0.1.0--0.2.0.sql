@@ -3243,15 +3243,6 @@ $$;
 SELECT twitch_sync.end_live_broadcasts(ARRAY(
     SELECT c.broadcaster_id FROM twitch_sync.channels c WHERE NOT c.enabled));
 
--- The grants users had on prune() and status() of 0.1.0.
-SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.prune(integer)')
-  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.prune_0_1_0(integer)'::regprocedure;
-SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.status()')
-  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.status_0_1_0()'::regprocedure;
-DROP FUNCTION twitch_sync.prune_0_1_0(integer);
-DROP FUNCTION twitch_sync.status_0_1_0();
-DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);
-
 -- As on a fresh install: nothing is readable or executable by PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 -- set_credentials(): a refused call does not write its statement (with the
@@ -3263,3 +3254,31 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;
 -- analytics) read settings through it, and every setting is readable by
 -- anyone with SHOW anyway. It still takes USAGE on the schema to reach it.
 GRANT EXECUTE ON FUNCTION twitch_sync.setting(text) TO PUBLIC;
+
+-- The grants users had on prune() and status() of 0.1.0.
+SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.prune(integer)')
+  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.prune_0_1_0(integer)'::regprocedure;
+SELECT twitch_sync.carry_grants_0_2_0(p.proacl, p.proowner, 'FUNCTION twitch_sync.status()')
+  FROM pg_catalog.pg_proc p WHERE p.oid = 'twitch_sync.status_0_1_0()'::regprocedure;
+DROP FUNCTION twitch_sync.prune_0_1_0(integer);
+DROP FUNCTION twitch_sync.status_0_1_0();
+
+
+-- The grants carried over are the users', not the extension's: every GRANT
+-- and REVOKE of this script was also recorded as the extension's initial
+-- privileges (pg_init_privs), and pg_dump dumps only grants that differ from
+-- those, so a dump of the upgraded database would lose them. Its objects'
+-- initial privileges are put back to a fresh install's: the owner's and
+-- PUBLIC's entries only.
+UPDATE pg_catalog.pg_init_privs i
+   SET initprivs = ARRAY(SELECT x FROM pg_catalog.unnest(i.initprivs) x
+                          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(ARRAY[x]) a
+                                             WHERE a.grantee <> 0 AND a.grantee <> o.owner))
+  FROM (SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, p.proowner FROM pg_catalog.pg_proc p
+         WHERE p.oid IN ('twitch_sync.status()'::pg_catalog.regprocedure,
+                         'twitch_sync.prune(integer)'::pg_catalog.regprocedure)
+        UNION ALL
+        SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid, c.relowner FROM pg_catalog.pg_class c
+         WHERE c.oid = 'twitch_sync.viewer_samples'::pg_catalog.regclass) o(classoid, objoid, owner)
+ WHERE i.classoid = o.classoid AND i.objoid = o.objoid AND i.objsubid = 0 AND i.privtype = 'e';
+DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);

@@ -91,6 +91,14 @@ SELECT line FROM (
                   FROM pg_catalog.pg_enum e WHERE e.enumtypid = t.oid))
       FROM pg_catalog.pg_type t WHERE t.typnamespace = (SELECT oid FROM ns) AND t.typtype = 'e'
     UNION ALL
+    -- what pg_dump takes as the extension's own grants (it dumps only the rest)
+    SELECT pg_catalog.format('initial privileges of %s: %s',
+               pg_catalog.pg_describe_object(i.classoid, i.objoid, i.objsubid), i.initprivs)
+      FROM pg_catalog.pg_init_privs i
+      JOIN pg_catalog.pg_depend d ON d.classid = i.classoid AND d.objid = i.objoid
+                                 AND d.deptype = 'e' AND d.refobjid = (SELECT oid FROM ext)
+     WHERE i.privtype = 'e'
+    UNION ALL
     SELECT pg_catalog.format('config_dump %s condition=%s', cfg.rel::regclass, cfg.cond)
       FROM ext, unnest(ext.extconfig, ext.extcondition) AS cfg(rel, cond)
     UNION ALL

@@ -57,8 +57,6 @@ impl HelixError {
     }
 }
 
-/// Removes every occurrence of each secret from a message (secrets shorter than
-/// 4 characters are left alone: they would only garble the text).
 /// The longest text from the network an error keeps.
 pub const MAX_ERROR_CHARS: usize = 300;
 
@@ -69,6 +67,8 @@ pub fn network_text(s: &str) -> String {
     crate::streams::clean_text(s, MAX_ERROR_CHARS).0
 }
 
+/// Removes every occurrence of each secret from a message (secrets shorter than
+/// 4 characters are left alone: they would only garble the text).
 pub fn redact(message: &str, secrets: &[&str]) -> String {
     let mut out = message.to_string();
     for s in secrets.iter().filter(|s| s.len() >= 4) {
