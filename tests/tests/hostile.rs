@@ -775,6 +775,74 @@ fn an_unpaired_surrogate_costs_no_neighbour() {
 }
 
 #[test]
+fn an_entry_or_an_answer_written_as_an_array_is_not_read_as_one() {
+    let (mut db, ids) = setup(300, 0.5);
+    let batch = &ids[100..200];
+    db.sim.tick();
+    let live = world_live(&db, batch);
+    let offline: Vec<String> = batch
+        .iter()
+        .filter(|id| !live.contains_key(*id))
+        .cloned()
+        .collect();
+    let c = offline[0].clone();
+    let before_c = snapshot(&mut db, &c);
+    // The fields of an entry in their documented order, as an array: serde's
+    // derived Deserialize would read it as stream 7000000099 of c, live.
+    let mut entries = healthy_entries(&db, batch, &[]);
+    entries.insert(
+        3,
+        format!(r#"["7000000099","{c}","arrayman","array title",null,null,"en",null,5]"#),
+    );
+    serve(&db, &c, page(&entries));
+
+    let doc = db.run();
+    assert_counters(&doc, &[("malformed", 1)], &[]);
+    // an entry tied to nobody: every channel of the batch without a good entry is unknown
+    let unchecked = assert_run_row(
+        &mut db,
+        &doc,
+        "ok",
+        300 - offline.len() as i64,
+        offline.len() as i64,
+    );
+    assert_eq!(
+        unchecked,
+        offline
+            .iter()
+            .map(|id| (id.clone(), "unknown".to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '7000000099'"),
+        0,
+        "the array is not stored as a stream"
+    );
+    assert_eq!(snapshot(&mut db, &c), before_c, "c is left as it was");
+    assert_applied(&mut db, &ids, &[], "array entry");
+
+    // A whole answer as an array of its fields ([data, pagination]): not an
+    // answer; the batch fails and its channels are left as they were.
+    db.sim.clear_faults();
+    db.sim.tick();
+    let before: Vec<String> = batch.iter().map(|b| snapshot(&mut db, b)).collect();
+    let entries = healthy_entries(&db, batch, &[]);
+    serve(&db, &c, format!("[[{}], null]", entries.join(",")));
+    let doc = db.run();
+    assert_eq!(doc["status"], "partial", "{doc}");
+    assert_eq!(doc["errors"], 100, "{doc}");
+    assert_eq!(doc["failures"][0]["channels"], 100, "{doc}");
+    assert_eq!(doc["total_streams"], 200, "{doc}");
+    let after: Vec<String> = batch.iter().map(|b| snapshot(&mut db, b)).collect();
+    assert!(
+        before == after,
+        "the failed batch's channels are left as they were"
+    );
+    assert_recovers(&mut db);
+    assert_no_panic_logged(&db);
+}
+
+#[test]
 fn a_stream_id_listed_under_a_broadcaster_other_than_its_owner_writes_nothing() {
     let (mut db, ids) = setup(300, 0.5);
     db.client

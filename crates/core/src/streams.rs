@@ -195,6 +195,29 @@ pub enum PageError {
     BadCursor,
 }
 
+/// `T` read from a JSON object and nothing else. serde's derived
+/// `Deserialize` also accepts a struct written as an array of its fields in
+/// declaration order (`["1","2","login",...]`): an answer or entry shaped like
+/// that is not what Helix sends, and must not be read as if it were.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Objects<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Objects<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Objects(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawPage<'a> {
     #[serde(borrow)]
@@ -585,11 +608,12 @@ pub fn parse_streams_page(body: &[u8]) -> Result<StreamsPage, PageError> {
 ///   unpaired surrogate escape costs no entry;
 /// - the page is refused (an error: the batch is retried, then fails and its
 ///   channels are left as they were) only when it is not a JSON object with a
-///   `data` array, or its cursor is unusable ([`MAX_CURSOR_BYTES`]);
-/// - each entry is parsed on its own: one that is not an object, or whose
-///   fields twitch_sync reads cannot be parsed (a number beyond f64, nesting
-///   deeper than 128, a field given twice), is dropped
-///   ([`BadEntries::malformed`]), its neighbours are kept;
+///   `data` array (an array of its fields is no object), or its cursor is
+///   unusable ([`MAX_CURSOR_BYTES`]);
+/// - each entry is parsed on its own: one that is not an object (an array of
+///   its fields included), or whose fields twitch_sync reads cannot be parsed
+///   (a number beyond f64, nesting deeper than 128, a field given twice), is
+///   dropped ([`BadEntries::malformed`]), its neighbours are kept;
 /// - every entry is a live stream, whatever its `type` (Helix lists only live
 ///   streams; `type` is "" when Twitch had an error reading it);
 /// - ids: `user_id` must be a broadcaster id, `id` 1–20 digits, else the entry
@@ -601,7 +625,7 @@ pub fn parse_streams_page(body: &[u8]) -> Result<StreamsPage, PageError> {
 ///   non-string cursor: all mean "last page".
 pub fn parse_streams_page_at(body: &[u8], now: SystemTime) -> Result<StreamsPage, PageError> {
     let (text, repairs) = repair_body(body);
-    let raw: RawPage<'_> = serde_json::from_str(&text)?;
+    let ObjectOnly(raw) = serde_json::from_str::<ObjectOnly<RawPage<'_>>>(&text)?;
     let mut page = StreamsPage {
         cursor: cursor(raw.pagination)?,
         entries: raw.data.len(),
@@ -609,8 +633,8 @@ pub fn parse_streams_page_at(body: &[u8], now: SystemTime) -> Result<StreamsPage
     };
     page.stats.cleaned.encoding = repairs;
     for entry in raw.data {
-        match serde_json::from_str::<RawEntry>(entry.get()) {
-            Ok(e) => check_entry(&e.into_object(), now, &mut page),
+        match serde_json::from_str::<ObjectOnly<RawEntry>>(entry.get()) {
+            Ok(ObjectOnly(e)) => check_entry(&e.into_object(), now, &mut page),
             Err(_) => {
                 page.stats.bad.malformed += 1;
                 page.unattributed += 1;

@@ -473,6 +473,39 @@ fn hostile_bodies_have_exact_outcomes() {
 }
 
 #[test]
+fn an_entry_or_a_page_written_as_an_array_is_not_read_as_an_object() {
+    // serde's derived Deserialize takes a struct written as an array of its fields:
+    // this entry would read as id 7000000099 of broadcaster 100000002, live.
+    let array_entry =
+        r#"["7000000099","100000002","arrayman","array title",null,null,"en",null,5]"#;
+    let page = parse(&page_of(&[entry("10", "1"), array_entry.to_string()]));
+    assert_eq!(pairs(&page.streams), vec![("1", "10")]);
+    assert_eq!(page.stats.bad.malformed, 1);
+    assert_eq!(page.stats.bad.total(), 1);
+    assert_eq!((page.entries, page.unattributed), (2, 1));
+    // an empty array, or one of a single id, is no object either
+    let page = parse(&page_of(&["[]".to_string(), r#"["11"]"#.to_string()]));
+    assert!(page.streams.is_empty());
+    assert_eq!((page.stats.bad.malformed, page.unattributed), (2, 2));
+
+    // a whole answer as an array of its fields [data, pagination]: refused like any
+    // answer that is not an object with a `data` array
+    for body in [
+        format!(r#"[[{}], null]"#, entry("10", "1")),
+        format!(r#"[[{}], {{"cursor":"abc"}}]"#, entry("10", "1")),
+        format!(r#"[[{}]]"#, entry("10", "1")),
+    ] {
+        assert!(
+            parse_streams_page_at(body.as_bytes(), now()).is_err(),
+            "{body}"
+        );
+    }
+    // the object form of the same still reads, fields in any order
+    let body = format!(r#"{{"pagination":{{}},"data":[{}]}}"#, entry("10", "1"));
+    assert_eq!(pairs(&parse(body.as_bytes()).streams), vec![("1", "10")]);
+}
+
+#[test]
 fn unusable_cursors_refuse_the_page() {
     let long = format!(
         r#"{{"data":[],"pagination":{{"cursor":"{}"}}}}"#,
