@@ -10,7 +10,7 @@ use crate::error::{redact, HelixError};
 use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
 use crate::report::RunStatus;
 use crate::streams::{
-    merge_batch, plan_batches, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
+    plan_batches, BatchMerge, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
 };
 use serde::Serialize;
 use std::collections::HashSet;
@@ -321,27 +321,44 @@ impl Pass {
     }
 
     /// A batch of up to 100 ids: the first page and any further pages Helix
-    /// really has, stopping on an empty page, a cursor seen before, or the cap.
+    /// really has. Each page is folded into the batch's answer as it arrives
+    /// and dropped ([`BatchMerge`]): a batch holds at most one stream per asked
+    /// broadcaster, however many pages and entries Helix sends. Cursors are
+    /// followed until
+    /// - every asked broadcaster has been named by an entry (an id query lists
+    ///   at most one live stream per broadcaster: a later page could only
+    ///   repeat or contradict what is known), or
+    /// - a page names no asked broadcaster that no earlier page named (an empty
+    ///   page, a page of repeats, of strangers or of more streams for the same
+    ///   broadcasters: a listing that makes no progress), or
+    /// - a cursor comes back, there is none, or [`SyncConfig::max_pages_per_batch`]
+    ///   extra pages have been read.
+    ///
+    /// The answer then counts as complete: an asked channel no page listed is
+    /// "not listed" (one miss; `offline_after_misses` decides when it ends).
     async fn fetch_batch(&self, ids: &[String]) -> Result<MergedBatch, HelixError> {
-        let mut pages = Vec::new();
+        let mut merge = BatchMerge::new(ids);
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         for page_no in 0..=self.config.max_pages_per_batch {
             let page = self
                 .fetch_page(&StreamsQuery::Ids(ids), after.as_deref())
                 .await?;
-            let empty = page.entries == 0;
             after = page
                 .cursor
                 .clone()
                 .filter(|c| seen_cursors.insert(c.clone()));
-            pages.push(page);
-            if empty || after.is_none() || page_no == self.config.max_pages_per_batch {
+            let progress = merge.add_page(page, &lock(&self.claims));
+            if !progress
+                || merge.all_named()
+                || after.is_none()
+                || page_no == self.config.max_pages_per_batch
+            {
                 break;
             }
         }
-        // Under one lock, so that the first batch to list a stream id claims it whole.
-        Ok(merge_batch(ids, pages, &mut lock(&self.claims)))
+        // Under one lock, so that the first batch to finish with a stream id claims it whole.
+        Ok(merge.finish(&mut lock(&self.claims)))
     }
 
     /// A category's directory, page after page (each paid for like any
@@ -540,8 +557,8 @@ struct Tally {
 /// The returned summary holds everything but the batches' answers: token,
 /// counters, rate-limit state, warnings, failures, entry statistics, and
 /// `fatal` when no request could be made. A stream id is listed once per pass:
-/// the first batch to list it claims it for its broadcaster (see
-/// [`merge_batch`]). Never panics on bad answers; every failure ends up in the
+/// the first batch to keep it claims it for its broadcaster (see
+/// [`BatchMerge`]). Never panics on bad answers; every failure ends up in the
 /// summary, with secrets redacted.
 pub async fn sync_streaming(
     input: SyncInput,
