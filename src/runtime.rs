@@ -65,7 +65,9 @@ pub fn trim_heap() {
 }
 
 impl<T> Future for Background<T> {
-    /// Err: the future panicked (a bug), with what it said.
+    /// Err: the future panicked (a bug) or was cancelled. What a panic said is
+    /// left out: it is no message for users (it reaches the run's result,
+    /// `runs` row and alert) and may quote anything.
     type Output = Result<T, String>;
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -73,7 +75,7 @@ impl<T> Future for Background<T> {
     ) -> std::task::Poll<Self::Output> {
         std::pin::Pin::new(&mut self.0)
             .poll(cx)
-            .map(|r| r.map_err(|e| format!("internal error in the HTTP task: {e}")))
+            .map(|r| r.map_err(|_| "internal error in the HTTP task".to_string()))
     }
 }
 

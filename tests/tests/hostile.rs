@@ -775,6 +775,174 @@ fn an_unpaired_surrogate_costs_no_neighbour() {
 }
 
 #[test]
+fn an_entry_or_an_answer_written_as_an_array_is_not_read_as_one() {
+    let (mut db, ids) = setup(300, 0.5);
+    let batch = &ids[100..200];
+    db.sim.tick();
+    let live = world_live(&db, batch);
+    let offline: Vec<String> = batch
+        .iter()
+        .filter(|id| !live.contains_key(*id))
+        .cloned()
+        .collect();
+    let c = offline[0].clone();
+    let before_c = snapshot(&mut db, &c);
+    // The fields of an entry in their documented order, as an array: serde's
+    // derived Deserialize would read it as stream 7000000099 of c, live.
+    let mut entries = healthy_entries(&db, batch, &[]);
+    entries.insert(
+        3,
+        format!(r#"["7000000099","{c}","arrayman","array title",null,null,"en",null,5]"#),
+    );
+    serve(&db, &c, page(&entries));
+
+    let doc = db.run();
+    assert_counters(&doc, &[("malformed", 1)], &[]);
+    // an entry tied to nobody: every channel of the batch without a good entry is unknown
+    let unchecked = assert_run_row(
+        &mut db,
+        &doc,
+        "ok",
+        300 - offline.len() as i64,
+        offline.len() as i64,
+    );
+    assert_eq!(
+        unchecked,
+        offline
+            .iter()
+            .map(|id| (id.clone(), "unknown".to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '7000000099'"),
+        0,
+        "the array is not stored as a stream"
+    );
+    assert_eq!(snapshot(&mut db, &c), before_c, "c is left as it was");
+    assert_applied(&mut db, &ids, &[], "array entry");
+
+    // A whole answer as an array of its fields ([data, pagination]): not an
+    // answer; the batch fails and its channels are left as they were.
+    db.sim.clear_faults();
+    db.sim.tick();
+    let before: Vec<String> = batch.iter().map(|b| snapshot(&mut db, b)).collect();
+    let entries = healthy_entries(&db, batch, &[]);
+    serve(&db, &c, format!("[[{}], null]", entries.join(",")));
+    let doc = db.run();
+    assert_eq!(doc["status"], "partial", "{doc}");
+    assert_eq!(doc["errors"], 100, "{doc}");
+    assert_eq!(doc["failures"][0]["channels"], 100, "{doc}");
+    assert_eq!(doc["total_streams"], 200, "{doc}");
+    let after: Vec<String> = batch.iter().map(|b| snapshot(&mut db, b)).collect();
+    assert!(
+        before == after,
+        "the failed batch's channels are left as they were"
+    );
+    assert_recovers(&mut db);
+    assert_no_panic_logged(&db);
+}
+
+/// The backend's peak resident memory so far (VmHWM), in KiB.
+fn backend_peak_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line")
+}
+
+/// A page of Get Streams: `entries`, then `n` entries of distinct stream ids
+/// from `first_id` on, all for `broadcaster` (about 44 bytes each), and a cursor
+/// the simulator accepts.
+fn flood_page(entries: &[String], broadcaster: &str, first_id: u64, n: u64, next: u64) -> String {
+    let mut all = entries.to_vec();
+    all.extend(
+        (first_id..first_id + n).map(|i| format!(r#"{{"id":"{i}","user_id":"{broadcaster}"}}"#)),
+    );
+    let cursor: String = format!("{{\"o\":{next}}}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "{{\"data\":[{}],\"pagination\":{{\"cursor\":\"{cursor}\"}}}}",
+        all.join(",")
+    )
+}
+
+#[test]
+fn page_after_page_of_streams_for_one_channel_is_neither_held_nor_followed_for_nothing() {
+    // One batch answered with 11 pages (the first and the 10 extra the cap
+    // allows) of 85,000 distinct stream ids each (3.7 MB, under the 4 MiB cap),
+    // all for one asked live channel f: an id query lists at most one live
+    // stream per broadcaster. Each page also names one more channel of the
+    // batch (with a bad stream id: that channel is unknown), so every page is
+    // read. Holding the pages cost a backend about 250 MB per batch.
+    const K: u64 = 85_000;
+    let (mut db, ids) = setup(300, 0.5);
+    let batch = &ids[100..200];
+    db.sim.tick();
+    let live = world_live(&db, batch);
+    let f = live.keys().next().unwrap().clone();
+    let offline: Vec<String> = batch
+        .iter()
+        .filter(|id| !live.contains_key(*id))
+        .cloned()
+        .collect();
+    let healthy = healthy_entries(&db, batch, &[]);
+    for p in 0..11u64 {
+        let mut named = vec![entry(&db, &offline[p as usize], &[("id", r#""x""#)])];
+        if p == 0 {
+            named.extend(healthy.iter().cloned());
+        }
+        let body = flood_page(&named, &f, 800_000_000_000 + p * K, K, p + 1);
+        assert!(body.len() < 4 * 1024 * 1024, "{} bytes", body.len());
+        db.sim
+            .add_fault(Fault::new(FaultKind::Body { body }).for_user(&f).times(1));
+    }
+    let pid = db.backend_pid();
+    let peak_before = backend_peak_kib(pid);
+    let doc = db.run();
+    let grew_mib = (backend_peak_kib(pid).saturating_sub(peak_before)) / 1024;
+    println!("11 pages of {K} entries: backend peak memory grew by {grew_mib} MiB; {doc}");
+    assert_eq!(doc["helix_requests"], 2 + 11, "every page was read: {doc}");
+    assert_counters(&doc, &[("bad_stream_id", 11)], &[]);
+    assert_eq!(doc["duplicate_entries"], 0, "{doc}");
+    let unchecked = assert_run_row(&mut db, &doc, "ok", 300 - 11, 11);
+    assert_eq!(unchecked.len(), 11);
+    // f is stored with its real stream (listed with a start time, so it wins
+    // over streams without one), everyone else as the world has them
+    assert_applied(&mut db, &ids, &[], "flooded batch");
+    assert!(
+        grew_mib < 100,
+        "a run's peak memory grew by {grew_mib} MiB: pages are held"
+    );
+
+    // The same flood with nothing new after the first page: the second page,
+    // naming no channel the first did not, ends the answer.
+    db.sim.clear_faults();
+    db.sim.tick();
+    let healthy = healthy_entries(&db, batch, &[]);
+    for p in 0..11u64 {
+        let named = if p == 0 { healthy.clone() } else { Vec::new() };
+        let body = flood_page(&named, &f, 810_000_000_000 + p * K, K, p + 1);
+        db.sim
+            .add_fault(Fault::new(FaultKind::Body { body }).for_user(&f).times(1));
+    }
+    let doc = db.run();
+    assert_eq!(
+        doc["helix_requests"],
+        2 + 2,
+        "two pages for the flooded batch: {doc}"
+    );
+    assert_counters(&doc, &[], &[]);
+    assert_run_row(&mut db, &doc, "ok", 300, 0);
+    assert_applied(&mut db, &ids, &[], "flood without progress");
+    assert_recovers(&mut db);
+    assert_no_panic_logged(&db);
+}
+
+#[test]
 fn a_stream_id_listed_under_a_broadcaster_other_than_its_owner_writes_nothing() {
     let (mut db, ids) = setup(300, 0.5);
     db.client

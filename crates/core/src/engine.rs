@@ -10,10 +10,10 @@ use crate::error::{redact, HelixError};
 use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
 use crate::report::RunStatus;
 use crate::streams::{
-    merge_batch, plan_batches, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
+    plan_batches, BatchMerge, EntryStats, LiveStream, MergedBatch, StreamClaims, StreamsPage,
 };
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -321,27 +321,44 @@ impl Pass {
     }
 
     /// A batch of up to 100 ids: the first page and any further pages Helix
-    /// really has, stopping on an empty page, a cursor seen before, or the cap.
+    /// really has. Each page is folded into the batch's answer as it arrives
+    /// and dropped ([`BatchMerge`]): a batch holds at most one stream per asked
+    /// broadcaster, however many pages and entries Helix sends. Cursors are
+    /// followed until
+    /// - every asked broadcaster has been named by an entry (an id query lists
+    ///   at most one live stream per broadcaster: a later page could only
+    ///   repeat or contradict what is known), or
+    /// - a page names no asked broadcaster that no earlier page named (an empty
+    ///   page, a page of repeats, of strangers or of more streams for the same
+    ///   broadcasters: a listing that makes no progress), or
+    /// - a cursor comes back, there is none, or [`SyncConfig::max_pages_per_batch`]
+    ///   extra pages have been read.
+    ///
+    /// The answer then counts as complete: an asked channel no page listed is
+    /// "not listed" (one miss; `offline_after_misses` decides when it ends).
     async fn fetch_batch(&self, ids: &[String]) -> Result<MergedBatch, HelixError> {
-        let mut pages = Vec::new();
+        let mut merge = BatchMerge::new(ids);
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         for page_no in 0..=self.config.max_pages_per_batch {
             let page = self
                 .fetch_page(&StreamsQuery::Ids(ids), after.as_deref())
                 .await?;
-            let empty = page.entries == 0;
             after = page
                 .cursor
                 .clone()
                 .filter(|c| seen_cursors.insert(c.clone()));
-            pages.push(page);
-            if empty || after.is_none() || page_no == self.config.max_pages_per_batch {
+            let progress = merge.add_page(page, &lock(&self.claims));
+            if !progress
+                || merge.all_named()
+                || after.is_none()
+                || page_no == self.config.max_pages_per_batch
+            {
                 break;
             }
         }
-        // Under one lock, so that the first batch to list a stream id claims it whole.
-        Ok(merge_batch(ids, pages, &mut lock(&self.claims)))
+        // Under one lock, so that the first batch to finish with a stream id claims it whole.
+        Ok(merge.finish(&mut lock(&self.claims)))
     }
 
     /// A category's directory, page after page (each paid for like any
@@ -535,14 +552,21 @@ struct Tally {
     directory_pages: u32,
 }
 
+/// The error of a batch whose task panicked (a bug) or was cancelled.
+pub const INTERNAL_BATCH_ERROR: &str = "internal error in a batch";
+/// The error of a category walk whose task panicked or was cancelled.
+pub const INTERNAL_WALK_ERROR: &str = "internal error in a category walk";
+
 /// Runs one sync pass, sending each batch's result to `results` as soon as it
 /// is complete (so the caller can write while other requests are in flight).
 /// The returned summary holds everything but the batches' answers: token,
 /// counters, rate-limit state, warnings, failures, entry statistics, and
 /// `fatal` when no request could be made. A stream id is listed once per pass:
-/// the first batch to list it claims it for its broadcaster (see
-/// [`merge_batch`]). Never panics on bad answers; every failure ends up in the
-/// summary, with secrets redacted.
+/// the first batch to keep it claims it for its broadcaster (see
+/// [`BatchMerge`]). Never panics on bad answers; every failure ends up in the
+/// summary, with secrets redacted. A batch whose task panics (a bug) counts as
+/// a failed batch ([`INTERNAL_BATCH_ERROR`]): its channels are sent as
+/// [`BatchResult::Failed`] and left as they were.
 pub async fn sync_streaming(
     input: SyncInput,
     results: tokio::sync::mpsc::UnboundedSender<BatchResult>,
@@ -633,14 +657,22 @@ pub async fn sync_streaming(
         })
     });
     let mut tasks = tokio::task::JoinSet::new();
+    // Each batch task's channels, so that a task that panics (a bug) or is
+    // cancelled still counts as the failed batch it is.
+    let mut batch_of_task: HashMap<tokio::task::Id, Arc<Vec<String>>> = HashMap::new();
     for ids in batches {
+        let ids = Arc::new(ids);
+        let task_ids = ids.clone();
         let pass = pass.clone();
         let permits = permits.clone();
         let results = results.clone();
         let first_token = first_token.clone();
         let tally = tally.clone();
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
+            let ids = task_ids;
             let _permit = permits.acquire_owned().await;
+            #[cfg(test)]
+            tests_only::maybe_panic(&ids);
             let result = match pass.fetch_batch(&ids).await {
                 Ok(m) => {
                     let mut t = lock(&tally);
@@ -659,7 +691,7 @@ pub async fn sync_streaming(
                     let secrets = [pass.secret.as_str(), first_token.as_str(), current.as_str()];
                     let failure = BatchFailure {
                         channels: ids.len(),
-                        broadcaster_ids: ids.clone(),
+                        broadcaster_ids: ids.to_vec(),
                         error: redact(&e.to_string(), &secrets),
                     };
                     lock(&tally).failures.push(failure.clone());
@@ -669,6 +701,7 @@ pub async fn sync_streaming(
             // The receiver may be gone (the caller stopped listening): nothing to do then.
             let _ = results.send(result);
         });
+        batch_of_task.insert(task.id(), ids);
     }
     for walk in input.directories.clone() {
         let pass = pass.clone();
@@ -704,16 +737,32 @@ pub async fn sync_streaming(
             let _ = results.send(BatchResult::Directory(result));
         });
     }
-    drop(results);
-    while let Some(joined) = tasks.join_next().await {
-        if let Err(e) = joined {
-            outcome.failures.push(BatchFailure {
+    while let Some(joined) = tasks.join_next_with_id().await {
+        let Err(e) = joined else {
+            continue;
+        };
+        // A task that panicked or was cancelled sent nothing (sending is its
+        // last step): a batch's channels are unchecked, left as they were, like
+        // those of any failed batch. What the panic said stays out of the
+        // error: it is no message for users and may quote anything.
+        match batch_of_task.remove(&e.id()) {
+            Some(ids) => {
+                let failure = BatchFailure {
+                    channels: ids.len(),
+                    broadcaster_ids: ids.to_vec(),
+                    error: INTERNAL_BATCH_ERROR.into(),
+                };
+                outcome.failures.push(failure.clone());
+                let _ = results.send(BatchResult::Failed(failure));
+            }
+            None => outcome.failures.push(BatchFailure {
                 channels: 0,
                 broadcaster_ids: Vec::new(),
-                error: format!("internal error in a batch: {e}"),
-            });
+                error: INTERNAL_WALK_ERROR.into(),
+            }),
         }
     }
+    drop(results);
     if let Some(opener) = opener {
         opener.abort();
     }
@@ -773,5 +822,102 @@ mod debug_tests {
         );
         assert!(shown.contains("the-client-id"), "{shown}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+}
+
+/// A way for this module's tests to make a batch task panic, as a bug would.
+#[cfg(test)]
+mod tests_only {
+    use std::cell::RefCell;
+
+    thread_local! {
+        /// A batch asking about this broadcaster panics (tests run the pass on
+        /// a current-thread runtime: its tasks run on the test's thread).
+        pub static PANIC_IN_BATCH_OF: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+
+    pub fn maybe_panic(ids: &[String]) {
+        let hit = PANIC_IN_BATCH_OF.with(|p| p.borrow().as_ref().is_some_and(|b| ids.contains(b)));
+        if hit {
+            panic!("injected: attempt to multiply with overflow, token s3cr3t");
+        }
+    }
+}
+
+#[cfg(test)]
+mod panic_tests {
+    use super::*;
+    use helix_sim::world::WorldConfig;
+    use helix_sim::{Config, Simulator};
+
+    #[test]
+    fn a_batch_whose_task_panics_is_a_failed_batch() {
+        let sim = Simulator::start(Config {
+            world: WorldConfig {
+                channels: 300,
+                live_fraction: 0.3,
+                ..Default::default()
+            },
+            ..Config::default()
+        })
+        .unwrap();
+        let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+        tests_only::PANIC_IN_BATCH_OF.with(|p| *p.borrow_mut() = Some(ids[150].clone()));
+        let input = SyncInput {
+            config: SyncConfig {
+                helix_url: sim.helix_url(),
+                auth_url: sim.auth_url(),
+                ..SyncConfig::default()
+            },
+            credentials: Credentials {
+                client_id: sim.client_id(),
+                client_secret: sim.client_secret(),
+            },
+            token: None,
+            broadcaster_ids: ids.clone(),
+            rate_limit: None,
+            directories: Vec::new(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let summary = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(sync_streaming(input, tx));
+        tests_only::PANIC_IN_BATCH_OF.with(|p| *p.borrow_mut() = None);
+
+        let batch = ids[100..200].to_vec();
+        assert_eq!(
+            summary.failures,
+            vec![BatchFailure {
+                channels: 100,
+                broadcaster_ids: batch.clone(),
+                error: INTERNAL_BATCH_ERROR.into(),
+            }]
+        );
+        assert_eq!(summary.failed_channels(), 100);
+        assert_eq!(summary.checked, 200);
+        assert_eq!(summary.status(), RunStatus::Partial);
+        let first = summary.first_error().unwrap();
+        assert_eq!(first, "internal error in a batch");
+        // the panic's words reach no result: they are no message for users
+        assert!(!first.contains("panicked") && !first.contains("s3cr3t"));
+
+        // the caller hears of the batch as failed, with its channels (recorded unchecked)
+        let mut buffer = BatchBuffer::default();
+        let mut failed = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            if let BatchResult::Failed(f) = &r {
+                failed.push(f.broadcaster_ids.clone());
+            }
+            buffer.absorb(r);
+        }
+        assert_eq!(failed, vec![batch.clone()]);
+        assert_eq!(buffer.checked.len(), 200);
+        assert!(batch.iter().all(|b| !buffer.checked.contains(b)));
+        assert!(buffer
+            .live
+            .iter()
+            .all(|s| !batch.contains(&s.broadcaster_id)));
     }
 }

@@ -195,6 +195,29 @@ pub enum PageError {
     BadCursor,
 }
 
+/// `T` read from a JSON object and nothing else. serde's derived
+/// `Deserialize` also accepts a struct written as an array of its fields in
+/// declaration order (`["1","2","login",...]`): an answer or entry shaped like
+/// that is not what Helix sends, and must not be read as if it were.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Objects<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Objects<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Objects(std::marker::PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawPage<'a> {
     #[serde(borrow)]
@@ -585,11 +608,12 @@ pub fn parse_streams_page(body: &[u8]) -> Result<StreamsPage, PageError> {
 ///   unpaired surrogate escape costs no entry;
 /// - the page is refused (an error: the batch is retried, then fails and its
 ///   channels are left as they were) only when it is not a JSON object with a
-///   `data` array, or its cursor is unusable ([`MAX_CURSOR_BYTES`]);
-/// - each entry is parsed on its own: one that is not an object, or whose
-///   fields twitch_sync reads cannot be parsed (a number beyond f64, nesting
-///   deeper than 128, a field given twice), is dropped
-///   ([`BadEntries::malformed`]), its neighbours are kept;
+///   `data` array (an array of its fields is no object), or its cursor is
+///   unusable ([`MAX_CURSOR_BYTES`]);
+/// - each entry is parsed on its own: one that is not an object (an array of
+///   its fields included), or whose fields twitch_sync reads cannot be parsed
+///   (a number beyond f64, nesting deeper than 128, a field given twice), is
+///   dropped ([`BadEntries::malformed`]), its neighbours are kept;
 /// - every entry is a live stream, whatever its `type` (Helix lists only live
 ///   streams; `type` is "" when Twitch had an error reading it);
 /// - ids: `user_id` must be a broadcaster id, `id` 1–20 digits, else the entry
@@ -601,7 +625,7 @@ pub fn parse_streams_page(body: &[u8]) -> Result<StreamsPage, PageError> {
 ///   non-string cursor: all mean "last page".
 pub fn parse_streams_page_at(body: &[u8], now: SystemTime) -> Result<StreamsPage, PageError> {
     let (text, repairs) = repair_body(body);
-    let raw: RawPage<'_> = serde_json::from_str(&text)?;
+    let ObjectOnly(raw) = serde_json::from_str::<ObjectOnly<RawPage<'_>>>(&text)?;
     let mut page = StreamsPage {
         cursor: cursor(raw.pagination)?,
         entries: raw.data.len(),
@@ -609,8 +633,8 @@ pub fn parse_streams_page_at(body: &[u8], now: SystemTime) -> Result<StreamsPage
     };
     page.stats.cleaned.encoding = repairs;
     for entry in raw.data {
-        match serde_json::from_str::<RawEntry>(entry.get()) {
-            Ok(e) => check_entry(&e.into_object(), now, &mut page),
+        match serde_json::from_str::<ObjectOnly<RawEntry>>(entry.get()) {
+            Ok(ObjectOnly(e)) => check_entry(&e.into_object(), now, &mut page),
             Err(_) => {
                 page.stats.bad.malformed += 1;
                 page.unattributed += 1;
@@ -635,7 +659,10 @@ pub fn plan_batches(broadcaster_ids: &[String]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Which broadcaster each stream id was first listed for in this run.
+/// Which broadcaster each stream id was first kept for in this run. Only kept
+/// entries are claimed (at most one per broadcaster checked, see
+/// [`BatchMerge`]), so the map grows with the channels, never with what Helix
+/// sends.
 pub type StreamClaims = HashMap<String, String>;
 
 /// One batch's checked answer.
@@ -652,95 +679,188 @@ pub struct MergedBatch {
     pub stats: EntryStats,
 }
 
-/// Merges the checked pages of one batch. Rules, in order, per entry:
+/// One batch's answer, reduced page by page as the pages arrive, so that what
+/// a batch holds is bounded by the broadcasters it asked about (at most one
+/// kept stream each), not by how many pages or entries Helix sends: a page is
+/// folded in by [`BatchMerge::add_page`] and dropped. Rules, in order, per entry:
 /// - an entry for a broadcaster not asked in this batch is dropped
 ///   ([`BadEntries::foreign_broadcaster`]);
-/// - a stream id already claimed in this run (`claims`) by another broadcaster
-///   is dropped ([`BadEntries::stream_id_conflict`]) and makes its broadcaster
-///   unknown: the first claim wins;
-/// - the same stream id for the same broadcaster again is a plain duplicate
+/// - a stream id claimed in this run by another broadcaster (the run's
+///   `claims`, or an entry kept earlier in this batch) is dropped
+///   ([`BadEntries::stream_id_conflict`]) and makes its broadcaster unknown:
+///   the first claim wins;
+/// - the stream id kept for the same broadcaster, again, is a plain duplicate
 ///   (dropped, counted in [`EntryStats::duplicates`]);
 /// - of two streams of one broadcaster, the later-started is kept (no start
-///   time counts as earliest), silently.
+///   time counts as earliest), silently; the other is forgotten: its stream id
+///   is not claimed, and listed again it is compared again (no duplicate).
 ///
-/// Then the unknown channels: asked broadcasters named by an entry dropped for a
-/// bad stream id or a conflict; and, if any entry could not be tied to a
-/// broadcaster (malformed, bad `user_id`), every asked broadcaster without a
-/// good entry (the dropped one may have been theirs). Good entries of unknown
-/// broadcasters are not reported live.
+/// [`BatchMerge::finish`] then claims the kept streams in the run's `claims`
+/// (a stream id another batch claimed meanwhile is a conflict, as above) and
+/// works out the unknown channels: asked broadcasters named by an entry
+/// dropped for a bad stream id or a conflict; and, if any entry could not be
+/// tied to a broadcaster (malformed, bad `user_id`), every asked broadcaster
+/// without a good entry (the dropped one may have been theirs). Good entries of
+/// unknown broadcasters are not reported live.
+#[derive(Debug, Clone, Default)]
+pub struct BatchMerge {
+    asked: Vec<String>,
+    asked_set: HashSet<String>,
+    stats: EntryStats,
+    /// Asked broadcasters left as they were (a subset of `asked`).
+    unknown: HashSet<String>,
+    unattributed: u32,
+    /// The stream kept for each asked broadcaster.
+    kept: HashMap<String, LiveStream>,
+    /// Stream id -> broadcaster of the streams in `kept`.
+    kept_ids: HashMap<String, String>,
+    /// Asked broadcasters some entry named so far (a subset of `asked`).
+    named: HashSet<String>,
+}
+
+impl BatchMerge {
+    /// A batch asking about `asked` (distinct broadcaster ids).
+    pub fn new(asked: &[String]) -> Self {
+        BatchMerge {
+            asked: asked.to_vec(),
+            asked_set: asked.iter().cloned().collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Folds one page in (see the type's rules), `claims` being the stream ids
+    /// other batches of this run have claimed so far. Returns whether the page
+    /// named an asked broadcaster no earlier page had named: a page that did
+    /// not taught nothing a later page could need (see [`Self::all_named`]).
+    pub fn add_page(&mut self, page: StreamsPage, claims: &StreamClaims) -> bool {
+        self.stats.add(&page.stats);
+        self.unattributed += page.unattributed;
+        let mut news = false;
+        for b in page.rejected_broadcasters {
+            if self.asked_set.contains(&b) {
+                news |= self.named.insert(b.clone());
+                self.unknown.insert(b);
+            }
+        }
+        for s in page.streams {
+            if !self.asked_set.contains(&s.broadcaster_id) {
+                self.stats.bad.foreign_broadcaster += 1;
+                continue;
+            }
+            if !self.named.contains(&s.broadcaster_id) {
+                self.named.insert(s.broadcaster_id.clone());
+                news = true;
+            }
+            let owner = claims
+                .get(&s.stream_id)
+                .or_else(|| self.kept_ids.get(&s.stream_id));
+            match owner {
+                Some(owner) if *owner != s.broadcaster_id => {
+                    self.stats.bad.stream_id_conflict += 1;
+                    self.unknown.insert(s.broadcaster_id);
+                    continue;
+                }
+                Some(_) => {
+                    self.stats.duplicates += 1;
+                    continue;
+                }
+                None => {}
+            }
+            match self.kept.get(&s.broadcaster_id) {
+                Some(prev) if prev.started_at >= s.started_at => {}
+                prev => {
+                    if let Some(prev) = prev {
+                        self.kept_ids.remove(&prev.stream_id);
+                    }
+                    self.kept_ids
+                        .insert(s.stream_id.clone(), s.broadcaster_id.clone());
+                    self.kept.insert(s.broadcaster_id.clone(), s);
+                }
+            }
+        }
+        news
+    }
+
+    /// Every asked broadcaster has been named by an entry (kept, duplicate,
+    /// conflicting or dropped for a bad stream id): Helix lists at most one live
+    /// stream per broadcaster asked by id, so later pages can only repeat or
+    /// contradict what is known.
+    pub fn all_named(&self) -> bool {
+        self.named.len() == self.asked_set.len()
+    }
+
+    /// Streams held: at most one per asked broadcaster.
+    pub fn kept_len(&self) -> usize {
+        self.kept.len()
+    }
+
+    /// The batch's answer; its kept streams are claimed in `claims` (a stream
+    /// id claimed there for another broadcaster since its page was folded in is
+    /// a conflict).
+    pub fn finish(mut self, claims: &mut StreamClaims) -> MergedBatch {
+        let mut kept: Vec<LiveStream> = self.kept.into_values().collect();
+        kept.sort_by(|a, b| a.broadcaster_id.cmp(&b.broadcaster_id));
+        let mut by_broadcaster: HashMap<String, LiveStream> = HashMap::with_capacity(kept.len());
+        for s in kept {
+            match claims.get(&s.stream_id) {
+                Some(owner) if *owner != s.broadcaster_id => {
+                    self.stats.bad.stream_id_conflict += 1;
+                    self.unknown.insert(s.broadcaster_id);
+                    continue;
+                }
+                Some(_) => {}
+                None => {
+                    claims.insert(s.stream_id.clone(), s.broadcaster_id.clone());
+                }
+            }
+            by_broadcaster.insert(s.broadcaster_id.clone(), s);
+        }
+        let mut unknown = self.unknown;
+        if self.unattributed > 0 {
+            for b in &self.asked {
+                if !by_broadcaster.contains_key(b) {
+                    unknown.insert(b.clone());
+                }
+            }
+        }
+        let checked = self
+            .asked
+            .iter()
+            .filter(|b| !unknown.contains(*b))
+            .cloned()
+            .collect();
+        let mut live: Vec<LiveStream> = by_broadcaster
+            .into_values()
+            .filter(|s| !unknown.contains(&s.broadcaster_id))
+            .collect();
+        live.sort_by(|a, b| a.broadcaster_id.cmp(&b.broadcaster_id));
+        let unknown = self
+            .asked
+            .iter()
+            .filter(|b| unknown.contains(*b))
+            .cloned()
+            .collect();
+        MergedBatch {
+            checked,
+            live,
+            unknown,
+            stats: self.stats,
+        }
+    }
+}
+
+/// Merges the checked pages of one batch at once: [`BatchMerge`], fed every
+/// page, then finished.
 pub fn merge_batch(
     asked: &[String],
     pages: Vec<StreamsPage>,
     claims: &mut StreamClaims,
 ) -> MergedBatch {
-    let asked_set: HashSet<&str> = asked.iter().map(String::as_str).collect();
-    let mut stats = EntryStats::default();
-    let mut unknown: HashSet<String> = HashSet::new();
-    let mut unattributed = 0;
-    let mut by_broadcaster: HashMap<String, LiveStream> = HashMap::new();
+    let mut merge = BatchMerge::new(asked);
     for page in pages {
-        stats.add(&page.stats);
-        unattributed += page.unattributed;
-        for b in page.rejected_broadcasters {
-            if asked_set.contains(b.as_str()) {
-                unknown.insert(b);
-            }
-        }
-        for s in page.streams {
-            if !asked_set.contains(s.broadcaster_id.as_str()) {
-                stats.bad.foreign_broadcaster += 1;
-                continue;
-            }
-            match claims.get(&s.stream_id) {
-                Some(owner) if *owner != s.broadcaster_id => {
-                    stats.bad.stream_id_conflict += 1;
-                    unknown.insert(s.broadcaster_id);
-                    continue;
-                }
-                Some(_) => {
-                    stats.duplicates += 1;
-                    continue;
-                }
-                None => {
-                    claims.insert(s.stream_id.clone(), s.broadcaster_id.clone());
-                }
-            }
-            match by_broadcaster.get(&s.broadcaster_id) {
-                Some(prev) if prev.started_at >= s.started_at => {}
-                _ => {
-                    by_broadcaster.insert(s.broadcaster_id.clone(), s);
-                }
-            }
-        }
+        merge.add_page(page, claims);
     }
-    if unattributed > 0 {
-        for b in asked {
-            if !by_broadcaster.contains_key(b) {
-                unknown.insert(b.clone());
-            }
-        }
-    }
-    let checked = asked
-        .iter()
-        .filter(|b| !unknown.contains(*b))
-        .cloned()
-        .collect();
-    let mut live: Vec<LiveStream> = by_broadcaster
-        .into_values()
-        .filter(|s| !unknown.contains(&s.broadcaster_id))
-        .collect();
-    live.sort_by(|a, b| a.broadcaster_id.cmp(&b.broadcaster_id));
-    let unknown = asked
-        .iter()
-        .filter(|b| unknown.contains(*b))
-        .cloned()
-        .collect();
-    MergedBatch {
-        checked,
-        live,
-        unknown,
-        stats,
-    }
+    merge.finish(claims)
 }
 
 #[cfg(test)]

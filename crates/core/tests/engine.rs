@@ -305,3 +305,75 @@ fn hostile_answers_reach_nobody_unchecked() {
         );
     }
 }
+
+/// A cursor the simulator accepts (hex of `{"o":offset}`).
+fn sim_cursor(offset: u64) -> String {
+    format!("{{\"o\":{offset}}}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A page of Get Streams with `n` distinct stream ids from `first_id` on, all
+/// for `broadcaster`, plus `extra` entries, and a cursor to `next`.
+fn flood_page(broadcaster: &str, first_id: u64, n: u64, extra: &[String], next: &str) -> String {
+    let mut entries: Vec<String> = (first_id..first_id + n)
+        .map(|i| format!(r#"{{"id":"{i}","user_id":"{broadcaster}"}}"#))
+        .collect();
+    entries.extend(extra.iter().cloned());
+    format!(
+        r#"{{"data":[{}],"pagination":{{"cursor":"{next}"}}}}"#,
+        entries.join(",")
+    )
+}
+
+#[test]
+fn an_id_query_stops_paging_once_a_page_names_nobody_new() {
+    // One batch is answered with page after page (each with a fresh cursor) of
+    // 20,000 distinct stream ids, all for one asked broadcaster: an id query
+    // lists at most one live stream per broadcaster, so the second page, which
+    // names no asked broadcaster the first did not, ends the answer.
+    let sim = start(300, 0.0, Config::default());
+    let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+    let f = &ids[100];
+    for p in 0..11u64 {
+        let body = flood_page(f, 800_000_000 + p * 20_000, 20_000, &[], &sim_cursor(p + 1));
+        sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f).times(1));
+    }
+    let Out {
+        summary, buffer, ..
+    } = run(input(&sim, 300));
+    assert_eq!(summary.failures, vec![]);
+    assert_eq!(summary.status(), RunStatus::Ok);
+    assert_eq!(
+        summary.helix_requests,
+        3 + 1,
+        "two pages for the flooded batch"
+    );
+    let live: Vec<(&str, &str)> = buffer
+        .live
+        .iter()
+        .map(|s| (s.broadcaster_id.as_str(), s.stream_id.as_str()))
+        .collect();
+    assert_eq!(
+        live,
+        vec![(f.as_str(), "800000000")],
+        "the first listed is kept"
+    );
+    assert_eq!(buffer.checked.len(), 300);
+    assert_eq!(summary.stats, Default::default(), "nothing dropped as bad");
+
+    // Every asked broadcaster listed: nothing more to learn, the cursor is not followed.
+    let sim = start(3, 0.0, Config::default());
+    let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+    let all: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!(r#"{{"id":"{}","user_id":"{b}"}}"#, 900 + i))
+        .collect();
+    let body = flood_page(&ids[0], 1, 0, &all, &sim_cursor(3));
+    sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(&ids[0]));
+    let out = run(input(&sim, 3));
+    assert_eq!(out.buffer.live.len(), 3);
+    assert_eq!(out.summary.helix_requests, 1);
+}

@@ -473,6 +473,39 @@ fn hostile_bodies_have_exact_outcomes() {
 }
 
 #[test]
+fn an_entry_or_a_page_written_as_an_array_is_not_read_as_an_object() {
+    // serde's derived Deserialize takes a struct written as an array of its fields:
+    // this entry would read as id 7000000099 of broadcaster 100000002, live.
+    let array_entry =
+        r#"["7000000099","100000002","arrayman","array title",null,null,"en",null,5]"#;
+    let page = parse(&page_of(&[entry("10", "1"), array_entry.to_string()]));
+    assert_eq!(pairs(&page.streams), vec![("1", "10")]);
+    assert_eq!(page.stats.bad.malformed, 1);
+    assert_eq!(page.stats.bad.total(), 1);
+    assert_eq!((page.entries, page.unattributed), (2, 1));
+    // an empty array, or one of a single id, is no object either
+    let page = parse(&page_of(&["[]".to_string(), r#"["11"]"#.to_string()]));
+    assert!(page.streams.is_empty());
+    assert_eq!((page.stats.bad.malformed, page.unattributed), (2, 2));
+
+    // a whole answer as an array of its fields [data, pagination]: refused like any
+    // answer that is not an object with a `data` array
+    for body in [
+        format!(r#"[[{}], null]"#, entry("10", "1")),
+        format!(r#"[[{}], {{"cursor":"abc"}}]"#, entry("10", "1")),
+        format!(r#"[[{}]]"#, entry("10", "1")),
+    ] {
+        assert!(
+            parse_streams_page_at(body.as_bytes(), now()).is_err(),
+            "{body}"
+        );
+    }
+    // the object form of the same still reads, fields in any order
+    let body = format!(r#"{{"pagination":{{}},"data":[{}]}}"#, entry("10", "1"));
+    assert_eq!(pairs(&parse(body.as_bytes()).streams), vec![("1", "10")]);
+}
+
+#[test]
 fn unusable_cursors_refuse_the_page() {
     let long = format!(
         r#"{{"data":[],"pagination":{{"cursor":"{}"}}}}"#,
@@ -545,9 +578,97 @@ fn merging_drops_duplicates_and_strangers() {
     assert_eq!(m.stats.duplicates, 1);
     assert_eq!(m.stats.bad.foreign_broadcaster, 1);
     assert_eq!(m.stats.bad.total(), 1);
-    // every stream id listed for an asked broadcaster is claimed, the older ones too
-    assert_eq!(claims.len(), 4);
-    assert_eq!(claims["31"], "1");
+    // only kept streams are claimed: 10 was superseded by 30, 31 lost to 30
+    assert_eq!(claims.len(), 2);
+    assert_eq!((claims["30"].as_str(), claims["20"].as_str()), ("1", "2"));
+}
+
+/// A page of `n` distinct stream ids from `first_id` on, all for `broadcaster`,
+/// started at `started`.
+fn flood(broadcaster: &str, first_id: u64, n: u64, started: Option<i64>) -> StreamsPage {
+    StreamsPage {
+        streams: (first_id..first_id + n)
+            .map(|i| stream(&i.to_string(), broadcaster, started))
+            .collect(),
+        entries: n as usize,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_batch_holds_one_stream_per_asked_broadcaster_whatever_helix_sends() {
+    // 11 pages of 20,000 distinct stream ids each for asked broadcaster 1 (an id
+    // query lists at most one live stream per broadcaster), and the same for a
+    // broadcaster nobody asked about
+    let mut claims = StreamClaims::new();
+    let mut merge = BatchMerge::new(&strs(&["1", "2", "3"]));
+    for p in 0..11u64 {
+        let mut page = flood("1", 1_000_000 + p * 20_000, 20_000, Some(5));
+        page.streams
+            .extend(flood("99", 9_000_000 + p * 20_000, 20_000, Some(5)).streams);
+        merge.add_page(page, &claims);
+        assert_eq!(merge.kept_len(), 1, "page {p}");
+    }
+    // broadcaster 2: one stream on a page of its own, listed twice
+    merge.add_page(flood("2", 20, 1, Some(1)), &claims);
+    merge.add_page(flood("2", 20, 1, Some(1)), &claims);
+    assert_eq!(merge.kept_len(), 2);
+    let m = merge.finish(&mut claims);
+    // the first listed of equal start times is kept, the others forgotten
+    assert_eq!(pairs(&m.live), vec![("1", "1000000"), ("2", "20")]);
+    assert_eq!(m.checked, strs(&["1", "2", "3"]));
+    assert_eq!(claims.len(), 2, "claims hold kept streams only");
+    assert_eq!(m.stats.bad.foreign_broadcaster, 220_000);
+    assert_eq!(m.stats.duplicates, 1);
+    assert_eq!(m.stats.bad.total(), 220_000);
+
+    // the same through merge_batch: claims stay bounded by the channels
+    let mut claims = StreamClaims::new();
+    let pages = (0..11u64)
+        .map(|p| flood("1", 1_000_000 + p * 5_000, 5_000, Some(p as i64)))
+        .collect();
+    let m = merge_batch(&strs(&["1"]), pages, &mut claims);
+    // later-started wins: the first stream of the last page
+    assert_eq!(pairs(&m.live), vec![("1", "1050000")]);
+    assert_eq!(claims.len(), 1);
+    assert_eq!(m.stats, EntryStats::default());
+}
+
+#[test]
+fn conflicts_and_duplicates_count_against_kept_streams() {
+    let mut claims = StreamClaims::new();
+    // an earlier batch kept stream 10 for broadcaster 1
+    merge_batch(&strs(&["1"]), vec![flood("1", 10, 1, Some(1))], &mut claims);
+    let mut merge = BatchMerge::new(&strs(&["5", "6", "7", "8"]));
+    assert!(merge.add_page(
+        StreamsPage {
+            streams: vec![
+                stream("10", "5", Some(1)), // claimed by 1 in the run: conflict, 5 unknown
+                stream("11", "6", Some(1)), // kept for 6
+                stream("11", "7", Some(1)), // kept for 6 in this batch: conflict, 7 unknown
+                stream("11", "6", Some(1)), // duplicate
+                stream("12", "6", Some(2)), // later-started: replaces 11 for 6
+                stream("11", "8", Some(1)), // 11 was forgotten: 8 keeps it
+            ],
+            ..Default::default()
+        },
+        &claims,
+    ));
+    assert!(merge.all_named());
+    // a page naming nobody new makes no progress
+    assert!(!merge.add_page(flood("6", 500, 3, Some(0)), &claims));
+    assert!(!merge.add_page(StreamsPage::default(), &claims));
+    // another batch claims 11 for someone else before this one finishes
+    claims.insert("11".into(), "42".into());
+    let m = merge.finish(&mut claims);
+    assert_eq!(pairs(&m.live), vec![("6", "12")]);
+    assert_eq!(m.checked, strs(&["6"]));
+    assert_eq!(m.unknown, strs(&["5", "7", "8"]));
+    assert_eq!(m.stats.bad.stream_id_conflict, 3);
+    assert_eq!(m.stats.duplicates, 1);
+    assert_eq!(claims.len(), 3);
+    assert_eq!(claims["12"], "6");
+    assert_eq!(claims["10"], "1");
 }
 
 #[test]
