@@ -2789,6 +2789,9 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         UPDATE twitch_sync.eventsub_subscriptions s
            SET status = left(coalesce(eventsub_record_revocation.status, 'revoked'), 64), status_at = now()
          WHERE s.subscription_id = eventsub_record_revocation.subscription_id
+           -- heard again (a listing after a reconnect): its status_at stays, so
+           -- the hour before it is tried again is not restarted
+           AND s.status IS DISTINCT FROM left(coalesce(eventsub_record_revocation.status, 'revoked'), 64)
         RETURNING 1)
     SELECT EXISTS (SELECT 1 FROM r)
 $$;

@@ -215,10 +215,14 @@ struct Running {
     view: Arc<Mutex<ShardView>>,
     /// The pass in flight, if any: its task and its answer.
     pass: Option<(runtime::Background<()>, oneshot::Receiver<PassOutput>)>,
-    /// The conduit's subscriptions were listed (and recorded) since the
-    /// current session began: a revocation Twitch sent while the shard was
-    /// disconnected was never delivered, so every new session lists again.
+    /// The conduit's subscriptions were listed (and recorded) once.
     listed: bool,
+    /// A session after the first began: the revocations Twitch sent while
+    /// the shard was disconnected were lost (it sends each once), so the
+    /// revoked subscriptions are listed (by status) before the next pass.
+    revocations_due: bool,
+    /// A session was seen before (the first is no reconnect).
+    had_session: bool,
     budget: Option<Budget>,
     next_pass: Instant,
     /// Channels whose subscription creation failed, waiting before the next try.
@@ -244,6 +248,8 @@ type ShardCheck = (
 
 enum PassOutput {
     Listing(Result<(Vec<Subscription>, Budget), HelixError>),
+    /// The conduit's revoked subscriptions, listed by status after a new session.
+    Revoked(Result<Vec<Subscription>, HelixError>),
     Changes(PassResult),
 }
 
@@ -655,6 +661,8 @@ impl Worker {
             view,
             pass: None,
             listed: false,
+            revocations_due: false,
+            had_session: false,
             create_backoff: CreateBackoff::default(),
             budget: None,
             next_pass: Instant::now(),
@@ -862,10 +870,10 @@ impl Worker {
             return;
         }
         if v.session_id != r.seen_session {
-            // a new session after an earlier one (not the worker's first):
-            // list the subscriptions again for what was revoked meanwhile
-            if v.session_id.is_some() && r.seen_welcomes > 0 {
-                r.listed = false;
+            // a session after an earlier one: look for what was revoked meanwhile
+            if v.session_id.is_some() {
+                r.revocations_due |= r.had_session;
+                r.had_session = true;
             }
             r.seen_session.clone_from(&v.session_id);
             self.row.session_id.clone_from(&v.session_id);
@@ -979,7 +987,13 @@ impl Worker {
             r.conduit_id.clone(),
         );
         let (tx, rx) = oneshot::channel();
-        let task = if !r.listed {
+        let task = if r.listed && r.revocations_due {
+            r.revocations_due = false;
+            runtime::spawn(async move {
+                let out = reconcile::list_revoked(&client, &token, &conduit, MAX_LIST_PAGES).await;
+                let _ = tx.send(PassOutput::Revoked(out));
+            })
+        } else if !r.listed {
             runtime::spawn(async move {
                 let out = reconcile::list_conduit(&client, &token, &conduit, MAX_LIST_PAGES).await;
                 let _ = tx.send(PassOutput::Listing(out));
@@ -1059,6 +1073,27 @@ impl Worker {
             PassOutput::Listing(Err(e)) => {
                 refused = matches!(e, HelixError::Unauthorized { .. });
                 pgrx::warning!("twitch_sync eventsub worker: listing subscriptions failed: {e}");
+                r.next_pass = Instant::now() + every;
+            }
+            PassOutput::Revoked(Ok(subs)) => {
+                let res = in_transaction(|| {
+                    for s in &subs {
+                        db::record_revocation(&s.id, &s.status)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = res {
+                    pgrx::warning!("twitch_sync eventsub worker: {e}");
+                }
+                // the changes follow at once
+                r.next_pass = Instant::now();
+            }
+            PassOutput::Revoked(Err(e)) => {
+                refused = matches!(e, HelixError::Unauthorized { .. });
+                pgrx::warning!(
+                    "twitch_sync eventsub worker: listing revoked subscriptions failed: {e}"
+                );
+                r.revocations_due = true;
                 r.next_pass = Instant::now() + every;
             }
             PassOutput::Changes(res) => {

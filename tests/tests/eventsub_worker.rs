@@ -260,11 +260,10 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     .expect("events after the shard came back");
 
     // Twitch replays nothing a shard missed. While the shard is disabled (the
-    // socket open and silent), ids[3] goes live and ids[0]'s offline
-    // subscription is revoked: both notifications are lost. After the new
-    // session, the revocation is found by listing the subscriptions again,
-    // and ids[3] is no longer covered until a poll checked it, so the next
-    // adaptive run finds it live (not the slow sweep an hour later).
+    // socket open and silent), ids[3] goes live: the notification is lost.
+    // After the new session ids[3] is no longer covered until a poll checked
+    // it, so the next adaptive run finds it live (not the slow sweep an hour
+    // later).
     db.client
         .batch_execute(
             "SET twitch_sync.adaptive_polling = on;
@@ -273,27 +272,29 @@ fn the_worker_keeps_streams_current_from_eventsub() {
              SET twitch_sync.poll_hot_interval_secs = 1",
         )
         .unwrap();
-    db.run();
+    let checked_earlier = checked_at(&mut db, &ids[3]);
+    assert_eq!(db.run()["status"], "ok");
     let covered_before = checked_at(&mut db, &ids[3]);
+    assert!(
+        covered_before > checked_earlier,
+        "not covered until a poll checks it in the worker's current session"
+    );
+    let poll_only_before = checked_at(&mut db, &ids[0]);
     std::thread::sleep(Duration::from_millis(1500));
-    db.run();
+    assert_eq!(db.run()["status"], "ok");
+    assert!(
+        checked_at(&mut db, &ids[0]) > poll_only_before,
+        "the run checked the channels that are due"
+    );
     assert_eq!(
         checked_at(&mut db, &ids[3]),
         covered_before,
         "covered again once a poll checked it in this session"
     );
-    let offline_sub = db
-        .sim
-        .es_subscriptions()
-        .into_iter()
-        .find(|s| s.2 == ids[0] && s.1 == "stream.offline" && s.3 == "enabled")
-        .expect("ids[0]'s offline subscription")
-        .0;
     let session_before = db.sim.es_shards(&conduit)[0].0.clone();
     let lost_before = db.sim.es_counters().undeliverable;
     db.sim.es_fault(EsFault::DisableShards);
     db.sim.world(|w| w.go_live(&ids[3]));
-    assert!(db.sim.es_revoke(&offline_sub, "authorization_revoked"));
     wait_for(Duration::from_secs(5), || {
         (db.sim.es_counters().undeliverable > lost_before).then_some(())
     })
@@ -303,13 +304,14 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         (s.1 == "enabled" && s.0 != session_before).then_some(s.0)
     })
     .expect("a new session after the shard was disabled");
-    wait_for(Duration::from_secs(10), || {
-        let stored: Option<String> = db
-            .client
+    let stored_session = |db: &mut TestDb| -> Option<String> {
+        db.client
             .query_one("SELECT session_id FROM twitch_sync.eventsub_worker", &[])
             .unwrap()
-            .get(0);
-        (stored == session_after).then_some(())
+            .get(0)
+    };
+    wait_for(Duration::from_secs(10), || {
+        (stored_session(&mut db) == session_after).then_some(())
     })
     .expect("the worker recorded its new session");
     assert_eq!(
@@ -317,11 +319,39 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         None,
         "the online event was lost"
     );
-    db.run();
+    assert_eq!(db.run()["status"], "ok");
     assert!(
         live_stream(&mut db.client, &ids[3]).is_some(),
         "the first run after the new session checks the channel and finds it live"
     );
+    db.client.batch_execute("RESET ALL").unwrap();
+    db.sim.world(|w| w.go_offline(&ids[3]));
+    wait_for(Duration::from_secs(5), || {
+        live_stream(&mut db.client, &ids[3]).is_none().then_some(())
+    })
+    .expect("events flow in the new session");
+
+    // A revocation sent while the connection was down is lost too (Twitch
+    // sends it once): the socket drops, ids[0]'s offline subscription is
+    // revoked before the worker reconnects (the frame goes to the dropped
+    // connection), and the worker, reconnecting on its own, lists the
+    // revoked subscriptions after its new session and records it.
+    let offline_sub = db
+        .sim
+        .es_subscriptions()
+        .into_iter()
+        .find(|s| s.2 == ids[0] && s.1 == "stream.offline" && s.3 == "enabled")
+        .expect("ids[0]'s offline subscription")
+        .0;
+    let pid_before = db.eventsub_worker().unwrap().2;
+    let session_before = stored_session(&mut db);
+    db.sim.es_fault(EsFault::DropSockets);
+    assert!(db.sim.es_revoke(&offline_sub, "authorization_revoked"));
+    wait_for(Duration::from_secs(20), || {
+        let s = stored_session(&mut db);
+        (s.is_some() && s != session_before).then_some(())
+    })
+    .expect("a new session after the drop");
     wait_for(Duration::from_secs(10), || {
         let s: Option<String> = db
             .client
@@ -333,13 +363,12 @@ fn the_worker_keeps_streams_current_from_eventsub() {
             .map(|r| r.get(0));
         (s.as_deref() == Some("authorization_revoked")).then_some(())
     })
-    .expect("the revocation sent while disconnected is found by listing again");
-    db.client.batch_execute("RESET ALL").unwrap();
-    db.sim.world(|w| w.go_offline(&ids[3]));
-    wait_for(Duration::from_secs(5), || {
-        live_stream(&mut db.client, &ids[3]).is_none().then_some(())
-    })
-    .expect("events flow in the new session");
+    .expect("the revocation sent while disconnected is found by listing the revoked ones");
+    assert_eq!(
+        db.eventsub_worker().unwrap().2,
+        pid_before,
+        "the same worker, reconnected"
+    );
 
     // status() and metrics() show the worker
     let (state, covered, poll_only): (String, i64, i64) = {

@@ -443,6 +443,43 @@ pub async fn execute(
     res
 }
 
+/// The statuses a `stream.online` / `stream.offline` subscription of an app
+/// can be revoked with (Twitch sends each revocation once, on the shard's
+/// connection; one sent while the shard was disconnected is lost).
+pub const REVOKED_STATUSES: [&str; 3] =
+    ["authorization_revoked", "user_removed", "version_removed"];
+
+/// The subscriptions of `conduit_id` revoked with one of [`REVOKED_STATUSES`]
+/// (Get EventSub Subscriptions with the `status` filter, which lists only
+/// those: a few pages where a full listing takes two per 100 channels; at
+/// most `max_pages` pages per status).
+pub async fn list_revoked(
+    client: &TwitchClient,
+    token: &str,
+    conduit_id: &str,
+    max_pages: usize,
+) -> Result<Vec<Subscription>, HelixError> {
+    let mut all = Vec::new();
+    for status in REVOKED_STATUSES {
+        let filter = SubscriptionFilter::Status(status.to_string());
+        let mut after: Option<String> = None;
+        for _ in 0..max_pages {
+            let page = client
+                .get_subscriptions(token, &filter, after.as_deref())
+                .await
+                .0?;
+            all.extend(page.subscriptions.into_iter().filter(|s| {
+                TYPES.contains(&s.kind.as_str()) && s.conduit_id.as_deref() == Some(conduit_id)
+            }));
+            match page.cursor {
+                Some(c) if after.as_deref() != Some(c.as_str()) => after = Some(c),
+                _ => break,
+            }
+        }
+    }
+    Ok(all)
+}
+
 /// Every `stream.online` / `stream.offline` subscription of `conduit_id`
 /// (both types, every page; at most `max_pages` pages per type), with the
 /// last budget seen.
