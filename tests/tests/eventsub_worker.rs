@@ -505,6 +505,10 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     })
     .unwrap_or_else(|| panic!("conduit deleted:\n{}", db.cluster().log()));
     let log = db.cluster().log();
+    assert!(
+        log.contains(&format!("subscription {revoked_id} ")),
+        "the server log read is the one the worker wrote to (its revocation line)"
+    );
     let secret = db.sim.client_secret();
     assert!(!log.contains(&secret), "no secret in the server log");
     admin
