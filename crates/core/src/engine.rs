@@ -4,7 +4,7 @@
 
 use crate::client::{StreamsQuery, TwitchClient, Validation};
 use crate::concurrency::{in_flight_limit, Protocol};
-use crate::config::SyncConfig;
+use crate::config::{SyncConfig, PAGE_SIZE};
 use crate::discovery::{merge_directory, walk_floor, DirectoryWalk, WalkEnd, WalkReport};
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
@@ -383,6 +383,17 @@ impl Pass {
                     break;
                 }
             };
+            // Twitch pages hold at most `first` entries: a longer page is not
+            // its answer, and a walk keeps its pages until it ends, so what it
+            // holds is bounded by its allowance, not by what a server sends.
+            if page.entries > PAGE_SIZE {
+                end = WalkEnd::Failed;
+                error = Some(format!(
+                    "a page listed {} entries, more than the {PAGE_SIZE} asked for",
+                    page.entries
+                ));
+                break;
+            }
             let empty = page.entries == 0;
             let cursor = page.cursor.clone();
             pages.push(page);

@@ -286,6 +286,30 @@ fn hostile_directory_entries_are_dropped_and_counted() {
     assert_eq!(summary.stats.cleaned.text, 2);
 }
 
+#[test]
+fn a_directory_page_longer_than_asked_ends_the_walk_and_is_not_kept() {
+    let sim = start(300, 300);
+    // page 1 is the simulator's (100 of the category's 300); page 2 lists 5,000
+    let entries: Vec<serde_json::Value> = (0..5000)
+        .map(|i| serde_json::json!({"id": (900_000 + i).to_string(), "user_id": (700_000 + i).to_string(),
+                                    "game_id": GAME, "viewer_count": 1}))
+        .collect();
+    let body = serde_json::json!({"data": entries, "pagination": {"cursor": "zzz"}}).to_string();
+    sim.add_fault(Fault::new(FaultKind::Body { body }).for_game(GAME).skip(1));
+    let (summary, dirs, _) = run(input(&sim, Vec::new(), vec![walk(5)]));
+    let d = &dirs[0];
+    assert_eq!(d.report.end, WalkEnd::Failed);
+    assert_eq!(d.report.pages, 1, "the long page is not counted as read");
+    assert_eq!(
+        d.live.len(),
+        100,
+        "the first page is kept, nothing of the long one"
+    );
+    let error = d.report.error.as_deref().unwrap_or_default();
+    assert!(error.contains("5000 entries"), "{error}");
+    assert_eq!(summary.failures.len(), 1, "the walk's failure is reported");
+}
+
 /// For BENCHMARKS.md: a walk's pages are sequential (each needs the previous
 /// page's cursor), so its time is its pages times a round trip.
 /// `cargo test --release -p twitch_sync_core --test discovery -- --ignored --nocapture`
