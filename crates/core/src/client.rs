@@ -342,12 +342,20 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    /// The body as the JSON document `T`, or [`HelixError::Malformed`].
+    /// The body as the JSON document `T`, or [`HelixError::Malformed`]. Every
+    /// answer Twitch documents is an object: an array is refused, though
+    /// serde would read a struct from one by position.
     pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HelixError> {
-        serde_json::from_slice(&self.body).map_err(|e| HelixError::Malformed {
+        let malformed = |detail: String| HelixError::Malformed {
             endpoint: self.endpoint,
-            detail: network_text(&e.to_string()),
-        })
+            detail: network_text(&detail),
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.body).map_err(|e| malformed(e.to_string()))?;
+        if !v.is_object() {
+            return Err(malformed("the answer is not a JSON object".into()));
+        }
+        serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
     }
 
     /// An answer with an unexpected status, as [`HelixError::Status`].
@@ -386,6 +394,27 @@ mod tests {
             error_message(long.as_bytes()).chars().count(),
             crate::error::MAX_ERROR_CHARS
         );
+    }
+
+    #[test]
+    fn an_answer_written_as_an_array_is_not_read_as_an_object() {
+        #[derive(Deserialize, Debug)]
+        struct TokenBody {
+            #[allow(dead_code)]
+            access_token: String,
+            #[allow(dead_code)]
+            expires_in: u64,
+        }
+        let answer = |body: &[u8]| Answer {
+            endpoint: "token",
+            status: 200,
+            body: body.to_vec(),
+        };
+        assert!(answer(br#"{"access_token":"t","expires_in":3600}"#)
+            .json::<TokenBody>()
+            .is_ok());
+        let e = answer(br#"["t",3600]"#).json::<TokenBody>().unwrap_err();
+        assert!(matches!(e, HelixError::Malformed { .. }), "{e}");
     }
 
     #[test]

@@ -409,7 +409,12 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
     if frame.len() > MAX_FRAME_BYTES {
         return Err(DropReason::TooLarge);
     }
-    let raw: RawEnvelope = serde_json::from_str(frame).map_err(|_| DropReason::Malformed)?;
+    // a message is an object (serde would read the envelope from an array by position)
+    let value: Value = serde_json::from_str(frame).map_err(|_| DropReason::Malformed)?;
+    if !value.is_object() || !value.get("metadata").is_some_and(Value::is_object) {
+        return Err(DropReason::Malformed);
+    }
+    let raw: RawEnvelope = serde_json::from_value(value).map_err(|_| DropReason::Malformed)?;
     let m = raw.metadata;
     let message_id = m
         .message_id
@@ -885,6 +890,21 @@ mod tests {
         let mut bad = k.clone();
         bad["metadata"]["message_id"] = json!(5);
         assert_eq!(parse(&bad), Err(DropReason::Malformed));
+        // a message, or its metadata, written as an array (serde would read
+        // the envelope from one by position)
+        let k_meta = &k["metadata"];
+        let as_array = json!([
+            [
+                k_meta["message_id"],
+                k_meta["message_type"],
+                k_meta["message_timestamp"]
+            ],
+            {}
+        ]);
+        assert_eq!(parse(&as_array), Err(DropReason::Malformed));
+        let meta_array = json!({"metadata": [k_meta["message_id"], k_meta["message_type"],
+                                             k_meta["message_timestamp"]], "payload": {}});
+        assert_eq!(parse(&meta_array), Err(DropReason::Malformed));
         // 7 and 8 fractional digits, as production sends
         let mut k8 = k.clone();
         k8["metadata"]["message_timestamp"] = json!("2026-11-20T06:58:50.22334164Z");
