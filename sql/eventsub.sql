@@ -213,9 +213,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(c.broadcaster_id ORDER BY c.priority DESC, coalesce(p.peak, 0) DESC,
                               c.added_at, c.broadcaster_id), '{}')
       FROM twitch_sync.channels c
+      -- the latest broadcast with a start time, straight from streams_broadcaster_started
+      -- (DESC, so NULLs first: a NULLS LAST order would sort each channel's rows instead)
       LEFT JOIN LATERAL (SELECT s.peak_viewer_count AS peak FROM twitch_sync.streams s
-                          WHERE s.broadcaster_id = c.broadcaster_id
-                          ORDER BY s.started_at DESC NULLS LAST LIMIT 1) p ON true
+                          WHERE s.broadcaster_id = c.broadcaster_id AND s.started_at IS NOT NULL
+                          ORDER BY s.started_at DESC LIMIT 1) p ON true
      WHERE c.enabled
 $$;
 

@@ -41,6 +41,16 @@ fn sim_enabled(db: &TestDb, conduit: &str) -> Vec<(String, String)> {
     v
 }
 
+/// The status twitch_sync recorded for a subscription.
+fn recorded_status(c: &mut Client, subscription_id: &str) -> Option<String> {
+    c.query_opt(
+        "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
+        &[&subscription_id],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
 fn live_stream(c: &mut Client, b: &str) -> Option<String> {
     c.query_opt(
         "SELECT stream_id FROM twitch_sync.streams WHERE broadcaster_id = $1 AND is_live",
@@ -178,15 +188,8 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         .0;
     assert!(db.sim.es_revoke(&revoked_id, "authorization_revoked"));
     wait_for(Duration::from_secs(5), || {
-        let s: Option<String> = db
-            .client
-            .query_opt(
-                "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
-                &[&revoked_id],
-            )
-            .unwrap()
-            .map(|r| r.get(0));
-        (s.as_deref() == Some("authorization_revoked")).then_some(())
+        (recorded_status(&mut db.client, &revoked_id).as_deref() == Some("authorization_revoked"))
+            .then_some(())
     })
     .expect("revocation recorded");
 
@@ -353,15 +356,8 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     })
     .expect("a new session after the drop");
     wait_for(Duration::from_secs(10), || {
-        let s: Option<String> = db
-            .client
-            .query_opt(
-                "SELECT status FROM twitch_sync.eventsub_subscriptions WHERE subscription_id = $1",
-                &[&offline_sub],
-            )
-            .unwrap()
-            .map(|r| r.get(0));
-        (s.as_deref() == Some("authorization_revoked")).then_some(())
+        (recorded_status(&mut db.client, &offline_sub).as_deref() == Some("authorization_revoked"))
+            .then_some(())
     })
     .expect("the revocation sent while disconnected is found by listing the revoked ones");
     assert_eq!(

@@ -459,24 +459,8 @@ pub async fn list_revoked(
     conduit_id: &str,
     max_pages: usize,
 ) -> Result<Vec<Subscription>, HelixError> {
-    let mut all = Vec::new();
-    for status in REVOKED_STATUSES {
-        let filter = SubscriptionFilter::Status(status.to_string());
-        let mut after: Option<String> = None;
-        for _ in 0..max_pages {
-            let page = client
-                .get_subscriptions(token, &filter, after.as_deref())
-                .await
-                .0?;
-            all.extend(page.subscriptions.into_iter().filter(|s| {
-                TYPES.contains(&s.kind.as_str()) && s.conduit_id.as_deref() == Some(conduit_id)
-            }));
-            match page.cursor {
-                Some(c) if after.as_deref() != Some(c.as_str()) => after = Some(c),
-                _ => break,
-            }
-        }
-    }
+    let filters = REVOKED_STATUSES.map(|s| SubscriptionFilter::Status(s.to_string()));
+    let (all, _) = list_filtered(client, token, conduit_id, &filters, max_pages).await?;
     Ok(all)
 }
 
@@ -489,22 +473,33 @@ pub async fn list_conduit(
     conduit_id: &str,
     max_pages: usize,
 ) -> Result<(Vec<Subscription>, Budget), HelixError> {
+    let filters = TYPES.map(|k| SubscriptionFilter::Type(k.to_string()));
+    list_filtered(client, token, conduit_id, &filters, max_pages).await
+}
+
+/// The `stream.online` / `stream.offline` subscriptions of `conduit_id`
+/// listed under each of `filters` in turn (every page, at most `max_pages`
+/// per filter, stopping at a repeated cursor), with the last budget seen.
+async fn list_filtered(
+    client: &TwitchClient,
+    token: &str,
+    conduit_id: &str,
+    filters: &[SubscriptionFilter],
+    max_pages: usize,
+) -> Result<(Vec<Subscription>, Budget), HelixError> {
     let mut all = Vec::new();
     let mut budget = Budget::default();
-    for kind in TYPES {
-        let filter = SubscriptionFilter::Type(kind.to_string());
+    for filter in filters {
         let mut after: Option<String> = None;
         for _ in 0..max_pages {
             let page = client
-                .get_subscriptions(token, &filter, after.as_deref())
+                .get_subscriptions(token, filter, after.as_deref())
                 .await
                 .0?;
             budget = page.budget;
-            all.extend(
-                page.subscriptions
-                    .into_iter()
-                    .filter(|s| s.kind == kind && s.conduit_id.as_deref() == Some(conduit_id)),
-            );
+            all.extend(page.subscriptions.into_iter().filter(|s| {
+                TYPES.contains(&s.kind.as_str()) && s.conduit_id.as_deref() == Some(conduit_id)
+            }));
             match page.cursor {
                 Some(c) if after.as_deref() != Some(c.as_str()) => after = Some(c),
                 _ => break,
