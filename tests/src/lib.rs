@@ -219,10 +219,67 @@ impl Cluster {
         run_checked(c, "pg_ctl restart");
     }
 
-    /// The server log so far.
+    /// The server log so far. Panics when it cannot be read: a check that
+    /// something is absent from the log must never pass on an empty string.
+    /// (Bytes that are not UTF-8 are replaced, not an error.)
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        let path = self.dir.join("server.log");
+        let bytes = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("read the server log {}: {e}", path.display()));
+        String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The database a server log line names, when the line starts a message:
+/// log_line_prefix '%m [%p] %d ' writes `2026-01-02 03:04:05.678 UTC [123] dbname LOG:  ...`
+/// (the name is empty for a process without a database). None for a line that
+/// continues a message or was written to the log without the prefix (such as
+/// what a Rust panic hook prints to stderr).
+pub fn log_line_database(line: &str) -> Option<&str> {
+    let b = line.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let timestamp = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && b.get(10) == Some(&b' ')
+        && digits(11..13)
+        && b.get(13) == Some(&b':');
+    if !timestamp {
+        return None;
+    }
+    let (_, rest) = line.split_once(" [")?;
+    let (pid, rest) = rest.split_once("] ")?;
+    if pid.is_empty() || !pid.bytes().all(|d| d.is_ascii_digit()) {
+        return None;
+    }
+    rest.split(' ').next()
+}
+
+/// The messages of a server log written for database `db`: each its prefixed
+/// line followed by its continuation lines (see `log_line_database`).
+pub fn log_messages(log: &str, db: &str) -> Vec<String> {
+    let mut messages: Vec<String> = vec![];
+    let mut ours = false;
+    for line in log.lines() {
+        match log_line_database(line) {
+            Some(name) => {
+                ours = name == db;
+                if ours {
+                    messages.push(line.to_string());
+                }
+            }
+            None if ours => {
+                let last = messages.last_mut().expect("a message precedes");
+                last.push('\n');
+                last.push_str(line);
+            }
+            None => {}
+        }
+    }
+    messages
 }
 
 /// A fresh database with twitch_sync created and pointed at its own simulator.
@@ -309,6 +366,11 @@ impl TestDb {
 
     pub fn cluster(&self) -> &'static Cluster {
         Cluster::shared()
+    }
+
+    /// The server log's messages for this database so far (see `log_messages`).
+    pub fn own_log(&self) -> Vec<String> {
+        log_messages(&self.cluster().log(), &self.name)
     }
 
     /// Another connection to this database.
@@ -539,5 +601,40 @@ pub fn error_text(e: &postgres::Error) -> String {
             d.hint().unwrap_or_default()
         ),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_attributed_by_their_prefix() {
+        let log = "2026-11-26 13:27:09.828 UTC [26264] t_1_2 ERROR:  refused\n\
+                   \tcontinued\n\
+                   2026-11-26 13:27:09.829 UTC [26265]  LOG:  a worker without a database\n\
+                   thread '<unnamed>' panicked at src/api.rs:1:1:\n\
+                   2026-11-26 13:27:09.830 UTC [26266] t_1_20 LOG:  another database\n\
+                   2026-11-26 13:27:09.831 UTC [26264] t_1_2 LOG:  again\n";
+        let dbs: Vec<Option<&str>> = log.lines().map(log_line_database).collect();
+        assert_eq!(
+            dbs,
+            vec![
+                Some("t_1_2"),
+                None,
+                Some(""),
+                None,
+                Some("t_1_20"),
+                Some("t_1_2")
+            ]
+        );
+        assert_eq!(
+            log_messages(log, "t_1_2"),
+            vec![
+                "2026-11-26 13:27:09.828 UTC [26264] t_1_2 ERROR:  refused\n\tcontinued",
+                "2026-11-26 13:27:09.831 UTC [26264] t_1_2 LOG:  again",
+            ]
+        );
+        assert_eq!(log_messages(log, "t_1").len(), 0);
     }
 }

@@ -127,14 +127,25 @@ fn the_worker_survives_what_a_server_goes_through() {
             &[&id, &"not-the-secret"],
         )
         .unwrap();
+    let mut last = None;
     let detail = wait_for(Duration::from_secs(20), || {
-        db.client
+        let r = db
+            .client
             .query_one("SELECT state, detail FROM twitch_sync.eventsub_worker", &[])
-            .ok()
-            .filter(|r| r.get::<_, String>(0) == "idle")
-            .map(|r| r.get::<_, Option<String>>(1).unwrap_or_default())
+            .unwrap();
+        let (state, detail): (String, Option<String>) = (r.get(0), r.get(1));
+        last = Some((state.clone(), detail.clone()));
+        // (idle with "credentials changed" may show first, before the new
+        // ones are tried)
+        (state == "idle" && detail.as_deref() != Some("credentials changed")).then_some(detail)
     })
-    .expect("the worker lets go of the old session");
+    .unwrap_or_else(|| panic!("the worker lets go of the old session: {last:?}"));
+    let detail = detail.expect("idle after a refusal, with no reason given");
+    // Twitch's refusal of the secret is the reason (as runs.error says it)
+    assert!(
+        detail.contains("invalid client secret") || detail.contains("403"),
+        "{detail}"
+    );
     assert!(!detail.contains("not-the-secret"), "{detail}");
     db.client
         .execute(

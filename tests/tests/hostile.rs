@@ -15,7 +15,9 @@ use twitch_sync_e2e::helix_sim::world::rfc3339;
 use twitch_sync_e2e::helix_sim::{Fault, FaultKind};
 use twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator;
 use twitch_sync_e2e::serde_json::{json, Value};
-use twitch_sync_e2e::{error_text, sqlstate, world, Cluster, TestDb};
+use twitch_sync_e2e::{
+    error_text, log_line_database, log_messages, sqlstate, world, Cluster, TestDb,
+};
 
 /// Every server this binary starts runs with RUST_BACKTRACE=1, so that a Rust
 /// panic or a Postgres error unwinding through Rust would show a backtrace if
@@ -240,24 +242,34 @@ fn assert_recovers(db: &mut TestDb) {
 }
 
 /// No line the server logged for this database (continuation lines included)
-/// holds a Rust panic or backtrace.
+/// holds a Rust panic or backtrace, and no line of the log outside any
+/// message (what a panic hook prints to stderr, whichever database it
+/// follows) says `panicked`. The log read is shown to be this database's:
+/// the runs the test made are in it.
 fn assert_no_panic_logged(db: &TestDb) {
     let log = db.cluster().log();
-    let tag = format!(" {} ", db.name);
-    let mut ours = false;
     for line in log.lines() {
-        // log_line_prefix '%m [%p] %d ': a new message starts with its timestamp
-        if line.starts_with("20") && line.contains(" [") {
-            ours = line.contains(&tag);
+        if log_line_database(line).is_none() {
+            assert!(
+                !line.contains("panicked"),
+                "the server log shows a Rust panic: {line}"
+            );
         }
-        if ours {
-            for bad in RUST_INTERNALS {
-                assert!(
-                    !line.contains(bad),
-                    "the server log shows a Rust panic for {}: {line}",
-                    db.name
-                );
-            }
+    }
+    let ours = log_messages(&log, &db.name);
+    assert!(
+        ours.iter()
+            .any(|m| m.contains("LOG:  twitch_sync: run ") && m.contains(" finished: ")),
+        "the server log has no finished run for {}: {ours:#?}",
+        db.name
+    );
+    for message in &ours {
+        for bad in RUST_INTERNALS {
+            assert!(
+                !message.contains(bad),
+                "the server log shows a Rust panic for {}: {message}",
+                db.name
+            );
         }
     }
 }

@@ -9,21 +9,35 @@ use twitch_sync_e2e::postgres::{Client, Notification};
 use twitch_sync_e2e::serde_json::Value;
 use twitch_sync_e2e::{error_text, sqlstate, wait_for, world, TestDb};
 
-/// Notifications that arrive on `listener` within `wait`.
+/// Notifications that arrive on `listener` within `wait`. Panics if the
+/// connection fails (it would otherwise look like silence).
 fn drain(listener: &mut Client, wait: Duration) -> Vec<Notification> {
     let mut out = Vec::new();
     let mut n = listener.notifications();
     let mut it = n.timeout_iter(wait);
-    while let Ok(Some(note)) = it.next() {
-        out.push(note);
+    loop {
+        match it.next() {
+            Ok(Some(note)) => out.push(note),
+            Ok(None) => return out,
+            Err(e) => panic!("the LISTEN connection failed: {e}"),
+        }
     }
-    out
+}
+
+/// Asserts that no notification at all arrives on `listener` within `wait`.
+fn assert_silent(listener: &mut Client, wait: Duration, what: &str) {
+    let notes: Vec<(String, String)> = drain(listener, wait)
+        .iter()
+        .map(|n| (n.channel().to_string(), n.payload().to_string()))
+        .collect();
+    assert!(notes.is_empty(), "{what}: notified {notes:?}");
 }
 
 /// The events (`twitch_sync`) or alerts (`twitch_sync_alerts`) that the
 /// notifications on `channel` point to: a NOTIFY carries only an id, the
 /// consumer reads the row from the outbox table (as README "Events" shows).
-/// An id with no row (a forged NOTIFY) yields nothing.
+/// Every one must point to a row: a NOTIFY for a row that is not there (one
+/// sent for a transaction that did not commit) fails the test.
 fn payloads(db: &mut TestDb, notes: &[Notification], channel: &str) -> Vec<Value> {
     let sql = match channel {
         "twitch_sync" => "SELECT payload FROM twitch_sync.events WHERE event_id = $1::text::bigint",
@@ -35,7 +49,7 @@ fn payloads(db: &mut TestDb, notes: &[Notification], channel: &str) -> Vec<Value
     notes
         .iter()
         .filter(|n| n.channel() == channel)
-        .filter_map(|n| {
+        .map(|n| {
             assert!(
                 n.payload().parse::<i64>().is_ok(),
                 "a NOTIFY carries only an id: {}",
@@ -45,6 +59,7 @@ fn payloads(db: &mut TestDb, notes: &[Notification], channel: &str) -> Vec<Value
                 .query_opt(sql, &[&n.payload()])
                 .expect("read the outbox")
                 .map(|r| r.get::<_, Value>(0))
+                .unwrap_or_else(|| panic!("a NOTIFY on {channel} for {}: no such row", n.payload()))
         })
         .collect()
 }
@@ -248,12 +263,11 @@ fn listeners_hear_online_offline_and_restart_after_commit_only() {
     db.client.batch_execute("BEGIN").unwrap();
     db.run();
     db.client.batch_execute("ROLLBACK").unwrap();
-    assert!(payloads(
-        &mut db,
-        &drain(&mut listener, Duration::from_millis(500)),
-        "twitch_sync"
-    )
-    .is_empty());
+    assert_silent(
+        &mut listener,
+        Duration::from_millis(500),
+        "a run rolled back",
+    );
 
     db.run();
     let events = payloads(
@@ -324,12 +338,11 @@ fn listeners_hear_online_offline_and_restart_after_commit_only() {
         .unwrap();
     db.sim.world(|w| w.go_live(&live[0]));
     assert_eq!(db.run()["started"], 1);
-    assert!(payloads(
-        &mut db,
-        &drain(&mut listener, Duration::from_millis(500)),
-        "twitch_sync"
-    )
-    .is_empty());
+    assert_silent(
+        &mut listener,
+        Duration::from_millis(500),
+        "notify_events = off",
+    );
 }
 
 #[test]
@@ -432,12 +445,11 @@ fn alerts_on_partial_failed_and_repeated_failures() {
     let mut listener = db.connect();
     listener.batch_execute("LISTEN twitch_sync_alerts").unwrap();
     assert_eq!(db.run()["status"], "ok");
-    assert!(payloads(
-        &mut db,
-        &drain(&mut listener, Duration::from_millis(300)),
-        "twitch_sync_alerts"
-    )
-    .is_empty());
+    assert_silent(
+        &mut listener,
+        Duration::from_millis(300),
+        "a run that went well",
+    );
 
     db.sim
         .add_fault(Fault::new(FaultKind::Status { status: 500 }).for_user(&ids[150]));
@@ -481,13 +493,12 @@ fn alerts_on_partial_failed_and_repeated_failures() {
         .unwrap();
     db.sim
         .add_fault(Fault::new(FaultKind::Status { status: 500 }));
-    db.run();
-    assert!(payloads(
-        &mut db,
-        &drain(&mut listener, Duration::from_millis(300)),
-        "twitch_sync_alerts"
-    )
-    .is_empty());
+    assert_eq!(db.run()["status"], "failed");
+    assert_silent(
+        &mut listener,
+        Duration::from_millis(300),
+        "notify_alerts = off",
+    );
 }
 
 #[test]

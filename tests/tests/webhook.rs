@@ -22,7 +22,7 @@ use twitch_sync_e2e::helix_sim::webhook::{
 };
 use twitch_sync_e2e::postgres::Client;
 use twitch_sync_e2e::serde_json::{self, json, Value};
-use twitch_sync_e2e::{error_text, sqlstate, world, Cluster, TestDb};
+use twitch_sync_e2e::{error_text, log_messages, sqlstate, world, Cluster, TestDb};
 
 // Twitch's rule is 10 to 100 ASCII characters: spaces are allowed, and every
 // signature in these tests is checked with a secret that has some.
@@ -471,12 +471,34 @@ fn signed_deliveries_over_http_through_the_postgrest_wiring() {
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", error_text(&e));
     }
 
-    // The secret is nowhere in the server log.
-    let log = db.cluster().log();
+    // The secret is nowhere in the server log (the log read is the one this
+    // database's refusals above went to).
+    let log = server_log_with(
+        &db,
+        &[
+            "ERROR:  twitch_sync.eventsub_webhook: the signature does not match the message",
+            "ERROR:  permission denied for table credentials",
+        ],
+    );
     assert!(
         !log.contains(SECRET),
         "the webhook secret is in the server log"
     );
+}
+
+/// The server log, once it is shown to be the log this database's messages
+/// went to: each of `expected` is in a message logged for `db`.
+fn server_log_with(db: &TestDb, expected: &[&str]) -> String {
+    let log = db.cluster().log();
+    let ours = log_messages(&log, &db.name);
+    for e in expected {
+        assert!(
+            ours.iter().any(|m| m.contains(e)),
+            "the server log has no message {e:?} for {}: {ours:#?}",
+            db.name
+        );
+    }
+    log
 }
 
 #[test]
@@ -530,6 +552,16 @@ fn explicit_headers_secret_rules_and_refusals() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "22023");
     let log = db.cluster().log();
+    // The log read is the one the five refusals went to: one ERROR each.
+    let refusals = log_messages(&log, &db.name)
+        .into_iter()
+        .filter(|m| m.contains("ERROR:  invalid webhook secret: it must be 10 to 100"))
+        .count();
+    assert_eq!(
+        refusals, 5,
+        "the refusals in the server log for {}",
+        db.name
+    );
     for marker in ["XYZ1", "XYZ2", "XYZ3", "XYZ4", "XYZ5"] {
         assert!(!log.contains(marker), "{marker} in the server log");
     }
@@ -616,7 +648,13 @@ fn explicit_headers_secret_rules_and_refusals() {
     );
     assert_eq!(counts(&mut db.client), (2, 0));
 
-    let log = db.cluster().log();
+    let log = server_log_with(
+        &db,
+        &[
+            "ERROR:  twitch_sync.eventsub_webhook: the signature does not match the message",
+            "ERROR:  twitch_sync.eventsub_webhook: the Twitch-Eventsub-Message-Signature header is missing or not sha256=",
+        ],
+    );
     assert!(
         !log.contains(SECRET),
         "the webhook secret is in the server log"

@@ -393,10 +393,29 @@ mod tests {
     async fn a_429_pauses_until_reset() {
         let rl = RateLimiter::new(None);
         let t = rl.acquire(far()).await.unwrap();
-        let reset = epoch_now() as u64 + 1;
-        rl.observe(t, Heard::Answer(Some(headers(800, 0, reset))), true);
-        let before_reset = Instant::now() + Duration::from_millis(10);
-        assert!(rl.acquire(before_reset).await.is_none());
+        // The headers say 500 points are left: only the 429 itself can hold
+        // the next request back, until the reset (1 to 2 s from now).
+        let reset = epoch_now() as u64 + 2;
+        rl.observe(t, Heard::Answer(Some(headers(800, 500, reset))), true);
+        let paused = Instant::now();
+        assert!(
+            rl.acquire(paused + Duration::from_millis(900))
+                .await
+                .is_none(),
+            "a request within a second of a 429"
+        );
+        assert!(rl.acquire(far()).await.is_some());
+        let (waited, at) = (paused.elapsed(), epoch_now());
+        assert!(
+            at >= reset as f64 - 0.02,
+            "sent {:.3} s before the reset",
+            reset as f64 - at
+        );
+        assert!(
+            at < reset as f64 + 0.5 && waited < Duration::from_millis(2500),
+            "sent {:.3} s after the reset ({waited:?} after the 429)",
+            at - reset as f64
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

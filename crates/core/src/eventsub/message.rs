@@ -1089,20 +1089,28 @@ mod tests {
             big.as_str(),
         ];
         for i in inputs {
-            if let Err(r) = parse_message_at(i, now()) {
-                stats.count(r);
+            match parse_message_at(i, now()) {
+                Err(r) => stats.count(r),
+                Ok(m) => panic!("garbage {:?} parsed: {m:?}", &i[..i.len().min(80)]),
             }
         }
-        // every prefix of a real frame
+        assert_eq!(stats.total(), inputs.len() as u64);
+        assert_eq!(stats.too_large, 1);
+        // every proper prefix of a real frame (the frame itself parses)
         let frame = online().to_string();
+        assert!(parse_message_at(&frame, now()).is_ok(), "{frame}");
+        let mut prefixes = 0;
         for n in 0..frame.len() {
             if let Some(p) = frame.get(..n) {
-                if let Err(r) = parse_message_at(p, now()) {
-                    stats.count(r);
+                prefixes += 1;
+                match parse_message_at(p, now()) {
+                    Err(r) => stats.count(r),
+                    Ok(m) => panic!("the prefix {p:?} parsed: {m:?}"),
                 }
             }
         }
-        assert!(stats.total() >= inputs.len() as u64);
+        assert!(prefixes > 100, "only {prefixes} prefixes");
+        assert_eq!(stats.total(), inputs.len() as u64 + prefixes);
         assert_eq!(stats.too_large, 1);
     }
 }
