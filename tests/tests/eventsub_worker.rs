@@ -41,6 +41,13 @@ fn sim_enabled(db: &TestDb, conduit: &str) -> Vec<(String, String)> {
     v
 }
 
+/// Adaptive polling with every class checked each second, so that only
+/// EventSub coverage (an hour) keeps a channel from being checked.
+const ADAPTIVE_EVERY_SECOND: &str = "SET twitch_sync.adaptive_polling = on;
+     SET twitch_sync.poll_offline_interval_secs = 1;
+     SET twitch_sync.poll_live_interval_secs = 1;
+     SET twitch_sync.poll_hot_interval_secs = 1";
+
 /// The status twitch_sync recorded for a subscription.
 fn recorded_status(c: &mut Client, subscription_id: &str) -> Option<String> {
     c.query_opt(
@@ -196,14 +203,7 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     // adaptive polling: an offline channel EventSub covers (ids[3]) waits for
     // the slow sweep; one whose online subscription was revoked (ids[0]) is
     // polled as offline channels are
-    db.client
-        .batch_execute(
-            "SET twitch_sync.adaptive_polling = on;
-             SET twitch_sync.poll_offline_interval_secs = 1;
-             SET twitch_sync.poll_live_interval_secs = 1;
-             SET twitch_sync.poll_hot_interval_secs = 1",
-        )
-        .unwrap();
+    db.client.batch_execute(ADAPTIVE_EVERY_SECOND).unwrap();
     let checked_at = |db: &mut TestDb, b: &str| -> f64 {
         db.client
             .query_one(
@@ -267,14 +267,7 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     // After the new session ids[3] is no longer covered until a poll checked
     // it, so the next adaptive run finds it live (not the slow sweep an hour
     // later).
-    db.client
-        .batch_execute(
-            "SET twitch_sync.adaptive_polling = on;
-             SET twitch_sync.poll_offline_interval_secs = 1;
-             SET twitch_sync.poll_live_interval_secs = 1;
-             SET twitch_sync.poll_hot_interval_secs = 1",
-        )
-        .unwrap();
+    db.client.batch_execute(ADAPTIVE_EVERY_SECOND).unwrap();
     let checked_earlier = checked_at(&mut db, &ids[3]);
     assert_eq!(db.run()["status"], "ok");
     let covered_before = checked_at(&mut db, &ids[3]);

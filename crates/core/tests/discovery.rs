@@ -3,14 +3,14 @@
 //! category, the page allowance, cursor quirks, failures mid-walk, hostile
 //! entries, and the id batches' precedence.
 
+mod common;
+
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Fault, FaultKind, Simulator};
 use std::time::Instant;
 use twitch_sync_core::discovery::{DirectoryWalk, Reach, WalkEnd};
 use twitch_sync_core::engine::DirectoryResult;
-use twitch_sync_core::{
-    sync_streaming, BatchResult, Credentials, PassSummary, SyncConfig, SyncInput,
-};
+use twitch_sync_core::{sync_streaming, BatchResult, PassSummary, SyncInput};
 
 const GAME: &str = "777";
 
@@ -40,19 +40,8 @@ fn start(channels: usize, in_game: usize) -> Simulator {
 
 fn input(sim: &Simulator, ids: Vec<String>, walks: Vec<DirectoryWalk>) -> SyncInput {
     SyncInput {
-        config: SyncConfig {
-            helix_url: sim.helix_url(),
-            auth_url: sim.auth_url(),
-            ..SyncConfig::default()
-        },
-        credentials: Credentials {
-            client_id: sim.client_id(),
-            client_secret: sim.client_secret(),
-        },
-        token: None,
-        broadcaster_ids: ids,
-        rate_limit: None,
         directories: walks,
+        ..common::sim_input(sim, ids)
     }
 }
 

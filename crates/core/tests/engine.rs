@@ -1,12 +1,13 @@
 //! The sync engine against the Helix simulator over loopback HTTP, without a
 //! database: request counts, the rate limit, tokens, failures.
 
+mod common;
+
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Fault, FaultKind, Simulator};
 use std::time::{Duration, Instant};
 use twitch_sync_core::{
-    sync_streaming, BatchBuffer, BatchResult, Credentials, PassSummary, RunStatus, SyncConfig,
-    SyncInput,
+    sync_streaming, BatchBuffer, BatchResult, PassSummary, RunStatus, SyncInput,
 };
 
 fn start(channels: usize, live_fraction: f64, cfg: Config) -> Simulator {
@@ -22,21 +23,10 @@ fn start(channels: usize, live_fraction: f64, cfg: Config) -> Simulator {
 }
 
 fn input(sim: &Simulator, n: usize) -> SyncInput {
-    SyncInput {
-        config: SyncConfig {
-            helix_url: sim.helix_url(),
-            auth_url: sim.auth_url(),
-            ..SyncConfig::default()
-        },
-        credentials: Credentials {
-            client_id: sim.client_id(),
-            client_secret: sim.client_secret(),
-        },
-        token: None,
-        broadcaster_ids: sim.world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect()),
-        rate_limit: None,
-        directories: Vec::new(),
-    }
+    common::sim_input(
+        sim,
+        sim.world(|w| w.channels.iter().take(n).map(|c| c.id.clone()).collect()),
+    )
 }
 
 /// One pass, every batch result collected as the extension does.

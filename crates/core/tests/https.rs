@@ -2,6 +2,8 @@
 //! concurrency from the bucket and the connection, HTTP/1.1 fallback, and a
 //! certificate that is not trusted.
 
+mod common;
+
 use helix_sim::tls::Alpn;
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Simulator};
@@ -9,8 +11,7 @@ use std::time::{Duration, SystemTime};
 use twitch_sync_core::concurrency::{Protocol, HTTP1_MAX_CONNECTIONS};
 use twitch_sync_core::config::{load_ca_file, MAX_CA_FILE_BYTES};
 use twitch_sync_core::{
-    sync_streaming, BatchBuffer, BatchResult, CachedToken, Credentials, PassSummary, SyncConfig,
-    SyncInput,
+    sync_streaming, BatchBuffer, BatchResult, CachedToken, PassSummary, SyncInput,
 };
 
 fn start_config(channels: usize, alpn: Alpn, latency_ms: u64) -> Config {
@@ -31,22 +32,12 @@ fn start(channels: usize, alpn: Alpn, latency_ms: u64) -> Simulator {
 }
 
 fn input(sim: &Simulator) -> SyncInput {
-    SyncInput {
-        config: SyncConfig {
-            helix_url: sim.helix_url(),
-            auth_url: sim.auth_url(),
-            extra_ca_certs: load_ca_file(sim.ca_file().unwrap().to_str().unwrap()).unwrap(),
-            ..SyncConfig::default()
-        },
-        credentials: Credentials {
-            client_id: sim.client_id(),
-            client_secret: sim.client_secret(),
-        },
-        token: None,
-        broadcaster_ids: sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect()),
-        rate_limit: None,
-        directories: Vec::new(),
-    }
+    let mut input = common::sim_input(
+        sim,
+        sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect()),
+    );
+    input.config.extra_ca_certs = load_ca_file(sim.ca_file().unwrap().to_str().unwrap()).unwrap();
+    input
 }
 
 fn run(input: SyncInput) -> (PassSummary, BatchBuffer) {

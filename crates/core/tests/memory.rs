@@ -4,13 +4,13 @@
 //! allocator (this test binary holds this one test, so nothing else allocates
 //! beside it but the simulator it talks to).
 
+mod common;
+
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Fault, FaultKind, Simulator};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use twitch_sync_core::{
-    sync_streaming, BatchBuffer, BatchResult, Credentials, SyncConfig, SyncInput,
-};
+use twitch_sync_core::{sync_streaming, BatchBuffer, BatchResult};
 
 struct Counting;
 
@@ -98,21 +98,7 @@ fn pages_of_entries_for_asked_broadcasters_are_not_all_held() {
         );
         sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f).times(1));
     }
-    let input = SyncInput {
-        config: SyncConfig {
-            helix_url: sim.helix_url(),
-            auth_url: sim.auth_url(),
-            ..SyncConfig::default()
-        },
-        credentials: Credentials {
-            client_id: sim.client_id(),
-            client_secret: sim.client_secret(),
-        },
-        token: None,
-        broadcaster_ids: ids.clone(),
-        rate_limit: None,
-        directories: Vec::new(),
-    };
+    let input = common::sim_input(&sim, ids.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
