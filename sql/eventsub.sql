@@ -250,5 +250,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
            -- the hour before it is tried again is not restarted
            AND s.status IS DISTINCT FROM left(coalesce(eventsub_record_revocation.status, 'revoked'), 64)
         RETURNING 1)
-    SELECT EXISTS (SELECT 1 FROM r)
+    -- whether the subscription is on record (updated now or already revoked)
+    SELECT EXISTS (SELECT 1 FROM twitch_sync.eventsub_subscriptions s
+                    WHERE s.subscription_id = eventsub_record_revocation.subscription_id)
 $$;

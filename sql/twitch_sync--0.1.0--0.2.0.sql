@@ -2795,7 +2795,9 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
            -- the hour before it is tried again is not restarted
            AND s.status IS DISTINCT FROM left(coalesce(eventsub_record_revocation.status, 'revoked'), 64)
         RETURNING 1)
-    SELECT EXISTS (SELECT 1 FROM r)
+    -- whether the subscription is on record (updated now or already revoked)
+    SELECT EXISTS (SELECT 1 FROM twitch_sync.eventsub_subscriptions s
+                    WHERE s.subscription_id = eventsub_record_revocation.subscription_id)
 $$;
 
 ---------------------------------------------------------------------------
@@ -3269,21 +3271,36 @@ DROP FUNCTION twitch_sync.prune_0_1_0(integer);
 DROP FUNCTION twitch_sync.status_0_1_0();
 
 
--- The grants carried over are the users', not the extension's: every GRANT
--- and REVOKE of this script was also recorded as the extension's initial
--- privileges (pg_init_privs), and pg_dump dumps only grants that differ from
--- those, so a dump of the upgraded database would lose them. Its objects'
--- initial privileges are put back to a fresh install's: the owner's and
--- PUBLIC's entries only.
+-- Users' grants are the users', not the extension's: every GRANT and REVOKE
+-- of this script (the REVOKEs above touch every table and function, the
+-- carried grants three more) recorded the object's whole ACL, users' grants
+-- included, as the extension's initial privileges (pg_init_privs), and
+-- pg_dump dumps only grants that differ from those: a dump of the upgraded
+-- database would lose them. Every member's initial privileges are put back to
+-- what a fresh install records: the owner's and PUBLIC's entries only, and
+-- none for columns.
+DELETE FROM pg_catalog.pg_init_privs i
+ USING pg_catalog.pg_depend d, pg_catalog.pg_extension e
+ WHERE e.extname = 'twitch_sync' AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+   AND d.refobjid = e.oid AND d.deptype = 'e'
+   AND i.classoid = d.classid AND i.objoid = d.objid AND i.objsubid > 0 AND i.privtype = 'e';
 UPDATE pg_catalog.pg_init_privs i
    SET initprivs = ARRAY(SELECT x FROM pg_catalog.unnest(i.initprivs) x
                           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.aclexplode(ARRAY[x]) a
                                              WHERE a.grantee <> 0 AND a.grantee <> o.owner))
-  FROM (SELECT 'pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, p.proowner FROM pg_catalog.pg_proc p
-         WHERE p.oid IN ('twitch_sync.status()'::pg_catalog.regprocedure,
-                         'twitch_sync.prune(integer)'::pg_catalog.regprocedure)
-        UNION ALL
-        SELECT 'pg_catalog.pg_class'::pg_catalog.regclass, c.oid, c.relowner FROM pg_catalog.pg_class c
-         WHERE c.oid = 'twitch_sync.viewer_samples'::pg_catalog.regclass) o(classoid, objoid, owner)
- WHERE i.classoid = o.classoid AND i.objoid = o.objoid AND i.objsubid = 0 AND i.privtype = 'e';
+  FROM (SELECT d.classid, d.objid,
+               CASE d.classid
+                   WHEN 'pg_catalog.pg_proc'::pg_catalog.regclass
+                       THEN (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = d.objid)
+                   WHEN 'pg_catalog.pg_class'::pg_catalog.regclass
+                       THEN (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = d.objid)
+                   WHEN 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                       THEN (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.oid = d.objid)
+                   WHEN 'pg_catalog.pg_type'::pg_catalog.regclass
+                       THEN (SELECT t.typowner FROM pg_catalog.pg_type t WHERE t.oid = d.objid)
+                   ELSE e.extowner END AS owner
+          FROM pg_catalog.pg_depend d, pg_catalog.pg_extension e
+         WHERE e.extname = 'twitch_sync' AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+           AND d.refobjid = e.oid AND d.deptype = 'e') o
+ WHERE i.classoid = o.classid AND i.objoid = o.objid AND i.objsubid = 0 AND i.privtype = 'e';
 DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);

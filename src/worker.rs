@@ -1082,6 +1082,15 @@ impl Worker {
                     }
                     Ok(())
                 });
+                for s in &subs {
+                    pgrx::log!(
+                        "twitch_sync eventsub worker: subscription {} ({} of {}) listed as revoked: {}",
+                        s.id,
+                        s.kind,
+                        s.broadcaster_id,
+                        s.status
+                    );
+                }
                 if let Err(e) = res {
                     pgrx::warning!("twitch_sync eventsub worker: {e}");
                 }

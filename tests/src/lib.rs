@@ -63,7 +63,28 @@ fn run_checked(mut c: Command, what: &str) -> String {
     text
 }
 
+/// A loopback port nothing listens on, below the kernel's ephemeral range:
+/// a port the kernel hands out (port 0) can be taken as the local port of any
+/// client socket on the machine before the server binds it, and the package
+/// test once failed that way. [`Cluster::start`] still tries another port if
+/// the server cannot bind this one.
 fn free_port() -> u16 {
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = low.saturating_sub(20_000).max(1_000);
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..200 {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let port = (20_000 + (x >> 8) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -121,7 +142,7 @@ impl Cluster {
             .arg(&data);
         run_checked(initdb, "initdb");
         let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
+            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{dir}'\n\
              shared_preload_libraries = '{preload}'\ncron.database_name = 'postgres'\n\
              cron.use_background_workers = on\nmax_worker_processes = 32\n\
              max_connections = 100\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n\
@@ -133,16 +154,32 @@ impl Cluster {
         auto.push_str(&conf);
         std::fs::write(&conf_path, auto).expect("write postgresql.auto.conf");
 
-        let mut start = as_postgres(&pg_bin().join("pg_ctl"));
-        // As some servers run: errors must still reach users without a Rust backtrace.
-        start.env("RUST_BACKTRACE", "1");
-        start
-            .args(["-w", "-t", "60", "-D"])
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .arg("start");
-        run_checked(start, "pg_ctl start");
+        // The port last in postgresql.auto.conf wins; a port taken meanwhile
+        // (the server cannot bind it) is replaced by another.
+        let mut port = port;
+        for attempt in 1..=5 {
+            let mut auto = std::fs::read_to_string(&conf_path).unwrap_or_default();
+            auto.push_str(&format!("port = {port}\n"));
+            std::fs::write(&conf_path, auto).expect("write postgresql.auto.conf");
+            let mut start = as_postgres(&pg_bin().join("pg_ctl"));
+            // As some servers run: errors must still reach users without a Rust backtrace.
+            start.env("RUST_BACKTRACE", "1");
+            start
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(dir.join("server.log"))
+                .arg("start");
+            if attempt == 5 {
+                run_checked(start, "pg_ctl start");
+                break;
+            }
+            let out = start.output().expect("run pg_ctl start");
+            if out.status.success() {
+                break;
+            }
+            port = free_port();
+        }
 
         // The watchdog: when this process ends, stop the cluster and remove its files.
         let script = format!(

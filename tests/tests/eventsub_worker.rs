@@ -353,6 +353,22 @@ fn the_worker_keeps_streams_current_from_eventsub() {
             .then_some(())
     })
     .expect("the revocation sent while disconnected is found by listing the revoked ones");
+    // found by the listing, not by a revocation message that got through
+    let log = db.cluster().log();
+    assert!(
+        log.contains(&format!(
+            "subscription {offline_sub} (stream.offline of {}) listed as revoked",
+            ids[0]
+        )),
+        "the listing recorded it"
+    );
+    assert!(
+        !log.contains(&format!(
+            "subscription {offline_sub} (stream.offline of {}) revoked:",
+            ids[0]
+        )),
+        "no revocation message reached the worker"
+    );
     assert_eq!(
         db.eventsub_worker().unwrap().2,
         pid_before,

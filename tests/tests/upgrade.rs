@@ -45,7 +45,9 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
              GRANT USAGE ON SCHEMA twitch_sync TO twitch_sync_upgrade_reader;
              GRANT EXECUTE ON FUNCTION twitch_sync.status() TO twitch_sync_upgrade_reader;
              GRANT EXECUTE ON FUNCTION twitch_sync.prune(integer) TO twitch_sync_upgrade_reader;
-             GRANT SELECT ON twitch_sync.viewer_samples TO twitch_sync_upgrade_reader",
+             GRANT SELECT ON twitch_sync.viewer_samples TO twitch_sync_upgrade_reader;
+             GRANT SELECT ON twitch_sync.streams TO twitch_sync_upgrade_reader;
+             GRANT EXECUTE ON FUNCTION twitch_sync.run() TO twitch_sync_upgrade_reader",
         )
         .unwrap();
     let before = user_data(&mut old.client);
@@ -129,6 +131,8 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
              REVOKE EXECUTE ON FUNCTION twitch_sync.status() FROM twitch_sync_upgrade_reader;
              REVOKE EXECUTE ON FUNCTION twitch_sync.prune(integer) FROM twitch_sync_upgrade_reader;
              REVOKE SELECT ON twitch_sync.viewer_samples FROM twitch_sync_upgrade_reader;
+             REVOKE SELECT ON twitch_sync.streams FROM twitch_sync_upgrade_reader;
+             REVOKE EXECUTE ON FUNCTION twitch_sync.run() FROM twitch_sync_upgrade_reader;
              REVOKE USAGE ON SCHEMA twitch_sync FROM twitch_sync_upgrade_reader",
         )
         .expect("the reader uses its grants after the upgrade");

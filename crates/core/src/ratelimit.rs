@@ -411,8 +411,9 @@ mod tests {
             "sent {:.3} s before the reset",
             reset as f64 - at
         );
+        // and not much later (loose: a loaded machine wakes sleepers late)
         assert!(
-            at < reset as f64 + 0.5 && waited < Duration::from_millis(2500),
+            at < reset as f64 + 3.0 && waited < Duration::from_secs(5),
             "sent {:.3} s after the reset ({waited:?} after the 429)",
             at - reset as f64
         );
