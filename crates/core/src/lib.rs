@@ -6,7 +6,7 @@
 //! batches of 100 ids ([`streams::plan_batches`]), sends Get Streams requests
 //! concurrently through the [`ratelimit::RateLimiter`] with the
 //! [`client::TwitchClient`], parses and checks answers
-//! ([`streams::parse_streams_page`], [`streams::merge_batch`]) and sends each
+//! ([`streams::parse_streams_page`], [`streams::BatchMerge`]) and sends each
 //! batch's [`engine::BatchResult`] as it completes (the database layer collects
 //! them in a [`engine::BatchBuffer`] and writes them); it returns a
 //! [`engine::PassSummary`], from which [`report::RunReport`] builds the result

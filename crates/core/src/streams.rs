@@ -798,48 +798,38 @@ impl BatchMerge {
     /// id claimed there for another broadcaster since its page was folded in is
     /// a conflict).
     pub fn finish(mut self, claims: &mut StreamClaims) -> MergedBatch {
-        let mut kept: Vec<LiveStream> = self.kept.into_values().collect();
-        kept.sort_by(|a, b| a.broadcaster_id.cmp(&b.broadcaster_id));
-        let mut by_broadcaster: HashMap<String, LiveStream> = HashMap::with_capacity(kept.len());
-        for s in kept {
+        // the kept stream ids are distinct, so the order they are claimed in
+        // does not matter
+        let mut live = Vec::with_capacity(self.kept.len());
+        for (broadcaster, s) in self.kept {
             match claims.get(&s.stream_id) {
-                Some(owner) if *owner != s.broadcaster_id => {
+                Some(owner) if *owner != broadcaster => {
                     self.stats.bad.stream_id_conflict += 1;
-                    self.unknown.insert(s.broadcaster_id);
+                    self.unknown.insert(broadcaster);
                     continue;
                 }
                 Some(_) => {}
                 None => {
-                    claims.insert(s.stream_id.clone(), s.broadcaster_id.clone());
+                    claims.insert(s.stream_id.clone(), broadcaster);
                 }
             }
-            by_broadcaster.insert(s.broadcaster_id.clone(), s);
+            live.push(s);
         }
-        let mut unknown = self.unknown;
         if self.unattributed > 0 {
+            let listed: HashSet<&str> = live.iter().map(|s| s.broadcaster_id.as_str()).collect();
             for b in &self.asked {
-                if !by_broadcaster.contains_key(b) {
-                    unknown.insert(b.clone());
+                if !listed.contains(b.as_str()) {
+                    self.unknown.insert(b.clone());
                 }
             }
         }
-        let checked = self
-            .asked
-            .iter()
-            .filter(|b| !unknown.contains(*b))
-            .cloned()
-            .collect();
-        let mut live: Vec<LiveStream> = by_broadcaster
-            .into_values()
-            .filter(|s| !unknown.contains(&s.broadcaster_id))
-            .collect();
+        let unknown_set = self.unknown;
+        live.retain(|s| !unknown_set.contains(&s.broadcaster_id));
         live.sort_by(|a, b| a.broadcaster_id.cmp(&b.broadcaster_id));
-        let unknown = self
+        let (unknown, checked) = self
             .asked
-            .iter()
-            .filter(|b| unknown.contains(*b))
-            .cloned()
-            .collect();
+            .into_iter()
+            .partition(|b| unknown_set.contains(b));
         MergedBatch {
             checked,
             live,
@@ -847,20 +837,6 @@ impl BatchMerge {
             stats: self.stats,
         }
     }
-}
-
-/// Merges the checked pages of one batch at once: [`BatchMerge`], fed every
-/// page, then finished.
-pub fn merge_batch(
-    asked: &[String],
-    pages: Vec<StreamsPage>,
-    claims: &mut StreamClaims,
-) -> MergedBatch {
-    let mut merge = BatchMerge::new(asked);
-    for page in pages {
-        merge.add_page(page, claims);
-    }
-    merge.finish(claims)
 }
 
 #[cfg(test)]

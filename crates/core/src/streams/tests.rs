@@ -18,6 +18,20 @@ fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// One batch's pages merged at once: [`BatchMerge`], fed every page, then
+/// finished (the engine folds pages in as they arrive instead).
+fn merge_batch(
+    asked: &[String],
+    pages: Vec<StreamsPage>,
+    claims: &mut StreamClaims,
+) -> MergedBatch {
+    let mut merge = BatchMerge::new(asked);
+    for page in pages {
+        merge.add_page(page, claims);
+    }
+    merge.finish(claims)
+}
+
 /// A page with the given entries (JSON text) and no cursor.
 fn page_of(entries: &[String]) -> Vec<u8> {
     format!(r#"{{"data":[{}],"pagination":{{}}}}"#, entries.join(",")).into_bytes()
