@@ -18,6 +18,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
 $$;
 COMMENT ON FUNCTION twitch_sync.is_broadcaster_id(text) IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+CREATE FUNCTION twitch_sync.is_game_id(id text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_game_id(text) IS 'Twitch''s numeric game (category) id as text: 1 to 20 digits, no leading zero.';
 CREATE FUNCTION twitch_sync.is_login(login text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'

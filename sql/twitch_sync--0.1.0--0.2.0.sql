@@ -69,6 +69,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
 $$;
 COMMENT ON FUNCTION twitch_sync.is_broadcaster_id(text) IS 'Twitch''s numeric user id as text: 1 to 20 digits, no leading zero.';
+CREATE FUNCTION twitch_sync.is_game_id(id text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'
+$$;
+COMMENT ON FUNCTION twitch_sync.is_game_id(text) IS 'Twitch''s numeric game (category) id as text: 1 to 20 digits, no leading zero.';
 CREATE FUNCTION twitch_sync.is_login(login text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'
@@ -3062,7 +3067,7 @@ CREATE TABLE twitch_sync.tracked_categories (
     last_floor_viewers integer,
     -- channels it has added, in all (untracked ones included)
     discovered    integer NOT NULL DEFAULT 0,
-    CONSTRAINT tracked_categories_game_id_format CHECK (game_id OPERATOR(pg_catalog.~) '^[1-9][0-9]{0,19}$'),
+    CONSTRAINT tracked_categories_game_id_format CHECK (twitch_sync.is_game_id(game_id)),
     CONSTRAINT tracked_categories_language_format
         CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|asl|other)$'),
     CONSTRAINT tracked_categories_max_channels CHECK (max_channels BETWEEN 1 AND 100000),
@@ -3088,7 +3093,7 @@ DECLARE
     lang text := pg_catalog.lower(track_category.language);
     was_new boolean;
 BEGIN
-    IF track_category.game_id IS NULL OR track_category.game_id !~ '^[1-9][0-9]{0,19}$' THEN
+    IF NOT coalesce(twitch_sync.is_game_id(track_category.game_id), false) THEN
         RAISE EXCEPTION 'invalid game id: %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(track_category.game_id, 40)), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
@@ -3134,7 +3139,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found_it boolean;
 BEGIN
-    IF untrack_category.game_id IS NULL OR untrack_category.game_id !~ '^[1-9][0-9]{0,19}$' THEN
+    IF NOT coalesce(twitch_sync.is_game_id(untrack_category.game_id), false) THEN
         RAISE EXCEPTION 'invalid game id: %',
                 coalesce(pg_catalog.quote_literal(pg_catalog.left(untrack_category.game_id, 40)), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
