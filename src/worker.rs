@@ -246,6 +246,15 @@ type ShardCheck = (
     oneshot::Receiver<Result<Vec<(String, String)>, HelixError>>,
 );
 
+/// How reconciliation passes are planned (and how long a held-back channel
+/// may wait at most): the settings, over the core's defaults.
+fn plan_config() -> PlanConfig {
+    PlanConfig {
+        max_changes: gucs::eventsub_changes_per_pass(),
+        ..PlanConfig::default()
+    }
+}
+
 enum PassOutput {
     Listing(Result<(Vec<Subscription>, Budget), HelixError>),
     /// The conduit's revoked subscriptions, listed by status after a new session.
@@ -1007,10 +1016,7 @@ impl Worker {
                     return;
                 }
             };
-            let cfg = PlanConfig {
-                max_changes: gucs::eventsub_changes_per_pass(),
-                ..PlanConfig::default()
-            };
+            let cfg = plan_config();
             let plan = reconcile::plan(
                 &state.0,
                 &state.1,
@@ -1122,7 +1128,7 @@ impl Worker {
                 r.create_backoff.record(
                     &outcomes,
                     Instant::now(),
-                    PlanConfig::default().retry_revoked_after,
+                    plan_config().retry_revoked_after,
                 );
                 let recorded = in_transaction(|| {
                     for o in &outcomes {
