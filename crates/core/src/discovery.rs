@@ -247,10 +247,7 @@ pub fn covered_by_walks(
                 return false;
             };
             let walked = walks.iter().any(|w| {
-                w.game_id == *game
-                    && w.language
-                        .as_deref()
-                        .is_none_or(|l| l.eq_ignore_ascii_case(language))
+                in_directory(&w.game_id, w.language.as_deref(), game, language)
                     && w.reach.includes(viewers)
             });
             let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0);
@@ -259,9 +256,14 @@ pub fn covered_by_walks(
         .collect()
 }
 
-/// How a walk ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// Whether a stream in category `game` and language `stream_language` is in
+/// the directory a walk of `game_id` lists (in `language`; None: every one).
+fn in_directory(game_id: &str, language: Option<&str>, game: &str, stream_language: &str) -> bool {
+    game == game_id && language.is_none_or(|l| l.eq_ignore_ascii_case(stream_language))
+}
+
+/// How a walk ended (serialized as [`WalkEnd::as_str`] spells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalkEnd {
     /// The last page (no cursor): the walk saw the whole directory.
     Complete,
@@ -273,6 +275,12 @@ pub enum WalkEnd {
     CursorLoop,
     /// A page failed (after retries): the pages before it are kept.
     Failed,
+}
+
+impl Serialize for WalkEnd {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 impl WalkEnd {
@@ -362,9 +370,7 @@ pub fn merge_directory(
         stats.add(&page.stats);
         rejected.extend(page.rejected_broadcasters);
         for s in page.streams {
-            if s.game_id != game_id
-                || language.is_some_and(|l| !l.eq_ignore_ascii_case(&s.language))
-            {
+            if !in_directory(game_id, language, &s.game_id, &s.language) {
                 off_filter += 1;
                 continue;
             }
@@ -417,9 +423,7 @@ pub fn walk_floor(game_id: &str, language: Option<&str>, last_page: &StreamsPage
     last_page
         .streams
         .iter()
-        .filter(|s| {
-            s.game_id == game_id && language.is_none_or(|l| l.eq_ignore_ascii_case(&s.language))
-        })
+        .filter(|s| in_directory(game_id, language, &s.game_id, &s.language))
         .map(|s| s.viewer_count.max(0) as u32)
         .min()
 }
