@@ -188,21 +188,28 @@ BEGIN
 END
 $$;
 
--- Samples with the interval each opens: until the broadcast's next sample,
--- when that comes within the gap limit (else next_at is NULL). Samples from
--- lo - gap to hi + gap are read, so intervals crossing lo or hi are whole.
-CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz)
+-- The intervals that overlap [lo, hi), as the samples closing them carry them
+-- (viewer_samples.prev_*, written with each sample): the previous sample's
+-- time (sampled_at), count and category, up to the closing sample (next_at).
+-- `gap` is the gap limit (pass twitch_sync.sample_gap(), computed once): an
+-- interval counts when it was within the limit both when its sample was
+-- written and now (lowering twitch_sync.max_sample_gap_secs stops longer ones
+-- counting; raising it does not bring back gaps that were not recorded). No
+-- sort: one range read of the partitions from lo to hi plus the gap. No SET
+-- clause, so it inlines into the caller's query, where the planner sees the
+-- rows it reads (a stored function result is guessed at 1,000 rows);
+-- operators and types are schema-qualified instead.
+CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz, gap interval)
 RETURNS TABLE (broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                sampled_at timestamptz, next_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH g AS MATERIALIZED (SELECT twitch_sync.sample_gap() AS gap)  -- once, not per row
-    SELECT x.broadcaster_id, x.stream_id, x.game_id, x.viewer_count, x.sampled_at,
-           CASE WHEN x.next_at - x.sampled_at <= x.gap THEN x.next_at END
-      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at, g.gap,
-                   pg_catalog.lead(v.sampled_at) OVER (PARTITION BY v.broadcaster_id, v.stream_id
-                                                        ORDER BY v.sampled_at) AS next_at
-              FROM twitch_sync.viewer_samples v, g
-             WHERE v.sampled_at >= lo - g.gap AND v.sampled_at < hi + g.gap) x
+LANGUAGE sql STABLE AS $$
+    SELECT v.broadcaster_id, v.stream_id, v.prev_game_id, v.prev_viewer_count, v.prev_sampled_at,
+           v.sampled_at
+      FROM twitch_sync.viewer_samples v
+     WHERE v.sampled_at OPERATOR(pg_catalog.>) lo
+       AND v.sampled_at OPERATOR(pg_catalog.<) (hi OPERATOR(pg_catalog.+) gap)
+       AND v.prev_sampled_at OPERATOR(pg_catalog.<) hi
+       AND (v.sampled_at OPERATOR(pg_catalog.-) v.prev_sampled_at) OPERATOR(pg_catalog.<=) gap
 $$;
 
 -- The first instant of day `day` in time zone tz: the first instant whose
@@ -224,32 +231,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
      WHERE (k.c AT TIME ZONE tz)::date = day
 $$;
 
--- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz
--- (days as day_start() bounds them): one piece per day an interval covers,
--- with its length in seconds.
-CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text)
+-- The intervals of sample_intervals(lo, hi, gap) cut at midnight in time zone
+-- tz (days as day_start() bounds them): one piece per day an interval covers,
+-- with its length in seconds. Pieces outside [lo, hi) are the callers' to drop.
+-- Inlines like sample_intervals (no SET clause; qualified operators and types).
+CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text, gap interval)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                secs double precision)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     WITH days AS MATERIALIZED (  -- the days the intervals can touch, with their bounds, once
-        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
-               twitch_sync.day_start(d::date + 1, tz) AS day_hi
-          FROM pg_catalog.generate_series(((lo - twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
-                                          ((hi + twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
-                                          interval '1 day') d
-    ), s AS (
-        SELECT i.*, (i.sampled_at AT TIME ZONE tz)::date AS d0, (i.next_at AT TIME ZONE tz)::date AS d1
-          FROM twitch_sync.sample_intervals(lo, hi) i
-         WHERE i.next_at IS NOT NULL
+        SELECT d::pg_catalog.date AS day, twitch_sync.day_start(d::pg_catalog.date, tz) AS day_lo,
+               twitch_sync.day_start(d::pg_catalog.date OPERATOR(pg_catalog.+) 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(
+                   pg_catalog.timezone(tz, lo OPERATOR(pg_catalog.-) gap)::pg_catalog.date,
+                   pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
+                   '1 day'::pg_catalog.interval) d
     )
-    SELECT s.d0, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, x.day_hi) - s.sampled_at)::float8
-      FROM s JOIN days x ON x.day = s.d0
-    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
-    SELECT x.day, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, x.day_hi) - x.day_lo)::float8
-      FROM s JOIN days x ON x.day > s.d0 AND x.day <= s.d1
-     WHERE s.d1 > s.d0 AND s.next_at > x.day_lo
+    SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) greatest(i.sampled_at, x.day_lo))
+               ::pg_catalog.float8
+      FROM twitch_sync.sample_intervals(lo, hi, gap) i
+      JOIN days x ON x.day_lo OPERATOR(pg_catalog.<) i.next_at AND x.day_hi OPERATOR(pg_catalog.>) i.sampled_at
 $$;
 
 -- The latest name of each category.
@@ -288,34 +290,42 @@ RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched do
                peak_viewers integer, avg_viewers double precision, broadcasts integer,
                categories text[])
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- the days' bounds as values, which the planner estimates the samples of
+    range_lo timestamptz;
+    range_hi timestamptz;
+    gap interval := twitch_sync.sample_gap();
 BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH bounds AS (
-        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
-    ), days AS MATERIALIZED (  -- each day with its bounds, once
+    WITH days AS MATERIALIZED (  -- each day with its bounds, once
         SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
                twitch_sync.day_start(d::date + 1, tz) AS day_hi
           FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
     ), s AS (  -- the samples of the days
-        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi
+        SELECT v.* FROM twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi
     ), watched AS (
         SELECT p.day, p.broadcaster_id, sum(p.viewer_count * p.secs)::float8 AS vs, sum(p.secs)::float8 AS cs
-          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
          WHERE p.day BETWEEN first_day AND last_day
          GROUP BY 1, 2
-    ), sampled AS (
-        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, max(s.viewer_count) AS peak,
-               array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
-          FROM s
+    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
+        SELECT g.day, g.broadcaster_id, max(g.peak) AS peak,
+               array_agg(g.game_id ORDER BY g.game_id) FILTER (WHERE g.game_id <> '') AS game_ids
+          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, s.game_id,
+                       max(s.viewer_count) AS peak
+                  FROM s
+                 GROUP BY 1, 2, 3) g
          GROUP BY 1, 2
     ), spans AS (  -- each broadcast's time within the days
-        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), bounds.lo) AS a,
-               least(coalesce(b.ended_at, pg_catalog.now()), bounds.hi) AS z
-          FROM twitch_sync.streams b, bounds
-         WHERE coalesce(b.started_at, b.first_seen_at) < bounds.hi
-           AND coalesce(b.ended_at, pg_catalog.now()) > bounds.lo
+        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), range_lo) AS a,
+               least(coalesce(b.ended_at, pg_catalog.now()), range_hi) AS z
+          FROM twitch_sync.streams b
+         WHERE coalesce(b.started_at, b.first_seen_at) < range_hi
+           AND coalesce(b.ended_at, pg_catalog.now()) > range_lo
     ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
         SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
           FROM (SELECT m.broadcaster_id, m.a, m.z,
@@ -362,23 +372,30 @@ CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day d
 RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
                peak_viewers integer, channels_live integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- the days' bounds as values, which the planner estimates the samples of
+    range_lo timestamptz;
+    range_hi timestamptz;
+    gap interval := twitch_sync.sample_gap();
 BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH bounds AS (
-        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
-    ), s AS (  -- the samples of the days, with a category
-        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi AND v.game_id <> ''
+    WITH s AS (  -- the samples of the days, with a category
+        SELECT v.* FROM twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi AND v.game_id <> ''
     ), watched AS (
         SELECT p.day, p.game_id, sum(p.viewer_count * p.secs)::float8 AS vs
-          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
          WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
          GROUP BY 1, 2
-    ), sampled AS (
-        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, max(s.viewer_count) AS peak,
-               count(DISTINCT s.broadcaster_id)::int AS channels
-          FROM s
+    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
+        SELECT g.day, g.game_id, max(g.peak) AS peak, count(*)::int AS channels
+          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, s.broadcaster_id,
+                       max(s.viewer_count) AS peak
+                  FROM s
+                 GROUP BY 1, 2, 3) g
          GROUP BY 1, 2
     ), keys AS (
         SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x

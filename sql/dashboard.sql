@@ -93,21 +93,22 @@ $$;
 -- call it.
 CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24 hours')
 RETURNS TABLE (day date, hours_watched numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH bounds AS (
-        -- in UTC: the same length whatever the session's TimeZone ('30 days' across a DST change)
-        SELECT (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC' AS t0,
-               pg_catalog.now() AS t1
-    ), seg AS (
-        SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
-               i.viewer_count::float8 AS viewers
-          FROM bounds b, twitch_sync.sample_intervals(b.t0, b.t1) i
-         WHERE i.next_at > b.t0 AND i.sampled_at < b.t1
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- in UTC: the same length whatever the session's TimeZone ('30 days'
+    -- across a DST change); values, which the planner estimates the samples of
+    t0 timestamptz := (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC';
+    t1 timestamptz := pg_catalog.now();
+    gap interval := twitch_sync.sample_gap();
+BEGIN
+    RETURN QUERY
+    WITH seg AS (
+        SELECT greatest(i.sampled_at, t0) AS a, least(i.next_at, t1) AS z, i.viewer_count::float8 AS viewers
+          FROM twitch_sync.sample_intervals(t0, t1, gap) i
     ), days AS (
         SELECT d AS day_start, d + interval '1 day' AS day_end
-          FROM bounds b,
-               pg_catalog.generate_series(pg_catalog.date_trunc('day', b.t0 AT TIME ZONE 'UTC'),
-                                          pg_catalog.date_trunc('day', b.t1 AT TIME ZONE 'UTC'),
+          FROM pg_catalog.generate_series(pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC'),
+                                          pg_catalog.date_trunc('day', t1 AT TIME ZONE 'UTC'),
                                           interval '1 day') d
     )
     SELECT d.day_start::date,
@@ -117,7 +118,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM days d
       LEFT JOIN seg ON seg.a < d.day_end AT TIME ZONE 'UTC' AND seg.z > d.day_start AT TIME ZONE 'UTC'
      GROUP BY d.day_start
-     ORDER BY d.day_start
+     ORDER BY d.day_start;
+END
 $$;
 COMMENT ON FUNCTION twitch_sync.dashboard_hours_per_day(interval) IS 'Hours watched per UTC day over the last range, from viewer_samples by the analytics rules (gaps over twitch_sync.max_sample_gap_secs count nothing).';
 

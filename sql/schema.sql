@@ -96,6 +96,13 @@ CREATE TABLE twitch_sync.streams (
     covered_seconds   double precision NOT NULL DEFAULT 0,  -- seconds between samples not further apart than the gap limit
     last_sampled_at   timestamptz,
     changed_at        timestamptz,  -- its title or category last changed (twitch_sync.stream_changes)
+    -- its latest sample's category, and the interval that sample closed (the
+    -- previous sample's time, count and category; NULL when none within the
+    -- gap limit), which the sample carries (viewer_samples.prev_*)
+    sampled_game_id   text,
+    prev_sampled_at   timestamptz,
+    prev_viewer_count integer,
+    prev_game_id      text,
     -- the source ('poll', 'eventsub') and time of its last start or end, for
     -- the grace rule between polling and events (twitch_sync.held_by_events)
     state_source      text,
@@ -123,7 +130,14 @@ CREATE TABLE twitch_sync.viewer_samples (
     broadcaster_id text NOT NULL,
     sampled_at     timestamptz NOT NULL,
     viewer_count   integer NOT NULL,
-    game_id        text  -- the category at the time of the sample
+    game_id        text,  -- the category at the time of the sample
+    -- The interval this sample closes: the broadcast's previous sample (its
+    -- time, count and category) when that came within the gap limit, else
+    -- NULL. Written with the sample, so analytics read intervals without
+    -- sorting samples (twitch_sync.sample_intervals).
+    prev_sampled_at   timestamptz,
+    prev_viewer_count integer,
+    prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);
 -- Each partition has its own primary key (broadcaster_id, sampled_at,
 -- stream_id): led by the broadcaster (distribution), serving "one channel over

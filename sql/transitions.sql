@@ -102,7 +102,12 @@ DECLARE
 BEGIN
     WITH updated AS (
         UPDATE twitch_sync.streams s
-           SET viewer_count = coalesce(o.viewer_count, s.viewer_count),
+           -- a sample counts in the order written: one at or before the
+           -- broadcast's latest sample (a backfill into its past) is recorded
+           -- and peaks, but neither closes an interval nor becomes the latest
+           SET viewer_count = CASE WHEN o.viewer_count IS NOT NULL
+                                        AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                   THEN o.viewer_count ELSE s.viewer_count END,
                peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
                peak_at = CASE WHEN o.viewer_count > s.peak_viewer_count
                                 OR (s.peak_at IS NULL AND o.viewer_count IS NOT NULL)
@@ -123,8 +128,22 @@ BEGIN
                         AND seen - s.last_sampled_at <= gap
                    THEN extract(epoch FROM seen - s.last_sampled_at)::float8
                    ELSE 0 END,
-               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN seen
-                                      ELSE s.last_sampled_at END,
+               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL
+                                           AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                      THEN seen ELSE s.last_sampled_at END,
+               -- the interval this sample closes, for the sample to carry
+               sampled_game_id = CASE WHEN o.viewer_count IS NOT NULL
+                                           AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                      THEN coalesce(o.game_id, s.game_id) ELSE s.sampled_game_id END,
+               prev_sampled_at = CASE WHEN o.viewer_count IS NULL THEN s.prev_sampled_at
+                                      WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                      THEN s.last_sampled_at END,
+               prev_viewer_count = CASE WHEN o.viewer_count IS NULL THEN s.prev_viewer_count
+                                        WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                        THEN s.viewer_count END,
+               prev_game_id = CASE WHEN o.viewer_count IS NULL THEN s.prev_game_id
+                                   WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                   THEN s.sampled_game_id END,
                changed_at = CASE WHEN o.title IS DISTINCT FROM s.title AND o.title IS NOT NULL
                                    OR o.game_id IS DISTINCT FROM s.game_id AND o.game_id IS NOT NULL
                                  THEN seen ELSE s.changed_at END
@@ -136,10 +155,12 @@ BEGIN
                  started_at)
          WHERE s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id AND s.is_live
         RETURNING s.broadcaster_id, s.stream_id, o.viewer_count, s.title, s.game_id, s.game_name,
-                  s.changed_at = seen AS changed
+                  s.changed_at = seen AS changed, s.prev_sampled_at, s.prev_viewer_count, s.prev_game_id
     ), sampled AS (
-        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
-        SELECT u.broadcaster_id, u.stream_id, seen, u.viewer_count, u.game_id
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id,
+                                                prev_sampled_at, prev_viewer_count, prev_game_id)
+        SELECT u.broadcaster_id, u.stream_id, seen, u.viewer_count, u.game_id,
+               u.prev_sampled_at, u.prev_viewer_count, u.prev_game_id
           FROM updated u
          WHERE u.viewer_count IS NOT NULL
     ), changes AS (
@@ -242,7 +263,8 @@ BEGIN
         INSERT INTO twitch_sync.streams AS s
             (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
              game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at,
-             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at, state_source, state_at)
+             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at, state_source, state_at,
+             sampled_game_id)
         SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
                coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
                coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
@@ -250,7 +272,8 @@ BEGIN
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
                (o.viewer_count IS NOT NULL)::integer,
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
-               o.observed_at, o.source, o.observed_at
+               o.observed_at, o.source, o.observed_at,
+               CASE WHEN o.viewer_count IS NOT NULL THEN coalesce(o.game_id, '') END
           FROM unnest(obs) o
          WHERE o.state = 'live'
            AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x

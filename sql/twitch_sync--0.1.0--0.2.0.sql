@@ -169,7 +169,14 @@ CREATE TABLE twitch_sync.viewer_samples (
     broadcaster_id text NOT NULL,
     sampled_at     timestamptz NOT NULL,
     viewer_count   integer NOT NULL,
-    game_id        text  -- the category at the time of the sample
+    game_id        text,  -- the category at the time of the sample
+    -- The interval this sample closes: the broadcast's previous sample (its
+    -- time, count and category) when that came within the gap limit, else
+    -- NULL. Written with the sample, so analytics read intervals without
+    -- sorting samples (twitch_sync.sample_intervals).
+    prev_sampled_at   timestamptz,
+    prev_viewer_count integer,
+    prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);
 -- Each partition has its own primary key (broadcaster_id, sampled_at,
 -- stream_id): led by the broadcaster (distribution), serving "one channel over
@@ -198,7 +205,11 @@ ALTER TABLE twitch_sync.streams
     ADD COLUMN viewer_seconds double precision NOT NULL DEFAULT 0,
     ADD COLUMN covered_seconds double precision NOT NULL DEFAULT 0,
     ADD COLUMN last_sampled_at timestamptz,
-    ADD COLUMN changed_at timestamptz;
+    ADD COLUMN changed_at timestamptz,
+    ADD COLUMN sampled_game_id text,
+    ADD COLUMN prev_sampled_at timestamptz,
+    ADD COLUMN prev_viewer_count integer,
+    ADD COLUMN prev_game_id text;
 
 ---------------------------------------------------------------------------
 -- History and analytics (new): sql/analytics.sql
@@ -377,21 +388,28 @@ BEGIN
 END
 $$;
 
--- Samples with the interval each opens: until the broadcast's next sample,
--- when that comes within the gap limit (else next_at is NULL). Samples from
--- lo - gap to hi + gap are read, so intervals crossing lo or hi are whole.
-CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz)
+-- The intervals that overlap [lo, hi), as the samples closing them carry them
+-- (viewer_samples.prev_*, written with each sample): the previous sample's
+-- time (sampled_at), count and category, up to the closing sample (next_at).
+-- `gap` is the gap limit (pass twitch_sync.sample_gap(), computed once): an
+-- interval counts when it was within the limit both when its sample was
+-- written and now (lowering twitch_sync.max_sample_gap_secs stops longer ones
+-- counting; raising it does not bring back gaps that were not recorded). No
+-- sort: one range read of the partitions from lo to hi plus the gap. No SET
+-- clause, so it inlines into the caller's query, where the planner sees the
+-- rows it reads (a stored function result is guessed at 1,000 rows);
+-- operators and types are schema-qualified instead.
+CREATE FUNCTION twitch_sync.sample_intervals(lo timestamptz, hi timestamptz, gap interval)
 RETURNS TABLE (broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                sampled_at timestamptz, next_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH g AS MATERIALIZED (SELECT twitch_sync.sample_gap() AS gap)  -- once, not per row
-    SELECT x.broadcaster_id, x.stream_id, x.game_id, x.viewer_count, x.sampled_at,
-           CASE WHEN x.next_at - x.sampled_at <= x.gap THEN x.next_at END
-      FROM (SELECT v.broadcaster_id, v.stream_id, v.game_id, v.viewer_count, v.sampled_at, g.gap,
-                   pg_catalog.lead(v.sampled_at) OVER (PARTITION BY v.broadcaster_id, v.stream_id
-                                                        ORDER BY v.sampled_at) AS next_at
-              FROM twitch_sync.viewer_samples v, g
-             WHERE v.sampled_at >= lo - g.gap AND v.sampled_at < hi + g.gap) x
+LANGUAGE sql STABLE AS $$
+    SELECT v.broadcaster_id, v.stream_id, v.prev_game_id, v.prev_viewer_count, v.prev_sampled_at,
+           v.sampled_at
+      FROM twitch_sync.viewer_samples v
+     WHERE v.sampled_at OPERATOR(pg_catalog.>) lo
+       AND v.sampled_at OPERATOR(pg_catalog.<) (hi OPERATOR(pg_catalog.+) gap)
+       AND v.prev_sampled_at OPERATOR(pg_catalog.<) hi
+       AND (v.sampled_at OPERATOR(pg_catalog.-) v.prev_sampled_at) OPERATOR(pg_catalog.<=) gap
 $$;
 
 -- The first instant of day `day` in time zone tz: the first instant whose
@@ -413,32 +431,27 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
      WHERE (k.c AT TIME ZONE tz)::date = day
 $$;
 
--- The intervals of sample_intervals(lo, hi) cut at midnight in time zone tz
--- (days as day_start() bounds them): one piece per day an interval covers,
--- with its length in seconds.
-CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text)
+-- The intervals of sample_intervals(lo, hi, gap) cut at midnight in time zone
+-- tz (days as day_start() bounds them): one piece per day an interval covers,
+-- with its length in seconds. Pieces outside [lo, hi) are the callers' to drop.
+-- Inlines like sample_intervals (no SET clause; qualified operators and types).
+CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text, gap interval)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
                secs double precision)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE AS $$
     WITH days AS MATERIALIZED (  -- the days the intervals can touch, with their bounds, once
-        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
-               twitch_sync.day_start(d::date + 1, tz) AS day_hi
-          FROM pg_catalog.generate_series(((lo - twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
-                                          ((hi + twitch_sync.sample_gap()) AT TIME ZONE tz)::date,
-                                          interval '1 day') d
-    ), s AS (
-        SELECT i.*, (i.sampled_at AT TIME ZONE tz)::date AS d0, (i.next_at AT TIME ZONE tz)::date AS d1
-          FROM twitch_sync.sample_intervals(lo, hi) i
-         WHERE i.next_at IS NOT NULL
+        SELECT d::pg_catalog.date AS day, twitch_sync.day_start(d::pg_catalog.date, tz) AS day_lo,
+               twitch_sync.day_start(d::pg_catalog.date OPERATOR(pg_catalog.+) 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(
+                   pg_catalog.timezone(tz, lo OPERATOR(pg_catalog.-) gap)::pg_catalog.date,
+                   pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
+                   '1 day'::pg_catalog.interval) d
     )
-    SELECT s.d0, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, x.day_hi) - s.sampled_at)::float8
-      FROM s JOIN days x ON x.day = s.d0
-    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
-    SELECT x.day, s.broadcaster_id, s.stream_id, s.game_id, s.viewer_count,
-           extract(epoch FROM least(s.next_at, x.day_hi) - x.day_lo)::float8
-      FROM s JOIN days x ON x.day > s.d0 AND x.day <= s.d1
-     WHERE s.d1 > s.d0 AND s.next_at > x.day_lo
+    SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) greatest(i.sampled_at, x.day_lo))
+               ::pg_catalog.float8
+      FROM twitch_sync.sample_intervals(lo, hi, gap) i
+      JOIN days x ON x.day_lo OPERATOR(pg_catalog.<) i.next_at AND x.day_hi OPERATOR(pg_catalog.>) i.sampled_at
 $$;
 
 -- The latest name of each category.
@@ -477,34 +490,42 @@ RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched do
                peak_viewers integer, avg_viewers double precision, broadcasts integer,
                categories text[])
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- the days' bounds as values, which the planner estimates the samples of
+    range_lo timestamptz;
+    range_hi timestamptz;
+    gap interval := twitch_sync.sample_gap();
 BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH bounds AS (
-        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
-    ), days AS MATERIALIZED (  -- each day with its bounds, once
+    WITH days AS MATERIALIZED (  -- each day with its bounds, once
         SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
                twitch_sync.day_start(d::date + 1, tz) AS day_hi
           FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
     ), s AS (  -- the samples of the days
-        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi
+        SELECT v.* FROM twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi
     ), watched AS (
         SELECT p.day, p.broadcaster_id, sum(p.viewer_count * p.secs)::float8 AS vs, sum(p.secs)::float8 AS cs
-          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
          WHERE p.day BETWEEN first_day AND last_day
          GROUP BY 1, 2
-    ), sampled AS (
-        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, max(s.viewer_count) AS peak,
-               array_agg(DISTINCT s.game_id) FILTER (WHERE s.game_id <> '') AS game_ids
-          FROM s
+    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
+        SELECT g.day, g.broadcaster_id, max(g.peak) AS peak,
+               array_agg(g.game_id ORDER BY g.game_id) FILTER (WHERE g.game_id <> '') AS game_ids
+          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, s.game_id,
+                       max(s.viewer_count) AS peak
+                  FROM s
+                 GROUP BY 1, 2, 3) g
          GROUP BY 1, 2
     ), spans AS (  -- each broadcast's time within the days
-        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), bounds.lo) AS a,
-               least(coalesce(b.ended_at, pg_catalog.now()), bounds.hi) AS z
-          FROM twitch_sync.streams b, bounds
-         WHERE coalesce(b.started_at, b.first_seen_at) < bounds.hi
-           AND coalesce(b.ended_at, pg_catalog.now()) > bounds.lo
+        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), range_lo) AS a,
+               least(coalesce(b.ended_at, pg_catalog.now()), range_hi) AS z
+          FROM twitch_sync.streams b
+         WHERE coalesce(b.started_at, b.first_seen_at) < range_hi
+           AND coalesce(b.ended_at, pg_catalog.now()) > range_lo
     ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
         SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
           FROM (SELECT m.broadcaster_id, m.a, m.z,
@@ -551,23 +572,30 @@ CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day d
 RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
                peak_viewers integer, channels_live integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- the days' bounds as values, which the planner estimates the samples of
+    range_lo timestamptz;
+    range_hi timestamptz;
+    gap interval := twitch_sync.sample_gap();
 BEGIN
     PERFORM twitch_sync.check_days_in(tz, first_day, last_day);
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH bounds AS (
-        SELECT twitch_sync.day_start(first_day, tz) AS lo, twitch_sync.day_start(last_day + 1, tz) AS hi
-    ), s AS (  -- the samples of the days, with a category
-        SELECT v.* FROM bounds, twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= bounds.lo AND v.sampled_at < bounds.hi AND v.game_id <> ''
+    WITH s AS (  -- the samples of the days, with a category
+        SELECT v.* FROM twitch_sync.viewer_samples v
+         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi AND v.game_id <> ''
     ), watched AS (
         SELECT p.day, p.game_id, sum(p.viewer_count * p.secs)::float8 AS vs
-          FROM bounds, twitch_sync.sample_pieces(bounds.lo, bounds.hi, tz) p
+          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
          WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
          GROUP BY 1, 2
-    ), sampled AS (
-        SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, max(s.viewer_count) AS peak,
-               count(DISTINCT s.broadcaster_id)::int AS channels
-          FROM s
+    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
+        SELECT g.day, g.game_id, max(g.peak) AS peak, count(*)::int AS channels
+          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, s.broadcaster_id,
+                       max(s.viewer_count) AS peak
+                  FROM s
+                 GROUP BY 1, 2, 3) g
          GROUP BY 1, 2
     ), keys AS (
         SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x
@@ -812,9 +840,21 @@ WITH v AS (
 )
 UPDATE twitch_sync.streams s
    SET first_seen_at = a.first_at, peak_at = a.peak_at, sample_count = a.n,
-       viewer_seconds = a.vs, covered_seconds = a.cs, last_sampled_at = a.last_at
+       viewer_seconds = a.vs, covered_seconds = a.cs, last_sampled_at = a.last_at,
+       sampled_game_id = NULLIF(s.game_id, '')  -- as its samples got it, above
   FROM agg a
  WHERE s.broadcaster_id = a.broadcaster_id AND s.stream_id = a.stream_id;
+-- and each 0.1.0 sample the interval it closes, by the same rule
+UPDATE twitch_sync.viewer_samples v
+   SET prev_sampled_at = p.prev_at, prev_viewer_count = p.prev_count, prev_game_id = p.prev_game
+  FROM (SELECT x.broadcaster_id, x.stream_id, x.sampled_at,
+               pg_catalog.lag(x.sampled_at) OVER w AS prev_at,
+               pg_catalog.lag(x.viewer_count) OVER w AS prev_count,
+               pg_catalog.lag(x.game_id) OVER w AS prev_game
+          FROM twitch_sync.viewer_samples x
+        WINDOW w AS (PARTITION BY x.broadcaster_id, x.stream_id ORDER BY x.sampled_at)) p
+ WHERE v.broadcaster_id = p.broadcaster_id AND v.stream_id = p.stream_id
+   AND v.sampled_at = p.sampled_at AND p.sampled_at - p.prev_at <= twitch_sync.sample_gap();
 UPDATE twitch_sync.streams s
    SET first_seen_at = coalesce(s.first_seen_at, s.started_at, s.updated_at),
        changed_at = coalesce(s.first_seen_at, s.started_at, s.updated_at);
@@ -991,7 +1031,12 @@ DECLARE
 BEGIN
     WITH updated AS (
         UPDATE twitch_sync.streams s
-           SET viewer_count = coalesce(o.viewer_count, s.viewer_count),
+           -- a sample counts in the order written: one at or before the
+           -- broadcast's latest sample (a backfill into its past) is recorded
+           -- and peaks, but neither closes an interval nor becomes the latest
+           SET viewer_count = CASE WHEN o.viewer_count IS NOT NULL
+                                        AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                   THEN o.viewer_count ELSE s.viewer_count END,
                peak_viewer_count = greatest(s.peak_viewer_count, coalesce(o.viewer_count, 0)),
                peak_at = CASE WHEN o.viewer_count > s.peak_viewer_count
                                 OR (s.peak_at IS NULL AND o.viewer_count IS NOT NULL)
@@ -1012,8 +1057,22 @@ BEGIN
                         AND seen - s.last_sampled_at <= gap
                    THEN extract(epoch FROM seen - s.last_sampled_at)::float8
                    ELSE 0 END,
-               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL THEN seen
-                                      ELSE s.last_sampled_at END,
+               last_sampled_at = CASE WHEN o.viewer_count IS NOT NULL
+                                           AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                      THEN seen ELSE s.last_sampled_at END,
+               -- the interval this sample closes, for the sample to carry
+               sampled_game_id = CASE WHEN o.viewer_count IS NOT NULL
+                                           AND (s.last_sampled_at IS NULL OR seen > s.last_sampled_at)
+                                      THEN coalesce(o.game_id, s.game_id) ELSE s.sampled_game_id END,
+               prev_sampled_at = CASE WHEN o.viewer_count IS NULL THEN s.prev_sampled_at
+                                      WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                      THEN s.last_sampled_at END,
+               prev_viewer_count = CASE WHEN o.viewer_count IS NULL THEN s.prev_viewer_count
+                                        WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                        THEN s.viewer_count END,
+               prev_game_id = CASE WHEN o.viewer_count IS NULL THEN s.prev_game_id
+                                   WHEN seen > s.last_sampled_at AND seen - s.last_sampled_at <= gap
+                                   THEN s.sampled_game_id END,
                changed_at = CASE WHEN o.title IS DISTINCT FROM s.title AND o.title IS NOT NULL
                                    OR o.game_id IS DISTINCT FROM s.game_id AND o.game_id IS NOT NULL
                                  THEN seen ELSE s.changed_at END
@@ -1025,10 +1084,12 @@ BEGIN
                  started_at)
          WHERE s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id AND s.is_live
         RETURNING s.broadcaster_id, s.stream_id, o.viewer_count, s.title, s.game_id, s.game_name,
-                  s.changed_at = seen AS changed
+                  s.changed_at = seen AS changed, s.prev_sampled_at, s.prev_viewer_count, s.prev_game_id
     ), sampled AS (
-        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id)
-        SELECT u.broadcaster_id, u.stream_id, seen, u.viewer_count, u.game_id
+        INSERT INTO twitch_sync.viewer_samples (broadcaster_id, stream_id, sampled_at, viewer_count, game_id,
+                                                prev_sampled_at, prev_viewer_count, prev_game_id)
+        SELECT u.broadcaster_id, u.stream_id, seen, u.viewer_count, u.game_id,
+               u.prev_sampled_at, u.prev_viewer_count, u.prev_game_id
           FROM updated u
          WHERE u.viewer_count IS NOT NULL
     ), changes AS (
@@ -1131,7 +1192,8 @@ BEGIN
         INSERT INTO twitch_sync.streams AS s
             (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count, title,
              game_id, game_name, language, started_at, ended_at, updated_at, last_seen_at,
-             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at, state_source, state_at)
+             first_seen_at, peak_at, sample_count, last_sampled_at, changed_at, state_source, state_at,
+             sampled_game_id)
         SELECT o.stream_id, o.broadcaster_id, true, coalesce(o.viewer_count, 0),
                coalesce(o.viewer_count, 0), coalesce(o.title, ''), coalesce(o.game_id, ''),
                coalesce(o.game_name, ''), coalesce(o.language, ''), o.started_at, NULL,
@@ -1139,7 +1201,8 @@ BEGIN
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
                (o.viewer_count IS NOT NULL)::integer,
                CASE WHEN o.viewer_count IS NOT NULL THEN o.observed_at END,
-               o.observed_at, o.source, o.observed_at
+               o.observed_at, o.source, o.observed_at,
+               CASE WHEN o.viewer_count IS NOT NULL THEN coalesce(o.game_id, '') END
           FROM unnest(obs) o
          WHERE o.state = 'live'
            AND NOT EXISTS (SELECT 1 FROM twitch_sync.streams x
@@ -2058,21 +2121,22 @@ $$;
 -- call it.
 CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24 hours')
 RETURNS TABLE (day date, hours_watched numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH bounds AS (
-        -- in UTC: the same length whatever the session's TimeZone ('30 days' across a DST change)
-        SELECT (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC' AS t0,
-               pg_catalog.now() AS t1
-    ), seg AS (
-        SELECT greatest(i.sampled_at, b.t0) AS a, least(i.next_at, b.t1) AS z,
-               i.viewer_count::float8 AS viewers
-          FROM bounds b, twitch_sync.sample_intervals(b.t0, b.t1) i
-         WHERE i.next_at > b.t0 AND i.sampled_at < b.t1
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- in UTC: the same length whatever the session's TimeZone ('30 days'
+    -- across a DST change); values, which the planner estimates the samples of
+    t0 timestamptz := (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC';
+    t1 timestamptz := pg_catalog.now();
+    gap interval := twitch_sync.sample_gap();
+BEGIN
+    RETURN QUERY
+    WITH seg AS (
+        SELECT greatest(i.sampled_at, t0) AS a, least(i.next_at, t1) AS z, i.viewer_count::float8 AS viewers
+          FROM twitch_sync.sample_intervals(t0, t1, gap) i
     ), days AS (
         SELECT d AS day_start, d + interval '1 day' AS day_end
-          FROM bounds b,
-               pg_catalog.generate_series(pg_catalog.date_trunc('day', b.t0 AT TIME ZONE 'UTC'),
-                                          pg_catalog.date_trunc('day', b.t1 AT TIME ZONE 'UTC'),
+          FROM pg_catalog.generate_series(pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC'),
+                                          pg_catalog.date_trunc('day', t1 AT TIME ZONE 'UTC'),
                                           interval '1 day') d
     )
     SELECT d.day_start::date,
@@ -2082,7 +2146,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       FROM days d
       LEFT JOIN seg ON seg.a < d.day_end AT TIME ZONE 'UTC' AND seg.z > d.day_start AT TIME ZONE 'UTC'
      GROUP BY d.day_start
-     ORDER BY d.day_start
+     ORDER BY d.day_start;
+END
 $$;
 COMMENT ON FUNCTION twitch_sync.dashboard_hours_per_day(interval) IS 'Hours watched per UTC day over the last range, from viewer_samples by the analytics rules (gaps over twitch_sync.max_sample_gap_secs count nothing).';
 

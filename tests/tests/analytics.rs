@@ -738,8 +738,8 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
                                    twitch_sync.top_channels(date, date, text, integer),
                                    twitch_sync.channel_days_in(text, date, date),
                                    twitch_sync.category_days_in(text, date, date),
-                                   twitch_sync.sample_intervals(timestamptz, timestamptz),
-                                   twitch_sync.sample_pieces(timestamptz, timestamptz, text),
+                                   twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
+                                   twitch_sync.sample_pieces(timestamptz, timestamptz, text, interval),
                                    twitch_sync.day_start(date, text),
                                    twitch_sync.check_days_in(text, date, date),
                                    twitch_sync.check_broadcaster_id(text),
@@ -1182,6 +1182,60 @@ fn maintain_rolls_up_a_backfill() {
     );
 }
 
+/// Samples count in the order they are written. A sample written into the
+/// past of a live broadcast (at 10:15, after 10:20 was written) is kept and
+/// is its peak, but closes no interval and splits none: the broadcast's hours
+/// and its day's rollup agree (100 viewers for 30 minutes = 50 hours), and
+/// every sample carries the interval it closes.
+#[test]
+fn a_sample_written_into_a_broadcasts_past_counts_once_everywhere() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let day = now_secs().div_euclid(DAY) - 3;
+    let t0 = day * DAY + 36_000;
+    for (t, v) in [(0, 100), (600, 100), (1_200, 100), (900, 500), (1_800, 100)] {
+        send(c, t0 + t, &[live("70", "7001", Some(v), Some(t0))]);
+    }
+    send(c, t0 + 2_400, &[ended_obs("70", "not_listed")]);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let row = c
+        .query_one(
+            "SELECT b.hours_watched, b.peak_viewers, d.hours_watched, d.peak_viewers
+               FROM twitch_sync.broadcasts b
+               JOIN twitch_sync.channel_days d ON d.broadcaster_id = b.broadcaster_id
+              WHERE b.stream_id = '7001' AND d.day = date '1970-01-01' + $1::int",
+            &[&(day as i32)],
+        )
+        .unwrap();
+    let (b_hours, b_peak, d_hours, d_peak): (f64, i32, f64, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert!((b_hours - 50.0).abs() < 1e-9, "broadcast: {b_hours} hours");
+    assert!((d_hours - 50.0).abs() < 1e-9, "its day: {d_hours} hours");
+    assert_eq!((b_peak, d_peak), (500, 500));
+    // the intervals as the samples carry them: (closing sample, previous one, its count)
+    let carried: Vec<(i64, Option<i64>, Option<i32>)> = c
+        .query(
+            "SELECT extract(epoch FROM sampled_at)::int8 - $1, extract(epoch FROM prev_sampled_at)::int8 - $1,
+                    prev_viewer_count
+               FROM twitch_sync.viewer_samples WHERE stream_id = '7001' ORDER BY sampled_at",
+            &[&t0],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        carried,
+        vec![
+            (0, None, None),
+            (600, Some(0), Some(100)),
+            (900, None, None),
+            (1_200, Some(600), Some(100)),
+            (1_800, Some(1_200), Some(100)),
+        ]
+    );
+}
+
 /// A day is [its first instant, the next day's first instant) everywhere, and
 /// an instant's day is its local date: where midnight happens twice
 /// (America/Havana, 2026-11-01: 04:00 and 05:00 UTC) the day starts at the
@@ -1296,11 +1350,19 @@ fn the_dashboard_range_is_the_same_length_in_every_time_zone() {
         .unwrap()
         .get(0);
     // 10-minute intervals of 60 viewers ending 25 minutes before and starting
-    // 25 minutes after the range's start: only the second is in it
+    // 25 minutes after the range's start: only the second is in it (each
+    // stream's second sample carries the interval it closes, as the
+    // transition layer writes it)
     c.execute(
-        "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
-         SELECT x.s, '80', now() - make_interval(hours => 24 * $1) + make_interval(mins => m), 60, ''
-           FROM (VALUES ('8001', -35), ('8001', -25), ('8002', 25), ('8002', 35)) x(s, m)",
+        "INSERT INTO twitch_sync.viewer_samples
+             (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
+              prev_sampled_at, prev_viewer_count, prev_game_id)
+         SELECT x.s, '80', r.t + make_interval(mins => x.m), 60, '',
+                r.t + make_interval(mins => x.p), CASE WHEN x.p IS NOT NULL THEN 60 END,
+                CASE WHEN x.p IS NOT NULL THEN '' END
+           FROM (SELECT now() - make_interval(hours => 24 * $1) AS t) r,
+                (VALUES ('8001', -35, NULL), ('8001', -25, -35), ('8002', 25, NULL), ('8002', 35, 25))
+                    x(s, m, p)",
         &[&days],
     )
     .unwrap();

@@ -524,6 +524,24 @@ fn empty_state_before_the_first_run() {
     assert!(html.contains("Tracked channels: <b>10</b>"), "{html}");
 }
 
+/// Stores one stream's samples, `(minutes ago, viewers)` oldest first, as
+/// the transition layer writes them: each with the interval it closes (the
+/// previous sample's time and count, when not over the 20-minute gap limit).
+fn insert_samples(tx: &mut postgres::Transaction, samples: &[(i32, i32)]) {
+    let (minutes, viewers): (Vec<i32>, Vec<i32>) = samples.iter().copied().unzip();
+    tx.execute(
+        "INSERT INTO twitch_sync.viewer_samples
+             (stream_id, broadcaster_id, sampled_at, viewer_count, prev_sampled_at, prev_viewer_count)
+         SELECT '1', '100000001', now() - x.m * interval '1 minute', x.v,
+                CASE WHEN x.pm - x.m <= 20 THEN now() - x.pm * interval '1 minute' END,
+                CASE WHEN x.pm - x.m <= 20 THEN x.pv END
+           FROM (SELECT m, v, lag(m) OVER (ORDER BY n) AS pm, lag(v) OVER (ORDER BY n) AS pv
+                   FROM unnest($1::int[], $2::int[]) WITH ORDINALITY AS u(m, v, n)) x",
+        &[&minutes, &viewers],
+    )
+    .unwrap();
+}
+
 /// Hours watched: viewers × time between consecutive samples, nothing across
 /// gaps longer than twitch_sync.max_sample_gap_secs (the analytics rules).
 #[test]
@@ -534,12 +552,18 @@ fn hours_watched_per_day_from_samples() {
         .unwrap();
     // one stream sampled every 10 minutes with a 30-minute hole, and one
     // sample before the range (its segment is cut at the range's start)
-    tx.batch_execute(
-        "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-         SELECT '1', '100000001', now() - m * interval '1 minute', v
-           FROM (VALUES (70, 100), (60, 100), (50, 100), (40, 200), (10, 200), (0, 100)) x(m, v)",
-    )
-    .unwrap();
+    tx.batch_execute("SAVEPOINT with_hole").unwrap();
+    insert_samples(
+        &mut tx,
+        &[
+            (70, 100),
+            (60, 100),
+            (50, 100),
+            (40, 200),
+            (10, 200),
+            (0, 100),
+        ],
+    );
     // within now() of this transaction: exact
     let total: f64 = tx
         .query_one(
@@ -578,11 +602,20 @@ fn hours_watched_per_day_from_samples() {
         tx.batch_execute("ROLLBACK TO SAVEPOINT bad_range").unwrap();
     }
     // the same data with the gap closed counts it
-    tx.batch_execute(
-        "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-         SELECT '1', '100000001', now() - m * interval '1 minute', 200 FROM (VALUES (30), (20)) x(m)",
-    )
-    .unwrap();
+    tx.batch_execute("ROLLBACK TO SAVEPOINT with_hole").unwrap();
+    insert_samples(
+        &mut tx,
+        &[
+            (70, 100),
+            (60, 100),
+            (50, 100),
+            (40, 200),
+            (30, 200),
+            (20, 200),
+            (10, 200),
+            (0, 100),
+        ],
+    );
     let total: f64 = tx
         .query_one(
             "SELECT sum(hours_watched)::float8 FROM twitch_sync.dashboard_hours_per_day('1 hour')",
@@ -714,7 +747,7 @@ fn grafana_panels_run_against_a_populated_database() {
              GRANT EXECUTE ON FUNCTION twitch_sync.status(), twitch_sync.alert_hint(text),
                                        twitch_sync.dashboard_hours_per_day(interval),
                                        twitch_sync.dashboard_range(interval),
-                                       twitch_sync.sample_intervals(timestamptz, timestamptz),
+                                       twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
                                        twitch_sync.sample_gap() TO grafana_reader;",
         )
         .unwrap();

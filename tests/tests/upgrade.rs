@@ -92,6 +92,10 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     client
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
         .expect("ALTER EXTENSION twitch_sync UPDATE");
+    let upgraded_at: std::time::SystemTime = client
+        .query_one("SELECT clock_timestamp()", &[])
+        .unwrap()
+        .get(0);
     let version: String = client
         .query_one(
             "SELECT extversion FROM pg_extension WHERE extname = 'twitch_sync'",
@@ -162,6 +166,33 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     let doc = old.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     old.assert_matches_world();
+    // The 0.1.0 samples carry the intervals they close (filled by the
+    // upgrade), and so do the samples of the broadcasts continuing after it:
+    // every sample but each broadcast's first closes one, and the intervals add
+    // up to the broadcasts' own figures.
+    let row = old
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FILTER (WHERE prev_sampled_at IS NOT NULL)
+                            - count(*) + count(DISTINCT stream_id) FROM twitch_sync.viewer_samples),
+                    (SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at < $1),
+                    (SELECT sum(prev_viewer_count * extract(epoch FROM sampled_at - prev_sampled_at))::float8
+                       FROM twitch_sync.viewer_samples),
+                    (SELECT sum(viewer_seconds) FROM twitch_sync.streams)",
+            &[&upgraded_at],
+        )
+        .unwrap();
+    let (missing, old_samples, carried, kept): (i64, i64, f64, f64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(
+        missing, 0,
+        "every sample but a broadcast's first closes an interval"
+    );
+    assert!(old_samples > 0, "0.1.0 wrote samples");
+    assert!(
+        kept > 0.0 && (carried - kept).abs() <= 1e-6 * kept,
+        "the samples' intervals ({carried} viewer-seconds) add up to the broadcasts' ({kept})"
+    );
     let last: i64 = old
         .client
         .query_one("SELECT last_run_id FROM twitch_sync.status()", &[])

@@ -50,9 +50,14 @@ fn main() {
                     LATERAL (SELECT (current_date - d)::timestamp AT TIME ZONE 'UTC' + (c % 16) * interval '1 hour' AS s) x;
              INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
              SELECT broadcaster_id, stream_id, first_seen_at, 'poll', title, game_id, game_name FROM twitch_sync.streams;
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
+             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
+                     prev_sampled_at, prev_viewer_count, prev_game_id)
              SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '10 minutes',
-                    (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id
+                    (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id,
+                    -- the interval each sample closes, as the transition layer writes it
+                    CASE WHEN k > 0 THEN s.started_at + (k - 1) * interval '10 minutes' END,
+                    CASE WHEN k > 0 THEN (100 + (hashint4(k - 1 + s.stream_id::int) & 1023))::int END,
+                    CASE WHEN k > 0 THEN s.game_id END
                FROM twitch_sync.streams s, generate_series(0, 143) k
               WHERE s.started_at + k * interval '10 minutes' < now();
              ANALYZE twitch_sync.viewer_samples;"
