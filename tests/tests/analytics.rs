@@ -1233,6 +1233,88 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
         .unwrap();
 }
 
+/// `categories` is each category's latest name (by `seen_at`; rows without a
+/// category left out), and reads it from the index one category at a time
+/// instead of sorting every row of stream_changes (maintain() reads it on
+/// every call).
+#[test]
+fn categories_are_the_latest_names_read_without_a_sort() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    // 4,000 changes of 60 categories (every tenth without one), renamed as
+    // time goes on, written in an order unrelated to time
+    let mut rng = Rng(12);
+    let mut rows: Vec<(String, i64, String)> = Vec::new();
+    for i in 0..4_000i64 {
+        let game = if i % 10 == 0 {
+            String::new()
+        } else {
+            (1_000 + rng.below(60)).to_string()
+        };
+        let seen = (i * 7_919) % 4_000;
+        let name = if game.is_empty() {
+            String::new()
+        } else {
+            format!("name {game} v{}", seen / 500)
+        };
+        rows.push((game, seen, name));
+    }
+    let (games, seens, names): (Vec<String>, Vec<i64>, Vec<String>) =
+        rows.iter()
+            .cloned()
+            .fold((vec![], vec![], vec![]), |mut a, r| {
+                a.0.push(r.0);
+                a.1.push(r.1);
+                a.2.push(r.2);
+                a
+            });
+    c.execute(
+        "INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+         SELECT '7', 's' || r.n, timestamptz '2026-01-01 00:00Z' + r.seen * interval '1 minute', 'poll', 't',
+                r.game, r.name
+           FROM unnest($1::text[], $2::int8[], $3::text[]) WITH ORDINALITY AS r(game, seen, name, n)",
+        &[&games, &seens, &names],
+    )
+    .unwrap();
+    c.batch_execute("ANALYZE twitch_sync.stream_changes")
+        .unwrap();
+    let mut want: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for (game, seen, name) in rows.into_iter().filter(|r| !r.0.is_empty()) {
+        match want.get(&game) {
+            Some((s, _)) if *s > seen => {}
+            _ => {
+                want.insert(game, (seen, name));
+            }
+        }
+    }
+    let want: Vec<(String, String)> = want.into_iter().map(|(g, (_, n))| (g, n)).collect();
+    assert_eq!(want.len(), 60);
+    let got: Vec<(String, String)> = c
+        .query(
+            "SELECT game_id, game_name FROM twitch_sync.categories ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(got, want);
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT * FROM twitch_sync.categories",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("stream_changes_game_latest") && !plan.contains("Sort"),
+        "{plan}"
+    );
+}
+
 /// A restart: Helix lists the new stream id at 12:10, its started_at 12:00.
 /// The old broadcast ends at 12:00, and a channel's airtime never counts an
 /// instant twice (also when the old one was seen after the new one started):
