@@ -34,6 +34,11 @@ CREATE TABLE twitch_sync.stream_changes (
     CONSTRAINT stream_changes_pkey PRIMARY KEY (broadcaster_id, stream_id, seen_at)
 );
 COMMENT ON TABLE twitch_sync.stream_changes IS 'Titles and categories of each broadcast: first seen, then every observed change.';
+-- Each category's rows, latest first: the view categories reads one entry per
+-- category from it (a skip scan) instead of sorting every row. Written only
+-- with a row of stream_changes (a title or category change).
+CREATE INDEX stream_changes_game_latest ON twitch_sync.stream_changes (game_id, seen_at DESC)
+    WHERE game_id <> '';
 
 -- Per channel per UTC day.
 CREATE TABLE twitch_sync.channel_days (
@@ -254,12 +259,25 @@ LANGUAGE sql STABLE AS $$
       JOIN days x ON x.day_lo OPERATOR(pg_catalog.<) i.next_at AND x.day_hi OPERATOR(pg_catalog.>) i.sampled_at
 $$;
 
--- The latest name of each category.
+-- The latest name of each category: what DISTINCT ON (game_id) ... ORDER BY
+-- game_id, seen_at DESC gives, read as a skip scan of
+-- stream_changes_game_latest (one index probe per category: the first entry
+-- after the previous category is the next one's latest), not a sort of every
+-- row of stream_changes.
 CREATE VIEW twitch_sync.categories AS
-SELECT DISTINCT ON (c.game_id) c.game_id, c.game_name
-  FROM twitch_sync.stream_changes c
- WHERE c.game_id <> ''
- ORDER BY c.game_id, c.seen_at DESC;
+WITH RECURSIVE latest AS (
+    (SELECT c.game_id, c.game_name FROM twitch_sync.stream_changes c
+      WHERE c.game_id <> ''
+      ORDER BY c.game_id, c.seen_at DESC LIMIT 1)
+    UNION ALL
+    SELECT n.game_id, n.game_name
+      FROM latest l
+     CROSS JOIN LATERAL (
+            SELECT c.game_id, c.game_name FROM twitch_sync.stream_changes c
+             WHERE c.game_id <> '' AND c.game_id > l.game_id
+             ORDER BY c.game_id, c.seen_at DESC LIMIT 1) n
+)
+SELECT l.game_id, l.game_name FROM latest l;
 COMMENT ON VIEW twitch_sync.categories IS 'Each category (game_id) with the latest name seen for it.';
 
 -- The arguments of channel_days_in and category_days_in: a known time zone

@@ -352,13 +352,14 @@ BEGIN
 END
 $$;
 
--- Step 7: logins Helix reports, where they differ from the stored one.
+-- Step 7: logins Helix reports, where they differ from the stored one. (An
+-- 'untrack' observation's login is the channel's own, for its event.)
 CREATE FUNCTION twitch_sync.update_logins(obs twitch_sync.observation[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE twitch_sync.channels c SET login = o.login
       FROM unnest(obs) o
-     WHERE o.login IS NOT NULL AND c.broadcaster_id = o.broadcaster_id
+     WHERE o.login IS NOT NULL AND o.source <> 'untrack' AND c.broadcaster_id = o.broadcaster_id
        AND c.login IS DISTINCT FROM o.login;
 END
 $$;
@@ -366,7 +367,11 @@ $$;
 -- Step 8: events. Each state change becomes a row of the outbox
 -- twitch_sync.events (readable only by granted roles); with `notify`, NOTIFY
 -- twitch_sync carries just its event id, sent when the transaction commits.
-CREATE FUNCTION twitch_sync.emit_events(changes twitch_sync.transition[], notify boolean)
+-- The payload's login is the channel's, else (no channels row: a channel
+-- deleted by the statement whose trigger ended its broadcast) the one its
+-- observation in `obs` carries.
+CREATE FUNCTION twitch_sync.emit_events(changes twitch_sync.transition[], notify boolean,
+                                        obs twitch_sync.observation[] DEFAULT '{}')
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -376,7 +381,8 @@ BEGIN
         INSERT INTO twitch_sync.events AS e (broadcaster_id, event, stream_id, payload, created_at)
         SELECT t.broadcaster_id, t.event, t.stream_id,
                jsonb_strip_nulls(jsonb_build_object(
-                   'event', t.event, 'broadcaster_id', t.broadcaster_id, 'login', c.login,
+                   'event', t.event, 'broadcaster_id', t.broadcaster_id,
+                   'login', coalesce(c.login, o.login),
                    'stream_id', t.stream_id,
                    'reopened', CASE WHEN t.reopened THEN true END,
                    'previous_stream_id', t.previous_stream_id,
@@ -388,6 +394,10 @@ BEGIN
                t.at
           FROM unnest(changes) t
           LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = t.broadcaster_id
+          LEFT JOIN (SELECT DISTINCT ON (x.broadcaster_id) x.broadcaster_id, x.login
+                       FROM unnest(obs) x
+                      WHERE x.login IS NOT NULL
+                      ORDER BY x.broadcaster_id) o ON o.broadcaster_id = t.broadcaster_id
          WHERE t.event IS NOT NULL
          ORDER BY t.at, t.broadcaster_id
         RETURNING e.event_id
@@ -473,10 +483,11 @@ BEGIN
                   HINT = 'Pass offline_after_misses >= 1 (checks without a listing that end a live '
                       || 'stream) and notify true or false.';
     END IF;
-    -- One pass: what is live, what carries a login, and an observation that
-    -- breaks the type's rules (the lowest broadcaster id of those; Rust's
-    -- observations never do: this is for a hand-written source).
-    SELECT count(*) FILTER (WHERE o.state = 'live'), count(*) FILTER (WHERE o.login IS NOT NULL),
+    -- One pass: what is live, what carries a login to store, and an
+    -- observation that breaks the type's rules (the lowest broadcaster id of
+    -- those; Rust's observations never do: this is for a hand-written source).
+    SELECT count(*) FILTER (WHERE o.state = 'live'),
+           count(*) FILTER (WHERE o.login IS NOT NULL AND o.source <> 'untrack'),
            min(o.observed_at),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
@@ -568,7 +579,7 @@ BEGIN
          WHERE t.event <> 'restart');
     result.ended := (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'offline')
                   + (SELECT count(*) FROM unnest(changes) t WHERE t.event = 'restart');
-    result.events := twitch_sync.emit_events(changes, notify);
+    result.events := twitch_sync.emit_events(changes, notify, obs);
     RETURN result;
 END
 $$;
@@ -661,19 +672,23 @@ END
 $$;
 
 -- Ends the live broadcasts of channels nobody will check any more (untracked,
--- disabled, deleted): an 'offline' observation each (source 'untrack') through
--- apply_observations, with its event. Channels without a live broadcast cost
--- one probe of streams_one_live_per_broadcaster.
-CREATE FUNCTION twitch_sync.end_live_broadcasts(broadcaster_ids text[]) RETURNS void
+-- disabled, deleted): an 'offline' observation each (source 'untrack'), all in
+-- one apply_observations call, with their events. `logins` (one per id, or
+-- NULL): the channels' logins, for channels whose rows are already gone (the
+-- delete trigger), so that their events still carry them. Channels without a
+-- live broadcast cost one probe of streams_one_live_per_broadcaster.
+CREATE FUNCTION twitch_sync.end_live_broadcasts(broadcaster_ids text[], logins text[] DEFAULT NULL)
+RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     obs twitch_sync.observation[];
 BEGIN
-    obs := ARRAY(SELECT ROW('untrack', pg_catalog.now(), s.broadcaster_id, 'offline', NULL, NULL, NULL,
-                            NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
-                   FROM twitch_sync.streams s
-                  WHERE s.broadcaster_id = ANY (broadcaster_ids) AND s.is_live
-                  ORDER BY s.broadcaster_id);
+    obs := ARRAY(SELECT DISTINCT ON (s.broadcaster_id)
+                        ROW('untrack', pg_catalog.now(), s.broadcaster_id, 'offline', NULL, i.login,
+                            NULL, NULL, NULL, NULL, NULL, NULL)::twitch_sync.observation
+                   FROM unnest(broadcaster_ids, logins) AS i(broadcaster_id, login)
+                   JOIN twitch_sync.streams s ON s.broadcaster_id = i.broadcaster_id AND s.is_live
+                  ORDER BY s.broadcaster_id, i.login);
     IF cardinality(obs) > 0 THEN
         PERFORM twitch_sync.apply_observations(obs, 1,
             twitch_sync.setting('twitch_sync.notify_events')::boolean);
@@ -682,20 +697,39 @@ END
 $$;
 
 -- A channel disabled (enabled set to false) or deleted is not checked any
--- more: its live broadcast ends now, as untrack() ends it. SECURITY DEFINER:
--- a role allowed to update channels need not write streams and events.
+-- more: its live broadcast ends now, as untrack() ends it. Statement triggers
+-- with transition tables: one statement disabling or deleting many channels
+-- ends all their live broadcasts in one end_live_broadcasts call. The delete
+-- trigger runs after the rows are gone, so it passes their logins for the
+-- 'offline' events. PostgreSQL allows no transition tables on a trigger with
+-- a column list (UPDATE OF enabled): the update trigger fires for every
+-- UPDATE of channels, and looks for a disabled row first (run()'s updates of
+-- checked_at and logins touch enabled channels only). SECURITY DEFINER: a
+-- role allowed to update channels need not write streams and events.
 CREATE FUNCTION twitch_sync.channels_end_live() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids text[];
+    logins text[];
 BEGIN
-    PERFORM twitch_sync.end_live_broadcasts(ARRAY[OLD.broadcaster_id]);
-    RETURN OLD;
+    IF TG_OP = 'DELETE' THEN
+        SELECT array_agg(o.broadcaster_id), array_agg(o.login) INTO ids, logins
+          FROM old_channels o;
+        PERFORM twitch_sync.end_live_broadcasts(ids, logins);
+    ELSIF EXISTS (SELECT 1 FROM new_channels n WHERE NOT n.enabled) THEN
+        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
+            SELECT o.broadcaster_id
+              FROM old_channels o JOIN new_channels n ON n.broadcaster_id = o.broadcaster_id
+             WHERE o.enabled AND NOT n.enabled));
+    END IF;
+    RETURN NULL;
 END
 $$;
-CREATE TRIGGER channels_end_live_disabled AFTER UPDATE OF enabled
-    ON twitch_sync.channels FOR EACH ROW
-    WHEN (OLD.enabled AND NOT NEW.enabled)
+CREATE TRIGGER channels_end_live_disabled AFTER UPDATE
+    ON twitch_sync.channels REFERENCING OLD TABLE AS old_channels NEW TABLE AS new_channels
+    FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();
--- before the delete: the 'offline' event still finds the channel's login
-CREATE TRIGGER channels_end_live_deleted BEFORE DELETE
-    ON twitch_sync.channels FOR EACH ROW
+CREATE TRIGGER channels_end_live_deleted AFTER DELETE
+    ON twitch_sync.channels REFERENCING OLD TABLE AS old_channels
+    FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 use twitch_sync_core::rng::SplitMix64 as Rng;
-use twitch_sync_e2e::postgres::Client;
+use twitch_sync_e2e::postgres::{Client, Transaction};
 use twitch_sync_e2e::{error_text, sqlstate, world, TestDb};
 
 const GAP_SECS: f64 = 900.0;
@@ -1045,6 +1045,273 @@ fn disabling_a_live_channel_ends_its_broadcast() {
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM twitch_sync.events WHERE event = 'online' AND (payload->>'reopened')::boolean"),
         1
+    );
+}
+
+/// One statement disabling (or deleting) many channels, some live, some not,
+/// ends exactly the live broadcasts among them, as disabling one does: each
+/// with one 'offline' event carrying its channel's login (a deleted row's too:
+/// the trigger runs after the delete) and its NOTIFY, in a single pass through
+/// the transition layer (one apply_observations call per statement, not one
+/// per row). Run by a role that may only edit channels (the trigger is
+/// SECURITY DEFINER). Channels re-enabled, never live or already ended by
+/// that statement get nothing.
+#[test]
+fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let editor = format!("{}_editor", db.name);
+    let t = now_secs() - 3_600;
+    let c = &mut db.client;
+    c.batch_execute(&format!(
+        "INSERT INTO twitch_sync.channels (broadcaster_id, login) VALUES
+             ('61', 'a61'), ('62', 'a62'), ('63', 'a63'), ('64', 'a64'), ('65', NULL), ('66', 'a66'),
+             ('71', 'b71'), ('72', 'b72'), ('73', 'b73');
+         INSERT INTO twitch_sync.channels (broadcaster_id, login, enabled) VALUES ('74', 'b74', false);
+         CREATE ROLE {editor};
+         GRANT USAGE ON SCHEMA twitch_sync TO {editor};
+         GRANT SELECT, UPDATE, DELETE ON twitch_sync.channels TO {editor};
+         -- channels' validation (its trigger and CHECKs) calls these as the editor
+         GRANT EXECUTE ON FUNCTION twitch_sync.check_broadcaster_id(text),
+                                   twitch_sync.is_broadcaster_id(text), twitch_sync.is_login(text)
+            TO {editor};"
+    ))
+    .unwrap();
+    // 73 had a broadcast that ended; 61-66 are live
+    send(c, t - 600, &[live("73", "7301", Some(5), Some(t - 600))]);
+    send(c, t - 300, &[ended_obs("73", "not_listed")]);
+    let lives: Vec<Obs> = (61..=66)
+        .map(|b| live(&b.to_string(), &format!("{b}01"), Some(b), Some(t)))
+        .collect();
+    send(c, t, &lives);
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        6
+    );
+    let mut listener = db.connect();
+    listener.batch_execute("LISTEN twitch_sync").unwrap();
+
+    // (broadcaster, is_live, ended by this transaction from source 'untrack')
+    let streams = |tx: &mut Transaction| -> Vec<(String, bool, bool)> {
+        tx.query(
+            "SELECT broadcaster_id, is_live,
+                    coalesce(ended_at = now() AND state_source = 'untrack', false)
+               FROM twitch_sync.streams ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+    };
+    // the calls of apply_observations this backend has not reported yet (its
+    // count within one transaction is the difference of two readings)
+    let calls = |tx: &mut Transaction| -> i64 {
+        tx.query_one(
+            "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_xact_user_functions
+              WHERE schemaname = 'twitch_sync' AND funcname = 'apply_observations'",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let row = |b: &str, live: bool, ended_now: bool| (b.to_string(), live, ended_now);
+    let c = &mut db.client;
+    c.batch_execute("SET track_functions = 'pl'").unwrap();
+
+    // disables 61, 62 (live) and 71 (never live), enables 74 again
+    let mut tx = c.transaction().unwrap();
+    let before = calls(&mut tx);
+    tx.batch_execute(&format!("SET LOCAL ROLE {editor}"))
+        .unwrap();
+    let n = tx
+        .execute(
+            "UPDATE twitch_sync.channels SET enabled = NOT enabled
+              WHERE broadcaster_id IN ('61', '62', '71', '74')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 4);
+    tx.batch_execute("RESET ROLE").unwrap();
+    assert_eq!(
+        calls(&mut tx) - before,
+        1,
+        "one pass through the transition layer"
+    );
+    let rows = streams(&mut tx);
+    assert_eq!(
+        rows,
+        vec![
+            row("61", false, true),
+            row("62", false, true),
+            row("63", true, false),
+            row("64", true, false),
+            row("65", true, false),
+            row("66", true, false),
+            row("73", false, false),
+        ]
+    );
+    tx.commit().unwrap();
+
+    // deletes 62 (disabled, ended above), 63 and 65 (live; 65 has no login),
+    // 72 (never live), 73 (ended before), 74 (enabled again, never live)
+    let mut tx = c.transaction().unwrap();
+    let before = calls(&mut tx);
+    tx.batch_execute(&format!("SET LOCAL ROLE {editor}"))
+        .unwrap();
+    let n = tx
+        .execute(
+            "DELETE FROM twitch_sync.channels
+              WHERE broadcaster_id IN ('62', '63', '65', '72', '73', '74')",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(n, 6);
+    tx.batch_execute("RESET ROLE").unwrap();
+    assert_eq!(
+        calls(&mut tx) - before,
+        1,
+        "one pass through the transition layer"
+    );
+    let rows = streams(&mut tx);
+    assert_eq!(
+        rows,
+        vec![
+            row("61", false, false),
+            row("62", false, false),
+            row("63", false, true),
+            row("64", true, false),
+            row("65", false, true),
+            row("66", true, false),
+            row("73", false, false),
+        ]
+    );
+    tx.commit().unwrap();
+
+    // one 'offline' event per ended broadcast (73's: its miss, before), with
+    // its channel's login (none for 65, which had none), ending the broadcast
+    // where its row says
+    let events: Vec<(i64, String, String, Option<String>, bool)> = c
+        .query(
+            "SELECT e.event_id, e.broadcaster_id, e.stream_id, e.payload->>'login',
+                    (e.payload->>'ended_at')::timestamptz = s.ended_at
+               FROM twitch_sync.events e
+               JOIN twitch_sync.streams s USING (broadcaster_id, stream_id)
+              WHERE e.event = 'offline' ORDER BY e.event_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let shape: Vec<(&str, &str, Option<&str>, bool)> = events
+        .iter()
+        .map(|(_, b, s, l, at)| (b.as_str(), s.as_str(), l.as_deref(), *at))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("73", "7301", Some("b73"), true),
+            ("61", "6101", Some("a61"), true),
+            ("62", "6201", Some("a62"), true),
+            ("63", "6301", Some("a63"), true),
+            ("65", "6501", None, true),
+        ]
+    );
+    // 73's own end (a miss, before LISTEN) aside, each event was notified
+    let mut notified = Vec::new();
+    let mut notes = listener.notifications();
+    let mut it = notes.timeout_iter(std::time::Duration::from_secs(2));
+    while let Some(note) =
+        twitch_sync_e2e::postgres::fallible_iterator::FallibleIterator::next(&mut it)
+            .expect("the LISTEN connection")
+    {
+        notified.push(note.payload().parse::<i64>().unwrap());
+    }
+    let ids: Vec<i64> = events[1..].iter().map(|e| e.0).collect();
+    assert_eq!(notified, ids);
+    c.batch_execute(&format!("DROP OWNED BY {editor}; DROP ROLE {editor}"))
+        .unwrap();
+}
+
+/// `categories` is each category's latest name (by `seen_at`; rows without a
+/// category left out), and reads it from the index one category at a time
+/// instead of sorting every row of stream_changes (maintain() reads it on
+/// every call).
+#[test]
+fn categories_are_the_latest_names_read_without_a_sort() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    // 4,000 changes of 60 categories (every tenth without one), renamed as
+    // time goes on, written in an order unrelated to time
+    let mut rng = Rng(12);
+    let mut rows: Vec<(String, i64, String)> = Vec::new();
+    for i in 0..4_000i64 {
+        let game = if i % 10 == 0 {
+            String::new()
+        } else {
+            (1_000 + rng.below(60)).to_string()
+        };
+        let seen = (i * 7_919) % 4_000;
+        let name = if game.is_empty() {
+            String::new()
+        } else {
+            format!("name {game} v{}", seen / 500)
+        };
+        rows.push((game, seen, name));
+    }
+    let (games, seens, names): (Vec<String>, Vec<i64>, Vec<String>) =
+        rows.iter()
+            .cloned()
+            .fold((vec![], vec![], vec![]), |mut a, r| {
+                a.0.push(r.0);
+                a.1.push(r.1);
+                a.2.push(r.2);
+                a
+            });
+    c.execute(
+        "INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+         SELECT '7', 's' || r.n, timestamptz '2026-01-01 00:00Z' + r.seen * interval '1 minute', 'poll', 't',
+                r.game, r.name
+           FROM unnest($1::text[], $2::int8[], $3::text[]) WITH ORDINALITY AS r(game, seen, name, n)",
+        &[&games, &seens, &names],
+    )
+    .unwrap();
+    c.batch_execute("ANALYZE twitch_sync.stream_changes")
+        .unwrap();
+    let mut want: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for (game, seen, name) in rows.into_iter().filter(|r| !r.0.is_empty()) {
+        match want.get(&game) {
+            Some((s, _)) if *s > seen => {}
+            _ => {
+                want.insert(game, (seen, name));
+            }
+        }
+    }
+    let want: Vec<(String, String)> = want.into_iter().map(|(g, (_, n))| (g, n)).collect();
+    assert_eq!(want.len(), 60);
+    let got: Vec<(String, String)> = c
+        .query(
+            "SELECT game_id, game_name FROM twitch_sync.categories ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(got, want);
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN (COSTS OFF) SELECT * FROM twitch_sync.categories",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("stream_changes_game_latest") && !plan.contains("Sort"),
+        "{plan}"
     );
 }
 
