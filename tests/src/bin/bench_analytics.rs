@@ -166,4 +166,83 @@ fn main() {
         per_million("SELECT pg_total_relation_size('twitch_sync.channel_days')"),
         per_million("SELECT pg_total_relation_size('twitch_sync.category_days')"),
     );
+    drop(db);
+    many_live_streams();
+}
+
+/// The raw-sample paths at many live streams: `BENCH_ANALYTICS_LIVE` (20,000)
+/// broadcasts live for the last 2 hours, a sample a minute (2.4 million
+/// samples, written as the transition layer writes them), then today's
+/// figures from raw samples, the dashboard, and maintain(). Each timed once
+/// after a warm-up call; `work_mem` 16 MB.
+fn many_live_streams() {
+    let live = env("BENCH_ANALYTICS_LIVE", 20_000);
+    if live <= 0 {
+        return;
+    }
+    let mut db = TestDb::bare(world(1, 0.0));
+    let t = Instant::now();
+    db.client
+        .batch_execute(&format!(
+            "SET work_mem = '16MB';
+             SET twitch_sync.max_sample_gap_secs = 1200;
+             SELECT twitch_sync.create_sample_partitions(current_date - 1, current_date + 1);
+             INSERT INTO twitch_sync.channels (broadcaster_id, login)
+             SELECT (100000000 + c)::text, 'channel_' || c FROM generate_series(1, {live}) c;
+             INSERT INTO twitch_sync.streams (stream_id, broadcaster_id, is_live, viewer_count, peak_viewer_count,
+                     title, game_id, game_name, started_at, updated_at, first_seen_at, last_sampled_at,
+                     sample_count)
+             SELECT (5000000 + c)::text, (100000000 + c)::text, true, 100, 2000, 'live ' || c, (c % 50)::text,
+                    'Game ' || (c % 50), now() - interval '2 hours', now(), now() - interval '2 hours', now(), 120
+               FROM generate_series(1, {live}) c;
+             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
+                     prev_sampled_at, prev_viewer_count, prev_game_id)
+             SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '1 minute',
+                    (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id,
+                    CASE WHEN k > 0 THEN s.started_at + (k - 1) * interval '1 minute' END,
+                    CASE WHEN k > 0 THEN (100 + (hashint4(k - 1 + s.stream_id::int) & 1023))::int END,
+                    CASE WHEN k > 0 THEN s.game_id END
+               FROM twitch_sync.streams s, generate_series(0, 119) k;
+             INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
+             SELECT broadcaster_id, stream_id, first_seen_at, 'poll', title, game_id, game_name FROM twitch_sync.streams;"
+        ))
+        .unwrap();
+    db.client.batch_execute("VACUUM ANALYZE").unwrap();
+    let rows = db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples");
+    println!(
+        "\n{live} live streams, 2 hours of a sample a minute: {rows} samples (generated in {:.0} s)",
+        t.elapsed().as_secs_f64()
+    );
+    println!("\n| call | time |\n|---|---|");
+    for (name, sql) in [
+        (
+            "dashboard_hours_per_day('24 hours')",
+            "SELECT * FROM twitch_sync.dashboard_hours_per_day('24 hours')",
+        ),
+        (
+            "dashboard('24 hours')",
+            "SELECT twitch_sync.dashboard('24 hours')",
+        ),
+        (
+            "dashboard('1 hour')",
+            "SELECT twitch_sync.dashboard('1 hour')",
+        ),
+        (
+            "channel_days_in('UTC', today, today)",
+            "SELECT * FROM twitch_sync.channel_days_in('UTC', current_date, current_date)",
+        ),
+        (
+            "category_days_in('UTC', today, today)",
+            "SELECT * FROM twitch_sync.category_days_in('UTC', current_date, current_date)",
+        ),
+        (
+            "maintain() (rolls up today)",
+            "SELECT twitch_sync.maintain()",
+        ),
+    ] {
+        db.client.batch_execute(sql).unwrap();
+        let t = Instant::now();
+        db.client.batch_execute(sql).unwrap();
+        println!("| {name} | {:.2} s |", t.elapsed().as_secs_f64());
+    }
 }
