@@ -1118,25 +1118,30 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
     let c = &mut db.client;
     c.batch_execute("SET track_functions = 'pl'").unwrap();
 
+    // One statement as the editor, in a transaction of its own: the rows it
+    // changed, after it has passed through the transition layer exactly once.
+    let as_editor = |tx: &mut Transaction, sql: &str| -> u64 {
+        let before = calls(tx);
+        tx.batch_execute(&format!("SET LOCAL ROLE {editor}"))
+            .unwrap();
+        let n = tx.execute(sql, &[]).unwrap();
+        tx.batch_execute("RESET ROLE").unwrap();
+        assert_eq!(
+            calls(tx) - before,
+            1,
+            "one pass through the transition layer: {sql}"
+        );
+        n
+    };
+
     // disables 61, 62 (live) and 71 (never live), enables 74 again
     let mut tx = c.transaction().unwrap();
-    let before = calls(&mut tx);
-    tx.batch_execute(&format!("SET LOCAL ROLE {editor}"))
-        .unwrap();
-    let n = tx
-        .execute(
-            "UPDATE twitch_sync.channels SET enabled = NOT enabled
-              WHERE broadcaster_id IN ('61', '62', '71', '74')",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(n, 4);
-    tx.batch_execute("RESET ROLE").unwrap();
-    assert_eq!(
-        calls(&mut tx) - before,
-        1,
-        "one pass through the transition layer"
+    let n = as_editor(
+        &mut tx,
+        "UPDATE twitch_sync.channels SET enabled = NOT enabled
+          WHERE broadcaster_id IN ('61', '62', '71', '74')",
     );
+    assert_eq!(n, 4);
     let rows = streams(&mut tx);
     assert_eq!(
         rows,
@@ -1155,23 +1160,12 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
     // deletes 62 (disabled, ended above), 63 and 65 (live; 65 has no login),
     // 72 (never live), 73 (ended before), 74 (enabled again, never live)
     let mut tx = c.transaction().unwrap();
-    let before = calls(&mut tx);
-    tx.batch_execute(&format!("SET LOCAL ROLE {editor}"))
-        .unwrap();
-    let n = tx
-        .execute(
-            "DELETE FROM twitch_sync.channels
-              WHERE broadcaster_id IN ('62', '63', '65', '72', '73', '74')",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(n, 6);
-    tx.batch_execute("RESET ROLE").unwrap();
-    assert_eq!(
-        calls(&mut tx) - before,
-        1,
-        "one pass through the transition layer"
+    let n = as_editor(
+        &mut tx,
+        "DELETE FROM twitch_sync.channels
+          WHERE broadcaster_id IN ('62', '63', '65', '72', '73', '74')",
     );
+    assert_eq!(n, 6);
     let rows = streams(&mut tx);
     assert_eq!(
         rows,

@@ -542,6 +542,15 @@ fn insert_samples(tx: &mut postgres::Transaction, samples: &[(i32, i32)]) {
     .unwrap();
 }
 
+fn hours_in_the_last_hour(tx: &mut postgres::Transaction) -> f64 {
+    tx.query_one(
+        "SELECT sum(hours_watched)::float8 FROM twitch_sync.dashboard_hours_per_day('1 hour')",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// Hours watched: viewers × time between consecutive samples, nothing across
 /// gaps longer than twitch_sync.max_sample_gap_secs (the analytics rules).
 #[test]
@@ -565,13 +574,7 @@ fn hours_watched_per_day_from_samples() {
         ],
     );
     // within now() of this transaction: exact
-    let total: f64 = tx
-        .query_one(
-            "SELECT sum(hours_watched)::float8 FROM twitch_sync.dashboard_hours_per_day('1 hour')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let total = hours_in_the_last_hour(&mut tx);
     // a sample's count holds until the next one (README "Analytics"):
     // (60→50) 100 × 10 min + (50→40) 100 × 10 min + (10→0) 200 × 10 min; the
     // 30-minute gap (over the 20-minute limit) counts nothing; (70→60) ends at
@@ -616,13 +619,7 @@ fn hours_watched_per_day_from_samples() {
             (0, 100),
         ],
     );
-    let total: f64 = tx
-        .query_one(
-            "SELECT sum(hours_watched)::float8 FROM twitch_sync.dashboard_hours_per_day('1 hour')",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let total = hours_in_the_last_hour(&mut tx);
     let want = want + 3.0 * 200.0 * 10.0 / 60.0;
     assert!((total - want).abs() < 0.02, "{total} hours, want {want}");
     tx.rollback().unwrap();
