@@ -85,26 +85,57 @@ BEGIN
 END
 $$;
 
+-- The whole UTC days within [t0, t1) whose rollups are final, as the span
+-- [r0, r1) of their midnights (r0 = r1 when there are none): maintain() has
+-- rolled up every sample that can close an interval on them (up to a gap
+-- after the day), and no backfill has been written since at an earlier time.
+-- Their channel_days rows hold what their raw samples would give (and stay
+-- when retention drops those samples).
+CREATE FUNCTION twitch_sync.final_rollup_days(t0 timestamptz, t1 timestamptz, OUT r0 timestamptz,
+                                              OUT r1 timestamptz)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT x.r0, greatest(x.r0, coalesce(x.r1, x.r0))
+      FROM (SELECT least(t1, pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC' - interval '1 microsecond')
+                                 AT TIME ZONE 'UTC' + interval '1 day') AS r0,
+                   (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
+                                                                  - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')
+                               AT TIME ZONE 'UTC'
+                      FROM twitch_sync.rollup_state r) AS r1) x
+$$;
+
 -- Hours watched per UTC day over the last `range`, by the analytics rules
 -- (README "Analytics"; twitch_sync.sample_intervals): a sample's count holds
 -- until the broadcast's next sample within twitch_sync.max_sample_gap_secs;
 -- longer gaps count nothing; intervals are cut at the range's start and at
--- midnight. Days without samples are 0. The dashboard and the Grafana panel
--- call it.
+-- midnight. Days without samples are 0. Whole days whose rollups are final
+-- (final_rollup_days) are read from channel_days, the rest from the samples
+-- (values for bounds and gap: the planner estimates the samples they hold).
+-- The dashboard and the Grafana panel call it.
 CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24 hours')
 RETURNS TABLE (day date, hours_watched numeric)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     -- in UTC: the same length whatever the session's TimeZone ('30 days'
-    -- across a DST change); values, which the planner estimates the samples of
+    -- across a DST change)
     t0 timestamptz := (pg_catalog.now() AT TIME ZONE 'UTC' - twitch_sync.dashboard_range($1)) AT TIME ZONE 'UTC';
     t1 timestamptz := pg_catalog.now();
     gap interval := twitch_sync.sample_gap();
+    r0 timestamptz;
+    r1 timestamptz;
 BEGIN
+    SELECT f.r0, f.r1 INTO r0, r1 FROM twitch_sync.final_rollup_days(t0, t1) f;
     RETURN QUERY
-    WITH seg AS (
-        SELECT greatest(i.sampled_at, t0) AS a, least(i.next_at, t1) AS z, i.viewer_count::float8 AS viewers
-          FROM twitch_sync.sample_intervals(t0, t1, gap) i
+    WITH seg AS (  -- from the samples: [t0, r0) and [r1, t1)
+        SELECT greatest(i.sampled_at, t0) AS a, least(i.next_at, r0) AS z, i.viewer_count::float8 AS viewers
+          FROM twitch_sync.sample_intervals(t0, r0, gap) i
+        UNION ALL
+        SELECT greatest(i.sampled_at, r1), least(i.next_at, t1), i.viewer_count::float8
+          FROM twitch_sync.sample_intervals(r1, t1, gap) i
+    ), rolled AS (  -- from the final rollups: [r0, r1)
+        SELECT c.day, sum(c.hours_watched) AS hours
+          FROM twitch_sync.channel_days c
+         WHERE c.day >= (r0 AT TIME ZONE 'UTC')::date AND c.day < (r1 AT TIME ZONE 'UTC')::date
+         GROUP BY c.day
     ), days AS (
         SELECT d AS day_start, d + interval '1 day' AS day_end
           FROM pg_catalog.generate_series(pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC'),
@@ -112,16 +143,17 @@ BEGIN
                                           interval '1 day') d
     )
     SELECT d.day_start::date,
-           pg_catalog.round((coalesce(sum(seg.viewers * pg_catalog.date_part('epoch',
+           pg_catalog.round(((coalesce(sum(seg.viewers * pg_catalog.date_part('epoch',
                    least(seg.z, d.day_end AT TIME ZONE 'UTC') - greatest(seg.a, d.day_start AT TIME ZONE 'UTC'))),
-                0) / 3600)::numeric, 2)
+                0) / 3600) + coalesce(min(r.hours), 0))::numeric, 2)
       FROM days d
       LEFT JOIN seg ON seg.a < d.day_end AT TIME ZONE 'UTC' AND seg.z > d.day_start AT TIME ZONE 'UTC'
+      LEFT JOIN rolled r ON r.day = d.day_start::date
      GROUP BY d.day_start
      ORDER BY d.day_start;
 END
 $$;
-COMMENT ON FUNCTION twitch_sync.dashboard_hours_per_day(interval) IS 'Hours watched per UTC day over the last range, from viewer_samples by the analytics rules (gaps over twitch_sync.max_sample_gap_secs count nothing).';
+COMMENT ON FUNCTION twitch_sync.dashboard_hours_per_day(interval) IS 'Hours watched per UTC day over the last range by the analytics rules (gaps over twitch_sync.max_sample_gap_secs count nothing): from channel_days for whole days whose rollups are final, else from viewer_samples.';
 
 -- One SVG chart with labelled axes. `series` is a JSON array of
 --   {"name": text, "kind": "line" | "bar", "color": "#rrggbb",
@@ -258,6 +290,8 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp A
 DECLARE
     t1 timestamptz := pg_catalog.now();
     t0 timestamptz;
+    r0 timestamptz;
+    r1 timestamptz;
     span float8;
     bucket float8;
     st record;
@@ -512,10 +546,22 @@ BEGIN
     -- averaged per step of about 1/200 of the range (a line breaks over gaps
     -- longer than twice the sampling interval, plus a step for the rounding);
     -- and hours watched per day.
+    -- (the peaks of whole days with final rollups from channel_days, as for
+    -- hours watched; the rest from the samples)
+    SELECT f.r0, f.r1 INTO r0, r1 FROM twitch_sync.final_rollup_days(t0, t1) f;
     SELECT pg_catalog.array_agg(x.broadcaster_id ORDER BY x.peak DESC, x.broadcaster_id) INTO top_ids
-      FROM (SELECT v.broadcaster_id, max(v.viewer_count) AS peak
-              FROM twitch_sync.viewer_samples v WHERE v.sampled_at >= t0 AND v.sampled_at <= t1
-             GROUP BY v.broadcaster_id ORDER BY peak DESC, v.broadcaster_id LIMIT 5) x;
+      FROM (SELECT p.broadcaster_id, max(p.peak) AS peak
+              FROM (SELECT v.broadcaster_id, v.viewer_count AS peak
+                      FROM twitch_sync.viewer_samples v WHERE v.sampled_at >= t0 AND v.sampled_at < r0
+                    UNION ALL
+                    SELECT v.broadcaster_id, v.viewer_count
+                      FROM twitch_sync.viewer_samples v WHERE v.sampled_at >= r1 AND v.sampled_at <= t1
+                    UNION ALL
+                    SELECT c.broadcaster_id, c.peak_viewers
+                      FROM twitch_sync.channel_days c
+                     WHERE c.day >= (r0 AT TIME ZONE 'UTC')::date AND c.day < (r1 AT TIME ZONE 'UTC')::date
+                       AND c.peak_viewers IS NOT NULL) p
+             GROUP BY p.broadcaster_id ORDER BY peak DESC, p.broadcaster_id LIMIT 5) x;
     -- their sampling interval (the median time between consecutive samples)
     SELECT coalesce(pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY g), 600) INTO sample_gap
       FROM (SELECT pg_catalog.date_part('epoch', v.sampled_at - pg_catalog.lag(v.sampled_at)

@@ -1594,6 +1594,50 @@ fn a_broadcast_without_samples_has_no_peak() {
     );
 }
 
+/// Hours per day on the dashboard: a whole day whose rollups are final is
+/// read from channel_days — the same hours its samples give, and still there
+/// once retention has dropped those samples.
+#[test]
+fn the_dashboard_reads_final_days_from_the_rollups() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let now = now_secs();
+    let day = now.div_euclid(DAY) - 2;
+    // live all of that day with 60 viewers: 24 hours x 60 = 1,440 hours
+    broadcast(
+        c,
+        "81",
+        "8101",
+        (day * DAY, (day + 1) * DAY, 600),
+        &|_| 60,
+        true,
+    );
+    // sampled up to now, so that maintain() rolls up past that day's end
+    broadcast(c, "82", "8201", (now - 600, now, 600), &|_| 10, false);
+    let hours_that_day = |c: &mut Client| -> f64 {
+        c.query_one(
+            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('3 days')
+              WHERE day = date '1970-01-01' + $1::int",
+            &[&(day as i32)],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(hours_that_day(c), 1_440.0, "from the samples");
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(hours_that_day(c), 1_440.0, "from the rollups");
+    let dropped: i64 = c
+        .query_one("SELECT twitch_sync.drop_sample_partitions(1)", &[])
+        .unwrap()
+        .get(0);
+    assert!(dropped >= 144, "that day's samples are gone: {dropped}");
+    assert_eq!(
+        hours_that_day(c),
+        1_440.0,
+        "after retention dropped that day's samples"
+    );
+}
+
 /// The dashboard's range is that much time, whatever the session's TimeZone:
 /// '30 days' across a DST change was 721 (or 719) hours in Los Angeles.
 #[test]

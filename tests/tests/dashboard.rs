@@ -740,10 +740,12 @@ fn grafana_panels_run_against_a_populated_database() {
             "CREATE ROLE grafana_reader LOGIN;
              GRANT USAGE ON SCHEMA twitch_sync TO grafana_reader;
              GRANT SELECT ON twitch_sync.runs, twitch_sync.streams, twitch_sync.channels,
-                             twitch_sync.viewer_samples, twitch_sync.rate_limit TO grafana_reader;
+                             twitch_sync.viewer_samples, twitch_sync.rate_limit,
+                             twitch_sync.channel_days, twitch_sync.rollup_state TO grafana_reader;
              GRANT EXECUTE ON FUNCTION twitch_sync.status(), twitch_sync.alert_hint(text),
                                        twitch_sync.dashboard_hours_per_day(interval),
                                        twitch_sync.dashboard_range(interval),
+                                       twitch_sync.final_rollup_days(timestamptz, timestamptz),
                                        twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
                                        twitch_sync.sample_gap() TO grafana_reader;",
         )

@@ -109,6 +109,11 @@ fn main() {
             100.0,
         ),
         (
+            "the dashboard over 30 days (dashboard('30 days'))",
+            median_ms(&mut db, "SELECT twitch_sync.dashboard('30 days')"),
+            f64::NAN,
+        ),
+        (
             "the same day in another time zone, from raw samples (channel_days_in)",
             median_ms(
                 &mut db,
