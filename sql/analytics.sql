@@ -252,11 +252,20 @@ LANGUAGE sql STABLE AS $$
                    pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
                    '1 day'::pg_catalog.interval) d
     )
+    -- each interval's piece on the day it starts (joined on the day: hashed)
     SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
-           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) greatest(i.sampled_at, x.day_lo))
-               ::pg_catalog.float8
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) i.sampled_at)::pg_catalog.float8
       FROM twitch_sync.sample_intervals(lo, hi, gap) i
-      JOIN days x ON x.day_lo OPERATOR(pg_catalog.<) i.next_at AND x.day_hi OPERATOR(pg_catalog.>) i.sampled_at
+      JOIN days x ON x.day OPERATOR(pg_catalog.=) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
+    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
+    SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) x.day_lo)::pg_catalog.float8
+      FROM twitch_sync.sample_intervals(lo, hi, gap) i
+      JOIN days x ON x.day OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
+                 AND x.day OPERATOR(pg_catalog.<=) pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
+                 AND x.day_lo OPERATOR(pg_catalog.<) i.next_at
+     WHERE pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
+           OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
 $$;
 
 -- The latest name of each category: what DISTINCT ON (game_id) ... ORDER BY

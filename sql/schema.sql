@@ -266,6 +266,14 @@ CREATE FUNCTION twitch_sync.channels_validate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM twitch_sync.check_broadcaster_id(NEW.broadcaster_id);
+    -- a Twitch user id never changes: another id is another channel (and the
+    -- old one's broadcasts, samples and events stay under the old id)
+    IF TG_OP = 'UPDATE' AND NEW.broadcaster_id IS DISTINCT FROM OLD.broadcaster_id THEN
+        RAISE EXCEPTION 'a tracked channel''s broadcaster_id cannot change (% to %)',
+                        OLD.broadcaster_id, pg_catalog.left(NEW.broadcaster_id, 40)
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Untrack the old id (untrack() or DELETE) and track the new one.';
+    END IF;
     IF NEW.login IS NOT NULL THEN
         NEW.login := pg_catalog.lower(NEW.login);
         IF NOT twitch_sync.is_login(NEW.login) THEN

@@ -696,10 +696,12 @@ BEGIN
 END
 $$;
 
--- A channel disabled (enabled set to false) or deleted is not checked any
--- more: its live broadcast ends now, as untrack() ends it. Statement triggers
--- with transition tables: one statement disabling or deleting many channels
--- ends all their live broadcasts in one end_live_broadcasts call. The delete
+-- A channel disabled (enabled set to false), deleted or truncated away is not
+-- checked any more: its live broadcast ends now, as untrack() ends it.
+-- Statement triggers with transition tables: one statement disabling or
+-- deleting many channels ends all their live broadcasts in one
+-- end_live_broadcasts call (a channel's id cannot change: channels_validate,
+-- so old and new rows pair by it). The delete
 -- trigger runs after the rows are gone, so it passes their logins for the
 -- 'offline' events. PostgreSQL allows no transition tables on a trigger with
 -- a column list (UPDATE OF enabled): the update trigger fires for every
@@ -716,6 +718,9 @@ BEGIN
         SELECT array_agg(o.broadcaster_id), array_agg(o.login) INTO ids, logins
           FROM old_channels o;
         PERFORM twitch_sync.end_live_broadcasts(ids, logins);
+    ELSIF TG_OP = 'TRUNCATE' THEN  -- no channel is left (the events carry no login)
+        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
+            SELECT s.broadcaster_id FROM twitch_sync.streams s WHERE s.is_live));
     ELSIF EXISTS (SELECT 1 FROM new_channels n WHERE NOT n.enabled) THEN
         PERFORM twitch_sync.end_live_broadcasts(ARRAY(
             SELECT o.broadcaster_id
@@ -732,4 +737,7 @@ CREATE TRIGGER channels_end_live_disabled AFTER UPDATE
 CREATE TRIGGER channels_end_live_deleted AFTER DELETE
     ON twitch_sync.channels REFERENCING OLD TABLE AS old_channels
     FOR EACH STATEMENT
+    EXECUTE FUNCTION twitch_sync.channels_end_live();
+CREATE TRIGGER channels_end_live_truncated AFTER TRUNCATE
+    ON twitch_sync.channels FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();

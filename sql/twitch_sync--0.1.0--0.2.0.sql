@@ -109,6 +109,14 @@ CREATE OR REPLACE FUNCTION twitch_sync.channels_validate() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM twitch_sync.check_broadcaster_id(NEW.broadcaster_id);
+    -- a Twitch user id never changes: another id is another channel (and the
+    -- old one's broadcasts, samples and events stay under the old id)
+    IF TG_OP = 'UPDATE' AND NEW.broadcaster_id IS DISTINCT FROM OLD.broadcaster_id THEN
+        RAISE EXCEPTION 'a tracked channel''s broadcaster_id cannot change (% to %)',
+                        OLD.broadcaster_id, pg_catalog.left(NEW.broadcaster_id, 40)
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Untrack the old id (untrack() or DELETE) and track the new one.';
+    END IF;
     IF NEW.login IS NOT NULL THEN
         NEW.login := pg_catalog.lower(NEW.login);
         IF NOT twitch_sync.is_login(NEW.login) THEN
@@ -157,6 +165,13 @@ ALTER TABLE twitch_sync.streams DROP CONSTRAINT streams_pkey,
     ADD CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id);
 CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
 
+-- The gap limit, in seconds. No SET clause, so it inlines (everything in it
+-- is schema-qualified or a keyword).
+CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.max_sample_gap_secs')::integer, 1))
+$$;
+
 -- viewer_samples: partitioned by UTC day, keyed (broadcaster_id, sampled_at,
 -- stream_id), with each sample's category. 0.1.0's samples move into the
 -- default partition; the first twitch_sync.maintain() (or run(), for today)
@@ -185,10 +200,20 @@ CREATE TABLE twitch_sync.viewer_samples (
 CREATE TABLE twitch_sync.viewer_samples_default PARTITION OF twitch_sync.viewer_samples DEFAULT;
 ALTER TABLE twitch_sync.viewer_samples_default
     ADD CONSTRAINT viewer_samples_default_pkey PRIMARY KEY (broadcaster_id, sampled_at, stream_id);
-INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id)
-SELECT v.stream_id, v.broadcaster_id, v.sampled_at, v.viewer_count, NULLIF(s.game_id, '')
-  FROM twitch_sync.viewer_samples_0_1_0 v
-  LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = v.broadcaster_id AND s.stream_id = v.stream_id;
+-- Each sample with the interval it closes (the analytics rules, as 0.2.0
+-- writes them): its broadcast's previous sample, when within the gap limit.
+INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
+                                        prev_sampled_at, prev_viewer_count, prev_game_id)
+SELECT v.stream_id, v.broadcaster_id, v.sampled_at, v.viewer_count, v.game_id,
+       CASE WHEN v.sampled_at - v.prev_at <= g.gap THEN v.prev_at END,
+       CASE WHEN v.sampled_at - v.prev_at <= g.gap THEN v.prev_count END,
+       CASE WHEN v.sampled_at - v.prev_at <= g.gap THEN v.game_id END
+  FROM (SELECT twitch_sync.sample_gap() AS gap) g,
+       (SELECT v.stream_id, v.broadcaster_id, v.sampled_at, v.viewer_count, NULLIF(s.game_id, '') AS game_id,
+               pg_catalog.lag(v.sampled_at) OVER w AS prev_at, pg_catalog.lag(v.viewer_count) OVER w AS prev_count
+          FROM twitch_sync.viewer_samples_0_1_0 v
+          LEFT JOIN twitch_sync.streams s ON s.broadcaster_id = v.broadcaster_id AND s.stream_id = v.stream_id
+        WINDOW w AS (PARTITION BY v.broadcaster_id, v.stream_id ORDER BY v.sampled_at)) v;
 SELECT twitch_sync.carry_grants_0_2_0(c.relacl, c.relowner, 'TABLE twitch_sync.viewer_samples')
   FROM pg_catalog.pg_class c WHERE c.oid = 'twitch_sync.viewer_samples_0_1_0'::regclass;
 ALTER EXTENSION twitch_sync DROP TABLE twitch_sync.viewer_samples_0_1_0;  -- and from pg_dump's list
@@ -214,13 +239,6 @@ ALTER TABLE twitch_sync.streams
 ---------------------------------------------------------------------------
 -- History and analytics (new): sql/analytics.sql
 ---------------------------------------------------------------------------
--- The gap limit, in seconds. No SET clause, so it inlines (everything in it
--- is schema-qualified or a keyword).
-CREATE FUNCTION twitch_sync.sample_gap() RETURNS interval
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT pg_catalog.make_interval(secs => greatest(twitch_sync.setting('twitch_sync.max_sample_gap_secs')::integer, 1))
-$$;
-
 -- Every title and category a broadcast had: one row when it is first seen,
 -- and one for each observed change, with its source ('poll', 'eventsub').
 CREATE TABLE twitch_sync.stream_changes (
@@ -452,11 +470,20 @@ LANGUAGE sql STABLE AS $$
                    pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
                    '1 day'::pg_catalog.interval) d
     )
+    -- each interval's piece on the day it starts (joined on the day: hashed)
     SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
-           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) greatest(i.sampled_at, x.day_lo))
-               ::pg_catalog.float8
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) i.sampled_at)::pg_catalog.float8
       FROM twitch_sync.sample_intervals(lo, hi, gap) i
-      JOIN days x ON x.day_lo OPERATOR(pg_catalog.<) i.next_at AND x.day_hi OPERATOR(pg_catalog.>) i.sampled_at
+      JOIN days x ON x.day OPERATOR(pg_catalog.=) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
+    UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
+    SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) x.day_lo)::pg_catalog.float8
+      FROM twitch_sync.sample_intervals(lo, hi, gap) i
+      JOIN days x ON x.day OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
+                 AND x.day OPERATOR(pg_catalog.<=) pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
+                 AND x.day_lo OPERATOR(pg_catalog.<) i.next_at
+     WHERE pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
+           OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
 $$;
 
 -- The latest name of each category: what DISTINCT ON (game_id) ... ORDER BY
@@ -862,17 +889,6 @@ UPDATE twitch_sync.streams s
        sampled_game_id = NULLIF(s.game_id, '')  -- as its samples got it, above
   FROM agg a
  WHERE s.broadcaster_id = a.broadcaster_id AND s.stream_id = a.stream_id;
--- and each 0.1.0 sample the interval it closes, by the same rule
-UPDATE twitch_sync.viewer_samples v
-   SET prev_sampled_at = p.prev_at, prev_viewer_count = p.prev_count, prev_game_id = p.prev_game
-  FROM (SELECT x.broadcaster_id, x.stream_id, x.sampled_at,
-               pg_catalog.lag(x.sampled_at) OVER w AS prev_at,
-               pg_catalog.lag(x.viewer_count) OVER w AS prev_count,
-               pg_catalog.lag(x.game_id) OVER w AS prev_game
-          FROM twitch_sync.viewer_samples x
-        WINDOW w AS (PARTITION BY x.broadcaster_id, x.stream_id ORDER BY x.sampled_at)) p
- WHERE v.broadcaster_id = p.broadcaster_id AND v.stream_id = p.stream_id
-   AND v.sampled_at = p.sampled_at AND p.sampled_at - p.prev_at <= twitch_sync.sample_gap();
 UPDATE twitch_sync.streams s
    SET first_seen_at = coalesce(s.first_seen_at, s.started_at, s.updated_at),
        changed_at = coalesce(s.first_seen_at, s.started_at, s.updated_at);
@@ -1643,10 +1659,12 @@ BEGIN
 END
 $$;
 
--- A channel disabled (enabled set to false) or deleted is not checked any
--- more: its live broadcast ends now, as untrack() ends it. Statement triggers
--- with transition tables: one statement disabling or deleting many channels
--- ends all their live broadcasts in one end_live_broadcasts call. The delete
+-- A channel disabled (enabled set to false), deleted or truncated away is not
+-- checked any more: its live broadcast ends now, as untrack() ends it.
+-- Statement triggers with transition tables: one statement disabling or
+-- deleting many channels ends all their live broadcasts in one
+-- end_live_broadcasts call (a channel's id cannot change: channels_validate,
+-- so old and new rows pair by it). The delete
 -- trigger runs after the rows are gone, so it passes their logins for the
 -- 'offline' events. PostgreSQL allows no transition tables on a trigger with
 -- a column list (UPDATE OF enabled): the update trigger fires for every
@@ -1663,6 +1681,9 @@ BEGIN
         SELECT array_agg(o.broadcaster_id), array_agg(o.login) INTO ids, logins
           FROM old_channels o;
         PERFORM twitch_sync.end_live_broadcasts(ids, logins);
+    ELSIF TG_OP = 'TRUNCATE' THEN  -- no channel is left (the events carry no login)
+        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
+            SELECT s.broadcaster_id FROM twitch_sync.streams s WHERE s.is_live));
     ELSIF EXISTS (SELECT 1 FROM new_channels n WHERE NOT n.enabled) THEN
         PERFORM twitch_sync.end_live_broadcasts(ARRAY(
             SELECT o.broadcaster_id
@@ -1679,6 +1700,9 @@ CREATE TRIGGER channels_end_live_disabled AFTER UPDATE
 CREATE TRIGGER channels_end_live_deleted AFTER DELETE
     ON twitch_sync.channels REFERENCING OLD TABLE AS old_channels
     FOR EACH STATEMENT
+    EXECUTE FUNCTION twitch_sync.channels_end_live();
+CREATE TRIGGER channels_end_live_truncated AFTER TRUNCATE
+    ON twitch_sync.channels FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();
 
 

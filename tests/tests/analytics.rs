@@ -1223,7 +1223,44 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
     }
     let ids: Vec<i64> = events[1..].iter().map(|e| e.0).collect();
     assert_eq!(notified, ids);
-    c.batch_execute(&format!("DROP OWNED BY {editor}; DROP ROLE {editor}"))
+
+    // a channel's id cannot change (its broadcast would be left live under
+    // an id nobody checks): refused, and 64 stays live
+    let e = c
+        .batch_execute(
+            "UPDATE twitch_sync.channels SET broadcaster_id = '99' WHERE broadcaster_id = '64'",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", error_text(&e));
+    // TRUNCATE leaves no channel: the live broadcasts (64, 66) end, with
+    // their events (no login: the rows are gone)
+    c.batch_execute("TRUNCATE twitch_sync.channels").unwrap();
+    let ended: Vec<(String, bool, Option<String>)> = c
+        .query(
+            "SELECT s.broadcaster_id, s.is_live OR s.state_source <> 'untrack', e.payload->>'login'
+               FROM twitch_sync.streams s
+               JOIN twitch_sync.events e USING (broadcaster_id, stream_id)
+              WHERE s.broadcaster_id IN ('64', '66') AND e.event = 'offline'
+              ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        ended,
+        vec![
+            ("64".to_string(), false, None),
+            ("66".to_string(), false, None)
+        ]
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE is_live"),
+        0
+    );
+    db.client
+        .batch_execute(&format!("DROP OWNED BY {editor}; DROP ROLE {editor}"))
         .unwrap();
 }
 

@@ -189,6 +189,29 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         "every sample but a broadcast's first closes an interval"
     );
     assert!(old_samples > 0, "0.1.0 wrote samples");
+    let row = old
+        .client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE sampled_at >= $1 AND prev_sampled_at < $1),
+                    count(*) FILTER (WHERE prev_sampled_at IS NOT NULL
+                                       AND (prev_game_id IS DISTINCT FROM previous_game
+                                            OR prev_sampled_at IS DISTINCT FROM previous_at))
+               FROM (SELECT sampled_at, prev_sampled_at, prev_game_id,
+                            lag(game_id) OVER w AS previous_game, lag(sampled_at) OVER w AS previous_at
+                       FROM twitch_sync.viewer_samples
+                     WINDOW w AS (PARTITION BY broadcaster_id, stream_id ORDER BY sampled_at)) x",
+            &[&upgraded_at],
+        )
+        .unwrap();
+    let (continued, wrong): (i64, i64) = (row.get(0), row.get(1));
+    assert!(
+        continued > 0,
+        "a broadcast live across the upgrade closes an interval from its 0.1.0 sample"
+    );
+    assert_eq!(
+        wrong, 0,
+        "each interval is the previous sample's, with its category"
+    );
     assert!(
         kept > 0.0 && (carried - kept).abs() <= 1e-6 * kept,
         "the samples' intervals ({carried} viewer-seconds) add up to the broadcasts' ({kept})"
