@@ -316,7 +316,7 @@ CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day da
 RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
                peak_viewers integer, avg_viewers double precision, broadcasts integer,
                categories text[])
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     -- the days' bounds as values, which the planner estimates the samples of
     range_lo timestamptz;
@@ -398,7 +398,7 @@ $$;
 CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day date)
 RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
                peak_viewers integer, channels_live integer)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     -- the days' bounds as values, which the planner estimates the samples of
     range_lo timestamptz;

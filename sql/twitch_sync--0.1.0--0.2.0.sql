@@ -534,7 +534,7 @@ CREATE FUNCTION twitch_sync.channel_days_in(tz text, first_day date, last_day da
 RETURNS TABLE (broadcaster_id text, day date, airtime interval, hours_watched double precision,
                peak_viewers integer, avg_viewers double precision, broadcasts integer,
                categories text[])
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     -- the days' bounds as values, which the planner estimates the samples of
     range_lo timestamptz;
@@ -616,7 +616,7 @@ $$;
 CREATE FUNCTION twitch_sync.category_days_in(tz text, first_day date, last_day date)
 RETURNS TABLE (game_id text, day date, game_name text, hours_watched double precision,
                peak_viewers integer, channels_live integer)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     -- the days' bounds as values, which the planner estimates the samples of
     range_lo timestamptz;
@@ -2217,7 +2217,7 @@ $$;
 -- The dashboard and the Grafana panel call it.
 CREATE FUNCTION twitch_sync.dashboard_hours_per_day("range" interval DEFAULT '24 hours')
 RETURNS TABLE (day date, hours_watched numeric)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     -- in UTC: the same length whatever the session's TimeZone ('30 days'
     -- across a DST change)
@@ -2390,7 +2390,7 @@ $$;
 -- (and USAGE on the schema) sees the page without any table grant; it shows
 -- when the token expires, never the token or the credentials.
 CREATE FUNCTION twitch_sync.dashboard("range" interval DEFAULT '24 hours') RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     t1 timestamptz := pg_catalog.now();
     t0 timestamptz;
@@ -2684,7 +2684,9 @@ BEGIN
                pg_catalog.floor(pg_catalog.date_part('epoch', v.sampled_at) / vbucket) * vbucket AS x,
                avg(v.viewer_count) AS y
           FROM top t JOIN twitch_sync.viewer_samples v ON v.broadcaster_id = t.broadcaster_id
-         WHERE v.sampled_at >= t0 AND v.sampled_at <= t1
+         -- (the five ids again: read through each partition's key, not by a
+         -- join the planner may hash against every sample of the range)
+         WHERE v.broadcaster_id = ANY (top_ids) AND v.sampled_at >= t0 AND v.sampled_at <= t1
          GROUP BY 1, 2, 3
     ), brk AS (
         SELECT pts.*, coalesce(x - pg_catalog.lag(x) OVER (PARTITION BY broadcaster_id ORDER BY x)
