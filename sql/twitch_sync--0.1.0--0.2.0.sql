@@ -2192,19 +2192,27 @@ $$;
 -- The whole UTC days within [t0, t1) whose rollups are final, as the span
 -- [r0, r1) of their midnights (r0 = r1 when there are none): maintain() has
 -- rolled up every sample that can close an interval on them (up to a gap
--- after the day), and no backfill has been written since at an earlier time.
--- Their channel_days rows hold what their raw samples would give (and stay
--- when retention drops those samples).
+-- after the day), no backfill has been written since at an earlier time, and
+-- twitch_sync.rollups_retention_days has not deleted them. Their channel_days
+-- rows hold what their raw samples would give (and stay when retention drops
+-- those samples).
 CREATE FUNCTION twitch_sync.final_rollup_days(t0 timestamptz, t1 timestamptz, OUT r0 timestamptz,
                                               OUT r1 timestamptz)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.r0, greatest(x.r0, coalesce(x.r1, x.r0))
-      FROM (SELECT least(t1, pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC' - interval '1 microsecond')
-                                 AT TIME ZONE 'UTC' + interval '1 day') AS r0,
+      FROM (SELECT least(t1, greatest(
+                       -- the first midnight at or after t0
+                       pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC' - interval '1 microsecond')
+                           AT TIME ZONE 'UTC' + interval '1 day',
+                       -- the first day whose rollups retention keeps
+                       CASE WHEN k.keep > 0
+                            THEN ((pg_catalog.now() AT TIME ZONE 'UTC')::date - k.keep)::timestamp AT TIME ZONE 'UTC'
+                       END)) AS r0,
                    (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
                                                                   - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')
                                AT TIME ZONE 'UTC'
-                      FROM twitch_sync.rollup_state r) AS r1) x
+                      FROM twitch_sync.rollup_state r) AS r1
+              FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k) x
 $$;
 
 -- Hours watched per UTC day over the last `range`, by the analytics rules

@@ -1633,45 +1633,71 @@ fn a_broadcast_without_samples_has_no_peak() {
 
 /// Hours per day on the dashboard: a whole day whose rollups are final is
 /// read from channel_days — the same hours its samples give, and still there
-/// once retention has dropped those samples.
+/// once retention has dropped those samples; a day whose rollups retention
+/// deleted is read from its samples again.
 #[test]
 fn the_dashboard_reads_final_days_from_the_rollups() {
     let mut db = TestDb::bare(world(1, 0.0));
     let c = &mut db.client;
     let now = now_secs();
-    let day = now.div_euclid(DAY) - 2;
-    // live all of that day with 60 viewers: 24 hours x 60 = 1,440 hours
-    broadcast(
-        c,
-        "81",
-        "8101",
-        (day * DAY, (day + 1) * DAY, 600),
-        &|_| 60,
-        true,
-    );
-    // sampled up to now, so that maintain() rolls up past that day's end
+    let today = now.div_euclid(DAY);
+    // live all of two days with 60 viewers: 24 hours x 60 = 1,440 hours each
+    for (bid, day) in [("81", today - 4), ("83", today - 2)] {
+        let sid = format!("{bid}01");
+        broadcast(
+            c,
+            bid,
+            &sid,
+            (day * DAY, (day + 1) * DAY, 600),
+            &|_| 60,
+            true,
+        );
+    }
+    // sampled up to now, so that maintain() rolls up past those days' ends
     broadcast(c, "82", "8201", (now - 600, now, 600), &|_| 10, false);
-    let hours_that_day = |c: &mut Client| -> f64 {
+    let hours = |c: &mut Client, day: i64| -> f64 {
         c.query_one(
-            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('3 days')
+            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('5 days')
               WHERE day = date '1970-01-01' + $1::int",
             &[&(day as i32)],
         )
         .unwrap()
         .get(0)
     };
-    assert_eq!(hours_that_day(c), 1_440.0, "from the samples");
+    let both = |c: &mut Client| (hours(c, today - 4), hours(c, today - 2));
+    assert_eq!(both(c), (1_440.0, 1_440.0), "from the samples");
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
-    assert_eq!(hours_that_day(c), 1_440.0, "from the rollups");
+    assert_eq!(both(c), (1_440.0, 1_440.0), "from the rollups");
+    // rollups kept 3 days: the older day's go, its samples stay
+    c.batch_execute(
+        "SET twitch_sync.rollups_retention_days = 3;
+         SELECT twitch_sync.maintain();",
+    )
+    .unwrap();
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.channel_days WHERE day = date '1970-01-01' + {}",
+            today - 4
+        )),
+        0,
+        "the older day's rollups are deleted"
+    );
+    let c = &mut db.client;
+    assert_eq!(
+        both(c),
+        (1_440.0, 1_440.0),
+        "the older day from its samples again"
+    );
+    // samples kept 1 day: both days' samples go, the later day's rollups stay
     let dropped: i64 = c
         .query_one("SELECT twitch_sync.drop_sample_partitions(1)", &[])
         .unwrap()
         .get(0);
-    assert!(dropped >= 144, "that day's samples are gone: {dropped}");
+    assert!(dropped >= 2 * 144, "both days' samples are gone: {dropped}");
     assert_eq!(
-        hours_that_day(c),
-        1_440.0,
-        "after retention dropped that day's samples"
+        both(c),
+        (0.0, 1_440.0),
+        "after retention dropped their samples, the later day from its rollups"
     );
 }
 
