@@ -715,18 +715,16 @@ BEGIN
                        today);
     -- Only days whose samples are kept are recomputed: a day without its
     -- partition of viewer_samples (dropped by samples_retention_days, or from
-    -- before the first sample) keeps the rollups it has, and so does the day
-    -- after a dropped one that was rolled up (its first interval began the day
-    -- before). Consecutive days go in one roll_up_days call.
+    -- before the first sample) keeps the rollups it has. A day after a dropped
+    -- one is whole in its own samples (and the next day's): each sample
+    -- carries the interval it closes, the one that began the day before too.
+    -- Consecutive days go in one roll_up_days call.
     days_rolled_up := 0;
     FOR span IN
         WITH kept AS (
             SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
-             WHERE (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
-                    OR d::date = ANY (pending))
-               AND (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date - 1)) IS NOT NULL
-                    OR d::date - 1 = ANY (pending)
-                    OR NOT EXISTS (SELECT 1 FROM twitch_sync.channel_days c WHERE c.day = d::date - 1))
+             WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+                OR d::date = ANY (pending)
         )
         SELECT min(k.d) AS a, max(k.d) AS z
           FROM (SELECT k.d, k.d - (pg_catalog.row_number() OVER (ORDER BY k.d))::integer AS run FROM kept k) k

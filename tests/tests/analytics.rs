@@ -961,6 +961,43 @@ fn retention_never_costs_rollups() {
     );
 }
 
+/// The day after one whose samples retention dropped is whole in its own
+/// samples (each carries the interval it closes): a backfill into it is
+/// rolled up like any other day's, as a recomputation says.
+#[test]
+fn a_backfill_after_dropped_days_is_rolled_up() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let today = now_secs().div_euclid(DAY);
+    for day in (today - 4)..today {
+        let sid = format!("91{}", today - day);
+        broadcast(
+            c,
+            "91",
+            &sid,
+            (day * DAY + 43_200, day * DAY + 50_400, 600),
+            &|_| 100,
+            true,
+        );
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert!(db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") > 0);
+    let c = &mut db.client;
+    let day = today - 2;
+    broadcast(
+        c,
+        "92",
+        "9201",
+        (day * DAY + 57_600, day * DAY + 61_200, 600),
+        &|_| 500,
+        true,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    assert_eq!(want.len(), 2, "both channels that day: {want:?}");
+    assert_eq!(rollup_rows_of(c, "channel_days", day), want);
+}
+
 /// One day of channel_days, or of channel_days_in (`src` names x, the day).
 fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
     c.query(
