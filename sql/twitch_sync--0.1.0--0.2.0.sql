@@ -294,7 +294,11 @@ COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours w
 CREATE TABLE twitch_sync.rollup_state (
     singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     rolled_up_to  timestamptz NOT NULL,
-    stale_from    timestamptz
+    stale_from    timestamptz,
+    -- days before this had their samples dropped by retention
+    -- (drop_sample_partitions): their rollups are final, and samples written
+    -- for them later are past retention too (never rolled up, dropped)
+    samples_dropped_before date
 );
 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
@@ -374,6 +378,7 @@ DECLARE
     final_before timestamptz;
     n bigint;
     dropped bigint := 0;
+    dropped_through date;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF keep_days IS NULL OR keep_days <= 0 THEN
@@ -402,12 +407,28 @@ BEGIN
             EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
             EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
             dropped := dropped + n;
+            dropped_through := part_day;
         EXCEPTION WHEN lock_not_available THEN
             NULL;
         END;
         PERFORM pg_catalog.set_config('lock_timeout', old_timeout, true);
     END LOOP;
-    RETURN dropped;
+    IF dropped_through IS NOT NULL THEN
+        -- Remembered: a later backfill into these days must not replace their
+        -- rollups with itself (maintain() would re-create their partitions).
+        -- Without a rollup_state row, every dropped day was rolled up above.
+        INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to, samples_dropped_before)
+        VALUES (true, (dropped_through + 1)::timestamp AT TIME ZONE 'UTC', dropped_through + 1)
+        ON CONFLICT (singleton) DO UPDATE
+            SET samples_dropped_before = greatest(r.samples_dropped_before, EXCLUDED.samples_dropped_before);
+    END IF;
+    -- samples written since for days already dropped wait in the default
+    -- partition (maintain() makes no partition for them): past retention too
+    DELETE FROM twitch_sync.viewer_samples_default v
+     WHERE v.sampled_at < (SELECT r.samples_dropped_before::timestamp AT TIME ZONE 'UTC'
+                             FROM twitch_sync.rollup_state r);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN dropped + n;
 END
 $$;
 
@@ -688,17 +709,22 @@ DECLARE
     day date;
     span record;
     pending date[];
+    -- days whose samples retention dropped: never partitioned or rolled up again
+    dropped_before date := (SELECT r.samples_dropped_before FROM twitch_sync.rollup_state r);
 BEGIN
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
     FOR day IN SELECT DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date
                  FROM twitch_sync.viewer_samples_default v ORDER BY 1 LOOP
-        partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+        IF dropped_before IS NULL OR day >= dropped_before THEN
+            partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+        END IF;
     END LOOP;
     -- a day whose partition could not be attached (a reader held the default
     -- partition) still has its samples there: it is rolled up like the others
     SELECT coalesce(array_agg(DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date), '{}') INTO pending
-      FROM twitch_sync.viewer_samples_default v;
+      FROM twitch_sync.viewer_samples_default v
+     WHERE dropped_before IS NULL OR v.sampled_at >= dropped_before::timestamp AT TIME ZONE 'UTC';
     -- The first call rolls up everything there is.
     SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
     IF since IS NULL THEN
@@ -723,8 +749,9 @@ BEGIN
     FOR span IN
         WITH kept AS (
             SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
-             WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
-                OR d::date = ANY (pending)
+             WHERE (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
+                    OR d::date = ANY (pending))
+               AND (dropped_before IS NULL OR d::date >= dropped_before)
         )
         SELECT min(k.d) AS a, max(k.d) AS z
           FROM (SELECT k.d, k.d - (pg_catalog.row_number() OVER (ORDER BY k.d))::integer AS run FROM kept k) k

@@ -998,6 +998,58 @@ fn a_backfill_after_dropped_days_is_rolled_up() {
     assert_eq!(rollup_rows_of(c, "channel_days", day), want);
 }
 
+/// Days whose samples retention dropped keep their rollups: a backfill into
+/// them later is past retention too (no partition is made for it, it is not
+/// rolled up, and the next drop deletes it), instead of replacing the day's
+/// rollups with itself.
+#[test]
+fn a_backfill_into_days_past_retention_keeps_their_rollups() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let today = now_secs().div_euclid(DAY);
+    for day in (today - 4)..today {
+        let sid = format!("93{}", today - day);
+        broadcast(
+            c,
+            "93",
+            &sid,
+            (day * DAY + 43_200, day * DAY + 50_400, 600),
+            &|_| 100,
+            true,
+        );
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert!(db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") > 0);
+    let c = &mut db.client;
+    let day = today - 4;
+    let want = rollup_rows_of(c, "channel_days", day);
+    assert_eq!(want.len(), 1, "{want:?}");
+    broadcast(
+        c,
+        "95",
+        "9501",
+        (day * DAY + 57_600, day * DAY + 61_200, 600),
+        &|_| 10,
+        true,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(
+        rollup_rows_of(c, "channel_days", day),
+        want,
+        "the day's rollups"
+    );
+    assert!(
+        db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") >= 7,
+        "the backfill's samples are dropped"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM twitch_sync.viewer_samples WHERE broadcaster_id = '95'"
+        ),
+        0
+    );
+}
+
 /// One day of channel_days, or of channel_days_in (`src` names x, the day).
 fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
     c.query(
