@@ -961,19 +961,17 @@ fn retention_never_costs_rollups() {
     );
 }
 
-/// The day after one whose samples retention dropped is whole in its own
-/// samples (each carries the interval it closes): a backfill into it is
-/// rolled up like any other day's, as a recomputation says.
-#[test]
-fn a_backfill_after_dropped_days_is_rolled_up() {
+/// `bid` live two hours on each of the last four days, rolled up, then
+/// samples kept two days (the first two days' partitions dropped).
+fn four_days_then_retention(bid: &str) -> (TestDb, i64) {
     let mut db = TestDb::bare(world(1, 0.0));
     let c = &mut db.client;
     let today = now_secs().div_euclid(DAY);
     for day in (today - 4)..today {
-        let sid = format!("91{}", today - day);
+        let sid = format!("{bid}{}", today - day);
         broadcast(
             c,
-            "91",
+            bid,
             &sid,
             (day * DAY + 43_200, day * DAY + 50_400, 600),
             &|_| 100,
@@ -982,6 +980,15 @@ fn a_backfill_after_dropped_days_is_rolled_up() {
     }
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
     assert!(db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") > 0);
+    (db, today)
+}
+
+/// The day after one whose samples retention dropped is whole in its own
+/// samples (each carries the interval it closes): a backfill into it is
+/// rolled up like any other day's, as a recomputation says.
+#[test]
+fn a_backfill_after_dropped_days_is_rolled_up() {
+    let (mut db, today) = four_days_then_retention("91");
     let c = &mut db.client;
     let day = today - 2;
     broadcast(
@@ -1004,22 +1011,7 @@ fn a_backfill_after_dropped_days_is_rolled_up() {
 /// rollups with itself.
 #[test]
 fn a_backfill_into_days_past_retention_keeps_their_rollups() {
-    let mut db = TestDb::bare(world(1, 0.0));
-    let c = &mut db.client;
-    let today = now_secs().div_euclid(DAY);
-    for day in (today - 4)..today {
-        let sid = format!("93{}", today - day);
-        broadcast(
-            c,
-            "93",
-            &sid,
-            (day * DAY + 43_200, day * DAY + 50_400, 600),
-            &|_| 100,
-            true,
-        );
-    }
-    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
-    assert!(db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") > 0);
+    let (mut db, today) = four_days_then_retention("93");
     let c = &mut db.client;
     let day = today - 4;
     let want = rollup_rows_of(c, "channel_days", day);
