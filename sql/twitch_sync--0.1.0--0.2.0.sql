@@ -723,8 +723,7 @@ BEGIN
     -- a day whose partition could not be attached (a reader held the default
     -- partition) still has its samples there: it is rolled up like the others
     SELECT coalesce(array_agg(DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date), '{}') INTO pending
-      FROM twitch_sync.viewer_samples_default v
-     WHERE dropped_before IS NULL OR v.sampled_at >= dropped_before::timestamp AT TIME ZONE 'UTC';
+      FROM twitch_sync.viewer_samples_default v;
     -- The first call rolls up everything there is.
     SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
     IF since IS NULL THEN

@@ -27,6 +27,24 @@ fn median_ms(db: &mut TestDb, sql: &str) -> f64 {
     times[2]
 }
 
+/// Samples of every stream in `streams`: `last + 1` from its `started_at`,
+/// one every `step`, those before now, written as the transition layer writes
+/// them: each with the interval it closes (the previous sample's time, count
+/// and category).
+fn samples_of_every_stream(step: &str, last: i64) -> String {
+    format!(
+        "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
+                 prev_sampled_at, prev_viewer_count, prev_game_id)
+         SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '{step}',
+                (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id,
+                CASE WHEN k > 0 THEN s.started_at + (k - 1) * interval '{step}' END,
+                CASE WHEN k > 0 THEN (100 + (hashint4(k - 1 + s.stream_id::int) & 1023))::int END,
+                CASE WHEN k > 0 THEN s.game_id END
+           FROM twitch_sync.streams s, generate_series(0, {last}) k
+          WHERE s.started_at + k * interval '{step}' < now();"
+    )
+}
+
 fn main() {
     let channels = env("BENCH_ANALYTICS_CHANNELS", 1_000);
     let days = env("BENCH_ANALYTICS_DAYS", 90);
@@ -36,6 +54,7 @@ fn main() {
     // The dataset: every channel live all day (one 24-hour broadcast a day), a
     // sample every 10 minutes, in the day partitions maintain() keeps.
     let t = Instant::now();
+    let samples = samples_of_every_stream("10 minutes", 143);
     db.client
         .batch_execute(&format!(
             "SET twitch_sync.max_sample_gap_secs = 1200;
@@ -50,16 +69,7 @@ fn main() {
                     LATERAL (SELECT (current_date - d)::timestamp AT TIME ZONE 'UTC' + (c % 16) * interval '1 hour' AS s) x;
              INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
              SELECT broadcaster_id, stream_id, first_seen_at, 'poll', title, game_id, game_name FROM twitch_sync.streams;
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
-                     prev_sampled_at, prev_viewer_count, prev_game_id)
-             SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '10 minutes',
-                    (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id,
-                    -- the interval each sample closes, as the transition layer writes it
-                    CASE WHEN k > 0 THEN s.started_at + (k - 1) * interval '10 minutes' END,
-                    CASE WHEN k > 0 THEN (100 + (hashint4(k - 1 + s.stream_id::int) & 1023))::int END,
-                    CASE WHEN k > 0 THEN s.game_id END
-               FROM twitch_sync.streams s, generate_series(0, 143) k
-              WHERE s.started_at + k * interval '10 minutes' < now();
+             {samples}
              ANALYZE twitch_sync.viewer_samples;"
         ))
         .unwrap();
@@ -187,6 +197,7 @@ fn many_live_streams() {
     }
     let mut db = TestDb::bare(world(1, 0.0));
     let t = Instant::now();
+    let samples = samples_of_every_stream("1 minute", 119);
     db.client
         .batch_execute(&format!(
             "SET work_mem = '16MB';
@@ -200,14 +211,7 @@ fn many_live_streams() {
              SELECT (5000000 + c)::text, (100000000 + c)::text, true, 100, 2000, 'live ' || c, (c % 50)::text,
                     'Game ' || (c % 50), now() - interval '2 hours', now(), now() - interval '2 hours', now(), 120
                FROM generate_series(1, {live}) c;
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
-                     prev_sampled_at, prev_viewer_count, prev_game_id)
-             SELECT s.stream_id, s.broadcaster_id, s.started_at + k * interval '1 minute',
-                    (100 + (hashint4(k + s.stream_id::int) & 1023))::int, s.game_id,
-                    CASE WHEN k > 0 THEN s.started_at + (k - 1) * interval '1 minute' END,
-                    CASE WHEN k > 0 THEN (100 + (hashint4(k - 1 + s.stream_id::int) & 1023))::int END,
-                    CASE WHEN k > 0 THEN s.game_id END
-               FROM twitch_sync.streams s, generate_series(0, 119) k;
+             {samples}
              INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
              SELECT broadcaster_id, stream_id, first_seen_at, 'poll', title, game_id, game_name FROM twitch_sync.streams;"
         ))
