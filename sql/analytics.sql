@@ -69,6 +69,24 @@ CREATE TABLE twitch_sync.category_days (
 CREATE INDEX category_days_day ON twitch_sync.category_days (day);
 COMMENT ON TABLE twitch_sync.category_days IS 'Per category per UTC day: hours watched, highest single-stream viewers, channels live (twitch_sync.maintain()).';
 
+-- Per channel per category per UTC day: what channel_days and category_days
+-- are summed from (twitch_sync.day_parts). maintain() adds to it only what
+-- the samples written since its last call make, so its hourly call costs
+-- what the hour wrote, not the whole day; a backfill's days are recomputed
+-- from their samples. Rows of days whose samples retention dropped are
+-- deleted with them (the rollups stay).
+CREATE TABLE twitch_sync.channel_category_days (
+    broadcaster_id  text NOT NULL,
+    day             date NOT NULL,
+    game_id         text NOT NULL,
+    viewer_seconds  double precision NOT NULL,
+    covered_seconds double precision NOT NULL,
+    peak_viewers    integer,
+    CONSTRAINT channel_category_days_pkey PRIMARY KEY (broadcaster_id, day, game_id)
+);
+CREATE INDEX channel_category_days_day ON twitch_sync.channel_category_days (day);
+COMMENT ON TABLE twitch_sync.channel_category_days IS 'Per channel per category per UTC day: viewer-seconds, seconds covered, peak; what maintain() sums channel_days and category_days from.';
+
 -- How far the rollups are: samples up to rolled_up_to (the latest sample
 -- rolled up) are in them. stale_from: the earliest time of what was written
 -- since at an earlier time (a backfill; twitch_sync.mark_rollups_stale), where
@@ -80,12 +98,17 @@ CREATE TABLE twitch_sync.rollup_state (
     -- days before this had their samples dropped by retention
     -- (drop_sample_partitions): their rollups are final, and samples written
     -- for them later are past retention too (never rolled up, dropped)
-    samples_dropped_before date
+    samples_dropped_before date,
+    -- the earliest sample written since at or before rolled_up_to (a
+    -- backfill): the next maintain() recomputes channel_category_days from
+    -- its day, as it adds only later samples to them
+    samples_stale_from timestamptz
 );
 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
 -- The partition of viewer_samples holding a UTC day. No SET clause, so it
@@ -178,10 +201,11 @@ BEGIN
            AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
          ORDER BY c.relname
     LOOP
-        -- a day not rolled up for good is rolled up now, before its samples go
+        -- a day not rolled up for good is rolled up now from its samples,
+        -- before they go
         part_day := pg_catalog.to_date(pg_catalog.substr(part, 16), 'YYYYMMDD');
         IF final_before IS NULL OR (part_day + 1)::timestamp AT TIME ZONE 'UTC' > final_before THEN
-            PERFORM twitch_sync.roll_up_days(part_day, part_day);
+            PERFORM twitch_sync.roll_up_days(part_day, part_day, from_samples => true);
         END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
@@ -204,6 +228,9 @@ BEGIN
         ON CONFLICT (singleton) DO UPDATE
             SET samples_dropped_before = greatest(r.samples_dropped_before, EXCLUDED.samples_dropped_before);
     END IF;
+    -- what maintain() sums the rollups from goes with the samples
+    DELETE FROM twitch_sync.channel_category_days r
+     WHERE r.day < (SELECT q.samples_dropped_before FROM twitch_sync.rollup_state q);
     -- samples written since for days already dropped wait in the default
     -- partition (maintain() makes no partition for them): past retention too
     DELETE FROM twitch_sync.viewer_samples_default v
@@ -259,11 +286,12 @@ $$;
 
 -- The intervals of sample_intervals(lo, hi, gap) cut at midnight in time zone
 -- tz (days as day_start() bounds them): one piece per day an interval covers,
--- with its length in seconds. Pieces outside [lo, hi) are the callers' to drop.
+-- with its length in seconds and the time of the sample that closed the
+-- interval (closed_at). Pieces outside [lo, hi) are the callers' to drop.
 -- Inlines like sample_intervals (no SET clause; qualified operators and types).
 CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text, gap interval)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
-               secs double precision)
+               secs double precision, closed_at timestamptz)
 LANGUAGE sql STABLE AS $$
     WITH days AS MATERIALIZED (  -- the days the intervals can touch, with their bounds, once
         SELECT d::pg_catalog.date AS day, twitch_sync.day_start(d::pg_catalog.date, tz) AS day_lo,
@@ -275,18 +303,52 @@ LANGUAGE sql STABLE AS $$
     )
     -- each interval's piece on the day it starts (joined on the day: hashed)
     SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
-           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) i.sampled_at)::pg_catalog.float8
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) i.sampled_at)::pg_catalog.float8,
+           i.next_at
       FROM twitch_sync.sample_intervals(lo, hi, gap) i
       JOIN days x ON x.day OPERATOR(pg_catalog.=) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
     UNION ALL  -- an interval crossing midnight: a piece on each later day it covers
     SELECT x.day, i.broadcaster_id, i.stream_id, i.game_id, i.viewer_count,
-           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) x.day_lo)::pg_catalog.float8
+           extract(epoch FROM least(i.next_at, x.day_hi) OPERATOR(pg_catalog.-) x.day_lo)::pg_catalog.float8,
+           i.next_at
       FROM twitch_sync.sample_intervals(lo, hi, gap) i
       JOIN days x ON x.day OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
                  AND x.day OPERATOR(pg_catalog.<=) pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
                  AND x.day_lo OPERATOR(pg_catalog.<) i.next_at
      WHERE pg_catalog.timezone(tz, i.next_at)::pg_catalog.date
            OPERATOR(pg_catalog.>) pg_catalog.timezone(tz, i.sampled_at)::pg_catalog.date
+$$;
+
+-- Per channel per category per day in time zone tz, what the samples written
+-- at or before `through` make of the days: the pieces of the intervals
+-- (sample_pieces(lo, hi, tz, gap)) on the day, by the category each interval
+-- began in: viewers x seconds (viewer_seconds) and seconds (covered_seconds,
+-- NULL: none); and the highest of the samples in [lo, hi) on the day in that
+-- category (peak_viewers, NULL: none). A NULL category counts as ''. Days
+-- outside [lo, hi) are the callers' to drop. The daily figures are sums and
+-- maxima of these: channel_days_in and category_days_in compute them from
+-- here, and maintain() keeps them per UTC day in channel_category_days,
+-- adding what each call finds new (lo = its last sample, through = the
+-- latest). Inlines like sample_pieces.
+CREATE FUNCTION twitch_sync.day_parts(lo timestamptz, hi timestamptz, tz text, gap interval,
+                                      through timestamptz)
+RETURNS TABLE (day date, broadcaster_id text, game_id text, viewer_seconds double precision,
+               covered_seconds double precision, peak_viewers integer)
+LANGUAGE sql STABLE AS $$
+    SELECT k.day, k.broadcaster_id, k.game_id, pg_catalog.sum(k.vs), pg_catalog.sum(k.cs),
+           pg_catalog.max(k.peak)
+      FROM (SELECT p.day, p.broadcaster_id, coalesce(p.game_id, '') AS game_id,
+                   (p.viewer_count::pg_catalog.float8 OPERATOR(pg_catalog.*) p.secs) AS vs, p.secs AS cs,
+                   NULL::pg_catalog.int4 AS peak
+              FROM twitch_sync.sample_pieces(lo, hi, tz, gap) p
+             WHERE p.closed_at OPERATOR(pg_catalog.<=) through
+            UNION ALL
+            SELECT pg_catalog.timezone(tz, v.sampled_at)::pg_catalog.date, v.broadcaster_id,
+                   coalesce(v.game_id, ''), NULL, NULL, v.viewer_count
+              FROM twitch_sync.viewer_samples v
+             WHERE v.sampled_at OPERATOR(pg_catalog.>=) lo AND v.sampled_at OPERATOR(pg_catalog.<) hi
+               AND v.sampled_at OPERATOR(pg_catalog.<=) through) k
+     GROUP BY k.day, k.broadcaster_id, k.game_id
 $$;
 
 -- The latest name of each category: what DISTINCT ON (game_id) ... ORDER BY
@@ -330,6 +392,53 @@ BEGIN
 END
 $$;
 
+-- Per channel per day, days from first_day to last_day in time zone tz: the
+-- airtime of its broadcasts (overlapping ones merged, so no instant counts
+-- twice) and how many were on the air, from the streams table.
+CREATE FUNCTION twitch_sync.broadcast_days(tz text, first_day date, last_day date)
+RETURNS TABLE (day date, broadcaster_id text, airtime interval, broadcasts integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    range_lo timestamptz := twitch_sync.day_start(first_day, tz);
+    range_hi timestamptz := twitch_sync.day_start(last_day + 1, tz);
+BEGIN
+    RETURN QUERY
+    WITH days AS MATERIALIZED (  -- each day with its bounds, once
+        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
+               twitch_sync.day_start(d::date + 1, tz) AS day_hi
+          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
+    ), spans AS (  -- each broadcast's time within the days
+        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), range_lo) AS a,
+               least(coalesce(b.ended_at, pg_catalog.now()), range_hi) AS z
+          FROM twitch_sync.streams b
+         WHERE coalesce(b.started_at, b.first_seen_at) < range_hi
+           AND coalesce(b.ended_at, pg_catalog.now()) > range_lo
+    ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
+        SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
+          FROM (SELECT m.broadcaster_id, m.a, m.z,
+                       count(*) FILTER (WHERE m.reach IS NULL OR m.a > m.reach)
+                           OVER (PARTITION BY m.broadcaster_id ORDER BY m.a, m.z) AS run
+                  FROM (SELECT p.broadcaster_id, p.a, p.z,
+                               max(p.z) OVER (PARTITION BY p.broadcaster_id ORDER BY p.a, p.z
+                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+                          FROM spans p WHERE p.z > p.a) m) r
+         GROUP BY r.broadcaster_id, r.run
+    )
+    -- per day: the merged runs' airtime, and the broadcasts on the air
+    SELECT x.day, i.broadcaster_id,
+           sum(least(i.z, x.day_hi) - greatest(i.a, x.day_lo)) FILTER (WHERE i.merged),
+           (count(*) FILTER (WHERE NOT i.merged))::int
+      FROM (SELECT r.broadcaster_id, r.a, r.z, true AS merged FROM runs r
+            UNION ALL
+            SELECT p.broadcaster_id, p.a, p.z, false FROM spans p) i
+     CROSS JOIN LATERAL pg_catalog.generate_series((i.a AT TIME ZONE tz)::date,
+                                                   (i.z AT TIME ZONE tz)::date, interval '1 day') d
+      JOIN days x ON x.day = d::date
+     WHERE least(i.z, x.day_hi) > greatest(i.a, x.day_lo)
+     GROUP BY 1, 2;
+END
+$$;
+
 -- Per channel per day, days from first_day to last_day in time zone tz,
 -- computed from raw samples and broadcasts (so only within the samples'
 -- retention). channel_days holds the same for UTC, kept by maintain().
@@ -348,69 +457,24 @@ BEGIN
     range_lo := twitch_sync.day_start(first_day, tz);
     range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH days AS MATERIALIZED (  -- each day with its bounds, once
-        SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
-               twitch_sync.day_start(d::date + 1, tz) AS day_hi
-          FROM pg_catalog.generate_series(first_day, last_day, interval '1 day') d
-    ), s AS (  -- the samples of the days
-        SELECT v.* FROM twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi
-    ), watched AS (
-        SELECT p.day, p.broadcaster_id, sum(p.viewer_count * p.secs)::float8 AS vs, sum(p.secs)::float8 AS cs
-          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
+    WITH names AS MATERIALIZED (  -- once, not per row
+        SELECT c.game_id, c.game_name FROM twitch_sync.categories c
+    ), parts AS (
+        SELECT p.day, p.broadcaster_id, sum(p.viewer_seconds) AS vs, sum(p.covered_seconds) AS cs,
+               max(p.peak_viewers) AS peak,
+               array_agg(coalesce(n.game_name, p.game_id) ORDER BY coalesce(n.game_name, p.game_id))
+                   FILTER (WHERE p.peak_viewers IS NOT NULL AND p.game_id <> '') AS categories
+          FROM twitch_sync.day_parts(range_lo, range_hi, tz, gap, 'infinity') p
+          LEFT JOIN names n ON n.game_id = p.game_id
          WHERE p.day BETWEEN first_day AND last_day
          GROUP BY 1, 2
-    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
-        SELECT g.day, g.broadcaster_id, max(g.peak) AS peak,
-               array_agg(g.game_id ORDER BY g.game_id) FILTER (WHERE g.game_id <> '') AS game_ids
-          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.broadcaster_id, s.game_id,
-                       max(s.viewer_count) AS peak
-                  FROM s
-                 GROUP BY 1, 2, 3) g
-         GROUP BY 1, 2
-    ), spans AS (  -- each broadcast's time within the days
-        SELECT b.broadcaster_id, greatest(coalesce(b.started_at, b.first_seen_at), range_lo) AS a,
-               least(coalesce(b.ended_at, pg_catalog.now()), range_hi) AS z
-          FROM twitch_sync.streams b
-         WHERE coalesce(b.started_at, b.first_seen_at) < range_hi
-           AND coalesce(b.ended_at, pg_catalog.now()) > range_lo
-    ), runs AS (  -- a channel's overlapping broadcasts merged, so no instant counts twice
-        SELECT r.broadcaster_id, min(r.a) AS a, max(r.z) AS z
-          FROM (SELECT m.broadcaster_id, m.a, m.z,
-                       count(*) FILTER (WHERE m.reach IS NULL OR m.a > m.reach)
-                           OVER (PARTITION BY m.broadcaster_id ORDER BY m.a, m.z) AS run
-                  FROM (SELECT p.broadcaster_id, p.a, p.z,
-                               max(p.z) OVER (PARTITION BY p.broadcaster_id ORDER BY p.a, p.z
-                                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
-                          FROM spans p WHERE p.z > p.a) m) r
-         GROUP BY r.broadcaster_id, r.run
-    ), aired AS (  -- per day: the merged runs' airtime, and the broadcasts on the air
-        SELECT x.day, i.broadcaster_id,
-               sum(least(i.z, x.day_hi) - greatest(i.a, x.day_lo)) FILTER (WHERE i.merged) AS airtime,
-               (count(*) FILTER (WHERE NOT i.merged))::int AS broadcasts
-          FROM (SELECT r.broadcaster_id, r.a, r.z, true AS merged FROM runs r
-                UNION ALL
-                SELECT p.broadcaster_id, p.a, p.z, false FROM spans p) i
-         CROSS JOIN LATERAL pg_catalog.generate_series((i.a AT TIME ZONE tz)::date,
-                                                       (i.z AT TIME ZONE tz)::date, interval '1 day') d
-          JOIN days x ON x.day = d::date
-         WHERE least(i.z, x.day_hi) > greatest(i.a, x.day_lo)
-         GROUP BY 1, 2
-    ), keys AS (
-        SELECT a.day, a.broadcaster_id FROM aired a
-        UNION SELECT w.day, w.broadcaster_id FROM watched w
-        UNION SELECT x.day, x.broadcaster_id FROM sampled x
-    ), names AS MATERIALIZED (  -- once, not per row
-        SELECT c.game_id, c.game_name FROM twitch_sync.categories c
     )
-    SELECT k.broadcaster_id, k.day, coalesce(a.airtime, interval '0'), coalesce(w.vs, 0) / 3600,
-           x.peak, CASE WHEN w.cs > 0 THEN w.vs / w.cs END, coalesce(a.broadcasts, 0),
-           coalesce(ARRAY(SELECT coalesce(c.game_name, g) FROM unnest(x.game_ids) g
-                            LEFT JOIN names c ON c.game_id = g ORDER BY 1), '{}')
-      FROM keys k
-      LEFT JOIN aired a ON a.day = k.day AND a.broadcaster_id = k.broadcaster_id
-      LEFT JOIN watched w ON w.day = k.day AND w.broadcaster_id = k.broadcaster_id
-      LEFT JOIN sampled x ON x.day = k.day AND x.broadcaster_id = k.broadcaster_id;
+    SELECT coalesce(x.broadcaster_id, a.broadcaster_id), coalesce(x.day, a.day),
+           coalesce(a.airtime, interval '0'), coalesce(x.vs, 0) / 3600, x.peak,
+           CASE WHEN x.cs > 0 THEN x.vs / x.cs END, coalesce(a.broadcasts, 0), coalesce(x.categories, '{}')
+      FROM parts x
+      FULL JOIN twitch_sync.broadcast_days(tz, first_day, last_day) a
+        ON a.day = x.day AND a.broadcaster_id = x.broadcaster_id;
 END
 $$;
 
@@ -430,45 +494,98 @@ BEGIN
     range_lo := twitch_sync.day_start(first_day, tz);
     range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
-    WITH s AS (  -- the samples of the days, with a category
-        SELECT v.* FROM twitch_sync.viewer_samples v
-         WHERE v.sampled_at >= range_lo AND v.sampled_at < range_hi AND v.game_id <> ''
-    ), watched AS (
-        SELECT p.day, p.game_id, sum(p.viewer_count * p.secs)::float8 AS vs
-          FROM twitch_sync.sample_pieces(range_lo, range_hi, tz, gap) p
-         WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
-         GROUP BY 1, 2
-    ), sampled AS (  -- grouped twice, not with a DISTINCT aggregate: hashed, not sorted
-        SELECT g.day, g.game_id, max(g.peak) AS peak, count(*)::int AS channels
-          FROM (SELECT (s.sampled_at AT TIME ZONE tz)::date AS day, s.game_id, s.broadcaster_id,
-                       max(s.viewer_count) AS peak
-                  FROM s
-                 GROUP BY 1, 2, 3) g
-         GROUP BY 1, 2
-    ), keys AS (
-        SELECT w.day, w.game_id FROM watched w UNION SELECT x.day, x.game_id FROM sampled x
-    )
-    SELECT k.game_id, k.day, coalesce(c.game_name, ''), coalesce(w.vs, 0) / 3600,
-           coalesce(x.peak, 0), coalesce(x.channels, 0)
-      FROM keys k
-      LEFT JOIN watched w ON w.day = k.day AND w.game_id = k.game_id
-      LEFT JOIN sampled x ON x.day = k.day AND x.game_id = k.game_id
-      LEFT JOIN twitch_sync.categories c ON c.game_id = k.game_id;
+    SELECT p.game_id, p.day, coalesce(min(c.game_name), ''), coalesce(sum(p.viewer_seconds), 0) / 3600,
+           coalesce(max(p.peak_viewers), 0), (count(*) FILTER (WHERE p.peak_viewers IS NOT NULL))::int
+      FROM twitch_sync.day_parts(range_lo, range_hi, tz, gap, 'infinity') p
+      LEFT JOIN twitch_sync.categories c ON c.game_id = p.game_id
+     WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
+     GROUP BY p.game_id, p.day;
 END
 $$;
 
 -- Recomputes channel_days and category_days for the UTC days from first_day
--- to last_day; returns the number of days.
-CREATE FUNCTION twitch_sync.roll_up_days(first_day date, last_day date) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- to last_day from channel_category_days (as channel_days_in and
+-- category_days_in compute them from day_parts) and the broadcasts; with
+-- from_samples, from the raw samples instead (channel_category_days is left
+-- as it is). Returns the number of days.
+CREATE FUNCTION twitch_sync.roll_up_days(first_day date, last_day date, from_samples boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
     DELETE FROM twitch_sync.channel_days c WHERE c.day BETWEEN first_day AND last_day;
-    INSERT INTO twitch_sync.channel_days
-    SELECT * FROM twitch_sync.channel_days_in('UTC', first_day, last_day);
     DELETE FROM twitch_sync.category_days c WHERE c.day BETWEEN first_day AND last_day;
+    IF from_samples THEN
+        INSERT INTO twitch_sync.channel_days
+        SELECT * FROM twitch_sync.channel_days_in('UTC', first_day, last_day);
+        INSERT INTO twitch_sync.category_days
+        SELECT * FROM twitch_sync.category_days_in('UTC', first_day, last_day);
+        RETURN last_day - first_day + 1;
+    END IF;
+    INSERT INTO twitch_sync.channel_days
+    WITH names AS MATERIALIZED (  -- once, not per row
+        SELECT c.game_id, c.game_name FROM twitch_sync.categories c
+    ), parts AS (
+        SELECT p.day, p.broadcaster_id, sum(p.viewer_seconds) AS vs, sum(p.covered_seconds) AS cs,
+               max(p.peak_viewers) AS peak,
+               array_agg(coalesce(n.game_name, p.game_id) ORDER BY coalesce(n.game_name, p.game_id))
+                   FILTER (WHERE p.peak_viewers IS NOT NULL AND p.game_id <> '') AS categories
+          FROM twitch_sync.channel_category_days p
+          LEFT JOIN names n ON n.game_id = p.game_id
+         WHERE p.day BETWEEN first_day AND last_day
+         GROUP BY 1, 2
+    )
+    SELECT coalesce(x.broadcaster_id, a.broadcaster_id), coalesce(x.day, a.day),
+           coalesce(a.airtime, interval '0'), coalesce(x.vs, 0) / 3600, x.peak,
+           CASE WHEN x.cs > 0 THEN x.vs / x.cs END, coalesce(a.broadcasts, 0), coalesce(x.categories, '{}')
+      FROM parts x
+      FULL JOIN twitch_sync.broadcast_days('UTC', first_day, last_day) a
+        ON a.day = x.day AND a.broadcaster_id = x.broadcaster_id;
     INSERT INTO twitch_sync.category_days
-    SELECT * FROM twitch_sync.category_days_in('UTC', first_day, last_day);
+    SELECT p.game_id, p.day, coalesce(min(c.game_name), ''), sum(p.viewer_seconds) / 3600,
+           coalesce(max(p.peak_viewers), 0), (count(*) FILTER (WHERE p.peak_viewers IS NOT NULL))::int
+      FROM twitch_sync.channel_category_days p
+      LEFT JOIN twitch_sync.categories c ON c.game_id = p.game_id
+     WHERE p.day BETWEEN first_day AND last_day AND p.game_id <> ''
+     GROUP BY p.game_id, p.day;
     RETURN last_day - first_day + 1;
+END
+$$;
+
+-- Adds to channel_category_days what the samples written after `since` up to
+-- `through` make (twitch_sync.day_parts: the intervals they close, their
+-- peaks) on the UTC days from first_day to before_day (exclusive; NULL: no
+-- limit); with `since` NULL, recomputes those days from their samples
+-- instead. Returns the rows written.
+CREATE FUNCTION twitch_sync.add_day_parts(since timestamptz, through timestamptz, first_day date,
+                                          before_day date)
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    gap interval := twitch_sync.sample_gap();
+    lo timestamptz := coalesce(since, first_day::timestamp AT TIME ZONE 'UTC');
+    -- day_parts reads samples in [lo, hi): the latest one is in
+    hi timestamptz := coalesce(least(through + interval '1 microsecond', before_day::timestamp AT TIME ZONE 'UTC'),
+                               through + interval '1 microsecond');
+    n bigint;
+BEGIN
+    IF since IS NULL THEN
+        DELETE FROM twitch_sync.channel_category_days r
+         WHERE r.day >= first_day AND (before_day IS NULL OR r.day < before_day);
+    END IF;
+    IF through IS NULL OR hi <= lo THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO twitch_sync.channel_category_days AS r
+    SELECT p.broadcaster_id, p.day, p.game_id, coalesce(p.viewer_seconds, 0), coalesce(p.covered_seconds, 0),
+           p.peak_viewers
+      FROM twitch_sync.day_parts(lo, hi, 'UTC', gap, through) p
+     WHERE p.day >= first_day AND (before_day IS NULL OR p.day < before_day)
+    ON CONFLICT ON CONSTRAINT channel_category_days_pkey DO UPDATE
+       SET viewer_seconds = r.viewer_seconds + EXCLUDED.viewer_seconds,
+           covered_seconds = r.covered_seconds + EXCLUDED.covered_seconds,
+           peak_viewers = greatest(r.peak_viewers, EXCLUDED.peak_viewers);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
 END
 $$;
 
@@ -485,6 +602,10 @@ DECLARE
     today date := (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     since timestamptz;
     stale timestamptz;
+    samples_stale timestamptz;
+    first_call boolean;
+    through timestamptz;
+    full_from date;
     first_day date;
     keep_days integer := twitch_sync.setting('twitch_sync.rollups_retention_days')::integer;
     n bigint;
@@ -507,8 +628,10 @@ BEGIN
     SELECT coalesce(array_agg(DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date), '{}') INTO pending
       FROM twitch_sync.viewer_samples_default v;
     -- The first call rolls up everything there is.
-    SELECT r.rolled_up_to, r.stale_from INTO since, stale FROM twitch_sync.rollup_state r;
-    IF since IS NULL THEN
+    SELECT r.rolled_up_to, r.stale_from, r.samples_stale_from INTO since, stale, samples_stale
+      FROM twitch_sync.rollup_state r;
+    first_call := since IS NULL;
+    IF first_call THEN
         since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
                        (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
     END IF;
@@ -520,7 +643,24 @@ BEGIN
                        coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
                                    FROM twitch_sync.streams b WHERE b.is_live), today),
                        today);
-    -- Only days whose samples are kept are recomputed: a day without its
+    -- This call rolls up the samples up to the latest one (later ones are
+    -- the next call's, even if they commit while this one runs).
+    through := (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
+                 WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC');
+    -- channel_category_days: recomputed from their samples for the days a
+    -- backfill of samples changed (all days on the first call); for the days
+    -- before, the samples since the last call are added. Days whose samples retention
+    -- dropped get nothing (their rollups stay as they are).
+    IF first_call OR samples_stale IS NOT NULL THEN
+        full_from := greatest(CASE WHEN first_call THEN first_day
+                                   ELSE ((samples_stale - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date END,
+                              dropped_before);
+        PERFORM twitch_sync.add_day_parts(NULL, through, full_from, NULL);
+    END IF;
+    IF NOT first_call THEN
+        PERFORM twitch_sync.add_day_parts(since, through, coalesce(dropped_before, '-infinity'), full_from);
+    END IF;
+    -- Only days whose samples are kept are rolled up: a day without its
     -- partition of viewer_samples (dropped by samples_retention_days, or from
     -- before the first sample) keeps the rollups it has. A day after a dropped
     -- one is whole in its own samples (and the next day's): each sample
@@ -540,15 +680,16 @@ BEGIN
     LOOP
         days_rolled_up := days_rolled_up + twitch_sync.roll_up_days(span.a, span.z);
     END LOOP;
-    since := greatest(since, (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
-                               WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC'));
+    since := greatest(since, through);
     IF since IS NOT NULL THEN
-        -- stale_from is cleared unless a backfill moved it meanwhile (then the
-        -- next call starts there)
+        -- the stale marks are cleared unless a backfill moved them meanwhile
+        -- (then the next call starts there)
         INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
         ON CONFLICT (singleton) DO UPDATE
             SET rolled_up_to = EXCLUDED.rolled_up_to,
-                stale_from = CASE WHEN r.stale_from IS NOT DISTINCT FROM stale THEN NULL ELSE r.stale_from END;
+                stale_from = CASE WHEN r.stale_from IS NOT DISTINCT FROM stale THEN NULL ELSE r.stale_from END,
+                samples_stale_from = CASE WHEN r.samples_stale_from IS NOT DISTINCT FROM samples_stale
+                                          THEN NULL ELSE r.samples_stale_from END;
     END IF;
     rollups_deleted := 0;
     IF keep_days > 0 THEN

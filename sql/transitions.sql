@@ -443,13 +443,22 @@ $$;
 -- Observations at a time the rollups are past (a backfill through
 -- apply_observations) change days maintain() would not look at again: the
 -- earliest such time is kept in rollup_state.stale_from, and the next
--- maintain() starts there. Nothing is written unless that moves the first day
--- maintain() recomputes back, so a poll of now costs one read of one row.
-CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz) RETURNS void
+-- maintain() rolls up from there; nothing is written unless that moves the
+-- first day maintain() rolls up back. Samples written at or before the
+-- latest one rolled up (sampled: the earliest of them) are kept in
+-- samples_stale_from, from where the next maintain() recomputes
+-- channel_category_days (it adds only later samples). So a poll of now costs
+-- one read of one row.
+CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz, sampled timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE twitch_sync.rollup_state r SET stale_from = since
+    UPDATE twitch_sync.rollup_state r
+       SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+                                  < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+                             THEN since ELSE r.stale_from END,
+           samples_stale_from = least(r.samples_stale_from, CASE WHEN sampled <= r.rolled_up_to THEN sampled END)
      WHERE ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
            < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+        OR sampled <= r.rolled_up_to AND sampled < coalesce(r.samples_stale_from, 'infinity')
 $$;
 
 -- The transition layer's entry point: applies observations in order of the
@@ -555,7 +564,7 @@ BEGIN
     -- airtime changes from its start, or from its end)
     PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
         SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
-          FROM unnest(changes) t)));
+          FROM unnest(changes) t)), oldest);
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);
@@ -632,7 +641,7 @@ DECLARE
     state text;
     message text;
 BEGIN
-    PERFORM twitch_sync.mark_rollups_stale(observed_at);  -- a poll of the past (else one read)
+    PERFORM twitch_sync.mark_rollups_stale(observed_at, observed_at);  -- a poll of the past (else one read)
     IF cardinality(broadcaster_id) > 0 THEN
         continuing := twitch_sync.continue_broadcasts('poll', observed_at, broadcaster_id,
             stream_id, viewer_count, title, game_id, game_name, language, started_at);

@@ -1,8 +1,9 @@
 //! History and analytics (issue 12): random, seeded histories go through
 //! `twitch_sync.apply_observations` with their own timestamps (flaps, restarts,
 //! reopened broadcasts, gaps longer than the gap limit, failed batches, a
-//! history crossing midnight), `twitch_sync.maintain()` rolls them up (once
-//! midway, once at the end), and every figure is compared with a
+//! history crossing midnight), `twitch_sync.maintain()` rolls them up (three
+//! times on the way, each adding what was written since, and at the end),
+//! and every figure is compared with a
 //! recomputation from the raw rows (`viewer_samples`, `streams`) done here,
 //! from the rules README "Analytics" documents, not from the SQL:
 //!
@@ -82,13 +83,13 @@ fn send(client: &mut Client, at: i64, obs: &[Obs]) {
 }
 
 /// A random history of `channels` channels over `steps` steps from `t0`;
-/// calls `midway` once, halfway. Every broadcast has ended at the end.
+/// calls `between` every 40 steps. Every broadcast has ended at the end.
 fn history(
     client: &mut Client,
     seed: u64,
     t0: i64,
     steps: usize,
-    midway: &mut dyn FnMut(&mut Client),
+    between: &mut dyn FnMut(&mut Client),
 ) -> BTreeMap<String, Vec<String>> {
     let mut rng = Rng(seed);
     let ids: Vec<String> = (1..=6).map(|i| format!("{}", 9000 + i)).collect();
@@ -98,8 +99,8 @@ fn history(
     let mut next_stream = 1u64;
     let mut t = t0;
     for step in 0..steps {
-        if step == steps / 2 {
-            midway(client);
+        if step > 0 && step % 40 == 0 {
+            between(client);
         }
         t += [30, 60, 300, 600, 600, 850, 1000, 1300][rng.below(8)];
         let mut obs = Vec::new();
@@ -740,6 +741,8 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
                                    twitch_sync.category_days_in(text, date, date),
                                    twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
                                    twitch_sync.sample_pieces(timestamptz, timestamptz, text, interval),
+                                   twitch_sync.day_parts(timestamptz, timestamptz, text, interval, timestamptz),
+                                   twitch_sync.broadcast_days(text, date, date),
                                    twitch_sync.day_start(date, text),
                                    twitch_sync.check_days_in(text, date, date),
                                    twitch_sync.check_broadcaster_id(text),
@@ -1050,6 +1053,23 @@ fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
                            d.peak_viewers, round(d.avg_viewers::numeric, 6), d.broadcasts)
                FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} d
               WHERE d.day = x.x ORDER BY 1"
+        ),
+        &[&(day as i32)],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// One day of category_days, or of category_days_in (`src` names x, the day).
+fn category_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
+    c.query(
+        &format!(
+            "SELECT format('%s %s %s %s %s', g.game_id, g.game_name, round(g.hours_watched::numeric, 6),
+                           g.peak_viewers, g.channels_live)
+               FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} g
+              WHERE g.day = x.x ORDER BY 1"
         ),
         &[&(day as i32)],
     )
@@ -1556,6 +1576,64 @@ fn maintain_rolls_up_a_backfill() {
     );
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM twitch_sync.rollup_state WHERE stale_from IS NOT NULL"),
+        0,
+        "cleared"
+    );
+}
+
+/// maintain() adds to the rollups only what was written after the latest
+/// sample it rolled up. Samples written at or before it on the same day (a
+/// backfill the day-level stale mark does not move back) make the next call
+/// recompute their days from the samples: counted once, not missed, and a
+/// call with nothing new changes nothing.
+#[test]
+fn maintain_rolls_up_a_backfill_into_the_day_it_rolled_up() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let day = now_secs().div_euclid(DAY) - 1;
+    let at = |h: i64| day * DAY + h * 3_600;
+    broadcast(
+        c,
+        "60",
+        "6001",
+        (at(10), at(14), 300),
+        &|t| (50 + t % 13) as i32,
+        true,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    // another channel, from 11:00 to 13:00: before the latest sample rolled up
+    broadcast(
+        c,
+        "61",
+        "6101",
+        (at(11), at(13), 300),
+        &|t| (70 + t % 5) as i32,
+        true,
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM twitch_sync.rollup_state WHERE samples_stale_from IS NOT NULL"
+        ),
+        1,
+        "the backfill is marked"
+    );
+    let c = &mut db.client;
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    let want_categories = category_rows_of(c, "category_days_in('UTC', x, x)", day);
+    assert_eq!(want.len(), 2, "{want:?}");
+    for call in ["after the backfill", "with nothing new"] {
+        c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+        assert_eq!(rollup_rows_of(c, "channel_days", day), want, "{call}");
+        assert_eq!(
+            category_rows_of(c, "category_days", day),
+            want_categories,
+            "{call}"
+        );
+    }
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM twitch_sync.rollup_state WHERE samples_stale_from IS NOT NULL"
+        ),
         0,
         "cleared"
     );
