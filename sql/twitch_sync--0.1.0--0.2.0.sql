@@ -363,6 +363,11 @@ BEGIN
                     'CREATE TABLE twitch_sync.%I (LIKE twitch_sync.viewer_samples INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
                                                   PRIMARY KEY (broadcaster_id, sampled_at, stream_id))',
                     twitch_sync.sample_partition(d));
+                -- samples are written in time order: a block range index finds
+                -- the latest ones (maintain() reads what came since its last call)
+                EXECUTE pg_catalog.format(
+                    'CREATE INDEX ON twitch_sync.%I USING brin (sampled_at) WITH (autosummarize = on)',
+                    twitch_sync.sample_partition(d));
                 EXECUTE pg_catalog.format(
                     'WITH moved AS (DELETE FROM twitch_sync.viewer_samples_default v
                                      WHERE v.sampled_at >= $1 AND v.sampled_at < $2 RETURNING v.*)
@@ -863,8 +868,8 @@ BEGIN
                        today);
     -- This call rolls up the samples up to the latest one (later ones are
     -- the next call's, even if they commit while this one runs).
-    through := (SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
-                 WHERE v.sampled_at >= first_day::timestamp AT TIME ZONE 'UTC');
+    through := coalesce((SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
+                          WHERE v.sampled_at > since), since);
     -- channel_category_days: recomputed from their samples for the days a
     -- backfill of samples changed (all days on the first call); for the days
     -- before, the samples since the last call are added. Days whose samples retention
