@@ -509,10 +509,12 @@ END
 $$;
 
 -- Recomputes channel_days and category_days for the UTC days from first_day
--- to last_day from channel_category_days (as channel_days_in and
--- category_days_in compute them from day_parts) and the broadcasts; with
+-- to last_day from channel_category_days and the broadcasts; with
 -- from_samples, from the raw samples instead (channel_category_days is left
--- as it is). Returns the number of days.
+-- as it is). Returns the number of days. The sums are those channel_days_in
+-- and category_days_in make of day_parts, written again over the table: those
+-- two run with their caller's rights, and a reader granted them needs no grant
+-- on channel_category_days (a query naming the table would).
 CREATE FUNCTION twitch_sync.roll_up_days(first_day date, last_day date, from_samples boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$

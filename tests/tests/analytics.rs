@@ -1045,31 +1045,20 @@ fn a_backfill_into_days_past_retention_keeps_their_rollups() {
     );
 }
 
-/// One day of channel_days, or of channel_days_in (`src` names x, the day).
+/// One day of channel_days or category_days, or of channel_days_in or
+/// category_days_in (`src` names x, the day), as text rows.
 fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
+    let row = if src.starts_with("category_days") {
+        "format('%s %s %s %s %s', d.game_id, d.game_name, round(d.hours_watched::numeric, 6),
+                d.peak_viewers, d.channels_live)"
+    } else {
+        "format('%s %s %s %s %s %s', d.broadcaster_id, d.airtime, round(d.hours_watched::numeric, 6),
+                d.peak_viewers, round(d.avg_viewers::numeric, 6), d.broadcasts)"
+    };
     c.query(
         &format!(
-            "SELECT format('%s %s %s %s %s %s', d.broadcaster_id, d.airtime, round(d.hours_watched::numeric, 6),
-                           d.peak_viewers, round(d.avg_viewers::numeric, 6), d.broadcasts)
-               FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} d
+            "SELECT {row} FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} d
               WHERE d.day = x.x ORDER BY 1"
-        ),
-        &[&(day as i32)],
-    )
-    .unwrap()
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-/// One day of category_days, or of category_days_in (`src` names x, the day).
-fn category_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
-    c.query(
-        &format!(
-            "SELECT format('%s %s %s %s %s', g.game_id, g.game_name, round(g.hours_watched::numeric, 6),
-                           g.peak_viewers, g.channels_live)
-               FROM (SELECT date '1970-01-01' + $1::int AS x) x, twitch_sync.{src} g
-              WHERE g.day = x.x ORDER BY 1"
         ),
         &[&(day as i32)],
     )
@@ -1619,13 +1608,13 @@ fn maintain_rolls_up_a_backfill_into_the_day_it_rolled_up() {
     );
     let c = &mut db.client;
     let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
-    let want_categories = category_rows_of(c, "category_days_in('UTC', x, x)", day);
+    let want_categories = rollup_rows_of(c, "category_days_in('UTC', x, x)", day);
     assert_eq!(want.len(), 2, "{want:?}");
     for call in ["after the backfill", "with nothing new"] {
         c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
         assert_eq!(rollup_rows_of(c, "channel_days", day), want, "{call}");
         assert_eq!(
-            category_rows_of(c, "category_days", day),
+            rollup_rows_of(c, "category_days", day),
             want_categories,
             "{call}"
         );
