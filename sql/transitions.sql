@@ -712,7 +712,7 @@ $$;
 -- end_live_broadcasts call (a channel's id cannot change: channels_validate,
 -- so old and new rows pair by it). The delete
 -- trigger runs after the rows are gone, so it passes their logins for the
--- 'offline' events. PostgreSQL allows no transition tables on a trigger with
+-- 'offline' events; the truncate trigger runs before, and reads them. PostgreSQL allows no transition tables on a trigger with
 -- a column list (UPDATE OF enabled): the update trigger fires for every
 -- UPDATE of channels, and looks for a disabled row first (run()'s updates of
 -- checked_at and logins touch enabled channels only). SECURITY DEFINER: a
@@ -727,9 +727,12 @@ BEGIN
         SELECT array_agg(o.broadcaster_id), array_agg(o.login) INTO ids, logins
           FROM old_channels o;
         PERFORM twitch_sync.end_live_broadcasts(ids, logins);
-    ELSIF TG_OP = 'TRUNCATE' THEN  -- no channel is left (the events carry no login)
-        PERFORM twitch_sync.end_live_broadcasts(ARRAY(
-            SELECT s.broadcaster_id FROM twitch_sync.streams s WHERE s.is_live));
+    ELSIF TG_OP = 'TRUNCATE' THEN  -- before the rows go: no channel is left
+        SELECT array_agg(s.broadcaster_id), array_agg(c.login) INTO ids, logins
+          FROM twitch_sync.streams s
+          LEFT JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id
+         WHERE s.is_live;
+        PERFORM twitch_sync.end_live_broadcasts(ids, logins);
     ELSIF EXISTS (SELECT 1 FROM new_channels n WHERE NOT n.enabled) THEN
         PERFORM twitch_sync.end_live_broadcasts(ARRAY(
             SELECT o.broadcaster_id
@@ -747,6 +750,6 @@ CREATE TRIGGER channels_end_live_deleted AFTER DELETE
     ON twitch_sync.channels REFERENCING OLD TABLE AS old_channels
     FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();
-CREATE TRIGGER channels_end_live_truncated AFTER TRUNCATE
+CREATE TRIGGER channels_end_live_truncated BEFORE TRUNCATE
     ON twitch_sync.channels FOR EACH STATEMENT
     EXECUTE FUNCTION twitch_sync.channels_end_live();

@@ -1141,7 +1141,7 @@ fn disabling_a_live_channel_ends_its_broadcast() {
 /// One statement disabling (or deleting) many channels, some live, some not,
 /// ends exactly the live broadcasts among them, as disabling one does: each
 /// with one 'offline' event carrying its channel's login (a deleted row's too:
-/// the trigger runs after the delete) and its NOTIFY, in a single pass through
+/// the trigger runs after the delete, and a truncated one's: before) and its NOTIFY, in a single pass through
 /// the transition layer (one apply_observations call per statement, not one
 /// per row). Run by a role that may only edit channels (the trigger is
 /// SECURITY DEFINER). Channels re-enabled, never live or already ended by
@@ -1323,7 +1323,7 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{}", error_text(&e));
     // TRUNCATE leaves no channel: the live broadcasts (64, 66) end, with
-    // their events (no login: the rows are gone)
+    // their events and logins (read before the rows go)
     c.batch_execute("TRUNCATE twitch_sync.channels").unwrap();
     let ended: Vec<(String, bool, Option<String>)> = c
         .query(
@@ -1341,8 +1341,8 @@ fn disabling_or_deleting_many_channels_ends_the_live_ones_at_once() {
     assert_eq!(
         ended,
         vec![
-            ("64".to_string(), false, None),
-            ("66".to_string(), false, None)
+            ("64".to_string(), false, Some("a64".to_string())),
+            ("66".to_string(), false, Some("a66".to_string()))
         ]
     );
     assert_eq!(
