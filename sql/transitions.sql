@@ -445,12 +445,17 @@ $$;
 -- earliest such time is kept in rollup_state.stale_from, and the next
 -- maintain() rolls up from there; nothing is written unless that moves the
 -- first day maintain() rolls up back. Samples written at or before the
--- latest one rolled up (sampled: the earliest of them) are kept in
--- samples_stale_from, from where the next maintain() recomputes
+-- latest one rolled up (sampled: the earliest sample written, NULL: none)
+-- are kept in samples_stale_from, from where the next maintain() recomputes
 -- channel_category_days (it adds only later samples). So a poll of now costs
--- one read of one row.
+-- one read of one row. A writer of samples, or of a past day's airtime, takes
+-- the rollup lock shared first (twitch_sync.rollup_lock): it waits for a
+-- maintain() in progress, and a later one waits for it.
 CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz, sampled timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT twitch_sync.rollup_lock(false)
+     WHERE sampled IS NOT NULL
+        OR (since AT TIME ZONE 'UTC')::date < (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     UPDATE twitch_sync.rollup_state r
        SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                                   < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
@@ -476,6 +481,7 @@ DECLARE
     n_live integer;
     n_logins integer;
     oldest timestamptz;
+    oldest_sample timestamptz;  -- of the observations with a count (a sample each)
     continuing text[] := '{}';
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
@@ -498,6 +504,7 @@ BEGIN
     SELECT count(*) FILTER (WHERE o.state = 'live'),
            count(*) FILTER (WHERE o.login IS NOT NULL AND o.source <> 'untrack'),
            min(o.observed_at),
+           min(o.observed_at) FILTER (WHERE o.state = 'live' AND o.viewer_count IS NOT NULL),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
@@ -505,7 +512,7 @@ BEGIN
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
                           OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
                           OR o.viewer_count < 0)
-      INTO n_live, n_logins, oldest, bad
+      INTO n_live, n_logins, oldest, oldest_sample, bad
       FROM unnest(obs) o;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid observation of broadcaster %', bad
@@ -564,7 +571,7 @@ BEGIN
     -- airtime changes from its start, or from its end)
     PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
         SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
-          FROM unnest(changes) t)), oldest);
+          FROM unnest(changes) t)), oldest_sample);
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);

@@ -320,7 +320,10 @@ CREATE TABLE twitch_sync.rollup_state (
     -- the earliest sample written since at or before rolled_up_to (a
     -- backfill): the next maintain() recomputes channel_category_days from
     -- its day, as it adds only later samples to them
-    samples_stale_from timestamptz
+    samples_stale_from timestamptz,
+    -- the gap limit channel_category_days were computed with: a call with
+    -- another recomputes the days it rolls up from their samples
+    rolled_up_gap interval
 );
 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.stream_changes', '');
@@ -328,6 +331,26 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
+
+-- The rollup lock ('twit', 2 as an advisory lock pair; its key is written
+-- only here). maintain() and drop_sample_partitions() hold it alone; a writer
+-- of samples, or of airtime on a past day, holds it shared from its stale
+-- check (mark_rollups_stale) to its commit. So maintain() waits for the
+-- writers in flight before it reads what to roll up, and a writer that comes
+-- while maintain() runs waits, then checks what it wrote against the
+-- watermark maintain() left: a sample written at or before what maintain()
+-- rolled up is marked, never missed, and two maintain() calls never add the
+-- same samples twice. Transaction-level: it cannot be orphaned.
+CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF exclusive THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock(1953720692, 2);
+    ELSE
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953720692, 2);
+    END IF;
+END
+$$;
 
 -- The partition of viewer_samples holding a UTC day. No SET clause, so it
 -- inlines; the operator is schema-qualified instead.
@@ -412,6 +435,7 @@ BEGIN
     IF keep_days IS NULL OR keep_days <= 0 THEN
         RETURN 0;
     END IF;
+    PERFORM twitch_sync.rollup_lock(true);
     oldest_kept := twitch_sync.sample_partition(
         ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
     -- Days before this are rolled up for good: maintain() has rolled up the
@@ -828,6 +852,8 @@ DECLARE
     since timestamptz;
     stale timestamptz;
     samples_stale timestamptz;
+    last_gap interval;
+    gap interval := twitch_sync.sample_gap();
     first_call boolean;
     through timestamptz;
     full_from date;
@@ -840,6 +866,7 @@ DECLARE
     -- days whose samples retention dropped: never partitioned or rolled up again
     dropped_before date := (SELECT r.samples_dropped_before FROM twitch_sync.rollup_state r);
 BEGIN
+    PERFORM twitch_sync.rollup_lock(true);
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
     FOR day IN SELECT DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date
@@ -853,7 +880,8 @@ BEGIN
     SELECT coalesce(array_agg(DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date), '{}') INTO pending
       FROM twitch_sync.viewer_samples_default v;
     -- The first call rolls up everything there is.
-    SELECT r.rolled_up_to, r.stale_from, r.samples_stale_from INTO since, stale, samples_stale
+    SELECT r.rolled_up_to, r.stale_from, r.samples_stale_from, r.rolled_up_gap
+      INTO since, stale, samples_stale, last_gap
       FROM twitch_sync.rollup_state r;
     first_call := since IS NULL;
     IF first_call THEN
@@ -873,12 +901,14 @@ BEGIN
     through := coalesce((SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
                           WHERE v.sampled_at > since), since);
     -- channel_category_days: recomputed from their samples for the days a
-    -- backfill of samples changed (all days on the first call); for the days
-    -- before, the samples since the last call are added. Days whose samples retention
+    -- backfill of samples changed (all days on the first call, or with
+    -- another gap limit); for the days before, the samples since the last
+    -- call are added. Days whose samples retention
     -- dropped get nothing (their rollups stay as they are).
-    IF first_call OR samples_stale IS NOT NULL THEN
-        full_from := greatest(CASE WHEN first_call THEN first_day
-                                   ELSE ((samples_stale - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date END,
+    -- (A changed gap limit: all of the days this call rolls up.)
+    IF first_call OR samples_stale IS NOT NULL OR last_gap IS DISTINCT FROM gap THEN
+        full_from := greatest(CASE WHEN first_call OR last_gap IS DISTINCT FROM gap THEN first_day
+                                   ELSE ((samples_stale - gap) AT TIME ZONE 'UTC')::date END,
                               dropped_before);
         PERFORM twitch_sync.add_day_parts(NULL, through, full_from, NULL);
     END IF;
@@ -909,9 +939,10 @@ BEGIN
     IF since IS NOT NULL THEN
         -- the stale marks are cleared unless a backfill moved them meanwhile
         -- (then the next call starts there)
-        INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to) VALUES (true, since)
+        INSERT INTO twitch_sync.rollup_state AS r (singleton, rolled_up_to, rolled_up_gap)
+        VALUES (true, since, gap)
         ON CONFLICT (singleton) DO UPDATE
-            SET rolled_up_to = EXCLUDED.rolled_up_to,
+            SET rolled_up_to = EXCLUDED.rolled_up_to, rolled_up_gap = EXCLUDED.rolled_up_gap,
                 stale_from = CASE WHEN r.stale_from IS NOT DISTINCT FROM stale THEN NULL ELSE r.stale_from END,
                 samples_stale_from = CASE WHEN r.samples_stale_from IS NOT DISTINCT FROM samples_stale
                                           THEN NULL ELSE r.samples_stale_from END;
@@ -1580,12 +1611,17 @@ $$;
 -- earliest such time is kept in rollup_state.stale_from, and the next
 -- maintain() rolls up from there; nothing is written unless that moves the
 -- first day maintain() rolls up back. Samples written at or before the
--- latest one rolled up (sampled: the earliest of them) are kept in
--- samples_stale_from, from where the next maintain() recomputes
+-- latest one rolled up (sampled: the earliest sample written, NULL: none)
+-- are kept in samples_stale_from, from where the next maintain() recomputes
 -- channel_category_days (it adds only later samples). So a poll of now costs
--- one read of one row.
+-- one read of one row. A writer of samples, or of a past day's airtime, takes
+-- the rollup lock shared first (twitch_sync.rollup_lock): it waits for a
+-- maintain() in progress, and a later one waits for it.
 CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz, sampled timestamptz) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT twitch_sync.rollup_lock(false)
+     WHERE sampled IS NOT NULL
+        OR (since AT TIME ZONE 'UTC')::date < (pg_catalog.now() AT TIME ZONE 'UTC')::date;
     UPDATE twitch_sync.rollup_state r
        SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                                   < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
@@ -1611,6 +1647,7 @@ DECLARE
     n_live integer;
     n_logins integer;
     oldest timestamptz;
+    oldest_sample timestamptz;  -- of the observations with a count (a sample each)
     continuing text[] := '{}';
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
@@ -1633,6 +1670,7 @@ BEGIN
     SELECT count(*) FILTER (WHERE o.state = 'live'),
            count(*) FILTER (WHERE o.login IS NOT NULL AND o.source <> 'untrack'),
            min(o.observed_at),
+           min(o.observed_at) FILTER (WHERE o.state = 'live' AND o.viewer_count IS NOT NULL),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
@@ -1640,7 +1678,7 @@ BEGIN
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
                           OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
                           OR o.viewer_count < 0)
-      INTO n_live, n_logins, oldest, bad
+      INTO n_live, n_logins, oldest, oldest_sample, bad
       FROM unnest(obs) o;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid observation of broadcaster %', bad
@@ -1699,7 +1737,7 @@ BEGIN
     -- airtime changes from its start, or from its end)
     PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
         SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
-          FROM unnest(changes) t)), oldest);
+          FROM unnest(changes) t)), oldest_sample);
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);

@@ -1628,6 +1628,155 @@ fn maintain_rolls_up_a_backfill_into_the_day_it_rolled_up() {
     );
 }
 
+/// Waits (up to 10 s) until a backend of this database waits for an advisory
+/// lock (the rollup lock); fails if none does.
+fn wait_for_rollup_lock_waiter(c: &mut Client) {
+    for _ in 0..200 {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND wait_event = 'advisory'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no backend waits for the rollup lock");
+}
+
+/// maintain() and the writers of samples take turns (the rollup lock). A
+/// maintain() waits for a writer in flight, so a sample that commits after it
+/// started is not left behind its watermark (it lost its interval for good);
+/// and of two maintain() calls at once, the second waits and adds nothing
+/// the first added (it counted the same samples twice).
+#[test]
+fn maintain_waits_for_writers_in_flight_and_for_itself() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 1;
+    let at = |m: i64| day * DAY + 10 * 3_600 + m * 60;
+    let both = |m: i64| {
+        [
+            live("201", "2011", Some(100), Some(at(0))),
+            live("202", "2021", Some(1000), Some(at(0))),
+        ]
+        .map(|o| (m, o))
+    };
+    for (m, o) in both(0).into_iter().chain(both(10)) {
+        send(&mut db.client, at(m), &[o]);
+    }
+    db.client
+        .batch_execute("SELECT twitch_sync.maintain()")
+        .unwrap();
+    // another writer's sample at 10:20, committed only after maintain() began
+    let mut writer = db.connect();
+    writer.batch_execute("BEGIN").unwrap();
+    send(
+        &mut writer,
+        at(20),
+        &[live("202", "2021", Some(1000), Some(at(0)))],
+    );
+    send(
+        &mut db.client,
+        at(20),
+        &[live("201", "2011", Some(100), Some(at(0)))],
+    );
+    let mut other = db.connect();
+    let maintain = std::thread::spawn(move || {
+        other
+            .batch_execute("SELECT twitch_sync.maintain()")
+            .unwrap();
+    });
+    wait_for_rollup_lock_waiter(&mut db.client);
+    writer.batch_execute("COMMIT").unwrap();
+    maintain.join().unwrap();
+    // two maintain() calls at once, with new samples to add
+    for (m, o) in both(30) {
+        send(&mut db.client, at(m), &[o]);
+    }
+    send(
+        &mut db.client,
+        at(40),
+        &[
+            ended_obs("201", "not_listed"),
+            ended_obs("202", "not_listed"),
+        ],
+    );
+    let mut first = db.connect();
+    first
+        .batch_execute("BEGIN; SELECT twitch_sync.maintain()")
+        .unwrap();
+    let mut second = db.connect();
+    let maintain = std::thread::spawn(move || {
+        second
+            .batch_execute("SELECT twitch_sync.maintain()")
+            .unwrap();
+    });
+    wait_for_rollup_lock_waiter(&mut db.client);
+    first.batch_execute("COMMIT").unwrap();
+    maintain.join().unwrap();
+
+    let c = &mut db.client;
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    assert_eq!(rollup_rows_of(c, "channel_days", day), want);
+    assert_eq!(
+        rollup_rows_of(c, "category_days", day),
+        rollup_rows_of(c, "category_days_in('UTC', x, x)", day)
+    );
+    // 30 minutes at 100 and at 1,000 viewers
+    let hours: Vec<f64> = c
+        .query(
+            "SELECT hours_watched FROM twitch_sync.channel_days ORDER BY broadcaster_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(hours, vec![50.0, 500.0], "{want:?}");
+}
+
+/// A changed gap limit applies to the days the next maintain() rolls up:
+/// they are recomputed from their samples with it. (The intervals already
+/// added stayed counted under the old limit.)
+#[test]
+fn maintain_applies_a_changed_gap_limit_to_the_days_it_rolls_up() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 1;
+    let at = |m: i64| day * DAY + 10 * 3_600 + m * 60;
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 900")
+        .unwrap();
+    for m in [0, 10] {
+        send(c, at(m), &[live("301", "3011", Some(100), Some(at(0)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 300")
+        .unwrap();
+    send(c, at(12), &[live("301", "3011", Some(100), Some(at(0)))]);
+    send(c, at(20), &[ended_obs("301", "not_listed")]);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    assert_eq!(rollup_rows_of(c, "channel_days", day), want);
+    assert_eq!(
+        rollup_rows_of(c, "category_days", day),
+        rollup_rows_of(c, "category_days_in('UTC', x, x)", day)
+    );
+    // only 10:10 to 10:12 counts: the 10-minute interval is over the limit
+    let hours: f64 = c
+        .query_one("SELECT hours_watched FROM twitch_sync.channel_days", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        (hours - 200.0 / 60.0).abs() < 1e-9,
+        "{hours} hours: {want:?}"
+    );
+}
+
 /// Samples count in the order they are written. A sample written into the
 /// past of a live broadcast (at 10:15, after 10:20 was written) is kept and
 /// is its peak, but closes no interval and splits none: the broadcast's hours
