@@ -235,6 +235,13 @@ CREATE FUNCTION twitch_sync.reopen_broadcasts(obs twitch_sync.observation[])
 RETURNS SETOF twitch_sync.transition
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    -- its airtime from its old end on counts again: those days are rolled up again
+    PERFORM twitch_sync.mark_rollups_stale(e.ended_at, NULL)
+       FROM (SELECT min(s.ended_at) AS ended_at
+               FROM unnest(obs) o
+               JOIN twitch_sync.streams s ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+              WHERE o.state = 'live' AND NOT s.is_live) e
+      WHERE e.ended_at IS NOT NULL;
     RETURN QUERY
     UPDATE twitch_sync.streams s
        SET is_live = true, ended_at = NULL, missed_polls = 0, state_source = o.source,

@@ -1777,6 +1777,40 @@ fn maintain_applies_a_changed_gap_limit_to_the_days_it_rolls_up() {
     );
 }
 
+/// A broadcast reopened after the day it ended was rolled up gets that day
+/// rolled up again: its airtime runs on from its old end (it kept the airtime
+/// up to the old end).
+#[test]
+fn a_reopened_broadcasts_earlier_day_is_rolled_up_again() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 2;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    for m in [-30, -20] {
+        send(c, at(m), &[live("401", "4011", Some(10), Some(at(-30)))]);
+    }
+    send(c, at(-10), &[ended_obs("401", "not_listed")]);
+    for m in [20, 30] {
+        send(c, at(m), &[live("402", "4021", Some(10), Some(at(20)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    send(c, at(40), &[live("402", "4021", Some(10), Some(at(20)))]);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    send(c, at(45), &[live("401", "4011", Some(10), Some(at(-30)))]); // reopened
+    send(
+        c,
+        at(55),
+        &[
+            ended_obs("401", "not_listed"),
+            ended_obs("402", "not_listed"),
+        ],
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
+    assert_eq!(rollup_rows_of(c, "channel_days", day), want);
+    assert!(want[0].starts_with("401 00:30:00 "), "{want:?}");
+}
+
 /// Samples count in the order they are written. A sample written into the
 /// past of a live broadcast (at 10:15, after 10:20 was written) is kept and
 /// is its peak, but closes no interval and splits none: the broadcast's hours
