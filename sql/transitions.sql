@@ -459,10 +459,11 @@ $$;
 -- the rollup lock shared first (twitch_sync.rollup_lock): it waits for a
 -- maintain() in progress, and a later one waits for it.
 CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz, sampled timestamptz) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT twitch_sync.rollup_lock(false)
-     WHERE sampled IS NOT NULL
-        OR (since AT TIME ZONE 'UTC')::date < (pg_catalog.now() AT TIME ZONE 'UTC')::date;
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF sampled IS NOT NULL OR (since AT TIME ZONE 'UTC')::date < (pg_catalog.now() AT TIME ZONE 'UTC')::date THEN
+        PERFORM twitch_sync.rollup_lock(false);
+    END IF;
     UPDATE twitch_sync.rollup_state r
        SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                                   < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
@@ -470,7 +471,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
            samples_stale_from = least(r.samples_stale_from, CASE WHEN sampled <= r.rolled_up_to THEN sampled END)
      WHERE ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
            < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
-        OR sampled <= r.rolled_up_to AND sampled < coalesce(r.samples_stale_from, 'infinity')
+        OR sampled <= r.rolled_up_to AND sampled < coalesce(r.samples_stale_from, 'infinity');
+END
 $$;
 
 -- The transition layer's entry point: applies observations in order of the
