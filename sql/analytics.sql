@@ -636,6 +636,7 @@ DECLARE
     samples_stale timestamptz;
     last_gap interval;
     gap interval := twitch_sync.sample_gap();
+    lookback interval;
     first_call boolean;
     through timestamptz;
     full_from date;
@@ -674,7 +675,9 @@ BEGIN
     -- `since` (or after `stale`, the oldest observation written since the last
     -- call at an earlier time: a backfill) may start up to a gap earlier; a
     -- broadcast still live adds airtime.
-    first_day := least(((coalesce(least(since, stale), pg_catalog.now()) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date,
+    -- (A gap limit changed since looks back as far as the longer of the two.)
+    lookback := greatest(gap, last_gap);
+    first_day := least(((coalesce(least(since, stale, samples_stale), pg_catalog.now()) - lookback) AT TIME ZONE 'UTC')::date,
                        coalesce((SELECT min((coalesce(b.started_at, b.first_seen_at) AT TIME ZONE 'UTC')::date)
                                    FROM twitch_sync.streams b WHERE b.is_live), today),
                        today);
@@ -690,7 +693,7 @@ BEGIN
     -- (A changed gap limit: all of the days this call rolls up.)
     IF first_call OR samples_stale IS NOT NULL OR last_gap IS DISTINCT FROM gap THEN
         full_from := greatest(CASE WHEN first_call OR last_gap IS DISTINCT FROM gap THEN first_day
-                                   ELSE ((samples_stale - gap) AT TIME ZONE 'UTC')::date END,
+                                   ELSE ((samples_stale - lookback) AT TIME ZONE 'UTC')::date END,
                               dropped_before);
         PERFORM twitch_sync.add_day_parts(NULL, through, full_from, NULL);
     END IF;

@@ -455,15 +455,20 @@ $$;
 -- latest one rolled up (sampled: the earliest sample written, NULL: none)
 -- are kept in samples_stale_from, from where the next maintain() recomputes
 -- channel_category_days (it adds only later samples). So a poll of now costs
--- one read of one row. A writer of samples, or of a past day's airtime, takes
--- the rollup lock shared first (twitch_sync.rollup_lock): it waits for a
--- maintain() in progress, and a later one waits for it.
+-- one read of one row. A writer of samples, or of what counts on a day
+-- before today (since less the gap limit), takes the rollup lock shared
+-- (twitch_sync.rollup_lock) before it reads or writes rollup_state: it waits
+-- for a maintain() in progress, and a later one waits for it. Anything else
+-- changes only today, which every maintain() rolls up, and writes nothing
+-- here.
 CREATE FUNCTION twitch_sync.mark_rollups_stale(since timestamptz, sampled timestamptz) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF sampled IS NOT NULL OR (since AT TIME ZONE 'UTC')::date < (pg_catalog.now() AT TIME ZONE 'UTC')::date THEN
-        PERFORM twitch_sync.rollup_lock(false);
+    IF sampled IS NULL AND ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
+                           >= (pg_catalog.now() AT TIME ZONE 'UTC')::date THEN
+        RETURN;
     END IF;
+    PERFORM twitch_sync.rollup_lock(false);
     UPDATE twitch_sync.rollup_state r
        SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                                   < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
@@ -530,6 +535,9 @@ BEGIN
                       || 'observed_at, a broadcaster id, state ''live'', ''not_listed'' or ''offline'', '
                       || 'and when live a stream_id; viewer_count is NULL or >= 0.';
     END IF;
+    -- before anything is written: what the observations' times change of
+    -- the rollups (and the rollup lock, if they write samples or a past day)
+    PERFORM twitch_sync.mark_rollups_stale(oldest, oldest_sample);
     IF n_live > 0 THEN
         continuing := twitch_sync.update_continuing(obs);
     END IF;
@@ -576,11 +584,12 @@ BEGIN
     IF n_logins > 0 THEN
         PERFORM twitch_sync.update_logins(obs);
     END IF;
-    -- a backfill: what it wrote is older than the rollups (a broadcast's
-    -- airtime changes from its start, or from its end)
-    PERFORM twitch_sync.mark_rollups_stale(least(oldest, (
-        SELECT min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END)
-          FROM unnest(changes) t)), oldest_sample);
+    -- a broadcast's airtime changes from its start, or from its end: a
+    -- backfill if that is older than the rollups
+    PERFORM twitch_sync.mark_rollups_stale(
+        min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END), NULL)
+       FROM unnest(changes) t
+    HAVING min(CASE WHEN t.event = 'online' AND NOT t.reopened THEN t.started_at ELSE t.ended_at END) IS NOT NULL;
     result.live := n_live - cardinality(conflicted);  -- one live observation each
     result.updated := cardinality(continuing);
     result.started := cardinality(live_changes);

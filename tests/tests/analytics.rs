@@ -1777,6 +1777,81 @@ fn maintain_applies_a_changed_gap_limit_to_the_days_it_rolls_up() {
     );
 }
 
+/// A prune() by hand while a run() is in flight waits for it (the rollup
+/// lock, taken before prune() locks any row), and the run's own prune() goes
+/// through: no deadlock. (The hand-run one deleted old events first, the
+/// run's prune() waited for those rows, and the run was rolled back.)
+#[test]
+fn prune_by_hand_during_a_run_waits_for_it() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let t = now_secs() - 600;
+    db.client
+        .batch_execute(
+            "SET twitch_sync.samples_retention_days = 3;
+             INSERT INTO twitch_sync.events (broadcaster_id, event, payload, created_at)
+             SELECT '501', 'offline', '{}', now() - interval '40 days' FROM generate_series(1, 5);",
+        )
+        .unwrap();
+    // the run: its samples take the rollup lock shared until it commits
+    db.client.batch_execute("BEGIN").unwrap();
+    send(&mut db.client, t, &[live("501", "5011", Some(7), Some(t))]);
+    let mut other = db.connect();
+    let by_hand = std::thread::spawn(move || {
+        other
+            .batch_execute("SET twitch_sync.samples_retention_days = 3")
+            .unwrap();
+        other
+            .query_one("SELECT events_deleted FROM twitch_sync.prune()", &[])
+            .map(|r| r.get::<_, i64>(0))
+    });
+    wait_for_rollup_lock_waiter(&mut db.client);
+    let own: i64 = db
+        .client
+        .query_one("SELECT events_deleted FROM twitch_sync.prune()", &[])
+        .unwrap_or_else(|e| panic!("the run's prune(): {}", error_text(&e)))
+        .get(0);
+    db.client.batch_execute("COMMIT").unwrap();
+    let by_hand = by_hand.join().unwrap();
+    assert_eq!((own, by_hand.map_err(|e| error_text(&e))), (5, Ok(0)));
+}
+
+/// A gap limit lowered after a backfill of samples, before the next
+/// maintain(): the backfill's days are still rolled up again (the day before
+/// midnight kept its old figures: maintain() looked back by the new, shorter
+/// limit).
+#[test]
+fn a_backfill_then_a_lowered_gap_limit_rolls_up_the_backfills_days() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 2;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 1200")
+        .unwrap();
+    send(c, at(-3), &[live("301", "3011", Some(100), Some(at(-3)))]);
+    for m in [0, 10, 15] {
+        send(c, at(m), &[live("302", "3021", Some(10), Some(at(0)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    // 301's next sample, written late (at 00:05, before 00:15 rolled up)
+    send(c, at(5), &[live("301", "3011", Some(100), Some(at(-3)))]);
+    send(c, at(6), &[ended_obs("301", "not_listed")]);
+    send(c, at(20), &[ended_obs("302", "not_listed")]);
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600; SELECT twitch_sync.maintain()")
+        .unwrap();
+    for d in [day, day + 1] {
+        assert_eq!(
+            rollup_rows_of(c, "channel_days", d),
+            rollup_rows_of(c, "channel_days_in('UTC', x, x)", d),
+            "day {d}"
+        );
+    }
+    // 301: 100 viewers from 23:57 to midnight
+    assert_eq!(
+        rollup_rows_of(c, "channel_days", day),
+        vec!["301 00:03:00 5.000000 100 100.000000 1".to_string()]
+    );
+}
+
 /// A broadcast reopened after the day it ended was rolled up gets that day
 /// rolled up again: its airtime runs on from its old end (it kept the airtime
 /// up to the old end).
