@@ -1904,13 +1904,14 @@ $$;
 -- Statement triggers with transition tables: one statement disabling or
 -- deleting many channels ends all their live broadcasts in one
 -- end_live_broadcasts call (a channel's id cannot change: channels_validate,
--- so old and new rows pair by it). The delete
--- trigger runs after the rows are gone, so it passes their logins for the
--- 'offline' events; the truncate trigger runs before, and reads them. PostgreSQL allows no transition tables on a trigger with
--- a column list (UPDATE OF enabled): the update trigger fires for every
--- UPDATE of channels, and looks for a disabled row first (run()'s updates of
--- checked_at and logins touch enabled channels only). SECURITY DEFINER: a
--- role allowed to update channels need not write streams and events.
+-- so old and new rows pair by it). The delete trigger runs after the rows
+-- are gone, so it passes their logins for the 'offline' events; the truncate
+-- trigger runs before, and reads them. PostgreSQL allows no transition
+-- tables on a trigger with a column list (UPDATE OF enabled): the update
+-- trigger fires for every UPDATE of channels, and looks for a disabled row
+-- first (run()'s updates of checked_at and logins touch enabled channels
+-- only). SECURITY DEFINER: a role allowed to update channels need not write
+-- streams and events.
 CREATE FUNCTION twitch_sync.channels_end_live() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
