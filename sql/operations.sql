@@ -226,12 +226,6 @@ BEGIN
     runs_deleted := 0;
     samples_deleted := 0;
     events_deleted := 0;
-    IF samples_days > 0 THEN
-        -- dropping samples takes the rollup lock alone: taken first, before
-        -- any row below is locked, so a prune() waiting for a run() in flight
-        -- holds nothing that run's own prune() needs
-        PERFORM twitch_sync.rollup_lock(true);
-    END IF;
     IF runs_days > 0 THEN
         WITH gone AS (
             DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(

@@ -333,22 +333,29 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', 
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
 -- The rollup lock ('twit', 2 as an advisory lock pair; its key is written
--- only here). maintain() and drop_sample_partitions() hold it alone; a writer
--- of samples, or of airtime on a past day, holds it shared from its stale
--- check (mark_rollups_stale) to its commit. So maintain() waits for the
--- writers in flight before it reads what to roll up, and a writer that comes
--- while maintain() runs waits, then checks what it wrote against the
--- watermark maintain() left: a sample written at or before what maintain()
--- rolled up is marked, never missed, and two maintain() calls never add the
--- same samples twice. Transaction-level: it cannot be orphaned.
-CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean) RETURNS void
+-- only here). maintain() holds it alone (waiting for it); a writer of
+-- samples, or of airtime on a past day, holds it shared from its stale check
+-- (mark_rollups_stale) to its commit. So maintain() waits for the writers in
+-- flight before it reads what to roll up, and a writer that comes while
+-- maintain() runs waits, then checks what it wrote against the watermark
+-- maintain() left: a sample written at or before what maintain() rolled up
+-- is marked, never missed, and two maintain() calls never add the same
+-- samples twice. drop_sample_partitions() takes it alone only if it is free
+-- at once (without `wait`; returns whether it got it): prune() runs at the
+-- end of every run(), which already holds it shared, and a prune() waiting
+-- for another writer could deadlock with it. Transaction-level: it cannot be
+-- orphaned.
+CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean, wait boolean DEFAULT true) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF exclusive THEN
+    IF NOT exclusive THEN
+        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953720692, 2);
+    ELSIF wait THEN
         PERFORM pg_catalog.pg_advisory_xact_lock(1953720692, 2);
     ELSE
-        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953720692, 2);
+        RETURN pg_catalog.pg_try_advisory_xact_lock(1953720692, 2);
     END IF;
+    RETURN true;
 END
 $$;
 
@@ -435,7 +442,6 @@ BEGIN
     IF keep_days IS NULL OR keep_days <= 0 THEN
         RETURN 0;
     END IF;
-    PERFORM twitch_sync.rollup_lock(true);
     oldest_kept := twitch_sync.sample_partition(
         ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
     -- Days before this are rolled up for good: maintain() has rolled up the
@@ -448,6 +454,9 @@ BEGIN
            AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
          ORDER BY c.relname
     LOOP
+        -- with maintain() (or a writer of samples other than this
+        -- transaction) at work, the partitions are left for the next call
+        EXIT WHEN NOT twitch_sync.rollup_lock(true, wait => false);
         -- a day not rolled up for good is rolled up now from its samples,
         -- before they go
         part_day := pg_catalog.to_date(pg_catalog.substr(part, 16), 'YYYYMMDD');
@@ -2249,12 +2258,6 @@ BEGIN
     runs_deleted := 0;
     samples_deleted := 0;
     events_deleted := 0;
-    IF samples_days > 0 THEN
-        -- dropping samples takes the rollup lock alone: taken first, before
-        -- any row below is locked, so a prune() waiting for a run() in flight
-        -- holds nothing that run's own prune() needs
-        PERFORM twitch_sync.rollup_lock(true);
-    END IF;
     IF runs_days > 0 THEN
         WITH gone AS (
             DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
