@@ -266,9 +266,11 @@ BEGIN
         ON CONFLICT (singleton) DO UPDATE
             SET samples_dropped_before = greatest(r.samples_dropped_before, EXCLUDED.samples_dropped_before);
     END IF;
-    -- what maintain() sums the rollups from goes with the samples
-    DELETE FROM twitch_sync.channel_category_days r
-     WHERE r.day < (SELECT q.samples_dropped_before FROM twitch_sync.rollup_state q);
+    -- what maintain() sums the rollups from goes with the samples (it adds
+    -- nothing to days already dropped)
+    IF dropped_through IS NOT NULL THEN
+        DELETE FROM twitch_sync.channel_category_days r WHERE r.day <= dropped_through;
+    END IF;
     -- samples written since for days already dropped wait in the default
     -- partition (maintain() makes no partition for them): past retention too
     DELETE FROM twitch_sync.viewer_samples_default v
