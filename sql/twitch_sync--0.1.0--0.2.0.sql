@@ -1653,10 +1653,15 @@ BEGIN
        SET stale_from = CASE WHEN ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                                   < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
                              THEN since ELSE r.stale_from END,
-           samples_stale_from = least(r.samples_stale_from, CASE WHEN sampled <= r.rolled_up_to THEN sampled END)
+           -- (a sample of a day whose samples retention dropped is never rolled up)
+           samples_stale_from = least(r.samples_stale_from,
+                                      CASE WHEN sampled <= r.rolled_up_to
+                                            AND (sampled AT TIME ZONE 'UTC')::date >= coalesce(r.samples_dropped_before, '-infinity')
+                                           THEN sampled END)
      WHERE ((since - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
            < ((least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')::date
-        OR sampled <= r.rolled_up_to AND sampled < coalesce(r.samples_stale_from, 'infinity');
+        OR sampled <= r.rolled_up_to AND sampled < coalesce(r.samples_stale_from, 'infinity')
+           AND (sampled AT TIME ZONE 'UTC')::date >= coalesce(r.samples_dropped_before, '-infinity');
 END
 $$;
 
