@@ -657,10 +657,12 @@ DECLARE
     day date;
     span record;
     pending date[];
-    -- days whose samples retention dropped: never partitioned or rolled up again
-    dropped_before date := (SELECT r.samples_dropped_before FROM twitch_sync.rollup_state r);
+    dropped_before date;
 BEGIN
+    -- (everything read below is read under the lock)
     PERFORM twitch_sync.rollup_lock(true);
+    -- days whose samples retention dropped: never partitioned or rolled up again
+    dropped_before := (SELECT r.samples_dropped_before FROM twitch_sync.rollup_state r);
     partitions_created := twitch_sync.create_sample_partitions(today, today + 7);
     -- days whose samples landed in the default partition get theirs
     FOR day IN SELECT DISTINCT (v.sampled_at AT TIME ZONE 'UTC')::date
@@ -697,11 +699,10 @@ BEGIN
     through := coalesce((SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
                           WHERE v.sampled_at > since), since);
     -- channel_category_days: recomputed from their samples for the days a
-    -- backfill of samples changed (all days on the first call, or with
-    -- another gap limit); for the days before, the samples since the last
-    -- call are added. Days whose samples retention
+    -- backfill of samples changed (all the days this call rolls up on the
+    -- first call, or with another gap limit); for the days before, the
+    -- samples since the last call are added. Days whose samples retention
     -- dropped get nothing (their rollups stay as they are).
-    -- (A changed gap limit: all of the days this call rolls up.)
     IF first_call OR samples_stale IS NOT NULL OR last_gap IS DISTINCT FROM gap THEN
         full_from := greatest(CASE WHEN first_call OR last_gap IS DISTINCT FROM gap THEN first_day
                                    ELSE ((samples_stale - lookback) AT TIME ZONE 'UTC')::date END,
