@@ -219,6 +219,7 @@ DECLARE
     n bigint;
     dropped bigint := 0;
     dropped_through date;
+    locked boolean := false;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
     IF keep_days IS NULL OR keep_days <= 0 THEN
@@ -226,19 +227,23 @@ BEGIN
     END IF;
     oldest_kept := twitch_sync.sample_partition(
         ((pg_catalog.now() - pg_catalog.make_interval(days => keep_days)) AT TIME ZONE 'UTC')::date);
-    -- Days before this are rolled up for good: maintain() has rolled up the
-    -- samples up to rolled_up_to, and nothing older was written since.
-    SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
-      FROM twitch_sync.rollup_state r;
     FOR part IN
         SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
          WHERE i.inhparent = 'twitch_sync.viewer_samples'::regclass
            AND c.relname ~ '^viewer_samples_[0-9]{8}$' AND c.relname < oldest_kept
          ORDER BY c.relname
     LOOP
-        -- with maintain() (or a writer of samples other than this
-        -- transaction) at work, the partitions are left for the next call
-        EXIT WHEN NOT twitch_sync.rollup_lock(true, wait => false);
+        IF NOT locked THEN
+            -- with maintain() (or a writer of samples other than this
+            -- transaction) at work, the partitions are left for the next call
+            locked := twitch_sync.rollup_lock(true, wait => false);
+            EXIT WHEN NOT locked;
+            -- Days before this are rolled up for good: maintain() has rolled
+            -- up the samples up to rolled_up_to, and nothing older was
+            -- written since (read under the lock: no backfill is in flight).
+            SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
+              FROM twitch_sync.rollup_state r;
+        END IF;
         -- a day not rolled up for good is rolled up now from its samples,
         -- before they go
         part_day := pg_catalog.to_date(pg_catalog.substr(part, 16), 'YYYYMMDD');
