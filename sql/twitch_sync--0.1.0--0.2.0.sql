@@ -828,9 +828,9 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
     gap interval := twitch_sync.sample_gap();
     lo timestamptz := coalesce(since, first_day::timestamp AT TIME ZONE 'UTC');
-    -- day_parts reads samples in [lo, hi): the latest one is in
-    hi timestamptz := coalesce(least(through + interval '1 microsecond', before_day::timestamp AT TIME ZONE 'UTC'),
-                               through + interval '1 microsecond');
+    -- day_parts reads samples in [lo, hi): the latest one is in (least()
+    -- ignores a NULL before_day)
+    hi timestamptz := least(through + interval '1 microsecond', before_day::timestamp AT TIME ZONE 'UTC');
     n bigint;
 BEGIN
     IF since IS NULL THEN
@@ -872,6 +872,7 @@ DECLARE
     gap interval := twitch_sync.sample_gap();
     lookback interval;
     first_call boolean;
+    all_days boolean;  -- recompute all the days rolled up from their samples
     through timestamptz;
     full_from date;
     first_day date;
@@ -926,8 +927,9 @@ BEGIN
     -- first call, or with another gap limit); for the days before, the
     -- samples since the last call are added. Days whose samples retention
     -- dropped get nothing (their rollups stay as they are).
-    IF first_call OR samples_stale IS NOT NULL OR last_gap IS DISTINCT FROM gap THEN
-        full_from := greatest(CASE WHEN first_call OR last_gap IS DISTINCT FROM gap THEN first_day
+    all_days := first_call OR last_gap IS DISTINCT FROM gap;
+    IF all_days OR samples_stale IS NOT NULL THEN
+        full_from := greatest(CASE WHEN all_days THEN first_day
                                    ELSE ((samples_stale - lookback) AT TIME ZONE 'UTC')::date END,
                               dropped_before);
         PERFORM twitch_sync.add_day_parts(NULL, through, full_from, NULL);
