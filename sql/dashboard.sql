@@ -104,8 +104,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        CASE WHEN k.keep > 0
                             THEN ((pg_catalog.now() AT TIME ZONE 'UTC')::date - k.keep)::timestamp AT TIME ZONE 'UTC'
                        END)) AS r0,
+                   -- (after the gap limit changed, maintain() looks back by the longer one)
                    (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
-                                                                  - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')
+                                                                  - greatest(twitch_sync.sample_gap(), r.rolled_up_gap))
+                                                        AT TIME ZONE 'UTC')
                                AT TIME ZONE 'UTC'
                       FROM twitch_sync.rollup_state r) AS r1
               FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k) x

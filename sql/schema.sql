@@ -116,6 +116,11 @@ CREATE UNIQUE INDEX streams_one_live_per_broadcaster ON twitch_sync.streams (bro
 CREATE INDEX streams_broadcaster_started ON twitch_sync.streams (broadcaster_id, started_at DESC);
 -- a stream id belongs to one broadcaster: the transition layer checks with this
 CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
+-- live broadcasts without Twitch's started_at (it was missing or refused):
+-- usually none, so a poll learns there is nothing to fill in from an empty
+-- index (twitch_sync.continue_broadcasts)
+CREATE INDEX streams_live_without_start ON twitch_sync.streams (broadcaster_id)
+    WHERE is_live AND started_at IS NULL;
 COMMENT ON TABLE twitch_sync.streams IS 'One row per Twitch broadcast; is_live rows are live now.';
 
 -- One sample per live stream per run: the raw material for trends.

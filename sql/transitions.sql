@@ -100,6 +100,18 @@ DECLARE
     seen_by text := source;
     continuing text[];
 BEGIN
+    -- A live broadcast without Twitch's started_at takes the observation's
+    -- (below), and its airtime then starts there, on a day the rollups may
+    -- be past. Usually no live broadcast lacks it: one probe of an empty
+    -- index (streams_live_without_start).
+    IF EXISTS (SELECT 1 FROM twitch_sync.streams s WHERE s.is_live AND s.started_at IS NULL) THEN
+        PERFORM twitch_sync.mark_rollups_stale(min(least(o.started_at, s.first_seen_at)), NULL)
+           FROM unnest(continue_broadcasts.broadcaster_id, continue_broadcasts.stream_id,
+                       continue_broadcasts.started_at) AS o(broadcaster_id, stream_id, started_at)
+           JOIN twitch_sync.streams s ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+          WHERE s.is_live AND s.started_at IS NULL AND o.started_at IS NOT NULL
+         HAVING count(*) > 0;
+    END IF;
     WITH updated AS (
         UPDATE twitch_sync.streams s
            -- a sample counts in the order written: one at or before the

@@ -164,6 +164,11 @@ ALTER TABLE twitch_sync.channels RESET (fillfactor);
 ALTER TABLE twitch_sync.streams DROP CONSTRAINT streams_pkey,
     ADD CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id);
 CREATE INDEX streams_stream_id ON twitch_sync.streams (stream_id);
+-- live broadcasts without Twitch's started_at (it was missing or refused):
+-- usually none, so a poll learns there is nothing to fill in from an empty
+-- index (twitch_sync.continue_broadcasts)
+CREATE INDEX streams_live_without_start ON twitch_sync.streams (broadcaster_id)
+    WHERE is_live AND started_at IS NULL;
 
 -- The gap limit, in seconds. No SET clause, so it inlines (everything in it
 -- is schema-qualified or a keyword).
@@ -1288,6 +1293,18 @@ DECLARE
     seen_by text := source;
     continuing text[];
 BEGIN
+    -- A live broadcast without Twitch's started_at takes the observation's
+    -- (below), and its airtime then starts there, on a day the rollups may
+    -- be past. Usually no live broadcast lacks it: one probe of an empty
+    -- index (streams_live_without_start).
+    IF EXISTS (SELECT 1 FROM twitch_sync.streams s WHERE s.is_live AND s.started_at IS NULL) THEN
+        PERFORM twitch_sync.mark_rollups_stale(min(least(o.started_at, s.first_seen_at)), NULL)
+           FROM unnest(continue_broadcasts.broadcaster_id, continue_broadcasts.stream_id,
+                       continue_broadcasts.started_at) AS o(broadcaster_id, stream_id, started_at)
+           JOIN twitch_sync.streams s ON s.broadcaster_id = o.broadcaster_id AND s.stream_id = o.stream_id
+          WHERE s.is_live AND s.started_at IS NULL AND o.started_at IS NOT NULL
+         HAVING count(*) > 0;
+    END IF;
     WITH updated AS (
         UPDATE twitch_sync.streams s
            -- a sample counts in the order written: one at or before the
@@ -2476,8 +2493,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        CASE WHEN k.keep > 0
                             THEN ((pg_catalog.now() AT TIME ZONE 'UTC')::date - k.keep)::timestamp AT TIME ZONE 'UTC'
                        END)) AS r0,
+                   -- (after the gap limit changed, maintain() looks back by the longer one)
                    (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
-                                                                  - twitch_sync.sample_gap()) AT TIME ZONE 'UTC')
+                                                                  - greatest(twitch_sync.sample_gap(), r.rolled_up_gap))
+                                                        AT TIME ZONE 'UTC')
                                AT TIME ZONE 'UTC'
                       FROM twitch_sync.rollup_state r) AS r1
               FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k) x

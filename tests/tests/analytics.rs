@@ -119,6 +119,10 @@ fn history(
                         if rng.chance(0.10) {
                             l.game = rng.below(GAMES.len());
                         }
+                        if l.started.is_none() && rng.chance(0.25) {
+                            // Helix gives the start time it lacked (up to 12 hours back)
+                            l.started = Some(t - rng.below(12 * 3600) as i64);
+                        }
                         obs.push(live_obs(bid, &l, viewers(&mut rng)));
                         live.insert(bid.clone(), l);
                     } else if roll < 80 {
@@ -1900,6 +1904,87 @@ fn a_reopened_broadcasts_earlier_day_is_rolled_up_again() {
     let want = rollup_rows_of(c, "channel_days_in('UTC', x, x)", day);
     assert_eq!(rollup_rows_of(c, "channel_days", day), want);
     assert!(want[0].starts_with("401 00:30:00 "), "{want:?}");
+}
+
+/// A live broadcast first listed without Twitch's `started_at` (missing or
+/// refused: stored as NULL) takes it from a later listing, and its airtime
+/// then starts there: on a day `maintain()` had already rolled up, which it
+/// rolls up again. (That day kept no airtime for it.)
+#[test]
+fn a_start_time_learned_later_rolls_up_the_earlier_day_again() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 2;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    // run() creates each day's partition of the samples (the day before
+    // had runs, which found nothing live)
+    c.batch_execute(&format!(
+        "SELECT twitch_sync.create_sample_partitions(date '1970-01-01' + {day}, date '1970-01-01' + {day})"
+    ))
+    .unwrap();
+    for m in [120, 130, 140] {
+        send(c, at(m), &[live("501", "5011", Some(10), None)]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(rollup_rows_of(c, "channel_days", day), Vec::<String>::new());
+    // Helix now says it started at 23:00 the day before
+    send(c, at(150), &[live("501", "5011", Some(10), Some(at(-60)))]);
+    send(c, at(160), &[ended_obs("501", "not_listed")]);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    for d in [day, day + 1] {
+        assert_eq!(
+            rollup_rows_of(c, "channel_days", d),
+            rollup_rows_of(c, "channel_days_in('UTC', x, x)", d),
+            "day {d}"
+        );
+    }
+    let rows = rollup_rows_of(c, "channel_days", day);
+    assert!(
+        rows.len() == 1 && rows[0].starts_with("501 01:00:00 0.000000 "),
+        "an hour of airtime from 23:00, no samples: {rows:?}"
+    );
+}
+
+/// After the gap limit is lowered, the dashboard does not read from the
+/// rollups a day the next `maintain()` recomputes (it looks back by the
+/// longer, old limit): the day reads the same before and after that call.
+/// (It read the old rollup, 1 hour, then 0.)
+#[test]
+fn the_dashboard_reads_no_day_maintain_recomputes_after_a_lowered_gap_limit() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 2;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 3600")
+        .unwrap();
+    // 40 and 20 minutes apart before midnight, then every 10 minutes
+    for m in [-60, -20, 0, 10, 20, 30] {
+        send(c, at(m), &[live("601", "6011", Some(60), Some(at(-60)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let hours = |c: &mut Client| -> f64 {
+        c.query_one(
+            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('5 days')
+              WHERE day = date '1970-01-01' + $1::int",
+            &[&(day as i32)],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(hours(c), 60.0, "60 viewers for an hour");
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600")
+        .unwrap();
+    let before = hours(c);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_eq!(
+        hours(c),
+        0.0,
+        "no interval before midnight is within 10 minutes"
+    );
+    assert_eq!(
+        before, 0.0,
+        "before maintain(), the day was read from its samples"
+    );
 }
 
 /// Samples count in the order they are written. A sample written into the
