@@ -186,6 +186,9 @@ struct TokenState {
     token: CachedToken,
     generation: u64,
     renewed_after_401: bool,
+    /// The token endpoint's error, when the one renewal after a 401 failed:
+    /// every later 401 of the pass fails with it, without asking again.
+    renewal_failed: Option<HelixError>,
 }
 
 struct Pass {
@@ -217,14 +220,20 @@ impl Pass {
         (t.token.access_token.clone(), t.generation)
     }
 
-    /// After a 401 with token `generation`: mint a new token, once per pass.
-    /// Concurrent batches that saw the same 401 share the one renewal.
+    /// After a 401 with token `generation`: mint a new token, once per pass,
+    /// whether that succeeds or not (Twitch: mint a new one on 401, never
+    /// loop). Concurrent batches that saw the same 401 share the one renewal,
+    /// and its failure: a token endpoint that is down is asked once per pass,
+    /// not once per batch.
     async fn renew_after_401(&self, generation: u64) -> Result<(), HelixError> {
         let _one_at_a_time = self.renewing.lock().await;
         {
             let t = lock(&self.token);
             if t.generation != generation {
                 return Ok(());
+            }
+            if let Some(e) = &t.renewal_failed {
+                return Err(e.clone());
             }
             if t.renewed_after_401 {
                 return Err(HelixError::Unauthorized {
@@ -235,12 +244,20 @@ impl Pass {
                 });
             }
         }
-        let fresh = mint(&self.client, &self.secret).await?;
+        let minted = mint(&self.client, &self.secret).await;
         let mut t = lock(&self.token);
-        t.token = fresh;
-        t.generation += 1;
         t.renewed_after_401 = true;
-        Ok(())
+        match minted {
+            Ok(fresh) => {
+                t.token = fresh;
+                t.generation += 1;
+                Ok(())
+            }
+            Err(e) => {
+                t.renewal_failed = Some(e.clone());
+                Err(e)
+            }
+        }
     }
 
     async fn sleep_or_deadline(&self, d: Duration) -> Result<(), HelixError> {
@@ -637,6 +654,7 @@ pub async fn sync_streaming(
             token,
             generation: 0,
             renewed_after_401: false,
+            renewal_failed: None,
         }),
         renewing: tokio::sync::Mutex::new(()),
         deadline,

@@ -86,7 +86,10 @@ struct State {
     unanswered: u64,
     /// Whether `per_second` was read from an answer of this pass (not the last run's).
     rate_read: bool,
+    /// The latest headers: this pass's, else the last run's.
     last: Option<RateLimitSnapshot>,
+    /// The latest headers of this pass (none: no answer carried them).
+    heard: Option<RateLimitSnapshot>,
 }
 
 /// Points in an app access token's bucket, as Twitch documents it, until an
@@ -114,6 +117,7 @@ impl RateLimiter {
             unanswered: 0,
             rate_read: false,
             last: None,
+            heard: None,
         };
         // what the last run stored is believed as a fresh answer would be
         // (a row written before the headers were checked may hold anything)
@@ -260,11 +264,13 @@ impl RateLimiter {
             });
         }
         st.last = Some(snap);
+        st.heard = Some(snap);
     }
 
-    /// The last headers seen.
+    /// The last headers seen in this pass: not the last run's it started
+    /// from, which would be reported (and stored) again as if just heard.
     pub fn last_seen(&self) -> Option<RateLimitSnapshot> {
-        self.lock().last
+        self.lock().heard
     }
 }
 
@@ -575,6 +581,21 @@ mod tests {
             assert_eq!(rl.lock().points, None, "{snap:?}");
             assert!(rl.acquire(far()).await.is_some(), "a probe goes out");
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_last_runs_headers_are_not_reported_as_this_passs() {
+        // A pass whose answers carry no headers reports none (a run stored
+        // and reported the last run's snapshot again, as if just heard).
+        let snap = headers(800, 797, epoch_now() as u64 + 60);
+        let rl = RateLimiter::new(Some((snap, SystemTime::now())));
+        let t = rl.acquire(far()).await.unwrap();
+        rl.observe(t, Heard::Answer(None), false);
+        assert_eq!(rl.last_seen(), None);
+        let t = rl.acquire(far()).await.unwrap();
+        let fresh = headers(800, 790, epoch_now() as u64 + 60);
+        rl.observe(t, Heard::Answer(Some(fresh)), false);
+        assert_eq!(rl.last_seen(), Some(fresh));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use helix_sim::world::WorldConfig;
-use helix_sim::{Config, Fault, FaultKind, Simulator};
+use helix_sim::{Config, Endpoint, Fault, FaultKind, Simulator};
 use std::time::{Duration, Instant};
 use twitch_sync_core::{
     sync_streaming, BatchBuffer, BatchResult, PassSummary, RunStatus, SyncInput,
@@ -111,6 +111,44 @@ fn a_reused_token_and_rate_limit_state_save_requests() {
     assert!(!second.token_changed);
     assert_eq!(sim.counters().tokens_issued, 1);
     assert_eq!(second.helix_requests, 3);
+}
+
+/// A 401 mints a new token once per pass, and if the token endpoint fails,
+/// that failure is every batch's: it is not asked again by each batch (20
+/// mints for 2,000 channels before). The batches fail with its error, and
+/// the next pass tries again.
+#[test]
+fn a_failed_renewal_after_a_401_is_asked_once_per_pass() {
+    let sim = start(2000, 0.3, Config::default());
+    let first = run(input(&sim, 2000)).summary;
+    assert_eq!(first.fatal, None);
+    sim.expire_tokens();
+    sim.add_fault(Fault::new(FaultKind::Status { status: 503 }).on(Endpoint::Token));
+    sim.reset_counters();
+    let mut next = input(&sim, 2000);
+    next.token = first.token.clone();
+    let out = run(next).summary;
+    let c = sim.counters();
+    // (a faulted answer counts as a fault, not as a token request)
+    assert_eq!(c.faults_applied, 1, "one mint for the pass, refused");
+    assert_eq!(c.streams_requests, 20, "each batch asked once, got a 401");
+    assert_eq!(out.status(), RunStatus::Failed);
+    assert_eq!(out.failures.len(), 20);
+    assert!(
+        out.failures
+            .iter()
+            .all(|f| f.error.contains("token") && f.error.contains("503")),
+        "{:?}",
+        out.failures.first()
+    );
+    // the endpoint is back: the next pass mints once and checks everything
+    sim.clear_faults();
+    sim.reset_counters();
+    let mut again = input(&sim, 2000);
+    again.token = first.token.clone();
+    let out = run(again).summary;
+    assert_eq!(out.status(), RunStatus::Ok, "{:?}", out.first_error());
+    assert_eq!(sim.counters().token_requests, 1);
 }
 
 #[test]
