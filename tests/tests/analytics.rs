@@ -1080,6 +1080,29 @@ fn rollup_rows_of(c: &mut Client, src: &str, day: i64) -> Vec<String> {
     .collect()
 }
 
+/// channel_days of each of `days` (days since the epoch) equals what
+/// channel_days_in('UTC') computes from the raw samples.
+fn assert_rolled_up_as_computed(c: &mut Client, days: &[i64]) {
+    for &d in days {
+        assert_eq!(
+            rollup_rows_of(c, "channel_days", d),
+            rollup_rows_of(c, "channel_days_in('UTC', x, x)", d),
+            "day {d}"
+        );
+    }
+}
+
+/// The dashboard's hours watched on `day` (days since the epoch), over its last 5 days.
+fn dashboard_hours(c: &mut Client, day: i64) -> f64 {
+    c.query_one(
+        "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('5 days')
+          WHERE day = date '1970-01-01' + $1::int",
+        &[&(day as i32)],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// Disabling a live channel (`enabled = false`), or deleting its row, ends its
 /// broadcast now, as untrack() does: through the transition layer, with its
 /// 'offline' event. (It stayed live for good, with 24 hours of airtime a day.)
@@ -1858,13 +1881,7 @@ fn a_backfill_then_a_lowered_gap_limit_rolls_up_the_backfills_days() {
     send(c, at(20), &[ended_obs("302", "not_listed")]);
     c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600; SELECT twitch_sync.maintain()")
         .unwrap();
-    for d in [day, day + 1] {
-        assert_eq!(
-            rollup_rows_of(c, "channel_days", d),
-            rollup_rows_of(c, "channel_days_in('UTC', x, x)", d),
-            "day {d}"
-        );
-    }
+    assert_rolled_up_as_computed(c, &[day, day + 1]);
     // 301: 100 viewers from 23:57 to midnight
     assert_eq!(
         rollup_rows_of(c, "channel_days", day),
@@ -1931,13 +1948,7 @@ fn a_start_time_learned_later_rolls_up_the_earlier_day_again() {
     send(c, at(150), &[live("501", "5011", Some(10), Some(at(-60)))]);
     send(c, at(160), &[ended_obs("501", "not_listed")]);
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
-    for d in [day, day + 1] {
-        assert_eq!(
-            rollup_rows_of(c, "channel_days", d),
-            rollup_rows_of(c, "channel_days_in('UTC', x, x)", d),
-            "day {d}"
-        );
-    }
+    assert_rolled_up_as_computed(c, &[day, day + 1]);
     let rows = rollup_rows_of(c, "channel_days", day);
     assert!(
         rows.len() == 1 && rows[0].starts_with("501 01:00:00 0.000000 "),
@@ -1962,22 +1973,13 @@ fn the_dashboard_reads_no_day_maintain_recomputes_after_a_lowered_gap_limit() {
         send(c, at(m), &[live("601", "6011", Some(60), Some(at(-60)))]);
     }
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
-    let hours = |c: &mut Client| -> f64 {
-        c.query_one(
-            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('5 days')
-              WHERE day = date '1970-01-01' + $1::int",
-            &[&(day as i32)],
-        )
-        .unwrap()
-        .get(0)
-    };
-    assert_eq!(hours(c), 60.0, "60 viewers for an hour");
+    assert_eq!(dashboard_hours(c, day), 60.0, "60 viewers for an hour");
     c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600")
         .unwrap();
-    let before = hours(c);
+    let before = dashboard_hours(c, day);
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
     assert_eq!(
-        hours(c),
+        dashboard_hours(c, day),
         0.0,
         "no interval before midnight is within 10 minutes"
     );
@@ -2162,16 +2164,7 @@ fn the_dashboard_reads_final_days_from_the_rollups() {
     }
     // sampled up to now, so that maintain() rolls up past those days' ends
     broadcast(c, "82", "8201", (now - 600, now, 600), &|_| 10, false);
-    let hours = |c: &mut Client, day: i64| -> f64 {
-        c.query_one(
-            "SELECT hours_watched::float8 FROM twitch_sync.dashboard_hours_per_day('5 days')
-              WHERE day = date '1970-01-01' + $1::int",
-            &[&(day as i32)],
-        )
-        .unwrap()
-        .get(0)
-    };
-    let both = |c: &mut Client| (hours(c, today - 4), hours(c, today - 2));
+    let both = |c: &mut Client| (dashboard_hours(c, today - 4), dashboard_hours(c, today - 2));
     assert_eq!(both(c), (1_440.0, 1_440.0), "from the samples");
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
     assert_eq!(both(c), (1_440.0, 1_440.0), "from the rollups");
