@@ -221,8 +221,11 @@ impl TwitchClient {
             ("client_secret", client_secret),
             ("grant_type", "client_credentials"),
         ]);
-        let answer = self.exchange(TOKEN, request).await.0?;
+        let mut answer = self.exchange(TOKEN, request).await.0?;
         if answer.status != 200 {
+            // an error answer may echo the form it was sent: before any of
+            // it is cut to fit an error, the secret goes
+            answer.body = crate::error::redact_bytes(&answer.body, &[client_secret]);
             return Err(answer.status_error());
         }
         let t: TokenBody = answer.json()?;

@@ -151,6 +151,43 @@ fn a_failed_renewal_after_a_401_is_asked_once_per_pass() {
     assert_eq!(sim.counters().token_requests, 1);
 }
 
+/// A token endpoint whose error echoes the form it was sent never gets the
+/// client secret into an error, whatever form it echoes it in and wherever
+/// its text is cut (a prefix of the URL-encoded secret ended the error).
+#[test]
+fn a_token_error_that_echoes_the_secret_keeps_none_of_it() {
+    let secret = "SECRET+abc&123=x/y%z";
+    let encoded = "SECRET%2Babc%26123%3Dx%2Fy%25z";
+    let sim = start(
+        100,
+        0.3,
+        Config {
+            client_secret: secret.into(),
+            ..Config::default()
+        },
+    );
+    let form = format!("client_id=x&client_secret={encoded}&grant_type=client_credentials");
+    // 300 characters are kept: the second message is cut 10 characters into the secret
+    let cut = format!("{}client_secret={encoded}", "x".repeat(300 - 14 - 10));
+    for message in [form.clone(), format!("invalid: {secret}"), cut] {
+        sim.clear_faults();
+        sim.add_fault(
+            Fault::new(FaultKind::ErrorMessage {
+                status: 400,
+                message: message.clone(),
+            })
+            .on(Endpoint::Token),
+        );
+        let out = run(input(&sim, 100)).summary;
+        let fatal = out.fatal.expect("no token, no pass");
+        assert!(fatal.contains("400"), "{fatal}");
+        assert!(
+            !fatal.contains("SECR") && !fatal.contains("abc"),
+            "{message} -> {fatal}"
+        );
+    }
+}
+
 #[test]
 fn a_token_issued_for_an_hour_is_reused_by_the_next_run() {
     // Twitch documents no lifetime for app tokens: one issued for an hour

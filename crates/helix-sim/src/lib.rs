@@ -114,8 +114,9 @@ pub enum Endpoint {
 pub enum FaultKind {
     /// Answer with this status and Twitch's JSON error body (429 keeps the rate-limit headers).
     Status { status: u16 },
-    /// Get Streams: answer with this status and Twitch's JSON error body
-    /// carrying this `message` (which may hold anything a server could send).
+    /// Answer with this status and Twitch's JSON error body (Helix's, or
+    /// id.twitch.tv's) carrying this `message` (which may hold anything a
+    /// server could send, such as the form it was sent).
     ErrorMessage { status: u16, message: String },
     /// Get Streams: the real answer, with these values as its `Ratelimit-*`
     /// headers, sent as they are (a Helix stand-in with a broken bucket).
@@ -819,6 +820,7 @@ async fn handle(shared: Arc<Shared>, req: Request) -> Response {
             Some(Endpoint::Streams) => st.handle_streams(&req),
             Some(ep) => match st.matching_fault(ep, &req) {
                 Some(FaultKind::Status { status }) => oauth_error(status, "Simulated failure"),
+                Some(FaultKind::ErrorMessage { status, message }) => oauth_error(status, &message),
                 other => {
                     let r = if ep == Endpoint::Token {
                         st.handle_token(&req)
