@@ -1714,6 +1714,7 @@ DECLARE
     live_changes twitch_sync.transition[] := '{}';
     result twitch_sync.applied;
     bad text;
+    twice text;
 BEGIN
     IF offline_after_misses IS NULL OR offline_after_misses < 1 OR notify IS NULL THEN
         RAISE EXCEPTION 'invalid offline_after_misses or notify: %, %',
@@ -1722,28 +1723,51 @@ BEGIN
                   HINT = 'Pass offline_after_misses >= 1 (checks without a listing that end a live '
                       || 'stream) and notify true or false.';
     END IF;
-    -- One pass: what is live, what carries a login to store, and an
-    -- observation that breaks the type's rules (the lowest broadcaster id of
-    -- those; Rust's observations never do: this is for a hand-written source).
+    -- One pass: what is live, what carries a login to store, an observation
+    -- that breaks the type's rules (the lowest broadcaster id of those), and
+    -- one broadcaster observed twice. Rust's observations never do (it applies
+    -- the same rules to what it reads from the network: crates/core/src/streams.rs,
+    -- whose constants these numbers are); this is for a hand-written source.
     SELECT count(*) FILTER (WHERE o.state = 'live'),
            count(*) FILTER (WHERE o.login IS NOT NULL AND o.source <> 'untrack'),
            min(o.observed_at),
            min(o.observed_at) FILTER (WHERE o.state = 'live' AND o.viewer_count IS NOT NULL),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
+                          -- from Twitch's first day (Justin.tv's, 2007) to a day ahead (clock skew)
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
+                          OR o.observed_at NOT BETWEEN '2007-01-01 00:00+00' AND pg_catalog.now() + interval '1 day'
+                          OR o.started_at IS NOT NULL
+                             AND (NOT pg_catalog.isfinite(o.started_at)
+                                  OR o.started_at NOT BETWEEN '2007-01-01 00:00+00' AND pg_catalog.now() + interval '1 day')
                           OR NOT coalesce(twitch_sync.is_broadcaster_id(o.broadcaster_id), false)
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
-                          OR o.state = 'live' AND coalesce(o.stream_id, '') = ''
-                          OR o.viewer_count < 0)
-      INTO n_live, n_logins, oldest, oldest_sample, bad
+                          OR o.state = 'live' AND NOT coalesce(o.stream_id ~ '^[0-9]{1,20}$', false)
+                          OR o.state <> 'live' AND o.stream_id !~ '^[0-9]{1,20}$'
+                          OR o.login IS NOT NULL AND NOT twitch_sync.is_login(o.login)
+                          OR o.game_id IS NOT NULL AND o.game_id !~ '^([0-9]{1,20})?$'
+                          OR pg_catalog.length(o.title) > 300 OR pg_catalog.length(o.game_name) > 200
+                          OR pg_catalog.length(o.language) > 16
+                          OR o.viewer_count < 0),
+           (SELECT pg_catalog.quote_literal(pg_catalog.left(d.broadcaster_id, 40))
+              FROM unnest(obs) d GROUP BY d.broadcaster_id HAVING count(*) > 1
+             ORDER BY d.broadcaster_id LIMIT 1)
+      INTO n_live, n_logins, oldest, oldest_sample, bad, twice
       FROM unnest(obs) o;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'invalid observation of broadcaster %', bad
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Each observation needs source ''poll'', ''eventsub'' or ''untrack'', a finite '
-                      || 'observed_at, a broadcaster id, state ''live'', ''not_listed'' or ''offline'', '
-                      || 'and when live a stream_id; viewer_count is NULL or >= 0.';
+                  HINT = 'Each observation needs source ''poll'', ''eventsub'' or ''untrack''; an observed_at '
+                      || 'from 2007 to a day from now; a broadcaster id; state ''live'', ''not_listed'' or '
+                      || '''offline''; when live a stream_id of 1 to 20 digits. viewer_count is NULL or >= 0, '
+                      || 'started_at NULL or from 2007 to a day from now, login NULL or a Twitch login, game_id '
+                      || 'NULL, '''' or digits; title, game_name and language at most 300, 200 and 16 characters.';
+    END IF;
+    IF twice IS NOT NULL THEN
+        RAISE EXCEPTION 'more than one observation of broadcaster %', twice
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass at most one observation per broadcaster in one call; apply later ones in '
+                      || 'another call, in the order they were seen.';
     END IF;
     -- before anything is written: what the observations' times change of
     -- the rollups (and the rollup lock, if they write samples or a past day)

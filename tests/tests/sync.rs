@@ -539,21 +539,64 @@ fn a_hand_written_observation_that_breaks_the_rules_is_a_clear_error() {
             ("id", "'77'"),
             ("state", "'live'"),
             ("sid", "'700'"),
+            ("login", "NULL"),
             ("viewers", "5"),
+            ("title", "'t'"),
+            ("game_id", "''"),
+            ("started", "now()"),
         ]
         .iter()
         .map(|&(k, v)| if k == field { value } else { v })
         .collect();
         format!(
-            "ROW({}, {}, {}, {}, {}, NULL, {}, 't', '', '', '', now())::twitch_sync.observation",
-            f[0], f[1], f[2], f[3], f[4], f[5]
+            "ROW({}, {}, {}, {}, {}, {}, {}, {}, {}, '', '', {})::twitch_sync.observation",
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
         )
     };
     let good = obs("", "");
+    let twice = format!("{good}, {}", obs("state", "'not_listed'"));
     for (what, arr, misses, notify) in [
         ("source", obs("source", "'bogus'"), "1", "false"),
         ("time", obs("at", "NULL"), "1", "false"),
         ("infinite time", obs("at", "'infinity'"), "1", "false"),
+        // (a far-future sample made every later maintain() fail)
+        ("far-future time", obs("at", "'294276-12-31'"), "1", "false"),
+        (
+            "time before Twitch",
+            obs("at", "'1999-01-01'"),
+            "1",
+            "false",
+        ),
+        // (an infinite start made maintain() run forever)
+        (
+            "infinite start",
+            obs("started", "'-infinity'"),
+            "1",
+            "false",
+        ),
+        ("start in 1970", obs("started", "'epoch'"), "1", "false"),
+        (
+            "start a week ahead",
+            obs("started", "now() + interval '7 days'"),
+            "1",
+            "false",
+        ),
+        ("stream id not digits", obs("sid", "'70x'"), "1", "false"),
+        (
+            "10 MB stream id",
+            obs("sid", "repeat('9', 10485760)"),
+            "1",
+            "false",
+        ),
+        ("login", obs("login", "'Has Space'"), "1", "false"),
+        ("game id", obs("game_id", "'12x'"), "1", "false"),
+        (
+            "10 MB title",
+            obs("title", "repeat('x', 10485760)"),
+            "1",
+            "false",
+        ),
+        ("one broadcaster twice", twice, "1", "false"),
         ("state", obs("state", "'sideways'"), "1", "false"),
         ("stream id", obs("sid", "NULL"), "1", "false"),
         ("viewers", obs("viewers", "-5"), "1", "false"),
