@@ -2373,7 +2373,9 @@ BEGIN
         IF msg NOT LIKE 'invalid schedule%' THEN
             RAISE;
         END IF;
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = msg,
+        -- (pg_cron's message quotes the whole schedule: cut, as other arguments are)
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'invalid schedule: ' || pg_catalog.quote_literal(pg_catalog.left(schedule, 60)),
             HINT = coalesce(nullif(hint, ''),
                 'Use five cron fields, evaluated in UTC (minute hour day-of-month month day-of-week), such as '
                 || '''*/10 * * * *'' for every ten minutes, or a macro such as ''@hourly''. '

@@ -393,12 +393,20 @@ mod twitch_sync {
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return")
         };
-        // SAFETY: a NUL-terminated name; with missing_ok false an unknown name
-        // raises an ERROR (42704) instead of returning NULL, and the result is
-        // copied before anything else can change the setting.
-        let value = unsafe { pg_sys::GetConfigOption(c_name.as_ptr(), false, false) };
+        // SAFETY: a NUL-terminated name; with missing_ok an unknown name
+        // returns NULL (with it false, Postgres raised 42704 from inside this
+        // Rust function, which pgrx reported with a Rust backtrace in DETAIL),
+        // and the result is copied before anything else can change the setting.
+        let value = unsafe { pg_sys::GetConfigOption(c_name.as_ptr(), true, false) };
         if value.is_null() {
-            return String::new();
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "unknown twitch_sync setting",
+                "twitch_sync",
+            )
+            .set_hint("Pass the name of a twitch_sync.* setting (README \"Configuration\").")
+            .report(PgLogLevel::ERROR);
+            unreachable!("ERROR does not return")
         }
         // SAFETY: GetConfigOption returns a NUL-terminated string.
         unsafe { CStr::from_ptr(value) }

@@ -97,6 +97,16 @@ fn pg_cron_runs_the_scheduled_job_for_real() {
             "{bad}: the hint shows a valid schedule: {text}"
         );
     }
+    // a long argument is cut in the message, as every other one is (it was
+    // echoed whole: a 10 MB message and log line)
+    let long = "*".repeat(100_000);
+    let err = db
+        .client
+        .query_one("SELECT twitch_sync.schedule($1)", &[&long])
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22023", "{}", error_text(&err));
+    let message = err.as_db_error().map_or("", |d| d.message()).to_string();
+    assert!(message.len() < 100, "{} characters", message.len());
     assert_eq!(
         db.scalar_i64("SELECT count(*) FROM cron.job WHERE jobname = 'twitch-viewer-count-sync'"),
         0,
@@ -743,10 +753,20 @@ fn a_setting_a_non_superuser_set_before_the_library_loaded_is_never_used() {
         .unwrap()
         .get(0);
     assert_eq!(gap, "1200");
-    let err = db
-        .query_one("SELECT twitch_sync.setting('search_path')", &[])
-        .unwrap_err();
-    assert_eq!(sqlstate(&err), "22023", "{}", error_text(&err));
+    // another setting, or a twitch_sync.* name that is none: 22023, and no
+    // Rust backtrace in the error (an unknown twitch_sync.* name was 42704
+    // with one in DETAIL)
+    for name in ["search_path", "twitch_sync.nope"] {
+        let err = db
+            .query_one("SELECT twitch_sync.setting($1)", &[&name])
+            .unwrap_err();
+        assert_eq!(sqlstate(&err), "22023", "{name}: {}", error_text(&err));
+        let detail = err.as_db_error().and_then(|d| d.detail()).unwrap_or("");
+        assert!(
+            !detail.contains("backtrace") && !detail.contains("rust"),
+            "{name}: {detail}"
+        );
+    }
     drop((maint, db));
     for sql in [
         "DROP DATABASE placeholder_test WITH (FORCE)",
