@@ -814,7 +814,9 @@ BEGIN
         RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite times, from_time < to_time.';
     END IF;
-    IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
+    -- (in epoch seconds: to_time - from_time overflows, to a negative
+    -- interval, across the whole range of timestamptz)
+    IF (extract(epoch FROM to_time) - extract(epoch FROM from_time)) / extract(epoch FROM bucket) > 100000 THEN
         RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket (at most 100,000 buckets).';
     END IF;

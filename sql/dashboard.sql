@@ -70,7 +70,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The range of the dashboard and its panels: a positive interval of at most
--- ten years (SQLSTATE 22023 otherwise). Returns it.
+-- 3660 days (SQLSTATE 22023 otherwise). Returns it.
 CREATE FUNCTION twitch_sync.dashboard_range("range" interval) RETURNS interval
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -78,7 +78,7 @@ BEGIN
        OR dashboard_range.range > interval '3660 days' THEN
         RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard_range.range::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
+                  HINT = 'Pass a positive interval of at most 3660 days (about ten years), such as ''24 hours'' or ''7 days'': '
                       || 'the page covers that much time up to now.';
     END IF;
     RETURN dashboard_range.range;

@@ -1037,7 +1037,9 @@ BEGIN
         RAISE EXCEPTION 'invalid time range: % to %', from_time, to_time
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Pass finite times, from_time < to_time.';
     END IF;
-    IF extract(epoch FROM to_time - from_time) / extract(epoch FROM bucket) > 100000 THEN
+    -- (in epoch seconds: to_time - from_time overflows, to a negative
+    -- interval, across the whole range of timestamptz)
+    IF (extract(epoch FROM to_time) - extract(epoch FROM from_time)) / extract(epoch FROM bucket) > 100000 THEN
         RAISE EXCEPTION 'too many buckets: % in % to %', bucket, from_time, to_time
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use a larger bucket (at most 100,000 buckets).';
     END IF;
@@ -2485,7 +2487,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The range of the dashboard and its panels: a positive interval of at most
--- ten years (SQLSTATE 22023 otherwise). Returns it.
+-- 3660 days (SQLSTATE 22023 otherwise). Returns it.
 CREATE FUNCTION twitch_sync.dashboard_range("range" interval) RETURNS interval
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -2493,7 +2495,7 @@ BEGIN
        OR dashboard_range.range > interval '3660 days' THEN
         RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard_range.range::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass a positive interval of at most 10 years, such as ''24 hours'' or ''7 days'': '
+                  HINT = 'Pass a positive interval of at most 3660 days (about ten years), such as ''24 hours'' or ''7 days'': '
                       || 'the page covers that much time up to now.';
     END IF;
     RETURN dashboard_range.range;

@@ -68,7 +68,7 @@ impl Refusal {
             Refusal::Sync(e) => e.raise(),
             Refusal::NoBody => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                "the request body is missing (NULL)".into(),
+                "the request body is missing (NULL or empty)".into(),
                 Some("Pass the raw request body as text, exactly as received."),
             ),
             Refusal::MissingHeader(name) => (
@@ -152,7 +152,8 @@ fn reason_text(r: DropReason) -> &'static str {
 /// The request, checked and handled; the text answer.
 fn handle(body: Option<&str>, given: Headers) -> Result<String, Refusal> {
     db::check_schema_version()?;
-    let body = body.ok_or(Refusal::NoBody)?;
+    // (an empty body carries nothing Twitch sends: refused like a missing one)
+    let body = body.filter(|b| !b.is_empty()).ok_or(Refusal::NoBody)?;
     let headers = match given.missing() {
         None => given,
         Some(_) => match db::request_headers()? {

@@ -717,6 +717,8 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
         ("SELECT * FROM twitch_sync.viewer_trend('abc', now() - interval '1 day', now())", "id"),
         ("SELECT * FROM twitch_sync.viewer_trend(NULL, now() - interval '1 day', now())", "NULL id"),
         ("SELECT * FROM twitch_sync.viewer_trend('77', '-infinity', 'infinity')", "infinite range"),
+        // (the difference overflowed to a negative interval: no bucket limit)
+        ("SELECT * FROM twitch_sync.viewer_trend('77', '4713-01-01 BC', '294276-12-31', '1 second')", "every timestamp"),
         ("SELECT * FROM twitch_sync.channel_days_in('UTC', '-infinity', 'infinity')", "infinite days"),
         ("SELECT * FROM twitch_sync.category_days_in('UTC', current_date, 'infinity')", "infinite day"),
         ("SELECT * FROM twitch_sync.top_channels('-infinity', 'infinity')", "infinite top days"),

@@ -630,6 +630,12 @@ fn explicit_headers_secret_rules_and_refusals() {
         assert_eq!(sqlstate(&e), "22023", "{name}: {}", error_text(&e));
         assert!(error_text(&e).contains(name), "{}", error_text(&e));
     }
+    // an empty body, as README says (it was answered `dropped: malformed`)
+    let mut args = full;
+    args[0] = Some("");
+    let e = call(&mut db.client, args).unwrap_err();
+    assert_eq!(sqlstate(&e), "22023", "{}", error_text(&e));
+    assert!(error_text(&e).contains("body"), "{}", error_text(&e));
     let mut args = full;
     args[4] = Some("session_welcome");
     let e = call(&mut db.client, args).unwrap_err();
