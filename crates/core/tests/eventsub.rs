@@ -606,6 +606,44 @@ fn subscription_rules_409_429_costs_and_listing() {
     }
 }
 
+/// A 409 is looked up on every page of the broadcaster's subscriptions, not
+/// only the first: Twitch documents no page size for the listing. (With one
+/// subscription a page, the offline one was not found, and the channel was
+/// held back as "on another transport".)
+#[test]
+fn a_409_is_found_on_a_later_page_of_the_listing() {
+    use twitch_sync_core::eventsub::reconcile::{execute, Change, Outcome};
+    let r = rig(fast());
+    let (c, t) = (&r.client, &r.token);
+    let conduit = r.rt.block_on(c.create_conduit(t, 1)).0.unwrap();
+    let id = channel(&r.sim, 0);
+    for kind in ["stream.online", "stream.offline"] {
+        let created =
+            r.rt.block_on(c.create_subscription(t, kind, &id, &conduit.id))
+                .0;
+        assert!(
+            matches!(created, Ok(CreateOutcome::Created { .. })),
+            "{created:?}"
+        );
+    }
+    r.sim.es_set_subscriptions_page_size(1);
+    let changes = vec![Change::Create {
+        broadcaster_id: id.clone(),
+        kind: "stream.offline",
+    }];
+    let res = r.rt.block_on(execute(c, t, &conduit.id, changes, None));
+    match res.outcomes.as_slice() {
+        [Outcome::Created(s)] => {
+            assert_eq!(
+                (s.kind.as_str(), s.broadcaster_id.as_str()),
+                ("stream.offline", id.as_str())
+            )
+        }
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(res.requests, 3, "the create, then two pages");
+}
+
 #[test]
 fn shard_update_errors_come_back_inside_the_202() {
     let r = rig(fast());

@@ -23,8 +23,9 @@
 //!   max_total_cost" (an assumption, marked as such);
 //! - `GET /helix/eventsub/subscriptions` with at most one filter (`status`,
 //!   `type`, `user_id`, `subscription_id`; more → 400), oldest first, pages
-//!   of `first` (default 100) with an `after` cursor, `pagination: {}` at the
-//!   end, and the cost figures;
+//!   of the simulator's size (100 unless set; Twitch documents neither a size
+//!   nor `first`) with an `after` cursor, `pagination: {}` at the end, and the
+//!   cost figures;
 //! - `DELETE /helix/eventsub/subscriptions?id=` → 204, 404, 400 without id;
 //! - `GET /helix/eventsub/conduits/shards?conduit_id=[&status=]` → 200
 //!   `data[{id, status, transport{method, session_id, connected_at,
@@ -282,12 +283,8 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
                     "The request may specify only one filter query parameter.",
                 )
             } else {
-                let first = req
-                    .query_all("first")
-                    .next()
-                    .and_then(|f| f.parse::<usize>().ok())
-                    .unwrap_or(100)
-                    .clamp(1, 100);
+                // (Twitch documents no `first` here: the page size is its own)
+                let first = h.cfg.subscriptions_page_size.max(1);
                 let offset = req
                     .query_all("after")
                     .next()

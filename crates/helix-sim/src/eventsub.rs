@@ -59,6 +59,10 @@ pub struct EventSubConfig {
     pub max_total_cost: u64,
     /// Twitch: at most 3 subscriptions with the same type and condition.
     pub max_same_condition: usize,
+    /// Subscriptions per page of `GET /eventsub/subscriptions`. Twitch
+    /// documents no page size and no `first` for it ("the number returned
+    /// per page is undetermined"): clients must follow the cursor.
+    pub subscriptions_page_size: usize,
 }
 
 impl Default for EventSubConfig {
@@ -72,6 +76,7 @@ impl Default for EventSubConfig {
             max_shards: 20_000,
             max_total_cost: 10_000,
             max_same_condition: 3,
+            subscriptions_page_size: 100,
         }
     }
 }
@@ -870,6 +875,10 @@ impl Simulator {
             .insert(broadcaster_id.to_string());
     }
 
+    /// Changes the page size of `GET /eventsub/subscriptions`.
+    pub fn es_set_subscriptions_page_size(&self, n: usize) {
+        self.shared.eventsub.lock().cfg.subscriptions_page_size = n.max(1);
+    }
     /// Changes `max_total_cost` for every client.
     pub fn es_set_max_total_cost(&self, max: u64) {
         self.shared.eventsub.lock().cfg.max_total_cost = max;

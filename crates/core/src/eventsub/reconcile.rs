@@ -299,6 +299,10 @@ struct Done {
     requests: u64,
 }
 
+/// Pages of a broadcaster's subscriptions read to find the one a 409 names
+/// (its online and offline ones, and any other of the client that names it).
+const LOOKUP_PAGES: u64 = 10;
+
 async fn carry_out(client: &TwitchClient, token: &str, conduit_id: &str, change: Change) -> Done {
     let (outcome, snap, budget, requests) = match &change {
         Change::Create {
@@ -315,24 +319,45 @@ async fn carry_out(client: &TwitchClient, token: &str, conduit_id: &str, change:
                 }) => (Ok(Outcome::Created(subscription)), snap, Some(budget), 1),
                 Ok(CreateOutcome::AlreadyExists) => {
                     // 409: find its id, so that it is recorded like a new one
+                    // (on any page: Twitch's page size is its own)
                     let filter = SubscriptionFilter::UserId(broadcaster_id.clone());
-                    let (r, snap2) = client.get_subscriptions(token, &filter, None).await;
-                    let budget = r.as_ref().ok().map(|p| p.budget);
-                    let outcome = r.map(|page| {
-                        match page.subscriptions.into_iter().find(|s| {
+                    let (mut after, mut snap, mut budget, mut requests) = (None, snap, None, 1);
+                    let outcome = loop {
+                        let (r, snap2) = client
+                            .get_subscriptions(token, &filter, after.as_deref())
+                            .await;
+                        requests += 1;
+                        snap = snap2.or(snap);
+                        let page = match r {
+                            Ok(page) => page,
+                            Err(e) => break Err(e),
+                        };
+                        budget = Some(page.budget);
+                        if let Some(s) = page.subscriptions.into_iter().find(|s| {
                             s.kind == *kind
                                 && s.broadcaster_id == *broadcaster_id
                                 && s.conduit_id.as_deref() == Some(conduit_id)
                         }) {
-                            Some(s) => Outcome::Created(s),
-                            None => Outcome::Failed {
-                                change: change.clone(),
-                                error: "409: the subscription exists on another transport".into(),
-                                about_channel: true,
-                            },
+                            break Ok(Outcome::Created(s));
                         }
-                    });
-                    (outcome, snap2.or(snap), budget, 2)
+                        match page.cursor {
+                            Some(c)
+                                if requests <= LOOKUP_PAGES
+                                    && after.as_deref() != Some(c.as_str()) =>
+                            {
+                                after = Some(c);
+                            }
+                            _ => {
+                                break Ok(Outcome::Failed {
+                                    change: change.clone(),
+                                    error: "409: the subscription exists on another transport"
+                                        .into(),
+                                    about_channel: true,
+                                })
+                            }
+                        }
+                    };
+                    (outcome, snap, budget, requests)
                 }
                 Err(e) => (Err(e), snap, None, 1),
             }
