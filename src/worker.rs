@@ -257,9 +257,12 @@ fn plan_config() -> PlanConfig {
 
 enum PassOutput {
     Listing(Result<(Vec<Subscription>, Budget), HelixError>),
-    /// The conduit's revoked subscriptions, listed by status after a new session.
-    Revoked(Result<Vec<Subscription>, HelixError>),
+    /// The conduit's revoked subscriptions, listed by status after a new
+    /// session, with the budget.
+    Revoked(Result<(Vec<Subscription>, Budget), HelixError>),
     Changes(PassResult),
+    /// The budget read again: nothing could be created within the one known.
+    Budget(Result<Budget, HelixError>),
 }
 
 struct Worker {
@@ -1024,17 +1027,29 @@ impl Worker {
                 &r.create_backoff.held_back(Instant::now()),
                 &cfg,
             );
-            if plan.changes.is_empty() {
+            if plan.changes.is_empty() && plan.poll_only == 0 {
                 r.next_pass = Instant::now() + gucs::eventsub_reconcile_every();
                 self.row.reconciled_at = Some(epoch(SystemTime::now()));
                 self.dirty = true;
                 return;
             }
-            let budget = r.budget;
-            runtime::spawn(async move {
-                let out = reconcile::execute(&client, &token, &conduit, plan.changes, budget).await;
-                let _ = tx.send(PassOutput::Changes(out));
-            })
+            if plan.changes.is_empty() {
+                // The budget keeps channels to polling: read it again (Twitch
+                // counts the client's subscriptions, which change outside this
+                // worker: another conduit's deleted, a limit raised), one
+                // point a pass.
+                runtime::spawn(async move {
+                    let out = reconcile::read_budget(&client, &token).await;
+                    let _ = tx.send(PassOutput::Budget(out));
+                })
+            } else {
+                let budget = r.budget;
+                runtime::spawn(async move {
+                    let out =
+                        reconcile::execute(&client, &token, &conduit, plan.changes, budget).await;
+                    let _ = tx.send(PassOutput::Changes(out));
+                })
+            }
         };
         r.pass = Some((task, rx));
     }
@@ -1081,7 +1096,8 @@ impl Worker {
                 pgrx::warning!("twitch_sync eventsub worker: listing subscriptions failed: {e}");
                 r.next_pass = Instant::now() + every;
             }
-            PassOutput::Revoked(Ok(subs)) => {
+            PassOutput::Revoked(Ok((subs, budget))) => {
+                r.budget = Some(budget);
                 let res = in_transaction(|| {
                     for s in &subs {
                         db::record_revocation(&s.id, &s.status)?;
@@ -1109,6 +1125,25 @@ impl Worker {
                     "twitch_sync eventsub worker: listing revoked subscriptions failed: {e}"
                 );
                 r.revocations_due = true;
+                r.next_pass = Instant::now() + every;
+            }
+            PassOutput::Budget(Ok(budget)) => {
+                let more = r.budget.is_none_or(|b| budget.remaining() > b.remaining());
+                r.budget = Some(budget);
+                if more {
+                    // more room than the plan saw: the changes follow at once
+                    r.next_pass = Instant::now();
+                } else {
+                    r.next_pass = Instant::now() + every;
+                    self.row.reconciled_at = Some(epoch(SystemTime::now()));
+                    self.dirty = true;
+                }
+            }
+            PassOutput::Budget(Err(e)) => {
+                refused = matches!(e, HelixError::Unauthorized { .. });
+                pgrx::warning!(
+                    "twitch_sync eventsub worker: reading the subscription budget failed: {e}"
+                );
                 r.next_pass = Instant::now() + every;
             }
             PassOutput::Changes(res) => {

@@ -185,6 +185,38 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         )
     });
 
+    // Twitch's budget grows outside the worker (a limit raised, another
+    // conduit's subscriptions deleted): a channel the budget left to polling
+    // is subscribed once the worker reads it again (it kept the full budget
+    // it last heard, and never asked)
+    let fifth = db.sim.world(|w| w.channels[5].id.clone());
+    db.client
+        .execute("SELECT twitch_sync.track($1)", &[&fifth])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // a pass finds no room
+    db.sim.es_set_max_total_cost(8);
+    wait_for(Duration::from_secs(20), || {
+        (sim_enabled(&db, &conduit)
+            .iter()
+            .filter(|s| s.0 == fifth)
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "a raised limit covers the fifth channel: {:?}",
+            sim_enabled(&db, &conduit)
+        )
+    });
+    let want2: Vec<(String, String)> = {
+        let mut w = want2;
+        w.push((fifth.clone(), "stream.offline".to_string()));
+        w.push((fifth, "stream.online".to_string()));
+        w.sort();
+        w
+    };
+
     // a revocation is recorded with its reason
     let revoked_id = db
         .sim
@@ -389,8 +421,8 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!(state, "connected");
-    // ids[0] lost its online subscription (revoked): 2 covered of 3 tracked
-    assert_eq!((covered, poll_only), (2, 1));
+    // ids[0] lost its online subscription (revoked): 3 covered of 4 tracked
+    assert_eq!((covered, poll_only), (3, 1));
     let metrics: String = db
         .client
         .query_one("SELECT twitch_sync.metrics()", &[])

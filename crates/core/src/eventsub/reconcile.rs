@@ -477,16 +477,29 @@ pub const REVOKED_STATUSES: [&str; 3] =
 /// The subscriptions of `conduit_id` revoked with one of [`REVOKED_STATUSES`]
 /// (Get EventSub Subscriptions with the `status` filter, which lists only
 /// those: a few pages where a full listing takes two per 100 channels; at
-/// most `max_pages` pages per status).
+/// most `max_pages` pages per status), with the budget the last answer gave.
 pub async fn list_revoked(
     client: &TwitchClient,
     token: &str,
     conduit_id: &str,
     max_pages: usize,
-) -> Result<Vec<Subscription>, HelixError> {
+) -> Result<(Vec<Subscription>, Budget), HelixError> {
     let filters = REVOKED_STATUSES.map(|s| SubscriptionFilter::Status(s.to_string()));
-    let (all, _) = list_filtered(client, token, conduit_id, &filters, max_pages).await?;
-    Ok(all)
+    list_filtered(client, token, conduit_id, &filters, max_pages).await
+}
+
+/// The client's cost budget as Twitch counts it now: one page of Get
+/// EventSub Subscriptions (its `total_cost` and `max_total_cost` are the
+/// client's, whatever the filter). The budget changes outside this worker
+/// (another conduit's subscriptions deleted, a limit raised): a pass with
+/// channels left to polling by the budget reads it again.
+pub async fn read_budget(client: &TwitchClient, token: &str) -> Result<Budget, HelixError> {
+    let filter = SubscriptionFilter::Status("enabled".into());
+    Ok(client
+        .get_subscriptions(token, &filter, None)
+        .await
+        .0?
+        .budget)
 }
 
 /// Every `stream.online` / `stream.offline` subscription of `conduit_id`
