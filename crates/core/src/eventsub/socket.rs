@@ -27,6 +27,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 pub const MAX_WS_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest time a connect (TCP + TLS + upgrade) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time a socket closed by the client is still read, for the frames
+/// the server sent before it saw the close.
+pub const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub enum SocketEvent {
@@ -72,6 +75,26 @@ pub fn open(id: SocketId, url: String, events: mpsc::UnboundedSender<SocketEvent
                         code: CloseCode::Normal,
                         reason: "".into(),
                     }))).await;
+                    // What the server sent before it saw the close is still
+                    // delivered (Twitch: the old connection receives events
+                    // until the new welcome; a reconnect closes it then):
+                    // read until the server's close answers ours (RFC 6455),
+                    // for at most CLOSE_DRAIN.
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, async {
+                        while let Some(Ok(msg)) = stream.next().await {
+                            match msg {
+                                WsMessage::Text(t) => {
+                                    let frame = SocketEvent::Frame(id, t.as_str().to_string());
+                                    if events.send(frame).is_err() {
+                                        return;
+                                    }
+                                }
+                                WsMessage::Close(_) => return,
+                                _ => {}
+                            }
+                        }
+                    })
+                    .await;
                     return;
                 }
                 msg = stream.next() => match msg {
@@ -335,6 +358,42 @@ mod tests {
         sh.on_assigned("s1", Ok(()), t0);
         assert!(sh.is_connected());
         (sh, sock)
+    }
+
+    /// A socket the client closes (a reconnect's old one) still delivers
+    /// what the server sent before it saw the close. (It stopped reading at
+    /// once: a notification in flight was lost.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_closed_socket_delivers_what_was_sent_before_the_close() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(WsMessage::text("welcome")).await.unwrap();
+            // the client closes meanwhile; the server has not read that yet
+            // and sends what it had on its way, then answers the close
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ws.send(WsMessage::text("in flight")).await.unwrap();
+            while let Some(Ok(m)) = ws.next().await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handle = open(1, url, tx);
+        match rx.recv().await {
+            Some(SocketEvent::Frame(1, f)) => assert_eq!(f, "welcome"),
+            e => panic!("{e:?}"),
+        }
+        handle.close();
+        let next = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        match next {
+            Ok(Some(SocketEvent::Frame(1, f))) => assert_eq!(f, "in flight"),
+            e => panic!("the frame sent before the close was lost: {e:?}"),
+        }
+        server.await.unwrap();
     }
 
     #[test]
