@@ -369,18 +369,20 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET log_min_error_statement = panic AS $$
 BEGIN
     IF set_credentials.client_id IS NULL OR pg_catalog.btrim(set_credentials.client_id) = ''
-       OR set_credentials.client_id ~ '[[:space:][:cntrl:]]' OR pg_catalog.length(set_credentials.client_id) > 256 THEN
+       -- visible ASCII (it goes into a header or a form): no space, no no-break space
+       OR set_credentials.client_id !~ '^[!-~]+$' OR pg_catalog.length(set_credentials.client_id) > 256 THEN
         RAISE EXCEPTION 'invalid client id'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass the Client ID of your app from the Twitch developer console '
-                      || '(dev.twitch.tv/console/apps): a non-empty string without spaces.';
+                      || '(dev.twitch.tv/console/apps): visible ASCII characters, no spaces.';
     END IF;
     IF set_credentials.client_secret IS NULL OR pg_catalog.btrim(set_credentials.client_secret) = ''
-       OR set_credentials.client_secret ~ '[[:space:][:cntrl:]]' OR pg_catalog.length(set_credentials.client_secret) > 256 THEN
+       -- visible ASCII (it goes into a header or a form): no space, no no-break space
+       OR set_credentials.client_secret !~ '^[!-~]+$' OR pg_catalog.length(set_credentials.client_secret) > 256 THEN
         RAISE EXCEPTION 'invalid client secret'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a Client Secret generated for your app in the Twitch developer console: '
-                      || 'a non-empty string without spaces.';
+                      || 'visible ASCII characters, no spaces.';
     END IF;
     INSERT INTO twitch_sync.credentials AS c (singleton, client_id, client_secret)
     VALUES (true, set_credentials.client_id, set_credentials.client_secret)

@@ -3771,6 +3771,36 @@ SELECT twitch_sync.end_live_broadcasts(ARRAY(
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 -- set_credentials(): a refused call does not write its statement (with the
 -- secret in it) to the server log
+-- set_credentials(): visible ASCII only (a no-break space passed the old check)
+CREATE OR REPLACE FUNCTION twitch_sync.set_credentials(client_id text, client_secret text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET log_min_error_statement = panic AS $$
+BEGIN
+    IF set_credentials.client_id IS NULL OR pg_catalog.btrim(set_credentials.client_id) = ''
+       -- visible ASCII (it goes into a header or a form): no space, no no-break space
+       OR set_credentials.client_id !~ '^[!-~]+$' OR pg_catalog.length(set_credentials.client_id) > 256 THEN
+        RAISE EXCEPTION 'invalid client id'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the Client ID of your app from the Twitch developer console '
+                      || '(dev.twitch.tv/console/apps): visible ASCII characters, no spaces.';
+    END IF;
+    IF set_credentials.client_secret IS NULL OR pg_catalog.btrim(set_credentials.client_secret) = ''
+       -- visible ASCII (it goes into a header or a form): no space, no no-break space
+       OR set_credentials.client_secret !~ '^[!-~]+$' OR pg_catalog.length(set_credentials.client_secret) > 256 THEN
+        RAISE EXCEPTION 'invalid client secret'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass a Client Secret generated for your app in the Twitch developer console: '
+                      || 'visible ASCII characters, no spaces.';
+    END IF;
+    INSERT INTO twitch_sync.credentials AS c (singleton, client_id, client_secret)
+    VALUES (true, set_credentials.client_id, set_credentials.client_secret)
+    ON CONFLICT (singleton) DO UPDATE
+        SET client_id = EXCLUDED.client_id,
+            client_secret = EXCLUDED.client_secret,
+            access_token = NULL, token_expires_at = NULL, token_validated_at = NULL,
+            updated_at = pg_catalog.now();
+END
+$$;
 ALTER FUNCTION twitch_sync.set_credentials(text, text) SET log_min_error_statement = panic;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA twitch_sync FROM PUBLIC;

@@ -382,6 +382,9 @@ fn a_refused_set_credentials_call_leaves_the_secret_out_of_the_server_log() {
     for sql in [
         "SELECT twitch_sync.set_credentials('client-XYZC1', 'a secret with spaces XYZS1')",
         "SELECT twitch_sync.set_credentials('a client id XYZC2', 'secretXYZS2')",
+        // a no-break space and a left-to-right mark are no visible ASCII either
+        "SELECT twitch_sync.set_credentials(E'client\\u00a0XYZC3', 'secretXYZS3')",
+        "SELECT twitch_sync.set_credentials('clientXYZC4', E'secret\\u200eXYZS4')",
     ] {
         let e = db.client.batch_execute(sql).unwrap_err();
         assert_eq!(sqlstate(&e), "22023", "{sql}: {}", error_text(&e));
@@ -389,7 +392,9 @@ fn a_refused_set_credentials_call_leaves_the_secret_out_of_the_server_log() {
     let log = db.cluster().log();
     // The refusals are logged (this is the server's log), their statements not.
     assert!(log.contains("invalid client secret"), "{log}");
-    for marker in ["XYZC1", "XYZS1", "XYZC2", "XYZS2"] {
+    for marker in [
+        "XYZC1", "XYZS1", "XYZC2", "XYZS2", "XYZC3", "XYZS3", "XYZC4", "XYZS4",
+    ] {
         assert!(!log.contains(marker), "{marker} in the server log");
     }
 }
