@@ -84,6 +84,11 @@ impl Schedule {
                 let from = DateTime::<Utc>::from_timestamp(secs, 0)?;
                 // Strictly after `from`, a whole second: a fraction of a second
                 // past it cannot be a cron minute's start anyway.
+                // (from before year 1 the crate answers 0001-01-01, not the
+                // next minute: no time found, rather than a wrong one)
+                if chrono::Datelike::year(&from) < 1 {
+                    return None;
+                }
                 let next = cron.find_next_occurrence(&from, false).ok()?;
                 next.timestamp().checked_mul(1_000_000)
             }
@@ -128,6 +133,14 @@ mod tests {
     fn at(day: i64, h: i64, m: i64) -> i64 {
         let midnight = NOW - (14 * 60 + 3) * MINUTE - 30_000_000;
         midnight + ((day * 24 + h) * 60 + m) * MINUTE
+    }
+
+    #[test]
+    fn a_time_before_year_one_has_no_next_run() {
+        // 4713-01-01 BC (PostgreSQL's earliest timestamptz): the crate
+        // answered 0001-01-01, not the next minute
+        let bc = -210_866_803_200_000_000;
+        assert_eq!(next_run("* * * * *", bc, None), None);
     }
 
     #[test]
