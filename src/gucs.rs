@@ -382,16 +382,19 @@ mod twitch_sync {
         let own = name
             .strip_prefix("twitch_sync.")
             .is_some_and(|rest| !rest.is_empty());
-        let c_name = CString::new(name).ok().filter(|_| own);
-        let Some(c_name) = c_name else {
+        let refuse = |message: &'static str| -> ! {
             pgrx::pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "not a twitch_sync setting",
+                message,
                 "twitch_sync",
             )
             .set_hint("Pass the name of a twitch_sync.* setting (README \"Configuration\").")
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return")
+        };
+        let c_name = CString::new(name).ok().filter(|_| own);
+        let Some(c_name) = c_name else {
+            refuse("not a twitch_sync setting")
         };
         // SAFETY: a NUL-terminated name; with missing_ok an unknown name
         // returns NULL (with it false, Postgres raised 42704 from inside this
@@ -399,14 +402,7 @@ mod twitch_sync {
         // and the result is copied before anything else can change the setting.
         let value = unsafe { pg_sys::GetConfigOption(c_name.as_ptr(), true, false) };
         if value.is_null() {
-            pgrx::pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-                "unknown twitch_sync setting",
-                "twitch_sync",
-            )
-            .set_hint("Pass the name of a twitch_sync.* setting (README \"Configuration\").")
-            .report(PgLogLevel::ERROR);
-            unreachable!("ERROR does not return")
+            refuse("unknown twitch_sync setting")
         }
         // SAFETY: GetConfigOption returns a NUL-terminated string.
         unsafe { CStr::from_ptr(value) }
