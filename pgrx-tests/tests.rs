@@ -306,35 +306,35 @@ fn applied(live: i64, updated: i64, started: i64, ended: i64, events: i64) -> Ap
 #[pg_test]
 fn apply_tracks_live_restart_reopen_and_offline() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2'), ('3')").unwrap();
-    let r = apply(&["1", "2", "3"], &[("s1", "1", 10), ("s2", "2", 20)], 1);
+    let r = apply(&["1", "2", "3"], &[("1001", "1", 10), ("1002", "2", 20)], 1);
     assert_eq!(r, applied(2, 0, 2, 0, 2));
     // counts move, peaks keep the maximum
-    let r = apply(&["1", "2", "3"], &[("s1", "1", 5), ("s2", "2", 30)], 1);
+    let r = apply(&["1", "2", "3"], &[("1001", "1", 5), ("1002", "2", 30)], 1);
     assert_eq!(r, applied(2, 2, 0, 0, 0));
-    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's1'"), 10);
-    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's1'"), 5);
-    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's2'"), 30);
+    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1001'"), 10);
+    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1001'"), 5);
+    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1002'"), 30);
     // channel 1 restarts under a new stream id; channel 2 goes offline
-    let r = apply(&["1", "2", "3"], &[("s1b", "1", 7)], 1);
+    let r = apply(&["1", "2", "3"], &[("1011", "1", 7)], 1);
     assert_eq!(r, applied(1, 0, 1, 2, 2));
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live"), 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live AND stream_id = 's1b'"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE is_live AND stream_id = '1011'"), 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE NOT is_live AND ended_at IS NOT NULL"), 2);
-    // s2 reappears under the same stream id: the row is reopened, not duplicated
-    let r = apply(&["1", "2", "3"], &[("s1b", "1", 7), ("s2", "2", 3)], 1);
+    // 1002 reappears under the same stream id: the row is reopened, not duplicated
+    let r = apply(&["1", "2", "3"], &[("1011", "1", 7), ("1002", "2", 3)], 1);
     assert_eq!(r, applied(2, 1, 1, 0, 1));
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '2'"), 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND ended_at IS NULL"), 1);
-    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's2'"), 30);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live AND ended_at IS NULL"), 1);
+    assert_eq!(count("SELECT peak_viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1002'"), 30);
     // a channel that was not checked (its batch failed) is left alone
-    let before = text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = 's2'");
-    let r = apply(&["1"], &[("s1b", "1", 8)], 1);
+    let before = text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = '1002'");
+    let r = apply(&["1"], &[("1011", "1", 8)], 1);
     assert_eq!(r, applied(1, 1, 0, 0, 0));
-    assert_eq!(text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = 's2'"), before);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
+    assert_eq!(text("SELECT s::text FROM twitch_sync.streams s WHERE stream_id = '1002'"), before);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live"), 1);
     // one sample per live stream per call
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 2);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's2'"), 3);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1001'"), 2);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1002'"), 3);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples"), 2 + 2 + 1 + 2 + 1);
     // a channel's last live sighting is derived from its streams
     assert_eq!(
@@ -364,7 +364,7 @@ fn last_checked_at_is_derived_from_runs_and_what_they_could_not_check() {
 #[pg_test]
 fn offline_after_misses_needs_consecutive_misses() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1')").unwrap();
-    apply(&["1"], &[("s1", "1", 10)], 3);
+    apply(&["1"], &[("1001", "1", 10)], 3);
     apply(&["1"], &[], 3);
     apply(&["1"], &[], 3);
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status"), 2);
@@ -373,7 +373,7 @@ fn offline_after_misses_needs_consecutive_misses() {
     apply(&[], &[], 3);
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status"), 2);
     // seen again: the miss count starts over
-    apply(&["1"], &[("s1", "1", 10)], 3);
+    apply(&["1"], &[("1001", "1", 10)], 3);
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status"), 0);
     apply(&["1"], &[], 3);
     let r = apply(&["1"], &[], 3);
@@ -391,19 +391,19 @@ fn offline_after_misses_needs_consecutive_misses() {
 #[pg_test]
 fn an_eventsub_offline_ends_the_live_stream_at_once() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
-    apply(&["1", "2"], &[("s1", "1", 10), ("s2", "2", 20)], 3);
-    apply(&["1", "2"], &[("s2", "2", 21)], 3); // 1 missed once
+    apply(&["1", "2"], &[("1001", "1", 10), ("1002", "2", 20)], 3);
+    apply(&["1", "2"], &[("1002", "2", 21)], 3); // 1 missed once
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status WHERE broadcaster_id = '1'"), 1);
     // one event ends the stream even though 3 misses are needed for polls
     let r = apply_obs(&event_obs("1", "offline", None, None, None), 3);
     assert_eq!(r, applied(0, 0, 0, 1, 1));
     assert_eq!(
-        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND NOT is_live AND ended_at IS NOT NULL"),
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1001' AND NOT is_live AND ended_at IS NOT NULL"),
         1
     );
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status WHERE broadcaster_id = '1'"), 0);
     // the other channel is untouched
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND viewer_count = 21"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live AND viewer_count = 21"), 1);
     // an offline event for a channel already offline changes nothing
     let before = all_rows();
     let r = apply_obs(&event_obs("1", "offline", None, None, None), 3);
@@ -414,132 +414,132 @@ fn an_eventsub_offline_ends_the_live_stream_at_once() {
 #[pg_test]
 fn a_lagging_listing_does_not_reopen_what_an_offline_event_ended() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
-    apply(&["1", "2"], &[("s1", "1", 10), ("s2", "2", 20)], 1);
+    apply(&["1", "2"], &[("1001", "1", 10), ("1002", "2", 20)], 1);
     apply_obs(&event_obs("1", "offline", None, None, None), 1);
-    let live = "SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND is_live";
+    let live = "SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1001' AND is_live";
     assert_eq!(count(live), 0);
-    // Helix still lists s1 (its listing lags): held, nothing written
+    // Helix still lists 1001 (its listing lags): held, nothing written
     let before = all_rows();
     let events = count("SELECT count(*) FROM twitch_sync.events");
-    apply(&["1", "2"], &[("s1", "1", 11), ("s2", "2", 21)], 1);
+    apply(&["1", "2"], &[("1001", "1", 11), ("1002", "2", 21)], 1);
     assert_eq!(count(live), 0, "not reopened within the grace period");
     assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), events, "no event");
     assert!(all_rows() != before, "s2 continued");
     // a broadcast a poll ended (a miss) and listed again is reopened at once
     apply(&["2"], &[], 1);
-    apply(&["2"], &[("s2", "2", 22)], 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
+    apply(&["2"], &[("1002", "2", 22)], 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live"), 1);
     // listed again after the grace period: Twitch resumed it, it is reopened
     Spi::run("SET LOCAL twitch_sync.eventsub_grace_secs = 0").unwrap();
-    apply(&["1"], &[("s1", "1", 12)], 1);
+    apply(&["1"], &[("1001", "1", 12)], 1);
     assert_eq!(count(live), 1);
 }
 
 #[pg_test]
 fn a_poll_of_a_channel_untracked_during_the_run_writes_nothing() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
-    apply(&["1", "2"], &[("s1", "1", 10)], 1);
+    apply(&["1", "2"], &[("1001", "1", 10)], 1);
     // untracked while the run waited on Helix: its live row ended, its channel gone
     Spi::run("SELECT twitch_sync.untrack('1')").unwrap();
     let before = all_rows();
-    // the run's answers arrive: s1 listed, 2 listed with a new broadcast
-    apply(&["1", "2"], &[("s1", "1", 11), ("s2", "2", 5)], 1);
+    // the run's answers arrive: 1001 listed, 2 listed with a new broadcast
+    apply(&["1", "2"], &[("1001", "1", 11), ("1002", "2", 5)], 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '1' AND is_live"), 0);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live"), 1);
     assert!(all_rows() != before);
 }
 
 #[pg_test]
 fn a_lagging_listing_does_not_end_what_an_online_event_opened() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
-    apply(&["1"], &[("s8", "1", 5)], 1);
-    apply(&["1"], &[], 1); // s8 ended by a poll
-    apply_obs(&event_obs("1", "live", Some("s9"), None, None), 1);
+    apply(&["1"], &[("1008", "1", 5)], 1);
+    apply(&["1"], &[], 1); // 1008 ended by a poll
+    apply_obs(&event_obs("1", "live", Some("1009"), None, None), 1);
     let live = |sid: &str| {
         count(&format!("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '{sid}' AND is_live"))
     };
-    assert_eq!(live("s9"), 1);
-    // the listing does not show s9 yet: no miss, still live
+    assert_eq!(live("1009"), 1);
+    // the listing does not show 1009 yet: no miss, still live
     apply(&["1"], &[], 1);
-    assert_eq!(live("s9"), 1);
-    // the listing still shows the old broadcast: nothing superseded, s8 stays ended
-    apply(&["1"], &[("s8", "1", 6)], 1);
-    assert_eq!((live("s9"), live("s8")), (1, 0));
+    assert_eq!(live("1009"), 1);
+    // the listing still shows the old broadcast: nothing superseded, 1008 stays ended
+    apply(&["1"], &[("1008", "1", 6)], 1);
+    assert_eq!((live("1009"), live("1008")), (1, 0));
     // a channel without events is polled as before
-    apply(&["2"], &[("s20", "2", 3)], 1);
+    apply(&["2"], &[("1020", "2", 3)], 1);
     apply(&["2"], &[], 1);
-    assert_eq!(live("s20"), 0);
+    assert_eq!(live("1020"), 0);
     // after the grace period a poll that does not list it ends it
     Spi::run("SET LOCAL twitch_sync.eventsub_grace_secs = 0").unwrap();
     apply(&["1"], &[], 1);
-    assert_eq!(live("s9"), 0);
+    assert_eq!(live("1009"), 0);
 }
 
 #[pg_test]
 fn an_eventsub_online_without_count_or_title_keeps_stored_values() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2')").unwrap();
-    apply(&["1"], &[("s1", "1", 10)], 1);
-    let r = apply_obs(&event_obs("1", "live", Some("s1"), None, None), 1);
+    apply(&["1"], &[("1001", "1", 10)], 1);
+    let r = apply_obs(&event_obs("1", "live", Some("1001"), None, None), 1);
     assert_eq!(r, applied(1, 1, 0, 0, 0));
     assert_eq!(
-        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND is_live AND viewer_count = 10
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1001' AND is_live AND viewer_count = 10
                 AND peak_viewer_count = 10 AND title = 't' AND game_name = 'g'"),
         1
     );
     // no count, no sample
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1001'"), 1);
     // a new broadcast without count or title: 0 and ''
-    let r = apply_obs(&event_obs("2", "live", Some("s9"), None, None), 1);
+    let r = apply_obs(&event_obs("2", "live", Some("1009"), None, None), 1);
     assert_eq!(r, applied(1, 0, 1, 0, 1));
     assert_eq!(
-        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's9' AND broadcaster_id = '2' AND is_live
+        count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1009' AND broadcaster_id = '2' AND is_live
                 AND viewer_count = 0 AND peak_viewer_count = 0 AND title = '' AND game_name = ''
                 AND started_at = '2026-11-25T11:00:00Z'"),
         1
     );
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's9'"), 0);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1009'"), 0);
     // the next poll brings the count and a sample
-    apply(&["1", "2"], &[("s1", "1", 12), ("s9", "2", 4)], 1);
-    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's9'"), 4);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's9'"), 1);
+    apply(&["1", "2"], &[("1001", "1", 12), ("1009", "2", 4)], 1);
+    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1009'"), 4);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1009'"), 1);
 }
 
 #[pg_test]
 fn a_stream_id_stored_under_another_broadcaster_is_refused() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) VALUES ('1'), ('2'), ('3')").unwrap();
-    apply(&["1", "2", "3"], &[("s1", "1", 10), ("s2", "2", 20), ("s3", "3", 30)], 3);
-    apply(&["1", "2", "3"], &[("s1", "1", 11), ("s2", "2", 21)], 3); // 3 missed once
+    apply(&["1", "2", "3"], &[("1001", "1", 10), ("1002", "2", 20), ("1003", "3", 30)], 3);
+    apply(&["1", "2", "3"], &[("1001", "1", 11), ("1002", "2", 21)], 3); // 3 missed once
     let before = all_rows();
     // 2 listed with 1's live stream id: refused; 2 and 1 left exactly as they were
-    let r = apply(&["2"], &[("s1", "2", 99)], 3);
+    let r = apply(&["2"], &[("1001", "2", 99)], 3);
     assert_eq!(r, Applied { live: 0, updated: 0, started: 0, ended: 0, conflicted: vec!["2".into()], events: 0 });
     assert_eq!(all_rows(), before);
     // 2 listed with 3's stream id in a chunk where 1 is listed and 3 restarts:
     // 2 is refused, the others are applied
-    let r = apply(&["1", "2", "3"], &[("s1", "1", 12), ("s3", "2", 5), ("s3b", "3", 31)], 3);
+    let r = apply(&["1", "2", "3"], &[("1001", "1", 12), ("1003", "2", 5), ("1031", "3", 31)], 3);
     assert_eq!(r, Applied { live: 2, updated: 1, started: 1, ended: 1, conflicted: vec!["2".into()], events: 1 });
     assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '2'"), 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's2' AND is_live AND viewer_count = 21"), 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's3' AND broadcaster_id = '3' AND NOT is_live"), 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's3b' AND is_live AND viewer_count = 31"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1002' AND is_live AND viewer_count = 21"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1003' AND broadcaster_id = '3' AND NOT is_live"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1031' AND is_live AND viewer_count = 31"), 1);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE broadcaster_id = '2'"), 2);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = 's1'"), 3);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.viewer_samples WHERE stream_id = '1001'"), 3);
     assert_eq!(count("SELECT missed_polls::bigint FROM twitch_sync.channel_status WHERE broadcaster_id = '3'"), 0);
     // the owner and a foreign broadcaster list the same stored id in one call:
     // only the foreign one is refused, the owner is applied
-    let r = apply(&["3", "2"], &[("s3b", "3", 40), ("s3b", "2", 1)], 3);
+    let r = apply(&["3", "2"], &[("1031", "3", 40), ("1031", "2", 1)], 3);
     assert_eq!(r.conflicted, vec!["2".to_string()]);
     assert_eq!((r.live, r.updated), (1, 1));
-    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = 's3b'"), 40);
+    assert_eq!(count("SELECT viewer_count::bigint FROM twitch_sync.streams WHERE stream_id = '1031'"), 40);
     // two broadcasters claim the same new stream id in one call: neither gets it
-    let r = apply(&["1", "2"], &[("new", "1", 5), ("new", "2", 7)], 3);
+    let r = apply(&["1", "2"], &[("1099", "1", 5), ("1099", "2", 7)], 3);
     assert_eq!(r.conflicted, vec!["1".to_string(), "2".to_string()]);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 'new'"), 0);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1099'"), 0);
     // an ended stream id still belongs to its broadcaster
     apply(&["1"], &[], 1);
-    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = 's1' AND NOT is_live"), 1);
+    assert_eq!(count("SELECT count(*) FROM twitch_sync.streams WHERE stream_id = '1001' AND NOT is_live"), 1);
     let before = all_rows();
-    let r = apply_obs(&event_obs("3", "live", Some("s1"), None, None), 1);
+    let r = apply_obs(&event_obs("3", "live", Some("1001"), None, None), 1);
     assert_eq!(r.conflicted, vec!["3".to_string()]);
     assert_eq!(all_rows(), before);
 }
@@ -565,68 +565,68 @@ fn events_are_written_to_the_outbox_with_their_payloads() {
         k.sort();
         k
     };
-    let r = apply(&["1", "2"], &[("s1", "1", 10)], 1);
+    let r = apply(&["1", "2"], &[("1001", "1", 10)], 1);
     assert_eq!(r.events, 1);
     let e = events();
     assert_eq!(e.len(), 1);
-    assert_eq!((e[0]["event"].as_str(), e[0]["broadcaster_id"].as_str(), e[0]["stream_id"].as_str()), (Some("online"), Some("1"), Some("s1")));
+    assert_eq!((e[0]["event"].as_str(), e[0]["broadcaster_id"].as_str(), e[0]["stream_id"].as_str()), (Some("online"), Some("1"), Some("1001")));
     let p = &e[0]["payload"];
     assert_eq!(
         keys(p),
         ["at", "broadcaster_id", "event", "game_name", "login", "started_at", "stream_id", "title", "viewer_count"]
     );
-    assert_eq!((p["event"].as_str(), p["login"].as_str(), p["stream_id"].as_str()), (Some("online"), Some("alice"), Some("s1")));
+    assert_eq!((p["event"].as_str(), p["login"].as_str(), p["stream_id"].as_str()), (Some("online"), Some("alice"), Some("1001")));
     assert_eq!((p["viewer_count"].as_i64(), p["title"].as_str(), p["game_name"].as_str()), (Some(10), Some("t"), Some("g")));
     assert_eq!(p["started_at"].as_str(), Some("2026-11-25T10:00:00+00:00"));
 
     // a restart is one event naming the broadcast it superseded
-    let r = apply(&["1", "2"], &[("s1b", "1", 15)], 1);
+    let r = apply(&["1", "2"], &[("1011", "1", 15)], 1);
     assert_eq!((r.started, r.ended, r.events), (1, 1, 1));
     let e = events();
     assert_eq!(e.len(), 2);
-    assert_eq!((e[1]["event"].as_str(), e[1]["stream_id"].as_str()), (Some("restart"), Some("s1b")));
-    assert_eq!(e[1]["payload"]["previous_stream_id"].as_str(), Some("s1"));
+    assert_eq!((e[1]["event"].as_str(), e[1]["stream_id"].as_str()), (Some("restart"), Some("1011")));
+    assert_eq!(e[1]["payload"]["previous_stream_id"].as_str(), Some("1001"));
     assert_eq!(e[1]["payload"]["event"].as_str(), Some("restart"));
     assert_eq!(e[1]["payload"]["viewer_count"].as_i64(), Some(15));
     assert!(e[1]["payload"].get("ended_at").is_none(), "{}", e[1]);
 
     // offline carries the peak and the end
-    apply(&["1", "2"], &[("s1b", "1", 40)], 1);
+    apply(&["1", "2"], &[("1011", "1", 40)], 1);
     let r = apply(&["1", "2"], &[], 1);
     assert_eq!((r.ended, r.events), (1, 1));
     let e = events();
     assert_eq!(e.len(), 3);
     let p = &e[2]["payload"];
-    assert_eq!((e[2]["event"].as_str(), e[2]["stream_id"].as_str()), (Some("offline"), Some("s1b")));
+    assert_eq!((e[2]["event"].as_str(), e[2]["stream_id"].as_str()), (Some("offline"), Some("1011")));
     assert_eq!((p["peak_viewer_count"].as_i64(), p["viewer_count"].as_i64()), (Some(40), Some(40)));
-    let ended_at = text("SELECT to_jsonb(ended_at) #>> '{}' FROM twitch_sync.streams WHERE stream_id = 's1b'");
+    let ended_at = text("SELECT to_jsonb(ended_at) #>> '{}' FROM twitch_sync.streams WHERE stream_id = '1011'");
     assert_eq!(p["ended_at"].as_str(), Some(ended_at.as_str()));
     assert_eq!(p["at"].as_str(), Some(ended_at.as_str()));
 
-    // reopened: the ended s1 comes back, for a channel without login (no login key)
-    let r = apply(&["1", "2"], &[("s1", "1", 3), ("s5", "2", 1)], 1);
+    // reopened: the ended 1001 comes back, for a channel without login (no login key)
+    let r = apply(&["1", "2"], &[("1001", "1", 3), ("1005", "2", 1)], 1);
     assert_eq!((r.started, r.events), (2, 2));
     let e = events();
     assert_eq!(e.len(), 5);
-    let reopened: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "s1").collect();
+    let reopened: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "1001").collect();
     assert_eq!(reopened.len(), 1);
     assert_eq!(reopened[0]["payload"]["reopened"].as_bool(), Some(true));
-    let s5: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "s5").collect();
+    let s5: Vec<&serde_json::Value> = e[3..].iter().filter(|x| x["stream_id"] == "1005").collect();
     assert_eq!(s5.len(), 1);
     assert!(s5[0]["payload"].get("login").is_none() && s5[0]["payload"].get("reopened").is_none(), "{}", s5[0]);
 
     // emit_events returns how many it wrote; a transition without event is none
     let n = count(
         "SELECT twitch_sync.emit_events(ARRAY[
-            ROW('offline', '2', 's5', NULL, NULL, 1, 1, 't', 'g', NULL, now(), now())::twitch_sync.transition,
-            ROW(NULL, '2', 's5', NULL, NULL, 1, 1, 't', 'g', NULL, NULL, now())::twitch_sync.transition,
-            ROW('online', '1', 's7', false, NULL, 2, 2, 't', 'g', NULL, NULL, now())::twitch_sync.transition],
+            ROW('offline', '2', '1005', NULL, NULL, 1, 1, 't', 'g', NULL, now(), now())::twitch_sync.transition,
+            ROW(NULL, '2', '1005', NULL, NULL, 1, 1, 't', 'g', NULL, NULL, now())::twitch_sync.transition,
+            ROW('online', '1', '1007', false, NULL, 2, 2, 't', 'g', NULL, NULL, now())::twitch_sync.transition],
             true)::bigint",
     );
     assert_eq!(n, 2);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), 7);
     // nothing changed: no event
-    let r = apply(&["1", "2"], &[("s1", "1", 3), ("s5", "2", 1)], 1);
+    let r = apply(&["1", "2"], &[("1001", "1", 3), ("1005", "2", 1)], 1);
     assert_eq!(r.events, 0);
     assert_eq!(count("SELECT count(*) FROM twitch_sync.events"), 7);
 }
@@ -634,7 +634,7 @@ fn events_are_written_to_the_outbox_with_their_payloads() {
 #[pg_test]
 fn a_channel_offline_before_and_after_costs_no_row_write() {
     Spi::run("INSERT INTO twitch_sync.channels (broadcaster_id) SELECT g::text FROM generate_series(1, 100) g").unwrap();
-    apply(&["1"], &[("s1", "1", 10)], 2);
+    apply(&["1"], &[("1001", "1", 10)], 2);
     let writes = |table: &str| -> (i64, i64) {
         let (u, i) = Spi::get_two::<i64, i64>(&format!(
             "SELECT n_tup_upd, n_tup_ins FROM pg_stat_xact_user_tables
@@ -647,7 +647,7 @@ fn a_channel_offline_before_and_after_costs_no_row_write() {
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let (c0, s0) = (writes("channels"), writes("streams"));
     // 99 channels offline before and after, 1 live and still listed
-    apply(&all, &[("s1", "1", 11)], 2);
+    apply(&all, &[("1001", "1", 11)], 2);
     let (c1, s1) = (writes("channels"), writes("streams"));
     assert_eq!((c1.0 - c0.0, c1.1 - c0.1), (0, 0), "channels written");
     assert_eq!((s1.0 - s0.0, s1.1 - s0.1), (1, 0), "streams written: the live one only");
