@@ -541,12 +541,15 @@ BEGIN
            min(o.observed_at) FILTER (WHERE o.state = 'live' AND o.viewer_count IS NOT NULL),
            min(coalesce(pg_catalog.quote_literal(pg_catalog.left(o.broadcaster_id, 40)), 'NULL'))
                FILTER (WHERE o.source IS NULL OR o.source NOT IN ('poll', 'eventsub', 'untrack')
-                          -- from Twitch's first day (Justin.tv's, 2007) to a day ahead (clock skew)
+                          -- from Twitch's first day (Justin.tv's, 2007) to a day ahead (clock
+                          -- skew) of the clock now, never of the transaction's start: Rust
+                          -- bounds what it parsed by its clock then, which is earlier
                           OR o.observed_at IS NULL OR NOT pg_catalog.isfinite(o.observed_at)
-                          OR o.observed_at NOT BETWEEN '2007-01-01 00:00+00' AND pg_catalog.now() + interval '1 day'
+                          OR o.observed_at NOT BETWEEN '2007-01-01 00:00+00' AND pg_catalog.clock_timestamp() + interval '1 day'
                           OR o.started_at IS NOT NULL
                              AND (NOT pg_catalog.isfinite(o.started_at)
-                                  OR o.started_at NOT BETWEEN '2007-01-01 00:00+00' AND pg_catalog.now() + interval '1 day')
+                                  OR o.started_at NOT BETWEEN '2007-01-01 00:00+00'
+                                                          AND pg_catalog.clock_timestamp() + interval '1 day')
                           OR NOT coalesce(twitch_sync.is_broadcaster_id(o.broadcaster_id), false)
                           OR o.state IS NULL OR o.state NOT IN ('live', 'not_listed', 'offline')
                           OR o.state = 'live' AND NOT coalesce(o.stream_id ~ '^[0-9]{1,20}$', false)
