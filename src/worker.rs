@@ -1027,7 +1027,7 @@ impl Worker {
                 &r.create_backoff.held_back(Instant::now()),
                 &cfg,
             );
-            if plan.changes.is_empty() && plan.poll_only == 0 {
+            if plan.changes.is_empty() && !plan.budget_bound {
                 r.next_pass = Instant::now() + gucs::eventsub_reconcile_every();
                 self.row.reconciled_at = Some(epoch(SystemTime::now()));
                 self.dirty = true;

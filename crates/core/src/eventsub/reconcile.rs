@@ -145,6 +145,9 @@ pub struct Plan {
     pub poll_only: usize,
     /// Changes wanted beyond `max_changes`, left for the next pass.
     pub deferred: usize,
+    /// Some channel was left to polling because the budget had no room for
+    /// it (not only held back or revoked).
+    pub budget_bound: bool,
 }
 
 /// Plans one pass. `remaining` is the cost budget left according to the last
@@ -232,6 +235,7 @@ pub fn plan(
             });
         }
     }
+    p.budget_bound = full;
     p.deferred = wanted.len().saturating_sub(cfg.max_changes);
     wanted.truncate(cfg.max_changes);
     p.changes = wanted;
@@ -590,6 +594,7 @@ mod tests {
         );
         assert_eq!(creates(&p).len(), 6);
         assert_eq!((p.covered, p.poll_only, p.deferred), (3, 0, 0));
+        assert!(!p.budget_bound);
         assert_eq!(creates(&p)[0], ("1".into(), "stream.online"));
         assert_eq!(creates(&p)[1], ("1".into(), "stream.offline"));
     }
@@ -616,6 +621,7 @@ mod tests {
             ]
         );
         assert_eq!((p.covered, p.poll_only), (2, 2));
+        assert!(p.budget_bound);
         // nothing already paid for is deleted to make room
         assert!(p.changes.iter().all(|c| matches!(c, Change::Create { .. })));
     }
