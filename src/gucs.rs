@@ -114,7 +114,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"twitch_sync.eventsub_changes_per_pass",
-        c"Subscription requests (create or delete) the EventSub worker sends per reconciliation at most.",
+        c"Subscription changes (create or delete) the EventSub worker makes per reconciliation at most.",
         c"",
         &EVENTSUB_CHANGES_PER_PASS,
         1,

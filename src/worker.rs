@@ -610,7 +610,9 @@ impl Worker {
             Ok::<_, String>((token, renewed, conduit))
         })
         .ok_or_else(|| "shutting down".to_string())?;
-        let (token, renewed, (conduit_id, created)) = prepared?;
+        // (no session yet, so set_state cannot redact this: it is done here)
+        let (token, renewed, (conduit_id, created)) =
+            prepared.map_err(|e| redact(&e, &[&credentials.client_secret]))?;
         if renewed {
             let t = token.clone();
             in_transaction(|| db::save_token(&t))?;
@@ -1128,16 +1130,13 @@ impl Worker {
                 r.next_pass = Instant::now() + every;
             }
             PassOutput::Budget(Ok(budget)) => {
-                let more = r.budget.is_none_or(|b| budget.remaining() > b.remaining());
+                // the next pass plans with it (not at once: Twitch's count
+                // lags creations by a few seconds, and a listing read right
+                // after them may show room that is not there)
                 r.budget = Some(budget);
-                if more {
-                    // more room than the plan saw: the changes follow at once
-                    r.next_pass = Instant::now();
-                } else {
-                    r.next_pass = Instant::now() + every;
-                    self.row.reconciled_at = Some(epoch(SystemTime::now()));
-                    self.dirty = true;
-                }
+                r.next_pass = Instant::now() + every;
+                self.row.reconciled_at = Some(epoch(SystemTime::now()));
+                self.dirty = true;
             }
             PassOutput::Budget(Err(e)) => {
                 refused = matches!(e, HelixError::Unauthorized { .. });

@@ -94,12 +94,19 @@ fn http_error(endpoint: &'static str, timeout_ms: u64, e: reqwest::Error) -> Hel
 
 /// Twitch's error bodies carry a `message`; anything else is summarised.
 pub(crate) fn error_message(body: &[u8]) -> String {
+    error_message_without(body, &[])
+}
+
+/// [`error_message`] with `secrets` redacted from the decoded message before
+/// it is cut to fit (a JSON escape such as `\u0026` hides a secret from a
+/// redaction of the raw body).
+pub(crate) fn error_message_without(body: &[u8], secrets: &[&str]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
         message: Option<String>,
     }
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { message: Some(m) }) => network_text(&m),
+        Ok(ErrorBody { message: Some(m) }) => network_text(&crate::error::redact(&m, secrets)),
         _ => format!("{} bytes of non-JSON error body", body.len()),
     }
 }
@@ -226,7 +233,11 @@ impl TwitchClient {
             // an error answer may echo the form it was sent: before any of
             // it is cut to fit an error, the secret goes
             answer.body = crate::error::redact_bytes(&answer.body, &[client_secret]);
-            return Err(answer.status_error());
+            return Err(HelixError::Status {
+                endpoint: TOKEN,
+                status: answer.status,
+                message: error_message_without(&answer.body, &[client_secret]),
+            });
         }
         let t: TokenBody = answer.json()?;
         if t.access_token.is_empty() {
@@ -385,6 +396,17 @@ pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_hidden_by_json_escapes_is_redacted_from_an_error_message() {
+        // as Go's JSON writer sends '&': the raw body never holds the secret
+        let body = br#"{"status":400,"message":"bad form: client_secret=abc\u0026def\u003cg"}"#;
+        let raw = crate::error::redact_bytes(body, &["abc&def<g"]);
+        assert_eq!(
+            error_message_without(&raw, &["abc&def<g"]),
+            "bad form: client_secret=[redacted]"
+        );
+    }
 
     #[test]
     fn an_error_message_keeps_no_nul_and_no_more_than_its_cap() {
