@@ -98,8 +98,8 @@ pub(crate) fn error_message(body: &[u8]) -> String {
 }
 
 /// [`error_message`] with `secrets` redacted from the decoded message before
-/// it is cut to fit (a JSON escape such as `\u0026` hides a secret from a
-/// redaction of the raw body).
+/// it is cut to fit (decoded: a JSON escape such as `\u0026` would hide a
+/// secret from a redaction of the raw body).
 pub(crate) fn error_message_without(body: &[u8], secrets: &[&str]) -> String {
     #[derive(Deserialize)]
     struct ErrorBody {
@@ -228,16 +228,11 @@ impl TwitchClient {
             ("client_secret", client_secret),
             ("grant_type", "client_credentials"),
         ]);
-        let mut answer = self.exchange(TOKEN, request).await.0?;
+        let answer = self.exchange(TOKEN, request).await.0?;
         if answer.status != 200 {
-            // an error answer may echo the form it was sent: before any of
-            // it is cut to fit an error, the secret goes
-            answer.body = crate::error::redact_bytes(&answer.body, &[client_secret]);
-            return Err(HelixError::Status {
-                endpoint: TOKEN,
-                status: answer.status,
-                message: error_message_without(&answer.body, &[client_secret]),
-            });
+            // an error answer may echo the form it was sent: the secret goes
+            // before any of it is cut to fit an error
+            return Err(answer.status_error_without(&[client_secret]));
         }
         let t: TokenBody = answer.json()?;
         if t.access_token.is_empty() {
@@ -374,10 +369,15 @@ impl Answer {
 
     /// An answer with an unexpected status, as [`HelixError::Status`].
     pub(crate) fn status_error(&self) -> HelixError {
+        self.status_error_without(&[])
+    }
+
+    /// [`Answer::status_error`] with `secrets` redacted from its message.
+    pub(crate) fn status_error_without(&self, secrets: &[&str]) -> HelixError {
         HelixError::Status {
             endpoint: self.endpoint,
             status: self.status,
-            message: error_message(&self.body),
+            message: error_message_without(&self.body, secrets),
         }
     }
 }
@@ -401,9 +401,8 @@ mod tests {
     fn a_secret_hidden_by_json_escapes_is_redacted_from_an_error_message() {
         // as Go's JSON writer sends '&': the raw body never holds the secret
         let body = br#"{"status":400,"message":"bad form: client_secret=abc\u0026def\u003cg"}"#;
-        let raw = crate::error::redact_bytes(body, &["abc&def<g"]);
         assert_eq!(
-            error_message_without(&raw, &["abc&def<g"]),
+            error_message_without(body, &["abc&def<g"]),
             "bad form: client_secret=[redacted]"
         );
     }

@@ -125,16 +125,6 @@ pub fn redact(message: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// [`redact`] for a server's raw answer, before any of it is cut to fit an
-/// error: an answer that echoes what it was sent (a token endpoint's
-/// `client_secret`) keeps none of it.
-pub fn redact_bytes(body: &[u8], secrets: &[&str]) -> Vec<u8> {
-    match std::str::from_utf8(body) {
-        Ok(text) => redact(text, secrets).into_bytes(),
-        Err(_) => redact(&String::from_utf8_lossy(body), secrets).into_bytes(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
