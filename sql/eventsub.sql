@@ -67,10 +67,16 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM twitch_sync.channels c
                     WHERE c.broadcaster_id = apply_eventsub.broadcaster_id AND c.enabled) THEN
         outcome := 'untracked';
-    ELSIF event = 'offline' AND stream_id IS NOT NULL THEN
+    ELSIF event = 'offline' THEN
+        -- Twitch's stream.offline names no stream: one sent before the live
+        -- broadcast started (Twitch's started_at), or before the online event
+        -- that opened it (both Twitch's clock), ended an earlier broadcast.
         SELECT s.stream_id INTO live_id FROM twitch_sync.streams s
-         WHERE s.broadcaster_id = apply_eventsub.broadcaster_id AND s.is_live;
-        outcome := CASE WHEN live_id IS NOT NULL AND live_id <> stream_id THEN 'superseded' END;
+         WHERE s.broadcaster_id = apply_eventsub.broadcaster_id AND s.is_live
+           AND (s.stream_id <> coalesce(apply_eventsub.stream_id, s.stream_id)
+                OR s.started_at > message_at
+                OR (s.state_source = 'eventsub' AND s.state_at > message_at));
+        outcome := CASE WHEN live_id IS NOT NULL THEN 'superseded' END;
     ELSIF event = 'online' AND EXISTS (
             SELECT 1 FROM twitch_sync.streams s
              WHERE s.broadcaster_id = apply_eventsub.broadcaster_id

@@ -202,3 +202,74 @@ fn notifications_over_a_socket_apply_as_observations() {
         .get(0);
     assert!(!can);
 }
+
+/// Twitch's stream.offline names no stream (its `id` is new in 2026 and
+/// optional here): an offline sent before the live broadcast began (before the
+/// online event that opened it, or before its `started_at`) ended an earlier
+/// broadcast and is `superseded`, however late it arrives and under whatever
+/// message id.
+#[test]
+fn a_late_offline_does_not_end_a_newer_broadcast() {
+    let mut db = TestDb::new(world(10, 0.0));
+    let b = db.track_first(1).remove(0);
+    let event = |db: &mut TestDb, id: &str, ago: &str, kind: &str, stream: Option<&str>| -> String {
+        db.client
+            .query_one(
+                "SELECT twitch_sync.apply_eventsub($1, now() - $2::text::interval, $3, $4, $5,
+                                                   NULL, now() - $2::text::interval - interval '1 second')",
+                &[&id, &ago, &kind, &b, &stream],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let live = |db: &mut TestDb| live_row(&mut db.client, &b).map(|r| r.0);
+    let sid = |s: &str| Some(s.to_string());
+
+    // one broadcast opened and ended by its events, then a new one opened
+    assert_eq!(event(&mut db, "on-1", "60 s", "online", Some("900000001")), "applied");
+    assert_eq!(event(&mut db, "off-1", "30 s", "offline", None), "applied");
+    assert_eq!(live(&mut db), None);
+    assert_eq!(event(&mut db, "on-2", "20 s", "online", Some("900000002")), "applied");
+    // the first broadcast's offline again, under another message id, sent
+    // before the online of the live one: the live broadcast stays
+    assert_eq!(event(&mut db, "off-1-again", "30 s", "offline", None), "superseded");
+    assert_eq!(live(&mut db), sid("900000002"));
+    // an offline sent after it ends it
+    assert_eq!(event(&mut db, "off-2", "10 s", "offline", None), "applied");
+    assert_eq!(live(&mut db), None);
+
+    // a broadcast a poll opened: Helix's started_at is Twitch's clock too
+    db.sim.world(|w| w.go_live(&b));
+    let run = db.run();
+    assert_eq!(run["started"], 1, "{run}");
+    let started: String = db
+        .client
+        .query_one(
+            "SELECT (started_at - interval '5 seconds')::text FROM twitch_sync.streams
+              WHERE broadcaster_id = $1 AND is_live AND state_source = 'poll'",
+            &[&b],
+        )
+        .unwrap()
+        .get(0);
+    let polled = live(&mut db);
+    assert!(polled.is_some());
+    let before_start: String = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.apply_eventsub('off-before-start', $1::text::timestamptz, 'offline', $2)",
+            &[&started, &b],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(before_start, "superseded");
+    assert_eq!(live(&mut db), polled);
+    assert_eq!(event(&mut db, "off-3", "0 s", "offline", None), "applied");
+    assert_eq!(live(&mut db), None);
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.events WHERE broadcaster_id = '{b}' AND event = 'offline'"
+        )),
+        3,
+        "one offline event per broadcast"
+    );
+}
