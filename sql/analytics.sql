@@ -204,6 +204,19 @@ BEGIN
 END
 $$;
 
+-- The time before which the rollups are final: maintain() has rolled up
+-- every sample up to rolled_up_to, nothing earlier was written since
+-- (stale_from: a backfill), and a sample after that closes an interval
+-- starting at most a gap earlier (after the gap limit changed, the longer of
+-- the two: maintain() looks back that far). NULL before the first rollup.
+-- One rule for drop_sample_partitions() and final_rollup_days().
+CREATE FUNCTION twitch_sync.rollups_final_before() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
+           - greatest(twitch_sync.sample_gap(), r.rolled_up_gap)
+      FROM twitch_sync.rollup_state r
+$$;
+
 -- Drops the day partitions of viewer_samples older than keep_days (whole UTC
 -- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
 -- A day maintain() has not rolled up for good is rolled up first. A partition
@@ -241,8 +254,7 @@ BEGIN
             -- Days before this are rolled up for good: maintain() has rolled
             -- up the samples up to rolled_up_to, and nothing older was
             -- written since (read under the lock: no backfill is in flight).
-            SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
-              FROM twitch_sync.rollup_state r;
+            final_before := twitch_sync.rollups_final_before();
         END IF;
         -- a day not rolled up for good is rolled up now from its samples,
         -- before they go

@@ -104,13 +104,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        CASE WHEN k.keep > 0
                             THEN ((pg_catalog.now() AT TIME ZONE 'UTC')::date - k.keep)::timestamp AT TIME ZONE 'UTC'
                        END)) AS r0,
-                   -- (after the gap limit changed, maintain() looks back by the longer one)
-                   (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
-                                                                  - greatest(twitch_sync.sample_gap(), r.rolled_up_gap))
-                                                        AT TIME ZONE 'UTC')
-                               AT TIME ZONE 'UTC'
-                      FROM twitch_sync.rollup_state r) AS r1
-              FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k) x
+                   -- the midnight before which rollups are final (none before the first rollup)
+                   CASE WHEN f.before IS NOT NULL
+                        THEN pg_catalog.date_trunc('day', least(t1, f.before) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                   END AS r1
+              FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k,
+                   (SELECT twitch_sync.rollups_final_before() AS before) f) x
 $$;
 
 -- Hours watched per UTC day over the last `range`, by the analytics rules

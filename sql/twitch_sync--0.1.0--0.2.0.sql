@@ -427,6 +427,19 @@ BEGIN
 END
 $$;
 
+-- The time before which the rollups are final: maintain() has rolled up
+-- every sample up to rolled_up_to, nothing earlier was written since
+-- (stale_from: a backfill), and a sample after that closes an interval
+-- starting at most a gap earlier (after the gap limit changed, the longer of
+-- the two: maintain() looks back that far). NULL before the first rollup.
+-- One rule for drop_sample_partitions() and final_rollup_days().
+CREATE FUNCTION twitch_sync.rollups_final_before() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
+           - greatest(twitch_sync.sample_gap(), r.rolled_up_gap)
+      FROM twitch_sync.rollup_state r
+$$;
+
 -- Drops the day partitions of viewer_samples older than keep_days (whole UTC
 -- days before now() - keep_days; 0 keeps them all); returns the rows dropped.
 -- A day maintain() has not rolled up for good is rolled up first. A partition
@@ -464,8 +477,7 @@ BEGIN
             -- Days before this are rolled up for good: maintain() has rolled
             -- up the samples up to rolled_up_to, and nothing older was
             -- written since (read under the lock: no backfill is in flight).
-            SELECT least(r.rolled_up_to, r.stale_from) - twitch_sync.sample_gap() INTO final_before
-              FROM twitch_sync.rollup_state r;
+            final_before := twitch_sync.rollups_final_before();
         END IF;
         -- a day not rolled up for good is rolled up now from its samples,
         -- before they go
@@ -2524,13 +2536,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        CASE WHEN k.keep > 0
                             THEN ((pg_catalog.now() AT TIME ZONE 'UTC')::date - k.keep)::timestamp AT TIME ZONE 'UTC'
                        END)) AS r0,
-                   -- (after the gap limit changed, maintain() looks back by the longer one)
-                   (SELECT pg_catalog.date_trunc('day', least(t1, least(r.rolled_up_to, coalesce(r.stale_from, 'infinity'))
-                                                                  - greatest(twitch_sync.sample_gap(), r.rolled_up_gap))
-                                                        AT TIME ZONE 'UTC')
-                               AT TIME ZONE 'UTC'
-                      FROM twitch_sync.rollup_state r) AS r1
-              FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k) x
+                   -- the midnight before which rollups are final (none before the first rollup)
+                   CASE WHEN f.before IS NOT NULL
+                        THEN pg_catalog.date_trunc('day', least(t1, f.before) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                   END AS r1
+              FROM (SELECT twitch_sync.setting('twitch_sync.rollups_retention_days')::integer AS keep) k,
+                   (SELECT twitch_sync.rollups_final_before() AS before) f) x
 $$;
 
 -- Hours watched per UTC day over the last `range`, by the analytics rules

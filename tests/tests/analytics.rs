@@ -1991,6 +1991,44 @@ fn the_dashboard_reads_no_day_maintain_recomputes_after_a_lowered_gap_limit() {
     );
 }
 
+/// Retention rolls a day up from its samples before it drops them unless its
+/// rollups are final by the rule the dashboard and maintain() use: after a
+/// lowered gap limit, a day within the old (longer) limit of the latest
+/// rollup is not final, and it is dropped with the figures the new limit
+/// gives (as maintain() would have recomputed them), not the old ones.
+#[test]
+fn retention_after_a_lowered_gap_limit_rolls_up_the_day_first() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - 3;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 3600")
+        .unwrap();
+    // 40 and 20 minutes apart before midnight, then every 10 minutes
+    for m in [-60, -20, 0, 10, 20, 30] {
+        send(c, at(m), &[live("602", "6021", Some(60), Some(at(-60)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let hours = |c: &mut Client| -> f64 {
+        c.query_one(
+            "SELECT hours_watched::float8 FROM twitch_sync.channel_days
+              WHERE broadcaster_id = '602' AND day = date '1970-01-01' + $1::int",
+            &[&(day as i32)],
+        )
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(hours(c), 60.0, "60 viewers for an hour");
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600")
+        .unwrap();
+    assert!(db.scalar_i64("SELECT twitch_sync.drop_sample_partitions(2)") >= 2);
+    assert_eq!(
+        hours(&mut db.client),
+        0.0,
+        "no interval before midnight is within 10 minutes"
+    );
+}
+
 /// Samples count in the order they are written. A sample written into the
 /// past of a live broadcast (at 10:15, after 10:20 was written) is kept and
 /// is its peak, but closes no interval and splits none: the broadcast's hours

@@ -746,6 +746,7 @@ fn grafana_panels_run_against_a_populated_database() {
                                        twitch_sync.dashboard_hours_per_day(interval),
                                        twitch_sync.dashboard_range(interval),
                                        twitch_sync.final_rollup_days(timestamptz, timestamptz),
+                                       twitch_sync.rollups_final_before(),
                                        twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
                                        twitch_sync.sample_gap() TO grafana_reader;",
         )

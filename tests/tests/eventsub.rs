@@ -212,7 +212,12 @@ fn notifications_over_a_socket_apply_as_observations() {
 fn a_late_offline_does_not_end_a_newer_broadcast() {
     let mut db = TestDb::new(world(10, 0.0));
     let b = db.track_first(1).remove(0);
-    let event = |db: &mut TestDb, id: &str, ago: &str, kind: &str, stream: Option<&str>| -> String {
+    let event = |db: &mut TestDb,
+                 id: &str,
+                 ago: &str,
+                 kind: &str,
+                 stream: Option<&str>|
+     -> String {
         db.client
             .query_one(
                 "SELECT twitch_sync.apply_eventsub($1, now() - $2::text::interval, $3, $4, $5,
@@ -226,13 +231,22 @@ fn a_late_offline_does_not_end_a_newer_broadcast() {
     let sid = |s: &str| Some(s.to_string());
 
     // one broadcast opened and ended by its events, then a new one opened
-    assert_eq!(event(&mut db, "on-1", "60 s", "online", Some("900000001")), "applied");
+    assert_eq!(
+        event(&mut db, "on-1", "60 s", "online", Some("900000001")),
+        "applied"
+    );
     assert_eq!(event(&mut db, "off-1", "30 s", "offline", None), "applied");
     assert_eq!(live(&mut db), None);
-    assert_eq!(event(&mut db, "on-2", "20 s", "online", Some("900000002")), "applied");
+    assert_eq!(
+        event(&mut db, "on-2", "20 s", "online", Some("900000002")),
+        "applied"
+    );
     // the first broadcast's offline again, under another message id, sent
     // before the online of the live one: the live broadcast stays
-    assert_eq!(event(&mut db, "off-1-again", "30 s", "offline", None), "superseded");
+    assert_eq!(
+        event(&mut db, "off-1-again", "30 s", "offline", None),
+        "superseded"
+    );
     assert_eq!(live(&mut db), sid("900000002"));
     // an offline sent after it ends it
     assert_eq!(event(&mut db, "off-2", "10 s", "offline", None), "applied");
