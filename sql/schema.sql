@@ -133,7 +133,7 @@ COMMENT ON TABLE twitch_sync.streams IS 'One row per Twitch broadcast; is_live r
 CREATE TABLE twitch_sync.viewer_samples (
     stream_id      text NOT NULL,
     broadcaster_id text NOT NULL,
-    sampled_at     timestamptz NOT NULL,
+    sampled_at     timestamptz NOT NULL CHECK (isfinite(sampled_at)),
     viewer_count   integer NOT NULL,
     game_id        text,  -- the category at the time of the sample
     -- The interval this sample closes: the broadcast's previous sample (its

@@ -187,7 +187,7 @@ ALTER INDEX twitch_sync.viewer_samples_sampled_at RENAME TO viewer_samples_0_1_0
 CREATE TABLE twitch_sync.viewer_samples (
     stream_id      text NOT NULL,
     broadcaster_id text NOT NULL,
-    sampled_at     timestamptz NOT NULL,
+    sampled_at     timestamptz NOT NULL CHECK (isfinite(sampled_at)),
     viewer_count   integer NOT NULL,
     game_id        text,  -- the category at the time of the sample
     -- The interval this sample closes: the broadcast's previous sample (its
@@ -923,7 +923,9 @@ BEGIN
     first_call := since IS NULL;
     IF first_call THEN
         since := least((SELECT min(v.sampled_at) FROM twitch_sync.viewer_samples v),
-                       (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b));
+                       (SELECT min(coalesce(b.started_at, b.first_seen_at)) FROM twitch_sync.streams b),
+                       -- (not later than now, when samples exist: one dated ahead waits)
+                       CASE WHEN EXISTS (SELECT 1 FROM twitch_sync.viewer_samples) THEN pg_catalog.now() END);
     END IF;
     -- Days whose figures can have changed since: an interval ending after
     -- `since` (or after `stale`, the oldest observation written since the last
@@ -937,8 +939,11 @@ BEGIN
                        today);
     -- This call rolls up the samples up to the latest one (later ones are
     -- the next call's, even if they commit while this one runs).
+    -- (Samples dated more than a day ahead, written by hand, wait until
+    -- their time comes: rollups never run ahead of the clock.)
     through := coalesce((SELECT max(v.sampled_at) FROM twitch_sync.viewer_samples v
-                          WHERE v.sampled_at > since), since);
+                          WHERE v.sampled_at > since AND v.sampled_at <= pg_catalog.now() + interval '1 day'),
+                        since);
     -- channel_category_days: recomputed from their samples for the days a
     -- backfill of samples changed (all the days this call rolls up on the
     -- first call, or with another gap limit); for the days before, the

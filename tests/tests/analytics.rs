@@ -2029,6 +2029,50 @@ fn retention_after_a_lowered_gap_limit_rolls_up_the_day_first() {
     );
 }
 
+/// A sample written by hand (not through apply_observations, which refuses
+/// such times) at an infinite time is refused by the table; one dated far
+/// ahead waits for its time: maintain() neither fails nor moves its watermark
+/// past the clock, and the samples written since are rolled up as usual.
+#[test]
+fn a_sample_dated_ahead_by_hand_does_not_move_the_rollups_past_now() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let c = &mut db.client;
+    let insert = "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+                  VALUES ('7031', '703', $1::text::timestamptz, 5)";
+    for t in ["infinity", "-infinity"] {
+        let e = c.execute(insert, &[&t]).unwrap_err();
+        assert_eq!(sqlstate(&e), "23514", "{t}: {}", error_text(&e));
+    }
+    c.execute(insert, &[&"3026-01-01 00:00:00+00"]).unwrap();
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let now = now_secs();
+    let day = now.div_euclid(DAY) - 1;
+    broadcast(
+        c,
+        "704",
+        "7041",
+        (day * DAY + 3_600, day * DAY + 7_200, 600),
+        &|_| 30,
+        true,
+    );
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let ahead = db.scalar_i64(
+        "SELECT (rolled_up_to > now() + interval '1 day')::int::int8 FROM twitch_sync.rollup_state",
+    );
+    assert_eq!(ahead, 0, "the rollups' watermark is not ahead of the clock");
+    assert_rolled_up_as_computed(&mut db.client, &[day]);
+    let hours: f64 = db
+        .client
+        .query_one(
+            "SELECT hours_watched::float8 FROM twitch_sync.channel_days
+              WHERE broadcaster_id = '704' AND day = date '1970-01-01' + $1::int",
+            &[&(day as i32)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(hours, 30.0, "30 viewers for an hour");
+}
+
 /// Samples count in the order they are written. A sample written into the
 /// past of a live broadcast (at 10:15, after 10:20 was written) is kept and
 /// is its peak, but closes no interval and splits none: the broadcast's hours
