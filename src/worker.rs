@@ -198,6 +198,15 @@ fn in_transaction<R>(f: impl FnOnce() -> Result<R, SyncError>) -> Result<R, Stri
     out
 }
 
+/// Why the worker could not start: the error's text (secret and token
+/// redacted), whether Twitch refused the token, and whether that token was
+/// the cached one (then a new one is minted and the start tried again, once).
+struct StartFailure {
+    message: String,
+    refused: bool,
+    with_cached_token: bool,
+}
+
 /// A conduit shard running on the runtime, and its subscriptions' state.
 struct Running {
     client: Arc<TwitchClient>,
@@ -237,6 +246,8 @@ struct Running {
     seen_drops: u64,
     seen_token_refused: u64,
     seen_session: Option<String>,
+    /// The shard's last connect error already logged.
+    seen_connect_error: Option<String>,
 }
 
 /// A Get Conduit Shards in flight: the session it asks about, its task, its answer.
@@ -577,42 +588,69 @@ impl Worker {
             TwitchClient::new(&config, &credentials.client_id).map_err(|e| e.to_string())?,
         );
         self.set_state("connecting", None);
-        let (c2, cfg2, secret) = (
-            client.clone(),
-            config.clone(),
-            credentials.client_secret.clone(),
-        );
         let stored_conduit = stored
             .filter(|(client_id, _)| *client_id == credentials.client_id)
             .map(|(_, c)| c);
-        let prepared = runtime::block_on_until_shutdown(async move {
-            let mut warnings = Vec::new();
-            let (token, renewed) = prepare_token(&c2, &cfg2, &secret, cached, &mut warnings)
-                .await
-                .map_err(|e| e.to_string())?;
-            let listed = c2
-                .get_conduits(&token.access_token)
-                .await
-                .0
-                .map_err(|e| e.to_string())?;
-            let reuse = stored_conduit.filter(|id| listed.iter().any(|c| c.id == *id));
-            let conduit = match reuse {
-                Some(id) => (id, false),
-                None => (
-                    c2.create_conduit(&token.access_token, 1)
-                        .await
-                        .0
-                        .map_err(|e| e.to_string())?
-                        .id,
-                    true,
-                ),
-            };
-            Ok::<_, String>((token, renewed, conduit))
-        })
-        .ok_or_else(|| "shutting down".to_string())?;
-        // (no session yet, so set_state cannot redact this: it is done here)
-        let (token, renewed, (conduit_id, created)) =
-            prepared.map_err(|e| redact(&e, &[&credentials.client_secret]))?;
+        // the cached token, redacted from every failure (a retry's too)
+        let cached_token = cached
+            .as_ref()
+            .map(|t| t.access_token.clone())
+            .unwrap_or_default();
+        let attempt = |cached: Option<CachedToken>| {
+            let (c2, cfg2) = (client.clone(), config.clone());
+            let (secret, stored_conduit) =
+                (credentials.client_secret.clone(), stored_conduit.clone());
+            let cached_token = cached_token.clone();
+            async move {
+                let mut warnings = Vec::new();
+                let from_cache = cached.is_some();
+                // (no session yet, so set_state cannot redact a failure: it is done here)
+                let failed = |e: HelixError, token: Option<&str>| StartFailure {
+                    with_cached_token: from_cache && token == Some(cached_token.as_str()),
+                    refused: matches!(e, HelixError::Unauthorized { .. }),
+                    message: redact(
+                        &e.to_string(),
+                        &[&secret, &cached_token, token.unwrap_or_default()],
+                    ),
+                };
+                let (token, renewed) = prepare_token(&c2, &cfg2, &secret, cached, &mut warnings)
+                    .await
+                    .map_err(|e| failed(e, None))?;
+                let access = Some(token.access_token.as_str());
+                let listed = c2
+                    .get_conduits(&token.access_token)
+                    .await
+                    .0
+                    .map_err(|e| failed(e, access))?;
+                let reuse = stored_conduit.filter(|id| listed.iter().any(|c| c.id == *id));
+                let conduit = match reuse {
+                    Some(id) => (id, false),
+                    None => (
+                        c2.create_conduit(&token.access_token, 1)
+                            .await
+                            .0
+                            .map_err(|e| failed(e, access))?
+                            .id,
+                        true,
+                    ),
+                };
+                Ok::<_, StartFailure>((token, renewed, conduit))
+            }
+        };
+        let mut prepared = runtime::block_on_until_shutdown(attempt(cached))
+            .ok_or_else(|| "shutting down".to_string())?;
+        // The cached token refused (revoked, or Twitch forgot it): a new one, once.
+        if prepared
+            .as_ref()
+            .is_err_and(|f| f.refused && f.with_cached_token)
+        {
+            pgrx::log!(
+                "twitch_sync eventsub worker: the cached token was refused; minting a new one"
+            );
+            prepared = runtime::block_on_until_shutdown(attempt(None))
+                .ok_or_else(|| "shutting down".to_string())?;
+        }
+        let (token, renewed, (conduit_id, created)) = prepared.map_err(|f| f.message)?;
         if renewed {
             let t = token.clone();
             in_transaction(|| db::save_token(&t))?;
@@ -686,6 +724,7 @@ impl Worker {
             seen_drops: 0,
             seen_token_refused: 0,
             seen_session: None,
+            seen_connect_error: None,
         });
         self.dirty = true;
         Ok(())
@@ -915,10 +954,19 @@ impl Worker {
         // for a new one to try again within the assignment's 10 s
         let refused = v.token_refused > r.seen_token_refused;
         r.seen_token_refused = v.token_refused;
+        if v.last_connect_error != r.seen_connect_error {
+            if let Some(e) = &v.last_connect_error {
+                pgrx::log!("twitch_sync eventsub worker: {e}");
+            }
+            r.seen_connect_error.clone_from(&v.last_connect_error);
+        }
         let (state, detail) = if v.connected {
             ("connected", None)
         } else {
-            ("connecting", v.last_assign_error.clone())
+            (
+                "connecting",
+                v.last_connect_error.clone().or(v.last_assign_error.clone()),
+            )
         };
         self.set_state(state, detail);
         if refused {

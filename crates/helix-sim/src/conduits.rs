@@ -40,7 +40,7 @@
 
 use crate::eventsub::{ConduitRec, ShardRec, SubRec};
 use crate::http::{Request, Response};
-use crate::{helix_error, Shared};
+use crate::{helix_error, Endpoint, FaultKind, Shared};
 use serde_json::{json, Value};
 use std::time::SystemTime;
 
@@ -50,6 +50,18 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
         return None;
     }
     let mut st = shared.lock();
+    match st.matching_fault(Endpoint::EventSub, req) {
+        Some(FaultKind::Status { status }) => {
+            return Some(helix_error(status, "Simulated failure"))
+        }
+        Some(FaultKind::ErrorMessage { status, message }) => {
+            if status == 401 {
+                st.counters.unauthorized += 1;
+            }
+            return Some(helix_error(status, &message));
+        }
+        _ => {}
+    }
     let client_id = match st.authenticate(req) {
         Ok(c) => c,
         Err(resp) => {

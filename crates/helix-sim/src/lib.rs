@@ -105,6 +105,9 @@ pub enum Endpoint {
     Streams,
     Token,
     Validate,
+    /// The EventSub REST endpoints (conduits, shards, subscriptions): only
+    /// `Status` and `ErrorMessage` faults, answered before authentication.
+    EventSub,
     Any,
 }
 
@@ -328,7 +331,11 @@ fn decode_cursor(c: &str) -> Option<usize> {
 }
 
 impl State {
-    fn matching_fault(&mut self, endpoint: Endpoint, req: &Request) -> Option<FaultKind> {
+    pub(crate) fn matching_fault(
+        &mut self,
+        endpoint: Endpoint,
+        req: &Request,
+    ) -> Option<FaultKind> {
         let ids: HashSet<&str> = req.query_all("user_id").collect();
         let games: HashSet<&str> = req.query_all("game_id").collect();
         let mut hit = None;

@@ -36,6 +36,8 @@ pub enum SocketEvent {
     Frame(SocketId, String),
     /// The socket ended: the close code if a close frame came.
     Closed(SocketId, Option<u16>),
+    /// The socket never opened: why (it ended like `Closed(id, None)`).
+    ConnectFailed(SocketId, String),
 }
 
 /// Asks a socket's task to close it (code 1000) and end.
@@ -52,7 +54,7 @@ impl SocketHandle {
 }
 
 /// Opens `url` in a task of its own; its frames and its end go to `events`.
-/// A failed connect is reported as `Closed(id, None)`.
+/// A failed connect is reported as `ConnectFailed` with its reason.
 pub fn open(id: SocketId, url: String, events: mpsc::UnboundedSender<SocketEvent>) -> SocketHandle {
     let (close_tx, mut close_rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -62,8 +64,15 @@ pub fn open(id: SocketId, url: String, events: mpsc::UnboundedSender<SocketEvent
         let connect = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(cfg), false);
         let ws = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok((ws, _))) => ws,
-            _ => {
-                let _ = events.send(SocketEvent::Closed(id, None));
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                };
+                let _ = events.send(SocketEvent::ConnectFailed(
+                    id,
+                    format!("connecting to {url} failed: {why}"),
+                ));
                 return;
             }
         };
@@ -139,6 +148,9 @@ pub struct ShardView {
     pub stats: ShardStats,
     pub drops: DropStats,
     pub last_assign_error: Option<String>,
+    /// Why the last WebSocket connection could not be opened (cleared by the
+    /// next frame that arrives).
+    pub last_connect_error: Option<String>,
     /// Shard assignments Twitch refused with 401: each asks the token's owner
     /// (who holds the sender of [`run_shard_with_token`]'s token) for a new
     /// token; the background worker mints one when this grows.
@@ -247,6 +259,7 @@ pub async fn run_shard_with_token(
     let mut sockets: HashMap<SocketId, SocketHandle> = HashMap::new();
     let mut drops = DropStats::default();
     let mut last_assign_error = None;
+    let mut last_connect_error = None;
     let mut actions = shard.on_timer(Instant::now());
     loop {
         for a in actions.drain(..) {
@@ -295,6 +308,7 @@ pub async fn run_shard_with_token(
             v.stats = shard.stats.clone();
             v.drops = drops;
             v.last_assign_error.clone_from(&last_assign_error);
+            v.last_connect_error.clone_from(&last_connect_error);
         }
         let wake = shard
             .next_wakeup()
@@ -311,10 +325,18 @@ pub async fn run_shard_with_token(
             }
             Some(ev) = ev_rx.recv() => {
                 actions = match ev {
-                    SocketEvent::Frame(id, text) => on_frame(&mut shard, &mut drops, id, &text, Instant::now()),
+                    SocketEvent::Frame(id, text) => {
+                        last_connect_error = None;
+                        on_frame(&mut shard, &mut drops, id, &text, Instant::now())
+                    }
                     SocketEvent::Closed(id, code) => {
                         sockets.remove(&id);
                         shard.on_closed(id, code, Instant::now())
+                    }
+                    SocketEvent::ConnectFailed(id, why) => {
+                        last_connect_error = Some(why);
+                        sockets.remove(&id);
+                        shard.on_closed(id, None, Instant::now())
                     }
                 };
             }

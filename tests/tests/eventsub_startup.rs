@@ -1,0 +1,130 @@
+//! The EventSub worker's start-up (token, conduit, socket) when something is
+//! wrong, in its own cluster (one worker per cluster, so one test): a cached
+//! token Twitch no longer accepts is replaced at once (not left until some
+//! run() mints one); a WebSocket that cannot be opened says why in `detail`
+//! and the server log; and an error answer that echoes the token shows it
+//! nowhere (`detail`, status(), the server log).
+
+use std::time::Duration;
+use twitch_sync_e2e::helix_sim::{Endpoint, Fault, FaultKind};
+use twitch_sync_e2e::postgres::Client;
+use twitch_sync_e2e::{wait_for, world, TestDb};
+
+/// The worker's (state, detail).
+fn worker(c: &mut Client) -> Option<(String, Option<String>)> {
+    c.query_opt("SELECT state, detail FROM twitch_sync.eventsub_worker", &[])
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1)))
+}
+
+/// Restarts the worker (it reads the database's settings again) and waits
+/// until `until` holds for its (state, detail).
+fn restart_until(
+    db: &mut TestDb,
+    what: &str,
+    until: impl Fn(&str, Option<&str>) -> bool,
+) -> (String, Option<String>) {
+    let mut admin = db.cluster().connect("postgres");
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE backend_type = 'twitch_sync eventsub'",
+        )
+        .unwrap();
+    let mut last = None;
+    wait_for(Duration::from_secs(40), || {
+        // (the old worker's row shows until the new one writes its own)
+        std::thread::sleep(Duration::from_millis(200));
+        let w = worker(&mut db.client)?;
+        last = Some(w.clone());
+        until(&w.0, w.1.as_deref()).then_some(w)
+    })
+    .unwrap_or_else(|| panic!("{what}: last seen {last:?}\n{}", db.cluster().log()))
+}
+
+#[test]
+fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
+    let mut db = TestDb::new(world(10, 0.0));
+    db.track_first(2);
+    assert_eq!(db.run()["status"], "ok");
+    db.serve_eventsub(&[("twitch_sync.eventsub_reconcile_secs", "1")]);
+    wait_for(Duration::from_secs(40), || {
+        worker(&mut db.client).filter(|w| w.0 == "connected")
+    })
+    .unwrap_or_else(|| panic!("connected: {:?}", worker(&mut db.client)));
+
+    // Twitch forgets every token (a revoked one, say): the restarted worker's
+    // cached token is refused, and it mints a new one itself
+    db.sim.expire_tokens();
+    let issued = db.sim.counters().tokens_issued;
+    restart_until(&mut db, "connected with a new token", |s, _| {
+        s == "connected"
+    });
+    assert!(db.sim.counters().tokens_issued > issued, "a token minted");
+    assert!(
+        db.sim.counters().unauthorized >= 1,
+        "the old one was refused"
+    );
+
+    // a WebSocket that cannot be opened: `connecting`, with the reason
+    let url = db.sim.eventsub_url().unwrap();
+    let name = db.name.clone();
+    let mut admin = db.cluster().connect("postgres");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET twitch_sync.eventsub_url = 'ws://127.0.0.1:1/ws'"
+        ))
+        .unwrap();
+    let (_, detail) = restart_until(&mut db, "a connect error in detail", |s, d| {
+        s == "connecting" && d.is_some()
+    });
+    let detail = detail.unwrap();
+    assert!(
+        detail.starts_with("connecting to ws://127.0.0.1:1/ws") && detail.contains(" failed: "),
+        "{detail}"
+    );
+    assert!(db.cluster().log().contains(&detail), "logged");
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET twitch_sync.eventsub_url = '{url}'"
+        ))
+        .unwrap();
+    restart_until(&mut db, "connected again", |s, _| s == "connected");
+
+    // a server that echoes the token in its 401 (as a proxy or stand-in
+    // might): the token shows nowhere
+    let token: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
+    db.sim.add_fault(
+        Fault::new(FaultKind::ErrorMessage {
+            status: 401,
+            message: format!("token not accepted: Bearer {token}"),
+        })
+        .on(Endpoint::EventSub),
+    );
+    let (_, detail) = restart_until(&mut db, "idle with Twitch's refusal", |s, d| {
+        s == "idle" && d.is_some_and(|d| d.contains("token not accepted"))
+    });
+    let detail = detail.unwrap();
+    assert!(detail.contains("Bearer [redacted]"), "{detail}");
+    let status: String = db
+        .client
+        .query_one("SELECT (twitch_sync.status()).eventsub::text", &[])
+        .unwrap()
+        .get(0);
+    assert!(status.contains("Bearer [redacted]"), "{status}");
+    for (what, text) in [
+        ("detail", detail),
+        ("status()", status),
+        ("the server log", db.cluster().log()),
+    ] {
+        assert!(!text.contains(&token), "the token in {what}");
+    }
+    db.sim.clear_faults();
+    restart_until(&mut db, "connected once Twitch accepts it", |s, _| {
+        s == "connected"
+    });
+}
