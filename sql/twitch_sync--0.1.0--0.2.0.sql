@@ -3876,3 +3876,36 @@ UPDATE pg_catalog.pg_init_privs i
            AND d.refobjid = e.oid AND d.deptype = 'e') o
  WHERE i.classoid = o.classid AND i.objoid = o.objid AND i.objsubid = 0 AND i.privtype = 'e';
 DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);
+
+-- 0.1.0's schedule() made one pg_cron job, run(); from 0.2.0 on it also
+-- schedules maintain() hourly (sample partitions, rollups). Where pg_cron
+-- runs in this database, each run() job of this database gets its
+-- maintenance job beside it, named and owned like it (as schedule() would
+-- have made it). Jobs kept in another database's pg_cron are out of reach
+-- here: README "Upgrades" gives the call. A failure never stops the upgrade.
+DO $$
+DECLARE
+    j record;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN;
+    END IF;
+    FOR j IN EXECUTE $q$
+        SELECT r.jobname || '-maintain' AS jobname, r.username
+          FROM cron.job r
+         WHERE r.database = pg_catalog.current_database() AND r.jobname IS NOT NULL
+           AND twitch_sync.cron_command_is(r.command, 'SELECT twitch_sync.run()')
+           AND NOT EXISTS (SELECT 1 FROM cron.job m
+                            WHERE m.jobname = r.jobname || '-maintain' AND m.username = r.username) $q$
+    LOOP
+        BEGIN
+            EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)'
+              USING j.jobname, twitch_sync.cron_maintain_schedule(), 'SELECT twitch_sync.maintain()',
+                    pg_catalog.current_database(), j.username;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'twitch_sync: could not schedule % (%): run SELECT twitch_sync.schedule(); as its owner',
+                j.jobname, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;

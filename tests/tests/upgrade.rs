@@ -50,6 +50,26 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
              GRANT EXECUTE ON FUNCTION twitch_sync.run() TO twitch_sync_upgrade_reader",
         )
         .unwrap();
+    // Where pg_cron runs (the cluster's `postgres` database), 0.1.0's
+    // schedule() made one job, run(); the upgrade adds maintain()'s beside it.
+    let mut cron_db = TestDb::existing("postgres", world(10, 0.0));
+    cron_db
+        .client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_cron; SELECT twitch_sync.schedule()")
+        .expect("0.1.0's schedule()");
+    let cron_jobs = |c: &mut twitch_sync_e2e::postgres::Client| -> Vec<String> {
+        c.query(
+            "SELECT jobname || ' ' || schedule || ' ' || command || ' ' || username
+               FROM cron.job WHERE database = 'postgres' ORDER BY jobname",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    assert_eq!(cron_jobs(&mut cron_db.client).len(), 1, "0.1.0: run() only");
+    drop(cron_db.client);
     let before = user_data(&mut old.client);
     assert!(
         before.len() > 300,
@@ -104,6 +124,23 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         .unwrap()
         .get(0);
     assert_eq!(version, catalog::current_version());
+    let mut cron_client = cluster.connect("postgres");
+    cron_client
+        .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
+        .expect("ALTER EXTENSION twitch_sync UPDATE where pg_cron runs");
+    let jobs = cron_jobs(&mut cron_client);
+    assert_eq!(
+        jobs,
+        [
+            "twitch-viewer-count-sync */10 * * * * SELECT twitch_sync.run() postgres",
+            "twitch-viewer-count-sync-maintain 17 * * * * SELECT twitch_sync.maintain() postgres"
+        ],
+        "the upgrade schedules maintain() beside run()"
+    );
+    cron_client
+        .batch_execute("SELECT twitch_sync.unschedule(); DROP EXTENSION twitch_sync")
+        .unwrap();
+    assert!(cron_jobs(&mut cron_client).is_empty());
 
     // The grants were carried over to the new objects; then they go, so that
     // the catalog can be compared with a fresh install's.
