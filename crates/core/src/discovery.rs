@@ -34,8 +34,10 @@
 //!   reaches every live stream in it; one that ended `truncated` (its page
 //!   allowance ran out) listed only the streams down to its *floor*, the
 //!   lowest viewer count on its last page (Helix lists by viewer count, most
-//!   first), so it reaches the channels whose stored count is at or above
-//!   that floor; a category never walked, or whose last walk stopped early
+//!   first), so it reaches the channels whose stored count is above that
+//!   floor (not at it: Twitch orders equal counts as it likes, so a channel
+//!   tied with the last page's least watched may rank on the next page, or
+//!   below the cap); a category never walked, or whose last walk stopped early
 //!   (`failed`, `empty_page`, `cursor_loop`: it stopped at no predictable
 //!   rank), or that this run may walk in fewer pages than its last walk took
 //!   (a short budget), reaches nothing. A channel below the floor is checked
@@ -92,8 +94,9 @@ pub enum Reach {
     Nothing,
     /// Every live stream: the last walk saw the whole directory.
     All,
-    /// Live streams with at least this many viewers (the last walk's floor).
-    AtLeast(u32),
+    /// Live streams with more viewers than this (the last walk's floor: a
+    /// stream tied with it may rank past the walk's pages).
+    Above(u32),
 }
 
 impl Reach {
@@ -108,7 +111,7 @@ impl Reach {
         }
         match (c.last_end, c.last_floor) {
             (Some(WalkEnd::Complete), _) => Reach::All,
-            (Some(WalkEnd::Truncated), Some(floor)) => Reach::AtLeast(floor),
+            (Some(WalkEnd::Truncated), Some(floor)) => Reach::Above(floor),
             _ => Reach::Nothing,
         }
     }
@@ -118,7 +121,7 @@ impl Reach {
         match self {
             Reach::Nothing => false,
             Reach::All => true,
-            Reach::AtLeast(floor) => viewers >= floor,
+            Reach::Above(floor) => viewers > floor,
         }
     }
 }
@@ -653,7 +656,7 @@ mod tests {
         assert_eq!(Reach::of(&c(Some(3), Some(Complete), None), 7), Reach::All);
         assert_eq!(
             Reach::of(&c(Some(3), Some(Truncated), Some(40)), 3),
-            Reach::AtLeast(40)
+            Reach::Above(40)
         );
         // A truncated walk without a floor (its last page held no entry of the category).
         assert_eq!(
@@ -678,7 +681,7 @@ mod tests {
         );
         // plan_walks attaches it to each walk.
         let plan = plan_walks(&[c(Some(1), Some(Truncated), Some(40))], Some(760));
-        assert_eq!(plan.walks[0].reach, Reach::AtLeast(40));
+        assert_eq!(plan.walks[0].reach, Reach::Above(40));
         let plan = plan_walks(&[c(Some(4), Some(Truncated), Some(40))], Some(6));
         assert_eq!(plan.walks[0].max_pages, 3);
         assert_eq!(plan.walks[0].reach, Reach::Nothing);
@@ -699,7 +702,7 @@ mod tests {
             priority: 0,
             checked_at: Some(now - 60.0),
         };
-        // Ranked below the walk's pages, at its floor, above it, hot.
+        // Ranked below the walk's pages, tied with its floor, above it, hot.
         let channels = [ch(3), ch(40), ch(41), ch(5000)];
         let live_in = vec![Some(("1".to_string(), "en".to_string())); channels.len()];
         let walk = |reach: Reach| DirectoryWalk {
@@ -712,9 +715,9 @@ mod tests {
             covered_by_walks(&policy, &channels, &live_in, &[walk(reach)], now, 60.0)
         };
         assert_eq!(
-            covered(Reach::AtLeast(40)),
-            vec![false, true, true, true],
-            "a channel below the floor is checked by id"
+            covered(Reach::Above(40)),
+            vec![false, false, true, true],
+            "a channel below the floor, or tied with it, is checked by id"
         );
         assert_eq!(
             covered(Reach::All),

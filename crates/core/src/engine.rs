@@ -386,7 +386,7 @@ impl Pass {
             game_id: &walk.game_id,
             language: walk.language.as_deref(),
         };
-        let mut pages = Vec::new();
+        let mut pages: Vec<crate::streams::StreamsPage> = Vec::new();
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         let mut end = WalkEnd::Truncated;
@@ -413,9 +413,19 @@ impl Pass {
             }
             let empty = page.entries == 0;
             let cursor = page.cursor.clone();
+            // (a page before this one that held fewer entries than asked)
+            let after_short = pages.last().is_some_and(|p| p.entries < PAGE_SIZE);
             pages.push(page);
             match cursor {
-                // An empty last page (no cursor) ends the directory; one with a cursor is a quirk.
+                // An empty last page (no cursor) ends the directory, unless a
+                // short page's cursor led to it: Twitch then lists fewer
+                // streams than there are, and the cursor leads nowhere
+                // (twitchdev/issues#240, #543): the walk saw no whole
+                // directory. An empty page with a cursor is a quirk.
+                None if empty && after_short => {
+                    end = WalkEnd::EmptyPage;
+                    break;
+                }
                 None if empty => {
                     end = WalkEnd::Complete;
                     break;
