@@ -701,12 +701,13 @@ fn adaptive_polling_checks_by_id_a_live_channel_ranked_below_a_truncated_walk() 
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "truncated");
     assert_eq!(row.get::<_, Option<i32>>(1), Some(floor as i32));
-    // The channels the next walk reaches: live in the category at or above the floor.
+    // The channels the next walk reaches: live in the category above the floor
+    // (one tied with it may rank past the page).
     let reached = db.scalar_i64(&format!(
         "SELECT count(*) FROM twitch_sync.streams
-          WHERE is_live AND game_id = '{GAME}' AND viewer_count >= {floor}"
+          WHERE is_live AND game_id = '{GAME}' AND viewer_count > {floor}"
     ));
-    assert!((100..300).contains(&reached), "{reached}");
+    assert!((50..300).contains(&reached), "{reached}");
 
     let checked_at = |db: &mut TestDb| -> f64 {
         db.client

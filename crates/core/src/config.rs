@@ -59,8 +59,6 @@ pub struct SyncConfig {
     pub max_retries: u32,
     /// The whole pass, HTTP and waiting included, ends by then.
     pub run_deadline: Duration,
-    /// How many extra pages one batch may follow through `pagination.cursor`.
-    pub max_pages_per_batch: u32,
     /// Largest response body accepted, in bytes.
     pub max_response_bytes: usize,
     /// Validate the cached token when it was last validated longer ago than this.
@@ -81,7 +79,6 @@ impl Default for SyncConfig {
             max_concurrent_requests: defaults::MAX_CONCURRENT_REQUESTS as usize,
             max_retries: defaults::MAX_RETRIES as u32,
             run_deadline: Duration::from_millis(defaults::RUN_DEADLINE_MS as u64),
-            max_pages_per_batch: 10,
             max_response_bytes: 4 * 1024 * 1024,
             validate_every: Duration::from_secs(3600),
             renew_before_expiry: Duration::from_secs(3600),

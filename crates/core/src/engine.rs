@@ -337,43 +337,21 @@ impl Pass {
         }
     }
 
-    /// A batch of up to 100 ids: the first page and any further pages Helix
-    /// really has. Each page is folded into the batch's answer as it arrives
-    /// and dropped ([`BatchMerge`]): a batch holds at most one stream per asked
-    /// broadcaster, however many pages and entries Helix sends. Cursors are
-    /// followed until
-    /// - every asked broadcaster has been named by an entry (an id query lists
-    ///   at most one live stream per broadcaster: a later page could only
-    ///   repeat or contradict what is known), or
-    /// - a page names no asked broadcaster that no earlier page named (an empty
-    ///   page, a page of repeats, of strangers or of more streams for the same
-    ///   broadcasters: a listing that makes no progress), or
-    /// - a cursor comes back, there is none, or [`SyncConfig::max_pages_per_batch`]
-    ///   extra pages have been read.
-    ///
-    /// The answer then counts as complete: an asked channel no page listed is
-    /// "not listed" (one miss; `offline_after_misses` decides when it ends).
+    /// A batch of up to 100 ids: one request, one page. Twitch's page holds
+    /// up to `first` = 100 streams and an id query lists at most one live
+    /// stream per asked broadcaster, so the page is the whole answer; a
+    /// cursor on it is not followed. (Twitch sends one even when nothing
+    /// follows, and calls that "expected and valid": twitchdev/issues#2.
+    /// Following it cost a request per batch for an empty page, twice what
+    /// the budget of adaptive polling counts on. twurple's
+    /// getStreamsByUserIds reads one page too.) The page is reduced to at
+    /// most one stream per asked broadcaster ([`BatchMerge`]), and an asked
+    /// channel it does not list is "not listed" (one miss;
+    /// `offline_after_misses` decides when it ends).
     async fn fetch_batch(&self, ids: &[String]) -> Result<MergedBatch, HelixError> {
         let mut merge = BatchMerge::new(ids);
-        let mut seen_cursors = HashSet::new();
-        let mut after: Option<String> = None;
-        for page_no in 0..=self.config.max_pages_per_batch {
-            let page = self
-                .fetch_page(&StreamsQuery::Ids(ids), after.as_deref())
-                .await?;
-            after = page
-                .cursor
-                .clone()
-                .filter(|c| seen_cursors.insert(c.clone()));
-            let progress = merge.add_page(page, &lock(&self.claims));
-            if !progress
-                || merge.all_named()
-                || after.is_none()
-                || page_no == self.config.max_pages_per_batch
-            {
-                break;
-            }
-        }
+        let page = self.fetch_page(&StreamsQuery::Ids(ids), None).await?;
+        merge.add_page(page, &lock(&self.claims));
         // Under one lock, so that the first batch to finish with a stream id claims it whole.
         Ok(merge.finish(&mut lock(&self.claims)))
     }

@@ -714,8 +714,6 @@ pub struct BatchMerge {
     kept: HashMap<String, LiveStream>,
     /// Stream id -> broadcaster of the streams in `kept`.
     kept_ids: HashMap<String, String>,
-    /// Asked broadcasters some entry named so far (a subset of `asked`).
-    named: HashSet<String>,
 }
 
 impl BatchMerge {
@@ -729,16 +727,12 @@ impl BatchMerge {
     }
 
     /// Folds one page in (see the type's rules), `claims` being the stream ids
-    /// other batches of this run have claimed so far. Returns whether the page
-    /// named an asked broadcaster no earlier page had named: a page that did
-    /// not taught nothing a later page could need (see [`Self::all_named`]).
-    pub fn add_page(&mut self, page: StreamsPage, claims: &StreamClaims) -> bool {
+    /// other batches of this run have claimed so far.
+    pub fn add_page(&mut self, page: StreamsPage, claims: &StreamClaims) {
         self.stats.add(&page.stats);
         self.unattributed += page.unattributed;
-        let mut news = false;
         for b in page.rejected_broadcasters {
             if self.asked_set.contains(&b) {
-                news |= self.named.insert(b.clone());
                 self.unknown.insert(b);
             }
         }
@@ -746,10 +740,6 @@ impl BatchMerge {
             if !self.asked_set.contains(&s.broadcaster_id) {
                 self.stats.bad.foreign_broadcaster += 1;
                 continue;
-            }
-            if !self.named.contains(&s.broadcaster_id) {
-                self.named.insert(s.broadcaster_id.clone());
-                news = true;
             }
             let owner = claims
                 .get(&s.stream_id)
@@ -778,15 +768,6 @@ impl BatchMerge {
                 }
             }
         }
-        news
-    }
-
-    /// Every asked broadcaster has been named by an entry (kept, duplicate,
-    /// conflicting or dropped for a bad stream id): Helix lists at most one live
-    /// stream per broadcaster asked by id, so later pages can only repeat or
-    /// contradict what is known.
-    pub fn all_named(&self) -> bool {
-        self.named.len() == self.asked_set.len()
     }
 
     /// Streams held: at most one per asked broadcaster.

@@ -146,6 +146,9 @@ pub enum FaultKind {
     EmptyPage,
     /// Get Streams: every page's cursor points back to the first page.
     CursorLoop,
+    /// Get Streams: a cursor on the last page too, leading to an empty page
+    /// (Twitch: "expected and valid", twitchdev/issues#2).
+    SurpriseCursor,
     /// Get Streams: each page starts with the last stream of the previous page.
     DuplicateAcrossPages,
     /// Get Streams: pages hold at most `max` streams whatever `first` asks (as a
@@ -689,6 +692,7 @@ impl State {
                 next = Some(end);
             }
             Some(FaultKind::CursorLoop) => next = Some(0),
+            Some(FaultKind::SurpriseCursor) => next = next.or(Some(end)),
             Some(FaultKind::DuplicateAcrossPages) => next = next.map(|n| n.saturating_sub(1)),
             _ => {}
         }
