@@ -3259,9 +3259,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH subs AS (
         SELECT s.broadcaster_id, s.type, s.status FROM twitch_sync.eventsub_subscriptions s
           JOIN twitch_sync.channels c ON c.broadcaster_id = s.broadcaster_id AND c.enabled),
+    -- covered: both subscriptions enabled, and the worker connected (its row
+    -- updated in the last minute): a stopped or disconnected worker gets no
+    -- events, so every tracked channel is poll-only meanwhile
     covered AS (
         SELECT count(*) AS n FROM (SELECT broadcaster_id FROM subs WHERE status = 'enabled'
-                                    GROUP BY 1 HAVING count(*) = 2) x),
+                                    GROUP BY 1 HAVING count(*) = 2) x
+         WHERE EXISTS (SELECT 1 FROM twitch_sync.eventsub_worker w
+                        WHERE w.state = 'connected' AND w.updated_at > now() - interval '1 minute')),
     tracked AS (SELECT count(*) AS n FROM twitch_sync.channels c WHERE c.enabled)
     SELECT jsonb_build_object(
         'state', coalesce(w.state, 'not started'),

@@ -17,6 +17,18 @@ fn worker(c: &mut Client) -> Option<(String, Option<String>)> {
         .map(|r| (r.get(0), r.get(1)))
 }
 
+/// status().eventsub's (channels_covered, channels_poll_only).
+fn coverage(c: &mut Client) -> (i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT (e ->> 'channels_covered')::int8, (e ->> 'channels_poll_only')::int8
+               FROM (SELECT twitch_sync.eventsub_status() e) s",
+            &[],
+        )
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 /// Restarts the worker (it reads the database's settings again) and waits
 /// until `until` holds for its (state, detail).
 fn restart_until(
@@ -52,6 +64,10 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
         worker(&mut db.client).filter(|w| w.0 == "connected")
     })
     .unwrap_or_else(|| panic!("connected: {:?}", worker(&mut db.client)));
+    wait_for(Duration::from_secs(30), || {
+        (coverage(&mut db.client) == (2, 0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("both channels covered: {:?}", coverage(&mut db.client)));
 
     // Twitch forgets every token (a revoked one, say): the restarted worker's
     // cached token is refused, and it mints a new one itself
@@ -84,6 +100,12 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
         "{detail}"
     );
     assert!(db.cluster().log().contains(&detail), "logged");
+    // no event reaches anyone meanwhile: every channel counts as poll-only
+    assert_eq!(
+        coverage(&mut db.client),
+        (0, 2),
+        "covered only while connected"
+    );
     admin
         .batch_execute(&format!(
             "ALTER DATABASE {name} SET twitch_sync.eventsub_url = '{url}'"

@@ -300,6 +300,18 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     // it, so the next adaptive run finds it live (not the slow sweep an hour
     // later).
     db.client.batch_execute(ADAPTIVE_EVERY_SECOND).unwrap();
+    // (the worker records the new session in its row a moment after the
+    // shard has it: coverage is judged against the recorded one)
+    let session = db.sim.es_shards(&conduit)[0].0.clone();
+    wait_for(Duration::from_secs(10), || {
+        let recorded: Option<String> = db
+            .client
+            .query_one("SELECT session_id FROM twitch_sync.eventsub_worker", &[])
+            .unwrap()
+            .get(0);
+        (recorded.is_some() && recorded == session).then_some(())
+    })
+    .expect("the worker's row shows the new session");
     let checked_earlier = checked_at(&mut db, &ids[3]);
     assert_eq!(db.run()["status"], "ok");
     let covered_before = checked_at(&mut db, &ids[3]);
