@@ -25,7 +25,9 @@ COMMENT ON TABLE twitch_sync.eventsub_messages IS 'EventSub message ids seen in 
 --   'stale'      message_timestamp more than 10 minutes from now (Twitch: refuse older)
 --   'duplicate'  this message id was seen for this broadcaster in the last 20 minutes
 --   'untracked'  the broadcaster is not tracked (or disabled): nothing written but the id
---   'superseded' an offline event naming a stream id that is not the live one
+--   'superseded' an offline event naming a stream id that is not the live one, or
+--                sent before the live broadcast began (its started_at, or the online
+--                event that opened it: Twitch's stream.offline may name no stream)
 --                (a late offline of an earlier broadcast must not end the current one),
 --                or an online event of a broadcast that was ended at or after the
 --                online's own timestamp (a late online must not reopen it)
@@ -100,7 +102,7 @@ BEGIN
     RETURN outcome;
 END
 $$;
-COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded.';
+COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded (a late event: an offline naming another stream or sent before the live broadcast began, an online of a broadcast ended since).';
 
 -- The EventSub background worker (src/worker.rs; README "EventSub"). Its
 -- conduit, its live state for status() and metrics(), and its counters since

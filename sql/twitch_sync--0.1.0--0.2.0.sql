@@ -205,6 +205,17 @@ CREATE TABLE twitch_sync.viewer_samples (
 CREATE TABLE twitch_sync.viewer_samples_default PARTITION OF twitch_sync.viewer_samples DEFAULT;
 ALTER TABLE twitch_sync.viewer_samples_default
     ADD CONSTRAINT viewer_samples_default_pkey PRIMARY KEY (broadcaster_id, sampled_at, stream_id);
+-- 0.2.0's samples have finite times (run() never wrote another; a hand-written
+-- one would stop the copy below with a bare constraint error).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM twitch_sync.viewer_samples_0_1_0 v WHERE NOT pg_catalog.isfinite(v.sampled_at)) THEN
+        RAISE EXCEPTION 'twitch_sync.viewer_samples holds samples at an infinite time'
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Nothing was changed. Delete them (DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at);), then run ALTER EXTENSION twitch_sync UPDATE again.';
+    END IF;
+END
+$$;
 -- Each sample with the interval it closes (the analytics rules, as 0.2.0
 -- writes them): its broadcast's previous sample, when within the gap limit.
 INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count, game_id,
@@ -3106,7 +3117,9 @@ COMMENT ON TABLE twitch_sync.eventsub_messages IS 'EventSub message ids seen in 
 --   'stale'      message_timestamp more than 10 minutes from now (Twitch: refuse older)
 --   'duplicate'  this message id was seen for this broadcaster in the last 20 minutes
 --   'untracked'  the broadcaster is not tracked (or disabled): nothing written but the id
---   'superseded' an offline event naming a stream id that is not the live one
+--   'superseded' an offline event naming a stream id that is not the live one, or
+--                sent before the live broadcast began (its started_at, or the online
+--                event that opened it: Twitch's stream.offline may name no stream)
 --                (a late offline of an earlier broadcast must not end the current one),
 --                or an online event of a broadcast that was ended at or after the
 --                online's own timestamp (a late online must not reopen it)
@@ -3181,7 +3194,7 @@ BEGIN
     RETURN outcome;
 END
 $$;
-COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded.';
+COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded (a late event: an offline naming another stream or sent before the live broadcast began, an online of a broadcast ended since).';
 
 -- The EventSub background worker (src/worker.rs; README "EventSub"). Its
 -- conduit, its live state for status() and metrics(), and its counters since
@@ -3884,10 +3897,11 @@ DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);
 
 -- 0.1.0's schedule() made one pg_cron job, run(); from 0.2.0 on it also
 -- schedules maintain() hourly (sample partitions, rollups). Where pg_cron
--- runs in this database, each run() job of this database gets its
--- maintenance job beside it, named and owned like it (as schedule() would
--- have made it). Jobs kept in another database's pg_cron are out of reach
--- here: README "Upgrades" gives the call. A failure never stops the upgrade.
+-- runs in this database, its run() job (twitch_sync.cron_job_name(), the one
+-- schedule() made) gets the maintenance job beside it, owned like it (as
+-- schedule() makes it; unschedule() removes both). Jobs kept in another
+-- database's pg_cron are out of reach here: README "Upgrades" gives the
+-- call. A failure never stops the upgrade.
 DO $$
 DECLARE
     j record;
@@ -3896,12 +3910,13 @@ BEGIN
         RETURN;
     END IF;
     FOR j IN EXECUTE $q$
-        SELECT r.jobname || '-maintain' AS jobname, r.username
+        SELECT twitch_sync.cron_maintain_job_name() AS jobname, r.username
           FROM cron.job r
-         WHERE r.database = pg_catalog.current_database() AND r.jobname IS NOT NULL
+         WHERE r.database = pg_catalog.current_database() AND r.jobname = twitch_sync.cron_job_name()
            AND twitch_sync.cron_command_is(r.command, 'SELECT twitch_sync.run()')
            AND NOT EXISTS (SELECT 1 FROM cron.job m
-                            WHERE m.jobname = r.jobname || '-maintain' AND m.username = r.username) $q$
+                            WHERE m.jobname = twitch_sync.cron_maintain_job_name()
+                              AND m.username = r.username) $q$
     LOOP
         BEGIN
             EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)'

@@ -13,7 +13,7 @@ use twitch_sync_core::engine::{BatchFailure, DirectoryResult};
 use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::{
-    sync_streaming, Applied, BatchBuffer, BatchResult, PassSummary, RunReport, RunStatus,
+    sync_streaming, Applied, BatchBuffer, BatchResult, LiveSet, PassSummary, RunReport, RunStatus,
     SyncConfig, SyncInput,
 };
 
@@ -372,6 +372,7 @@ fn stream_and_apply(
     let chunk = (total / APPLY_CHUNKS).max(MIN_APPLY_CHUNK);
     let (misses, notify) = (gucs::offline_after_misses(), gucs::notify_events());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (give_live, live_before) = LiveSet::channel();
     // On the runtime's worker: requests go on while this thread writes.
     let mut engine = Box::pin(runtime::spawn(sync_streaming(
         SyncInput {
@@ -381,13 +382,18 @@ fn stream_and_apply(
             broadcaster_ids: state.broadcaster_ids,
             rate_limit: state.rate_limit,
             directories: walks.walks,
+            live_before,
         },
         tx,
     )));
     // Nothing needs the live set before the first answer: read it while the
-    // first requests are on the wire.
+    // first requests are on the wire (a batch that might follow a cursor
+    // waits for it).
     let t = Instant::now();
     let live_at_start = db::read_live_at_start()?;
+    let _ = give_live.send(Some(std::sync::Arc::new(
+        live_at_start.keys().cloned().collect(),
+    )));
     let read_ms = t.elapsed().as_secs_f64() * 1000.0;
     let mut written = Written {
         live_at_start,

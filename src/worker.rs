@@ -205,6 +205,8 @@ struct StartFailure {
     message: String,
     refused: bool,
     with_cached_token: bool,
+    /// The token this try minted or validated before it failed, if any.
+    renewed: Option<CachedToken>,
 }
 
 /// A conduit shard running on the runtime, and its subscriptions' state.
@@ -605,18 +607,22 @@ impl Worker {
                 let mut warnings = Vec::new();
                 let from_cache = cached.is_some();
                 // (no session yet, so set_state cannot redact a failure: it is done here)
-                let failed = |e: HelixError, token: Option<&str>| StartFailure {
-                    with_cached_token: from_cache && token == Some(cached_token.as_str()),
-                    refused: matches!(e, HelixError::Unauthorized { .. }),
-                    message: redact(
-                        &e.to_string(),
-                        &[&secret, &cached_token, token.unwrap_or_default()],
-                    ),
+                let failed = |e: HelixError, token: Option<(&CachedToken, bool)>| {
+                    let access = token.map(|t| t.0.access_token.as_str());
+                    StartFailure {
+                        with_cached_token: from_cache && access == Some(cached_token.as_str()),
+                        refused: matches!(e, HelixError::Unauthorized { .. }),
+                        message: redact(
+                            &e.to_string(),
+                            &[&secret, &cached_token, access.unwrap_or_default()],
+                        ),
+                        renewed: token.filter(|t| t.1).map(|t| t.0.clone()),
+                    }
                 };
                 let (token, renewed) = prepare_token(&c2, &cfg2, &secret, cached, &mut warnings)
                     .await
                     .map_err(|e| failed(e, None))?;
-                let access = Some(token.access_token.as_str());
+                let access = Some((&token, renewed));
                 let listed = c2
                     .get_conduits(&token.access_token)
                     .await
@@ -650,7 +656,17 @@ impl Worker {
             prepared = runtime::block_on_until_shutdown(attempt(None))
                 .ok_or_else(|| "shutting down".to_string())?;
         }
-        let (token, renewed, (conduit_id, created)) = prepared.map_err(|f| f.message)?;
+        let (token, renewed, (conduit_id, created)) = match prepared {
+            Ok(p) => p,
+            Err(f) => {
+                // a token minted (or validated) before the failure is kept,
+                // so that the next try does not mint another
+                if let Some(t) = f.renewed {
+                    in_transaction(|| db::save_token(&t))?;
+                }
+                return Err(f.message);
+            }
+        };
         if renewed {
             let t = token.clone();
             in_transaction(|| db::save_token(&t))?;
@@ -956,7 +972,8 @@ impl Worker {
         r.seen_token_refused = v.token_refused;
         if v.last_connect_error != r.seen_connect_error {
             if let Some(e) = &v.last_connect_error {
-                pgrx::log!("twitch_sync eventsub worker: {e}");
+                let secrets = [r.credentials.client_secret.as_str(), &r.token.access_token];
+                pgrx::log!("twitch_sync eventsub worker: {}", redact(e, &secrets));
             }
             r.seen_connect_error.clone_from(&v.last_connect_error);
         }

@@ -123,7 +123,7 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
     db.sim.add_fault(
         Fault::new(FaultKind::ErrorMessage {
             status: 401,
-            message: format!("token not accepted: Bearer {token}"),
+            message: "token not accepted: {authorization}".into(),
         })
         .on(Endpoint::EventSub),
     );
@@ -138,12 +138,25 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
         .unwrap()
         .get(0);
     assert!(status.contains("Bearer [redacted]"), "{status}");
+    // the token the retry minted is kept (the next try does not mint another
+    // for nothing), and no token shows anywhere
+    let kept: String = db
+        .client
+        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(kept, token, "the minted token is stored");
+    std::thread::sleep(Duration::from_secs(2)); // (a retry or two more)
+    let tokens = db.sim.tokens();
+    assert!(!tokens.is_empty());
     for (what, text) in [
         ("detail", detail),
         ("status()", status),
         ("the server log", db.cluster().log()),
     ] {
-        assert!(!text.contains(&token), "the token in {what}");
+        for t in tokens.iter().chain([&token, &kept]) {
+            assert!(!text.contains(t.as_str()), "a token in {what}");
+        }
     }
     db.sim.clear_faults();
     restart_until(&mut db, "connected once Twitch accepts it", |s, _| {

@@ -109,6 +109,27 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     assert_eq!(status.get::<_, Option<String>>(0).as_deref(), Some("ok"));
     assert_eq!(status.get::<_, i64>(1), 300);
 
+    // A sample written by hand at an infinite time (0.2.0 refuses them):
+    // the update stops with the fix, changing nothing; done, it goes through.
+    client
+        .batch_execute(
+            "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+             VALUES ('1', '1', 'infinity', 1)",
+        )
+        .unwrap();
+    let err = client
+        .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
+        .expect_err("an infinite sample stops the update");
+    assert_eq!(sqlstate(&err), "23514", "{}", error_text(&err));
+    assert!(
+        error_text(&err)
+            .contains("DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at)"),
+        "{}",
+        error_text(&err)
+    );
+    client
+        .batch_execute("DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at)")
+        .unwrap();
     client
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
         .expect("ALTER EXTENSION twitch_sync UPDATE");

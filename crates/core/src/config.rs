@@ -6,6 +6,8 @@ use std::time::Duration;
 pub const MAX_IDS_PER_REQUEST: usize = 100;
 /// Page size sent with every Get Streams request: Twitch's maximum (the default is 20).
 pub const PAGE_SIZE: usize = 100;
+/// Twitch's page size when `first` is not sent (or not heeded): 20.
+pub const DEFAULT_PAGE_SIZE: usize = 20;
 
 /// Defaults of the settings: the one source for the GUCs (src/gucs.rs) and
 /// for [`SyncConfig::default`]. Integers are the GUCs' own units.

@@ -4,7 +4,7 @@
 
 use crate::client::{StreamsQuery, TwitchClient, Validation};
 use crate::concurrency::{in_flight_limit, Protocol};
-use crate::config::{SyncConfig, PAGE_SIZE};
+use crate::config::{SyncConfig, DEFAULT_PAGE_SIZE, PAGE_SIZE};
 use crate::discovery::{merge_directory, walk_floor, DirectoryWalk, WalkEnd, WalkReport};
 use crate::error::{redact, HelixError};
 use crate::ratelimit::{Heard, RateLimitSnapshot, RateLimiter};
@@ -53,6 +53,9 @@ impl std::fmt::Debug for CachedToken {
     }
 }
 
+/// Pages an id batch may add to its first (see `fetch_batch`).
+pub const MAX_EXTRA_PAGES: u32 = 10;
+
 #[derive(Debug, Clone)]
 pub struct SyncInput {
     pub config: SyncConfig,
@@ -64,6 +67,41 @@ pub struct SyncInput {
     pub directories: Vec<DirectoryWalk>,
     /// The last `Ratelimit-*` headers seen, and when.
     pub rate_limit: Option<(RateLimitSnapshot, SystemTime)>,
+    /// The channels stored live when the pass began, given once they are
+    /// read (the extension reads them while the first requests are on the
+    /// wire). Default: not known.
+    pub live_before: LiveSet,
+}
+
+/// The channels stored live when a pass began, given to the pass once known
+/// ([`LiveSet::channel`]). An id batch asks for a further page only for
+/// these (see `fetch_batch`); not known ([`LiveSet::default`], or the sender
+/// dropped unset), it asks as if every unlisted channel were live.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSet(Option<tokio::sync::watch::Receiver<Option<Arc<HashSet<String>>>>>);
+
+impl LiveSet {
+    /// A set to be given later through the sender.
+    pub fn channel() -> (
+        tokio::sync::watch::Sender<Option<Arc<HashSet<String>>>>,
+        LiveSet,
+    ) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, LiveSet(Some(rx)))
+    }
+
+    /// A set known now.
+    pub fn known(live: HashSet<String>) -> LiveSet {
+        let (_, rx) = tokio::sync::watch::channel(Some(Arc::new(live)));
+        LiveSet(Some(rx))
+    }
+
+    /// The set, once given (None: not known).
+    async fn get(&self) -> Option<Arc<HashSet<String>>> {
+        let mut rx = self.0.clone()?;
+        let set = rx.wait_for(Option::is_some).await.ok()?.clone();
+        set
+    }
 }
 
 /// A batch whose request failed: its channels are left as they were.
@@ -208,6 +246,8 @@ struct Pass {
     directory_claims: Mutex<StreamClaims>,
     /// The channels this pass checks by id: directory entries about them are dropped.
     batch_ids: HashSet<String>,
+    /// The channels stored live when the pass began (SyncInput::live_before).
+    live_before: LiveSet,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -337,21 +377,52 @@ impl Pass {
         }
     }
 
-    /// A batch of up to 100 ids: one request, one page. Twitch's page holds
-    /// up to `first` = 100 streams and an id query lists at most one live
-    /// stream per asked broadcaster, so the page is the whole answer; a
-    /// cursor on it is not followed. (Twitch sends one even when nothing
-    /// follows, and calls that "expected and valid": twitchdev/issues#2.
-    /// Following it cost a request per batch for an empty page, twice what
-    /// the budget of adaptive polling counts on. twurple's
-    /// getStreamsByUserIds reads one page too.) The page is reduced to at
-    /// most one stream per asked broadcaster ([`BatchMerge`]), and an asked
-    /// channel it does not list is "not listed" (one miss;
-    /// `offline_after_misses` decides when it ends).
+    /// A batch of up to 100 ids: one request, and a further page only where
+    /// it can matter. Each page is folded into the batch's answer as it
+    /// arrives and dropped ([`BatchMerge`]): a batch holds at most one stream
+    /// per asked broadcaster, however many pages and entries Helix sends.
+    /// Twitch documents `first` (100 here) as a page's maximum, not a promise
+    /// that an id query fits one page, and puts a cursor on a last page too
+    /// (twitchdev/issues#2: "expected and valid"), so a cursor is followed
+    /// only while
+    /// - some asked channel stored live when the pass began has not been
+    ///   named by an entry yet (a missing live channel would count as a miss;
+    ///   a missing offline one changes nothing), or the page held exactly
+    ///   Twitch's default page size of entries (a server not heeding `first`
+    ///   pages by 20), and
+    /// - the last page named an asked broadcaster no earlier page did (an
+    ///   empty page, or a page of repeats or strangers, is no progress), and
+    /// - the cursor is new, and at most [`MAX_EXTRA_PAGES`] pages were added.
+    ///
+    /// So a further request costs one per batch in which a live channel went
+    /// unlisted (it ended, or Helix paged), not one per batch. The answer then
+    /// counts as complete: an asked channel no page listed is "not listed"
+    /// (one miss; `offline_after_misses` decides when it ends).
     async fn fetch_batch(&self, ids: &[String]) -> Result<MergedBatch, HelixError> {
         let mut merge = BatchMerge::new(ids);
-        let page = self.fetch_page(&StreamsQuery::Ids(ids), None).await?;
-        merge.add_page(page, &lock(&self.claims));
+        let mut seen_cursors = HashSet::new();
+        let mut after: Option<String> = None;
+        for page_no in 0..=MAX_EXTRA_PAGES {
+            let page = self
+                .fetch_page(&StreamsQuery::Ids(ids), after.as_deref())
+                .await?;
+            after = page
+                .cursor
+                .clone()
+                .filter(|c| seen_cursors.insert(c.clone()));
+            let default_sized = page.entries == DEFAULT_PAGE_SIZE;
+            let progress = merge.add_page(page, &lock(&self.claims));
+            if !progress || merge.all_named() || after.is_none() || page_no == MAX_EXTRA_PAGES {
+                break;
+            }
+            let missing_live = match self.live_before.get().await {
+                Some(live) => merge.misses_any_of(&live),
+                None => true,
+            };
+            if !missing_live && !default_sized {
+                break;
+            }
+        }
         // Under one lock, so that the first batch to finish with a stream id claims it whole.
         Ok(merge.finish(&mut lock(&self.claims)))
     }
@@ -364,7 +435,7 @@ impl Pass {
             game_id: &walk.game_id,
             language: walk.language.as_deref(),
         };
-        let mut pages: Vec<crate::streams::StreamsPage> = Vec::new();
+        let mut pages = Vec::new();
         let mut seen_cursors = HashSet::new();
         let mut after: Option<String> = None;
         let mut end = WalkEnd::Truncated;
@@ -391,19 +462,11 @@ impl Pass {
             }
             let empty = page.entries == 0;
             let cursor = page.cursor.clone();
-            // (a page before this one that held fewer entries than asked)
-            let after_short = pages.last().is_some_and(|p| p.entries < PAGE_SIZE);
             pages.push(page);
             match cursor {
-                // An empty last page (no cursor) ends the directory, unless a
-                // short page's cursor led to it: Twitch then lists fewer
-                // streams than there are, and the cursor leads nowhere
-                // (twitchdev/issues#240, #543): the walk saw no whole
-                // directory. An empty page with a cursor is a quirk.
-                None if empty && after_short => {
-                    end = WalkEnd::EmptyPage;
-                    break;
-                }
+                // An empty last page (no cursor) ends the directory (Twitch's
+                // cursor on a last page leads to one: twitchdev/issues#2); an
+                // empty page with a cursor is a quirk.
                 None if empty => {
                     end = WalkEnd::Complete;
                     break;
@@ -656,6 +719,7 @@ pub async fn sync_streaming(
         } else {
             input.broadcaster_ids.iter().cloned().collect()
         },
+        live_before: input.live_before.clone(),
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
     // Requests in flight: crate::concurrency has the rule. One goes alone until
@@ -894,6 +958,7 @@ mod panic_tests {
             broadcaster_ids: ids.clone(),
             rate_limit: None,
             directories: Vec::new(),
+            live_before: LiveSet::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let summary = tokio::runtime::Builder::new_current_thread()

@@ -28,8 +28,8 @@ pub mod streams;
 
 pub use config::SyncConfig;
 pub use engine::{
-    sync_streaming, BatchBuffer, BatchFailure, BatchResult, CachedToken, Credentials, PassSummary,
-    SyncInput,
+    sync_streaming, BatchBuffer, BatchFailure, BatchResult, CachedToken, Credentials, LiveSet,
+    PassSummary, SyncInput,
 };
 pub use error::HelixError;
 pub use report::{Applied, RunReport, RunStatus};

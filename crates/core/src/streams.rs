@@ -714,6 +714,8 @@ pub struct BatchMerge {
     kept: HashMap<String, LiveStream>,
     /// Stream id -> broadcaster of the streams in `kept`.
     kept_ids: HashMap<String, String>,
+    /// Asked broadcasters some entry named so far (a subset of `asked`).
+    named: HashSet<String>,
 }
 
 impl BatchMerge {
@@ -727,12 +729,16 @@ impl BatchMerge {
     }
 
     /// Folds one page in (see the type's rules), `claims` being the stream ids
-    /// other batches of this run have claimed so far.
-    pub fn add_page(&mut self, page: StreamsPage, claims: &StreamClaims) {
+    /// other batches of this run have claimed so far. Returns whether the page
+    /// named an asked broadcaster no earlier page had named: a page that did
+    /// not taught nothing a later page could need (see [`Self::all_named`]).
+    pub fn add_page(&mut self, page: StreamsPage, claims: &StreamClaims) -> bool {
         self.stats.add(&page.stats);
         self.unattributed += page.unattributed;
+        let mut news = false;
         for b in page.rejected_broadcasters {
             if self.asked_set.contains(&b) {
+                news |= self.named.insert(b.clone());
                 self.unknown.insert(b);
             }
         }
@@ -740,6 +746,10 @@ impl BatchMerge {
             if !self.asked_set.contains(&s.broadcaster_id) {
                 self.stats.bad.foreign_broadcaster += 1;
                 continue;
+            }
+            if !self.named.contains(&s.broadcaster_id) {
+                self.named.insert(s.broadcaster_id.clone());
+                news = true;
             }
             let owner = claims
                 .get(&s.stream_id)
@@ -768,6 +778,25 @@ impl BatchMerge {
                 }
             }
         }
+        news
+    }
+
+    /// Every asked broadcaster has been named by an entry (kept, duplicate,
+    /// conflicting or dropped for a bad stream id): Helix lists at most one live
+    /// stream per broadcaster asked by id, so later pages can only repeat or
+    /// contradict what is known.
+    pub fn all_named(&self) -> bool {
+        self.named.len() == self.asked_set.len()
+    }
+
+    /// Whether some asked broadcaster in `live` (stored live when the pass
+    /// began) has not been named by an entry yet: the one thing a further
+    /// page of an id query could change (a missing live channel counts as a
+    /// miss; an offline one missing changes nothing).
+    pub fn misses_any_of(&self, live: &HashSet<String>) -> bool {
+        self.asked
+            .iter()
+            .any(|b| live.contains(b) && !self.named.contains(b))
     }
 
     /// Streams held: at most one per asked broadcaster.

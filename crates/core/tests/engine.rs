@@ -5,9 +5,10 @@ mod common;
 
 use helix_sim::world::WorldConfig;
 use helix_sim::{Config, Endpoint, Fault, FaultKind, Simulator};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 use twitch_sync_core::{
-    sync_streaming, BatchBuffer, BatchResult, PassSummary, RunStatus, SyncInput,
+    sync_streaming, BatchBuffer, BatchResult, LiveSet, PassSummary, RunStatus, SyncInput,
 };
 
 fn start(channels: usize, live_fraction: f64, cfg: Config) -> Simulator {
@@ -393,33 +394,80 @@ fn flood_page(broadcaster: &str, first_id: u64, n: u64, extra: &[String], next: 
 }
 
 #[test]
-fn an_id_query_reads_one_page_whatever_cursor_it_carries() {
-    // Twitch's cursor on an id query's answer leads nowhere (twitchdev/issues#2):
-    // one request per batch, and the live streams are those of the page.
+fn an_id_query_follows_a_cursor_only_where_a_live_channel_went_unlisted() {
+    // Twitch puts a cursor on a last page too (twitchdev/issues#2).
     let sim = start(300, 0.5, Config::default());
     sim.add_fault(Fault::new(FaultKind::SurpriseCursor));
-    let Out {
-        summary, buffer, ..
-    } = run(input(&sim, 300));
-    assert_eq!(summary.status(), RunStatus::Ok);
-    assert_eq!(summary.helix_requests, 3, "one request per batch of 100");
+    let live: HashSet<String> = sim.world(|w| {
+        w.channels
+            .iter()
+            .filter(|c| c.live.is_some())
+            .map(|c| c.id.clone())
+            .collect()
+    });
+    let known = |live: &HashSet<String>| {
+        let mut i = input(&sim, 300);
+        i.live_before = LiveSet::known(live.clone());
+        i
+    };
+    // every channel stored live is listed: one request per batch
+    let out = run(known(&live));
+    assert_eq!(out.summary.status(), RunStatus::Ok);
+    assert_eq!(out.summary.helix_requests, 3, "one request per batch");
     assert_eq!(sim.counters().pages, 0, "no cursor followed");
-    let live = sim.world(|w| w.channels.iter().filter(|c| c.live.is_some()).count());
-    assert_eq!(buffer.live.len(), live);
-    assert_eq!(buffer.checked.len(), 300);
+    assert_eq!(out.buffer.live.len(), live.len());
+    // one of them ended since: its batch asks for the next page, once
+    let ended = live.iter().next().unwrap().clone();
+    sim.world(|w| w.go_offline(&ended));
+    sim.reset_counters();
+    let out = run(known(&live));
+    assert_eq!(
+        out.summary.helix_requests, 4,
+        "one more for the ended channel's batch"
+    );
+    assert_eq!(sim.counters().pages, 1);
+    assert!(out.buffer.checked.contains(&ended));
+    assert!(!out.buffer.live.iter().any(|s| s.broadcaster_id == ended));
+    assert_eq!(out.buffer.live.len(), live.len() - 1);
+    // the live set not known: every batch that leaves a channel out asks once more
+    sim.reset_counters();
+    let out = run(input(&sim, 300));
+    assert_eq!(out.summary.helix_requests, 6);
 
-    // A flood of 20,000 distinct stream ids for one asked broadcaster, with a
-    // cursor to more: the first listed is kept, nothing more is asked.
+    // A server that pages by Twitch's default of 20 whatever `first` asks:
+    // followed to the end, though nothing was stored live.
+    let sim = start(100, 1.0, Config::default());
+    sim.add_fault(Fault::new(FaultKind::PageCap { max: 20 }));
+    let mut i = input(&sim, 100);
+    i.live_before = LiveSet::known(HashSet::new());
+    let out = run(i);
+    assert_eq!(out.buffer.live.len(), 100);
+    assert_eq!(out.summary.helix_requests, 5);
+}
+
+#[test]
+fn an_id_query_stops_paging_once_a_page_names_nobody_new() {
+    // One batch is answered with page after page (each with a fresh cursor) of
+    // 20,000 distinct stream ids, all for one asked broadcaster: an id query
+    // lists at most one live stream per broadcaster, so the second page, which
+    // names no asked broadcaster the first did not, ends the answer.
     let sim = start(300, 0.0, Config::default());
     let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
     let f = &ids[100];
-    let body = flood_page(f, 800_000_000, 20_000, &[], &sim_cursor(1));
-    sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f));
+    for p in 0..11u64 {
+        let body = flood_page(f, 800_000_000 + p * 20_000, 20_000, &[], &sim_cursor(p + 1));
+        sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f).times(1));
+    }
     let Out {
         summary, buffer, ..
     } = run(input(&sim, 300));
     assert_eq!(summary.failures, vec![]);
-    assert_eq!(summary.helix_requests, 3);
+    assert_eq!(summary.status(), RunStatus::Ok);
+    assert_eq!(
+        summary.helix_requests,
+        3 + 1,
+        "two pages for the flooded batch"
+    );
     let live: Vec<(&str, &str)> = buffer
         .live
         .iter()
@@ -432,4 +480,18 @@ fn an_id_query_reads_one_page_whatever_cursor_it_carries() {
     );
     assert_eq!(buffer.checked.len(), 300);
     assert_eq!(summary.stats, Default::default(), "nothing dropped as bad");
+
+    // Every asked broadcaster listed: nothing more to learn, the cursor is not followed.
+    let sim = start(3, 0.0, Config::default());
+    let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+    let all: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!(r#"{{"id":"{}","user_id":"{b}"}}"#, 900 + i))
+        .collect();
+    let body = flood_page(&ids[0], 1, 0, &all, &sim_cursor(3));
+    sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(&ids[0]));
+    let out = run(input(&sim, 3));
+    assert_eq!(out.buffer.live.len(), 3);
+    assert_eq!(out.summary.helix_requests, 1);
 }

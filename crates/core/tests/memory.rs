@@ -1,5 +1,5 @@
 //! What a pass holds in memory is bounded by the channels it checks, not by
-//! what Helix sends: a batch answered with a page flooded with entries for its
+//! what Helix sends: a batch answered with page after page of entries for its
 //! broadcasters keeps one stream per broadcaster. Measured with a counting
 //! allocator (this test binary holds this one test, so nothing else allocates
 //! beside it but the simulator it talks to).
@@ -66,7 +66,7 @@ fn sim_cursor(offset: u64) -> String {
 const MIB: usize = 1024 * 1024;
 
 #[test]
-fn a_page_of_entries_for_asked_broadcasters_is_not_held() {
+fn pages_of_entries_for_asked_broadcasters_are_not_all_held() {
     let sim = Simulator::start(Config {
         world: WorldConfig {
             channels: 300,
@@ -77,21 +77,27 @@ fn a_page_of_entries_for_asked_broadcasters_is_not_held() {
     })
     .unwrap();
     let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
-    // The middle batch is answered with a page of 80,000 distinct stream ids
-    // for ids[100] (about 3.2 MB) and one stream of ids[101], with a cursor to
-    // more (not followed: an id batch is one page).
-    const K: u64 = 80_000;
+    // The middle batch is answered with 11 pages (the first and 10 more, the
+    // cap), each naming one more asked broadcaster (so paging goes on) and
+    // holding 40,000 distinct stream ids for ids[100] (about 1.6 MB a page).
+    const K: u64 = 40_000;
     let f = &ids[100];
-    let mut entries: Vec<String> = (0..K)
-        .map(|i| format!(r#"{{"id":"{}","user_id":"{f}"}}"#, 800_000_000 + i))
-        .collect();
-    entries.push(format!(r#"{{"id":"900","user_id":"{}"}}"#, ids[101]));
-    let body = format!(
-        r#"{{"data":[{}],"pagination":{{"cursor":"{}"}}}}"#,
-        entries.join(","),
-        sim_cursor(1)
-    );
-    sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f));
+    for p in 0..11u64 {
+        let mut entries: Vec<String> = (0..K)
+            .map(|i| format!(r#"{{"id":"{}","user_id":"{f}"}}"#, 800_000_000 + p * K + i))
+            .collect();
+        entries.push(format!(
+            r#"{{"id":"{}","user_id":"{}"}}"#,
+            900 + p,
+            ids[101 + p as usize]
+        ));
+        let body = format!(
+            r#"{{"data":[{}],"pagination":{{"cursor":"{}"}}}}"#,
+            entries.join(","),
+            sim_cursor(p + 1)
+        );
+        sim.add_fault(Fault::new(FaultKind::Body { body }).for_user(f).times(1));
+    }
     let input = common::sim_input(&sim, ids.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -107,22 +113,22 @@ fn a_page_of_entries_for_asked_broadcasters_is_not_held() {
         buffer.absorb(r);
     }
     println!(
-        "a page of {K} entries: {} requests, peak heap growth {:.1} MiB",
+        "11 pages x {K} entries: {} requests, peak heap growth {:.1} MiB",
         summary.helix_requests,
         peak as f64 / MIB as f64
     );
     assert_eq!(summary.failures, vec![]);
-    assert_eq!(summary.helix_requests, 3, "one request per batch");
+    assert_eq!(summary.helix_requests, 2 + 11, "every page was read");
     assert_eq!(buffer.checked.len(), 300);
-    // ids[100] (its first stream) and ids[101]
-    assert_eq!(buffer.live.len(), 2);
+    // ids[100] (its first stream) and the 11 broadcasters named one a page
+    assert_eq!(buffer.live.len(), 12);
     assert!(buffer
         .live
         .iter()
         .any(|s| s.broadcaster_id == *f && s.stream_id == "800000000"));
     assert_eq!(summary.stats, Default::default());
-    // One page's body and its parsed entries (about 32 MiB here; a body is
-    // at most 4 MiB), and one stream kept per asked broadcaster.
+    // Holding every page (440,000 parsed streams) and claiming every stream id
+    // took well over 100 MiB; one page at a time is its body and its parse.
     assert!(
         peak < 40 * MIB,
         "peak heap growth {:.1} MiB",

@@ -58,7 +58,12 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
             if status == 401 {
                 st.counters.unauthorized += 1;
             }
-            return Some(helix_error(status, &message));
+            // `{authorization}` echoes the request's header (as some servers do)
+            let auth = req.header("authorization").unwrap_or_default();
+            return Some(helix_error(
+                status,
+                &message.replace("{authorization}", auth),
+            ));
         }
         _ => {}
     }

@@ -106,7 +106,8 @@ pub enum Endpoint {
     Token,
     Validate,
     /// The EventSub REST endpoints (conduits, shards, subscriptions): only
-    /// `Status` and `ErrorMessage` faults, answered before authentication.
+    /// `Status` and `ErrorMessage` faults, answered before authentication
+    /// (`{authorization}` in a message echoes the request's header).
     EventSub,
     Any,
 }
@@ -147,7 +148,7 @@ pub enum FaultKind {
     /// Get Streams: every page's cursor points back to the first page.
     CursorLoop,
     /// Get Streams: a cursor on the last page too, leading to an empty page
-    /// (Twitch: "expected and valid", twitchdev/issues#2).
+    /// without one (Twitch: "expected and valid", twitchdev/issues#2).
     SurpriseCursor,
     /// Get Streams: each page starts with the last stream of the previous page.
     DuplicateAcrossPages,
@@ -692,7 +693,7 @@ impl State {
                 next = Some(end);
             }
             Some(FaultKind::CursorLoop) => next = Some(0),
-            Some(FaultKind::SurpriseCursor) => next = next.or(Some(end)),
+            Some(FaultKind::SurpriseCursor) if !data.is_empty() => next = next.or(Some(end)),
             Some(FaultKind::DuplicateAcrossPages) => next = next.map(|n| n.saturating_sub(1)),
             _ => {}
         }
@@ -968,6 +969,10 @@ impl Simulator {
     }
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
+    }
+    /// The tokens issued and still valid (to check that none leaks).
+    pub fn tokens(&self) -> Vec<String> {
+        self.shared.lock().tokens.keys().cloned().collect()
     }
     /// Makes every token issued so far invalid (401 on next use).
     pub fn expire_tokens(&self) {

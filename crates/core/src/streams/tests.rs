@@ -654,7 +654,7 @@ fn conflicts_and_duplicates_count_against_kept_streams() {
     // an earlier batch kept stream 10 for broadcaster 1
     merge_batch(&strs(&["1"]), vec![flood("1", 10, 1, Some(1))], &mut claims);
     let mut merge = BatchMerge::new(&strs(&["5", "6", "7", "8"]));
-    merge.add_page(
+    assert!(merge.add_page(
         StreamsPage {
             streams: vec![
                 stream("10", "5", Some(1)), // claimed by 1 in the run: conflict, 5 unknown
@@ -667,10 +667,11 @@ fn conflicts_and_duplicates_count_against_kept_streams() {
             ..Default::default()
         },
         &claims,
-    );
-    // a page of earlier-started streams of 6, and an empty one, change nothing
-    merge.add_page(flood("6", 500, 3, Some(0)), &claims);
-    merge.add_page(StreamsPage::default(), &claims);
+    ));
+    assert!(merge.all_named());
+    // a page naming nobody new makes no progress
+    assert!(!merge.add_page(flood("6", 500, 3, Some(0)), &claims));
+    assert!(!merge.add_page(StreamsPage::default(), &claims));
     // another batch claims 11 for someone else before this one finishes
     claims.insert("11".into(), "42".into());
     let m = merge.finish(&mut claims);

@@ -2,7 +2,7 @@
 //! running Helix simulator.
 
 use helix_sim::Simulator;
-use twitch_sync_core::{Credentials, SyncConfig, SyncInput};
+use twitch_sync_core::{Credentials, LiveSet, SyncConfig, SyncInput};
 
 /// A cold pass (no token, no rate-limit state, no directory walks) over
 /// `broadcaster_ids`, pointed at `sim` with its credentials.
@@ -21,5 +21,6 @@ pub fn sim_input(sim: &Simulator, broadcaster_ids: Vec<String>) -> SyncInput {
         broadcaster_ids,
         rate_limit: None,
         directories: Vec::new(),
+        live_before: LiveSet::default(),
     }
 }
