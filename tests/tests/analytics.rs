@@ -1958,23 +1958,33 @@ fn a_start_time_learned_later_rolls_up_the_earlier_day_again() {
     );
 }
 
+/// Broadcaster `bid` live with 60 viewers through the last hour of the day
+/// `days_ago` days back and into the next (samples 40 and 20 minutes apart
+/// before midnight, then every 10 minutes), rolled up with a one-hour gap
+/// limit (set for the session); the database and that day.
+fn an_hour_to_midnight_rolled_up_at_a_one_hour_gap(bid: &str, days_ago: i64) -> (TestDb, i64) {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let day = now_secs().div_euclid(DAY) - days_ago;
+    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let c = &mut db.client;
+    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 3600")
+        .unwrap();
+    let sid = format!("{bid}1");
+    for m in [-60, -20, 0, 10, 20, 30] {
+        send(c, at(m), &[live(bid, &sid, Some(60), Some(at(-60)))]);
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    (db, day)
+}
+
 /// After the gap limit is lowered, the dashboard does not read from the
 /// rollups a day the next `maintain()` recomputes (it looks back by the
 /// longer, old limit): the day reads the same before and after that call.
 /// (It read the old rollup, 1 hour, then 0.)
 #[test]
 fn the_dashboard_reads_no_day_maintain_recomputes_after_a_lowered_gap_limit() {
-    let mut db = TestDb::bare(world(1, 0.0));
-    let day = now_secs().div_euclid(DAY) - 2;
-    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let (mut db, day) = an_hour_to_midnight_rolled_up_at_a_one_hour_gap("601", 2);
     let c = &mut db.client;
-    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 3600")
-        .unwrap();
-    // 40 and 20 minutes apart before midnight, then every 10 minutes
-    for m in [-60, -20, 0, 10, 20, 30] {
-        send(c, at(m), &[live("601", "6011", Some(60), Some(at(-60)))]);
-    }
-    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
     assert_eq!(dashboard_hours(c, day), 60.0, "60 viewers for an hour");
     c.batch_execute("SET twitch_sync.max_sample_gap_secs = 600")
         .unwrap();
@@ -1998,17 +2008,8 @@ fn the_dashboard_reads_no_day_maintain_recomputes_after_a_lowered_gap_limit() {
 /// gives (as maintain() would have recomputed them), not the old ones.
 #[test]
 fn retention_after_a_lowered_gap_limit_rolls_up_the_day_first() {
-    let mut db = TestDb::bare(world(1, 0.0));
-    let day = now_secs().div_euclid(DAY) - 3;
-    let at = |m: i64| (day + 1) * DAY + m * 60; // minutes from the next midnight
+    let (mut db, day) = an_hour_to_midnight_rolled_up_at_a_one_hour_gap("602", 3);
     let c = &mut db.client;
-    c.batch_execute("SET twitch_sync.max_sample_gap_secs = 3600")
-        .unwrap();
-    // 40 and 20 minutes apart before midnight, then every 10 minutes
-    for m in [-60, -20, 0, 10, 20, 30] {
-        send(c, at(m), &[live("602", "6021", Some(60), Some(at(-60)))]);
-    }
-    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
     let hours = |c: &mut Client| -> f64 {
         c.query_one(
             "SELECT hours_watched::float8 FROM twitch_sync.channel_days

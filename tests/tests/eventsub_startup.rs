@@ -17,6 +17,13 @@ fn worker(c: &mut Client) -> Option<(String, Option<String>)> {
         .map(|r| (r.get(0), r.get(1)))
 }
 
+/// The cached app token.
+fn access_token(c: &mut Client) -> String {
+    c.query_one("SELECT access_token FROM twitch_sync.credentials", &[])
+        .unwrap()
+        .get(0)
+}
+
 /// status().eventsub's (channels_covered, channels_poll_only).
 fn coverage(c: &mut Client) -> (i64, i64) {
     let r = c
@@ -115,11 +122,7 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
 
     // a server that echoes the token in its 401 (as a proxy or stand-in
     // might): the token shows nowhere
-    let token: String = db
-        .client
-        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
-        .unwrap()
-        .get(0);
+    let token = access_token(&mut db.client);
     db.sim.add_fault(
         Fault::new(FaultKind::ErrorMessage {
             status: 401,
@@ -140,11 +143,7 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
     assert!(status.contains("Bearer [redacted]"), "{status}");
     // the token the retry minted is kept (the next try does not mint another
     // for nothing), and no token shows anywhere
-    let kept: String = db
-        .client
-        .query_one("SELECT access_token FROM twitch_sync.credentials", &[])
-        .unwrap()
-        .get(0);
+    let kept = access_token(&mut db.client);
     assert_ne!(kept, token, "the minted token is stored");
     std::thread::sleep(Duration::from_secs(2)); // (a retry or two more)
     let tokens = db.sim.tokens();

@@ -132,6 +132,21 @@ fn requests_are_exactly_ceil_n_over_100() {
     }
 }
 
+/// Ends the first live stream of the simulator's world; its channel's id.
+fn end_a_live_stream(db: &TestDb) -> String {
+    db.sim.world(|w| {
+        let id = w
+            .channels
+            .iter()
+            .find(|c| c.live.is_some())
+            .unwrap()
+            .id
+            .clone();
+        w.go_offline(&id);
+        id
+    })
+}
+
 /// Twitch puts a cursor on a last page too (twitchdev/issues#2): an id batch
 /// follows it only where a channel stored live went unlisted (one more
 /// request for that batch), and a cursor that loops is not followed forever;
@@ -149,17 +164,7 @@ fn an_id_batch_follows_a_cursor_only_where_a_live_channel_went_unlisted() {
         assert_eq!((c.streams_requests, c.pages), (3, 0), "run {run}: {doc}");
         db.assert_matches_world();
     }
-    let ended = db.sim.world(|w| {
-        let id = w
-            .channels
-            .iter()
-            .find(|c| c.live.is_some())
-            .unwrap()
-            .id
-            .clone();
-        w.go_offline(&id);
-        id
-    });
+    let ended = end_a_live_stream(&db);
     db.sim.reset_counters();
     let doc = db.run();
     assert_eq!(doc["ended"], 1, "{doc}");
@@ -175,16 +180,7 @@ fn an_id_batch_follows_a_cursor_only_where_a_live_channel_went_unlisted() {
 
     db.sim.clear_faults();
     db.sim.add_fault(Fault::new(FaultKind::CursorLoop));
-    db.sim.world(|w| {
-        let id = w
-            .channels
-            .iter()
-            .find(|c| c.live.is_some())
-            .unwrap()
-            .id
-            .clone();
-        w.go_offline(&id);
-    });
+    end_a_live_stream(&db);
     let doc = db.run();
     assert_eq!(doc["status"], "ok", "{doc}");
     db.assert_matches_world();
