@@ -120,6 +120,8 @@ struct Row {
     wall: f64,
     http: f64,
     db: f64,
+    /// Of `db`, reading (what to poll, the live set).
+    read: f64,
     /// Get Streams requests over all measured runs, and the runs measured.
     requests: u64,
     runs: u64,
@@ -190,6 +192,7 @@ fn measure(s: &Scenario) -> Row {
     };
     db.sim.reset_counters();
     let (mut walls, mut https, mut dbs, mut cpu_waits) = (vec![], vec![], vec![], vec![]);
+    let mut reads = vec![];
     let (mut channel_writes, mut changed) = (0i64, 0i64);
     for _ in 0..s.runs {
         std::thread::sleep(s.refill_between);
@@ -247,6 +250,7 @@ fn measure(s: &Scenario) -> Row {
         walls.push(wall);
         https.push(http_s);
         dbs.push(db_s);
+        reads.push(timing("read"));
     }
     // Cold runs each had their own backend: the warm-up's backend says nothing.
     let mem_growth_mib =
@@ -336,6 +340,7 @@ fn measure(s: &Scenario) -> Row {
         wall: median(walls),
         http: median(https),
         db: median(dbs),
+        read: median(reads),
         requests: counters.streams_requests,
         runs: s.runs as u64,
         min_requests,
@@ -460,7 +465,7 @@ fn main() {
         rows.push(measure(s));
     }
     println!(
-        "| scenario | run() wall | not in the database (HTTP, waits) | DB (read+apply) | requests / min | 429s | HTTP | TLS handshakes / run | max in flight | backend mem growth | vs old design | vs network/bucket floor | DB vs live-only floor | steady write alone vs floor | backend waiting for a CPU / run | channel rows written / changed channels per run | target |"
+        "| scenario | run() wall | not in the database (HTTP, waits) | DB (read+apply; read) | requests / min | 429s | HTTP | TLS handshakes / run | max in flight | backend mem growth | vs old design | vs network/bucket floor | DB vs live-only floor | steady write alone vs floor | backend waiting for a CPU / run | channel rows written / changed channels per run | target |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut all_ok = true;
@@ -497,11 +502,12 @@ fn main() {
             None => target,
         };
         println!(
-            "| {} | {:.0} ms | {:.0} ms | {:.1} ms | {} / {} | {} | {} | {:.1} | {} | {} | {:.0}x faster ({:.1} s) | {:.2}x ({:.0} ms) | {:.2}x ({:.1} ms) | {:.2}x ({:.1} ms) | {:.1} ms | {:.1} / {:.1} | {} |",
+            "| {} | {:.0} ms | {:.0} ms | {:.1} ms ({:.1}) | {} / {} | {} | {} | {:.1} | {} | {} | {:.0}x faster ({:.1} s) | {:.2}x ({:.0} ms) | {:.2}x ({:.1} ms) | {:.2}x ({:.1} ms) | {:.1} ms | {:.1} / {:.1} | {} |",
             r.name,
             r.wall * 1000.0,
             r.http * 1000.0,
             r.db * 1000.0,
+            r.read * 1000.0,
             r.requests as f64 / r.runs as f64,
             r.min_requests,
             r.rate_limited,
