@@ -2517,19 +2517,28 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
          WHERE m * p >= v * (1 - 1e-9)) END
 $$;
 
--- The range of the dashboard and its panels: a positive interval of at most
--- 3660 days (SQLSTATE 22023 otherwise). Returns it.
+-- The range of the dashboard and its panels, as the time it spans up to now
+-- in UTC (days and time: '1 month' back from 27 November is 31 days, and a
+-- month never counts as 30 days): a positive span of at most 3660 days
+-- (SQLSTATE 22023 otherwise). Returns the span.
 CREATE FUNCTION twitch_sync.dashboard_range("range" interval) RETURNS interval
-LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    now_utc timestamp := pg_catalog.now() AT TIME ZONE 'UTC';
+    span interval;
 BEGIN
-    IF dashboard_range.range IS NULL OR dashboard_range.range <= interval '0'
-       OR dashboard_range.range > interval '3660 days' THEN
+    BEGIN
+        span := now_utc - (now_utc - dashboard_range.range);
+    EXCEPTION WHEN datetime_field_overflow THEN
+        span := NULL;  -- (reaches before 4713 BC: refused below)
+    END;
+    IF span IS NULL OR span <= interval '0' OR span > interval '3660 days' THEN
         RAISE EXCEPTION 'invalid dashboard range: %', coalesce(dashboard_range.range::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass a positive interval of at most 3660 days (about ten years), such as ''24 hours'' or ''7 days'': '
                       || 'the page covers that much time up to now.';
     END IF;
-    RETURN dashboard_range.range;
+    RETURN span;
 END
 $$;
 
@@ -2598,15 +2607,22 @@ BEGIN
           FROM pg_catalog.generate_series(pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC'),
                                           pg_catalog.date_trunc('day', t1 AT TIME ZONE 'UTC'),
                                           interval '1 day') d
+    ), pieces AS (  -- each interval cut at UTC midnight: one row per day it touches
+        SELECT p.day::date AS day,
+               sum(seg.viewers * pg_catalog.date_part('epoch',
+                   least(seg.z, (p.day + interval '1 day') AT TIME ZONE 'UTC')
+                   - greatest(seg.a, p.day AT TIME ZONE 'UTC'))) AS viewer_seconds
+          FROM seg, pg_catalog.generate_series(pg_catalog.date_trunc('day', seg.a AT TIME ZONE 'UTC'),
+                                               pg_catalog.date_trunc('day', seg.z AT TIME ZONE 'UTC'),
+                                               interval '1 day') p(day)
+         WHERE seg.a < seg.z
+         GROUP BY 1
     )
     SELECT d.day_start::date,
-           pg_catalog.round(((coalesce(sum(seg.viewers * pg_catalog.date_part('epoch',
-                   least(seg.z, d.day_end AT TIME ZONE 'UTC') - greatest(seg.a, d.day_start AT TIME ZONE 'UTC'))),
-                0) / 3600) + coalesce(min(r.hours), 0))::numeric, 2)
+           pg_catalog.round((coalesce(p.viewer_seconds, 0) / 3600 + coalesce(r.hours, 0))::numeric, 2)
       FROM days d
-      LEFT JOIN seg ON seg.a < d.day_end AT TIME ZONE 'UTC' AND seg.z > d.day_start AT TIME ZONE 'UTC'
+      LEFT JOIN pieces p ON p.day = d.day_start::date
       LEFT JOIN rolled r ON r.day = d.day_start::date
-     GROUP BY d.day_start
      ORDER BY d.day_start;
 END
 $$;
@@ -2628,7 +2644,7 @@ DECLARE
     w CONSTANT float8 := 560;
     h CONSTANT float8 := 270;
     ml CONSTANT float8 := 80;
-    mr CONSTANT float8 := 16;
+    mr CONSTANT float8 := 30;  -- room for half the last tick label
     mt CONSTANT float8 := 14;
     mb CONSTANT float8 := 54;
     pw CONSTANT float8 := w - ml - mr;
@@ -2674,17 +2690,34 @@ BEGIN
                twitch_sync.dashboard_tick(v::numeric, decimals)), '' ORDER BY v)
       INTO grid
       FROM pg_catalog.generate_series(0::numeric, ymax::numeric, ystep::numeric) v;
-    -- x ticks: times of day, or dates at midnight and for steps of a day or more.
-    SELECT grid || coalesce(pg_catalog.string_agg(pg_catalog.format(
-               '<line x1="%1$s" x2="%1$s" y1="%2$s" y2="%3$s" class="tick"/><text x="%1$s" y="%4$s" text-anchor="middle">%5$s</text>',
-               pg_catalog.round((ml + (t::float8 - x0) / span * pw)::numeric, 1), mt + ph, mt + ph + 5, mt + ph + 20,
-               pg_catalog.to_char(pg_catalog.to_timestamp(lbl::float8) AT TIME ZONE 'UTC',
-                                  CASE WHEN xstep >= 86400 OR lbl::numeric % 86400 = 0 THEN 'MM-DD' ELSE 'HH24:MI' END)),
-               '' ORDER BY t), '')
-      INTO grid
-      FROM (SELECT g + CASE WHEN bar_secs >= 86400 THEN bar_secs / 2 ELSE 0 END AS t, g AS lbl
-              FROM pg_catalog.generate_series((pg_catalog.ceil(x0 / xstep) * xstep)::numeric, x1::numeric, xstep::numeric) g) ticks
-     WHERE t >= x0 AND t <= x1;
+    -- x ticks: times of day, or dates at midnight and for steps of a day or
+    -- more; over about two months, the first of every 1, 2, 3, 6, 12, 24 or
+    -- 60 months (at most 4: year-month labels are wide), labelled year-month.
+    IF span <= 5184000 THEN
+        SELECT grid || coalesce(pg_catalog.string_agg(pg_catalog.format(
+                   '<line x1="%1$s" x2="%1$s" y1="%2$s" y2="%3$s" class="tick"/><text x="%1$s" y="%4$s" text-anchor="middle">%5$s</text>',
+                   pg_catalog.round((ml + (t::float8 - x0) / span * pw)::numeric, 1), mt + ph, mt + ph + 5, mt + ph + 20,
+                   pg_catalog.to_char(pg_catalog.to_timestamp(lbl::float8) AT TIME ZONE 'UTC',
+                                      CASE WHEN xstep >= 86400 OR lbl::numeric % 86400 = 0 THEN 'MM-DD' ELSE 'HH24:MI' END)),
+                   '' ORDER BY t), '')
+          INTO grid
+          FROM (SELECT g + CASE WHEN bar_secs >= 86400 THEN bar_secs / 2 ELSE 0 END AS t, g AS lbl
+                  FROM pg_catalog.generate_series((pg_catalog.ceil(x0 / xstep) * xstep)::numeric, x1::numeric, xstep::numeric) g) ticks
+         WHERE t >= x0 AND t <= x1;
+    ELSE
+        SELECT grid || coalesce(pg_catalog.string_agg(pg_catalog.format(
+                   '<line x1="%1$s" x2="%1$s" y1="%2$s" y2="%3$s" class="tick"/><text x="%1$s" y="%4$s" text-anchor="middle">%5$s</text>',
+                   pg_catalog.round((ml + (pg_catalog.date_part('epoch', m AT TIME ZONE 'UTC') - x0) / span * pw)::numeric, 1),
+                   mt + ph, mt + ph + 5, mt + ph + 20, pg_catalog.to_char(m, 'YYYY-MM')), '' ORDER BY m), '')
+          INTO grid
+          FROM (SELECT min(k) AS k FROM unnest(ARRAY[1, 2, 3, 6, 12, 24, 60]) k
+                 WHERE span / (k * 2629800) <= 4) step,
+               pg_catalog.generate_series(
+                   pg_catalog.date_trunc('month', pg_catalog.to_timestamp(x0) AT TIME ZONE 'UTC'),
+                   pg_catalog.to_timestamp(x1) AT TIME ZONE 'UTC', interval '1 month') m
+         WHERE (pg_catalog.date_part('year', m) * 12 + pg_catalog.date_part('month', m) - 1)::integer % coalesce(step.k, 60) = 0
+           AND pg_catalog.date_part('epoch', m AT TIME ZONE 'UTC') BETWEEN x0 AND x1;
+    END IF;
 
     -- Bars and lines, in series order (later series drawn on top).
     SELECT coalesce(pg_catalog.string_agg(m, '' ORDER BY si), '') INTO marks
@@ -2724,10 +2757,13 @@ BEGIN
       INTO legend
       FROM pg_catalog.jsonb_array_elements(series) WITH ORDINALITY AS q(s, si);
 
+    -- (bars and lines are clipped to the plot: a bar of a bucket the range
+    -- cuts, or a line's dot at its edge, does not spill over the axes)
     RETURN pg_catalog.format(
         '<figure class="chart"><figcaption>%1$s</figcaption>'
         '<svg class="chart" viewBox="0 0 %2$s %3$s" role="img" aria-label="%1$s" preserveAspectRatio="xMidYMid meet">'
-        '%4$s%5$s'
+        '<defs><clipPath id="%16$s"><rect x="%6$s" y="0" width="%17$s" height="%8$s"/></clipPath></defs>'
+        '%4$s<g clip-path="url(#%16$s)">%5$s</g>'
         '<line x1="%6$s" x2="%6$s" y1="%7$s" y2="%8$s" class="axis"/><line x1="%6$s" x2="%9$s" y1="%8$s" y2="%8$s" class="axis"/>'
         '<text class="label" x="%10$s" y="%11$s" text-anchor="middle">%12$s</text>'
         '<text class="label" transform="translate(16 %13$s) rotate(-90)" text-anchor="middle">%14$s</text>'
@@ -2735,7 +2771,8 @@ BEGIN
         twitch_sync.html_escape(title), w, h, grid, marks,
         ml, mt, mt + ph, ml + pw,
         ml + pw / 2, h - 8, twitch_sync.html_escape(x_label),
-        mt + ph / 2, twitch_sync.html_escape(y_label), legend);
+        mt + ph / 2, twitch_sync.html_escape(y_label), legend,
+        'plot-' || pg_catalog.left(pg_catalog.md5(coalesce(title, '') || series::text), 12), pw);
 END
 $$;
 
@@ -2777,8 +2814,10 @@ DECLARE
     c4 text;
     c5 text;
 BEGIN
-    -- in UTC: the same length whatever the session's TimeZone
-    t0 := (t1 AT TIME ZONE 'UTC' - twitch_sync.dashboard_range(dashboard.range)) AT TIME ZONE 'UTC';
+    -- in UTC: the same length whatever the session's TimeZone (and labelled
+    -- as the span it is)
+    dashboard.range := twitch_sync.dashboard_range(dashboard.range);
+    t0 := (t1 AT TIME ZONE 'UTC' - dashboard.range) AT TIME ZONE 'UTC';
     span := pg_catalog.date_part('epoch', t1 - t0);
     -- run histogram bars: a round width giving at most 60 bars
     SELECT coalesce(min(c), pg_catalog.ceil(span / 60 / 86400) * 86400) INTO bucket
@@ -2827,7 +2866,7 @@ BEGIN
         'th,td{padding:6px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}'
         'th{font-size:12px;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}'
         '.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}'
-        'td.title{overflow-wrap:anywhere;max-width:420px}'
+        'td.cat,td.title{overflow-wrap:anywhere}td.title{max-width:420px}'
         '.badge{display:inline-block;padding:0 8px;border-radius:10px;font-weight:600;font-size:12px}'
         '.ok{background:#dcfce7;color:#166534}.partial{background:#fef3c7;color:#92400e}'
         '.failed{background:#fee2e2;color:#991b1b}.skipped,.none{background:#eef0f3;color:#374151}'
@@ -2979,7 +3018,7 @@ BEGIN
 
     -- Live now: the biggest streams.
     SELECT coalesce(pg_catalog.string_agg(pg_catalog.format(
-               '<tr><td class="num rank">%s</td><td>%s</td><td class="num"%s>%s</td><td class="num">%s</td><td>%s</td><td class="title">%s</td></tr>',
+               '<tr><td class="num rank">%s</td><td>%s</td><td class="num"%s>%s</td><td class="num">%s</td><td class="cat">%s</td><td class="title">%s</td></tr>',
                n, coalesce(twitch_sync.html_escape(l.login), twitch_sync.html_escape(l.broadcaster_id)),
                CASE WHEN n = 1 THEN ' id="top-viewers"' ELSE '' END,
                twitch_sync.dashboard_num(l.viewer_count), twitch_sync.dashboard_span(t1 - l.started_at),

@@ -593,7 +593,13 @@ fn hours_watched_per_day_from_samples() {
         "one row per UTC day in the range: {days}"
     );
     // a range the dashboard refuses is refused here too, not an empty answer
-    for bad in ["-1 day", "0 seconds", "11 years"] {
+    for bad in [
+        "-1 day",
+        "0 seconds",
+        "11 years",
+        "121 months",
+        "1000000 years",
+    ] {
         tx.batch_execute("SAVEPOINT bad_range").unwrap();
         let e = tx
             .query(
@@ -623,6 +629,55 @@ fn hours_watched_per_day_from_samples() {
     let want = want + 3.0 * 200.0 * 10.0 / 60.0;
     assert!((total - want).abs() < 0.02, "{total} hours, want {want}");
     tx.rollback().unwrap();
+}
+
+/// A range is the span it covers up to now (a month is not 30 days), and
+/// that span is what the page says and what the limit applies to; a chart
+/// over a year is labelled by month, with its bars clipped to the plot.
+#[test]
+fn ranges_are_spans_and_long_charts_are_labelled_by_month() {
+    let mut db = TestDb::new(world(10, 0.5));
+    let row = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.dashboard_range('1 month')
+                      = (now() AT TIME ZONE 'UTC') - ((now() AT TIME ZONE 'UTC') - interval '1 month'),
+                    extract(month FROM twitch_sync.dashboard_range('1 month'))::int8,
+                    twitch_sync.dashboard_range('1 month -30 days 1 hour') < interval '2 days'",
+            &[],
+        )
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the span up to now");
+    assert_eq!(row.get::<_, i64>(1), 0, "in days and time");
+    assert!(row.get::<_, bool>(2));
+    let chart: String = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.dashboard_chart('runs', 'time', 'n', now() - interval '365 days', now(),
+                        jsonb_build_array(jsonb_build_object('name', 'ok', 'kind', 'bar', 'color', '#16a34a',
+                            'points', jsonb_build_array(
+                                jsonb_build_array(extract(epoch FROM now() - interval '368 days'), 5, 0),
+                                jsonb_build_array(extract(epoch FROM now() - interval '2 days'), 3, 0)))),
+                        true, 604800)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let labels: Vec<&str> = chart
+        .split("text-anchor=\"middle\">")
+        .skip(1)
+        .map(|t| t.split('<').next().unwrap_or_default())
+        .filter(|t| t.len() == 7 && t.as_bytes()[4] == b'-')
+        .collect();
+    assert!(
+        (2..=4).contains(&labels.len()),
+        "year-month ticks: {labels:?}\n{chart}"
+    );
+    assert!(labels.windows(2).all(|w| w[0] < w[1]), "{labels:?}");
+    assert!(
+        chart.contains("<g clip-path=\"url(#plot-"),
+        "bars are clipped to the plot: {chart}"
+    );
 }
 
 /// Expands Grafana's PostgreSQL macros as Grafana does.
