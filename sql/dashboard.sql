@@ -665,7 +665,9 @@ BEGIN
         c5 := twitch_sync.dashboard_chart('Hours watched per day', 'day (UTC)', 'hours watched',
                   day0::timestamp AT TIME ZONE 'UTC', day1::timestamp AT TIME ZONE 'UTC', series, false, 86400);
     ELSE
-        c5 := '<p class="empty">No hours watched yet: it takes two samples of a stream.</p>';
+        c5 := pg_catalog.format('<p class="empty">No hours watched in the last %s, to two decimals '
+                                '(a stream counts from its second sample).</p>',
+                                twitch_sync.dashboard_span(dashboard.range));
     END IF;
     trends := '<section id="trends"><h2>Trends</h2><div class="grid"><div class="card">' || c4
            || '</div><div class="card">' || c5 || '</div></div></section>';
