@@ -2603,7 +2603,7 @@ BEGIN
          WHERE c.day >= (r0 AT TIME ZONE 'UTC')::date AND c.day < (r1 AT TIME ZONE 'UTC')::date
          GROUP BY c.day
     ), days AS (
-        SELECT d AS day_start, d + interval '1 day' AS day_end
+        SELECT d AS day_start
           FROM pg_catalog.generate_series(pg_catalog.date_trunc('day', t0 AT TIME ZONE 'UTC'),
                                           pg_catalog.date_trunc('day', t1 AT TIME ZONE 'UTC'),
                                           interval '1 day') d
