@@ -298,7 +298,7 @@ fn plan_checks(
         .rate_limit
         .as_ref()
         .map_or(DOCUMENTED_BUCKET_LIMIT, |(s, _)| s.limit.max(1));
-    let budget = policy.budget_requests(bucket);
+    let budget = policy.budget_requests(bucket, input.run_period);
     let walks = discovery::plan_walks(categories, Some(budget));
     // Live channels the walks will most likely list again are left to them.
     let covered = discovery::covered_by_walks(
@@ -328,6 +328,7 @@ fn plan_checks(
     state.broadcaster_ids = chosen.clone();
     let report = PollingReport {
         budget_requests: budget,
+        period_secs: input.run_period,
         due: plan.due,
         chosen: chosen.len(),
         classes: adaptive::staleness(policy, &input.channels, input.now),

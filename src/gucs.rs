@@ -266,7 +266,7 @@ pub fn init() {
     }
     GucRegistry::define_float_guc(
         c"twitch_sync.poll_budget_share",
-        c"Adaptive polling: the share of the rate-limit bucket one run may spend.",
+        c"Adaptive polling: the share of the rate-limit bucket one run may spend, of what it refills since the previous run.",
         c"The rest is left for other apps on the same client id.",
         &POLL_BUDGET_SHARE,
         0.0,

@@ -143,9 +143,11 @@ fn main() {
     // default policy (hot 60 s, live 120 s, offline 600 s, 95% of the bucket).
     // (an argument overrides A's budget in requests, to find its margin)
     let p = PollPolicy::default();
-    let budget = std::env::args().nth(1).map_or(p.budget_requests(800), |b| {
-        b.parse().expect("a budget in requests")
-    });
+    let budget = std::env::args()
+        .nth(1)
+        .map_or(p.budget_requests(800, 60.0), |b| {
+            b.parse().expect("a budget in requests")
+        });
     let a = simulate(&p, 500_000, 50_000, budget, 24 * 60, 60);
     let ok_a = print(
         "A. 500,000 tracked / 50,000 live, 800 points/min, default policy, 24 simulated hours (measured after the first)",
@@ -166,7 +168,7 @@ fn main() {
         budget_share: 100.0 / 800.0,
         ..PollPolicy::default()
     };
-    let budget = p.budget_requests(800);
+    let budget = p.budget_requests(800, 60.0);
     let b = simulate(&p, 100_000, 20_000, budget, 24 * 60, 120);
     let ok_b = print(
         "B. 100,000 / 20,000 on fixed 10-minute polling's budget (100 requests a minute): hot 60 s, live 300 s, offline 1,200 s",

@@ -21,6 +21,7 @@
 //! clocks.
 
 use crate::config::defaults;
+use crate::ratelimit::DOCUMENTED_PERIOD_SECS as BUCKET_REFILL_SECS;
 use serde::Serialize;
 
 /// A channel's polling class.
@@ -115,9 +116,15 @@ impl PollPolicy {
         base.max(1.0) / (1.0 + f64::from(priority.min(10)))
     }
 
-    /// Requests one run may send: the budget share of the bucket (at least one).
-    pub fn budget_requests(&self, bucket_limit: u32) -> usize {
-        ((f64::from(bucket_limit) * self.budget_share.clamp(0.0, 1.0)).floor() as usize).max(1)
+    /// Requests one run may send (at least one): the budget share of what the
+    /// bucket refills in `run_period` seconds. Twitch refills the bucket's
+    /// limit over a minute, so runs a minute or more apart may each spend the
+    /// share of the whole bucket, and runs 30 s apart half of it each: runs
+    /// closer than a minute together never spend more than the share of the
+    /// bucket a minute, and the rest stays with other apps on the client id.
+    pub fn budget_requests(&self, bucket_limit: u32, run_period: f64) -> usize {
+        let refilled = f64::from(bucket_limit) * (run_period / BUCKET_REFILL_SECS).clamp(0.0, 1.0);
+        ((refilled * self.budget_share.clamp(0.0, 1.0)).floor() as usize).max(1)
     }
 }
 
@@ -317,8 +324,12 @@ pub struct ClassStaleness {
 /// it was when the run began, before its checks.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PollingReport {
-    /// Requests this run could spend (the budget share of the bucket).
+    /// Requests this run could spend (the budget share of what the bucket
+    /// refills in `period_secs`, at most of the whole bucket).
     pub budget_requests: usize,
+    /// Seconds since the previous run began (60 for the first run), as the
+    /// budget and the due times reckon the run period.
+    pub period_secs: f64,
     pub due: usize,
     /// Channels chosen: the due ones within the budget, and any checked
     /// before they are due to keep the runs ahead within it (so it may
@@ -397,8 +408,19 @@ mod tests {
         assert_eq!(p.interval(PollClass::Offline, 0), 600.0);
         assert_eq!(p.interval(PollClass::Offline, 1), 300.0);
         assert_eq!(p.interval(PollClass::Hot, 0), 60.0);
-        assert_eq!(p.budget_requests(800), 760);
-        assert_eq!(p.budget_requests(0), 1);
+        assert_eq!(p.budget_requests(800, 60.0), 760);
+        assert_eq!(
+            p.budget_requests(800, 600.0),
+            760,
+            "the bucket holds a minute's refill"
+        );
+        assert_eq!(
+            p.budget_requests(800, 30.0),
+            380,
+            "runs 30 s apart: half a minute's refill each"
+        );
+        assert_eq!(p.budget_requests(800, 1.0), 12);
+        assert_eq!(p.budget_requests(0, 60.0), 1);
     }
 
     #[test]

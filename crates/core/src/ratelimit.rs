@@ -51,9 +51,9 @@ impl RateLimitSnapshot {
     }
 }
 
-/// Twitch documents its bucket as refilling over a minute; used only until
-/// headers tell better.
-const DOCUMENTED_PERIOD_SECS: f64 = 60.0;
+/// Twitch documents its bucket as refilling over a minute; the limiter uses it
+/// only until headers tell better.
+pub const DOCUMENTED_PERIOD_SECS: f64 = 60.0;
 /// Refill estimates are already slow by construction (send time, rounded-down
 /// remaining, rounded-up reset); this shades them a little more for clock jitter.
 const SAFETY: f64 = 0.99;
