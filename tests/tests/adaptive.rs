@@ -123,7 +123,7 @@ fn a_run_checks_what_is_due_most_overdue_first_within_the_budget() {
     // one (seconds apart), as the run reports it.
     let period = third["polling"]["period_secs"].as_f64().unwrap();
     let budget = (800.0 * 0.9 * (period / 60.0).min(1.0)).floor().max(1.0);
-    assert!(period >= 1.0 && period < 60.0, "{third}");
+    assert!((1.0..60.0).contains(&period), "{third}");
     assert_eq!(
         third["polling"]["budget_requests"], budget as i64,
         "{third}"
