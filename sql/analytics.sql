@@ -114,8 +114,8 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
--- The rollup lock ('twit', 2 as an advisory lock pair; its key is written
--- only here). maintain() holds it alone (waiting for it); a writer of
+-- The rollup lock (a row lock on twitch_sync.locks' 'rollups' row, taken
+-- only here: shared is FOR KEY SHARE, alone is FOR UPDATE). maintain() holds it alone (waiting for it); a writer of
 -- samples, or of airtime on a past day, holds it shared from its stale check
 -- (mark_rollups_stale) to its commit. So maintain() waits for the writers in
 -- flight before it reads what to roll up, and a writer that comes while
@@ -131,11 +131,12 @@ CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean, wait boolean DEFAULT 
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT exclusive THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR KEY SHARE;
     ELSIF wait THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE;
     ELSE
-        RETURN pg_catalog.pg_try_advisory_xact_lock(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE SKIP LOCKED;
+        RETURN FOUND;
     END IF;
     RETURN true;
 END

@@ -120,7 +120,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         UNION ALL SELECT * FROM (
             SELECT 'twitch_sync_eventsub_subscriptions', 'gauge',
                    CASE WHEN row_number() OVER (ORDER BY x.key) = 1 THEN 'EventSub subscriptions by status.' END,
-                   'status="' || replace(x.key, '"', '') || '"', x.value::float8
+                   -- a status is Twitch's text: escaped as the text format's label values are
+                   'status="' || replace(replace(replace(x.key, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') || '"',
+                   x.value::float8
               FROM es, LATERAL jsonb_each_text(e -> 'subscriptions') x ORDER BY x.key) subscriptions
         UNION ALL SELECT 'twitch_sync_eventsub_cost', 'gauge', 'EventSub total_cost of the client, last answer.', NULL,
                (SELECT (e ->> 'total_cost')::float8 FROM es)

@@ -42,22 +42,24 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
--- The run lock: one run() per database at a time. Its key ('twit', 1 as an
--- advisory lock pair) is written only here. Transaction-level: it ends with the
--- run's transaction, however the backend ends, so it cannot be orphaned.
+-- The run lock: one run() per database at a time, a row lock on
+-- twitch_sync.locks' 'run' row (see there), taken only here.
+-- Transaction-level: it ends with the run's transaction, however the backend
+-- ends, so it cannot be orphaned.
 CREATE FUNCTION twitch_sync.try_run_lock() RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.pg_try_advisory_xact_lock(1953720692, 1)
+    SELECT pg_catalog.count(*) = 1
+      FROM (SELECT 1 FROM twitch_sync.locks l WHERE l.name = 'run' FOR UPDATE SKIP LOCKED) locked
 $$;
 
--- The backend holding the run lock in this database, or NULL.
+-- The backend holding the run lock in this database, or NULL: the row's
+-- locker (its xmax) while that transaction is in progress (it holds the lock
+-- on its own transaction id, which pg_locks shows to every role).
 CREATE FUNCTION twitch_sync.run_lock_holder() RETURNS integer
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT l.pid FROM pg_catalog.pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted
-       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                          WHERE d.datname = pg_catalog.current_database())
-       AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2
+    SELECT h.pid FROM twitch_sync.locks l, pg_catalog.pg_locks h
+     WHERE l.name = 'run' AND h.locktype = 'transactionid' AND h.granted
+       AND h.mode = 'ExclusiveLock' AND h.transactionid OPERATOR(pg_catalog.=) l.xmax
      LIMIT 1
 $$;
 

@@ -348,8 +348,20 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
--- The rollup lock ('twit', 2 as an advisory lock pair; its key is written
--- only here). maintain() holds it alone (waiting for it); a writer of
+-- The run lock and the rollup lock are row locks on these two rows
+-- (twitch_sync.try_run_lock, twitch_sync.rollup_lock). Not advisory locks:
+-- any role that can connect may take any advisory key, and one holding
+-- twitch_sync's would skip every run or hold run() and maintain() waiting.
+-- Locking a row here takes UPDATE on this table, which no role has but the
+-- extension's owner. Row locks are transaction-level too: they end with the
+-- transaction, however its backend ends.
+CREATE TABLE twitch_sync.locks (
+    name text PRIMARY KEY CHECK (name IN ('run', 'rollups'))
+);
+INSERT INTO twitch_sync.locks (name) VALUES ('run'), ('rollups');
+
+-- The rollup lock (a row lock on twitch_sync.locks' 'rollups' row, taken
+-- only here: shared is FOR KEY SHARE, alone is FOR UPDATE). maintain() holds it alone (waiting for it); a writer of
 -- samples, or of airtime on a past day, holds it shared from its stale check
 -- (mark_rollups_stale) to its commit. So maintain() waits for the writers in
 -- flight before it reads what to roll up, and a writer that comes while
@@ -365,11 +377,12 @@ CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean, wait boolean DEFAULT 
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT exclusive THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock_shared(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR KEY SHARE;
     ELSIF wait THEN
-        PERFORM pg_catalog.pg_advisory_xact_lock(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE;
     ELSE
-        RETURN pg_catalog.pg_try_advisory_xact_lock(1953720692, 2);
+        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE SKIP LOCKED;
+        RETURN FOUND;
     END IF;
     RETURN true;
 END
@@ -2203,22 +2216,24 @@ END
 $$;
 
 
--- The run lock: one run() per database at a time. Its key ('twit', 1 as an
--- advisory lock pair) is written only here. Transaction-level: it ends with the
--- run's transaction, however the backend ends, so it cannot be orphaned.
+-- The run lock: one run() per database at a time, a row lock on
+-- twitch_sync.locks' 'run' row (see there), taken only here.
+-- Transaction-level: it ends with the run's transaction, however the backend
+-- ends, so it cannot be orphaned.
 CREATE FUNCTION twitch_sync.try_run_lock() RETURNS boolean
 LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.pg_try_advisory_xact_lock(1953720692, 1)
+    SELECT pg_catalog.count(*) = 1
+      FROM (SELECT 1 FROM twitch_sync.locks l WHERE l.name = 'run' FOR UPDATE SKIP LOCKED) locked
 $$;
 
--- The backend holding the run lock in this database, or NULL.
+-- The backend holding the run lock in this database, or NULL: the row's
+-- locker (its xmax) while that transaction is in progress (it holds the lock
+-- on its own transaction id, which pg_locks shows to every role).
 CREATE FUNCTION twitch_sync.run_lock_holder() RETURNS integer
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT l.pid FROM pg_catalog.pg_locks l
-     WHERE l.locktype = 'advisory' AND l.granted
-       AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                          WHERE d.datname = pg_catalog.current_database())
-       AND l.classid = 1953720692 AND l.objid = 1 AND l.objsubid = 2
+    SELECT h.pid FROM twitch_sync.locks l, pg_catalog.pg_locks h
+     WHERE l.name = 'run' AND h.locktype = 'transactionid' AND h.granted
+       AND h.mode = 'ExclusiveLock' AND h.transactionid OPERATOR(pg_catalog.=) l.xmax
      LIMIT 1
 $$;
 
@@ -3528,7 +3543,9 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         UNION ALL SELECT * FROM (
             SELECT 'twitch_sync_eventsub_subscriptions', 'gauge',
                    CASE WHEN row_number() OVER (ORDER BY x.key) = 1 THEN 'EventSub subscriptions by status.' END,
-                   'status="' || replace(x.key, '"', '') || '"', x.value::float8
+                   -- a status is Twitch's text: escaped as the text format's label values are
+                   'status="' || replace(replace(replace(x.key, E'\\', E'\\\\'), '"', E'\\"'), E'\n', E'\\n') || '"',
+                   x.value::float8
               FROM es, LATERAL jsonb_each_text(e -> 'subscriptions') x ORDER BY x.key) subscriptions
         UNION ALL SELECT 'twitch_sync_eventsub_cost', 'gauge', 'EventSub total_cost of the client, last answer.', NULL,
                (SELECT (e ->> 'total_cost')::float8 FROM es)

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
 use twitch_sync_core::config::{load_ca_file, validate_base_url, MAX_IDS_PER_REQUEST};
 use twitch_sync_core::discovery::{self, Category, DiscoveryReport, WalkPlan};
-use twitch_sync_core::engine::{BatchFailure, DirectoryResult};
+use twitch_sync_core::engine::{BatchFailure, Credentials, DirectoryResult};
 use twitch_sync_core::ratelimit::DOCUMENTED_BUCKET_LIMIT;
 use twitch_sync_core::report::{remaining, Pruned, Timings, SKIPPED_ERROR};
 use twitch_sync_core::{
@@ -249,6 +249,8 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     db::ensure_sample_partitions()?;
     let policy = gucs::poll_policy();
     let mut state = db::read_state(policy.is_none())?;
+    // The credentials a token minted by this run belongs to (finish).
+    let minted_for = state.credentials.clone();
     let categories = db::read_categories()?;
     let (polling, walks, tracked) = match policy {
         Some(policy) => {
@@ -276,6 +278,7 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     finish(
         started_at,
         clock,
+        &minted_for,
         outcome,
         written,
         polling,
@@ -448,6 +451,7 @@ fn stream_and_apply(
 fn finish(
     started_at: SystemTime,
     clock: Instant,
+    minted_for: &Credentials,
     mut outcome: PassSummary,
     mut written: Written,
     polling: Option<(PollingReport, Vec<String>)>,
@@ -463,7 +467,7 @@ fn finish(
     outcome.unknown = written.unknown_ids.len();
     if outcome.token_changed {
         if let Some(t) = &outcome.token {
-            db::save_token(t)?;
+            db::save_token(t, minted_for)?;
         }
     }
     if let Some(s) = &outcome.rate_limit {

@@ -252,15 +252,22 @@ pub fn read_state(channels: bool) -> Result<DbState, SyncError> {
     })
 }
 
-pub fn save_token(token: &CachedToken) -> Result<(), SyncError> {
+/// Caches `token`, minted or validated with `credentials`, unless
+/// set_credentials() replaced those meanwhile (it drops the cached token; a
+/// token of the old client id would then be sent with the new one, and
+/// Twitch answers 401 to that pair).
+pub fn save_token(token: &CachedToken, credentials: &Credentials) -> Result<(), SyncError> {
     Spi::run_with_args(
         "UPDATE twitch_sync.credentials
             SET access_token = $1, token_expires_at = pg_catalog.to_timestamp($2),
-                token_validated_at = pg_catalog.to_timestamp($3)",
+                token_validated_at = pg_catalog.to_timestamp($3)
+          WHERE client_id = $4 AND client_secret = $5",
         &[
             token.access_token.clone().into(),
             epoch(token.expires_at).into(),
             token.validated_at.map(epoch).into(),
+            credentials.client_id.clone().into(),
+            credentials.client_secret.clone().into(),
         ],
     )
     .map_err(internal)

@@ -176,8 +176,11 @@ fn epoch(t: SystemTime) -> f64 {
 /// a [`SyncError`]) rolls the transaction back and comes back as its
 /// message: one bad event or answer never stops the worker.
 fn in_transaction<R>(f: impl FnOnce() -> Result<R, SyncError>) -> Result<R, String> {
-    // SAFETY: the transaction calls a background worker makes between statements.
+    // SAFETY: the transaction calls a background worker makes between
+    // statements. A cancel that came before the transaction began (while the
+    // worker waited on the network) is not one for it: dropped, as in wait().
     unsafe {
+        pg_sys::QueryCancelPending = 0;
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
@@ -382,29 +385,37 @@ impl Worker {
     /// Waits for the latch, an event, or the next tick; false once the worker
     /// must stop (SIGTERM, or the postmaster died).
     fn wait(&self) -> bool {
-        let Some(wake) = &self.wake else {
-            return BackgroundWorker::wait_latch(Some(TICK_WITHOUT_PIPE));
+        let mut events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_POSTMASTER_DEATH)
+            as libc::c_int;
+        let (socket, tick) = match &self.wake {
+            Some(wake) => {
+                events |= pg_sys::WL_SOCKET_READABLE as libc::c_int;
+                (wake.read.as_raw_fd(), TICK)
+            }
+            None => (-1, TICK_WITHOUT_PIPE),
         };
-        let events = (pg_sys::WL_LATCH_SET
-            | pg_sys::WL_TIMEOUT
-            | pg_sys::WL_POSTMASTER_DEATH
-            | pg_sys::WL_SOCKET_READABLE) as libc::c_int;
         // SAFETY: the main thread of a background worker, on its own latch and a
         // descriptor it owns; the latch is reset before the interrupt check, as
-        // BackgroundWorker::wait_latch does.
+        // BackgroundWorker::wait_latch does. A query cancel (pg_cancel_backend)
+        // has no query to cancel between the worker's transactions: it is
+        // dropped, not raised as an ERROR that would end the worker (a cancel
+        // during a transaction rolls that one back: in_transaction).
         let woke = unsafe {
             let woke = pg_sys::WaitLatchOrSocket(
                 pg_sys::MyLatch,
                 events,
-                wake.read.as_raw_fd(),
-                TICK.as_millis() as libc::c_long,
+                socket,
+                tick.as_millis() as libc::c_long,
                 pg_sys::PG_WAIT_EXTENSION,
             );
             pg_sys::ResetLatch(pg_sys::MyLatch);
+            pg_sys::QueryCancelPending = 0;
             woke
         };
         pg_sys::check_for_interrupts!();
-        wake.drain();
+        if let Some(wake) = &self.wake {
+            wake.drain();
+        }
         !BackgroundWorker::sigterm_received()
             && woke & pg_sys::WL_POSTMASTER_DEATH as libc::c_int == 0
     }
@@ -662,14 +673,14 @@ impl Worker {
                 // a token minted (or validated) before the failure is kept,
                 // so that the next try does not mint another
                 if let Some(t) = f.renewed {
-                    in_transaction(|| db::save_token(&t))?;
+                    in_transaction(|| db::save_token(&t, &credentials))?;
                 }
                 return Err(f.message);
             }
         };
         if renewed {
             let t = token.clone();
-            in_transaction(|| db::save_token(&t))?;
+            in_transaction(|| db::save_token(&t, &credentials))?;
         }
         if created {
             let (client_id, cid) = (credentials.client_id.clone(), conduit_id.clone());
@@ -833,7 +844,8 @@ impl Worker {
             if let Some(o) = self.orphan.as_mut() {
                 o.1.clone_from(&token.access_token);
             }
-            if let Err(e) = in_transaction(|| db::save_token(&token)) {
+            let credentials = &r.credentials;
+            if let Err(e) = in_transaction(|| db::save_token(&token, credentials)) {
                 pgrx::warning!("twitch_sync eventsub worker: {e}");
             }
         }

@@ -1665,15 +1665,16 @@ fn maintain_rolls_up_a_backfill_into_the_day_it_rolled_up() {
     );
 }
 
-/// Waits (up to 10 s) until a backend of this database waits for an advisory
-/// lock (the rollup lock); fails if none does.
+/// Waits (up to 10 s) until a backend of this database waits for a row lock
+/// (the rollup lock: a row of twitch_sync.locks, waited for as its locker's
+/// transaction id); fails if none does.
 fn wait_for_rollup_lock_waiter(c: &mut Client) {
     for _ in 0..200 {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND wait_event = 'advisory'",
+                    AND wait_event IN ('transactionid', 'tuple')",
                 &[],
             )
             .unwrap()

@@ -446,6 +446,27 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     );
     assert!(metrics.contains("twitch_sync_eventsub_events_total{result=\"applied\"}"));
 
+    // pg_cancel_backend has no query to cancel: the worker goes on, the same
+    // process on the same session, and logs no error
+    admin
+        .execute("SELECT pg_cancel_backend($1)", &[&pid])
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let alive: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(alive, 1, "the worker's process lives on after a cancel");
+    let after_cancel = db.eventsub_worker().expect("the worker's row");
+    assert_eq!(
+        (after_cancel.0.as_str(), after_cancel.2),
+        ("connected", pid),
+        "a cancel neither ends nor restarts the worker"
+    );
+
     // pg_terminate_backend restarts the worker; it reuses its conduit
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])

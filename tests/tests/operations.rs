@@ -605,6 +605,17 @@ fn metrics_are_valid_prometheus_text() {
     db.sim
         .add_fault(Fault::new(FaultKind::Status { status: 429 }).times(1));
     db.run();
+    // A subscription status is Twitch's text (a webhook revocation's, say):
+    // it is escaped in its label, so it can neither break the text nor add
+    // a sample.
+    let hostile = "x\"\\\ntwitch_sync_live_streams 999999\n# x";
+    db.client
+        .execute(
+            "INSERT INTO twitch_sync.eventsub_subscriptions (broadcaster_id, type, subscription_id, status)
+             VALUES ($1, 'stream.online', 'sub-1', $2)",
+            &[&ids[0], &hostile],
+        )
+        .unwrap();
     let text: String = db
         .client
         .query_one("SELECT twitch_sync.metrics()", &[])
@@ -642,6 +653,24 @@ fn metrics_are_valid_prometheus_text() {
     assert_eq!(value("twitch_sync_rate_limited_total", None), 1.0);
     assert_eq!(value("twitch_sync_retries_total", None), 3.0 + 1.0);
     assert_eq!(value("twitch_sync_live_streams", None), 60.0);
+    assert_eq!(
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "twitch_sync_live_streams")
+            .count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        value("twitch_sync_eventsub_subscriptions", None),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"status="x\"\\\ntwitch_sync_live_streams 999999\n# x"} 1"#),
+        "{text}"
+    );
     assert_eq!(value("twitch_sync_tracked_channels", None), 300.0);
     assert!(value("twitch_sync_token_expiry_seconds", None) > 86_400.0);
     assert!(value("twitch_sync_last_run_age_seconds", None) < 60.0);

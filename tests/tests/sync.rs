@@ -270,6 +270,77 @@ fn the_token_is_cached_and_renewed_once_on_401() {
 }
 
 #[test]
+fn a_token_minted_for_replaced_credentials_is_not_cached() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    // The run's mint is slow; set_credentials() comes while it is in flight.
+    db.sim.add_fault(
+        Fault::new(FaultKind::Delay { ms: 1_500 })
+            .on(Endpoint::Token)
+            .times(1),
+    );
+    let mut other = db.connect();
+    let run = std::thread::spawn(move || {
+        other
+            .query_one("SELECT twitch_sync.run()", &[])
+            .unwrap()
+            .get::<_, twitch_sync_e2e::serde_json::Value>(0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    db.client
+        .execute(
+            "SELECT twitch_sync.set_credentials('anotherclientid', 'anothersecret123')",
+            &[],
+        )
+        .unwrap();
+    let doc = run.join().unwrap();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    let row = db
+        .client
+        .query_one(
+            "SELECT client_id, access_token IS NULL FROM twitch_sync.credentials",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "anotherclientid");
+    assert!(
+        row.get::<_, bool>(1),
+        "the old client id's token is not cached beside the new client id"
+    );
+}
+
+#[test]
+fn a_token_that_cannot_be_sent_is_refused_where_it_arrives() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    for token in ["abc\\u0000def", "abc\\ndef"] {
+        db.sim.add_fault(
+            Fault::new(FaultKind::Body {
+                body: format!(
+                    r#"{{"access_token":"{token}","expires_in":5000000,"token_type":"bearer"}}"#
+                ),
+            })
+            .on(Endpoint::Token)
+            .times(1),
+        );
+        let doc = db.run();
+        assert_eq!(doc["status"], "failed", "{doc}");
+        let err = doc["error"].as_str().unwrap();
+        assert!(
+            err.contains("access_token") && err.contains("token"),
+            "{err}"
+        );
+        assert_eq!(
+            db.scalar_i64(
+                "SELECT count(*) FROM twitch_sync.credentials WHERE access_token IS NOT NULL"
+            ),
+            0,
+            "{doc}"
+        );
+    }
+}
+
+#[test]
 fn validation_happens_at_most_hourly() {
     let mut db = TestDb::new(world(10, 0.5));
     db.track_first(10);
@@ -404,6 +475,45 @@ fn an_unreachable_auth_server_fails_the_run_without_raising() {
         db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"),
         1
     );
+}
+
+#[test]
+fn a_role_with_no_grants_cannot_hold_up_runs_or_maintain() {
+    let mut db = TestDb::new(world(100, 0.5));
+    db.track_first(100);
+    let role = format!("no_grants_{}", std::process::id());
+    db.client
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .unwrap();
+    let mut stranger = db.cluster().connect_as(&db.name, &role);
+    // Any role may take any advisory key, 0.2.0's first lock keys among them:
+    // the locks are row locks now, which take UPDATE on twitch_sync.locks.
+    let err = stranger
+        .batch_execute("SELECT 1 FROM twitch_sync.locks FOR UPDATE")
+        .expect_err("a stranger locks nothing");
+    assert_eq!(sqlstate(&err), "42501", "{}", error_text(&err));
+    stranger
+        .batch_execute(
+            "SELECT pg_advisory_lock(1953720692, 1), pg_advisory_lock(1953720692, 2);
+             BEGIN; SELECT pg_advisory_xact_lock(1953720692, 2);",
+        )
+        .unwrap();
+    assert!(!db.run_in_progress(), "a stranger's lock is no run");
+    db.client
+        .batch_execute("SET statement_timeout = '20s'")
+        .unwrap();
+    let t = Instant::now();
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    db.client
+        .batch_execute("SELECT twitch_sync.maintain()")
+        .expect("maintain() does not wait for a stranger");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(!db.run_in_progress());
+    drop(stranger);
+    db.client
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .unwrap();
 }
 
 #[test]

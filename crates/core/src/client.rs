@@ -235,10 +235,12 @@ impl TwitchClient {
             return Err(answer.status_error_without(&[client_secret]));
         }
         let t: TokenBody = answer.json()?;
-        if t.access_token.is_empty() {
+        if !is_usable_token(&t.access_token) {
             return Err(HelixError::Malformed {
                 endpoint: TOKEN,
-                detail: "empty access_token".into(),
+                detail: format!(
+                    "the access_token is empty, longer than {MAX_TOKEN_BYTES} bytes or not visible ASCII"
+                ),
             });
         }
         Ok(AppToken {
@@ -385,6 +387,20 @@ impl Answer {
 /// An `Authorization` header value (`Bearer <token>`, `OAuth <token>`), marked
 /// sensitive so that it never shows in debug output. A token that cannot be a
 /// header value is replaced by `invalid` (the server then refuses it).
+/// Longest access token accepted from the token endpoint, in bytes (Twitch's
+/// are 30 characters).
+pub const MAX_TOKEN_BYTES: usize = 512;
+
+/// A token that can be stored as it came and sent back in an `Authorization`
+/// header: 1 to [`MAX_TOKEN_BYTES`] bytes of visible ASCII. Anything else (a
+/// NUL, which text cannot hold; a line break, which a header cannot) is
+/// refused where it arrives, naming the token endpoint.
+pub fn is_usable_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= MAX_TOKEN_BYTES
+        && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(&format!("{scheme} {token}"))
         .or_else(|_| HeaderValue::from_str(&format!("{scheme} invalid")))
@@ -396,6 +412,21 @@ pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_visible_ascii_tokens_are_usable() {
+        assert!(is_usable_token("abcdefghijklmnopqrstuvwxyz0123"));
+        for bad in [
+            "",
+            "abc\u{0}def",
+            "abc\ndef",
+            "abc def",
+            "é",
+            &"a".repeat(MAX_TOKEN_BYTES + 1),
+        ] {
+            assert!(!is_usable_token(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_secret_hidden_by_json_escapes_is_redacted_from_an_error_message() {

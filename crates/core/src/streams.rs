@@ -193,6 +193,11 @@ pub enum PageError {
     Json(#[from] serde_json::Error),
     #[error("pagination cursor is longer than {MAX_CURSOR_BYTES} bytes or not visible ASCII")]
     BadCursor,
+    /// `pagination` that serde_json cannot read as a value (a number out of
+    /// range, nesting past its limit): its cursor is unknown, and reading it
+    /// as "last page" could end streams listed on later pages.
+    #[error("pagination cannot be read, so neither can its cursor")]
+    BadPagination,
 }
 
 /// `T` read from a JSON object and nothing else. serde's derived
@@ -581,7 +586,7 @@ fn cursor(pagination: Option<&RawValue>) -> Result<Option<String>, PageError> {
         return Ok(None);
     };
     let Ok(p) = serde_json::from_str::<Value>(p.get()) else {
-        return Ok(None);
+        return Err(PageError::BadPagination);
     };
     match p.get("cursor") {
         Some(Value::String(c)) if c.is_empty() => Ok(None),

@@ -31,7 +31,9 @@
 //!   simulator), at most 2,048 bytes; else the reconnect message is dropped
 //!   and the session runs on until Twitch closes it (4004), then starts afresh.
 
-use crate::streams::{clean_login, clean_text, is_broadcaster_id, is_numeric_id, parse_started_at};
+use crate::streams::{
+    clean_login, clean_text, is_broadcaster_id, is_numeric_id, parse_started_at, repair_body,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::SystemTime;
@@ -410,7 +412,10 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
         return Err(DropReason::TooLarge);
     }
     // a message is an object (serde would read the envelope from an array by position)
-    let value: Value = serde_json::from_str(frame).map_err(|_| DropReason::Malformed)?;
+    // repaired first, as a Get Streams answer is: one unpaired surrogate
+    // escape in a name costs no event
+    let value: Value = serde_json::from_str(&repair_body(frame.as_bytes()).0)
+        .map_err(|_| DropReason::Malformed)?;
     if !value.is_object() || !value.get("metadata").is_some_and(Value::is_object) {
         return Err(DropReason::Malformed);
     }
@@ -524,7 +529,8 @@ pub fn parse_webhook_body(
     if !is_opaque_id(message_id) {
         return Err(DropReason::BadMessageId);
     }
-    let payload: Value = serde_json::from_str(body).map_err(|_| DropReason::Malformed)?;
+    let payload: Value =
+        serde_json::from_str(&repair_body(body.as_bytes()).0).map_err(|_| DropReason::Malformed)?;
     if !payload.is_object() {
         return Err(DropReason::Malformed);
     }
@@ -653,6 +659,13 @@ mod webhook_body_tests {
             parse_webhook_body("notification", "m-1", 0, None, Some("2"), &online(), now()),
             Err(DropReason::Unsupported)
         );
+        // an unpaired surrogate escape in a name is repaired, not the event lost
+        let odd = online().replace("Cool_User", "Cool\\ud800");
+        assert!(odd.contains(r"Cool\ud800"), "{odd}");
+        assert!(matches!(
+            parse("notification", Some("stream.online"), &odd),
+            Ok(WebhookBody::Notification(_))
+        ));
         // without the optional headers the body decides
         assert!(matches!(
             parse_webhook_body("notification", "m-1", 0, None, None, &online(), now()),

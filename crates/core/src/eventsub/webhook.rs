@@ -112,8 +112,9 @@ pub fn verify(
     )
     .map_err(|_| WebhookError::BadTimestamp)?;
     let now = time::OffsetDateTime::from(now);
-    let age = (now - at).whole_seconds();
-    if !(-MAX_AGE_SECS..=MAX_AGE_SECS).contains(&age) {
+    // to the nanosecond: 600.5 s is past ten minutes (whole seconds would
+    // round it down to 600)
+    if (now - at).abs() > time::Duration::seconds(MAX_AGE_SECS) {
         return Err(WebhookError::TooOld);
     }
     i64::try_from(at.unix_timestamp_nanos() / 1000).map_err(|_| WebhookError::BadTimestamp)
@@ -410,6 +411,19 @@ mod tests {
             ),
             Err(WebhookError::TooOld)
         );
+        // the limit is ten minutes to the nanosecond, both ways
+        for (late, ok) in [
+            (599_999, true),
+            (600_000, true),
+            (600_001, false),
+            (600_600, false),
+        ] {
+            let d = Duration::from_millis(late);
+            for now in [at_ts() + d, at_ts() - d] {
+                let got = verify(SECRET, ID, TS, BODY, &sig, now);
+                assert_eq!(got.is_ok(), ok, "{late} ms: {got:?}");
+            }
+        }
         let bad_ts = "yesterday";
         let sig2 = sign(SECRET, ID, bad_ts, BODY);
         assert_eq!(

@@ -537,6 +537,18 @@ fn unusable_cursors_refuse_the_page() {
         parse(ok.as_bytes()).cursor.map(|c| c.len()),
         Some(MAX_CURSOR_BYTES)
     );
+    // a sibling serde_json cannot read makes the cursor unknown, not absent
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for sibling in ["1e999", deep.as_str()] {
+        let body = format!(r#"{{"data":[],"pagination":{{"cursor":"abc","x":{sibling}}}}}"#);
+        assert!(
+            matches!(
+                parse_streams_page_at(body.as_bytes(), now()),
+                Err(PageError::BadPagination)
+            ),
+            "{sibling}"
+        );
+    }
     for c in [r#"a\u0000b"#, "a b", "a\\nb", "é"] {
         let body = format!(r#"{{"data":[],"pagination":{{"cursor":"{c}"}}}}"#);
         assert!(
