@@ -8,6 +8,25 @@
 -- viewer_samples, which becomes a partitioned table.
 \echo Use "ALTER EXTENSION twitch_sync UPDATE" to load this file. \quit
 
+-- The update creates functions and tables the extension's own functions
+-- call: they must belong to the extension's owner, as in a fresh install. A
+-- superuser other than the owner would own them, and an owner that is not a
+-- superuser (any more) could not call them: run() would fail with 42501.
+DO $$
+DECLARE
+    owner name := (SELECT r.rolname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_roles r ON r.oid = e.extowner
+                    WHERE e.extname = 'twitch_sync');
+BEGIN
+    IF owner IS DISTINCT FROM current_user THEN
+        RAISE EXCEPTION 'twitch_sync can only be updated by its owner, %, not by %', owner, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = pg_catalog.format('Run ALTER EXTENSION twitch_sync UPDATE; as %1$I (SET ROLE %1$I; first, as a superuser), '
+                      || 'which must be a superuser while it does (if it no longer is: ALTER ROLE %1$I SUPERUSER; '
+                      || 'then, after the update, ALTER ROLE %1$I NOSUPERUSER;).', owner);
+    END IF;
+END
+$$;
+
 -- For this script only (dropped at its end): grants roles other than the
 -- old object's owner held on it (its ACL) are given on `target` too. PUBLIC
 -- is left out: what PUBLIC may do is this script's decision (the REVOKEs at
@@ -3919,6 +3938,58 @@ DROP FUNCTION twitch_sync.prune_0_1_0(integer);
 DROP FUNCTION twitch_sync.status_0_1_0();
 
 
+-- 0.1.0's schedule() made one pg_cron job, run(); from 0.2.0 on it also
+-- schedules maintain() hourly (sample partitions, rollups). Where pg_cron
+-- runs in this database, each owner of a job here that runs
+-- SELECT twitch_sync.run() (schedule()'s, or one made by hand under any name)
+-- gets the maintenance job (twitch_sync.cron_maintain_job_name()) beside it,
+-- owned like it, as schedule() makes it (unschedule() removes both); an owner
+-- that may not call maintain() is granted EXECUTE on it (it runs the sync
+-- already), with a NOTICE. Where pg_cron runs in another database the jobs
+-- are out of reach: a NOTICE gives the call to make there (README
+-- "Upgrades"). A failure never stops the upgrade. Before the initial
+-- privileges are set straight below, so that such a grant stays the user's.
+DO $$
+DECLARE
+    j record;
+    cron_db text := pg_catalog.current_setting('cron.database_name', true);
+    here text := pg_catalog.current_database();
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
+        IF cron_db IS NOT NULL AND cron_db <> here THEN
+            RAISE NOTICE 'twitch_sync: from 0.2.0 on, maintain() runs hourly beside run(); pg_cron runs in database %', cron_db
+                USING HINT = pg_catalog.format('Connect to %I and run: SELECT cron.schedule_in_database(%L, %L, %L, %L);',
+                    cron_db, twitch_sync.cron_job_name() || '-' || here || '-maintain',
+                    twitch_sync.cron_maintain_schedule(), 'SELECT twitch_sync.maintain()', here);
+        END IF;
+        RETURN;
+    END IF;
+    FOR j IN EXECUTE $q$
+        SELECT DISTINCT r.username
+          FROM cron.job r
+         WHERE r.database = pg_catalog.current_database()
+           AND twitch_sync.cron_command_is(r.command, 'SELECT twitch_sync.run()')
+           AND NOT EXISTS (SELECT 1 FROM cron.job m
+                            WHERE m.jobname = twitch_sync.cron_maintain_job_name()
+                              AND m.username = r.username) $q$
+    LOOP
+        BEGIN
+            IF NOT pg_catalog.has_function_privilege(j.username, 'twitch_sync.maintain()', 'EXECUTE') THEN
+                EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION twitch_sync.maintain() TO %I', j.username);
+                RAISE NOTICE 'twitch_sync: granted EXECUTE on twitch_sync.maintain() to %, which owns a run() job, for its maintain() job',
+                    j.username;
+            END IF;
+            EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)'
+              USING twitch_sync.cron_maintain_job_name(), twitch_sync.cron_maintain_schedule(),
+                    'SELECT twitch_sync.maintain()', here, j.username;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'twitch_sync: could not schedule % for % (%): run SELECT twitch_sync.schedule(); as that role',
+                twitch_sync.cron_maintain_job_name(), j.username, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
+
 -- Users' grants are the users', not the extension's: every GRANT and REVOKE
 -- of this script (the REVOKEs above touch every table and function, the
 -- carried grants three more) recorded the object's whole ACL, users' grants
@@ -3953,37 +4024,3 @@ UPDATE pg_catalog.pg_init_privs i
  WHERE i.classoid = o.classid AND i.objoid = o.objid AND i.objsubid = 0 AND i.privtype = 'e';
 DROP FUNCTION twitch_sync.carry_grants_0_2_0(aclitem[], oid, text);
 
--- 0.1.0's schedule() made one pg_cron job, run(); from 0.2.0 on it also
--- schedules maintain() hourly (sample partitions, rollups). Where pg_cron
--- runs in this database, its run() job (twitch_sync.cron_job_name(), the one
--- schedule() made) gets the maintenance job beside it, owned like it (as
--- schedule() makes it; unschedule() removes both). Jobs kept in another
--- database's pg_cron are out of reach here: README "Upgrades" gives the
--- call. A failure never stops the upgrade.
-DO $$
-DECLARE
-    j record;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
-        RETURN;
-    END IF;
-    FOR j IN EXECUTE $q$
-        SELECT twitch_sync.cron_maintain_job_name() AS jobname, r.username
-          FROM cron.job r
-         WHERE r.database = pg_catalog.current_database() AND r.jobname = twitch_sync.cron_job_name()
-           AND twitch_sync.cron_command_is(r.command, 'SELECT twitch_sync.run()')
-           AND NOT EXISTS (SELECT 1 FROM cron.job m
-                            WHERE m.jobname = twitch_sync.cron_maintain_job_name()
-                              AND m.username = r.username) $q$
-    LOOP
-        BEGIN
-            EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)'
-              USING j.jobname, twitch_sync.cron_maintain_schedule(), 'SELECT twitch_sync.maintain()',
-                    pg_catalog.current_database(), j.username;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'twitch_sync: could not schedule % (%): run SELECT twitch_sync.schedule(); as its owner',
-                j.jobname, SQLERRM;
-        END;
-    END LOOP;
-END
-$$;

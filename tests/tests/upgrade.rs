@@ -60,7 +60,7 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     let cron_jobs = |c: &mut twitch_sync_e2e::postgres::Client| -> Vec<String> {
         c.query(
             "SELECT jobname || ' ' || schedule || ' ' || command || ' ' || username
-               FROM cron.job WHERE database = 'postgres' ORDER BY jobname",
+               FROM cron.job WHERE database = 'postgres' ORDER BY jobname, username",
             &[],
         )
         .unwrap()
@@ -69,6 +69,25 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         .collect()
     };
     assert_eq!(cron_jobs(&mut cron_db.client).len(), 1, "0.1.0: run() only");
+    // A run() job made by hand, under another name, by a role granted only
+    // run(), as README "Privileges" had it for 0.1.0.
+    cron_db
+        .client
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'twitch_sync_upgrade_runner') THEN
+                     CREATE ROLE twitch_sync_upgrade_runner LOGIN;
+                 END IF;
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'twitch_sync_upgrade_admin') THEN
+                     CREATE ROLE twitch_sync_upgrade_admin SUPERUSER;
+                 END IF;
+             END $$;
+             GRANT USAGE ON SCHEMA twitch_sync TO twitch_sync_upgrade_runner;
+             GRANT EXECUTE ON FUNCTION twitch_sync.run() TO twitch_sync_upgrade_runner;
+             SELECT cron.schedule_in_database('my-sync', '*/5 * * * *', 'SELECT twitch_sync.run()',
+                                              'postgres', 'twitch_sync_upgrade_runner');",
+        )
+        .expect("a hand-made run() job");
     drop(cron_db.client);
     let before = user_data(&mut old.client);
     assert!(
@@ -146,6 +165,19 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         .get(0);
     assert_eq!(version, catalog::current_version());
     let mut cron_client = cluster.connect("postgres");
+    // Only the extension's owner updates it: another superuser would own
+    // the new functions, which the owner's could then not call.
+    let err = cron_client
+        .batch_execute("SET ROLE twitch_sync_upgrade_admin; ALTER EXTENSION twitch_sync UPDATE")
+        .expect_err("an update by another superuser");
+    assert_eq!(sqlstate(&err), "42501", "{}", error_text(&err));
+    assert!(
+        error_text(&err).contains("ALTER ROLE postgres SUPERUSER")
+            || error_text(&err).contains("SET ROLE postgres"),
+        "{}",
+        error_text(&err)
+    );
+    cron_client.batch_execute("RESET ROLE").unwrap();
     cron_client
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
         .expect("ALTER EXTENSION twitch_sync UPDATE where pg_cron runs");
@@ -153,13 +185,28 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     assert_eq!(
         jobs,
         [
+            "my-sync */5 * * * * SELECT twitch_sync.run() twitch_sync_upgrade_runner",
             "twitch-viewer-count-sync */10 * * * * SELECT twitch_sync.run() postgres",
-            "twitch-viewer-count-sync-maintain 17 * * * * SELECT twitch_sync.maintain() postgres"
+            "twitch-viewer-count-sync-maintain 17 * * * * SELECT twitch_sync.maintain() postgres",
+            "twitch-viewer-count-sync-maintain 17 * * * * SELECT twitch_sync.maintain() twitch_sync_upgrade_runner"
         ],
-        "the upgrade schedules maintain() beside run()"
+        "the upgrade schedules maintain() beside each owner's run() jobs"
     );
+    let may_maintain: bool = cron_client
+        .query_one(
+            "SELECT has_function_privilege('twitch_sync_upgrade_runner', 'twitch_sync.maintain()', 'EXECUTE')",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(may_maintain, "the runner's maintain() job can run");
     cron_client
-        .batch_execute("SELECT twitch_sync.unschedule(); DROP EXTENSION twitch_sync")
+        .batch_execute(
+            "SELECT twitch_sync.unschedule();
+             SELECT cron.unschedule(jobid) FROM cron.job WHERE username = 'twitch_sync_upgrade_runner';
+             DROP EXTENSION twitch_sync;
+             DROP ROLE twitch_sync_upgrade_runner; DROP ROLE twitch_sync_upgrade_admin;",
+        )
         .unwrap();
     assert!(cron_jobs(&mut cron_client).is_empty());
 
