@@ -737,9 +737,27 @@ BEGIN
     IF NOT first_call THEN
         PERFORM twitch_sync.add_day_parts(since, through, coalesce(dropped_before, '-infinity'), full_from);
     END IF;
+    -- A day of airtime without a partition of viewer_samples (a broadcast
+    -- live before the first run, or a start time learned or backfilled
+    -- later) gets one, empty, unless retention dropped its samples: its
+    -- airtime is rolled up like any day's.
+    -- (Usually every day has its partition, and streams is not read.)
+    FOR day IN
+        SELECT d::date FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
+         WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NULL
+           AND NOT d::date = ANY (pending)
+           AND (dropped_before IS NULL OR d::date >= dropped_before)
+         ORDER BY 1
+    LOOP
+        IF EXISTS (SELECT 1 FROM twitch_sync.streams b
+                    WHERE coalesce(b.started_at, b.first_seen_at) < ((day + 1)::timestamp AT TIME ZONE 'UTC')
+                      AND (b.ended_at IS NULL OR b.ended_at > (day::timestamp AT TIME ZONE 'UTC'))) THEN
+            partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+        END IF;
+    END LOOP;
     -- Only days whose samples are kept are rolled up: a day without its
-    -- partition of viewer_samples (dropped by samples_retention_days, or from
-    -- before the first sample) keeps the rollups it has. A day after a dropped
+    -- partition of viewer_samples (dropped by samples_retention_days) keeps
+    -- the rollups it has. A day after a dropped
     -- one is whole in its own samples (and the next day's): each sample
     -- carries the interval it closes, the one that began the day before too.
     -- Consecutive days go in one roll_up_days call.

@@ -348,7 +348,8 @@ DECLARE
     any_data boolean;
     run_gap float8;
     sample_gap float8;
-    top_ids text[];
+    top_ids text[] := '{}';
+    ranked record;
     day0 date;
     day1 date;
     vbucket float8;
@@ -595,10 +596,13 @@ BEGIN
     -- longer than twice the sampling interval, plus a step for the rounding);
     -- and hours watched per day.
     -- (the peaks of whole days with final rollups from channel_days, as for
-    -- hours watched; the rest from the samples)
+    -- hours watched; the rest from the samples). A line is drawn from
+    -- samples: of the channels by peak, the first five with samples in the
+    -- range (retention may have dropped a channel's samples and kept its
+    -- rollups; it would leave its line out and a place empty).
     SELECT f.r0, f.r1 INTO r0, r1 FROM twitch_sync.final_rollup_days(t0, t1) f;
-    SELECT pg_catalog.array_agg(x.broadcaster_id ORDER BY x.peak DESC, x.broadcaster_id) INTO top_ids
-      FROM (SELECT p.broadcaster_id, max(p.peak) AS peak
+    FOR ranked IN
+        SELECT p.broadcaster_id, max(p.peak) AS peak
               FROM (SELECT v.broadcaster_id, v.viewer_count AS peak
                       FROM twitch_sync.viewer_samples v WHERE v.sampled_at >= t0 AND v.sampled_at < r0
                     UNION ALL
@@ -609,7 +613,14 @@ BEGIN
                       FROM twitch_sync.channel_days c
                      WHERE c.day >= (r0 AT TIME ZONE 'UTC')::date AND c.day < (r1 AT TIME ZONE 'UTC')::date
                        AND c.peak_viewers IS NOT NULL) p
-             GROUP BY p.broadcaster_id ORDER BY peak DESC, p.broadcaster_id LIMIT 5) x;
+             GROUP BY p.broadcaster_id ORDER BY peak DESC, p.broadcaster_id
+    LOOP
+        IF EXISTS (SELECT 1 FROM twitch_sync.viewer_samples v
+                    WHERE v.broadcaster_id = ranked.broadcaster_id AND v.sampled_at >= t0 AND v.sampled_at <= t1) THEN
+            top_ids := top_ids || ranked.broadcaster_id;
+            EXIT WHEN pg_catalog.cardinality(top_ids) = 5;
+        END IF;
+    END LOOP;
     -- their sampling interval (the median time between consecutive samples)
     SELECT coalesce(pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY g), 600) INTO sample_gap
       FROM (SELECT pg_catalog.date_part('epoch', v.sampled_at - pg_catalog.lag(v.sampled_at)

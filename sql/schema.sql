@@ -139,8 +139,10 @@ CREATE TABLE twitch_sync.viewer_samples (
     -- The interval this sample closes: the broadcast's previous sample (its
     -- time, count and category) when that came within the gap limit, else
     -- NULL. Written with the sample, so analytics read intervals without
-    -- sorting samples (twitch_sync.sample_intervals).
-    prev_sampled_at   timestamptz,
+    -- sorting samples (twitch_sync.sample_intervals). Always before the
+    -- sample (a row written by hand with a later one would count a negative
+    -- interval).
+    prev_sampled_at   timestamptz CHECK (prev_sampled_at < sampled_at),
     prev_viewer_count integer,
     prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);

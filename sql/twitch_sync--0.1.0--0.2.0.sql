@@ -212,8 +212,10 @@ CREATE TABLE twitch_sync.viewer_samples (
     -- The interval this sample closes: the broadcast's previous sample (its
     -- time, count and category) when that came within the gap limit, else
     -- NULL. Written with the sample, so analytics read intervals without
-    -- sorting samples (twitch_sync.sample_intervals).
-    prev_sampled_at   timestamptz,
+    -- sorting samples (twitch_sync.sample_intervals). Always before the
+    -- sample (a row written by hand with a later one would count a negative
+    -- interval).
+    prev_sampled_at   timestamptz CHECK (prev_sampled_at < sampled_at),
     prev_viewer_count integer,
     prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);
@@ -1002,9 +1004,27 @@ BEGIN
     IF NOT first_call THEN
         PERFORM twitch_sync.add_day_parts(since, through, coalesce(dropped_before, '-infinity'), full_from);
     END IF;
+    -- A day of airtime without a partition of viewer_samples (a broadcast
+    -- live before the first run, or a start time learned or backfilled
+    -- later) gets one, empty, unless retention dropped its samples: its
+    -- airtime is rolled up like any day's.
+    -- (Usually every day has its partition, and streams is not read.)
+    FOR day IN
+        SELECT d::date FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
+         WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NULL
+           AND NOT d::date = ANY (pending)
+           AND (dropped_before IS NULL OR d::date >= dropped_before)
+         ORDER BY 1
+    LOOP
+        IF EXISTS (SELECT 1 FROM twitch_sync.streams b
+                    WHERE coalesce(b.started_at, b.first_seen_at) < ((day + 1)::timestamp AT TIME ZONE 'UTC')
+                      AND (b.ended_at IS NULL OR b.ended_at > (day::timestamp AT TIME ZONE 'UTC'))) THEN
+            partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
+        END IF;
+    END LOOP;
     -- Only days whose samples are kept are rolled up: a day without its
-    -- partition of viewer_samples (dropped by samples_retention_days, or from
-    -- before the first sample) keeps the rollups it has. A day after a dropped
+    -- partition of viewer_samples (dropped by samples_retention_days) keeps
+    -- the rollups it has. A day after a dropped
     -- one is whole in its own samples (and the next day's): each sample
     -- carries the interval it closes, the one that began the day before too.
     -- Consecutive days go in one roll_up_days call.
@@ -2830,7 +2850,8 @@ DECLARE
     any_data boolean;
     run_gap float8;
     sample_gap float8;
-    top_ids text[];
+    top_ids text[] := '{}';
+    ranked record;
     day0 date;
     day1 date;
     vbucket float8;
@@ -3077,10 +3098,13 @@ BEGIN
     -- longer than twice the sampling interval, plus a step for the rounding);
     -- and hours watched per day.
     -- (the peaks of whole days with final rollups from channel_days, as for
-    -- hours watched; the rest from the samples)
+    -- hours watched; the rest from the samples). A line is drawn from
+    -- samples: of the channels by peak, the first five with samples in the
+    -- range (retention may have dropped a channel's samples and kept its
+    -- rollups; it would leave its line out and a place empty).
     SELECT f.r0, f.r1 INTO r0, r1 FROM twitch_sync.final_rollup_days(t0, t1) f;
-    SELECT pg_catalog.array_agg(x.broadcaster_id ORDER BY x.peak DESC, x.broadcaster_id) INTO top_ids
-      FROM (SELECT p.broadcaster_id, max(p.peak) AS peak
+    FOR ranked IN
+        SELECT p.broadcaster_id, max(p.peak) AS peak
               FROM (SELECT v.broadcaster_id, v.viewer_count AS peak
                       FROM twitch_sync.viewer_samples v WHERE v.sampled_at >= t0 AND v.sampled_at < r0
                     UNION ALL
@@ -3091,7 +3115,14 @@ BEGIN
                       FROM twitch_sync.channel_days c
                      WHERE c.day >= (r0 AT TIME ZONE 'UTC')::date AND c.day < (r1 AT TIME ZONE 'UTC')::date
                        AND c.peak_viewers IS NOT NULL) p
-             GROUP BY p.broadcaster_id ORDER BY peak DESC, p.broadcaster_id LIMIT 5) x;
+             GROUP BY p.broadcaster_id ORDER BY peak DESC, p.broadcaster_id
+    LOOP
+        IF EXISTS (SELECT 1 FROM twitch_sync.viewer_samples v
+                    WHERE v.broadcaster_id = ranked.broadcaster_id AND v.sampled_at >= t0 AND v.sampled_at <= t1) THEN
+            top_ids := top_ids || ranked.broadcaster_id;
+            EXIT WHEN pg_catalog.cardinality(top_ids) = 5;
+        END IF;
+    END LOOP;
     -- their sampling interval (the median time between consecutive samples)
     SELECT coalesce(pg_catalog.percentile_cont(0.5) WITHIN GROUP (ORDER BY g), 600) INTO sample_gap
       FROM (SELECT pg_catalog.date_part('epoch', v.sampled_at - pg_catalog.lag(v.sampled_at)

@@ -849,6 +849,43 @@ fn rollup_rows(c: &mut Client, before: i64) -> Vec<String> {
     .collect()
 }
 
+/// A broadcast already live when it is first observed (Helix's started_at two
+/// days back): its airtime on the days before, which never had a sample nor
+/// a partition, is rolled up as channel_days_in computes it.
+#[test]
+fn airtime_before_the_first_sample_is_rolled_up() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let now = now_secs();
+    let today = now.div_euclid(DAY);
+    let started = (today - 2) * DAY + 20 * 3_600;
+    let c = &mut db.client;
+    send(
+        c,
+        now - 120,
+        &[live("705", "7051", Some(40), Some(started))],
+    );
+    send(c, now - 60, &[live("705", "7051", Some(40), Some(started))]);
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    assert_rolled_up_as_computed(c, &[today - 2, today - 1]);
+    let airtime: Vec<String> = c
+        .query(
+            "SELECT format('%s %s', day - date '1970-01-01', extract(epoch FROM airtime)::int8) FROM twitch_sync.channel_days
+              WHERE broadcaster_id = '705' AND day < current_date ORDER BY day",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        airtime,
+        [
+            format!("{} 14400", today - 2),
+            format!("{} 86400", today - 1)
+        ]
+    );
+}
+
 /// A day whose samples wait in the default partition, because a reader held
 /// it when maintain() tried to attach the day's partition, is rolled up all
 /// the same (it was skipped for good: the watermark moved past it).
@@ -2044,6 +2081,18 @@ fn a_sample_dated_ahead_by_hand_does_not_move_the_rollups_past_now() {
     for t in ["infinity", "-infinity"] {
         let e = c.execute(insert, &[&t]).unwrap_err();
         assert_eq!(sqlstate(&e), "23514", "{t}: {}", error_text(&e));
+    }
+    // an interval closed by a sample must lie before it
+    for prev in ["2026-01-01 00:00:00+00", "2026-01-01 00:00:30+00"] {
+        let e = c
+            .execute(
+                "INSERT INTO twitch_sync.viewer_samples
+                        (stream_id, broadcaster_id, sampled_at, viewer_count, prev_sampled_at, prev_viewer_count)
+                 VALUES ('7031', '703', '2026-01-01 00:00:00+00', 5, $1::text::timestamptz, 1000)",
+                &[&prev],
+            )
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "23514", "{prev}: {}", error_text(&e));
     }
     c.execute(insert, &[&"3026-01-01 00:00:00+00"]).unwrap();
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();

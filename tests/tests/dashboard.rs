@@ -631,6 +631,47 @@ fn hours_watched_per_day_from_samples() {
     tx.rollback().unwrap();
 }
 
+/// The top channels' lines are drawn from samples: a channel whose samples
+/// retention dropped (its rollups keep its peak) yields its place to the
+/// next channel that has samples, so the chart keeps five lines.
+#[test]
+fn the_top_channels_chart_draws_five_channels_that_have_samples() {
+    let mut db = TestDb::new(world(10, 0.5));
+    // a run on record: the page shows its charts, not its empty state
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    let c = &mut db.client;
+    let sample = "INSERT INTO twitch_sync.viewer_samples
+                      (stream_id, broadcaster_id, sampled_at, viewer_count, prev_sampled_at, prev_viewer_count)
+                  VALUES ($1, $1, now() - $2::int * interval '1 minute', $3, now() - ($2::int + 1) * interval '1 minute', $3),
+                         ($1, $1, now() - ($2::int + 1) * interval '1 minute', $3, NULL, NULL)";
+    // the biggest peak, five days ago: rolled up (final: samples came after
+    // it), then its samples dropped; six channels with samples in the last
+    // hour, 990001 the biggest
+    c.execute(sample, &[&"990009", &(5 * 1440), &100_000i32])
+        .unwrap();
+    for k in 1..=6i32 {
+        c.execute(sample, &[&format!("99000{k}"), &10, &(700 - 100 * k)])
+            .unwrap();
+    }
+    c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let rolled: i64 = c
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.channel_days WHERE broadcaster_id = '990009'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(rolled, 1, "its day is rolled up");
+    c.batch_execute("DELETE FROM twitch_sync.viewer_samples WHERE broadcaster_id = '990009'")
+        .unwrap();
+    let html = dashboard(c, "30 days");
+    for k in 1..=5 {
+        assert!(html.contains(&format!("99000{k}")), "99000{k} has a line");
+    }
+    assert!(!html.contains("990006"), "only five lines");
+}
+
 /// A range is the span it covers up to now (a month is not 30 days), and
 /// that span is what the page says and what the limit applies to; a chart
 /// over a year is labelled by month, with its bars clipped to the plot.
