@@ -47,6 +47,8 @@ const HEADERS_HINT: &str = "Pass the request's Twitch-Eventsub-* headers as argu
 enum Refusal {
     NoBody,
     MissingHeader(&'static str),
+    /// `request.headers` is set but not a JSON object.
+    UnreadableHeaders,
     TooLarge,
     NoSecret,
     Verify(WebhookError),
@@ -74,6 +76,11 @@ impl Refusal {
             Refusal::MissingHeader(name) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("the {name} header is missing"),
+                Some(HEADERS_HINT),
+            ),
+            Refusal::UnreadableHeaders => (
+                ERRCODE_INVALID_PARAMETER_VALUE,
+                "request.headers is not a JSON object, so no header can be read from it".into(),
                 Some(HEADERS_HINT),
             ),
             Refusal::TooLarge => (
@@ -157,8 +164,10 @@ fn handle(body: Option<&str>, given: Headers) -> Result<String, Refusal> {
     let headers = match given.missing() {
         None => given,
         Some(_) => match db::request_headers()? {
-            Some(json) => given.or(Headers::from_json(&json)),
-            None => given,
+            Some(json) if !json.is_empty() => {
+                given.or(Headers::from_json(&json).ok_or(Refusal::UnreadableHeaders)?)
+            }
+            _ => given,
         },
     };
     if let Some(name) = headers.missing() {

@@ -734,4 +734,20 @@ fn headers_from_request_headers_as_postgrest_sets_them() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "22023");
     assert!(error_text(&e).contains("Twitch-Eventsub-Message-Id"));
+    // request.headers that is not a JSON object is named as the problem
+    let mut tx = db.client.transaction().unwrap();
+    tx.query_one(
+        "SELECT set_config('request.headers', 'not json', true)",
+        &[],
+    )
+    .unwrap();
+    let e = tx
+        .query_one("SELECT twitch_sync.eventsub_webhook($1)", &[&d.body])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+    assert!(
+        error_text(&e).contains("request.headers is not a JSON object"),
+        "{}",
+        error_text(&e)
+    );
 }

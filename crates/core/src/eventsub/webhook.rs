@@ -144,12 +144,13 @@ pub struct Headers {
 impl Headers {
     /// The headers found in PostgREST's `request.headers` setting: a JSON
     /// object of header names (PostgREST lowercases them; any case is
-    /// accepted) to string values. Anything else, or a name given twice in
+    /// accepted) to string values; None when the setting is not a JSON
+    /// object. A value that is not a string, or a name given twice in
     /// different cases, yields no value for that header.
-    pub fn from_json(json: &str) -> Headers {
+    pub fn from_json(json: &str) -> Option<Headers> {
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json)
         else {
-            return Headers::default();
+            return None;
         };
         let get = |name: &str| -> Option<String> {
             let mut found = map
@@ -161,14 +162,14 @@ impl Headers {
                 _ => None,
             }
         };
-        Headers {
+        Some(Headers {
             message_id: get(HEADER_MESSAGE_ID),
             timestamp: get(HEADER_TIMESTAMP),
             signature: get(HEADER_SIGNATURE),
             message_type: get(HEADER_MESSAGE_TYPE),
             subscription_type: get(HEADER_SUBSCRIPTION_TYPE),
             subscription_version: get(HEADER_SUBSCRIPTION_VERSION),
-        }
+        })
     }
 
     /// These headers, with the missing ones taken from `other`.
@@ -230,7 +231,8 @@ mod header_tests {
             r#"{"host":"x","twitch-eventsub-message-id":"abc","Twitch-Eventsub-Message-Timestamp":"2026-11-20T14:56:51.123456789Z",
                 "twitch-eventsub-message-signature":"sha256=00","twitch-eventsub-message-type":"notification",
                 "twitch-eventsub-subscription-type":"stream.online","twitch-eventsub-subscription-version":"1"}"#,
-        );
+        )
+        .unwrap();
         assert_eq!(h.message_id.as_deref(), Some("abc"));
         assert_eq!(
             h.timestamp.as_deref(),
@@ -239,12 +241,13 @@ mod header_tests {
         assert_eq!(h.subscription_version.as_deref(), Some("1"));
         assert_eq!(h.missing(), None);
         for bad in ["", "null", "[]", "{", "\"x\""] {
-            assert_eq!(Headers::from_json(bad), Headers::default(), "{bad}");
+            assert_eq!(Headers::from_json(bad), None, "{bad}");
         }
         // not a string, or the same name twice in other cases: no value
         let h = Headers::from_json(
             r#"{"twitch-eventsub-message-id":5,"twitch-eventsub-message-type":"a","TWITCH-EVENTSUB-MESSAGE-TYPE":"b"}"#,
-        );
+        )
+        .unwrap();
         assert_eq!((h.message_id, h.message_type), (None, None));
     }
 
@@ -256,7 +259,8 @@ mod header_tests {
         };
         let h = explicit.or(Headers::from_json(
             r#"{"twitch-eventsub-message-id":"from-json","twitch-eventsub-message-type":"revocation"}"#,
-        ));
+        )
+        .unwrap());
         assert_eq!(h.message_id.as_deref(), Some("given"));
         assert_eq!(h.message_type.as_deref(), Some("revocation"));
         assert_eq!(h.missing(), Some(HEADER_TIMESTAMP));
