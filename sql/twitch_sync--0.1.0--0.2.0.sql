@@ -3228,7 +3228,8 @@ COMMENT ON TABLE twitch_sync.eventsub_messages IS 'EventSub message ids seen in 
 --                event that opened it: Twitch's stream.offline may name no stream)
 --                (a late offline of an earlier broadcast must not end the current one),
 --                or an online event of a broadcast that was ended at or after the
---                online's own timestamp (a late online must not reopen it)
+--                online's own timestamp (a late online must not reopen it), or of
+--                a broadcast older than the live one (it must not end it)
 --   'applied'    one observation went through apply_observations (events and NOTIFY as polling)
 -- online: state 'live', viewer_count NULL (EventSub carries no count: it stays
 -- as stored, or unknown, until the next poll), title etc. NULL (kept as stored).
@@ -3284,6 +3285,17 @@ BEGIN
                AND NOT s.is_live AND s.ended_at >= message_at) THEN
         -- a late online of a broadcast that an event after it already ended
         outcome := 'superseded';
+    ELSIF event = 'online' AND EXISTS (
+            SELECT 1 FROM twitch_sync.streams s
+             WHERE s.broadcaster_id = apply_eventsub.broadcaster_id AND s.is_live
+               AND s.stream_id <> apply_eventsub.stream_id
+               AND (s.started_at > message_at OR s.started_at > apply_eventsub.started_at
+                    OR (s.state_source = 'eventsub' AND s.state_at > message_at))) THEN
+        -- a late online of an earlier broadcast (Twitch resends): the live
+        -- one began after it was sent, or after it began (Twitch's
+        -- started_at), or was opened by an online sent after it; a restart
+        -- is an online of a broadcast that began later
+        outcome := 'superseded';
     END IF;
     IF outcome IS NULL THEN
         PERFORM twitch_sync.apply_observations(ARRAY[ROW(
@@ -3300,7 +3312,7 @@ BEGIN
     RETURN outcome;
 END
 $$;
-COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded (a late event: an offline naming another stream or sent before the live broadcast began, an online of a broadcast ended since).';
+COMMENT ON FUNCTION twitch_sync.apply_eventsub(text, timestamptz, text, text, text, text, timestamptz, boolean) IS 'Applies one EventSub stream.online/stream.offline notification (deduplicated by message id) as one observation of the transition layer; returns applied, duplicate, stale, untracked or superseded (a late event: an offline naming another stream or sent before the live broadcast began, an online of a broadcast ended since or older than the live one).';
 
 -- The EventSub background worker (src/worker.rs; README "EventSub"). Its
 -- conduit, its live state for status() and metrics(), and its counters since

@@ -99,6 +99,11 @@ const FLUSH_EVERY: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(20);
 /// Pages per subscription type of a full listing (100 subscriptions a page).
 const MAX_LIST_PAGES: usize = 1_000;
+/// The conduit's subscriptions are listed in full every this many
+/// reconciliation intervals (`eventsub_reconcile_secs`; 60 s by default: every
+/// hour, one point a page of 100, 200 points an hour for 10,000 channels),
+/// besides at start.
+const RELIST_EVERY_PASSES: u32 = 60;
 /// A failed start is retried after this long (doubling up to [`MAX_RETRY`]).
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -229,8 +234,10 @@ struct Running {
     view: Arc<Mutex<ShardView>>,
     /// The pass in flight, if any: its task and its answer.
     pass: Option<(runtime::Background<()>, oneshot::Receiver<PassOutput>)>,
-    /// The conduit's subscriptions were listed (and recorded) once.
+    /// The conduit's subscriptions were listed (and recorded), and when:
+    /// listed again every [`RELIST_EVERY_PASSES`] intervals.
     listed: bool,
+    listed_at: Instant,
     /// A session after the first began: the revocations Twitch sent while
     /// the shard was disconnected were lost (it sends each once), so the
     /// revoked subscriptions are listed (by status) before the next pass.
@@ -259,7 +266,7 @@ struct Running {
 type ShardCheck = (
     Option<String>,
     runtime::Background<()>,
-    oneshot::Receiver<Result<Vec<(String, String)>, HelixError>>,
+    oneshot::Receiver<Result<Vec<helix::ConduitShard>, HelixError>>,
 );
 
 /// How reconciliation passes are planned (and how long a held-back channel
@@ -592,7 +599,8 @@ impl Worker {
         let ws_url = gucs::eventsub_url();
         if !is_reconnect_url(&ws_url) {
             return Err(
-                "invalid value for twitch_sync.eventsub_url: wss:// required (ws:// only for loopback hosts)"
+                "invalid value for twitch_sync.eventsub_url: a wss:// URL (ws:// only for loopback hosts) \
+                 with a host, at most 2,048 characters, and no credentials (\"@\"), spaces or control characters"
                     .into(),
             );
         }
@@ -740,6 +748,7 @@ impl Worker {
             view,
             pass: None,
             listed: false,
+            listed_at: Instant::now(),
             revocations_due: false,
             had_session: false,
             create_backoff: CreateBackoff::default(),
@@ -974,7 +983,11 @@ impl Worker {
             self.dirty = true;
         }
         if v.drops.total() > r.seen_drops {
-            self.row.events_dropped += i64::try_from(v.drops.total() - r.seen_drops).unwrap_or(0);
+            // frames the socket dropped (bad JSON, a type not taken) were
+            // received too: received = applied + duplicate + dropped
+            let dropped = i64::try_from(v.drops.total() - r.seen_drops).unwrap_or(0);
+            self.row.events_received += dropped;
+            self.row.events_dropped += dropped;
             r.seen_drops = v.drops.total();
             self.dirty = true;
         }
@@ -1024,11 +1037,20 @@ impl Worker {
             r.shard_check = None;
             match answer {
                 Ok(shards) => {
-                    let status = shards
-                        .iter()
-                        .find(|(id, _)| id == SHARD_ID)
-                        .map_or("missing", |(_, st)| st.as_str())
-                        .to_string();
+                    let shard = shards.iter().find(|s| s.id == SHARD_ID);
+                    // enabled for another session (another database on
+                    // this conduit, say, took the shard): not ours
+                    let status = match shard {
+                        None => "missing".to_string(),
+                        Some(s)
+                            if s.status == "enabled"
+                                && s.session_id.is_some()
+                                && s.session_id != asked_for =>
+                        {
+                            "assigned to another session".to_string()
+                        }
+                        Some(s) => s.status.clone(),
+                    };
                     if status != "enabled" && asked_for.is_some() && asked_for == session {
                         pgrx::log!(
                             "twitch_sync eventsub worker: Twitch reports shard {SHARD_ID} {status}: new session"
@@ -1071,6 +1093,15 @@ impl Worker {
         };
         if r.pass.is_some() || Instant::now() < r.next_pass {
             return;
+        }
+        // Subscriptions change at Twitch without a message to this worker (a
+        // Delete EventSub Subscription by another client, say): the full
+        // listing again, which forgets those the conduit lost, and the
+        // reconciliation creates them anew.
+        if r.listed
+            && r.listed_at.elapsed() >= gucs::eventsub_reconcile_every() * RELIST_EVERY_PASSES
+        {
+            r.listed = false;
         }
         let (client, token, conduit) = (
             r.client.clone(),
@@ -1155,6 +1186,7 @@ impl Worker {
         match out {
             PassOutput::Listing(Ok((subs, budget))) => {
                 r.listed = true;
+                r.listed_at = Instant::now();
                 r.budget = Some(budget);
                 let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
                 let res = in_transaction(|| {

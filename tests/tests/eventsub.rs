@@ -248,6 +248,13 @@ fn a_late_offline_does_not_end_a_newer_broadcast() {
         "superseded"
     );
     assert_eq!(live(&mut db), sid("900000002"));
+    // an earlier broadcast's online, delivered late (Twitch resends): sent
+    // before the live one was opened, it neither ends nor replaces it
+    assert_eq!(
+        event(&mut db, "on-0-late", "60 s", "online", Some("900000000")),
+        "superseded"
+    );
+    assert_eq!(live(&mut db), sid("900000002"));
     // an offline sent after it ends it
     assert_eq!(event(&mut db, "off-2", "10 s", "offline", None), "applied");
     assert_eq!(live(&mut db), None);
@@ -277,6 +284,25 @@ fn a_late_offline_does_not_end_a_newer_broadcast() {
         .get(0);
     assert_eq!(before_start, "superseded");
     assert_eq!(live(&mut db), polled);
+    let online_before_start: String = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.apply_eventsub('on-before-start', $1::text::timestamptz, 'online', $2,
+                                               '900000003', NULL, $1::text::timestamptz - interval '1 minute')",
+            &[&started, &b],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(online_before_start, "superseded");
+    assert_eq!(live(&mut db), polled);
+    // a restart: the online of a broadcast that began after the live one
+    // replaces it
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        event(&mut db, "on-5", "0 s", "online", Some("900000005")),
+        "applied"
+    );
+    assert_eq!(live(&mut db), sid("900000005"));
     assert_eq!(event(&mut db, "off-3", "0 s", "offline", None), "applied");
     assert_eq!(live(&mut db), None);
     assert_eq!(
@@ -284,6 +310,6 @@ fn a_late_offline_does_not_end_a_newer_broadcast() {
             "SELECT count(*) FROM twitch_sync.events WHERE broadcaster_id = '{b}' AND event = 'offline'"
         )),
         3,
-        "one offline event per broadcast"
+        "one offline event per broadcast (the restart's is a restart event)"
     );
 }

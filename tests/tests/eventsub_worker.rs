@@ -123,6 +123,22 @@ fn the_worker_keeps_streams_current_from_eventsub() {
     };
     assert_eq!((cost, max), (Some(6), Some(6)));
 
+    // a subscription deleted at Twitch by another client (no message tells
+    // the conduit): the periodic full listing (every 60 reconciliation
+    // intervals, 60 s here) finds it gone and it is created anew
+    let online0 = db
+        .sim
+        .es_subscriptions()
+        .into_iter()
+        .find(|s| s.2 == ids[0] && s.1 == "stream.online" && s.3 == "enabled")
+        .expect("ids[0]'s online subscription")
+        .0;
+    assert!(db.sim.es_delete_subscription(&online0));
+    wait_for(Duration::from_secs(90), || {
+        (sim_enabled(&db, &conduit) == want).then_some(())
+    })
+    .unwrap_or_else(|| panic!("created anew: {:?}", sim_enabled(&db, &conduit)));
+
     // online: the live row within about a second, with an 'online' event
     let t = Instant::now();
     db.sim.world(|w| w.go_live(&ids[0]));
@@ -159,6 +175,32 @@ fn the_worker_keeps_streams_current_from_eventsub() {
             db.scalar_i64("SELECT events_applied FROM twitch_sync.eventsub_worker") >= 2
         }
     );
+    // a frame that is not JSON is received and dropped: the counters add up
+    let sums = "SELECT events_dropped, events_received = events_applied + events_duplicate + events_dropped
+                  FROM twitch_sync.eventsub_worker";
+    let dropped_before: i64 = db.client.query_one(sums, &[]).unwrap().get(0);
+    assert_eq!(db.sim.es_send_raw("not json at all"), 1);
+    wait_for(Duration::from_secs(10), || {
+        let r = db.client.query_one(sums, &[]).unwrap();
+        (r.get::<_, i64>(0) > dropped_before && r.get::<_, bool>(1)).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "received = applied + duplicate + dropped: {:?}",
+            db.client
+                .query_one(
+                    "SELECT events_received, events_applied, events_duplicate, events_dropped
+                       FROM twitch_sync.eventsub_worker",
+                    &[]
+                )
+                .map(|r| (
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, i64>(3)
+                ))
+        )
+    });
 
     // untrack: its subscriptions are deleted; the freed budget covers ids[2]
     db.client
@@ -466,6 +508,28 @@ fn the_worker_keeps_streams_current_from_eventsub() {
         ("connected", pid),
         "a cancel neither ends nor restarts the worker"
     );
+
+    // the shard assigned to another session (another client on this
+    // conduit), still enabled: Get Conduit Shards shows it; the worker takes
+    // it back for a session of its own
+    assert!(db
+        .sim
+        .es_assign_shard_elsewhere(&conduit, 0, "AQoQelsewhere"));
+    let back = wait_for(Duration::from_secs(20), || {
+        let shards = db.sim.es_shards(&conduit);
+        let session = shards.first().and_then(|s| s.0.clone())?;
+        (session != "AQoQelsewhere" && shards[0].1 == "enabled").then_some(session)
+    })
+    .expect("the worker assigns the shard to a session of its own again");
+    wait_for(Duration::from_secs(20), || {
+        db.client
+            .query_one(
+                "SELECT 1 FROM twitch_sync.eventsub_worker WHERE state = 'connected' AND session_id = $1",
+                &[&back],
+            )
+            .ok()
+    })
+    .expect("connected on that session");
 
     // pg_terminate_backend restarts the worker; it reuses its conduit
     admin

@@ -866,6 +866,34 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// Deletes a subscription as Delete EventSub Subscription from another
+    /// client would: no message tells the conduit. False when there is none.
+    pub fn es_delete_subscription(&self, subscription_id: &str) -> bool {
+        let mut es = self.shared.eventsub.lock();
+        let before = es.subs.len();
+        es.subs.retain(|s| s.id != subscription_id);
+        es.subs.len() < before
+    }
+
+    /// Assigns a conduit's shard to another WebSocket session, enabled, as
+    /// Update Conduit Shards from another client (a copy of the database
+    /// using the same conduit) would: events for it go to that session.
+    /// False when there is no such conduit or shard.
+    pub fn es_assign_shard_elsewhere(&self, conduit_id: &str, shard: usize, session: &str) -> bool {
+        let mut es = self.shared.eventsub.lock();
+        let Some(s) = es
+            .conduits
+            .iter_mut()
+            .find(|c| c.id == conduit_id)
+            .and_then(|c| c.shards.get_mut(shard))
+        else {
+            return false;
+        };
+        s.session = Some(session.to_string());
+        s.status = "enabled".to_string();
+        true
+    }
+
     /// A broadcaster who authorised the client: their subscriptions cost 0.
     pub fn es_authorize(&self, broadcaster_id: &str) {
         self.shared

@@ -145,6 +145,17 @@ pub enum SubscriptionFilter {
     UserId(String),
 }
 
+/// One shard of a conduit, as Get Conduit Shards lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConduitShard {
+    pub id: String,
+    /// `enabled`, or why not (`websocket_disconnected`, ...).
+    pub status: String,
+    /// The WebSocket session it is assigned to (None for a webhook shard,
+    /// or when Twitch gives none).
+    pub session_id: Option<String>,
+}
+
 fn text(v: &Value, key: &str) -> String {
     clean_text(v.get(key).and_then(Value::as_str).unwrap_or(""), MAX_TEXT).0
 }
@@ -268,14 +279,14 @@ impl TwitchClient {
         (r, snap)
     }
 
-    /// `GET /eventsub/conduits/shards?conduit_id=`: each shard's id and
-    /// status (`enabled`, `websocket_disconnected`, ...), first page (100
-    /// shards; twitch_sync uses one).
+    /// `GET /eventsub/conduits/shards?conduit_id=`: each shard's id, status
+    /// (`enabled`, `websocket_disconnected`, ...) and WebSocket session,
+    /// first page (100 shards; twitch_sync uses one).
     pub async fn get_conduit_shards(
         &self,
         token: &str,
         conduit_id: &str,
-    ) -> Answered<Vec<(String, String)>> {
+    ) -> Answered<Vec<ConduitShard>> {
         let req = self
             .helix(reqwest::Method::GET, "/eventsub/conduits/shards", token)
             .query(&[("conduit_id", conduit_id)]);
@@ -293,7 +304,16 @@ impl TwitchClient {
                 .iter()
                 .filter_map(|d| {
                     let id = d.get("id")?.as_str().filter(|i| is_opaque_id(i))?;
-                    Some((id.to_string(), text(d, "status")))
+                    Some(ConduitShard {
+                        id: id.to_string(),
+                        status: text(d, "status"),
+                        session_id: d
+                            .get("transport")
+                            .and_then(|t| t.get("session_id"))
+                            .and_then(Value::as_str)
+                            .filter(|i| is_opaque_id(i))
+                            .map(str::to_string),
+                    })
                 })
                 .collect())
         });

@@ -84,7 +84,12 @@ impl CreateBackoff {
     /// Learns from a pass's outcomes: creations Twitch refused for the
     /// channel wait longer, created subscriptions end their channel's wait.
     /// Waits long over are dropped.
+    /// A pass counts once per channel, however many of its subscriptions
+    /// (online and offline) Twitch refused in it; one it created ends the
+    /// wait.
     pub fn record(&mut self, outcomes: &[Outcome], now: Instant, cap: Duration) {
+        let mut refused: HashSet<&str> = HashSet::new();
+        let mut created: HashSet<&str> = HashSet::new();
         for o in outcomes {
             match o {
                 Outcome::Failed {
@@ -92,18 +97,23 @@ impl CreateBackoff {
                     about_channel: true,
                     ..
                 } => {
-                    let failures = self.failed.get(broadcaster_id).map_or(0, |f| f.0) + 1;
-                    let wait = CREATE_RETRY_FIRST
-                        .saturating_mul(1 << (failures - 1).min(16))
-                        .min(cap.max(CREATE_RETRY_FIRST));
-                    self.failed
-                        .insert(broadcaster_id.clone(), (failures, now + wait));
+                    refused.insert(broadcaster_id);
                 }
                 Outcome::Created(s) => {
-                    self.failed.remove(&s.broadcaster_id);
+                    created.insert(&s.broadcaster_id);
                 }
                 _ => {}
             }
+        }
+        for b in refused.difference(&created) {
+            let failures = self.failed.get(*b).map_or(0, |f| f.0) + 1;
+            let wait = CREATE_RETRY_FIRST
+                .saturating_mul(1 << (failures - 1).min(16))
+                .min(cap.max(CREATE_RETRY_FIRST));
+            self.failed.insert(b.to_string(), (failures, now + wait));
+        }
+        for b in created {
+            self.failed.remove(b);
         }
         // a channel that stopped failing long ago (untracked, say) is forgotten
         self.failed.retain(|_, (_, until)| *until + cap > now);
@@ -694,7 +704,25 @@ mod tests {
         let first: Vec<String> = creates(&p).into_iter().map(|c| c.0).collect();
         assert_eq!(first, ["1", "1", "2", "2"]);
         let mut backoff = CreateBackoff::default();
-        backoff.record(&[failed("1"), failed("2")], t0, cfg.retry_revoked_after);
+        // (both of a channel's subscriptions refused in one pass: one failure)
+        let failed_offline = |b: &str| Outcome::Failed {
+            change: Change::Create {
+                broadcaster_id: b.into(),
+                kind: "stream.offline",
+            },
+            error: "400: The user specified in the condition object does not exist.".into(),
+            about_channel: true,
+        };
+        backoff.record(
+            &[
+                failed("1"),
+                failed_offline("1"),
+                failed("2"),
+                failed_offline("2"),
+            ],
+            t0,
+            cfg.retry_revoked_after,
+        );
         // the next pass skips them: channels 3 and 4 get the budget
         let p = plan(&ids(6), &[], Some(4), &backoff.held_back(t0), &cfg);
         let next: Vec<String> = creates(&p).into_iter().map(|c| c.0).collect();
