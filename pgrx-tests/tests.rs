@@ -28,7 +28,7 @@ fn schema_has_its_tables_and_functions() {
         text("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'twitch_sync'"),
         "alerts,category_days,channel_category_days,channel_days,channels,counters,credentials,events,eventsub_messages,eventsub_subscriptions,eventsub_worker,locks,rate_limit,rollup_state,run_unchecked,runs,stream_changes,streams,tracked_categories,viewer_samples,viewer_samples_default"
     );
-    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 20);
+    assert_eq!(count("SELECT count(*) FROM pg_tables WHERE schemaname = 'twitch_sync'"), 21);
     assert_eq!(count("SELECT count(*) FROM pg_views WHERE schemaname = 'twitch_sync' AND viewname = 'channel_status'"), 1);
     for f in [
         "run", "status", "track", "untrack", "set_credentials", "schedule", "unschedule", "metrics", "prune",
