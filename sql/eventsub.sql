@@ -67,8 +67,11 @@ BEGIN
     IF NOT fresh THEN
         RETURN 'duplicate';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM twitch_sync.channels c
-                    WHERE c.broadcaster_id = apply_eventsub.broadcaster_id AND c.enabled) THEN
+    -- (locked to this transaction's end: an untrack() or a disabling in
+    -- flight is waited for and then seen, a later one waits for this event)
+    PERFORM FROM twitch_sync.channels c
+      WHERE c.broadcaster_id = apply_eventsub.broadcaster_id AND c.enabled FOR SHARE;
+    IF NOT FOUND THEN
         outcome := 'untracked';
     ELSIF event = 'offline' THEN
         -- Twitch's stream.offline names no stream: one sent before the live

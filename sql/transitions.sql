@@ -517,6 +517,7 @@ DECLARE
     rest twitch_sync.observation[];
     conflicted text[] := '{}';
     held text[] := '{}';
+    tracked text[];
     changes twitch_sync.transition[] := '{}';
     live_changes twitch_sync.transition[] := '{}';
     result twitch_sync.applied;
@@ -594,11 +595,17 @@ BEGIN
             -- a channel untracked (or disabled) while a run was in flight: no
             -- broadcast is started, reopened or ended from what the run saw of
             -- it (untrack() and disabling end its live row first, so
-            -- update_continuing found none)
+            -- update_continuing found none). The channels that stay are
+            -- locked (FOR SHARE, to this transaction's end): an untrack() or
+            -- a disabling in flight is waited for and then seen, and one
+            -- that comes later waits for this run and ends what it wrote.
+            SELECT coalesce(pg_catalog.array_agg(t.broadcaster_id), '{}') INTO tracked
+              FROM (SELECT c.broadcaster_id FROM twitch_sync.channels c
+                     WHERE c.broadcaster_id IN (SELECT o.broadcaster_id FROM unnest(rest) o WHERE o.source = 'poll')
+                       AND c.enabled
+                     ORDER BY c.broadcaster_id FOR SHARE) t;
             rest := ARRAY(SELECT o FROM unnest(rest) o
-                           WHERE o.source <> 'poll'
-                              OR EXISTS (SELECT 1 FROM twitch_sync.channels c
-                                          WHERE c.broadcaster_id = o.broadcaster_id AND c.enabled));
+                           WHERE o.source <> 'poll' OR o.broadcaster_id = ANY (tracked));
             held := twitch_sync.held_by_events(rest);
             IF cardinality(held) > 0 THEN
                 rest := ARRAY(SELECT o FROM unnest(rest) o

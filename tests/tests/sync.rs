@@ -516,6 +516,65 @@ fn a_role_with_no_grants_cannot_hold_up_runs_or_maintain() {
         .unwrap();
 }
 
+/// A run in flight when a channel is untracked or disabled writes nothing
+/// for it: not a new broadcast (a restart), not a broadcast of a channel
+/// that was offline. (The run's write waits for the untrack in flight.)
+#[test]
+fn a_run_overlapping_untrack_or_disable_writes_nothing_for_the_channel() {
+    let mut db = TestDb::new(world(20, 0.0));
+    let ids = db.track_first(20);
+    let (restarted, went_live, disabled) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    db.sim.world(|w| {
+        w.go_live(&restarted);
+        w.go_live(&disabled);
+    });
+    assert_eq!(db.run()["status"], "ok");
+    let e0 = db.scalar_i64("SELECT coalesce(max(event_id), 0) FROM twitch_sync.events");
+    // Helix now lists a new broadcast of each (a restart, an offline channel
+    // gone live) while another session untracks or disables them
+    db.sim.world(|w| {
+        w.restart(&restarted);
+        w.go_live(&went_live);
+        w.restart(&disabled);
+    });
+    let mut admin = db.connect();
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT twitch_sync.untrack('{restarted}'), twitch_sync.untrack('{went_live}');
+             UPDATE twitch_sync.channels SET enabled = false WHERE broadcaster_id = '{disabled}';"
+        ))
+        .unwrap();
+    let mut other = db.connect();
+    let run = std::thread::spawn(move || {
+        other
+            .query_one("SELECT twitch_sync.run()", &[])
+            .unwrap()
+            .get::<_, twitch_sync_e2e::serde_json::Value>(0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    admin.batch_execute("COMMIT").unwrap();
+    let doc = run.join().unwrap();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    for b in [&restarted, &went_live, &disabled] {
+        assert_eq!(
+            db.scalar_i64(&format!(
+                "SELECT count(*) FROM twitch_sync.streams WHERE broadcaster_id = '{b}' AND is_live"
+            )),
+            0,
+            "{b}: no live broadcast of an untracked or disabled channel: {doc}"
+        );
+    }
+    assert_eq!(
+        db.scalar_i64(&format!(
+            "SELECT count(*) FROM twitch_sync.events WHERE event IN ('online', 'restart')
+               AND broadcaster_id IN ('{restarted}', '{went_live}', '{disabled}') AND event_id > {e0}"
+        )),
+        0,
+        "no online or restart event for them since"
+    );
+}
+
 #[test]
 fn concurrent_runs_are_skipped() {
     let mut db = TestDb::new(world(100, 0.5));
