@@ -197,17 +197,17 @@ CREATE TABLE twitch_sync.run_unchecked (
 );
 CREATE INDEX run_unchecked_run_id ON twitch_sync.run_unchecked (run_id);
 
--- The run lock and the rollup lock are row locks on these two rows
--- (twitch_sync.try_run_lock, twitch_sync.rollup_lock). Not advisory locks:
--- any role that can connect may take any advisory key, and one holding
--- twitch_sync's would skip every run or hold run() and maintain() waiting.
--- Locking a row here takes UPDATE on this table, which no role has but the
--- extension's owner. Row locks are transaction-level too: they end with the
--- transaction, however its backend ends.
+-- The run lock is a row lock on this table's one row
+-- (twitch_sync.try_run_lock). Not an advisory lock: any role that can
+-- connect may take any advisory key, and one holding twitch_sync's would
+-- skip every run. Locking a row here takes UPDATE on this table, which no
+-- role has but the extension's owner. Row locks are transaction-level too:
+-- they end with the transaction, however its backend ends. (The rollup lock
+-- is a table lock: twitch_sync.rollup_lock.)
 CREATE TABLE twitch_sync.locks (
-    name text PRIMARY KEY CHECK (name IN ('run', 'rollups'))
+    name text PRIMARY KEY CHECK (name IN ('run'))
 );
-INSERT INTO twitch_sync.locks (name) VALUES ('run'), ('rollups');
+INSERT INTO twitch_sync.locks (name) VALUES ('run');
 
 -- The event outbox: one row per state change (online, restart, offline).
 -- NOTIFY twitch_sync carries only event_id; consumers read the event here, so

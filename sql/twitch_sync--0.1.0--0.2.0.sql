@@ -369,20 +369,26 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.channel_category_days', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.rollup_state', '');
 
--- The run lock and the rollup lock are row locks on these two rows
--- (twitch_sync.try_run_lock, twitch_sync.rollup_lock). Not advisory locks:
--- any role that can connect may take any advisory key, and one holding
--- twitch_sync's would skip every run or hold run() and maintain() waiting.
--- Locking a row here takes UPDATE on this table, which no role has but the
--- extension's owner. Row locks are transaction-level too: they end with the
--- transaction, however its backend ends.
+-- The run lock is a row lock on this table's one row
+-- (twitch_sync.try_run_lock). Not an advisory lock: any role that can
+-- connect may take any advisory key, and one holding twitch_sync's would
+-- skip every run. Locking a row here takes UPDATE on this table, which no
+-- role has but the extension's owner. Row locks are transaction-level too:
+-- they end with the transaction, however its backend ends. (The rollup lock
+-- is a table lock: twitch_sync.rollup_lock.)
 CREATE TABLE twitch_sync.locks (
-    name text PRIMARY KEY CHECK (name IN ('run', 'rollups'))
+    name text PRIMARY KEY CHECK (name IN ('run'))
 );
-INSERT INTO twitch_sync.locks (name) VALUES ('run'), ('rollups');
+INSERT INTO twitch_sync.locks (name) VALUES ('run');
 
--- The rollup lock (a row lock on twitch_sync.locks' 'rollups' row, taken
--- only here: shared is FOR KEY SHARE, alone is FOR UPDATE). maintain() holds it alone (waiting for it); a writer of
+-- The rollup lock (a table lock on twitch_sync.rollup_state, taken only
+-- here: shared is ROW SHARE, alone is EXCLUSIVE; readers of rollup_state
+-- are not held up). A table lock, not a row lock: Postgres queues table
+-- locks, so a writer that comes while maintain() waits for the lock waits
+-- behind it (row locks let shared lockers pass a waiting exclusive one, and
+-- writers that keep overlapping would starve maintain()); and not an
+-- advisory lock, which any role could take: LOCK TABLE takes UPDATE on the
+-- table, which only the extension's owner has. maintain() holds it alone (waiting for it); a writer of
 -- samples, or of airtime on a past day, holds it shared from its stale check
 -- (mark_rollups_stale) to its commit. So maintain() waits for the writers in
 -- flight before it reads what to roll up, and a writer that comes while
@@ -398,12 +404,15 @@ CREATE FUNCTION twitch_sync.rollup_lock(exclusive boolean, wait boolean DEFAULT 
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT exclusive THEN
-        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR KEY SHARE;
+        LOCK TABLE twitch_sync.rollup_state IN ROW SHARE MODE;
     ELSIF wait THEN
-        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE;
+        LOCK TABLE twitch_sync.rollup_state IN EXCLUSIVE MODE;
     ELSE
-        PERFORM FROM twitch_sync.locks l WHERE l.name = 'rollups' FOR UPDATE SKIP LOCKED;
-        RETURN FOUND;
+        BEGIN
+            LOCK TABLE twitch_sync.rollup_state IN EXCLUSIVE MODE NOWAIT;
+        EXCEPTION WHEN lock_not_available THEN
+            RETURN false;
+        END;
     END IF;
     RETURN true;
 END
@@ -939,6 +948,7 @@ DECLARE
     full_from date;
     first_day date;
     keep_days integer := twitch_sync.setting('twitch_sync.rollups_retention_days')::integer;
+    keep_samples integer := twitch_sync.setting('twitch_sync.samples_retention_days')::integer;
     n bigint;
     day date;
     span record;
@@ -1004,27 +1014,14 @@ BEGIN
     IF NOT first_call THEN
         PERFORM twitch_sync.add_day_parts(since, through, coalesce(dropped_before, '-infinity'), full_from);
     END IF;
-    -- A day of airtime without a partition of viewer_samples (a broadcast
-    -- live before the first run, or a start time learned or backfilled
-    -- later) gets one, empty, unless retention dropped its samples: its
-    -- airtime is rolled up like any day's.
-    -- (Usually every day has its partition, and streams is not read.)
-    FOR day IN
-        SELECT d::date FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
-         WHERE pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NULL
-           AND NOT d::date = ANY (pending)
-           AND (dropped_before IS NULL OR d::date >= dropped_before)
-         ORDER BY 1
-    LOOP
-        IF EXISTS (SELECT 1 FROM twitch_sync.streams b
-                    WHERE coalesce(b.started_at, b.first_seen_at) < ((day + 1)::timestamp AT TIME ZONE 'UTC')
-                      AND (b.ended_at IS NULL OR b.ended_at > (day::timestamp AT TIME ZONE 'UTC'))) THEN
-            partitions_created := partitions_created + twitch_sync.create_sample_partitions(day, day);
-        END IF;
-    END LOOP;
     -- Only days whose samples are kept are rolled up: a day without its
     -- partition of viewer_samples (dropped by samples_retention_days) keeps
-    -- the rollups it has. A day after a dropped
+    -- the rollups it has. A day of airtime that never had a partition (a
+    -- broadcast live before its first sample, a start time learned or
+    -- backfilled later) is rolled up too, from nothing but its airtime, if
+    -- it lies within samples_retention_days (no partition is made for it:
+    -- one per day of a long history would take a lock each, in this one
+    -- transaction). A day after a dropped
     -- one is whole in its own samples (and the next day's): each sample
     -- carries the interval it closes, the one that began the day before too.
     -- Consecutive days go in one roll_up_days call.
@@ -1033,7 +1030,13 @@ BEGIN
         WITH kept AS (
             SELECT d::date AS d FROM pg_catalog.generate_series(first_day, today, interval '1 day') d
              WHERE (pg_catalog.to_regclass('twitch_sync.' || twitch_sync.sample_partition(d::date)) IS NOT NULL
-                    OR d::date = ANY (pending))
+                    OR d::date = ANY (pending)
+                    OR ((keep_samples = 0 OR d::date > today - keep_samples)
+                        AND EXISTS (SELECT 1 FROM twitch_sync.streams b
+                                     WHERE coalesce(b.started_at, b.first_seen_at)
+                                               < ((d::date + 1)::timestamp AT TIME ZONE 'UTC')
+                                       AND (b.ended_at IS NULL
+                                            OR b.ended_at > (d::date::timestamp AT TIME ZONE 'UTC')))))
                AND (dropped_before IS NULL OR d::date >= dropped_before)
         )
         SELECT min(k.d) AS a, max(k.d) AS z

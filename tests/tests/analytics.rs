@@ -859,13 +859,37 @@ fn airtime_before_the_first_sample_is_rolled_up() {
     let today = now.div_euclid(DAY);
     let started = (today - 2) * DAY + 20 * 3_600;
     let c = &mut db.client;
-    send(
-        c,
-        now - 120,
-        &[live("705", "7051", Some(40), Some(started))],
-    );
-    send(c, now - 60, &[live("705", "7051", Some(40), Some(started))]);
+    // and one live for eight years: no partition per day of it (a lock each,
+    // in maintain()'s one transaction, ran out of shared memory), and its
+    // airtime rolled up only within samples_retention_days (90 by default)
+    let long_ago = now - 3_000 * DAY;
+    for at in [now - 120, now - 60] {
+        send(
+            c,
+            at,
+            &[
+                live("705", "7051", Some(40), Some(started)),
+                live("706", "7061", Some(2), Some(long_ago)),
+            ],
+        );
+    }
     c.batch_execute("SELECT twitch_sync.maintain()").unwrap();
+    let partitions: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'twitch_sync.viewer_samples'::regclass",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(partitions <= 12, "{partitions} partitions");
+    let days_of_706: i64 = c
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.channel_days WHERE broadcaster_id = '706'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(days_of_706, 90, "today and the 89 days before");
     assert_rolled_up_as_computed(c, &[today - 2, today - 1]);
     let airtime: Vec<String> = c
         .query(
@@ -1702,16 +1726,15 @@ fn maintain_rolls_up_a_backfill_into_the_day_it_rolled_up() {
     );
 }
 
-/// Waits (up to 10 s) until a backend of this database waits for a row lock
-/// (the rollup lock: a row of twitch_sync.locks, waited for as its locker's
-/// transaction id); fails if none does.
+/// Waits (up to 10 s) until a backend of this database waits for a table
+/// lock (the rollup lock: on twitch_sync.rollup_state); fails if none does.
 fn wait_for_rollup_lock_waiter(c: &mut Client) {
     for _ in 0..200 {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity
                   WHERE datname = current_database() AND wait_event_type = 'Lock'
-                    AND wait_event IN ('transactionid', 'tuple')",
+                    AND wait_event = 'relation'",
                 &[],
             )
             .unwrap()
@@ -1722,6 +1745,59 @@ fn wait_for_rollup_lock_waiter(c: &mut Client) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("no backend waits for the rollup lock");
+}
+
+/// The rollup lock queues: a writer that comes while maintain() waits for
+/// writers in flight waits behind it, so writers that keep overlapping
+/// cannot hold maintain() off for good.
+#[test]
+fn a_waiting_maintain_is_not_overtaken_by_later_writers() {
+    let db = TestDb::bare(world(1, 0.0));
+    let connect = || db.connect();
+    let mut first = connect();
+    first
+        .batch_execute("BEGIN; SELECT twitch_sync.rollup_lock(false)")
+        .unwrap();
+    let took = |mut c: Client, exclusive: bool| {
+        std::thread::spawn(move || {
+            c.batch_execute("BEGIN").unwrap();
+            c.execute("SELECT twitch_sync.rollup_lock($1)", &[&exclusive])
+                .unwrap();
+            let at: SystemTime = c.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            c.batch_execute("COMMIT").unwrap();
+            at
+        })
+    };
+    let maintain = took(connect(), true);
+    let mut watch = connect();
+    wait_for_rollup_lock_waiter(&mut watch);
+    let later = took(connect(), false);
+    // the later writer waits too (behind maintain), although only a shared
+    // lock is held
+    let mut both = false;
+    for _ in 0..100 {
+        let n: i64 = watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = 'relation'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n == 2 {
+            both = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        both,
+        "the later writer queues behind the waiting maintain()"
+    );
+    first.batch_execute("COMMIT").unwrap();
+    let (m, w) = (maintain.join().unwrap(), later.join().unwrap());
+    assert!(m < w, "maintain() got the lock first");
 }
 
 /// maintain() and the writers of samples take turns (the rollup lock). A
