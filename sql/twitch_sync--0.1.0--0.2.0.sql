@@ -3943,6 +3943,62 @@ $$;
 SELECT twitch_sync.end_live_broadcasts(ARRAY(
     SELECT c.broadcaster_id FROM twitch_sync.channels c WHERE NOT c.enabled));
 
+-- Reading the event outbox without missing an event. Event ids are drawn
+-- when an event is written, and several transactions write events at once
+-- (run(), the EventSub worker, webhooks, untrack()): a later id can commit
+-- before an earlier one, and a consumer that moved past it would never see
+-- it. event_horizon() says how far ids are settled: `drawn` is the last id
+-- handed out, and `writing` whether another transaction that may hold one of
+-- them is still open (a transaction that inserts into twitch_sync.events
+-- holds its RowExclusiveLock to its end, and pg_locks shows it to every
+-- role). SECURITY DEFINER for the sequence; it shows no event.
+CREATE FUNCTION twitch_sync.event_horizon(OUT drawn bigint, OUT writing boolean)
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pg_catalog.pg_sequence_last_value(
+                        pg_catalog.pg_get_serial_sequence('twitch_sync.events', 'event_id')::regclass), 0),
+           EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                    WHERE l.locktype = 'relation' AND l.relation = 'twitch_sync.events'::regclass
+                      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                         WHERE d.datname = pg_catalog.current_database())
+                      AND l.mode = 'RowExclusiveLock' AND l.granted
+                      AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid())
+$$;
+
+-- The events after `last_seen` that can be handled now, in id order: with
+-- no other writer open, every event up to the horizon; with one open, those
+-- up to the first missing id (it may be that writer's, committing later).
+-- The consumer handles them and keeps the last id as its new last_seen;
+-- nothing is ever skipped (ids of rolled-back or pruned events are passed
+-- once no writer is open). Reads as the caller (SELECT on events), in a
+-- snapshot taken after the horizon: READ COMMITTED only.
+CREATE FUNCTION twitch_sync.events_after(last_seen bigint)
+RETURNS SETOF twitch_sync.events
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    h record;
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'twitch_sync.events_after() needs a READ COMMITTED transaction'
+            USING ERRCODE = 'active_sql_transaction',
+                  HINT = 'Call it on its own (autocommit) or in a READ COMMITTED transaction: it reads events '
+                      || 'committed after it looked at the writers in flight.';
+    END IF;
+    IF last_seen IS NULL THEN
+        RAISE EXCEPTION 'last_seen is NULL'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'Pass 0 to read from the first event kept.';
+    END IF;
+    h := twitch_sync.event_horizon();
+    RETURN QUERY
+        SELECT (e).* FROM (
+            SELECT e, e.event_id - events_after.last_seen
+                          = pg_catalog.row_number() OVER (ORDER BY e.event_id) AS unbroken
+              FROM twitch_sync.events e
+             WHERE e.event_id > events_after.last_seen AND e.event_id <= h.drawn) x
+         WHERE NOT h.writing OR x.unbroken
+         ORDER BY (x.e).event_id;
+END
+$$;
+
 -- As on a fresh install: nothing is readable or executable by PUBLIC.
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
 -- set_credentials(): a refused call does not write its statement (with the

@@ -367,7 +367,9 @@ fn events_are_an_outbox_a_stranger_can_neither_read_nor_forge() {
         .batch_execute(&format!(
             "CREATE ROLE {outsider_role} LOGIN; CREATE ROLE {consumer_role} LOGIN;
              GRANT USAGE ON SCHEMA twitch_sync TO {consumer_role};
-             GRANT SELECT ON twitch_sync.events TO {consumer_role};"
+             GRANT SELECT ON twitch_sync.events TO {consumer_role};
+             GRANT EXECUTE ON FUNCTION twitch_sync.events_after(bigint), twitch_sync.event_horizon()
+                TO {consumer_role};"
         ))
         .unwrap();
     let mut consumer = db.cluster().connect_as(&db.name, &consumer_role);
@@ -429,16 +431,18 @@ fn events_are_an_outbox_a_stranger_can_neither_read_nor_forge() {
     });
     db.run();
     let mut consumer = db.cluster().connect_as(&db.name, &consumer_role);
-    let missed: Vec<(i64, String, String)> = consumer
-        .query(
-            "SELECT event_id, event, broadcaster_id FROM twitch_sync.events
-              WHERE event_id > $1 ORDER BY event_id",
-            &[&last_seen],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let after =
+        |c: &mut twitch_sync_e2e::postgres::Client, last: i64| -> Vec<(i64, String, String)> {
+            c.query(
+                "SELECT event_id, event, broadcaster_id FROM twitch_sync.events_after($1)",
+                &[&last],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+        };
+    let missed = after(&mut consumer, last_seen);
     let kinds: Vec<(&str, &str)> = missed
         .iter()
         .map(|(_, e, b)| (e.as_str(), b.as_str()))
@@ -446,6 +450,53 @@ fn events_are_an_outbox_a_stranger_can_neither_read_nor_forge() {
     assert_eq!(kinds.len(), 2, "{missed:?}");
     assert!(kinds.contains(&("offline", live[0].as_str())), "{missed:?}");
     assert!(kinds.contains(&("restart", live[1].as_str())), "{missed:?}");
+    let last_seen = missed.last().unwrap().0;
+
+    // Writers overlap: an EventSub event's transaction draws its event id,
+    // then a run commits later ids first. The consumer is not moved past the
+    // open one's id: it gets nothing beyond it until that commits, then
+    // everything, in id order.
+    let mut event_writer = db.connect();
+    event_writer
+        .batch_execute(&format!(
+            "BEGIN; SELECT twitch_sync.apply_eventsub('m-open', now(), 'online', '{}', '990001', NULL, now())",
+            live[0]
+        ))
+        .unwrap();
+    db.sim.world(|w| {
+        w.go_offline(&live[2]);
+        w.go_offline(&live[3]);
+    });
+    assert_eq!(db.run()["ended"], 2);
+    assert!(
+        after(&mut consumer, last_seen).is_empty(),
+        "the open event's id comes first"
+    );
+    event_writer.batch_execute("COMMIT").unwrap();
+    let caught_up = after(&mut consumer, last_seen);
+    let order: Vec<(&str, &str)> = caught_up
+        .iter()
+        .map(|(_, e, b)| (e.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(order.len(), 3, "{caught_up:?}");
+    assert_eq!(order[0], ("online", live[0].as_str()), "{caught_up:?}");
+    assert!(
+        order.contains(&("offline", live[2].as_str())),
+        "{caught_up:?}"
+    );
+    assert!(
+        order.contains(&("offline", live[3].as_str())),
+        "{caught_up:?}"
+    );
+    assert!(caught_up.windows(2).all(|w| w[0].0 < w[1].0));
+    // in a REPEATABLE READ transaction it refuses (its snapshot would be older
+    // than the writers it looked at)
+    let err = consumer
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM twitch_sync.events_after(0)",
+        )
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "25001", "{}", error_text(&err));
 }
 
 #[test]
