@@ -438,6 +438,18 @@ impl TestDb {
         row.get::<_, serde_json::Value>(0)
     }
 
+    /// `run()` on a connection of its own, on a thread: join it for the
+    /// run's document (while this connection does something else).
+    pub fn run_in_background(&self) -> std::thread::JoinHandle<serde_json::Value> {
+        let mut other = self.connect();
+        std::thread::spawn(move || {
+            other
+                .query_one("SELECT twitch_sync.run()", &[])
+                .expect("twitch_sync.run()")
+                .get::<_, serde_json::Value>(0)
+        })
+    }
+
     /// Asserts that the live streams stored are exactly the simulator's, with the same counts.
     pub fn assert_matches_world(&mut self) {
         let mut want: Vec<(String, i32)> = self.sim.world(|w| {

@@ -279,13 +279,7 @@ fn a_token_minted_for_replaced_credentials_is_not_cached() {
             .on(Endpoint::Token)
             .times(1),
     );
-    let mut other = db.connect();
-    let run = std::thread::spawn(move || {
-        other
-            .query_one("SELECT twitch_sync.run()", &[])
-            .unwrap()
-            .get::<_, twitch_sync_e2e::serde_json::Value>(0)
-    });
+    let run = db.run_in_background();
     std::thread::sleep(Duration::from_millis(500));
     db.client
         .execute(
@@ -545,13 +539,7 @@ fn a_run_overlapping_untrack_or_disable_writes_nothing_for_the_channel() {
              UPDATE twitch_sync.channels SET enabled = false WHERE broadcaster_id = '{disabled}';"
         ))
         .unwrap();
-    let mut other = db.connect();
-    let run = std::thread::spawn(move || {
-        other
-            .query_one("SELECT twitch_sync.run()", &[])
-            .unwrap()
-            .get::<_, twitch_sync_e2e::serde_json::Value>(0)
-    });
+    let run = db.run_in_background();
     std::thread::sleep(Duration::from_millis(1500));
     admin.batch_execute("COMMIT").unwrap();
     let doc = run.join().unwrap();
@@ -580,13 +568,7 @@ fn concurrent_runs_are_skipped() {
     let mut db = TestDb::new(world(100, 0.5));
     db.track_first(100);
     db.sim.set_latency(Duration::from_millis(1500));
-    let mut other = db.connect();
-    let slow = std::thread::spawn(move || {
-        other
-            .query_one("SELECT twitch_sync.run()", &[])
-            .unwrap()
-            .get::<_, twitch_sync_e2e::serde_json::Value>(0)
-    });
+    let slow = db.run_in_background();
     std::thread::sleep(Duration::from_millis(600));
     assert!(db.run_in_progress());
     let t = Instant::now();
