@@ -212,7 +212,8 @@ INSERT INTO twitch_sync.locks (name) VALUES ('run');
 -- The event outbox: one row per state change (online, restart, offline).
 -- NOTIFY twitch_sync carries only event_id; consumers read the event here, so
 -- a forged NOTIFY leads nowhere, and a consumer that was away catches up with
--- WHERE event_id > last_seen. Readable only by roles granted SELECT.
+-- twitch_sync.events_after(last_seen) (sql/operations.sql: it never passes
+-- an event an open transaction still writes). Readable only by roles granted SELECT.
 CREATE TABLE twitch_sync.events (
     broadcaster_id text NOT NULL,
     event_id       bigint GENERATED ALWAYS AS IDENTITY,
