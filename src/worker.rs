@@ -234,10 +234,10 @@ struct Running {
     view: Arc<Mutex<ShardView>>,
     /// The pass in flight, if any: its task and its answer.
     pass: Option<(runtime::Background<()>, oneshot::Receiver<PassOutput>)>,
-    /// The conduit's subscriptions were listed (and recorded), and when:
-    /// listed again every [`RELIST_EVERY_PASSES`] intervals.
-    listed: bool,
-    listed_at: Instant,
+    /// When the conduit's subscriptions were last listed (and recorded);
+    /// None until the first listing. Listed again every
+    /// [`RELIST_EVERY_PASSES`] intervals.
+    listed_at: Option<Instant>,
     /// A session after the first began: the revocations Twitch sent while
     /// the shard was disconnected were lost (it sends each once), so the
     /// revoked subscriptions are listed (by status) before the next pass.
@@ -747,8 +747,7 @@ impl Worker {
             events,
             view,
             pass: None,
-            listed: false,
-            listed_at: Instant::now(),
+            listed_at: None,
             revocations_due: false,
             had_session: false,
             create_backoff: CreateBackoff::default(),
@@ -1098,10 +1097,10 @@ impl Worker {
         // Delete EventSub Subscription by another client, say): the full
         // listing again, which forgets those the conduit lost, and the
         // reconciliation creates them anew.
-        if r.listed
-            && r.listed_at.elapsed() >= gucs::eventsub_reconcile_every() * RELIST_EVERY_PASSES
+        if r.listed_at
+            .is_some_and(|t| t.elapsed() >= gucs::eventsub_reconcile_every() * RELIST_EVERY_PASSES)
         {
-            r.listed = false;
+            r.listed_at = None;
         }
         let (client, token, conduit) = (
             r.client.clone(),
@@ -1109,13 +1108,13 @@ impl Worker {
             r.conduit_id.clone(),
         );
         let (tx, rx) = oneshot::channel();
-        let task = if r.listed && r.revocations_due {
+        let task = if r.listed_at.is_some() && r.revocations_due {
             r.revocations_due = false;
             runtime::spawn(async move {
                 let out = reconcile::list_revoked(&client, &token, &conduit, MAX_LIST_PAGES).await;
                 let _ = tx.send(PassOutput::Revoked(out));
             })
-        } else if !r.listed {
+        } else if r.listed_at.is_none() {
             runtime::spawn(async move {
                 let out = reconcile::list_conduit(&client, &token, &conduit, MAX_LIST_PAGES).await;
                 let _ = tx.send(PassOutput::Listing(out));
@@ -1185,8 +1184,7 @@ impl Worker {
         let mut refused = false;
         match out {
             PassOutput::Listing(Ok((subs, budget))) => {
-                r.listed = true;
-                r.listed_at = Instant::now();
+                r.listed_at = Some(Instant::now());
                 r.budget = Some(budget);
                 let ids: Vec<String> = subs.iter().map(|s| s.id.clone()).collect();
                 let res = in_transaction(|| {

@@ -384,9 +384,6 @@ impl Answer {
     }
 }
 
-/// An `Authorization` header value (`Bearer <token>`, `OAuth <token>`), marked
-/// sensitive so that it never shows in debug output. A token that cannot be a
-/// header value is replaced by `invalid` (the server then refuses it).
 /// Longest access token accepted from the token endpoint, in bytes (Twitch's
 /// are 30 characters).
 pub const MAX_TOKEN_BYTES: usize = 512;
@@ -401,6 +398,9 @@ pub fn is_usable_token(token: &str) -> bool {
         && token.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// An `Authorization` header value (`Bearer <token>`, `OAuth <token>`), marked
+/// sensitive so that it never shows in debug output. A token that cannot be a
+/// header value is replaced by `invalid` (the server then refuses it).
 pub(crate) fn authorization(scheme: &'static str, token: &str) -> HeaderValue {
     let mut v = HeaderValue::from_str(&format!("{scheme} {token}"))
         .or_else(|_| HeaderValue::from_str(&format!("{scheme} invalid")))
