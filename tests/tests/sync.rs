@@ -463,10 +463,15 @@ fn an_unreachable_auth_server_fails_the_run_without_raising() {
         doc["error"].as_str().unwrap().contains("app access token"),
         "{doc}"
     );
+    // no channel could be checked: every one counts as an error, in the
+    // document and in the run's row
+    assert_eq!(doc["errors"], 10, "{doc}");
     let secret = db.sim.client_secret();
     assert!(!doc.to_string().contains(&secret));
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"),
+        db.scalar_i64(
+            "SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed' AND errors = 10"
+        ),
         1
     );
 }

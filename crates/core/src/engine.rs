@@ -132,6 +132,8 @@ pub struct PassSummary {
     pub rate_limit: Option<RateLimitSnapshot>,
     /// Set when no request could be made at all (no token, say).
     pub fatal: Option<String>,
+    /// Channels the pass set out to check by id (over its planned batches).
+    pub planned: usize,
     /// Problems that did not stop the pass (a failed hourly validation, say).
     pub warnings: Vec<String>,
     /// Each failed batch (also sent as [`BatchResult::Failed`]).
@@ -153,9 +155,15 @@ pub struct PassSummary {
 }
 
 impl PassSummary {
-    /// Channels in failed batches.
+    /// Channels in failed batches; when the pass was fatal (no request could
+    /// be made), every channel it set out to check.
     pub fn failed_channels(&self) -> usize {
-        self.failures.iter().map(|f| f.channels).sum()
+        let failed = self.failures.iter().map(|f| f.channels).sum();
+        if self.fatal.is_some() {
+            self.planned.max(failed)
+        } else {
+            failed
+        }
     }
     /// The first error, for the run's one-line `error` column.
     pub fn first_error(&self) -> Option<String> {
@@ -655,6 +663,7 @@ pub async fn sync_streaming(
         ..Default::default()
     };
     let batches = plan_batches(&input.broadcaster_ids);
+    outcome.planned = batches.iter().map(Vec::len).sum();
     if batches.is_empty() && input.directories.is_empty() {
         return outcome;
     }

@@ -289,7 +289,11 @@ mod tests {
         s.failures.clear();
         s.fatal = Some("no token".into());
         assert_eq!(RunStatus::of(&s, true), RunStatus::Failed);
+        // no request could be made: every planned channel is an error
+        s.planned = 300;
+        assert_eq!(s.failed_channels(), 300);
         s.fatal = None;
+        assert_eq!(s.failed_channels(), 0);
         s.checked = 5;
         assert_eq!(s.status(), RunStatus::Ok);
         let names: Vec<(&str, bool)> = [
