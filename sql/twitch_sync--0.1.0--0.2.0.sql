@@ -4058,9 +4058,11 @@ DROP FUNCTION twitch_sync.status_0_1_0();
 -- gets the maintenance job (twitch_sync.cron_maintain_job_name()) beside it,
 -- owned like it, as schedule() makes it (unschedule() removes both); an owner
 -- that may not call maintain() is granted EXECUTE on it (it runs the sync
--- already), with a NOTICE. Where pg_cron runs in another database the jobs
--- are out of reach: a NOTICE gives the call to make there (README
--- "Upgrades"). A failure never stops the upgrade. Before the initial
+-- already), with a WARNING. Where pg_cron runs in another database the jobs
+-- are out of reach: a WARNING gives the call to make there (README
+-- "Upgrades"). WARNINGs, because PostgreSQL raises client_min_messages and
+-- log_min_messages to WARNING while an extension's script runs: a NOTICE
+-- would reach nobody. A failure never stops the upgrade. Before the initial
 -- privileges are set straight below, so that such a grant stays the user's.
 DO $$
 DECLARE
@@ -4070,7 +4072,7 @@ DECLARE
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_cron') THEN
         IF cron_db IS NOT NULL AND cron_db <> here THEN
-            RAISE NOTICE 'twitch_sync: from 0.2.0 on, maintain() runs hourly beside run(); pg_cron runs in database %', cron_db
+            RAISE WARNING 'twitch_sync: from 0.2.0 on, maintain() runs hourly beside run(); pg_cron runs in database %', cron_db
                 USING HINT = pg_catalog.format('Connect to %I and run: SELECT cron.schedule_in_database(%L, %L, %L, %L);',
                     cron_db, twitch_sync.cron_job_name() || '-' || here || '-maintain',
                     twitch_sync.cron_maintain_schedule(), 'SELECT twitch_sync.maintain()', here);
@@ -4089,7 +4091,7 @@ BEGIN
         BEGIN
             IF NOT pg_catalog.has_function_privilege(j.username, 'twitch_sync.maintain()', 'EXECUTE') THEN
                 EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION twitch_sync.maintain() TO %I', j.username);
-                RAISE NOTICE 'twitch_sync: granted EXECUTE on twitch_sync.maintain() to %, which owns a run() job, for its maintain() job',
+                RAISE WARNING 'twitch_sync: granted EXECUTE on twitch_sync.maintain() to %, which owns a run() job, for its maintain() job',
                     j.username;
             END IF;
             EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4, $5)'

@@ -402,7 +402,15 @@ mod twitch_sync {
         // and the result is copied before anything else can change the setting.
         let value = unsafe { pg_sys::GetConfigOption(c_name.as_ptr(), true, false) };
         if value.is_null() {
-            refuse("unknown twitch_sync setting")
+            // NULL too for a string setting that is unset (eventsub_database's
+            // default): SHOW's form tells it from an unknown name ('' for unset).
+            // SAFETY: as above; with missing_ok an unknown name returns NULL.
+            let shown =
+                unsafe { pg_sys::GetConfigOptionByName(c_name.as_ptr(), std::ptr::null_mut(), true) };
+            if shown.is_null() {
+                refuse("unknown twitch_sync setting")
+            }
+            return String::new();
         }
         // SAFETY: GetConfigOption returns a NUL-terminated string.
         unsafe { CStr::from_ptr(value) }

@@ -309,6 +309,8 @@ struct Worker {
     replaced: Option<(Instant, Duration)>,
     /// Wakes the loop when an event arrives (None: the pipe could not be made).
     wake: Option<WakePipe>,
+    /// The state and detail last written to the log ([`Worker::set_state`]).
+    logged: (&'static str, Option<String>),
 }
 
 /// Wakes the main loop as soon as the runtime delivers an event: the loop
@@ -386,6 +388,7 @@ impl Worker {
             orphan: None,
             replaced: None,
             wake: WakePipe::new(),
+            logged: ("idle", None),
         }
     }
 
@@ -467,7 +470,14 @@ impl Worker {
             None => d,
         });
         if self.row.state != state || self.row.detail != detail {
-            if self.row.state != state || state != "connecting" {
+            // Logged once per new reason: retries after a failure (idle with
+            // a reason, connecting, idle with the same reason again) add no
+            // line until something else happens.
+            let (last_state, last_detail) = &self.logged;
+            let retrying = state == "connecting" && *last_state == "idle" && last_detail.is_some();
+            let repeated = *last_state == state && *last_detail == detail;
+            let detail_only = self.row.state == state && state == "connecting";
+            if !(retrying || repeated || detail_only) {
                 pgrx::log!(
                     "twitch_sync eventsub worker: {state}{}",
                     detail
@@ -475,6 +485,7 @@ impl Worker {
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default()
                 );
+                self.logged = (state, detail.clone());
             }
             self.row.state = state;
             self.row.detail = detail;

@@ -221,6 +221,33 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"))
     }
 
+    /// A connection that keeps every notice and warning the server sends it
+    /// (`SEVERITY: message (HINT: hint)`), in the order they came.
+    pub fn connect_keeping_notices(
+        &self,
+        dbname: &str,
+    ) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = kept.clone();
+        let client = format!(
+            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
+            self.port
+        )
+        .parse::<postgres::Config>()
+        .unwrap()
+        .notice_callback(move |n| {
+            sink.lock().unwrap().push(format!(
+                "{}: {} (HINT: {})",
+                n.severity(),
+                n.message(),
+                n.hint().unwrap_or("")
+            ))
+        })
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"));
+        (client, kept)
+    }
+
     /// A connection, or None while the server does not accept one.
     pub fn connect_opt(&self, dbname: &str) -> Option<Client> {
         Client::connect(

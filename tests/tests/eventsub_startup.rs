@@ -145,7 +145,15 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
     // for nothing), and no token shows anywhere
     let kept = access_token(&mut db.client);
     assert_ne!(kept, token, "the minted token is stored");
-    std::thread::sleep(Duration::from_secs(2)); // (a retry or two more)
+    std::thread::sleep(Duration::from_millis(3500)); // (a retry or two more)
+    // logged once, however often it is retried
+    let refusals = db
+        .cluster()
+        .log()
+        .lines()
+        .filter(|l| l.contains("eventsub worker: idle (") && l.contains("token not accepted"))
+        .count();
+    assert_eq!(refusals, 1, "one log line per new reason");
     let tokens = db.sim.tokens();
     assert!(!tokens.is_empty());
     for (what, text) in [

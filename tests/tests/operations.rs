@@ -833,6 +833,31 @@ fn a_setting_a_non_superuser_set_before_the_library_loaded_is_never_used() {
         .unwrap()
         .get(0);
     assert_eq!(gap, "1200");
+    // every twitch_sync.* setting reads; an unset one (eventsub_database's
+    // default) as '', like SHOW (it was refused as unknown)
+    let names: Vec<String> = db
+        .query(
+            "SELECT name FROM pg_settings WHERE name LIKE 'twitch\\_sync.%'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(names.len() > 20, "{names:?}");
+    for name in &names {
+        let value: String = db
+            .query_one("SELECT twitch_sync.setting($1)", &[name])
+            .unwrap_or_else(|e| panic!("{name}: {}", error_text(&e)))
+            .get(0);
+        if name == "twitch_sync.eventsub_database" {
+            let shown: String = db
+                .query_one("SELECT current_setting($1)", &[name])
+                .unwrap()
+                .get(0);
+            assert_eq!(value, shown, "{name}");
+        }
+    }
     // another setting, or a twitch_sync.* name that is none: 22023, and no
     // Rust backtrace in the error (an unknown twitch_sync.* name was 42704
     // with one in DETAIL)

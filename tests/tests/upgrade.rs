@@ -149,9 +149,22 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     client
         .batch_execute("DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at)")
         .unwrap();
-    client
+    // pg_cron runs in another database (`postgres`): the update says what to
+    // run there. A WARNING, as PostgreSQL shows nothing milder from an
+    // extension's script.
+    let (mut updater, said) = cluster.connect_keeping_notices(&old.name);
+    updater
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
         .expect("ALTER EXTENSION twitch_sync UPDATE");
+    drop(updater);
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.iter().any(|n| n.starts_with("WARNING: twitch_sync: from 0.2.0 on, maintain() runs hourly")
+            && n.contains("pg_cron runs in database postgres")
+            && n.contains("SELECT cron.schedule_in_database(")
+            && n.contains("'SELECT twitch_sync.maintain()'")),
+        "the update names the call to make where pg_cron runs: {said:?}"
+    );
     let upgraded_at: std::time::SystemTime = client
         .query_one("SELECT clock_timestamp()", &[])
         .unwrap()
@@ -178,9 +191,18 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         error_text(&err)
     );
     cron_client.batch_execute("RESET ROLE").unwrap();
-    cron_client
+    let (mut updater, said) = cluster.connect_keeping_notices("postgres");
+    updater
         .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
         .expect("ALTER EXTENSION twitch_sync UPDATE where pg_cron runs");
+    drop(updater);
+    let said = said.lock().unwrap().clone();
+    assert!(
+        said.iter().any(|n| n.starts_with(
+            "WARNING: twitch_sync: granted EXECUTE on twitch_sync.maintain() to twitch_sync_upgrade_runner"
+        )),
+        "the update says which role it granted maintain() to: {said:?}"
+    );
     let jobs = cron_jobs(&mut cron_client);
     assert_eq!(
         jobs,
