@@ -405,8 +405,9 @@ mod twitch_sync {
             // NULL too for a string setting that is unset (eventsub_database's
             // default): SHOW's form tells it from an unknown name ('' for unset).
             // SAFETY: as above; with missing_ok an unknown name returns NULL.
-            let shown =
-                unsafe { pg_sys::GetConfigOptionByName(c_name.as_ptr(), std::ptr::null_mut(), true) };
+            let shown = unsafe {
+                pg_sys::GetConfigOptionByName(c_name.as_ptr(), std::ptr::null_mut(), true)
+            };
             if shown.is_null() {
                 refuse("unknown twitch_sync setting")
             }

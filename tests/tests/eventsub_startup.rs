@@ -146,7 +146,7 @@ fn the_worker_starts_through_a_refused_token_and_says_why_it_cannot_connect() {
     let kept = access_token(&mut db.client);
     assert_ne!(kept, token, "the minted token is stored");
     std::thread::sleep(Duration::from_millis(3500)); // (a retry or two more)
-    // logged once, however often it is retried
+                                                     // logged once, however often it is retried
     let refusals = db
         .cluster()
         .log()

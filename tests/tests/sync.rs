@@ -269,6 +269,36 @@ fn the_token_is_cached_and_renewed_once_on_401() {
     assert_eq!(live_count(&mut db), 100, "a failed run changes nothing");
 }
 
+/// Twitch answers a revoked token's requests with 401s carrying the headers
+/// of the bucket for requests without a valid token (30 points a minute).
+/// They say nothing of the app's bucket: the new token's retries go at once
+/// (they were held to that bucket until its reset, so with 40 batches the
+/// run's deadline failed most of them), and what is stored is the app's bucket.
+#[test]
+fn a_401s_rate_limit_headers_do_not_hold_back_the_new_tokens_requests() {
+    let mut db = TestDb::new(world(4000, 0.2));
+    db.track_first(4000);
+    assert_eq!(db.run()["status"], "ok");
+    db.sim.expire_tokens();
+    db.sim.reset_counters();
+    db.client
+        .batch_execute("SET twitch_sync.run_deadline_ms = 20000")
+        .unwrap();
+    let doc = db.run();
+    assert_eq!(doc["status"], "ok", "{doc}");
+    let c = db.sim.counters();
+    assert!(
+        c.unauthorized > 30,
+        "the old token's requests were refused: {c:?}"
+    );
+    assert_eq!(c.rate_limited, 0);
+    assert_eq!(
+        db.scalar_i64("SELECT bucket_limit::int8 FROM twitch_sync.rate_limit"),
+        800,
+        "the app's bucket is what is stored"
+    );
+}
+
 #[test]
 fn a_token_minted_for_replaced_credentials_is_not_cached() {
     let mut db = TestDb::new(world(100, 0.5));

@@ -159,7 +159,8 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     drop(updater);
     let said = said.lock().unwrap().clone();
     assert!(
-        said.iter().any(|n| n.starts_with("WARNING: twitch_sync: from 0.2.0 on, maintain() runs hourly")
+        said.iter().any(|n| n
+            .starts_with("WARNING: twitch_sync: from 0.2.0 on, maintain() runs hourly")
             && n.contains("pg_cron runs in database postgres")
             && n.contains("SELECT cron.schedule_in_database(")
             && n.contains("'SELECT twitch_sync.maintain()'")),

@@ -191,12 +191,13 @@ pub struct StreamsPage {
 pub enum PageError {
     #[error("{0}")]
     Json(#[from] serde_json::Error),
-    #[error("pagination cursor is longer than {MAX_CURSOR_BYTES} bytes or not visible ASCII")]
+    #[error("pagination cursor is not a string, longer than {MAX_CURSOR_BYTES} bytes or not visible ASCII")]
     BadCursor,
     /// `pagination` that serde_json cannot read as a value (a number out of
-    /// range, nesting past its limit): its cursor is unknown, and reading it
-    /// as "last page" could end streams listed on later pages.
-    #[error("pagination cannot be read, so neither can its cursor")]
+    /// range, nesting past its limit), or that is neither an object nor null:
+    /// its cursor is unknown, and reading it as "last page" could end streams
+    /// listed on later pages.
+    #[error("pagination is not an object that can be read, so neither can its cursor")]
     BadPagination,
 }
 
@@ -588,7 +589,17 @@ fn cursor(pagination: Option<&RawValue>) -> Result<Option<String>, PageError> {
     let Ok(p) = serde_json::from_str::<Value>(p.get()) else {
         return Err(PageError::BadPagination);
     };
+    // Twitch documents `pagination` as an object whose `cursor` is a string,
+    // absent on the last page; null and "" are read as absent too. Any other
+    // shape cannot say "last page": read as one, it would end the live
+    // streams a next page lists.
+    let p = match p {
+        Value::Null => return Ok(None),
+        Value::Object(p) => p,
+        _ => return Err(PageError::BadPagination),
+    };
     match p.get("cursor") {
+        None | Some(Value::Null) => Ok(None),
         Some(Value::String(c)) if c.is_empty() => Ok(None),
         Some(Value::String(c)) => {
             if c.len() <= MAX_CURSOR_BYTES && c.bytes().all(|b| b.is_ascii_graphic()) {
@@ -597,7 +608,7 @@ fn cursor(pagination: Option<&RawValue>) -> Result<Option<String>, PageError> {
                 Err(PageError::BadCursor)
             }
         }
-        _ => Ok(None),
+        Some(_) => Err(PageError::BadCursor),
     }
 }
 

@@ -307,6 +307,11 @@ fn error_body(status: u16, message: &str) -> Value {
     json!({"error": error, "status": status, "message": message})
 }
 
+/// The bucket of requests without a valid bearer token: 30 points a minute
+/// (Twitch's rate-limit guide), keyed apart from every client id.
+const UNAUTHENTICATED_BUCKET_LIMIT: u32 = 30;
+const UNAUTHENTICATED_BUCKET_KEY: &str = "\0unauthenticated";
+
 fn helix_error(status: u16, message: &str) -> Response {
     Response::json(status, &error_body(status, message))
 }
@@ -529,7 +534,20 @@ impl State {
             Ok(c) => c,
             Err(resp) => {
                 self.counters.unauthorized += 1;
-                return resp;
+                // Twitch counts a request without a valid bearer token in a
+                // small bucket of its own (30 points a minute, not the app's
+                // 800), and its headers say so.
+                let period = self.cfg.bucket_period;
+                let bucket = self
+                    .buckets
+                    .entry(UNAUTHENTICATED_BUCKET_KEY.to_string())
+                    .or_insert_with(|| Bucket::new(UNAUTHENTICATED_BUCKET_LIMIT, period));
+                bucket.try_take(1);
+                let snap = bucket.snapshot();
+                return resp
+                    .with_header("Ratelimit-Limit", snap.limit.to_string())
+                    .with_header("Ratelimit-Remaining", snap.remaining.to_string())
+                    .with_header("Ratelimit-Reset", snap.reset.to_string());
             }
         };
         let bucket = self.bucket(&client_id);

@@ -549,6 +549,31 @@ fn unusable_cursors_refuse_the_page() {
             "{sibling}"
         );
     }
+    // a pagination or cursor of another JSON type than Twitch documents is
+    // no "last page" either (it was, and ended the live streams of later pages)
+    for (pagination, refused_as) in [
+        (r#""p2""#, "pagination"),
+        ("12345", "pagination"),
+        ("[]", "pagination"),
+        (r#"{"cursor":12345}"#, "cursor"),
+        (r#"{"cursor":{"a":1}}"#, "cursor"),
+        (r#"{"cursor":true}"#, "cursor"),
+    ] {
+        let body = format!(r#"{{"data":[],"pagination":{pagination}}}"#);
+        let got = parse_streams_page_at(body.as_bytes(), now());
+        assert!(
+            match refused_as {
+                "pagination" => matches!(got, Err(PageError::BadPagination)),
+                _ => matches!(got, Err(PageError::BadCursor)),
+            },
+            "{pagination}: {got:?}"
+        );
+    }
+    // and the documented ways of saying "no next page" still say it
+    for pagination in ["null", "{}", r#"{"cursor":null}"#, r#"{"cursor":""}"#] {
+        let body = format!(r#"{{"data":[],"pagination":{pagination}}}"#);
+        assert_eq!(parse(body.as_bytes()).cursor, None, "{pagination}");
+    }
     for c in [r#"a\u0000b"#, "a b", "a\\nb", "é"] {
         let body = format!(r#"{{"data":[],"pagination":{{"cursor":"{c}"}}}}"#);
         assert!(
