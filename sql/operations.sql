@@ -22,22 +22,28 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 -- What an operator should check, from a run's error text.
 CREATE FUNCTION twitch_sync.alert_hint(error text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- The network, the deadline, the bucket and Twitch's own failures first:
+    -- they are the cause whatever endpoint met them (a token endpoint that
+    -- is down is no reason to replace the credentials).
     SELECT CASE
         WHEN error IS NULL THEN NULL
-        WHEN error ~* '(401|403|invalid client|credentials|access token)'
-            THEN 'Twitch refused the app''s credentials or token: check the Client ID and Secret at '
-              || 'dev.twitch.tv/console/apps and run twitch_sync.set_credentials() again.'
-        WHEN error ~ '429'
-            THEN 'Rate limited: another program may share this client id, or runs are too frequent '
-              || 'for the number of channels; schedule less often or use another client id.'
         WHEN error ~* 'deadline'
             THEN 'The run hit twitch_sync.run_deadline_ms: raise it (below the schedule interval) '
               || 'or check Twitch''s latency.'
         WHEN error ~* '(could not reach|did not answer|timed out)'
             THEN 'Network: check twitch_sync.helix_url / auth_url and that the database server '
               || 'can reach Twitch over HTTPS (DNS, firewall, proxy).'
+        WHEN error ~ '429'
+            THEN 'Rate limited: another program may share this client id, or runs are too frequent '
+              || 'for the number of channels; schedule less often or use another client id.'
         WHEN error ~ 'HTTP 5[0-9][0-9]'
             THEN 'Twitch answered with server errors; this usually passes and the next run catches up.'
+        WHEN error ~* 'not the JSON'
+            THEN 'An answer could not be read: check that twitch_sync.helix_url / auth_url lead to '
+              || 'Twitch (a proxy or an outage can send such answers); the next run tries again.'
+        WHEN error ~* '(401|403|invalid client|credentials|access token)'
+            THEN 'Twitch refused the app''s credentials or token: check the Client ID and Secret at '
+              || 'dev.twitch.tv/console/apps and run twitch_sync.set_credentials() again.'
         ELSE 'See twitch_sync.runs.error and the server log.'
     END
 $$;

@@ -504,6 +504,28 @@ fn an_unreachable_auth_server_fails_the_run_without_raising() {
         ),
         1
     );
+    // the alert points at Twitch's outage, not at the credentials (it told
+    // operators to replace a secret that was fine)
+    let check = |db: &mut TestDb| -> String {
+        db.client
+            .query_one(
+                "SELECT payload->>'check' FROM twitch_sync.alerts ORDER BY alert_id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let said = check(&mut db);
+    assert!(said.contains("server errors"), "{said}");
+    // and at the network when the token endpoint cannot be reached
+    db.sim.clear_faults();
+    db.client
+        .batch_execute("SET twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'")
+        .unwrap();
+    let doc = db.run();
+    assert_eq!(doc["status"], "failed", "{doc}");
+    let said = check(&mut db);
+    assert!(said.starts_with("Network"), "{said}: {doc}");
 }
 
 #[test]
