@@ -100,7 +100,9 @@ fn bad_broadcaster_ids_are_refused_with_22023_and_nothing_is_stored() {
         );
         assert_eq!(sqlstate_of(&format!("PERFORM twitch_sync.untrack({bad})")), "22023", "untrack({bad})");
     }
-    for bad_login in ["''", "'has space'", "'way_too_long_for_a_twitch_login'", "'ünï'"] {
+    // (the Kelvin sign and a dotted capital I: lower() folds them into the
+    // ASCII logins 'k' and 'istanbul', stored before)
+    for bad_login in ["''", "'has space'", "'way_too_long_for_a_twitch_login'", "'ünï'", "'\u{212A}'", "'\u{130}stanbul'"] {
         assert_eq!(
             sqlstate_of(&format!("PERFORM twitch_sync.track('777', {bad_login})")),
             "22023",

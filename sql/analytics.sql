@@ -242,6 +242,7 @@ DECLARE
     n bigint;
     dropped bigint := 0;
     dropped_through date;
+    dropped_before timestamptz;
     locked boolean := false;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
@@ -274,7 +275,9 @@ BEGIN
         END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
-            EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            -- ONLY: the parent and this partition, not every partition (a
+            -- reader of any other day, or its autovacuum, held every drop up)
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
             EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
             EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
             dropped := dropped + n;
@@ -300,9 +303,14 @@ BEGIN
     END IF;
     -- samples written since for days already dropped wait in the default
     -- partition (maintain() makes no partition for them): past retention too
-    DELETE FROM twitch_sync.viewer_samples_default v
-     WHERE v.sampled_at < (SELECT r.samples_dropped_before::timestamp AT TIME ZONE 'UTC'
-                             FROM twitch_sync.rollup_state r);
+    -- (none before any day was dropped: no scan of the default partition,
+    -- which holds a backfill until maintain() moves it)
+    SELECT r.samples_dropped_before::timestamp AT TIME ZONE 'UTC' INTO dropped_before
+      FROM twitch_sync.rollup_state r;
+    IF dropped_before IS NULL THEN
+        RETURN dropped;
+    END IF;
+    DELETE FROM twitch_sync.viewer_samples_default v WHERE v.sampled_at < dropped_before;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN dropped + n;
 END
@@ -351,10 +359,29 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
      WHERE (k.c AT TIME ZONE tz)::date = day
 $$;
 
+-- The arguments of sample_pieces() (and so of day_parts()): finite times and
+-- a gap limit from 0 to a day (twitch_sync.sample_gap() is one); true, or
+-- SQLSTATE 22023. NULLs pass (they make no rows). An infinite time made the
+-- days between them an endless series that filled the disk.
+CREATE FUNCTION twitch_sync.check_time_range(lo timestamptz, hi timestamptz, gap interval)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pg_catalog.isfinite(lo) OR NOT pg_catalog.isfinite(hi)
+       OR gap < interval '0' OR gap > interval '1 day' THEN
+        RAISE EXCEPTION 'invalid time range: % to % with a gap limit of %', lo, hi, gap
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass finite times and a gap limit from 0 to 1 day, such as twitch_sync.sample_gap().';
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- The intervals of sample_intervals(lo, hi, gap) cut at midnight in time zone
 -- tz (days as day_start() bounds them): one piece per day an interval covers,
 -- with its length in seconds and the time of the sample that closed the
 -- interval (closed_at). Pieces outside [lo, hi) are the callers' to drop.
+-- Its arguments are checked (check_time_range) before the days are made.
 -- Inlines like sample_intervals (no SET clause; qualified operators and types).
 CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text, gap interval)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
@@ -365,7 +392,8 @@ LANGUAGE sql STABLE AS $$
                twitch_sync.day_start(d::pg_catalog.date OPERATOR(pg_catalog.+) 1, tz) AS day_hi
           FROM pg_catalog.generate_series(
                    pg_catalog.timezone(tz, lo OPERATOR(pg_catalog.-) gap)::pg_catalog.date,
-                   pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
+                   CASE WHEN twitch_sync.check_time_range(lo, hi, gap)
+                        THEN pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date END,
                    '1 day'::pg_catalog.interval) d
     )
     -- each interval's piece on the day it starts (joined on the day: hashed)
@@ -466,9 +494,13 @@ CREATE FUNCTION twitch_sync.broadcast_days(tz text, first_day date, last_day dat
 RETURNS TABLE (day date, broadcaster_id text, airtime interval, broadcasts integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    range_lo timestamptz := twitch_sync.day_start(first_day, tz);
-    range_hi timestamptz := twitch_sync.day_start(last_day + 1, tz);
+    range_lo timestamptz;
+    range_hi timestamptz;
 BEGIN
+    -- (infinite days: 22023 with a hint, not 22008 from day_start)
+    PERFORM twitch_sync.check_time_range(first_day, last_day, interval '0');
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
     WITH days AS MATERIALIZED (  -- each day with its bounds, once
         SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,

@@ -31,8 +31,7 @@ CREATE TABLE twitch_sync.tracked_categories (
     -- channels it has added, in all (untracked ones included)
     discovered    integer NOT NULL DEFAULT 0,
     CONSTRAINT tracked_categories_game_id_format CHECK (twitch_sync.is_game_id(game_id)),
-    CONSTRAINT tracked_categories_language_format
-        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|asl|other)$'),
+    CONSTRAINT tracked_categories_language_format CHECK (twitch_sync.is_language(language)),
     CONSTRAINT tracked_categories_max_channels CHECK (max_channels BETWEEN 1 AND 100000),
     CONSTRAINT tracked_categories_last_end
         CHECK (last_end IN ('complete', 'truncated', 'empty_page', 'cursor_loop', 'failed'))
@@ -64,7 +63,7 @@ BEGIN
                       || '''509658'' (Just Chatting). Helix Get Games returns it; twitch_sync.categories '
                       || 'lists the ones seen so far.';
     END IF;
-    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|asl|other)$' THEN
+    IF lang IS NOT NULL AND NOT twitch_sync.is_language(lang) THEN
         RAISE EXCEPTION 'invalid language: %', pg_catalog.quote_literal(pg_catalog.left(track_category.language, 40))
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass an ISO 639-1 two-letter code as Twitch uses them (''en'', ''de'', ''zh-hk''), '

@@ -26,7 +26,7 @@ CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     polling              jsonb,
     eventsub             jsonb
 )
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     SELECT
         twitch_sync.run_lock_holder() IS NOT NULL,
         r.run_id, r.started_at, r.status, r.error,
@@ -55,7 +55,7 @@ $$;
 -- metrics(): Prometheus text exposition format (version 0.0.4), for an exporter
 -- (for example postgres_exporter's custom queries, or any scraper that can run SQL).
 CREATE FUNCTION twitch_sync.metrics() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     -- The counters row appears with the first recorded run: zeros until then.
     WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
                       coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0) AS runs_skipped,

@@ -28,6 +28,23 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'
 $$;
 COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lowercase letters, digits or underscores.';
+-- A stream language as Twitch uses them: an ISO 639-1 code ('en'), with a
+-- region ('zh-hk'), 'asl' (American Sign Language) or 'other'; lowercase.
+CREATE FUNCTION twitch_sync.is_language(code text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT code OPERATOR(pg_catalog.=) ANY ('{asl,other}'::text[])
+        OR code OPERATOR(pg_catalog.~) '^[a-z]{2}(-[a-z]{2})?$'
+           AND pg_catalog.left(code, 2) OPERATOR(pg_catalog.=) ANY (
+'{aa,ab,ae,af,ak,am,an,ar,as,av,ay,az,ba,be,bg,bh,bi,bm,bn,bo,br,bs,ca,ce,ch,co,cr,
+       cs,cu,cv,cy,da,de,dv,dz,ee,el,en,eo,es,et,eu,fa,ff,fi,fj,fo,fr,fy,ga,gd,gl,
+       gn,gu,gv,ha,he,hi,ho,hr,ht,hu,hy,hz,ia,id,ie,ig,ii,ik,io,is,it,iu,ja,jv,ka,
+       kg,ki,kj,kk,kl,km,kn,ko,kr,ks,ku,kv,kw,ky,la,lb,lg,li,ln,lo,lt,lu,lv,mg,mh,
+       mi,mk,ml,mn,mr,ms,mt,my,na,nb,nd,ne,ng,nl,nn,no,nr,nv,ny,oc,oj,om,or,os,pa,
+       pi,pl,ps,pt,qu,rm,rn,ro,ru,rw,sa,sc,sd,se,sg,si,sk,sl,sm,sn,so,sq,sr,ss,st,
+       su,sv,sw,ta,te,tg,th,ti,tk,tl,tn,to,tr,ts,tt,tw,ty,ug,uk,ur,uz,ve,vi,vo,wa,
+       wo,xh,yi,yo,za,zh,zu}'::text[])
+$$;
+COMMENT ON FUNCTION twitch_sync.is_language(text) IS 'A stream language as Twitch uses them: an ISO 639-1 code, optionally with a region (''zh-hk''), ''asl'' or ''other''.';
 -- A type for apps that store broadcaster ids themselves.
 CREATE DOMAIN twitch_sync.broadcaster_id AS text
     CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
@@ -52,11 +69,11 @@ CREATE TABLE twitch_sync.channels (
     broadcaster_id  text PRIMARY KEY,
     login           text,
     enabled         boolean NOT NULL DEFAULT true,
-    added_at        timestamptz NOT NULL DEFAULT now(),
+    added_at        timestamptz NOT NULL DEFAULT now() CHECK (isfinite(added_at)),
     -- adaptive polling (twitch_sync.adaptive_polling): intervals are divided
     -- by 1 + priority (twitch_sync.set_priority), and its last successful check
     priority        smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 10),
-    checked_at      timestamptz,
+    checked_at      timestamptz CHECK (isfinite(checked_at)),
     -- discovery (sql/discovery.sql): the category whose directory added this
     -- channel, and when; NULL for channels tracked otherwise (track() adopts a
     -- discovered channel: discovered_via becomes NULL, discovered_at stays)
@@ -134,7 +151,7 @@ CREATE TABLE twitch_sync.viewer_samples (
     stream_id      text NOT NULL,
     broadcaster_id text NOT NULL,
     sampled_at     timestamptz NOT NULL CHECK (isfinite(sampled_at)),
-    viewer_count   integer NOT NULL,
+    viewer_count   integer NOT NULL CHECK (viewer_count >= 0),
     game_id        text,  -- the category at the time of the sample
     -- The interval this sample closes: the broadcast's previous sample (its
     -- time, count and category) when that came within the gap limit, else
@@ -142,8 +159,8 @@ CREATE TABLE twitch_sync.viewer_samples (
     -- sorting samples (twitch_sync.sample_intervals). Always before the
     -- sample (a row written by hand with a later one would count a negative
     -- interval).
-    prev_sampled_at   timestamptz CHECK (prev_sampled_at < sampled_at),
-    prev_viewer_count integer,
+    prev_sampled_at   timestamptz CHECK (isfinite(prev_sampled_at) AND prev_sampled_at < sampled_at),
+    prev_viewer_count integer CHECK (prev_viewer_count >= 0),
     prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);
 -- Each partition has its own primary key (broadcaster_id, sampled_at,
@@ -157,8 +174,8 @@ ALTER TABLE twitch_sync.viewer_samples_default
 -- Every run() call, including skipped ones.
 CREATE TABLE twitch_sync.runs (
     run_id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    started_at           timestamptz NOT NULL,
-    finished_at          timestamptz NOT NULL,
+    started_at           timestamptz NOT NULL CHECK (isfinite(started_at)),
+    finished_at          timestamptz NOT NULL CHECK (isfinite(finished_at)),
     status               text NOT NULL CHECK (status IN ('ok', 'partial', 'failed', 'skipped')),
     channels_checked     integer NOT NULL DEFAULT 0,
     live                 integer NOT NULL DEFAULT 0,
@@ -245,8 +262,8 @@ CREATE TABLE twitch_sync.credentials (
     client_id          text NOT NULL,
     client_secret      text NOT NULL,
     access_token       text,
-    token_expires_at   timestamptz,
-    token_validated_at timestamptz,
+    token_expires_at   timestamptz CHECK (isfinite(token_expires_at)),
+    token_validated_at timestamptz CHECK (isfinite(token_validated_at)),
     updated_at         timestamptz NOT NULL DEFAULT now(),
     -- EventSub's webhook transport: the secret Twitch signs requests with
     -- (set_webhook_secret(), sql/webhook.sql); Twitch's rule, as the core's.
@@ -258,8 +275,8 @@ CREATE TABLE twitch_sync.rate_limit (
     singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     bucket_limit integer NOT NULL,
     remaining   integer NOT NULL,
-    reset_at    timestamptz NOT NULL,
-    observed_at timestamptz NOT NULL
+    reset_at    timestamptz NOT NULL CHECK (isfinite(reset_at)),
+    observed_at timestamptz NOT NULL CHECK (isfinite(observed_at))
 );
 
 REVOKE ALL ON ALL TABLES IN SCHEMA twitch_sync FROM PUBLIC;
@@ -295,7 +312,10 @@ BEGIN
                   HINT = 'Untrack the old id (untrack() or DELETE) and track the new one.';
     END IF;
     IF NEW.login IS NOT NULL THEN
-        NEW.login := pg_catalog.lower(NEW.login);
+        -- ASCII letters only: lower() folds some other letters into ASCII
+        -- ones (the Kelvin sign into 'k'), which would store another login
+        NEW.login := pg_catalog.translate(NEW.login, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                          'abcdefghijklmnopqrstuvwxyz');
         IF NOT twitch_sync.is_login(NEW.login) THEN
             RAISE EXCEPTION 'invalid login: %', pg_catalog.quote_literal(pg_catalog.left(NEW.login, 40))
                 USING ERRCODE = 'invalid_parameter_value',

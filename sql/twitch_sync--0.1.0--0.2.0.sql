@@ -98,6 +98,23 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT login OPERATOR(pg_catalog.~) '^[a-z0-9_]{1,25}$'
 $$;
 COMMENT ON FUNCTION twitch_sync.is_login(text) IS 'A Twitch login: 1 to 25 lowercase letters, digits or underscores.';
+-- A stream language as Twitch uses them: an ISO 639-1 code ('en'), with a
+-- region ('zh-hk'), 'asl' (American Sign Language) or 'other'; lowercase.
+CREATE FUNCTION twitch_sync.is_language(code text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT code OPERATOR(pg_catalog.=) ANY ('{asl,other}'::text[])
+        OR code OPERATOR(pg_catalog.~) '^[a-z]{2}(-[a-z]{2})?$'
+           AND pg_catalog.left(code, 2) OPERATOR(pg_catalog.=) ANY (
+'{aa,ab,ae,af,ak,am,an,ar,as,av,ay,az,ba,be,bg,bh,bi,bm,bn,bo,br,bs,ca,ce,ch,co,cr,
+       cs,cu,cv,cy,da,de,dv,dz,ee,el,en,eo,es,et,eu,fa,ff,fi,fj,fo,fr,fy,ga,gd,gl,
+       gn,gu,gv,ha,he,hi,ho,hr,ht,hu,hy,hz,ia,id,ie,ig,ii,ik,io,is,it,iu,ja,jv,ka,
+       kg,ki,kj,kk,kl,km,kn,ko,kr,ks,ku,kv,kw,ky,la,lb,lg,li,ln,lo,lt,lu,lv,mg,mh,
+       mi,mk,ml,mn,mr,ms,mt,my,na,nb,nd,ne,ng,nl,nn,no,nr,nv,ny,oc,oj,om,or,os,pa,
+       pi,pl,ps,pt,qu,rm,rn,ro,ru,rw,sa,sc,sd,se,sg,si,sk,sl,sm,sn,so,sq,sr,ss,st,
+       su,sv,sw,ta,te,tg,th,ti,tk,tl,tn,to,tr,ts,tt,tw,ty,ug,uk,ur,uz,ve,vi,vo,wa,
+       wo,xh,yi,yo,za,zh,zu}'::text[])
+$$;
+COMMENT ON FUNCTION twitch_sync.is_language(text) IS 'A stream language as Twitch uses them: an ISO 639-1 code, optionally with a region (''zh-hk''), ''asl'' or ''other''.';
 -- A type for apps that store broadcaster ids themselves.
 CREATE DOMAIN twitch_sync.broadcaster_id AS text
     CONSTRAINT broadcaster_id_format CHECK (twitch_sync.is_broadcaster_id(VALUE));
@@ -137,7 +154,10 @@ BEGIN
                   HINT = 'Untrack the old id (untrack() or DELETE) and track the new one.';
     END IF;
     IF NEW.login IS NOT NULL THEN
-        NEW.login := pg_catalog.lower(NEW.login);
+        -- ASCII letters only: lower() folds some other letters into ASCII
+        -- ones (the Kelvin sign into 'k'), which would store another login
+        NEW.login := pg_catalog.translate(NEW.login, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ',
+                                          'abcdefghijklmnopqrstuvwxyz');
         IF NOT twitch_sync.is_login(NEW.login) THEN
             RAISE EXCEPTION 'invalid login: %', pg_catalog.quote_literal(pg_catalog.left(NEW.login, 40))
                 USING ERRCODE = 'invalid_parameter_value',
@@ -175,7 +195,19 @@ ALTER TABLE twitch_sync.channels DROP COLUMN last_checked_at, DROP COLUMN last_l
 -- adaptive polling: a channel's priority and its last successful check
 ALTER TABLE twitch_sync.channels
     ADD COLUMN priority smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 10),
-    ADD COLUMN checked_at timestamptz;
+    ADD COLUMN checked_at timestamptz CHECK (isfinite(checked_at)),
+    -- times a run can use (an infinite one, written by hand, broke status()
+    -- and metrics(), or kept a channel from ever being due)
+    ADD CONSTRAINT channels_added_at_check CHECK (isfinite(added_at));
+ALTER TABLE twitch_sync.runs
+    ADD CONSTRAINT runs_started_at_check CHECK (isfinite(started_at)),
+    ADD CONSTRAINT runs_finished_at_check CHECK (isfinite(finished_at));
+ALTER TABLE twitch_sync.credentials
+    ADD CONSTRAINT credentials_token_expires_at_check CHECK (isfinite(token_expires_at)),
+    ADD CONSTRAINT credentials_token_validated_at_check CHECK (isfinite(token_validated_at));
+ALTER TABLE twitch_sync.rate_limit
+    ADD CONSTRAINT rate_limit_reset_at_check CHECK (isfinite(reset_at)),
+    ADD CONSTRAINT rate_limit_observed_at_check CHECK (isfinite(observed_at));
 -- runs no longer rewrite every channel row: no room kept for HOT updates
 ALTER TABLE twitch_sync.channels RESET (fillfactor);
 
@@ -207,7 +239,7 @@ CREATE TABLE twitch_sync.viewer_samples (
     stream_id      text NOT NULL,
     broadcaster_id text NOT NULL,
     sampled_at     timestamptz NOT NULL CHECK (isfinite(sampled_at)),
-    viewer_count   integer NOT NULL,
+    viewer_count   integer NOT NULL CHECK (viewer_count >= 0),
     game_id        text,  -- the category at the time of the sample
     -- The interval this sample closes: the broadcast's previous sample (its
     -- time, count and category) when that came within the gap limit, else
@@ -215,8 +247,8 @@ CREATE TABLE twitch_sync.viewer_samples (
     -- sorting samples (twitch_sync.sample_intervals). Always before the
     -- sample (a row written by hand with a later one would count a negative
     -- interval).
-    prev_sampled_at   timestamptz CHECK (prev_sampled_at < sampled_at),
-    prev_viewer_count integer,
+    prev_sampled_at   timestamptz CHECK (isfinite(prev_sampled_at) AND prev_sampled_at < sampled_at),
+    prev_viewer_count integer CHECK (prev_viewer_count >= 0),
     prev_game_id      text
 ) PARTITION BY RANGE (sampled_at);
 -- Each partition has its own primary key (broadcaster_id, sampled_at,
@@ -234,6 +266,11 @@ BEGIN
         RAISE EXCEPTION 'twitch_sync.viewer_samples holds samples at an infinite time'
             USING ERRCODE = 'check_violation',
                   HINT = 'Nothing was changed. Delete them (DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at);), then run ALTER EXTENSION twitch_sync UPDATE again.';
+    END IF;
+    IF EXISTS (SELECT 1 FROM twitch_sync.viewer_samples_0_1_0 v WHERE v.viewer_count < 0) THEN
+        RAISE EXCEPTION 'twitch_sync.viewer_samples holds samples with a negative viewer count'
+            USING ERRCODE = 'check_violation',
+                  HINT = 'Nothing was changed. Delete or correct them (DELETE FROM twitch_sync.viewer_samples WHERE viewer_count < 0;), then run ALTER EXTENSION twitch_sync UPDATE again.';
     END IF;
 END
 $$;
@@ -509,6 +546,7 @@ DECLARE
     n bigint;
     dropped bigint := 0;
     dropped_through date;
+    dropped_before timestamptz;
     locked boolean := false;
     old_timeout text := pg_catalog.current_setting('lock_timeout');
 BEGIN
@@ -541,7 +579,9 @@ BEGIN
         END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
-            EXECUTE pg_catalog.format('LOCK TABLE twitch_sync.viewer_samples, twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            -- ONLY: the parent and this partition, not every partition (a
+            -- reader of any other day, or its autovacuum, held every drop up)
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
             EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
             EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
             dropped := dropped + n;
@@ -567,9 +607,14 @@ BEGIN
     END IF;
     -- samples written since for days already dropped wait in the default
     -- partition (maintain() makes no partition for them): past retention too
-    DELETE FROM twitch_sync.viewer_samples_default v
-     WHERE v.sampled_at < (SELECT r.samples_dropped_before::timestamp AT TIME ZONE 'UTC'
-                             FROM twitch_sync.rollup_state r);
+    -- (none before any day was dropped: no scan of the default partition,
+    -- which holds a backfill until maintain() moves it)
+    SELECT r.samples_dropped_before::timestamp AT TIME ZONE 'UTC' INTO dropped_before
+      FROM twitch_sync.rollup_state r;
+    IF dropped_before IS NULL THEN
+        RETURN dropped;
+    END IF;
+    DELETE FROM twitch_sync.viewer_samples_default v WHERE v.sampled_at < dropped_before;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN dropped + n;
 END
@@ -618,10 +663,29 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
      WHERE (k.c AT TIME ZONE tz)::date = day
 $$;
 
+-- The arguments of sample_pieces() (and so of day_parts()): finite times and
+-- a gap limit from 0 to a day (twitch_sync.sample_gap() is one); true, or
+-- SQLSTATE 22023. NULLs pass (they make no rows). An infinite time made the
+-- days between them an endless series that filled the disk.
+CREATE FUNCTION twitch_sync.check_time_range(lo timestamptz, hi timestamptz, gap interval)
+RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pg_catalog.isfinite(lo) OR NOT pg_catalog.isfinite(hi)
+       OR gap < interval '0' OR gap > interval '1 day' THEN
+        RAISE EXCEPTION 'invalid time range: % to % with a gap limit of %', lo, hi, gap
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass finite times and a gap limit from 0 to 1 day, such as twitch_sync.sample_gap().';
+    END IF;
+    RETURN true;
+END
+$$;
+
 -- The intervals of sample_intervals(lo, hi, gap) cut at midnight in time zone
 -- tz (days as day_start() bounds them): one piece per day an interval covers,
 -- with its length in seconds and the time of the sample that closed the
 -- interval (closed_at). Pieces outside [lo, hi) are the callers' to drop.
+-- Its arguments are checked (check_time_range) before the days are made.
 -- Inlines like sample_intervals (no SET clause; qualified operators and types).
 CREATE FUNCTION twitch_sync.sample_pieces(lo timestamptz, hi timestamptz, tz text, gap interval)
 RETURNS TABLE (day date, broadcaster_id text, stream_id text, game_id text, viewer_count integer,
@@ -632,7 +696,8 @@ LANGUAGE sql STABLE AS $$
                twitch_sync.day_start(d::pg_catalog.date OPERATOR(pg_catalog.+) 1, tz) AS day_hi
           FROM pg_catalog.generate_series(
                    pg_catalog.timezone(tz, lo OPERATOR(pg_catalog.-) gap)::pg_catalog.date,
-                   pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date,
+                   CASE WHEN twitch_sync.check_time_range(lo, hi, gap)
+                        THEN pg_catalog.timezone(tz, hi OPERATOR(pg_catalog.+) gap)::pg_catalog.date END,
                    '1 day'::pg_catalog.interval) d
     )
     -- each interval's piece on the day it starts (joined on the day: hashed)
@@ -733,9 +798,13 @@ CREATE FUNCTION twitch_sync.broadcast_days(tz text, first_day date, last_day dat
 RETURNS TABLE (day date, broadcaster_id text, airtime interval, broadcasts integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    range_lo timestamptz := twitch_sync.day_start(first_day, tz);
-    range_hi timestamptz := twitch_sync.day_start(last_day + 1, tz);
+    range_lo timestamptz;
+    range_hi timestamptz;
 BEGIN
+    -- (infinite days: 22023 with a hint, not 22008 from day_start)
+    PERFORM twitch_sync.check_time_range(first_day, last_day, interval '0');
+    range_lo := twitch_sync.day_start(first_day, tz);
+    range_hi := twitch_sync.day_start(last_day + 1, tz);
     RETURN QUERY
     WITH days AS MATERIALIZED (  -- each day with its bounds, once
         SELECT d::date AS day, twitch_sync.day_start(d::date, tz) AS day_lo,
@@ -3555,7 +3624,7 @@ CREATE FUNCTION twitch_sync.status() RETURNS TABLE (
     polling              jsonb,
     eventsub             jsonb
 )
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     SELECT
         twitch_sync.run_lock_holder() IS NOT NULL,
         r.run_id, r.started_at, r.status, r.error,
@@ -3584,7 +3653,7 @@ $$;
 -- metrics(): Prometheus text exposition format (version 0.0.4), for an exporter
 -- (for example postgres_exporter's custom queries, or any scraper that can run SQL).
 CREATE OR REPLACE FUNCTION twitch_sync.metrics() RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     -- The counters row appears with the first recorded run: zeros until then.
     WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
                       coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0) AS runs_skipped,
@@ -3787,8 +3856,7 @@ CREATE TABLE twitch_sync.tracked_categories (
     -- channels it has added, in all (untracked ones included)
     discovered    integer NOT NULL DEFAULT 0,
     CONSTRAINT tracked_categories_game_id_format CHECK (twitch_sync.is_game_id(game_id)),
-    CONSTRAINT tracked_categories_language_format
-        CHECK (language OPERATOR(pg_catalog.~) '^([a-z]{2}(-[a-z]{2})?|asl|other)$'),
+    CONSTRAINT tracked_categories_language_format CHECK (twitch_sync.is_language(language)),
     CONSTRAINT tracked_categories_max_channels CHECK (max_channels BETWEEN 1 AND 100000),
     CONSTRAINT tracked_categories_last_end
         CHECK (last_end IN ('complete', 'truncated', 'empty_page', 'cursor_loop', 'failed'))
@@ -3820,7 +3888,7 @@ BEGIN
                       || '''509658'' (Just Chatting). Helix Get Games returns it; twitch_sync.categories '
                       || 'lists the ones seen so far.';
     END IF;
-    IF lang IS NOT NULL AND lang !~ '^([a-z]{2}(-[a-z]{2})?|asl|other)$' THEN
+    IF lang IS NOT NULL AND NOT twitch_sync.is_language(lang) THEN
         RAISE EXCEPTION 'invalid language: %', pg_catalog.quote_literal(pg_catalog.left(track_category.language, 40))
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass an ISO 639-1 two-letter code as Twitch uses them (''en'', ''de'', ''zh-hk''), '

@@ -492,6 +492,11 @@ fn finish(
             .collect();
         (report, checked)
     });
+    // Retention before the run's record, so that its finished_at (and the
+    // duration status() and metrics() show) counts it.
+    let prune_clock = Instant::now();
+    let (pruned_runs, pruned_samples, pruned_events) = db::prune()?;
+    let prune_ms = prune_clock.elapsed().as_secs_f64() * 1000.0;
     let (run_id, finished) = db::record_run(&RunRecord {
         started_at,
         status: status.as_str(),
@@ -519,8 +524,7 @@ fn finish(
         };
         db::record_polling(run_id, report, checked, started_at)?;
     }
-    apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0;
-    let (pruned_runs, pruned_samples, pruned_events) = db::prune()?;
+    apply_ms += finish_clock.elapsed().as_secs_f64() * 1000.0 - prune_ms;
     let mut report = RunReport::finished(&outcome, written.applied, run_id, finished);
     report.duration_ms = clock.elapsed().as_millis() as u64;
     report.pruned = Some(Pruned {
@@ -528,7 +532,7 @@ fn finish(
         viewer_samples: pruned_samples,
         events: pruned_events,
     });
-    report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms));
+    report.timings_ms = Some(Timings::new(read_ms, http_ms, apply_ms, prune_ms));
     report.polling = polling.map(|(r, _)| r);
     report.discovery = written.discovery.take();
     let doc = report.to_json();

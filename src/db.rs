@@ -27,8 +27,17 @@ fn epoch(t: SystemTime) -> f64 {
         .as_secs_f64()
 }
 
+/// A stored time in Unix seconds. One that is no time a run can use
+/// (infinity, NaN, before 1970 or past the year 5138, written by hand or
+/// restored from a dump) reads as the epoch: long ago, so a token is minted
+/// again, validated again, and a rate-limit reading is stale. (It was an
+/// XX000 error with Rust's words in every run.)
 fn from_epoch(secs: f64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))
+    const LATEST: f64 = 1e11;
+    if !(0.0..=LATEST).contains(&secs) {
+        return UNIX_EPOCH;
+    }
+    UNIX_EPOCH + Duration::from_secs_f64(secs)
 }
 
 /// The schema version this library is built for: `extversion` must equal it.
@@ -922,7 +931,9 @@ pub fn set_response_headers(json: &str) -> Result<(), SyncError> {
 
 /// The tracked categories (twitch_sync.tracked_categories), with the room left
 /// under each cap and how each was last walked: what a run's directory walks
-/// are planned from.
+/// are planned from. The one walked longest ago (or never) comes first:
+/// [`twitch_sync_core::discovery::plan_walks`] hands out pages in this order,
+/// so when pages are short every category gets its turn.
 pub fn read_categories() -> Result<Vec<Category>, SyncError> {
     Spi::connect(|client| {
         let rows = client
@@ -931,7 +942,9 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
                         greatest(t.max_channels - (SELECT count(*) FROM twitch_sync.channels c
                                                     WHERE c.discovered_via = t.game_id), 0)::int4,
                         t.last_pages, t.last_end, t.last_floor_viewers
-                   FROM twitch_sync.tracked_categories t ORDER BY t.game_id",
+                   FROM twitch_sync.tracked_categories t
+                  WHERE t.language IS NULL OR twitch_sync.is_language(t.language)
+                  ORDER BY t.last_paged_at NULLS FIRST, t.game_id",
                 None,
                 &[],
             )
@@ -941,9 +954,7 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
             let game_id = r.get::<String>(1).map_err(internal)?.unwrap_or_default();
             // The table's checks hold these rules; a row edited around them is skipped.
             let language = r.get::<String>(2).map_err(internal)?;
-            if !twitch_sync_core::streams::is_numeric_id(&game_id)
-                || language.as_deref().is_some_and(|l| !is_language(l))
-            {
+            if !twitch_sync_core::streams::is_numeric_id(&game_id) {
                 continue;
             }
             out.push(Category {
@@ -962,18 +973,6 @@ pub fn read_categories() -> Result<Vec<Category>, SyncError> {
         }
         Ok(out)
     })
-}
-
-/// `^([a-z]{2}(-[a-z]{2})?|asl|other)$`: the language filter's rule (as the
-/// table checks it). `asl`, American Sign Language, is a stream language on
-/// Twitch beside the ISO 639-1 codes.
-fn is_language(l: &str) -> bool {
-    let b = l.as_bytes();
-    let two = |s: &[u8]| s.len() == 2 && s.iter().all(u8::is_ascii_lowercase);
-    l == "other"
-        || l == "asl"
-        || two(b)
-        || (b.len() == 5 && two(&b[..2]) && b[2] == b'-' && two(&b[3..]))
 }
 
 /// What twitch_sync.discover_channels did with one walk.

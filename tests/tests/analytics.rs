@@ -747,6 +747,7 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
                                    twitch_sync.category_days_in(text, date, date),
                                    twitch_sync.sample_intervals(timestamptz, timestamptz, interval),
                                    twitch_sync.sample_pieces(timestamptz, timestamptz, text, interval),
+                                   twitch_sync.check_time_range(timestamptz, timestamptz, interval),
                                    twitch_sync.day_parts(timestamptz, timestamptz, text, interval, timestamptz),
                                    twitch_sync.broadcast_days(text, date, date),
                                    twitch_sync.day_start(date, text),
@@ -785,6 +786,36 @@ fn viewer_trend_buckets_one_channel_and_bad_arguments_are_clear_errors() {
         )
         .unwrap_err();
     assert_eq!(sqlstate(&e), "22023", "{}", error_text(&e));
+    // the rules a reader is granted refuse infinite times at once (they made
+    // an endless series of days that filled the disk), and a gap limit that
+    // is no gap limit
+    reader
+        .batch_execute("SET statement_timeout = '20s'")
+        .unwrap();
+    for call in [
+        "sample_pieces('-infinity', 'infinity', 'UTC', '1 hour')",
+        "sample_pieces(now(), 'infinity', 'Nowhere', '1 hour')",
+        "sample_pieces(now() - interval '1 day', now(), 'UTC', '1000000 days')",
+        "sample_pieces(now() - interval '1 day', now(), 'UTC', '-1 hour')",
+        "day_parts('-infinity', 'infinity', 'UTC', '1 hour', now())",
+        "broadcast_days('UTC', '-infinity', 'infinity')",
+    ] {
+        let e = reader
+            .query(&format!("SELECT count(*) FROM twitch_sync.{call}"), &[])
+            .unwrap_err();
+        assert_eq!(sqlstate(&e), "22023", "{call}: {}", error_text(&e));
+    }
+    // and still answer for finite ones
+    let pieces: i64 = reader
+        .query_one(
+            "SELECT count(*) FROM twitch_sync.sample_pieces(to_timestamp($1::float8) - interval '1 day',
+                                                          to_timestamp($1::float8) + interval '1 day',
+                                                          'UTC', twitch_sync.sample_gap())",
+            &[&(t0 as f64)],
+        )
+        .unwrap()
+        .get(0);
+    assert!(pieces > 0);
 }
 
 /// A live observation of `bid` under stream `sid` with `viewers`, Helix's
@@ -1972,6 +2003,50 @@ fn prune_by_hand_during_a_run_leaves_the_drop_for_later() {
         db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at < now() - interval '5 days'"),
         0
     );
+}
+
+/// A session reading another day's partition (a report, Grafana, or an
+/// autovacuum of it) holds up no drop of an old day: prune() locks only the
+/// parent and the partition it drops. (It locked every partition, waited a
+/// second per old day, and dropped nothing while any partition was read.)
+#[test]
+fn prune_drops_an_old_day_while_another_day_is_being_read() {
+    let mut db = TestDb::bare(world(1, 0.0));
+    let t = now_secs() - 600;
+    db.client
+        .batch_execute(
+            "SET twitch_sync.samples_retention_days = 3;
+             SELECT twitch_sync.create_sample_partitions(current_date - 10, current_date - 10);
+             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+             VALUES ('5010', '501', now() - interval '10 days', 3);",
+        )
+        .unwrap();
+    send(&mut db.client, t, &[live("501", "5011", Some(7), Some(t))]);
+    db.client
+        .batch_execute("SELECT twitch_sync.maintain()")
+        .unwrap();
+    let today: String = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.sample_partition((now() AT TIME ZONE 'UTC')::date)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut reader = db.connect();
+    reader
+        .batch_execute(&format!("BEGIN; SELECT count(*) FROM twitch_sync.{today}"))
+        .unwrap();
+    let r = db
+        .client
+        .query_one("SELECT samples_deleted FROM twitch_sync.prune()", &[])
+        .unwrap();
+    assert_eq!(
+        r.get::<_, i64>(0),
+        1,
+        "the old day went while {today} was read"
+    );
+    reader.batch_execute("COMMIT").unwrap();
 }
 
 /// A gap limit lowered after a backfill of samples, before the next

@@ -234,6 +234,12 @@ fn track_and_untrack_category_check_their_arguments_and_privileges() {
             "language",
         ),
         ("SELECT twitch_sync.track_category('777', '')", "language"),
+        // the shape of a code, but no ISO 639-1 language (a typo walked nothing)
+        ("SELECT twitch_sync.track_category('777', 'xx')", "language"),
+        (
+            "SELECT twitch_sync.track_category('777', 'qq-hk')",
+            "language",
+        ),
         (
             "SELECT twitch_sync.track_category('777', NULL, 0)",
             "max_channels",
@@ -610,7 +616,7 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
         ))
     };
     assert_eq!(live_now(&mut db, &gone), 1, "not listed is not offline");
-    // ... until their last check is older than their interval plus a run
+    // ... until their last check is older than their interval plus half a run
     // period: then they are checked by id, which ends the one that ended and
     // sees the other in its new category. With two misses needed, a stream
     // that missed one is checked by id at its interval again: a walk that
@@ -667,6 +673,33 @@ fn adaptive_polling_uses_directory_pages_instead_of_id_batches_and_ends_on_id_ch
     assert!(
         tight["helix_requests"].as_i64().unwrap() <= budget,
         "{tight}"
+    );
+
+    // More categories than pages: each run walks the ones walked longest ago
+    // first, so every category gets its turn (the first ones in game_id
+    // order took the pages every run, and the others were never walked).
+    for g in [
+        "9000001", "9000002", "9000003", "9000004", "9000005", "9000006",
+    ] {
+        db.client
+            .execute("SELECT twitch_sync.track_category($1)", &[&g])
+            .unwrap();
+    }
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(2100));
+        let doc = db.run();
+        assert_eq!(doc["status"], "ok", "{doc}");
+        assert!(
+            doc["discovery"]["skipped"].as_i64().unwrap() > 0,
+            "pages are short: {doc}"
+        );
+    }
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM twitch_sync.tracked_categories WHERE last_paged_at IS NULL"
+        ),
+        0,
+        "every category was walked within three runs"
     );
 }
 

@@ -880,3 +880,57 @@ fn a_setting_a_non_superuser_set_before_the_library_loaded_is_never_used() {
         admin.batch_execute(sql).unwrap();
     }
 }
+
+/// Times no run can use, and counts below zero, are refused where they are
+/// written (23514), with nothing stored changed: an infinite run time or
+/// token expiry broke status() and metrics() (and run(), with Rust's words),
+/// an infinite check time kept a channel from ever being due again, and a
+/// sample whose interval began at -infinity failed every maintain().
+#[test]
+fn times_no_run_can_use_are_refused_where_they_are_written() {
+    let mut db = TestDb::new(world(20, 0.5));
+    let ids = db.track_first(20);
+    assert_eq!(db.run()["status"], "ok");
+    let (bid, sid): (String, String) = {
+        let r = db
+            .client
+            .query_one(
+                "SELECT broadcaster_id, stream_id FROM twitch_sync.streams WHERE is_live LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let before = twitch_sync_e2e::user_data(&mut db.client);
+    for sql in [
+        "UPDATE twitch_sync.credentials SET token_expires_at = 'infinity'".to_string(),
+        "UPDATE twitch_sync.credentials SET token_validated_at = '-infinity'".to_string(),
+        "INSERT INTO twitch_sync.runs (started_at, finished_at, status) VALUES ('infinity', now(), 'ok')"
+            .to_string(),
+        "UPDATE twitch_sync.runs SET finished_at = 'infinity'".to_string(),
+        "UPDATE twitch_sync.rate_limit SET observed_at = 'infinity'".to_string(),
+        format!("UPDATE twitch_sync.channels SET checked_at = 'infinity' WHERE broadcaster_id = '{}'", ids[0]),
+        format!("UPDATE twitch_sync.channels SET added_at = '-infinity' WHERE broadcaster_id = '{}'", ids[0]),
+        format!(
+            "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count,
+                                                     prev_sampled_at, prev_viewer_count)
+             VALUES ('{sid}', '{bid}', now() - interval '1 hour', 5, '-infinity', 5)"
+        ),
+        format!(
+            "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+             VALUES ('{sid}', '{bid}', now() - interval '1 hour', -5)"
+        ),
+    ] {
+        let e = db.client.batch_execute(&sql).unwrap_err();
+        assert_eq!(sqlstate(&e), "23514", "{sql}: {}", error_text(&e));
+    }
+    assert_eq!(
+        twitch_sync_e2e::user_data(&mut db.client),
+        before,
+        "nothing changed"
+    );
+    // and what reads them still answers
+    db.client
+        .batch_execute("SELECT * FROM twitch_sync.status(); SELECT twitch_sync.metrics(); SELECT twitch_sync.maintain()")
+        .unwrap();
+}

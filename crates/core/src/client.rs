@@ -122,6 +122,12 @@ impl TwitchClient {
             .pool_max_idle_per_host(cfg.max_concurrent_requests.clamp(1, HTTP1_MAX_CONNECTIONS))
             .tcp_nodelay(true)
             .user_agent(concat!("twitch_sync/", env!("CARGO_PKG_VERSION")))
+            // Bodies as they are: without the header a server may send any
+            // coding it likes (RFC 9110), and none is decoded here.
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::ACCEPT_ENCODING,
+                reqwest::header::HeaderValue::from_static("identity"),
+            )]))
             .connector_layer(WatchLayer(watch.clone()));
         // Added to the web PKI roots, never instead of them.
         for der in &cfg.extra_ca_certs {
@@ -184,6 +190,29 @@ impl TwitchClient {
         }
         let snapshot = RateLimitSnapshot::from_headers(resp.headers());
         let status = resp.status().as_u16();
+        // A coded body (gzip, say) sent though identity was asked for: named
+        // as such, not as JSON that cannot be read at line 1.
+        if let Some(coding) = resp
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .trim()
+                    .to_ascii_lowercase()
+            })
+            .filter(|c| !c.is_empty() && c != "identity")
+        {
+            let coding: String = coding.chars().take(40).collect();
+            return (
+                Err(HelixError::Malformed {
+                    endpoint,
+                    detail: format!(
+                        "its body is {coding}-coded (Content-Encoding), though the request asked for identity"
+                    ),
+                }),
+                snapshot,
+            );
+        }
         let answer = self.body(endpoint, resp).await.map(|body| Answer {
             endpoint,
             status,

@@ -28,7 +28,7 @@
 //!   count, title, category), so it counts as the channel's check. A live
 //!   channel whose stream is in a category this run walks (in the walk's
 //!   language) is left out of the id batches while its last check is younger
-//!   than its interval plus one run period ([`covered_by_walks`]) — but only
+//!   than its interval plus half a run period ([`covered_by_walks`]) — but only
 //!   if the walk can be expected to list it ([`Reach`], from the category's
 //!   last walk): a walk that ended `complete` saw the whole directory, so it
 //!   reaches every live stream in it; one that ended `truncated` (its page
@@ -46,7 +46,9 @@
 //!   count fell below the walk's pages), its last check ages past that bound
 //!   and the next run checks it by id — which ends it if it is offline. A
 //!   stream's end is thus seen at most one run period later than with id
-//!   batches alone.
+//!   batches alone (which check it from its interval less half a period on:
+//!   the bound is one period later; a whole period made it two, on a
+//!   regular schedule by a tie).
 //! - Entries of broadcasters that this run checks by id are dropped (the id
 //!   batch is the authority for them this run: one observation per channel);
 //!   entries outside the asked category or language are dropped and counted
@@ -192,7 +194,9 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
     let mut got = vec![0u32; categories.len()];
     let mut left = share;
     // One page at a time, round robin: when short, every category gets about
-    // the same number of pages (and each its first before any its second).
+    // the same number of pages (and each its first before any its second),
+    // in the order given: the caller puts the one walked longest ago first,
+    // so that the categories left without a page take their turn next run.
     loop {
         let mut gave = false;
         for (g, w) in got.iter_mut().zip(&wants) {
@@ -230,7 +234,7 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
 /// walk that does not list it cannot confirm the end that
 /// `offline_after_misses` > 1 waits for), within that walk's [`Reach`] by
 /// their stored viewer count, and last checked less than their interval plus
-/// one run period ago.
+/// half a run period ago.
 pub fn covered_by_walks(
     policy: &PollPolicy,
     channels: &[PolledChannel],
@@ -253,7 +257,7 @@ pub fn covered_by_walks(
                 in_directory(&w.game_id, w.language.as_deref(), game, language)
                     && w.reach.includes(viewers)
             });
-            let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0);
+            let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0) / 2.0;
             walked && c.checked_at.is_some_and(|t| now - t < bound)
         })
         .collect()
@@ -595,14 +599,14 @@ mod tests {
         };
         let now = 10_000.0;
         let channels = [
-            ch(Some(5000), Some(now - 60.0)),  // hot, listed by the last run
-            ch(Some(5000), Some(now - 119.0)), // hot, missed once: still within 60 + 60
-            ch(Some(5000), Some(now - 120.0)), // hot, missed: checked by id now
-            ch(Some(10), Some(now - 179.0)),   // live: 120 + 60
-            ch(Some(10), Some(now - 60.0)),    // live, but in another language
-            ch(Some(10), Some(now - 60.0)),    // live in a category not walked
-            ch(None, Some(now - 60.0)),        // offline: never left to a walk
-            ch(Some(10), None),                // never checked
+            ch(Some(5000), Some(now - 60.0)), // hot, listed by the last run
+            ch(Some(5000), Some(now - 89.0)), // hot, not listed: still within 60 + 60/2
+            ch(Some(5000), Some(now - 90.0)), // hot, not listed: checked by id now
+            ch(Some(10), Some(now - 149.0)),  // live: 120 + 60/2
+            ch(Some(10), Some(now - 60.0)),   // live, but in another language
+            ch(Some(10), Some(now - 60.0)),   // live in a category not walked
+            ch(None, Some(now - 60.0)),       // offline: never left to a walk
+            ch(Some(10), None),               // never checked
         ];
         let g = |game: &str, lang: &str| Some((game.to_string(), lang.to_string()));
         let live_in = [

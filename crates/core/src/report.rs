@@ -72,21 +72,24 @@ pub struct Pruned {
     pub events: i64,
 }
 
-/// Where the run's time went, in milliseconds (rounded to 0.01).
+/// Where the run's time went, in milliseconds (rounded to 0.01): reading
+/// state, waiting on HTTP, writing, and retention (`prune()`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
     pub read: f64,
     pub http: f64,
     pub apply: f64,
+    pub prune: f64,
 }
 
 impl Timings {
-    pub fn new(read_ms: f64, http_ms: f64, apply_ms: f64) -> Timings {
+    pub fn new(read_ms: f64, http_ms: f64, apply_ms: f64, prune_ms: f64) -> Timings {
         let r = |ms: f64| (ms * 100.0).round() / 100.0;
         Timings {
             read: r(read_ms),
             http: r(http_ms),
             apply: r(apply_ms),
+            prune: r(prune_ms),
         }
     }
 }
@@ -393,7 +396,7 @@ mod tests {
             viewer_samples: 2,
             events: 3,
         });
-        r.timings_ms = Some(Timings::new(1.234, 50.0, 9.999));
+        r.timings_ms = Some(Timings::new(1.234, 50.0, 9.999, 0.5));
         let doc = r.to_json();
         assert_eq!(
             doc,
@@ -412,7 +415,7 @@ mod tests {
                 "helix_requests": 4, "retries": 1, "rate_limited": 1,
                 "rate_limit_remaining": 797, "duration_ms": 61,
                 "pruned": {"runs": 1, "viewer_samples": 2, "events": 3},
-                "timings_ms": {"read": 1.23, "http": 50.0, "apply": 10.0},
+                "timings_ms": {"read": 1.23, "http": 50.0, "apply": 10.0, "prune": 0.5},
                 "http": {"version": "HTTP/2", "connections": 1},
                 "timestamp": "2026-11-25T14:00:47.305+00:00",
             })

@@ -114,6 +114,30 @@ fn a_reused_token_and_rate_limit_state_save_requests() {
     assert_eq!(second.helix_requests, 3);
 }
 
+/// An answer labelled with a content coding (gzip, say), though the request
+/// asked for identity, fails its batch with an error that names the coding
+/// (it read as JSON that cannot be parsed at line 1), and the other batches
+/// are checked.
+#[test]
+fn an_answer_in_a_coding_not_asked_for_is_named_as_such() {
+    let sim = start(200, 0.3, Config::default());
+    let ids: Vec<String> = sim.world(|w| w.channels.iter().map(|c| c.id.clone()).collect());
+    sim.add_fault(
+        Fault::new(FaultKind::ContentEncoding {
+            coding: "gzip".into(),
+        })
+        .for_user(&ids[150]),
+    );
+    let out = run(input(&sim, 200)).summary;
+    assert_eq!(out.status(), RunStatus::Partial, "{:?}", out.first_error());
+    assert_eq!(out.checked, 100);
+    let error = out.first_error().unwrap();
+    assert!(
+        error.contains("gzip-coded") && error.contains("Content-Encoding"),
+        "{error}"
+    );
+}
+
 /// A 401 mints a new token once per pass, and if the token endpoint fails,
 /// that failure is every batch's: it is not asked again by each batch (20
 /// mints for 2,000 channels before). The batches fail with its error, and

@@ -158,6 +158,10 @@ pub enum FaultKind {
     /// Get Streams: the real answer without the `Ratelimit-*` headers (as a
     /// Helix stand-in that does not send them might).
     NoRateLimitHeaders,
+    /// Get Streams: the real answer labelled `Content-Encoding: <coding>`
+    /// whatever the request's `Accept-Encoding` (as a server that compresses
+    /// regardless might; the body itself is left as it is).
+    ContentEncoding { coding: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -722,6 +726,10 @@ impl State {
         let body = json!({"data": data, "pagination": pagination});
         if fault == Some(FaultKind::NoRateLimitHeaders) {
             return Response::json(200, &body);
+        }
+        if let Some(FaultKind::ContentEncoding { coding }) = &fault {
+            return with_limits(Response::json(200, &body))
+                .with_header("Content-Encoding", coding.clone());
         }
         if let Some(FaultKind::RateLimitHeaders {
             limit,
