@@ -371,6 +371,9 @@ pub fn merge_directory(
     let mut stats = EntryStats::default();
     let (mut n_in_batches, mut off_filter) = (0, 0);
     let mut rejected: HashSet<String> = HashSet::new();
+    // entries of channels checked by id, once each (a repeat is a duplicate,
+    // as for the others: it counted in `in_batches` and `last_streams` again)
+    let mut seen_in_batches: HashSet<(String, String)> = HashSet::new();
     let mut order: Vec<String> = Vec::new();
     let mut by_broadcaster: HashMap<String, LiveStream> = HashMap::new();
     for page in pages {
@@ -382,7 +385,11 @@ pub fn merge_directory(
                 continue;
             }
             if in_batches.contains(&s.broadcaster_id) {
-                n_in_batches += 1;
+                if seen_in_batches.insert((s.broadcaster_id, s.stream_id)) {
+                    n_in_batches += 1;
+                } else {
+                    stats.duplicates += 1;
+                }
                 continue;
             }
             match claims.get(&s.stream_id) {
@@ -799,6 +806,7 @@ mod tests {
         ]));
         let p2 = page(json!([
             entry("10", "100", "77", "en", "2026-01-01T00:00:00Z"), // again: duplicate
+            entry("30", "300", "77", "en", "2026-01-01T00:00:00Z"), // checked by id, again: duplicate
             entry("20", "201", "77", "en", "2026-01-01T01:00:00Z"), // restarted: later wins
             entry("60", "600", "77", "en", "2026-01-01T00:00:00Z"), // named by a bad entry
             entry("70", "700", "77", "en", "2026-01-01T00:00:00Z"),
@@ -814,7 +822,7 @@ mod tests {
         assert_eq!(m.stats.bad.stream_id_conflict, 1);
         assert_eq!(m.stats.bad.bad_stream_id, 1);
         assert_eq!(m.stats.bad.malformed, 1);
-        assert_eq!(m.stats.duplicates, 1);
+        assert_eq!(m.stats.duplicates, 2);
         // Without a language filter, every language of the category counts.
         let mut claims = StreamClaims::new();
         let p = page(json!([entry(
