@@ -75,7 +75,9 @@ impl Refusal {
             ),
             Refusal::MissingHeader(name) => (
                 ERRCODE_INVALID_PARAMETER_VALUE,
-                format!("the {name} header is missing"),
+                // (a name given twice, in two cases, or a value that is not
+                // a string, is no header either)
+                format!("the {name} header is missing, empty, given twice or not a string"),
                 Some(HEADERS_HINT),
             ),
             Refusal::UnreadableHeaders => (

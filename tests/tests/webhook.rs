@@ -750,4 +750,17 @@ fn headers_from_request_headers_as_postgrest_sets_them() {
         "{}",
         error_text(&e)
     );
+    tx.rollback().unwrap();
+    // a header given twice (in two cases) is named as such, not only as missing
+    let mut tx = db.client.transaction().unwrap();
+    tx.query_one(
+        "SELECT set_config('request.headers', $1, true)",
+        &[&r#"{"Twitch-Eventsub-Message-Id": "a", "twitch-eventsub-message-id": "b"}"#],
+    )
+    .unwrap();
+    let e = tx
+        .query_one("SELECT twitch_sync.eventsub_webhook($1)", &[&d.body])
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "22023");
+    assert!(error_text(&e).contains("given twice"), "{}", error_text(&e));
 }
