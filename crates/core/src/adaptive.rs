@@ -132,7 +132,7 @@ impl PollPolicy {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     /// Indexes into the channels: the due ones, most overdue first, then
-    /// those checked ahead of time to level the load, soonest due first.
+    /// those checked ahead of time to level the load ([`plan`], step 2).
     pub chosen: Vec<usize>,
     /// Channels that were due (chosen, or left for a later run by the budget).
     pub due: usize,
@@ -163,8 +163,11 @@ pub const LOOKAHEAD_RUNS: usize = 1_440;
 ///    budget less [`LEVELLING_RESERVE`] each (or the mean load ahead, if more),
 ///    can take every check when it falls due (earliest due first): max over h
 ///    of (checks due in the next h runs, this one included) − (h − 1) × that
-///    capacity. The difference is made up with channels not yet due, soonest
-///    due first (then the nearest to their interval). A channel checked
+///    capacity. The difference is made up with channels not yet due: first
+///    those due within the stretch that h is (the most crowded ahead) whose
+///    next check, made now, falls after it, as each takes a check out of it
+///    for good; then soonest due (then the nearest to their interval). A
+///    channel checked
 ///    early keeps its earlier phase, so levelling is paid for once per group,
 ///    not every interval; when the runs ahead fit, nothing is checked early,
 ///    and neither when the due channels alone fill the budget.
@@ -236,29 +239,40 @@ pub fn plan(
     due.sort_unstable_by(by_rank);
     let mut chosen: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
 
-    let target = levelled_load(&load, max_ids).min(max_ids);
+    let (target, window) = levelled_load(&load, max_ids);
+    let target = target.min(max_ids);
     if target > chosen.len() {
-        // Not due yet: (runs until due, share of its interval already gone,
-        // index), soonest due first, then the nearest to its interval.
-        let mut later: Vec<(usize, f64, usize)> = channels
+        // Not due yet: (whether checking it now leaves a check in the runs
+        // up to `window`, the most crowded stretch ahead, runs until due,
+        // share of its interval already gone, index). First the channels due
+        // within that stretch whose next check, checked now, falls after it:
+        // each takes one check out of it for good (a channel due again
+        // within it, such as a hot one due every few runs, would only be
+        // checked early every run while the crowd stays where it is); then
+        // soonest due, then the nearest to its interval.
+        let mut later: Vec<(bool, usize, f64, usize)> = channels
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
                 let (in_runs, interval) = whens[i];
                 let at = c.checked_at?;
-                (in_runs > 0).then_some((in_runs, (now - at) / interval, i))
+                let stays = in_runs > window || runs(interval).max(1) <= window;
+                (in_runs > 0).then_some((stays, in_runs, (now - at) / interval, i))
             })
             .collect();
         let extra = (target - chosen.len()).min(later.len());
-        let soonest = |a: &(usize, f64, usize), b: &(usize, f64, usize)| {
-            a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)).then(a.2.cmp(&b.2))
+        let soonest = |a: &(bool, usize, f64, usize), b: &(bool, usize, f64, usize)| {
+            a.0.cmp(&b.0)
+                .then(a.1.cmp(&b.1))
+                .then(b.2.total_cmp(&a.2))
+                .then(a.3.cmp(&b.3))
         };
         if later.len() > extra {
             later.select_nth_unstable_by(extra, soonest);
             later.truncate(extra);
         }
         later.sort_unstable_by(soonest);
-        chosen.extend(later.into_iter().map(|(_, _, i)| i));
+        chosen.extend(later.into_iter().map(|(_, _, _, i)| i));
     }
     Plan {
         chosen,
@@ -277,8 +291,9 @@ pub const LEVELLING_RESERVE: f64 = 0.05;
 /// more (a load the budget cannot carry is not levelled below its mean):
 /// max over h of (checks due in runs 0..h) − (h − 1) × `plan_capacity`.
 /// `load`: per interval, the runs between checks and the channels by runs
-/// until they are due; a channel's later checks count too.
-fn levelled_load(load: &[(usize, Vec<usize>)], capacity: usize) -> usize {
+/// until they are due; a channel's later checks count too. Also returns the
+/// last run of the stretch that needs it (the h it is the max at).
+fn levelled_load(load: &[(usize, Vec<usize>)], capacity: usize) -> (usize, usize) {
     let horizon = load
         .iter()
         .filter(|(_, by_next)| !by_next.is_empty())
@@ -297,13 +312,15 @@ fn levelled_load(load: &[(usize, Vec<usize>)], capacity: usize) -> usize {
     let total: usize = per_run.iter().sum();
     let plan_capacity =
         (capacity as f64 * (1.0 - LEVELLING_RESERVE)).max(total as f64 / horizon.max(1) as f64);
-    let mut sum = 0usize;
-    let mut need = 0.0f64;
+    let (mut sum, mut need, mut window) = (0usize, 0.0f64, 0usize);
     for (h, n) in per_run.iter().enumerate() {
         sum += n;
-        need = need.max(sum as f64 - h as f64 * plan_capacity);
+        let here = sum as f64 - h as f64 * plan_capacity;
+        if here > need {
+            (need, window) = (here, h);
+        }
     }
-    need.ceil() as usize
+    (need.ceil() as usize, window)
 }
 
 /// Staleness of one class: how long ago its channels were last checked
@@ -629,6 +646,67 @@ mod tests {
         for cycle in per_run.chunks(10) {
             assert_eq!(cycle.iter().sum::<usize>(), 1_000, "{per_run:?}");
         }
+    }
+
+    #[test]
+    fn levelling_checks_early_the_channels_whose_checks_fall_due_together() {
+        // 20 hot, 80 live and 1,900 offline channels, intervals 6, 12 and 30
+        // s, all checked at 0 (by fixed polling, before adaptive polling was
+        // turned on), then a run every 2 s checking at most 100: the offline
+        // checks fall due together at 30 s. Levelling must spread those, not
+        // spend the runs before re-checking the hot and live channels that
+        // are due again in a run or two anyway (they took every early check,
+        // and the offline ones went to twice their interval).
+        let p = PollPolicy {
+            hot_interval: 6.0,
+            live_interval: 12.0,
+            offline_interval: 30.0,
+            ..PollPolicy::default()
+        };
+        let mut channels: Vec<PolledChannel> = (0..2_000)
+            .map(|i| {
+                let viewers = match i {
+                    0..20 => Some(5_000),
+                    20..100 => Some(10),
+                    _ => None,
+                };
+                ch(viewers, Some(0.0))
+            })
+            .collect();
+        let (mut early_short, mut worst_offline) = (0usize, 0.0f64);
+        let mut t = 2.0;
+        while t < 150.0 {
+            for c in channels.iter().filter(|c| c.live_viewers.is_none()) {
+                if let Some(at) = c.checked_at {
+                    worst_offline = worst_offline.max(t - at);
+                }
+            }
+            let chosen = plan(&p, &channels, t, 2.0, 100).chosen;
+            assert!(chosen.len() <= 100);
+            for i in chosen {
+                let c = &mut channels[i];
+                let interval = p.interval(p.class(c), 0);
+                if c.live_viewers.is_some()
+                    && c.checked_at.is_some_and(|at| t - at < interval - 1.0)
+                {
+                    early_short += 1;
+                }
+                c.checked_at = Some(t);
+            }
+            t += 2.0;
+        }
+        // (the 14 runs before 30 s have room for about 1,050 of the 1,900
+        // besides the hot and live checks: the rest cannot be on time, and
+        // is done at about 75 a run after; every early check of a hot or
+        // live channel made that later still)
+        assert!(
+            worst_offline <= 30.0 * 1.75,
+            "offline channels waited {worst_offline} s on a 30 s interval ({early_short} early checks of hot and live channels)"
+        );
+        assert!(
+            early_short <= 100,
+            "{early_short} early checks of hot and live channels"
+        );
     }
 
     #[test]
