@@ -1959,6 +1959,21 @@ fn maintain_applies_a_changed_gap_limit_to_the_days_it_rolls_up() {
     );
 }
 
+/// A database whose samples are kept 3 days, with one sample 10 days ago in
+/// its own day partition (what the next prune() drops).
+fn with_a_day_past_retention() -> TestDb {
+    let mut db = TestDb::bare(world(1, 0.0));
+    db.client
+        .batch_execute(
+            "SET twitch_sync.samples_retention_days = 3;
+             SELECT twitch_sync.create_sample_partitions(current_date - 10, current_date - 10);
+             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
+             VALUES ('5010', '501', now() - interval '10 days', 3);",
+        )
+        .unwrap();
+    db
+}
+
 /// A prune() by hand while a run() is in flight neither waits for it nor
 /// deadlocks with it: it leaves the sample partition it would drop for a
 /// later call, and the run's own prune() goes through. (It waited for the
@@ -1966,15 +1981,11 @@ fn maintain_applies_a_changed_gap_limit_to_the_days_it_rolls_up() {
 /// rows, and the run was rolled back.)
 #[test]
 fn prune_by_hand_during_a_run_leaves_the_drop_for_later() {
-    let mut db = TestDb::bare(world(1, 0.0));
+    let mut db = with_a_day_past_retention();
     let t = now_secs() - 600;
     db.client
         .batch_execute(
-            "SET twitch_sync.samples_retention_days = 3;
-             SELECT twitch_sync.create_sample_partitions(current_date - 10, current_date - 10);
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-             VALUES ('5010', '501', now() - interval '10 days', 3);
-             INSERT INTO twitch_sync.events (broadcaster_id, event, payload, created_at)
+            "INSERT INTO twitch_sync.events (broadcaster_id, event, payload, created_at)
              SELECT '501', 'offline', '{}', now() - interval '40 days' FROM generate_series(1, 5);",
         )
         .unwrap();
@@ -2011,16 +2022,8 @@ fn prune_by_hand_during_a_run_leaves_the_drop_for_later() {
 /// second per old day, and dropped nothing while any partition was read.)
 #[test]
 fn prune_drops_an_old_day_while_another_day_is_being_read() {
-    let mut db = TestDb::bare(world(1, 0.0));
+    let mut db = with_a_day_past_retention();
     let t = now_secs() - 600;
-    db.client
-        .batch_execute(
-            "SET twitch_sync.samples_retention_days = 3;
-             SELECT twitch_sync.create_sample_partitions(current_date - 10, current_date - 10);
-             INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count)
-             VALUES ('5010', '501', now() - interval '10 days', 3);",
-        )
-        .unwrap();
     send(&mut db.client, t, &[live("501", "5011", Some(7), Some(t))]);
     db.client
         .batch_execute("SELECT twitch_sync.maintain()")
