@@ -275,9 +275,12 @@ BEGIN
         END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
-            -- ONLY: the parent and this partition, not every partition (a
-            -- reader of any other day, or its autovacuum, held every drop up)
-            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            -- ONLY: the parent, this partition and the default partition
+            -- (DROP TABLE locks it too: its partition constraint changes),
+            -- not every partition (a reader of any other day, or its
+            -- autovacuum, held every drop up)
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I, '
+                                      'ONLY twitch_sync.viewer_samples_default IN ACCESS EXCLUSIVE MODE', part);
             EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
             EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
             dropped := dropped + n;

@@ -127,7 +127,10 @@ CREATE TABLE twitch_sync.streams (
     -- the broadcaster leads every key: the table can be distributed by it
     CONSTRAINT streams_pkey PRIMARY KEY (broadcaster_id, stream_id),
     CONSTRAINT streams_peak_at_least_current CHECK (peak_viewer_count >= viewer_count),
-    CONSTRAINT streams_ended_iff_not_live CHECK (is_live = (ended_at IS NULL))
+    CONSTRAINT streams_ended_iff_not_live CHECK (is_live = (ended_at IS NULL)),
+    -- the times maintain() and the dashboard count days from are finite
+    CONSTRAINT streams_times_finite
+        CHECK (isfinite(started_at) AND isfinite(ended_at) AND isfinite(first_seen_at) AND isfinite(last_seen_at))
 ) WITH (fillfactor = 70);  -- live rows are updated every run: room for HOT updates
 CREATE UNIQUE INDEX streams_one_live_per_broadcaster ON twitch_sync.streams (broadcaster_id) WHERE is_live;
 CREATE INDEX streams_broadcaster_started ON twitch_sync.streams (broadcaster_id, started_at DESC);

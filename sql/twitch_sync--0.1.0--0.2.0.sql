@@ -80,6 +80,33 @@ AS 'MODULE_PATHNAME', 'setting_wrapper';
 -- Tables
 ---------------------------------------------------------------------------
 
+-- 0.2.0's tables refuse times no run can use (infinity, written by hand or
+-- restored): a row holding one stops the update here, with the fix, before
+-- the constraints below would stop it with a bare check violation.
+DO $$
+DECLARE
+    c record;
+    bad boolean;
+BEGIN
+    FOR c IN SELECT * FROM (VALUES
+            ('channels', 'added_at'), ('channels', 'last_live_at'), ('channels', 'last_checked_at'),
+            ('runs', 'started_at'), ('runs', 'finished_at'),
+            ('credentials', 'token_expires_at'), ('credentials', 'token_validated_at'),
+            ('rate_limit', 'reset_at'), ('rate_limit', 'observed_at'),
+            ('streams', 'started_at'), ('streams', 'ended_at'), ('streams', 'updated_at')) AS x(tab, col)
+    LOOP
+        EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM twitch_sync.%I WHERE NOT pg_catalog.isfinite(%I))',
+                                  c.tab, c.col) INTO bad;
+        IF bad THEN
+            RAISE EXCEPTION 'twitch_sync.%.% holds an infinite time', c.tab, c.col
+                USING ERRCODE = 'check_violation',
+                      HINT = pg_catalog.format('Nothing was changed. Correct those rows (for example UPDATE twitch_sync.%I SET %I = now() WHERE NOT isfinite(%I);), then run ALTER EXTENSION twitch_sync UPDATE again.',
+                                               c.tab, c.col, c.col);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- The rules for Twitch ids and logins: written once, here. (The Rust core
 -- applies the same rules to what Helix sends, before anything reaches SQL.)
 -- No SET clause, so they inline; the operator is schema-qualified instead.
@@ -579,9 +606,12 @@ BEGIN
         END IF;
         BEGIN
             PERFORM pg_catalog.set_config('lock_timeout', '1s', true);
-            -- ONLY: the parent and this partition, not every partition (a
-            -- reader of any other day, or its autovacuum, held every drop up)
-            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I IN ACCESS EXCLUSIVE MODE', part);
+            -- ONLY: the parent, this partition and the default partition
+            -- (DROP TABLE locks it too: its partition constraint changes),
+            -- not every partition (a reader of any other day, or its
+            -- autovacuum, held every drop up)
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY twitch_sync.viewer_samples, ONLY twitch_sync.%I, '
+                                      'ONLY twitch_sync.viewer_samples_default IN ACCESS EXCLUSIVE MODE', part);
             EXECUTE pg_catalog.format('SELECT count(*) FROM twitch_sync.%I', part) INTO n;
             EXECUTE pg_catalog.format('DROP TABLE twitch_sync.%I', part);
             dropped := dropped + n;
@@ -1276,6 +1306,9 @@ UPDATE twitch_sync.streams s
 UPDATE twitch_sync.streams s
    SET first_seen_at = coalesce(s.first_seen_at, s.started_at, s.updated_at),
        changed_at = coalesce(s.first_seen_at, s.started_at, s.updated_at);
+-- the times maintain() and the dashboard count days from are finite
+ALTER TABLE twitch_sync.streams ADD CONSTRAINT streams_times_finite
+    CHECK (isfinite(started_at) AND isfinite(ended_at) AND isfinite(first_seen_at) AND isfinite(last_seen_at));
 INSERT INTO twitch_sync.stream_changes (broadcaster_id, stream_id, seen_at, source, title, game_id, game_name)
 SELECT s.broadcaster_id, s.stream_id, s.first_seen_at, 'poll', s.title, s.game_id, s.game_name
   FROM twitch_sync.streams s;

@@ -910,6 +910,8 @@ fn times_no_run_can_use_are_refused_where_they_are_written() {
         "UPDATE twitch_sync.runs SET finished_at = 'infinity'".to_string(),
         "UPDATE twitch_sync.rate_limit SET observed_at = 'infinity'".to_string(),
         format!("UPDATE twitch_sync.channels SET checked_at = 'infinity' WHERE broadcaster_id = '{}'", ids[0]),
+        // (maintain() counted days from it in an endless series)
+        format!("UPDATE twitch_sync.streams SET started_at = '-infinity' WHERE stream_id = '{sid}'"),
         format!("UPDATE twitch_sync.channels SET added_at = '-infinity' WHERE broadcaster_id = '{}'", ids[0]),
         format!(
             "INSERT INTO twitch_sync.viewer_samples (stream_id, broadcaster_id, sampled_at, viewer_count,

@@ -149,6 +149,34 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
     client
         .batch_execute("DELETE FROM twitch_sync.viewer_samples WHERE NOT isfinite(sampled_at)")
         .unwrap();
+    // An infinite time in another table (0.2.0's tables refuse them) stops it
+    // the same way, naming the column and the fix; put back, it goes through.
+    let added_at: std::time::SystemTime = client
+        .query_one("SELECT min(added_at) FROM twitch_sync.channels", &[])
+        .unwrap()
+        .get(0);
+    client
+        .execute(
+            "UPDATE twitch_sync.channels SET added_at = 'infinity' WHERE added_at = $1",
+            &[&added_at],
+        )
+        .unwrap();
+    let err = client
+        .batch_execute("ALTER EXTENSION twitch_sync UPDATE")
+        .expect_err("an infinite time stops the update");
+    assert_eq!(sqlstate(&err), "23514", "{}", error_text(&err));
+    assert!(
+        error_text(&err).contains("twitch_sync.channels.added_at holds an infinite time")
+            && error_text(&err).contains("UPDATE twitch_sync.channels SET added_at = now()"),
+        "{}",
+        error_text(&err)
+    );
+    client
+        .execute(
+            "UPDATE twitch_sync.channels SET added_at = $1 WHERE NOT isfinite(added_at)",
+            &[&added_at],
+        )
+        .unwrap();
     // pg_cron runs in another database (`postgres`): the update says what to
     // run there. A WARNING, as PostgreSQL shows nothing milder from an
     // extension's script.

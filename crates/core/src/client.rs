@@ -191,10 +191,13 @@ impl TwitchClient {
         let snapshot = RateLimitSnapshot::from_headers(resp.headers());
         let status = resp.status().as_u16();
         // A coded body (gzip, say) sent though identity was asked for: named
-        // as such, not as JSON that cannot be read at line 1.
+        // as such, not as JSON that cannot be read at line 1. Only for a
+        // successful answer, whose body is the data: a 429 or 5xx keeps its
+        // status (and its wait) whatever its body.
         if let Some(coding) = resp
             .headers()
             .get(reqwest::header::CONTENT_ENCODING)
+            .filter(|_| resp.status().is_success())
             .map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
                     .trim()

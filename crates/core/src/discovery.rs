@@ -28,7 +28,8 @@
 //!   count, title, category), so it counts as the channel's check. A live
 //!   channel whose stream is in a category this run walks (in the walk's
 //!   language) is left out of the id batches while its last check is younger
-//!   than its interval plus half a run period ([`covered_by_walks`]) — but only
+//!   than its interval (or the run period, if longer) plus half a run period
+//!   ([`covered_by_walks`]) — but only
 //!   if the walk can be expected to list it ([`Reach`], from the category's
 //!   last walk): a walk that ended `complete` saw the whole directory, so it
 //!   reaches every live stream in it; one that ended `truncated` (its page
@@ -233,8 +234,9 @@ pub fn plan_walks(categories: &[Category], budget: Option<usize>) -> WalkPlan {
 /// caller gives None for a live stream whose last id check missed it, since a
 /// walk that does not list it cannot confirm the end that
 /// `offline_after_misses` > 1 waits for), within that walk's [`Reach`] by
-/// their stored viewer count, and last checked less than their interval plus
-/// half a run period ago.
+/// their stored viewer count, and last checked less than their interval (or
+/// the run period, if longer: a channel the last run's walk listed is a
+/// period old) plus half a run period ago.
 pub fn covered_by_walks(
     policy: &PollPolicy,
     channels: &[PolledChannel],
@@ -257,7 +259,8 @@ pub fn covered_by_walks(
                 in_directory(&w.game_id, w.language.as_deref(), game, language)
                     && w.reach.includes(viewers)
             });
-            let bound = policy.interval(policy.class(c), c.priority) + run_period.max(0.0) / 2.0;
+            let period = run_period.max(0.0);
+            let bound = policy.interval(policy.class(c), c.priority).max(period) + period / 2.0;
             walked && c.checked_at.is_some_and(|t| now - t < bound)
         })
         .collect()
@@ -649,6 +652,17 @@ mod tests {
             covered_by_walks(&policy, &channels, &live_in, &[], now, 60.0)
                 .iter()
                 .all(|c| !c)
+        );
+        // runs further apart than the interval: a channel the last run's walk
+        // listed (a period ago) is still left to the walk, one listed two
+        // runs ago is not (hot: 60 s, runs 150 s apart: 150 + 75)
+        let two = [
+            ch(Some(5000), Some(now - 150.0)),
+            ch(Some(5000), Some(now - 225.0)),
+        ];
+        assert_eq!(
+            covered_by_walks(&policy, &two, &live_in[..2], &walks, now, 150.0),
+            vec![true, false]
         );
     }
 
