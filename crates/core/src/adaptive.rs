@@ -167,10 +167,10 @@ pub const LOOKAHEAD_RUNS: usize = 1_440;
 ///    those due within the stretch that h is (the most crowded ahead) whose
 ///    next check, made now, falls after it, as each takes a check out of it
 ///    for good; then soonest due (then the nearest to their interval). A
-///    channel checked
-///    early keeps its earlier phase, so levelling is paid for once per group,
-///    not every interval; when the runs ahead fit, nothing is checked early,
-///    and neither when the due channels alone fill the budget.
+///    channel checked early keeps its earlier phase, so levelling is paid
+///    for once per group, not every interval; when the runs ahead fit,
+///    nothing is checked early, and neither when the due channels alone
+///    fill the budget.
 pub fn plan(
     policy: &PollPolicy,
     channels: &[PolledChannel],

@@ -197,7 +197,7 @@ impl TwitchClient {
         if let Some(coding) = resp
             .headers()
             .get(reqwest::header::CONTENT_ENCODING)
-            .filter(|_| resp.status().is_success())
+            .filter(|_| (200..300).contains(&status))
             .map(|v| {
                 String::from_utf8_lossy(v.as_bytes())
                     .trim()
