@@ -210,15 +210,16 @@ impl Cluster {
         Cluster { dir, port }
     }
 
-    pub fn connect(&self, dbname: &str) -> Client {
-        Client::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname={dbname}",
-                self.port
-            ),
-            NoTls,
+    /// How to reach `dbname` as `user`.
+    fn conninfo(&self, dbname: &str, user: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname={dbname}",
+            self.port
         )
-        .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"))
+    }
+
+    pub fn connect(&self, dbname: &str) -> Client {
+        self.connect_as(dbname, "postgres")
     }
 
     /// A connection that keeps every notice and warning the server sends it
@@ -229,46 +230,31 @@ impl Cluster {
     ) -> (Client, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
         let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = kept.clone();
-        let client = format!(
-            "host=127.0.0.1 port={} user=postgres dbname={dbname}",
-            self.port
-        )
-        .parse::<postgres::Config>()
-        .unwrap()
-        .notice_callback(move |n| {
-            sink.lock().unwrap().push(format!(
-                "{}: {} (HINT: {})",
-                n.severity(),
-                n.message(),
-                n.hint().unwrap_or("")
-            ))
-        })
-        .connect(NoTls)
-        .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"));
+        let client = self
+            .conninfo(dbname, "postgres")
+            .parse::<postgres::Config>()
+            .unwrap()
+            .notice_callback(move |n| {
+                sink.lock().unwrap().push(format!(
+                    "{}: {} (HINT: {})",
+                    n.severity(),
+                    n.message(),
+                    n.hint().unwrap_or("")
+                ))
+            })
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect to {dbname}: {e}"));
         (client, kept)
     }
 
     /// A connection, or None while the server does not accept one.
     pub fn connect_opt(&self, dbname: &str) -> Option<Client> {
-        Client::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname={dbname}",
-                self.port
-            ),
-            NoTls,
-        )
-        .ok()
+        Client::connect(&self.conninfo(dbname, "postgres"), NoTls).ok()
     }
 
     pub fn connect_as(&self, dbname: &str, user: &str) -> Client {
-        Client::connect(
-            &format!(
-                "host=127.0.0.1 port={} user={user} dbname={dbname}",
-                self.port
-            ),
-            NoTls,
-        )
-        .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
+        Client::connect(&self.conninfo(dbname, user), NoTls)
+            .unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"))
     }
 
     /// Restarts the server (fast shutdown): every connection is closed.

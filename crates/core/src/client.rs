@@ -188,8 +188,11 @@ impl TwitchClient {
         if helix || self.same_origin {
             self.watch.answered_by_helix(resp.version());
         }
-        let snapshot = RateLimitSnapshot::from_headers(resp.headers());
         let status = resp.status().as_u16();
+        // A 401's headers are those of the bucket of requests without a valid
+        // token (30 points a minute), not the app's: read as the app's, they
+        // held a new token's requests (Get Streams, EventSub's) to that bucket.
+        let snapshot = RateLimitSnapshot::from_headers(resp.headers()).filter(|_| status != 401);
         // A coded body (gzip, say) sent though identity was asked for: named
         // as such, not as JSON that cannot be read at line 1. Only for a
         // successful answer, whose body is the data: a 429 or 5xx keeps its

@@ -245,6 +245,7 @@ pub fn covered_by_walks(
     now: f64,
     run_period: f64,
 ) -> Vec<bool> {
+    let period = run_period.max(0.0);
     channels
         .iter()
         .enumerate()
@@ -259,7 +260,6 @@ pub fn covered_by_walks(
                 in_directory(&w.game_id, w.language.as_deref(), game, language)
                     && w.reach.includes(viewers)
             });
-            let period = run_period.max(0.0);
             let bound = policy.interval(policy.class(c), c.priority).max(period) + period / 2.0;
             walked && c.checked_at.is_some_and(|t| now - t < bound)
         })

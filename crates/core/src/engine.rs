@@ -349,10 +349,6 @@ impl Pass {
                 (Err(HelixError::Network { .. } | HelixError::Timeout { .. }), None) => {
                     Heard::Nothing
                 }
-                // A 401's headers are those of the bucket of requests without
-                // a valid token (30 points a minute), not the app's: taken for
-                // the app's, they held the new token's requests to that bucket.
-                (Err(HelixError::Unauthorized { .. }), _) => Heard::Answer(None),
                 (_, snapshot) => Heard::Answer(snapshot),
             };
             self.limiter.observe(ticket, heard, limited);

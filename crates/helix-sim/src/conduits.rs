@@ -69,19 +69,12 @@ pub(crate) fn handle(shared: &Shared, req: &Request) -> Option<Response> {
     }
     let client_id = match st.authenticate(req) {
         Ok(c) => c,
-        Err(resp) => {
-            st.counters.unauthorized += 1;
-            return Some(resp);
-        }
+        Err(resp) => return Some(resp),
     };
     let bucket = st.bucket(&client_id);
     let paid = bucket.try_take(1);
     let snap = bucket.snapshot();
-    let with_limits = |r: Response| {
-        r.with_header("Ratelimit-Limit", snap.limit.to_string())
-            .with_header("Ratelimit-Remaining", snap.remaining.to_string())
-            .with_header("Ratelimit-Reset", snap.reset.to_string())
-    };
+    let with_limits = |r: Response| crate::with_rate_limit(r, &snap);
     if !paid {
         st.counters.rate_limited += 1;
         return Some(with_limits(helix_error(429, "Too Many Requests")));

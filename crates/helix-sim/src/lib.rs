@@ -311,6 +311,13 @@ fn error_body(status: u16, message: &str) -> Value {
     json!({"error": error, "status": status, "message": message})
 }
 
+/// A response with a bucket's `Ratelimit-*` headers, as Twitch sends them.
+pub(crate) fn with_rate_limit(r: Response, snap: &bucket::Snapshot) -> Response {
+    r.with_header("Ratelimit-Limit", snap.limit.to_string())
+        .with_header("Ratelimit-Remaining", snap.remaining.to_string())
+        .with_header("Ratelimit-Reset", snap.reset.to_string())
+}
+
 /// The bucket of requests without a valid bearer token: 30 points a minute
 /// (Twitch's rate-limit guide), keyed apart from every client id.
 const UNAUTHENTICATED_BUCKET_LIMIT: u32 = 30;
@@ -489,8 +496,28 @@ impl State {
         }
     }
 
-    /// Authenticates a Helix request; Err is the 401 to send.
+    /// Authenticates a Helix request; Err is the 401 to send (counted).
+    /// Twitch counts a request without a valid bearer token in a small bucket
+    /// of its own (30 points a minute, not the app's 800), and its 401 carries
+    /// that bucket's headers.
     fn authenticate(&mut self, req: &Request) -> Result<String, Response> {
+        let checked = self.check_credentials(req);
+        if checked.is_ok() {
+            return checked;
+        }
+        self.counters.unauthorized += 1;
+        let period = self.cfg.bucket_period;
+        let bucket = self
+            .buckets
+            .entry(UNAUTHENTICATED_BUCKET_KEY.to_string())
+            .or_insert_with(|| Bucket::new(UNAUTHENTICATED_BUCKET_LIMIT, period));
+        bucket.try_take(1);
+        let snap = bucket.snapshot();
+        checked.map_err(|resp| with_rate_limit(resp, &snap))
+    }
+
+    /// The client id of a request whose credentials Helix accepts; Err is the 401.
+    fn check_credentials(&mut self, req: &Request) -> Result<String, Response> {
         let client_id = req.header("client-id").map(str::trim).unwrap_or("");
         let token = match req.header("authorization") {
             Some(h) => match h.split_once(' ') {
@@ -536,32 +563,12 @@ impl State {
 
         let client_id = match self.authenticate(req) {
             Ok(c) => c,
-            Err(resp) => {
-                self.counters.unauthorized += 1;
-                // Twitch counts a request without a valid bearer token in a
-                // small bucket of its own (30 points a minute, not the app's
-                // 800), and its headers say so.
-                let period = self.cfg.bucket_period;
-                let bucket = self
-                    .buckets
-                    .entry(UNAUTHENTICATED_BUCKET_KEY.to_string())
-                    .or_insert_with(|| Bucket::new(UNAUTHENTICATED_BUCKET_LIMIT, period));
-                bucket.try_take(1);
-                let snap = bucket.snapshot();
-                return resp
-                    .with_header("Ratelimit-Limit", snap.limit.to_string())
-                    .with_header("Ratelimit-Remaining", snap.remaining.to_string())
-                    .with_header("Ratelimit-Reset", snap.reset.to_string());
-            }
+            Err(resp) => return resp,
         };
         let bucket = self.bucket(&client_id);
         let paid = bucket.try_take(1);
         let snap = bucket.snapshot();
-        let with_limits = |r: Response| {
-            r.with_header("Ratelimit-Limit", snap.limit.to_string())
-                .with_header("Ratelimit-Remaining", snap.remaining.to_string())
-                .with_header("Ratelimit-Reset", snap.reset.to_string())
-        };
+        let with_limits = |r: Response| with_rate_limit(r, &snap);
         if !paid {
             self.counters.rate_limited += 1;
             return with_limits(helix_error(429, "Too Many Requests"));
