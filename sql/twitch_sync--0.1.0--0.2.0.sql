@@ -2398,6 +2398,10 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     -- is down is no reason to replace the credentials).
     SELECT CASE
         WHEN error IS NULL THEN NULL
+        WHEN error ~ '^rolled back: '
+            THEN 'The run did not finish and nothing it wrote was kept: it was cancelled, hit '
+              || 'statement_timeout (keep it above twitch_sync.run_deadline_ms), its session ended, '
+              || 'or it raised the error shown; a later run recorded it.'
         WHEN error ~* 'deadline'
             THEN 'The run hit twitch_sync.run_deadline_ms: raise it (below the schedule interval) '
               || 'or check Twitch''s latency.'
@@ -2425,12 +2429,14 @@ $$;
 -- twitch_sync.alerts with NOTIFY twitch_sync_alerts carrying its id (sent when
 -- the run's transaction commits). A function, not a trigger on runs:
 -- restoring a dump inserts historical runs, which must neither count nor alert again.
+-- ended_at: NULL for the calling run (it ends now); a rolled-back run's end
+-- when a later run records it (src/rolled_back.rs).
 CREATE FUNCTION twitch_sync.record_run(
     started_at timestamptz, status text, channels_checked integer, live integer,
     updated integer, started integer, ended integer, errors integer,
     helix_requests integer, retries integer, rate_limited integer,
     rate_limit_remaining integer, error text, unknown integer, bad_entries integer,
-    failed_ids text[], unknown_ids text[],
+    failed_ids text[], unknown_ids text[], ended_at timestamptz DEFAULT NULL,
     OUT run_id bigint, OUT finished_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -2442,7 +2448,7 @@ BEGIN
     INSERT INTO twitch_sync.runs AS x (started_at, finished_at, status, channels_checked, live,
             updated, started, ended, errors, helix_requests, retries, rate_limited,
             rate_limit_remaining, error, unknown, bad_entries)
-    VALUES (record_run.started_at, pg_catalog.clock_timestamp(), record_run.status,
+    VALUES (record_run.started_at, coalesce(ended_at, pg_catalog.clock_timestamp()), record_run.status,
             record_run.channels_checked, record_run.live, record_run.updated, record_run.started,
             record_run.ended, record_run.errors, record_run.helix_requests, record_run.retries,
             record_run.rate_limited, record_run.rate_limit_remaining, record_run.error,

@@ -4,7 +4,7 @@
 
 use crate::db::{self, RunRecord};
 use crate::error::SyncError;
-use crate::{gucs, runtime};
+use crate::{gucs, rolled_back, runtime};
 use std::time::{Instant, SystemTime};
 use twitch_sync_core::adaptive::{self, PollPolicy, PollingReport};
 use twitch_sync_core::config::{load_ca_file, validate_base_url, MAX_IDS_PER_REQUEST};
@@ -232,7 +232,10 @@ mod twitch_sync {
             Ok(doc) => JsonB(doc),
             Err(e) => e.raise(),
         })
-        .catch_others(|e| crate::error::reraise_clean(e))
+        .catch_others(|e| {
+            crate::rolled_back::ending_with(crate::error::caught_for_row(&e));
+            crate::error::reraise_clean(e)
+        })
         .execute()
     }
 }
@@ -245,6 +248,10 @@ fn run_pass() -> Result<serde_json::Value, SyncError> {
     if !db::try_lock_run()? {
         return skip(started_at, clock);
     }
+    // From here on the run leaves its row even if its transaction aborts:
+    // the next run records it, as this one records those before it.
+    rolled_back::watch(started_at);
+    db::record_rolled_back(rolled_back::take())?;
     let config = settings()?;
     db::ensure_sample_partitions()?;
     let policy = gucs::poll_policy();
@@ -515,6 +522,7 @@ fn finish(
         bad_entries: i64::from(outcome.stats.bad.total()),
         failed_ids: std::mem::take(&mut written.failed_ids),
         unknown_ids: std::mem::take(&mut written.unknown_ids),
+        finished_at: None,
     })?;
     if let Some((report, checked)) = &polling {
         let checked = if status == RunStatus::Failed {

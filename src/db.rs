@@ -15,6 +15,8 @@ use twitch_sync_core::adaptive::{PolledChannel, PollingReport};
 use twitch_sync_core::discovery::{Category, WalkEnd, WalkReport};
 use twitch_sync_core::engine::{CachedToken, Credentials};
 use twitch_sync_core::ratelimit::RateLimitSnapshot;
+use twitch_sync_core::report::RunStatus;
+use twitch_sync_core::rolled_back::RolledBackRun;
 use twitch_sync_core::streams::LiveStream;
 
 fn internal(e: pgrx::spi::Error) -> SyncError {
@@ -543,6 +545,9 @@ pub struct RunRecord {
     /// unknown: written to twitch_sync.run_unchecked.
     pub failed_ids: Vec<String>,
     pub unknown_ids: Vec<String>,
+    /// None: the calling run, which ends now; a rolled-back run's end when a
+    /// later run records it.
+    pub finished_at: Option<SystemTime>,
 }
 
 impl RunRecord {
@@ -566,8 +571,24 @@ impl RunRecord {
             bad_entries: 0,
             failed_ids: Vec::new(),
             unknown_ids: Vec::new(),
+            finished_at: None,
         }
     }
+}
+
+/// Records runs rolled back since the last run (src/rolled_back.rs), each as
+/// failed, from its start to its end; returns how many.
+pub fn record_rolled_back(runs: Vec<RolledBackRun>) -> Result<usize, SyncError> {
+    let n = runs.len();
+    for run in runs {
+        let (run_id, _) = record_run(&RunRecord {
+            error: Some(run.error),
+            finished_at: Some(run.finished_at),
+            ..RunRecord::new(run.started_at, RunStatus::Failed.as_str())
+        })?;
+        pgrx::log!("twitch_sync: recorded rolled-back run as run {run_id}");
+    }
+    Ok(n)
 }
 
 /// Records the run with twitch_sync.record_run (its row, the counters, the
@@ -577,7 +598,8 @@ pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
     Spi::get_two_with_args::<i64, String>(
         "SELECT run_id, pg_catalog.to_json(finished_at) #>> '{}'
            FROM twitch_sync.record_run(pg_catalog.to_timestamp($1), $2, $3, $4, $5, $6, $7, $8,
-                                       $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                                       $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                                       pg_catalog.to_timestamp($18))",
         &[
             epoch(r.started_at).into(),
             r.status.into(),
@@ -596,6 +618,7 @@ pub fn record_run(r: &RunRecord) -> Result<(i64, String), SyncError> {
             to_i32(r.bad_entries).into(),
             r.failed_ids.clone().into(),
             r.unknown_ids.clone().into(),
+            r.finished_at.map(epoch).into(),
         ],
     )
     .map_err(internal)

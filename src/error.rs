@@ -110,6 +110,21 @@ pub fn reraise_clean(e: CaughtError) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// A caught error as a rolled-back run's row shows it: its message and
+/// SQLSTATE, as psql would print them.
+pub fn caught_for_row(e: &CaughtError) -> String {
+    let caught = match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    // PostgreSQL packs the five characters of a SQLSTATE six bits each.
+    let packed = caught.sql_error_code() as u32;
+    let sqlstate: String = (0..5)
+        .map(|i| char::from(b'0' + ((packed >> (6 * i)) & 0x3F) as u8))
+        .collect();
+    format!("{} (SQLSTATE {sqlstate})", caught.message())
+}
+
 /// The message of a caught error, for the background worker's log (it has
 /// no SQL caller to raise it to).
 pub fn caught_message(e: &CaughtError) -> String {

@@ -9,6 +9,8 @@
 //! - `twitch_sync_core` (crates/core): Helix client, rate limiter, batch
 //!   planner, parsing and the sync engine, with no Postgres in them;
 //! - `runtime`: the backend's tokio runtime and interruptible waiting;
+//! - `rolled_back`: runs whose transaction aborted, kept in shared memory for
+//!   the next run to record;
 //! - `worker`: the EventSub background worker (conduit shard, events,
 //!   subscriptions);
 //! - `gucs`, `error`: settings and SQL errors.
@@ -26,6 +28,7 @@ mod api;
 mod db;
 mod error;
 mod gucs;
+mod rolled_back;
 mod runtime;
 mod schedule;
 mod webhook;
@@ -76,9 +79,11 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    // The EventSub worker exists only when the library is preloaded.
+    // The EventSub worker and the shared queue of rolled-back runs exist only
+    // when the library is preloaded.
     // SAFETY: a flag Postgres sets while it loads shared_preload_libraries.
     if unsafe { pgrx::pg_sys::process_shared_preload_libraries_in_progress } {
+        rolled_back::init();
         worker::register();
     }
 }

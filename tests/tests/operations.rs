@@ -936,3 +936,53 @@ fn times_no_run_can_use_are_refused_where_they_are_written() {
         .batch_execute("SELECT * FROM twitch_sync.status(); SELECT twitch_sync.metrics(); SELECT twitch_sync.maintain()")
         .unwrap();
 }
+
+#[test]
+fn without_the_preload_a_rolled_back_run_is_recorded_by_the_same_sessions_next_run() {
+    // Without shared memory the queue of rolled-back runs is the backend's:
+    // another session's run cannot see it, the same session's next run
+    // records it.
+    let cluster = twitch_sync_e2e::Cluster::without_preload();
+    cluster
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE rolled_back_local")
+        .unwrap();
+    let mut a = cluster.connect("rolled_back_local");
+    let mut b = cluster.connect("rolled_back_local");
+    a.batch_execute("CREATE EXTENSION twitch_sync CASCADE")
+        .unwrap();
+    for c in [&mut a, &mut b] {
+        c.batch_execute(
+            "SET twitch_sync.helix_url = 'http://127.0.0.1:1/helix';
+             SET twitch_sync.auth_url = 'http://127.0.0.1:1/oauth2'",
+        )
+        .unwrap();
+    }
+    let err = a.query_one("SELECT twitch_sync.run()", &[]).unwrap_err();
+    assert_eq!(sqlstate(&err), "55000", "{}", error_text(&err));
+    a.batch_execute("SELECT twitch_sync.set_credentials('id', 'secret')")
+        .unwrap();
+    let runs = |c: &mut Client| -> Vec<(String, String)> {
+        c.query(
+            "SELECT status, coalesce(error, '') FROM twitch_sync.runs ORDER BY started_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+    };
+    b.query_one("SELECT twitch_sync.run()", &[]).unwrap();
+    let seen = runs(&mut b);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    a.query_one("SELECT twitch_sync.run()", &[]).unwrap();
+    let seen = runs(&mut a);
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(
+        seen[0],
+        (
+            "failed".to_string(),
+            "rolled back: twitch_sync has no Twitch credentials (SQLSTATE 55000)".to_string()
+        )
+    );
+}

@@ -210,7 +210,7 @@ fn imperfect_helix_answers_are_stored_as_decided() {
 }
 
 #[test]
-fn terminate_mid_run_leaves_no_lock_behind() {
+fn terminate_mid_run_leaves_no_lock_behind_and_the_next_run_records_it() {
     let mut db = TestDb::new(world(100, 0.5));
     db.track_first(100);
     db.sim.set_latency(Duration::from_secs(30));
@@ -238,10 +238,31 @@ fn terminate_mid_run_leaves_no_lock_behind() {
     db.sim.set_latency(Duration::ZERO);
     assert!(!db.run_in_progress());
     assert_eq!(db.run()["status"], "ok");
+    // The terminated run wrote nothing; the next run, in another backend,
+    // recorded it (shared memory) before its own row.
+    let rows = db
+        .client
+        .query(
+            "SELECT status, coalesce(error, '') FROM twitch_sync.runs ORDER BY started_at",
+            &[],
+        )
+        .unwrap();
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(
-        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"),
-        1,
-        "the terminated run wrote nothing"
+        got,
+        [
+            (
+                "failed".to_string(),
+                "rolled back: the session ended (pg_terminate_backend, a shutdown or a lost connection)"
+                    .to_string()
+            ),
+            ("ok".to_string(), String::new())
+        ]
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams"),
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.streams WHERE first_seen_at >= (SELECT started_at FROM twitch_sync.runs WHERE status = 'ok')"),
+        "every stream row is the ok run's"
     );
 }
 

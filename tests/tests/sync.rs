@@ -679,7 +679,7 @@ fn a_read_only_transaction_is_refused_before_any_request() {
 }
 
 #[test]
-fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_write_nothing() {
+fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_the_next_run_records_it() {
     let mut db = TestDb::new(world(100, 0.5));
     db.track_first(100);
     db.run();
@@ -733,9 +733,48 @@ fn cancel_and_statement_timeout_stop_a_run_within_a_second_and_write_nothing() {
         "all or nothing"
     );
 
-    // the lock died with the transaction: the next run works
+    // the lock died with the transaction: the next run works, and records
+    // the two rolled-back runs first, each failed, with what ended it
     db.sim.set_latency(Duration::ZERO);
     assert_eq!(db.run()["status"], "ok");
+    let rows = db
+        .client
+        .query(
+            "SELECT r.status, coalesce(r.error, ''),
+                    extract(epoch FROM r.finished_at - r.started_at)::float8,
+                    coalesce(a.alert, ''), coalesce(a.payload ->> 'check', '')
+               FROM twitch_sync.runs r LEFT JOIN twitch_sync.alerts a USING (run_id)
+              ORDER BY r.started_at OFFSET $1",
+            &[&runs_before],
+        )
+        .unwrap();
+    type Row = (String, String, f64, String, String);
+    let got: Vec<Row> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let expected = [
+        ("canceling statement due to user request", 0.7),
+        ("canceling statement due to statement timeout", 0.8),
+    ];
+    for ((status, error, secs, alert, check), (message, after)) in got.iter().zip(expected) {
+        assert_eq!(status, "failed", "{got:?}");
+        assert_eq!(error, &format!("rolled back: {message} (SQLSTATE 57014)"));
+        assert!(
+            (after..after + 1.0).contains(secs),
+            "ended {secs} s after it started"
+        );
+        assert_eq!(alert, "run_failed");
+        assert!(check.contains("statement_timeout"), "{check}");
+    }
+    assert_eq!(got[2].0, "ok");
+    // recorded once: the run after records nothing more
+    db.run();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status = 'failed'"),
+        2
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub mod eventsub;
 pub mod ratelimit;
 pub mod report;
 pub mod rng;
+pub mod rolled_back;
 pub mod streams;
 
 pub use config::SyncConfig;
