@@ -62,13 +62,30 @@ fn database() -> u32 {
 
 /// Called once a run holds the run lock: if its transaction aborts, the run
 /// (and the rolled-back runs it took to record) are kept for the next run.
+/// So they are if run() was called in a subtransaction (a PL/pgSQL block with
+/// EXCEPTION) that is rolled back while the transaction goes on; once only.
 pub fn watch(started_at: SystemTime) {
     CAUSE.with(|c| c.borrow_mut().take());
     TAKEN.with(|t| t.borrow_mut().clear());
     let database = database();
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
-        keep(database, started_at)
-    });
+    let kept = std::sync::Arc::new(AtomicBool::new(false));
+    let keep_once = move || {
+        if !kept.swap(true, Ordering::Relaxed) {
+            keep(database, started_at);
+        }
+    };
+    // SAFETY: called in a transaction (run() is a function).
+    let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let on_abort = keep_once.clone();
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, on_abort);
+    pgrx::register_subxact_callback(
+        pgrx::PgSubXactCallbackEvent::AbortSub,
+        move |aborted, _parent| {
+            if aborted == subtransaction {
+                keep_once();
+            }
+        },
+    );
 }
 
 /// The error about to end the current run, kept for its row.

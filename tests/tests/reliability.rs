@@ -747,3 +747,46 @@ fn a_role_with_the_readme_grants_can_track_in_bulk() {
         .unwrap_err();
     assert_eq!(sqlstate(&e), "42501", "{}", error_text(&e));
 }
+
+#[test]
+fn a_run_whose_error_a_plpgsql_block_catches_is_recorded_once() {
+    // run() in a PL/pgSQL block with EXCEPTION: its subtransaction is rolled
+    // back, the transaction goes on. The run is kept then, and not again if
+    // the transaction aborts afterwards.
+    let mut db = TestDb::new(world(10, 0.5));
+    db.track_first(10);
+    db.client
+        .batch_execute("SET twitch_sync.helix_url = 'ftp://127.0.0.1/helix'")
+        .unwrap();
+    let caught = "DO $$ BEGIN PERFORM twitch_sync.run(); \
+                  EXCEPTION WHEN invalid_parameter_value THEN NULL; END $$";
+    db.client.batch_execute(caught).unwrap();
+    let err = db
+        .client
+        .batch_execute(&format!("BEGIN; {caught}; SELECT 1/0"))
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "22012");
+    db.client
+        .batch_execute("ROLLBACK; RESET twitch_sync.helix_url")
+        .unwrap();
+    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 0);
+    assert_eq!(db.run()["status"], "ok");
+    let errors: Vec<String> = db
+        .client
+        .query(
+            "SELECT error FROM twitch_sync.runs WHERE status = 'failed' ORDER BY started_at",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    for e in &errors {
+        assert!(
+            e.starts_with("rolled back: invalid value for twitch_sync.helix_url")
+                && e.ends_with("(SQLSTATE 22023)"),
+            "{e}"
+        );
+    }
+}

@@ -401,6 +401,15 @@ fn stream_event(
     }
 }
 
+/// A message body as a JSON object, repaired first as a Get Streams answer
+/// is: one unpaired surrogate escape in a name costs no event.
+fn parse_object(body: &str) -> Result<Value, DropReason> {
+    serde_json::from_str::<Value>(&repair_body(body.as_bytes()).0)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or(DropReason::Malformed)
+}
+
 /// Parses and checks one text frame, at `SystemTime::now()`.
 pub fn parse_message(frame: &str) -> Result<Envelope, DropReason> {
     parse_message_at(frame, SystemTime::now())
@@ -412,11 +421,8 @@ pub fn parse_message_at(frame: &str, now: SystemTime) -> Result<Envelope, DropRe
         return Err(DropReason::TooLarge);
     }
     // a message is an object (serde would read the envelope from an array by position)
-    // repaired first, as a Get Streams answer is: one unpaired surrogate
-    // escape in a name costs no event
-    let value: Value = serde_json::from_str(&repair_body(frame.as_bytes()).0)
-        .map_err(|_| DropReason::Malformed)?;
-    if !value.is_object() || !value.get("metadata").is_some_and(Value::is_object) {
+    let value = parse_object(frame)?;
+    if !value.get("metadata").is_some_and(Value::is_object) {
         return Err(DropReason::Malformed);
     }
     let raw: RawEnvelope = serde_json::from_value(value).map_err(|_| DropReason::Malformed)?;
@@ -529,11 +535,7 @@ pub fn parse_webhook_body(
     if !is_opaque_id(message_id) {
         return Err(DropReason::BadMessageId);
     }
-    let payload: Value =
-        serde_json::from_str(&repair_body(body.as_bytes()).0).map_err(|_| DropReason::Malformed)?;
-    if !payload.is_object() {
-        return Err(DropReason::Malformed);
-    }
+    let payload = parse_object(body)?;
     let envelope = |message| Envelope {
         message_id: message_id.to_string(),
         message_timestamp,
