@@ -229,7 +229,10 @@ mod twitch_sync {
     #[search_path(pg_catalog, pg_temp)]
     fn run() -> JsonB {
         PgTryBuilder::new(|| match super::run_pass() {
-            Ok(doc) => JsonB(doc),
+            Ok(doc) => {
+                crate::rolled_back::returned();
+                JsonB(doc)
+            }
             Err(e) => e.raise(),
         })
         .catch_others(|e| {

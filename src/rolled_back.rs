@@ -16,6 +16,7 @@
 use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 use twitch_sync_core::rolled_back::{to_record, Entry, Queue, RolledBackRun};
 
@@ -36,6 +37,8 @@ thread_local! {
     static CAUSE: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Runs this transaction took to record: kept again if it aborts.
     static TAKEN: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    /// The current run's "kept or returned" flag: its callbacks do nothing once set.
+    static SETTLED: RefCell<Arc<AtomicBool>> = RefCell::new(Arc::default());
 }
 
 /// From `_PG_init` while Postgres loads shared_preload_libraries.
@@ -68,9 +71,10 @@ pub fn watch(started_at: SystemTime) {
     CAUSE.with(|c| c.borrow_mut().take());
     TAKEN.with(|t| t.borrow_mut().clear());
     let database = database();
-    let kept = std::sync::Arc::new(AtomicBool::new(false));
+    let settled = Arc::new(AtomicBool::new(false));
+    SETTLED.with(|s| *s.borrow_mut() = settled.clone());
     let keep_once = move || {
-        if !kept.swap(true, Ordering::Relaxed) {
+        if !settled.swap(true, Ordering::Relaxed) {
             keep(database, started_at);
         }
     };
@@ -86,6 +90,12 @@ pub fn watch(started_at: SystemTime) {
             }
         },
     );
+}
+
+/// The current run returned its document: whatever happens to its
+/// transaction now is its caller's doing, and the run is not kept.
+pub fn returned() {
+    SETTLED.with(|s| s.borrow().store(true, Ordering::Relaxed));
 }
 
 /// The error about to end the current run, kept for its row.

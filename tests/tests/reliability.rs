@@ -749,12 +749,17 @@ fn a_role_with_the_readme_grants_can_track_in_bulk() {
 }
 
 #[test]
-fn a_run_whose_error_a_plpgsql_block_catches_is_recorded_once() {
+fn a_run_whose_error_a_plpgsql_block_catches_is_recorded_once_and_a_returned_one_never() {
     // run() in a PL/pgSQL block with EXCEPTION: its subtransaction is rolled
     // back, the transaction goes on. The run is kept then, and not again if
     // the transaction aborts afterwards.
     let mut db = TestDb::new(world(10, 0.5));
     db.track_first(10);
+    // A run that returned is its caller's: rolled back with its transaction
+    // afterwards, it is not recorded.
+    db.client
+        .batch_execute("BEGIN; SELECT twitch_sync.run(); ROLLBACK")
+        .unwrap();
     db.client
         .batch_execute("SET twitch_sync.helix_url = 'ftp://127.0.0.1/helix'")
         .unwrap();
