@@ -586,7 +586,10 @@ pub fn record_rolled_back(runs: Vec<RolledBackRun>) -> Result<usize, SyncError> 
             finished_at: Some(run.finished_at),
             ..RunRecord::new(run.started_at, RunStatus::Failed.as_str())
         })?;
-        pgrx::log!("twitch_sync: recorded rolled-back run as run {run_id}");
+        pgrx::log!(
+            "twitch_sync: a rolled-back run is recorded as run {run_id} (if this run's \
+             transaction commits)"
+        );
     }
     Ok(n)
 }

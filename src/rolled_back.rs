@@ -1,5 +1,5 @@
 //! Runs whose transaction was rolled back (a cancel, `statement_timeout`,
-//! `pg_terminate_backend`, a shutdown, an error) took their own `runs` row
+//! `pg_terminate_backend`, an error) took their own `runs` row
 //! with them. So that every run still leaves its row, a run that holds the
 //! run lock registers an abort callback; if its transaction aborts, the
 //! callback keeps the run (database, start, end, the error that ended it) in
@@ -14,11 +14,12 @@
 //! twitch_sync_core::rolled_back.
 
 use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
+use pgrx::{PgSubXactCallbackEvent, PgXactCallbackEvent};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-use twitch_sync_core::rolled_back::{to_record, Entry, Queue, RolledBackRun};
+use twitch_sync_core::rolled_back::{Entry, Queue, RolledBackRun, Taken};
 
 #[derive(Copy, Clone, Default)]
 pub struct SharedQueue(Queue);
@@ -30,15 +31,26 @@ static SHARED: PgLwLock<SharedQueue> = unsafe { PgLwLock::new(c"twitch_sync_roll
 /// Set in the postmaster while it preloads the library; every backend inherits it.
 static IN_SHARED_MEMORY: AtomicBool = AtomicBool::new(false);
 
+/// The current run, as its callbacks see it.
+#[derive(Default)]
+struct RunState {
+    /// The callbacks did their work (once only).
+    done: AtomicBool,
+    /// run() returned its document: the run itself is its caller's now.
+    returned: AtomicBool,
+    /// The subtransaction whose abort undoes the run's writes: the one run()
+    /// was called in, or, once that one is released, its parent's.
+    subtransaction: AtomicU32,
+}
+
 thread_local! {
     /// Without the preload: this backend's queue.
     static LOCAL: RefCell<Queue> = RefCell::new(Queue::default());
     /// The error ending the current run, set just before it is raised again.
     static CAUSE: RefCell<Option<String>> = const { RefCell::new(None) };
-    /// Runs this transaction took to record: kept again if it aborts.
-    static TAKEN: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
-    /// The current run's "kept or returned" flag: its callbacks do nothing once set.
-    static SETTLED: RefCell<Arc<AtomicBool>> = RefCell::new(Arc::default());
+    /// What the current run took to record: given back if its writes are undone.
+    static TAKEN: RefCell<Taken> = RefCell::new(Taken::default());
+    static CURRENT: RefCell<Arc<RunState>> = RefCell::new(Arc::default());
 }
 
 /// From `_PG_init` while Postgres loads shared_preload_libraries.
@@ -63,39 +75,47 @@ fn database() -> u32 {
     unsafe { pg_sys::MyDatabaseId }.to_u32()
 }
 
-/// Called once a run holds the run lock: if its transaction aborts, the run
-/// (and the rolled-back runs it took to record) are kept for the next run.
-/// So they are if run() was called in a subtransaction (a PL/pgSQL block with
-/// EXCEPTION) that is rolled back while the transaction goes on; once only.
+/// Called once a run holds the run lock. If its writes are undone — its
+/// transaction aborts, or the subtransaction it was called in (a PL/pgSQL
+/// block with EXCEPTION, a savepoint) is rolled back — what it took to
+/// record is given back, and the run itself is kept unless it had returned.
 pub fn watch(started_at: SystemTime) {
     CAUSE.with(|c| c.borrow_mut().take());
-    TAKEN.with(|t| t.borrow_mut().clear());
+    TAKEN.with(|t| *t.borrow_mut() = Taken::default());
     let database = database();
-    let settled = Arc::new(AtomicBool::new(false));
-    SETTLED.with(|s| *s.borrow_mut() = settled.clone());
-    let keep_once = move || {
-        if !settled.swap(true, Ordering::Relaxed) {
-            keep(database, started_at);
-        }
-    };
+    let state = Arc::new(RunState::default());
     // SAFETY: called in a transaction (run() is a function).
     let subtransaction = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    let on_abort = keep_once.clone();
-    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, on_abort);
-    pgrx::register_subxact_callback(
-        pgrx::PgSubXactCallbackEvent::AbortSub,
-        move |aborted, _parent| {
-            if aborted == subtransaction {
-                keep_once();
-            }
-        },
-    );
+    state
+        .subtransaction
+        .store(subtransaction, Ordering::Relaxed);
+    CURRENT.with(|c| *c.borrow_mut() = state.clone());
+    let on_abort = state.clone();
+    pgrx::register_xact_callback(PgXactCallbackEvent::Abort, move || {
+        keep(database, started_at, &on_abort)
+    });
+    let on_release = state.clone();
+    pgrx::register_subxact_callback(PgSubXactCallbackEvent::CommitSub, move |sub, parent| {
+        // released into its parent: the parent's abort undoes the writes now
+        let _ = on_release.subtransaction.compare_exchange(
+            sub,
+            parent,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    });
+    pgrx::register_subxact_callback(PgSubXactCallbackEvent::AbortSub, move |sub, _parent| {
+        if sub == state.subtransaction.load(Ordering::Relaxed) {
+            keep(database, started_at, &state);
+        }
+    });
 }
 
 /// The current run returned its document: whatever happens to its
-/// transaction now is its caller's doing, and the run is not kept.
+/// transaction now is its caller's doing, and the run itself is not kept
+/// (what it took to record still is given back).
 pub fn returned() {
-    SETTLED.with(|s| s.borrow().store(true, Ordering::Relaxed));
+    CURRENT.with(|c| c.borrow().returned.store(true, Ordering::Relaxed));
 }
 
 /// The error about to end the current run, kept for its row.
@@ -103,31 +123,37 @@ pub fn ending_with(message: String) {
     CAUSE.with(|c| *c.borrow_mut() = Some(message));
 }
 
-/// The abort callback. Nothing here raises an ERROR.
-fn keep(database: u32, started_at: SystemTime) {
-    // SAFETY: a flag Postgres sets while the backend exits.
-    let exiting = unsafe { pg_sys::proc_exit_inprogress };
-    let message = CAUSE.with(|c| c.borrow_mut().take()).unwrap_or_else(|| {
-        if exiting {
-            "the session ended (pg_terminate_backend, a shutdown or a lost connection)".into()
-        } else {
-            "the transaction was rolled back before the run finished".into()
-        }
+/// The callbacks' work, once. Nothing here raises an ERROR.
+fn keep(database: u32, started_at: SystemTime, state: &RunState) {
+    if state.done.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let run = (!state.returned.load(Ordering::Relaxed)).then(|| {
+        // SAFETY: a flag Postgres sets while the backend exits.
+        let exiting = unsafe { pg_sys::proc_exit_inprogress };
+        let message = CAUSE.with(|c| c.borrow_mut().take()).unwrap_or_else(|| {
+            if exiting {
+                "the session ended (pg_terminate_backend or a lost connection)".into()
+            } else {
+                "the transaction was rolled back before the run finished".into()
+            }
+        });
+        Entry::new(database, started_at, &message)
     });
     let taken = TAKEN.with(|t| std::mem::take(&mut *t.borrow_mut()));
-    let run = Entry::new(database, started_at, &message);
     with_queue(|q| {
-        for e in taken {
-            q.push(e);
+        q.give_back(taken);
+        if let Some(run) = run {
+            q.push(run);
         }
-        q.push(run);
     });
 }
 
 /// Takes this database's rolled-back runs, oldest first. Call after
-/// [`watch`]: if this transaction aborts too, they are kept again.
+/// [`watch`]: if this run's writes are undone, they are given back.
 pub fn take() -> Vec<RolledBackRun> {
-    let (entries, dropped) = with_queue(|q| q.take(database()));
-    TAKEN.with(|t| t.borrow_mut().extend_from_slice(&entries));
-    to_record(&entries, dropped)
+    let taken = with_queue(|q| q.take(database()));
+    let rows = taken.to_record();
+    TAKEN.with(|t| *t.borrow_mut() = taken);
+    rows
 }

@@ -253,7 +253,7 @@ fn terminate_mid_run_leaves_no_lock_behind_and_the_next_run_records_it() {
         [
             (
                 "failed".to_string(),
-                "rolled back: the session ended (pg_terminate_backend, a shutdown or a lost connection)"
+                "rolled back: the session ended (pg_terminate_backend or a lost connection)"
                     .to_string()
             ),
             ("ok".to_string(), String::new())
@@ -749,7 +749,7 @@ fn a_role_with_the_readme_grants_can_track_in_bulk() {
 }
 
 #[test]
-fn a_run_whose_error_a_plpgsql_block_catches_is_recorded_once_and_a_returned_one_never() {
+fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_ones_never() {
     // run() in a PL/pgSQL block with EXCEPTION: its subtransaction is rolled
     // back, the transaction goes on. The run is kept then, and not again if
     // the transaction aborts afterwards.
@@ -773,6 +773,16 @@ fn a_run_whose_error_a_plpgsql_block_catches_is_recorded_once_and_a_returned_one
     assert_eq!(sqlstate(&err), "22012");
     db.client
         .batch_execute("ROLLBACK; RESET twitch_sync.helix_url")
+        .unwrap();
+    // Runs that took those two to record, returned, and were undone by their
+    // caller (a savepoint, a transaction) give them back.
+    db.client
+        .batch_execute(
+            "BEGIN; SAVEPOINT s; SELECT twitch_sync.run(); ROLLBACK TO SAVEPOINT s; COMMIT;
+             BEGIN; SAVEPOINT p; SAVEPOINT s; SELECT twitch_sync.run(); RELEASE s;
+                    ROLLBACK TO SAVEPOINT p; COMMIT;
+             BEGIN; SELECT twitch_sync.run(); ROLLBACK;",
+        )
         .unwrap();
     assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 0);
     assert_eq!(db.run()["status"], "ok");

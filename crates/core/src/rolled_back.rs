@@ -1,13 +1,15 @@
 //! The queue of rolled-back runs: runs whose transaction aborted (a cancel,
-//! `statement_timeout`, `pg_terminate_backend`, a shutdown, an error) and so
-//! took their own `runs` row with them. The extension keeps them in shared
-//! memory (src/rolled_back.rs) until the next run in the same database
-//! records them. Plain old data of a fixed size, so that it can live there.
+//! `statement_timeout`, `pg_terminate_backend`, an error) and so took their
+//! own `runs` row with them. The extension keeps them in shared memory
+//! (src/rolled_back.rs) until the next run in the same database records
+//! them. Plain old data of a fixed size, so that it can live there.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Rolled-back runs kept at most (over all databases of the server).
 pub const CAPACITY: usize = 8;
+/// Databases whose dropped runs are counted at most; beyond, a drop goes uncounted.
+pub const DROP_TALLIES: usize = 16;
 /// Bytes of the ending error kept (cut at a character boundary).
 pub const MESSAGE_BYTES: usize = 400;
 /// The prefix of a recorded rolled-back run's error (`alert_hint` matches it).
@@ -46,6 +48,28 @@ impl Entry {
     }
 }
 
+/// Runs of one database dropped because the queue was full: how many, the
+/// first one's start and the last one's end.
+#[derive(Copy, Clone, Default, Debug, PartialEq)]
+pub struct Dropped {
+    database: u32,
+    count: u32,
+    first_started_us: i64,
+    last_ended_us: i64,
+}
+
+impl Dropped {
+    fn add(&mut self, other: Dropped) {
+        if self.count == 0 {
+            *self = other;
+        } else {
+            self.count = self.count.saturating_add(other.count);
+            self.first_started_us = self.first_started_us.min(other.first_started_us);
+            self.last_ended_us = self.last_ended_us.max(other.last_ended_us);
+        }
+    }
+}
+
 fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
@@ -55,14 +79,13 @@ fn at(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us.max(0).unsigned_abs())
 }
 
-/// The rolled-back runs waiting to be recorded, oldest first.
+/// The rolled-back runs waiting to be recorded, oldest first, and per
+/// database the runs dropped while the queue was full.
 #[derive(Copy, Clone)]
 pub struct Queue {
     entries: [Entry; CAPACITY],
     len: usize,
-    /// Runs dropped because the queue was full (over the server), reported
-    /// once, by the next database that takes any.
-    dropped: u32,
+    dropped: [Dropped; DROP_TALLIES],
 }
 
 impl Default for Queue {
@@ -70,37 +93,75 @@ impl Default for Queue {
         Queue {
             entries: [Entry::new(0, UNIX_EPOCH, ""); CAPACITY],
             len: 0,
-            dropped: 0,
+            dropped: [Dropped::default(); DROP_TALLIES],
         }
     }
 }
 
+/// What a run took from the queue for its database, to record (or to give
+/// back if its own transaction is rolled back too).
+#[derive(Clone, Default)]
+pub struct Taken {
+    entries: Vec<Entry>,
+    dropped: Option<Dropped>,
+}
+
 impl Queue {
-    /// Adds a run; a full queue drops its oldest.
+    /// Adds a run; a full queue drops its oldest, counted for that run's database.
     pub fn push(&mut self, e: Entry) {
         if self.len == CAPACITY {
+            let oldest = self.entries[0];
             self.entries.copy_within(1.., 0);
             self.len -= 1;
-            self.dropped = self.dropped.saturating_add(1);
+            self.count_dropped(Dropped {
+                database: oldest.database,
+                count: 1,
+                first_started_us: oldest.started_us,
+                last_ended_us: oldest.ended_us,
+            });
         }
         self.entries[self.len] = e;
         self.len += 1;
     }
 
-    /// Removes and returns `database`'s runs, oldest first, and the count of
-    /// runs dropped while the queue was full (0 unless any are returned).
-    pub fn take(&mut self, database: u32) -> (Vec<Entry>, u32) {
+    fn count_dropped(&mut self, d: Dropped) {
+        let slot = self
+            .dropped
+            .iter()
+            .position(|t| t.count > 0 && t.database == d.database)
+            .or_else(|| self.dropped.iter().position(|t| t.count == 0));
+        // Beyond DROP_TALLIES databases with uncounted drops, a drop is not counted.
+        if let Some(i) = slot {
+            self.dropped[i].add(d);
+        }
+    }
+
+    /// Removes and returns `database`'s runs (oldest first) and its tally of dropped runs.
+    pub fn take(&mut self, database: u32) -> Taken {
         let (mine, rest): (Vec<Entry>, Vec<Entry>) = self.entries[..self.len]
             .iter()
             .partition(|e| e.database == database);
         self.entries[..rest.len()].copy_from_slice(&rest);
         self.len = rest.len();
-        let dropped = if mine.is_empty() {
-            0
-        } else {
-            std::mem::take(&mut self.dropped)
-        };
-        (mine, dropped)
+        let dropped = self
+            .dropped
+            .iter_mut()
+            .find(|t| t.count > 0 && t.database == database)
+            .map(std::mem::take);
+        Taken {
+            entries: mine,
+            dropped,
+        }
+    }
+
+    /// Puts back what a run took, when its transaction was rolled back too.
+    pub fn give_back(&mut self, taken: Taken) {
+        if let Some(d) = taken.dropped {
+            self.count_dropped(d);
+        }
+        for e in taken.entries {
+            self.push(e);
+        }
     }
 }
 
@@ -113,59 +174,79 @@ pub struct RolledBackRun {
     pub error: String,
 }
 
-/// The rows to record for `entries` (from [`Queue::take`]); the last one
-/// also says how many were dropped.
-pub fn to_record(entries: &[Entry], dropped: u32) -> Vec<RolledBackRun> {
-    let last = entries.len().saturating_sub(1);
-    entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let dropped = if i == last && dropped > 0 {
-                format!(" ({dropped} more rolled-back runs were not kept: at most {CAPACITY} wait)")
-            } else {
-                String::new()
-            };
-            RolledBackRun {
+impl Taken {
+    /// The rows to record, oldest first: one for the runs dropped while the
+    /// queue was full (if any), then one per kept run.
+    pub fn to_record(&self) -> Vec<RolledBackRun> {
+        let dropped = self.dropped.map(|d| RolledBackRun {
+            started_at: at(d.first_started_us),
+            finished_at: at(d.last_ended_us),
+            error: format!(
+                "{ERROR_PREFIX}{} runs of this database between these times were rolled back and \
+                 not kept (at most {CAPACITY} wait, over all databases)",
+                d.count
+            ),
+        });
+        dropped
+            .into_iter()
+            .chain(self.entries.iter().map(|e| RolledBackRun {
                 started_at: at(e.started_us),
                 finished_at: at(e.ended_us),
-                error: format!("{ERROR_PREFIX}{}{dropped}", e.message()),
-            }
-        })
-        .collect()
+                error: format!("{ERROR_PREFIX}{}", e.message()),
+            }))
+            .collect()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn errors(t: &Taken) -> Vec<String> {
+        t.to_record().into_iter().map(|r| r.error).collect()
+    }
+
     #[test]
-    fn a_full_queue_drops_the_oldest_and_counts_it_once() {
+    fn a_full_queue_drops_the_oldest_and_counts_it_for_its_database() {
+        let mut q = Queue::default();
+        // two of database 1's runs, then eight of database 2's: both of 1's dropped
+        for (db, m) in [(1, "a"), (1, "b")]
+            .into_iter()
+            .chain((0..CAPACITY).map(|_| (2, "c")))
+        {
+            q.push(Entry::new(db, UNIX_EPOCH + Duration::from_secs(7), m));
+        }
+        let one = q.take(1);
+        assert_eq!(
+            errors(&one),
+            ["rolled back: 2 runs of this database between these times were rolled back and not \
+              kept (at most 8 wait, over all databases)"]
+        );
+        assert_eq!(
+            one.to_record()[0].started_at,
+            UNIX_EPOCH + Duration::from_secs(7)
+        );
+        let two = q.take(2);
+        assert_eq!(
+            errors(&two),
+            vec!["rolled back: c"; CAPACITY],
+            "nothing of 2's dropped"
+        );
+        assert!(q.take(1).to_record().is_empty(), "reported once");
+    }
+
+    #[test]
+    fn what_a_rolled_back_run_took_is_given_back_whole() {
         let mut q = Queue::default();
         for i in 0..CAPACITY + 2 {
-            q.push(Entry::new(
-                if i % 2 == 0 { 1 } else { 2 },
-                UNIX_EPOCH,
-                &i.to_string(),
-            ));
+            q.push(Entry::new(1, UNIX_EPOCH, &i.to_string()));
         }
-        let (mine, dropped) = q.take(1);
-        let errors: Vec<String> = to_record(&mine, dropped)
-            .into_iter()
-            .map(|r| r.error)
-            .collect();
-        assert_eq!(
-            errors,
-            [
-                "rolled back: 2",
-                "rolled back: 4",
-                "rolled back: 6",
-                "rolled back: 8 (2 more rolled-back runs were not kept: at most 8 wait)"
-            ]
-        );
-        let (theirs, dropped) = q.take(2);
-        assert_eq!((theirs.len(), dropped), (CAPACITY / 2, 0));
-        assert!(q.take(1).0.is_empty() && q.take(2).0.is_empty());
+        let taken = q.take(1);
+        let before = errors(&taken);
+        assert_eq!(before.len(), 1 + CAPACITY);
+        assert!(before[0].starts_with("rolled back: 2 runs"), "{before:?}");
+        q.give_back(taken);
+        assert_eq!(errors(&q.take(1)), before);
     }
 
     #[test]
@@ -173,7 +254,9 @@ mod tests {
         let started = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let e = Entry::new(7, started, &format!("x{}", "é".repeat(MESSAGE_BYTES)));
         assert_eq!(usize::from(e.len), MESSAGE_BYTES - 1);
-        let r = &to_record(&[e], 0)[0];
+        let mut q = Queue::default();
+        q.push(e);
+        let r = &q.take(7).to_record()[0];
         assert_eq!(r.started_at, started);
         assert!(r.finished_at >= started);
         assert!(r.error.ends_with('é'));
