@@ -1,16 +1,17 @@
-//! Runs whose transaction was rolled back (a cancel, `statement_timeout`,
-//! `pg_terminate_backend`, an error) took their own `runs` row
-//! with them. So that every run still leaves its row, a run that holds the
-//! run lock registers an abort callback; if its transaction aborts, the
-//! callback keeps the run (database, start, end, the error that ended it) in
-//! shared memory, and the next run in the same database records it
-//! (`record_run`: status `failed`, error `rolled back: …`, and its alert).
-//! A run that returned its document is not kept: its caller's transaction
-//! decides about it as about any other statement's writes.
+//! Runs whose writes were rolled back (a cancel, `statement_timeout`,
+//! `pg_terminate_backend`, an error) took their own `runs` row with them. So
+//! that every run still leaves its row, a run that holds the run lock
+//! registers callbacks: when its transaction aborts, or the subtransaction it
+//! was called in is rolled back, they keep the run (database, start, end, the
+//! error that ended it) in shared memory, and the next run in the same
+//! database records it (`record_run`: status `failed`, error `rolled back: …`,
+//! and its alert). A run that returned its document is not kept: its caller
+//! decides about it as about any other statement's writes; the rolled-back
+//! runs it took to record are given back either way.
 //!
 //! Shared memory needs the library in `shared_preload_libraries`; without it
 //! the runs are kept in the backend, and only the same session's next run
-//! records them. The queue itself (size, dropping, the recorded error) is
+//! records them. The queue itself (size, dropping, the recorded rows) is
 //! twitch_sync_core::rolled_back.
 
 use pgrx::{pg_shmem_init, pg_sys, PGRXSharedMemory, PgLwLock};
