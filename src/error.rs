@@ -30,6 +30,11 @@ pub enum SyncError {
     /// Twitch, and Postgres did not raise it itself (interrupts held off).
     #[error("canceling statement: {0}")]
     Interrupted(&'static str),
+    /// PREPARE TRANSACTION of a transaction in which run() ran: its fate
+    /// would be decided in another session, where a ROLLBACK PREPARED would
+    /// lose the rolled-back runs it recorded (src/rolled_back.rs).
+    #[error("cannot PREPARE a transaction that has called twitch_sync.run()")]
+    InPreparedTransaction,
     #[error("twitch_sync internal error: {0}")]
     Internal(String),
 }
@@ -43,6 +48,7 @@ impl SyncError {
             SyncError::BadSetting { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             SyncError::ReadOnly => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
             SyncError::Interrupted(_) => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            SyncError::InPreparedTransaction => PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             SyncError::Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -66,6 +72,10 @@ impl SyncError {
             SyncError::ReadOnly => Some(
                 "run() writes what it learns: call it in a read-write transaction on the primary \
                  (default_transaction_read_only = off). No request was sent to Twitch."
+                    .into(),
+            ),
+            SyncError::InPreparedTransaction => Some(
+                "Call twitch_sync.run() in a transaction of its own, committed in its session."
                     .into(),
             ),
             SyncError::Interrupted(_) | SyncError::Internal(_) => None,

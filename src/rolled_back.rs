@@ -95,6 +95,12 @@ pub fn watch(started_at: SystemTime) {
     pgrx::register_xact_callback(PgXactCallbackEvent::Abort, move || {
         keep(database, started_at, &on_abort)
     });
+    // Two-phase commit is refused: a ROLLBACK PREPARED in another session
+    // would undo the rows this run recorded with no callback here to give
+    // them back. The refusal aborts the transaction, and Abort does that.
+    pgrx::register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
+        crate::error::SyncError::InPreparedTransaction.raise()
+    });
     let on_release = state.clone();
     pgrx::register_subxact_callback(PgSubXactCallbackEvent::CommitSub, move |sub, parent| {
         // released into its parent: the parent's abort undoes the writes now

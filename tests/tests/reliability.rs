@@ -784,6 +784,19 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
              BEGIN; SELECT twitch_sync.run(); ROLLBACK;",
         )
         .unwrap();
+    // Two-phase commit is refused (a ROLLBACK PREPARED elsewhere would lose
+    // them), and the refusal gives them back too.
+    let err = db
+        .client
+        .batch_execute("BEGIN; SELECT twitch_sync.run(); PREPARE TRANSACTION 'p'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{}", error_text(&err));
+    assert!(
+        error_text(&err).contains("cannot PREPARE a transaction that has called twitch_sync.run()"),
+        "{}",
+        error_text(&err)
+    );
+    db.client.batch_execute("ROLLBACK").unwrap();
     assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 0);
     assert_eq!(db.run()["status"], "ok");
     let errors: Vec<String> = db

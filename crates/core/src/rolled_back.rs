@@ -154,12 +154,18 @@ impl Queue {
         }
     }
 
-    /// Puts back what a run took, when its transaction was rolled back too.
+    /// Puts back what a run took, when its writes were undone too: in the
+    /// order of the runs' ends among the others, so that a full queue still
+    /// drops the oldest runs.
     pub fn give_back(&mut self, taken: Taken) {
         if let Some(d) = taken.dropped {
             self.count_dropped(d);
         }
-        for e in taken.entries {
+        let mut all: Vec<Entry> = taken.entries;
+        all.extend_from_slice(&self.entries[..self.len]);
+        all.sort_by_key(|e| e.ended_us);
+        self.len = 0;
+        for e in all {
             self.push(e);
         }
     }
@@ -181,11 +187,18 @@ impl Taken {
         let dropped = self.dropped.map(|d| RolledBackRun {
             started_at: at(d.first_started_us),
             finished_at: at(d.last_ended_us),
-            error: format!(
-                "{ERROR_PREFIX}{} runs of this database between these times were rolled back and \
-                 not kept (at most {CAPACITY} wait, over all databases)",
-                d.count
-            ),
+            error: if d.count == 1 {
+                format!(
+                    "{ERROR_PREFIX}1 run of this database was rolled back and not kept (at most \
+                     {CAPACITY} wait, over all databases)"
+                )
+            } else {
+                format!(
+                    "{ERROR_PREFIX}{} runs of this database between these times were rolled back \
+                     and not kept (at most {CAPACITY} wait, over all databases)",
+                    d.count
+                )
+            },
         });
         dropped
             .into_iter()
@@ -247,6 +260,41 @@ mod tests {
         assert!(before[0].starts_with("rolled back: 2 runs"), "{before:?}");
         q.give_back(taken);
         assert_eq!(errors(&q.take(1)), before);
+    }
+
+    #[test]
+    fn given_back_runs_keep_their_age_and_a_full_queue_still_drops_the_oldest() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let mut q = Queue::default();
+        for i in 0..3 {
+            q.push(Entry::new(1, at(i), &format!("old {i}")));
+        }
+        let taken = q.take(1);
+        // while database 1's run is out with them, database 2 fills the queue
+        for i in 0..CAPACITY {
+            let mut e = Entry::new(2, at(10 + i as u64), "new");
+            e.ended_us += 10_000_000; // ended after database 1's runs
+            q.push(e);
+        }
+        q.give_back(taken);
+        assert_eq!(
+            errors(&q.take(1)),
+            [
+                "rolled back: 3 runs of this database between these times were rolled back and \
+              not kept (at most 8 wait, over all databases)"
+            ],
+            "database 1's runs are the oldest: they are the ones dropped"
+        );
+        assert_eq!(errors(&q.take(2)), vec!["rolled back: new"; CAPACITY]);
+        q.push(Entry::new(3, at(0), "x"));
+        for _ in 0..CAPACITY {
+            q.push(Entry::new(4, at(1), "y"));
+        }
+        assert_eq!(
+            errors(&q.take(3)),
+            ["rolled back: 1 run of this database was rolled back and not kept (at most 8 wait, \
+              over all databases)"]
+        );
     }
 
     #[test]
