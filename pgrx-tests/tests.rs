@@ -750,6 +750,7 @@ fn cron_next_run_never_raises_on_an_odd_schedule() {
 fn metrics_on_a_fresh_install_are_zero_counters() {
     let text = Spi::get_one::<String>("SELECT twitch_sync.metrics()").unwrap().unwrap();
     assert!(text.contains("twitch_sync_runs_total{status=\"ok\"} 0\n"), "{text}");
+    assert!(text.contains("twitch_sync_runs_total{status=\"skipped\"} 0\n"), "{text}");
     assert!(text.contains("# TYPE twitch_sync_runs_total counter\n"), "{text}");
     assert!(!text.contains("twitch_sync_last_run_age_seconds"), "no run, no age: {text}");
 }

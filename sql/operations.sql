@@ -19,6 +19,14 @@ CREATE TABLE twitch_sync.counters (
 REVOKE ALL ON twitch_sync.counters FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 
+-- Skipped runs are counted here, not in counters: a skipped call's
+-- transaction may stay open, and the counters row it had updated would keep
+-- the run that holds the lock from recording itself until then (or deadlock
+-- with it). A sequence never waits. metrics() adds it to counters.runs_skipped.
+CREATE SEQUENCE twitch_sync.skipped_runs;  -- the first skipped run makes it 1
+REVOKE ALL ON SEQUENCE twitch_sync.skipped_runs FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.skipped_runs', '');
+
 -- What an operator should check, from a run's error text.
 CREATE FUNCTION twitch_sync.alert_hint(error text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -140,20 +148,23 @@ BEGIN
             UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
      WHERE u.id IS NOT NULL
      ORDER BY u.id, u.reason;
-    INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed, runs_skipped,
-            helix_requests, retries, rate_limited, streams_started, streams_ended)
-    VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
-            (r.status = 'skipped')::int, r.helix_requests, r.retries, r.rate_limited, r.started, r.ended)
-    ON CONFLICT (singleton) DO UPDATE SET
-        runs_ok = c.runs_ok + EXCLUDED.runs_ok,
-        runs_partial = c.runs_partial + EXCLUDED.runs_partial,
-        runs_failed = c.runs_failed + EXCLUDED.runs_failed,
-        runs_skipped = c.runs_skipped + EXCLUDED.runs_skipped,
-        helix_requests = c.helix_requests + EXCLUDED.helix_requests,
-        retries = c.retries + EXCLUDED.retries,
-        rate_limited = c.rate_limited + EXCLUDED.rate_limited,
-        streams_started = c.streams_started + EXCLUDED.streams_started,
-        streams_ended = c.streams_ended + EXCLUDED.streams_ended;
+    IF r.status = 'skipped' THEN
+        PERFORM pg_catalog.nextval('twitch_sync.skipped_runs');
+    ELSE
+        INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed,
+                helix_requests, retries, rate_limited, streams_started, streams_ended)
+        VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
+                r.helix_requests, r.retries, r.rate_limited, r.started, r.ended)
+        ON CONFLICT (singleton) DO UPDATE SET
+            runs_ok = c.runs_ok + EXCLUDED.runs_ok,
+            runs_partial = c.runs_partial + EXCLUDED.runs_partial,
+            runs_failed = c.runs_failed + EXCLUDED.runs_failed,
+            helix_requests = c.helix_requests + EXCLUDED.helix_requests,
+            retries = c.retries + EXCLUDED.retries,
+            rate_limited = c.rate_limited + EXCLUDED.rate_limited,
+            streams_started = c.streams_started + EXCLUDED.streams_started,
+            streams_ended = c.streams_ended + EXCLUDED.streams_ended;
+    END IF;
     IF r.status IN ('failed', 'partial') THEN
         -- Failed or partial runs since the latest ok one, by time (never by id:
         -- ids are not ordered across a dump and restore).

@@ -1378,6 +1378,14 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts_alert_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 
+-- Skipped runs are counted here, not in counters: a skipped call's
+-- transaction may stay open, and the counters row it had updated would keep
+-- the run that holds the lock from recording itself until then (or deadlock
+-- with it). A sequence never waits. metrics() adds it to counters.runs_skipped.
+CREATE SEQUENCE twitch_sync.skipped_runs;  -- the first skipped run makes it 1
+REVOKE ALL ON SEQUENCE twitch_sync.skipped_runs FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('twitch_sync.skipped_runs', '');
+
 ---------------------------------------------------------------------------
 -- The transition layer (new; replaces apply_sync)
 ---------------------------------------------------------------------------
@@ -2460,20 +2468,23 @@ BEGIN
             UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
      WHERE u.id IS NOT NULL
      ORDER BY u.id, u.reason;
-    INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed, runs_skipped,
-            helix_requests, retries, rate_limited, streams_started, streams_ended)
-    VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
-            (r.status = 'skipped')::int, r.helix_requests, r.retries, r.rate_limited, r.started, r.ended)
-    ON CONFLICT (singleton) DO UPDATE SET
-        runs_ok = c.runs_ok + EXCLUDED.runs_ok,
-        runs_partial = c.runs_partial + EXCLUDED.runs_partial,
-        runs_failed = c.runs_failed + EXCLUDED.runs_failed,
-        runs_skipped = c.runs_skipped + EXCLUDED.runs_skipped,
-        helix_requests = c.helix_requests + EXCLUDED.helix_requests,
-        retries = c.retries + EXCLUDED.retries,
-        rate_limited = c.rate_limited + EXCLUDED.rate_limited,
-        streams_started = c.streams_started + EXCLUDED.streams_started,
-        streams_ended = c.streams_ended + EXCLUDED.streams_ended;
+    IF r.status = 'skipped' THEN
+        PERFORM pg_catalog.nextval('twitch_sync.skipped_runs');
+    ELSE
+        INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed,
+                helix_requests, retries, rate_limited, streams_started, streams_ended)
+        VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
+                r.helix_requests, r.retries, r.rate_limited, r.started, r.ended)
+        ON CONFLICT (singleton) DO UPDATE SET
+            runs_ok = c.runs_ok + EXCLUDED.runs_ok,
+            runs_partial = c.runs_partial + EXCLUDED.runs_partial,
+            runs_failed = c.runs_failed + EXCLUDED.runs_failed,
+            helix_requests = c.helix_requests + EXCLUDED.helix_requests,
+            retries = c.retries + EXCLUDED.retries,
+            rate_limited = c.rate_limited + EXCLUDED.rate_limited,
+            streams_started = c.streams_started + EXCLUDED.streams_started,
+            streams_ended = c.streams_ended + EXCLUDED.streams_ended;
+    END IF;
     IF r.status IN ('failed', 'partial') THEN
         -- Failed or partial runs since the latest ok one, by time (never by id:
         -- ids are not ordered across a dump and restore).
@@ -3695,7 +3706,9 @@ CREATE OR REPLACE FUNCTION twitch_sync.metrics() RETURNS text
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
     -- The counters row appears with the first recorded run: zeros until then.
     WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
-                      coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0) AS runs_skipped,
+                      coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0)
+                          + (SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END
+                               FROM twitch_sync.skipped_runs s) AS runs_skipped,
                       coalesce(k.helix_requests, 0) AS helix_requests, coalesce(k.retries, 0) AS retries,
                       coalesce(k.rate_limited, 0) AS rate_limited,
                       coalesce(k.streams_started, 0) AS streams_started,

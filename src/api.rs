@@ -360,6 +360,7 @@ fn plan_checks(
 
 /// Another run holds the lock: record a skipped run and say so.
 fn skip(started_at: SystemTime, clock: Instant) -> Result<serde_json::Value, SyncError> {
+    rolled_back::refuse_prepare();
     let (run_id, finished) = db::record_run(&RunRecord {
         error: Some(SKIPPED_ERROR.into()),
         ..RunRecord::new(started_at, RunStatus::Skipped.as_str())

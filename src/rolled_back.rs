@@ -97,9 +97,15 @@ pub fn watch(started_at: SystemTime) {
     });
     // Two-phase commit is refused: a ROLLBACK PREPARED in another session
     // would undo the rows this run recorded with no callback here to give
-    // them back. The refusal aborts the transaction, and Abort does that.
-    pgrx::register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
-        crate::error::SyncError::InPreparedTransaction.raise()
+    // them back. The refusal aborts the transaction; the Abort callback then
+    // gives back what the run took and keeps the run itself, which loses its
+    // row through no choice of its caller.
+    let on_prepare = state.clone();
+    pgrx::register_xact_callback(PgXactCallbackEvent::PrePrepare, move || {
+        let refusal = crate::error::SyncError::InPreparedTransaction;
+        ending_with(format!("{refusal} (SQLSTATE 0A000)"));
+        on_prepare.returned.store(false, Ordering::Relaxed);
+        refusal.raise()
     });
     let on_release = state.clone();
     pgrx::register_subxact_callback(PgSubXactCallbackEvent::CommitSub, move |sub, parent| {
@@ -115,6 +121,14 @@ pub fn watch(started_at: SystemTime) {
         if sub == state.subtransaction.load(Ordering::Relaxed) {
             keep(database, started_at, &state);
         }
+    });
+}
+
+/// For a run that did not take the run lock (skipped): its row and the
+/// counters it touched must not be held by a prepared transaction either.
+pub fn refuse_prepare() {
+    pgrx::register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
+        crate::error::SyncError::InPreparedTransaction.raise()
     });
 }
 

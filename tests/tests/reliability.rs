@@ -785,7 +785,8 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
         )
         .unwrap();
     // Two-phase commit is refused (a ROLLBACK PREPARED elsewhere would lose
-    // them), and the refusal gives them back too.
+    // them), and the refusal gives them back too; the refused run itself
+    // lost its row through no choice of its caller, so it is kept.
     let err = db
         .client
         .batch_execute("BEGIN; SELECT twitch_sync.run(); PREPARE TRANSACTION 'p'")
@@ -797,7 +798,44 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
         error_text(&err)
     );
     db.client.batch_execute("ROLLBACK").unwrap();
-    assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 0);
+    // A skipped call's transaction is refused too: prepared, it would hold
+    // the counters row every later run must write, indefinitely.
+    let mut holder = db.connect();
+    holder
+        .batch_execute("BEGIN; SELECT twitch_sync.run()")
+        .unwrap();
+    // (the holder's run has recorded itself and its transaction stays open:
+    // a skipped call neither waits for it nor makes it wait)
+    let skipped: Value = db
+        .client
+        .query_one(
+            "SELECT twitch_sync.run() FROM (SELECT set_config('statement_timeout', '3s', false)) s",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped["skipped"], true, "{skipped}");
+    db.client.batch_execute("RESET statement_timeout").unwrap();
+    let metrics: String = db
+        .client
+        .query_one("SELECT twitch_sync.metrics()", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        metrics.contains("twitch_sync_runs_total{status=\"skipped\"} 1\n"),
+        "{metrics}"
+    );
+    let err = db
+        .client
+        .batch_execute("BEGIN; SELECT twitch_sync.run(); PREPARE TRANSACTION 'q'")
+        .unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{}", error_text(&err));
+    db.client.batch_execute("ROLLBACK").unwrap();
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM twitch_sync.runs WHERE status <> 'skipped'"),
+        0
+    );
     assert_eq!(db.run()["status"], "ok");
     let errors: Vec<String> = db
         .client
@@ -809,8 +847,12 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    for e in &errors {
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(
+        errors[2],
+        "rolled back: cannot PREPARE a transaction that has called twitch_sync.run() (SQLSTATE 0A000)"
+    );
+    for e in &errors[..2] {
         assert!(
             e.starts_with("rolled back: invalid value for twitch_sync.helix_url")
                 && e.ends_with("(SQLSTATE 22023)"),

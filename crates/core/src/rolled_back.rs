@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Rolled-back runs kept at most (over all databases of the server).
 pub const CAPACITY: usize = 8;
-/// Databases whose dropped runs are counted at most; beyond, a drop goes uncounted.
+/// Databases whose dropped runs are counted at once; beyond, the tally with
+/// the oldest drops gives way (its database, perhaps dropped itself, may
+/// never run again to take it).
 pub const DROP_TALLIES: usize = 16;
 /// Bytes of the ending error kept (cut at a character boundary).
 pub const MESSAGE_BYTES: usize = 400;
@@ -125,15 +127,22 @@ impl Queue {
     }
 
     fn count_dropped(&mut self, d: Dropped) {
-        let slot = self
+        let same = self
             .dropped
             .iter()
-            .position(|t| t.count > 0 && t.database == d.database)
-            .or_else(|| self.dropped.iter().position(|t| t.count == 0));
-        // Beyond DROP_TALLIES databases with uncounted drops, a drop is not counted.
-        if let Some(i) = slot {
-            self.dropped[i].add(d);
-        }
+            .position(|t| t.count > 0 && t.database == d.database);
+        let slot = same.unwrap_or_else(|| {
+            // a free tally (count 0) first, else the one whose drops are oldest
+            let (i, _) = self
+                .dropped
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, t)| (t.count > 0, t.last_ended_us))
+                .expect("DROP_TALLIES > 0");
+            self.dropped[i] = Dropped::default();
+            i
+        });
+        self.dropped[slot].add(d);
     }
 
     /// Removes and returns `database`'s runs (oldest first) and its tally of dropped runs.
@@ -295,6 +304,27 @@ mod tests {
             ["rolled back: 1 run of this database was rolled back and not kept (at most 8 wait, \
               over all databases)"]
         );
+    }
+
+    #[test]
+    fn with_every_tally_taken_the_oldest_drops_give_way() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let mut q = Queue::default();
+        // databases 100.. each lose one run, the oldest first
+        for db in 100..100 + DROP_TALLIES as u32 + 1 {
+            q.push(Entry::new(db, at(u64::from(db)), "lost"));
+            for _ in 0..CAPACITY {
+                q.push(Entry::new(1, at(1_000), "filler"));
+            }
+            q.take(1);
+        }
+        assert!(
+            q.take(100).to_record().is_empty(),
+            "the oldest tally gave way"
+        );
+        for db in 101..100 + DROP_TALLIES as u32 + 1 {
+            assert_eq!(q.take(db).to_record().len(), 1, "database {db}");
+        }
     }
 
     #[test]
