@@ -59,8 +59,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET j
     -- The counters row appears with the first recorded run: zeros until then.
     WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
                       coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0)
-                          + (SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END
-                               FROM twitch_sync.skipped_runs s) AS runs_skipped,
+                          + (SELECT count(*) FROM twitch_sync.runs s WHERE s.status = 'skipped')
+                          AS runs_skipped,
                       coalesce(k.helix_requests, 0) AS helix_requests, coalesce(k.retries, 0) AS retries,
                       coalesce(k.rate_limited, 0) AS rate_limited,
                       coalesce(k.streams_started, 0) AS streams_started,

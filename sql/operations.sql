@@ -19,14 +19,6 @@ CREATE TABLE twitch_sync.counters (
 REVOKE ALL ON twitch_sync.counters FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
 
--- Skipped runs are counted here, not in counters: a skipped call's
--- transaction may stay open, and the counters row it had updated would keep
--- the run that holds the lock from recording itself until then (or deadlock
--- with it). A sequence never waits. metrics() adds it to counters.runs_skipped.
-CREATE SEQUENCE twitch_sync.skipped_runs;  -- the first skipped run makes it 1
-REVOKE ALL ON SEQUENCE twitch_sync.skipped_runs FROM PUBLIC;
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.skipped_runs', '');
-
 -- What an operator should check, from a run's error text.
 CREATE FUNCTION twitch_sync.alert_hint(error text) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -148,9 +140,11 @@ BEGIN
             UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
      WHERE u.id IS NOT NULL
      ORDER BY u.id, u.reason;
-    IF r.status = 'skipped' THEN
-        PERFORM pg_catalog.nextval('twitch_sync.skipped_runs');
-    ELSE
+    -- Skipped runs are not added here: a skipped call's transaction may stay
+    -- open, and the counters row would then keep the run holding the lock from
+    -- recording itself (or deadlock with it). They are counted from their rows
+    -- in runs (metrics()), and prune() adds those it deletes.
+    IF r.status <> 'skipped' THEN
         INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed,
                 helix_requests, retries, rate_limited, streams_started, streams_ended)
         VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
@@ -255,11 +249,16 @@ BEGIN
         WITH gone AS (
             DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
                 SELECT x.ctid FROM twitch_sync.runs x WHERE x.started_at < runs_cutoff LIMIT max_rows))
-            RETURNING r.run_id
+            RETURNING r.run_id, r.status
         ), unchecked AS (
             DELETE FROM twitch_sync.run_unchecked u USING gone g WHERE u.run_id = g.run_id
         )
-        SELECT count(*) INTO runs_deleted FROM gone;
+        SELECT count(*), count(*) FILTER (WHERE g.status = 'skipped') INTO runs_deleted, n FROM gone g;
+        -- skipped runs are counted from their rows (record_run): keep the pruned ones
+        IF n > 0 THEN
+            INSERT INTO twitch_sync.counters AS c (singleton, runs_skipped) VALUES (true, n)
+            ON CONFLICT (singleton) DO UPDATE SET runs_skipped = c.runs_skipped + EXCLUDED.runs_skipped;
+        END IF;
         DELETE FROM twitch_sync.events e WHERE e.ctid = ANY (ARRAY(
             SELECT x.ctid FROM twitch_sync.events x WHERE x.created_at < runs_cutoff LIMIT max_rows));
         GET DIAGNOSTICS events_deleted = ROW_COUNT;

@@ -204,6 +204,9 @@ CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
 -- finds a channel's last check among them without reading adaptive runs.
 CREATE INDEX runs_fixed_polling ON twitch_sync.runs (started_at)
     WHERE polling IS NULL AND status IN ('ok', 'partial');
+-- Skipped runs are counted from their rows (metrics(); record_run does not
+-- add them to counters): an index-only count.
+CREATE INDEX runs_skipped ON twitch_sync.runs (started_at) WHERE status = 'skipped';
 
 -- Channels a run could not check (their batch failed, or an entry about them
 -- was dropped as bad): the only per-channel bookkeeping a run writes, so its

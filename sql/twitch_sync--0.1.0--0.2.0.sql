@@ -1325,6 +1325,9 @@ CREATE INDEX runs_ok ON twitch_sync.runs (started_at) WHERE status = 'ok';
 -- finds a channel's last check among them without reading adaptive runs.
 CREATE INDEX runs_fixed_polling ON twitch_sync.runs (started_at)
     WHERE polling IS NULL AND status IN ('ok', 'partial');
+-- Skipped runs are counted from their rows (metrics(); record_run does not
+-- add them to counters): an index-only count.
+CREATE INDEX runs_skipped ON twitch_sync.runs (started_at) WHERE status = 'skipped';
 
 -- Channels a run could not check (their batch failed, or an entry about them
 -- was dropped as bad): the only per-channel bookkeeping a run writes, so its
@@ -1377,14 +1380,11 @@ SELECT pg_catalog.pg_extension_config_dump('twitch_sync.events_event_id_seq', ''
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.alerts_alert_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('twitch_sync.counters', '');
-
--- Skipped runs are counted here, not in counters: a skipped call's
--- transaction may stay open, and the counters row it had updated would keep
--- the run that holds the lock from recording itself until then (or deadlock
--- with it). A sequence never waits. metrics() adds it to counters.runs_skipped.
-CREATE SEQUENCE twitch_sync.skipped_runs;  -- the first skipped run makes it 1
-REVOKE ALL ON SEQUENCE twitch_sync.skipped_runs FROM PUBLIC;
-SELECT pg_catalog.pg_extension_config_dump('twitch_sync.skipped_runs', '');
+-- 0.2.0 counts skipped runs from their rows in runs (prune() adds those it
+-- deletes to counters): 0.1.0's total must not count the kept ones twice.
+UPDATE twitch_sync.counters
+   SET runs_skipped = greatest(runs_skipped - (SELECT count(*) FROM twitch_sync.runs
+                                                WHERE status = 'skipped'), 0);
 
 ---------------------------------------------------------------------------
 -- The transition layer (new; replaces apply_sync)
@@ -2468,9 +2468,11 @@ BEGIN
             UNION ALL SELECT k, 'unknown' FROM unnest(unknown_ids) k) AS u(id, reason)
      WHERE u.id IS NOT NULL
      ORDER BY u.id, u.reason;
-    IF r.status = 'skipped' THEN
-        PERFORM pg_catalog.nextval('twitch_sync.skipped_runs');
-    ELSE
+    -- Skipped runs are not added here: a skipped call's transaction may stay
+    -- open, and the counters row would then keep the run holding the lock from
+    -- recording itself (or deadlock with it). They are counted from their rows
+    -- in runs (metrics()), and prune() adds those it deletes.
+    IF r.status <> 'skipped' THEN
         INSERT INTO twitch_sync.counters AS c (singleton, runs_ok, runs_partial, runs_failed,
                 helix_requests, retries, rate_limited, streams_started, streams_ended)
         VALUES (true, (r.status = 'ok')::int, (r.status = 'partial')::int, (r.status = 'failed')::int,
@@ -2565,11 +2567,16 @@ BEGIN
         WITH gone AS (
             DELETE FROM twitch_sync.runs r WHERE r.ctid = ANY (ARRAY(
                 SELECT x.ctid FROM twitch_sync.runs x WHERE x.started_at < runs_cutoff LIMIT max_rows))
-            RETURNING r.run_id
+            RETURNING r.run_id, r.status
         ), unchecked AS (
             DELETE FROM twitch_sync.run_unchecked u USING gone g WHERE u.run_id = g.run_id
         )
-        SELECT count(*) INTO runs_deleted FROM gone;
+        SELECT count(*), count(*) FILTER (WHERE g.status = 'skipped') INTO runs_deleted, n FROM gone g;
+        -- skipped runs are counted from their rows (record_run): keep the pruned ones
+        IF n > 0 THEN
+            INSERT INTO twitch_sync.counters AS c (singleton, runs_skipped) VALUES (true, n)
+            ON CONFLICT (singleton) DO UPDATE SET runs_skipped = c.runs_skipped + EXCLUDED.runs_skipped;
+        END IF;
         DELETE FROM twitch_sync.events e WHERE e.ctid = ANY (ARRAY(
             SELECT x.ctid FROM twitch_sync.events x WHERE x.created_at < runs_cutoff LIMIT max_rows));
         GET DIAGNOSTICS events_deleted = ROW_COUNT;
@@ -3707,8 +3714,8 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET j
     -- The counters row appears with the first recorded run: zeros until then.
     WITH c AS (SELECT coalesce(k.runs_ok, 0) AS runs_ok, coalesce(k.runs_partial, 0) AS runs_partial,
                       coalesce(k.runs_failed, 0) AS runs_failed, coalesce(k.runs_skipped, 0)
-                          + (SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END
-                               FROM twitch_sync.skipped_runs s) AS runs_skipped,
+                          + (SELECT count(*) FROM twitch_sync.runs s WHERE s.status = 'skipped')
+                          AS runs_skipped,
                       coalesce(k.helix_requests, 0) AS helix_requests, coalesce(k.retries, 0) AS retries,
                       coalesce(k.rate_limited, 0) AS rate_limited,
                       coalesce(k.streams_started, 0) AS streams_started,

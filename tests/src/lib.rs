@@ -566,9 +566,13 @@ pub fn user_data(client: &mut Client) -> Vec<String> {
            FROM twitch_sync.runs ORDER BY run_id",
         "SELECT client_id || ' ' || client_secret || ' ' || coalesce(access_token, '-')
            FROM twitch_sync.credentials",
-        "SELECT runs_ok || ' ' || runs_partial || ' ' || runs_failed || ' ' || runs_skipped || ' '
+        "SELECT runs_ok || ' ' || runs_partial || ' ' || runs_failed || ' '
                 || helix_requests || ' ' || streams_started || ' ' || streams_ended
            FROM twitch_sync.counters",
+        // runs by status as metrics() counts them (0.1.0 kept skipped runs in
+        // counters; 0.2.0 counts their rows and keeps only pruned ones there)
+        "SELECT line FROM regexp_split_to_table(twitch_sync.metrics(), '\n') AS line
+          WHERE line LIKE 'twitch\\_sync\\_runs\\_total{%' ORDER BY 1",
         "SELECT bucket_limit || ' ' || remaining || ' ' || reset_at FROM twitch_sync.rate_limit",
     ];
     let mut out = Vec::new();

@@ -574,7 +574,8 @@ fn retention_prunes_old_rows_in_bounded_steps() {
              SELECT 's' || (g % 1000), '1', now() - interval '365 days' + g * interval '157 seconds', g % 5000
                FROM generate_series(1, 200000) g;
              INSERT INTO twitch_sync.runs (started_at, finished_at, status)
-             SELECT now() - interval '200 days' + g * interval '1 minute', now() - interval '200 days' + g * interval '1 minute', 'ok'
+             SELECT now() - interval '200 days' + g * interval '1 minute', now() - interval '200 days' + g * interval '1 minute',
+                    CASE WHEN g % 4 = 0 THEN 'skipped' ELSE 'ok' END
                FROM generate_series(1, 20000) g;
              RESET session_replication_role;",
         )
@@ -596,8 +597,29 @@ fn retention_prunes_old_rows_in_bounded_steps() {
         db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples_default"),
         0
     );
+    // Skipped runs are counted from their rows; pruned ones stay counted.
+    let skipped = |db: &mut TestDb| -> String {
+        let metrics: String = db
+            .client
+            .query_one("SELECT twitch_sync.metrics()", &[])
+            .unwrap()
+            .get(0);
+        metrics
+            .lines()
+            .find(|l| l.starts_with("twitch_sync_runs_total{status=\"skipped\"}"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        skipped(&mut db),
+        "twitch_sync_runs_total{status=\"skipped\"} 5000"
+    );
     // run() prunes: whole days of samples, and runs in bounded steps
     db.run();
+    assert_eq!(
+        skipped(&mut db),
+        "twitch_sync_runs_total{status=\"skipped\"} 5000"
+    );
     let recent_samples = db.scalar_i64("SELECT count(*) FROM twitch_sync.viewer_samples WHERE sampled_at > now() - interval '1 minute'");
     assert_eq!(recent_samples, 5);
     assert_eq!(db.scalar_i64("SELECT count(*) FROM twitch_sync.runs"), 1);

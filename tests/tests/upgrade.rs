@@ -89,6 +89,14 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         )
         .expect("a hand-made run() job");
     drop(cron_db.client);
+    // A skipped run, counted by 0.1.0's trigger; 0.2.0 counts skipped runs
+    // from their rows, and must not count this one twice.
+    old.client
+        .batch_execute(
+            "INSERT INTO twitch_sync.runs (started_at, finished_at, status)
+             VALUES (now() - interval '1 hour', now() - interval '1 hour', 'skipped')",
+        )
+        .unwrap();
     let before = user_data(&mut old.client);
     assert!(
         before.len() > 300,
@@ -384,7 +392,8 @@ fn upgrade_from_0_1_0_equals_a_fresh_install() {
         .unwrap()
         .get(0);
     assert!(
-        metrics.contains("twitch_sync_runs_total{status=\"ok\"} 4"),
+        metrics.contains("twitch_sync_runs_total{status=\"ok\"} 4")
+            && metrics.contains("twitch_sync_runs_total{status=\"skipped\"} 1\n"),
         "counters carried over: {metrics}"
     );
 }
