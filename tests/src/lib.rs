@@ -547,6 +547,14 @@ impl TestDb {
     pub fn scalar_i64(&mut self, sql: &str) -> i64 {
         self.client.query_one(sql, &[]).expect(sql).get::<_, i64>(0)
     }
+
+    /// `twitch_sync.metrics()`, as a scraper reads it.
+    pub fn metrics(&mut self) -> String {
+        self.client
+            .query_one("SELECT twitch_sync.metrics()", &[])
+            .expect("twitch_sync.metrics()")
+            .get(0)
+    }
 }
 
 /// A user's data, table by table, as text rows (tables separated by `--`):

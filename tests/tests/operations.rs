@@ -599,12 +599,7 @@ fn retention_prunes_old_rows_in_bounded_steps() {
     );
     // Skipped runs are counted from their rows; pruned ones stay counted.
     let skipped = |db: &mut TestDb| -> String {
-        let metrics: String = db
-            .client
-            .query_one("SELECT twitch_sync.metrics()", &[])
-            .unwrap()
-            .get(0);
-        metrics
+        db.metrics()
             .lines()
             .find(|l| l.starts_with("twitch_sync_runs_total{status=\"skipped\"}"))
             .unwrap_or_default()

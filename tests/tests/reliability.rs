@@ -816,11 +816,7 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
         .get(0);
     assert_eq!(skipped["skipped"], true, "{skipped}");
     db.client.batch_execute("RESET statement_timeout").unwrap();
-    let metrics: String = db
-        .client
-        .query_one("SELECT twitch_sync.metrics()", &[])
-        .unwrap()
-        .get(0);
+    let metrics = db.metrics();
     assert!(
         metrics.contains("twitch_sync_runs_total{status=\"skipped\"} 1\n"),
         "{metrics}"
@@ -832,11 +828,7 @@ fn runs_undone_by_savepoints_and_plpgsql_blocks_are_recorded_once_and_returned_o
     assert_eq!(sqlstate(&err), "0A000", "{}", error_text(&err));
     db.client.batch_execute("ROLLBACK").unwrap();
     holder.batch_execute("ROLLBACK").unwrap();
-    let metrics: String = db
-        .client
-        .query_one("SELECT twitch_sync.metrics()", &[])
-        .unwrap()
-        .get(0);
+    let metrics = db.metrics();
     assert!(
         metrics.contains("twitch_sync_runs_total{status=\"skipped\"} 1\n"),
         "a skipped call rolled back (here, refused at PREPARE) is not counted: {metrics}"
