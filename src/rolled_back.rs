@@ -124,8 +124,8 @@ pub fn watch(started_at: SystemTime) {
     });
 }
 
-/// For a run that did not take the run lock (skipped): its row and the
-/// counters it touched must not be held by a prepared transaction either.
+/// For a run that did not take the run lock (skipped): PREPARE is refused
+/// for every call of run(), one rule whatever the call did.
 pub fn refuse_prepare() {
     pgrx::register_xact_callback(PgXactCallbackEvent::PrePrepare, || {
         crate::error::SyncError::InPreparedTransaction.raise()
