@@ -577,9 +577,8 @@ impl RunRecord {
 }
 
 /// Records runs rolled back since the last run (src/rolled_back.rs), each as
-/// failed, from its start to its end; returns how many.
-pub fn record_rolled_back(runs: Vec<RolledBackRun>) -> Result<usize, SyncError> {
-    let n = runs.len();
+/// failed, from its start to its end.
+pub fn record_rolled_back(runs: Vec<RolledBackRun>) -> Result<(), SyncError> {
     for run in runs {
         let (run_id, _) = record_run(&RunRecord {
             error: Some(run.error),
@@ -591,7 +590,7 @@ pub fn record_rolled_back(runs: Vec<RolledBackRun>) -> Result<usize, SyncError> 
              transaction commits)"
         );
     }
-    Ok(n)
+    Ok(())
 }
 
 /// Records the run with twitch_sync.record_run (its row, the counters, the

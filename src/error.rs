@@ -2,7 +2,7 @@
 //! that says what to do. Failures of Twitch or the network are not raised:
 //! run() records them and returns them in its result document.
 
-use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
 use pgrx::PgSqlErrorCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -93,16 +93,21 @@ impl SyncError {
     }
 }
 
+/// The report of a caught error, whatever raised it.
+fn report(e: &CaughtError) -> &ErrorReportWithLevel {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    }
+}
+
 /// Raises a caught error again as a plain SQL error: the same SQLSTATE,
 /// message, detail and hint, and nothing else. pgrx attaches a Rust backtrace to
 /// errors it caught from Postgres (an SPI error, a statement_timeout while
 /// waiting) and shows it in DETAIL when RUST_BACKTRACE is set in the server's
 /// environment; users must never see one. Never returns.
 pub fn reraise_clean(e: CaughtError) -> ! {
-    let caught = match &e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
+    let caught = report(&e);
     let (code, message) = (caught.sql_error_code(), caught.message().to_string());
     let (detail, hint) = (
         caught.detail().map(str::to_string),
@@ -123,10 +128,7 @@ pub fn reraise_clean(e: CaughtError) -> ! {
 /// A caught error as a rolled-back run's row shows it: its message and
 /// SQLSTATE, as psql would print them.
 pub fn caught_for_row(e: &CaughtError) -> String {
-    let caught = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
+    let caught = report(e);
     // PostgreSQL packs the five characters of a SQLSTATE six bits each.
     let packed = caught.sql_error_code() as u32;
     let sqlstate: String = (0..5)
@@ -138,10 +140,7 @@ pub fn caught_for_row(e: &CaughtError) -> String {
 /// The message of a caught error, for the background worker's log (it has
 /// no SQL caller to raise it to).
 pub fn caught_message(e: &CaughtError) -> String {
-    let caught = match e {
-        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
-        CaughtError::RustPanic { ereport, .. } => ereport,
-    };
+    let caught = report(e);
     format!(
         "{} (SQLSTATE {:?})",
         caught.message(),
